@@ -1,0 +1,3 @@
+from faceattr_batch.cli import app
+
+app(prog_name="faceattr-batch")
