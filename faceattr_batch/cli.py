@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,10 +26,13 @@ app = typer.Typer(
 # Shared options, declared once.
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 Workers = Annotated[
-    int, typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process).")
+    int,
+    typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process)."),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
+JsonOut = Annotated[
+    bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
 
 

@@ -94,9 +94,7 @@ def age_band_expr(age: pl.Expr) -> pl.Expr:
     return expr.otherwise(None).cast(pl.Enum(AGE_BAND_NAMES))
 
 
-def format_name(
-    age: int, gender: int, race: int, captured_at: dt.datetime, suffix: str = CHIP_SUFFIX
-) -> str:
+def format_name(age: int, gender: int, race: int, captured_at: dt.datetime, suffix: str = CHIP_SUFFIX) -> str:
     """The UTKFace name for these labels; ``parse_name(format_name(...))`` gives them back."""
     if not 0 <= age <= MAX_AGE:
         raise ValueError(f"age {age} is outside 0..{MAX_AGE}")
@@ -138,7 +136,10 @@ def parse_exprs(name: pl.Expr) -> list[pl.Expr]:
     recovered = [
         (field("sep").str.contains(r"\s"), "whitespace before the extension"),
         (field("sep") == "", "no dot before the extension"),
-        (digits != 17, "datetime has " + digits.cast(pl.String) + " digits, not 17: captured_at to the second"),
+        (
+            digits != 17,
+            "datetime has " + digits.cast(pl.String) + " digits, not 17: captured_at to the second",
+        ),
         (captured.is_null(), "datetime is not a valid date"),
     ]
     reason = pl.when(rejected[0][0]).then(pl.lit(rejected[0][1]))

@@ -1,0 +1,108 @@
+"""One image file -> RGB uint8 pixels, or a ``DecodeError`` whose message is the row's error reason.
+
+Handles EXIF orientation, every Pillow mode (grayscale, palette, RGBA, CMYK, 16-bit), decompression bombs,
+truncated and non-image files. JPEGs are DCT-scaled while decoding when the target is much smaller (draft
+mode), which is most of the speed of a chip pipeline. No torch here: workers import this module.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 120_000_000  # larger than any camera photo (8000x6000 = 48 Mpx), far below a bomb
+
+
+class DecodeError(Exception):
+    """The file cannot become pixels; ``str(err)`` is a short reason for the row's ``error`` column."""
+
+
+def read_rgb(path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode ``path`` to an H x W x 3 uint8 array, EXIF orientation applied.
+
+    ``draft_to``: the caller will shrink the image to about this many pixels on its short side, so a JPEG may
+    be decoded at 1/2, 1/4 or 1/8 scale as long as its short side stays >= ``draft_to``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise DecodeError(
+                        f"decompression bomb guard: {width}x{height} exceeds {max_pixels} pixels"
+                    )
+                if draft_to is not None and im.format == "JPEG":
+                    # draft keeps both sides >= the requested size; ask by aspect so the short side stays >= target
+                    scale = draft_to / min(width, height)
+                    im.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im)
+    except DecodeError:
+        raise
+    except FileNotFoundError:
+        raise DecodeError("file not found (or a broken symlink)") from None
+    except IsADirectoryError:
+        raise DecodeError("is a directory") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except UnidentifiedImageError:
+        size = _size_or_none(path)
+        raise DecodeError(
+            "empty file (0 bytes)" if size == 0 else "not an image (unidentified format)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DecodeError(f"decompression bomb guard: {err}".split(". ")[0]) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        # Pillow reports truncation and corrupt streams as OSError/SyntaxError with a readable message.
+        message = str(err) or type(err).__name__
+        raise DecodeError(f"unreadable image: {message}") from None
+
+
+def _size_or_none(path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit grayscale: Pillow's convert("RGB") clips these at 255, so rescale by hand.
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if mode == "F":
+            top = max(float(values.max(initial=0)), 1.0)
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def center_square(pixels: np.ndarray) -> np.ndarray:
+    """The largest centred square of an H x W x 3 array (chips are square; this only trims odd ones)."""
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return pixels[top : top + side, left : left + side]
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Square ``size`` x ``size`` with Pillow's antialiased bilinear filter."""
+    if pixels.shape[0] == size and pixels.shape[1] == size:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def load_chip(path: str | os.PathLike, size: int) -> np.ndarray:
+    """The attribute model's input pixels: centre square, ``size`` x ``size`` x 3 uint8 (training and predict)."""
+    return resize(center_square(read_rgb(path, draft_to=size)), size)

@@ -1,0 +1,128 @@
+"""The attribute network: one forward pass -> gender logit, 5 race logits, a distribution over ages.
+
+Reads top-down: config, building blocks, the network, then ``infer`` (the calibrated outputs that predict,
+train's validation and the ONNX export all use). Input is the uint8 chip from ``decode.load_chip``; the
+scaling to floats happens inside the network, so preprocessing cannot drift between callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from faceattr_batch.labels import MAX_AGE, RACES
+
+AGE_INTERVAL = (0.1, 0.9)  # the reported age interval holds 80% of the predicted distribution
+
+
+@dataclass(frozen=True)
+class AttrNetConfig:
+    input_size: int = 64
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    dropout: float = 0.1
+    age_bins: int = MAX_AGE + 1  # one bin per year, 0..120
+    tta_flip: bool = False  # average the logits of the image and its mirror image
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AttrNetConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("widths", "depths"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+class AttrLogits(NamedTuple):
+    gender: torch.Tensor  # N, logit of "female"
+    race: torch.Tensor  # N x 5
+    age: torch.Tensor  # N x age_bins
+
+
+class AttrOutputs(NamedTuple):
+    p_female: torch.Tensor  # N
+    race_probs: torch.Tensor  # N x 5
+    age_mean: torch.Tensor  # N, expected age in years
+    age_low: torch.Tensor  # N, 10th percentile of the age distribution
+    age_high: torch.Tensor  # N, 90th percentile
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x), inplace=True)
+
+
+class AttrNet(nn.Module):
+    def __init__(self, config: AttrNetConfig = AttrNetConfig()):
+        super().__init__()
+        self.config = config
+        stem_width = config.widths[0]
+        self.stem = nn.Sequential(conv_bn(3, stem_width // 2, 2), conv_bn(stem_width // 2, stem_width))
+        stages, cin = [], stem_width
+        for index, (width, depth) in enumerate(zip(config.widths, config.depths, strict=True)):
+            for block in range(depth):
+                stride = 2 if block == 0 and index > 0 else 1
+                stages.append(BasicBlock(cin, width, stride))
+                cin = width
+        self.stages = nn.Sequential(*stages)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(cin, 1 + len(RACES) + config.age_bins)
+        # Fitted on validation after training (temperature scaling); 1.0 means uncalibrated.
+        self.register_buffer("temperatures", torch.ones(3))  # gender, race, age
+        self.register_buffer("age_values", torch.arange(config.age_bins, dtype=torch.float32))
+
+    def forward(self, pixels: torch.Tensor) -> AttrLogits:
+        """``pixels``: N x 3 x S x S, uint8 (0..255) or float on the same scale."""
+        x = (pixels.float() - 127.5) / 64.0
+        x = self.stages(self.stem(x))
+        x = self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        out = self.head(x)
+        n_races = len(RACES)
+        return AttrLogits(out[:, 0], out[:, 1 : 1 + n_races], out[:, 1 + n_races :])
+
+    def logits(self, pixels: torch.Tensor) -> AttrLogits:
+        """Forward pass with the test-time mirror average when the config asks for it."""
+        if not self.config.tta_flip:
+            return self(pixels)
+        both = self(torch.cat([pixels, pixels.flip(3)]))
+        n = pixels.shape[0]
+        return AttrLogits(*((part[:n] + part[n:]) / 2 for part in both))
+
+    def infer(self, pixels: torch.Tensor) -> AttrOutputs:
+        """Calibrated probabilities, expected age and its 80% interval."""
+        logits = self.logits(pixels)
+        t_gender, t_race, t_age = self.temperatures
+        age_probs = torch.softmax(logits.age / t_age, dim=1)
+        cdf = torch.cumsum(age_probs, dim=1)
+        low = (cdf < AGE_INTERVAL[0]).sum(dim=1).float()
+        high = (cdf < AGE_INTERVAL[1]).sum(dim=1).float()
+        return AttrOutputs(
+            torch.sigmoid(logits.gender / t_gender),
+            torch.softmax(logits.race / t_race, dim=1),
+            (age_probs * self.age_values).sum(dim=1),
+            low,
+            high,
+        )

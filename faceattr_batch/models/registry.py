@@ -1,0 +1,71 @@
+"""The one place that turns a model source into a ready model: the package default, a RUN_DIR, or a file.
+
+Weights are only ever read with ``torch.load(..., weights_only=True)``: a checkpoint is a dict of tensors and
+plain values, never a pickle of arbitrary objects. A file that is not such a checkpoint gives one line naming it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from faceattr_batch.errors import FaceattrError
+
+ATTR_FORMAT = "faceattr-attr-v1"  # a shippable model: config + state_dict + meta
+TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds optimizer state)
+DEFAULT_ATTR_WEIGHTS = "attr_default.pt"
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("faceattr_batch") / "weights" / DEFAULT_ATTR_WEIGHTS))
+
+
+def read_checkpoint(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise FaceattrError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FaceattrError(f"{path}: not a readable faceattr checkpoint ({first[:160]})") from None
+    if not isinstance(data, dict) or data.get("format") not in (ATTR_FORMAT, TRAIN_FORMAT):
+        raise FaceattrError(f"{path}: not a faceattr attribute-model checkpoint (no known 'format' key)")
+    return data
+
+
+def resolve_attr_source(source: str | Path | None) -> Path:
+    """None -> the shipped weights; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
+    if source is None:
+        path = default_weights_path()
+        if not path.is_file():
+            raise FaceattrError(f"the default weights are missing from the installed package ({path})")
+        return path
+    path = Path(source)
+    if path.is_dir():
+        for name in ("model.pt", "best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
+    return path
+
+
+def load_attr_model(source: str | Path | None = None):
+    """A ready ``AttrNet`` in eval mode, on the CPU, and its metadata dict (name, version, metrics...)."""
+    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+
+    path = resolve_attr_source(source)
+    data = read_checkpoint(path)
+    config = AttrNetConfig.from_dict(data["config"])
+    model = AttrNet(config)
+    try:
+        model.load_state_dict(data["state_dict"] if data["format"] == ATTR_FORMAT else data["model"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise FaceattrError(f"{path}: weights do not match the model config ({first[:160]})") from None
+    model.eval()
+    meta = dict(data.get("meta", {}))
+    meta.setdefault("name", path.stem)
+    meta["source"] = str(path)
+    return model, meta

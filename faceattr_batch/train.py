@@ -1,0 +1,570 @@
+"""`faceattr-batch train`: fit the attribute network on a UTKFace-style index, resumably.
+
+Spine: labelled index -> split by duplicate group (no face on both sides) -> decode every chip once into a
+uint8 cache -> epochs of batch augmentation + multi-task loss -> per-epoch validation, metrics table and
+checkpoints -> best checkpoint -> temperature scaling on validation -> ``model.pt`` + ``report.json``.
+
+Deterministic given the seed: each epoch's shuffle, augmentation and dropout draw from generators seeded by
+(seed, epoch), so a run resumed from its last checkpoint continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch import __version__
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_LAST = "last.pt"
+CHECKPOINT_BEST = "best.pt"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    source: Path  # an index Parquet from `index`, or a folder (indexed with --hash first)
+    out_dir: Path
+    root: Path | None = None  # image folder for an index Parquet; default: the root recorded in it
+    input_size: int = 80
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 2, 2, 1)
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    val_fraction: float = 0.1
+    patience: int = 12  # epochs without a better validation score before stopping early
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    limit: int | None = None  # only the first N labelled images (smoke tests)
+    steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
+    progress: bool = True
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_path: Path
+    report: dict = field(default_factory=dict)
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def load_labelled(source: Path, root: Path | None, workers: int) -> pl.DataFrame:
+    """Rows with all three labels: absolute ``file``, age, gender, race, dup_group (from ``index --hash``)."""
+    from faceattr_batch.index import IndexOptions, build_index, read_index_metadata
+
+    source = Path(source)
+    if source.is_dir():
+        table = build_index(IndexOptions(root=source, hash=True, workers=workers)).table
+        root = source
+    elif source.is_file():
+        try:
+            table = pl.read_parquet(source)
+        except Exception as err:
+            raise FaceattrError(f"{source}: not a readable index Parquet ({err})") from None
+        root = root or Path(read_index_metadata(source).get("faceattr_batch.root", source.parent))
+    else:
+        raise FaceattrError(f"{source}: no such index file or folder")
+    missing = {"path", "age", "gender", "race", "status", "dup_group"} - set(table.columns)
+    if missing:
+        hint = " (make it with `faceattr-batch index DIR --hash`)" if "dup_group" in missing else ""
+        raise FaceattrError(f"{source}: index lacks columns {sorted(missing)}{hint}")
+    table = table.filter(
+        (pl.col("status") != STATUS_REJECTED)
+        & pl.col("age").is_not_null()
+        & pl.col("gender").is_not_null()
+        & pl.col("race").is_not_null()
+    )
+    if table.height < 2:
+        raise FaceattrError(f"{source}: fewer than 2 labelled images to train on")
+    return table.select(
+        pl.col("path"),
+        (pl.lit(str(Path(root).resolve()) + os.sep) + pl.col("path")).alias("file"),
+        "age",
+        "gender",
+        "race",
+        "dup_group",
+    ).sort("path")
+
+
+def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.DataFrame:
+    """Add ``split`` (train/val): whole duplicate groups go to one side, chosen by a seeded shuffle."""
+    groups = table.get_column("dup_group").unique().sort()
+    order = np.random.default_rng(seed).permutation(groups.len())
+    n_val_groups = max(1, round(groups.len() * val_fraction))
+    val_groups = groups.gather(order[:n_val_groups])
+    return table.with_columns(
+        pl.when(pl.col("dup_group").is_in(val_groups.implode()))
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    )
+
+
+def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, progress: bool) -> np.ndarray:
+    """N x S x S x 3 uint8 for the table's files, decoded once and kept in RUN_DIR (reused on resume)."""
+    from tqdm import tqdm
+
+    from faceattr_batch.batches import iter_batches
+    from faceattr_batch.decode import load_chip
+
+    if cache.is_file():
+        pixels = np.load(cache, mmap_mode="r")
+        if pixels.shape == (table.height, size, size, 3):
+            return np.ascontiguousarray(pixels)
+    files = table.get_column("file").to_list()
+    pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
+    failed = []
+    bar = tqdm(total=len(files), desc="decode", unit="img", disable=not progress)
+    for batch in iter_batches(files, partial(load_chip, size=size), 256, workers):
+        for slot, pos in enumerate(batch.ok):
+            pixels[batch.start + pos] = batch.pixels[slot]
+        failed += [(batch.paths[pos], reason) for pos, reason in batch.errors.items()]
+        bar.update(len(batch.paths))
+    bar.close()
+    if failed:
+        raise FaceattrError(
+            f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}"
+        )
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, pixels)
+    os.replace(tmp, cache)
+    return pixels
+
+
+# --- the training step ----------------------------------------------------------------------------------------
+
+
+def augment(pixels, generator):
+    """Random mirror, rotation (±10°), scale (±10%), shift (±6%) and colour jitter, on a float batch."""
+    import torch
+    from torch.nn import functional as F
+
+    n = pixels.shape[0]
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    x = pixels.float()
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    angle = uniform(-10, 10) * math.pi / 180
+    scale = uniform(0.9, 1.1)
+    shift = torch.stack([uniform(-0.06, 0.06), uniform(-0.06, 0.06)], dim=1)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    brightness = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
+    contrast = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
+    saturation = torch.where(torch.rand(n, generator=generator) < 0.05, 0.0, uniform(0.7, 1.3)).view(
+        n, 1, 1, 1
+    )
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = gray + (x - gray) * saturation.to(x.device)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    return (x * brightness).clamp(0, 255)
+
+
+def soft_age_targets(age, bins: int):
+    """Label distribution for ages: a Gaussian whose width grows with age, as the labels' noise does."""
+    import torch
+
+    values = torch.arange(bins, dtype=torch.float32, device=age.device)
+    sigma = 1.5 + 0.05 * age.float()
+    weights = torch.exp(-0.5 * ((values[None, :] - age[:, None].float()) / sigma[:, None]) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def multitask_loss(logits, gender, race, age, race_weights, age_values):
+    import torch
+    from torch.nn import functional as F
+
+    gender_loss = F.binary_cross_entropy_with_logits(logits.gender.float(), gender.float())
+    race_loss = F.cross_entropy(logits.race.float(), race, weight=race_weights, label_smoothing=0.05)
+    log_probs = torch.log_softmax(logits.age.float(), dim=1)
+    age_loss = -(soft_age_targets(age, log_probs.shape[1]) * log_probs).sum(dim=1).mean()
+    expected = (log_probs.exp() * age_values).sum(dim=1)
+    age_l1 = (expected - age.float()).abs().mean()
+    return gender_loss + race_loss + age_loss + 0.1 * age_l1
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+
+def collect_logits(model, pixels: np.ndarray, device, batch_size: int = 512):
+    """Logits for all cached pixels (with the model's test-time mirror when configured), on the CPU."""
+    import torch
+
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            chunk = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
+            parts.append(
+                [t.float().cpu() for t in model.logits(chunk.contiguous(memory_format=torch.channels_last))]
+            )
+    return [torch.cat(column) for column in zip(*parts, strict=True)]
+
+
+def predictions_frame(logits, temperatures, labels: pl.DataFrame) -> pl.DataFrame:
+    import torch
+
+    t_gender, t_race, t_age = temperatures
+    gender, race, age = logits
+    age_probs = torch.softmax(age / t_age, dim=1)
+    expected = (age_probs * torch.arange(age.shape[1])).sum(dim=1)
+    return labels.select(
+        pl.col("path"),
+        pl.col("gender").alias("true_gender"),
+        pl.col("race").alias("true_race"),
+        pl.col("age").alias("true_age"),
+    ).with_columns(
+        pl.Series("p_female", torch.sigmoid(gender / t_gender).numpy()),
+        pl.Series("pred_gender", (gender > 0).long().numpy()),
+        pl.Series("pred_race", race.argmax(dim=1).numpy()),
+        pl.Series("race_confidence", torch.softmax(race / t_race, dim=1).max(dim=1).values.numpy()),
+        pl.Series("pred_age", expected.numpy()),
+    )
+
+
+def validation_score(metrics: dict) -> float:
+    """One number for early stopping: accuracies in %, MAE in years (1 year of MAE ~ 2.5 points)."""
+    return 100 * metrics["gender_accuracy"] + 100 * metrics["race_accuracy"] - 2.5 * metrics["age_mae"]
+
+
+def fit_temperatures(logits, labels: pl.DataFrame) -> tuple[list[float], dict]:
+    """Temperature per head minimising validation NLL (grid search in log space: robust, 1-D each)."""
+    import torch
+    from torch.nn import functional as F
+
+    gender, race, age = logits
+    g_true = torch.tensor(labels.get_column("gender").to_numpy()).float()
+    r_true = torch.tensor(labels.get_column("race").to_numpy()).long()
+    a_true = torch.tensor(labels.get_column("age").to_numpy()).long().clamp(0, age.shape[1] - 1)
+    nll = {
+        "gender": lambda t: F.binary_cross_entropy_with_logits(gender / t, g_true).item(),
+        "race": lambda t: F.cross_entropy(race / t, r_true).item(),
+        # age bins are one year wide and the labels noisy: score the probability within ±2 years
+        "age": lambda t: (
+            -torch.log(
+                (
+                    torch.softmax(age / t, 1)
+                    * (torch.arange(age.shape[1])[None] - a_true[:, None]).abs().le(2)
+                ).sum(1)
+                + 1e-8
+            )
+            .mean()
+            .item()
+        ),
+    }
+    grid = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), 121)).tolist()
+    temps = [min(grid, key=nll[head]) for head in ("gender", "race", "age")]
+    calibration = {
+        "temperatures": dict(zip(("gender", "race", "age"), temps, strict=True)),
+        "gender_ece_before": expected_calibration_error(torch.sigmoid(gender), g_true),
+        "gender_ece_after": expected_calibration_error(torch.sigmoid(gender / temps[0]), g_true),
+        "race_ece_before": expected_calibration_error(torch.softmax(race, 1), r_true),
+        "race_ece_after": expected_calibration_error(torch.softmax(race / temps[1], 1), r_true),
+    }
+    return temps, calibration
+
+
+def expected_calibration_error(probs, truth, bins: int = 15) -> float:
+    """ECE over 15 equal-width confidence bins; binary probs are read as P(class 1)."""
+    import torch
+
+    if probs.dim() == 1:
+        confidence = torch.maximum(probs, 1 - probs)
+        correct = ((probs >= 0.5).long() == truth.long()).float()
+    else:
+        confidence, predicted = probs.max(dim=1)
+        correct = (predicted == truth).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            ece += inside.float().mean().item() * abs(
+                confidence[inside].mean().item() - correct[inside].mean().item()
+            )
+    return ece
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+
+def run(options: TrainOptions, resume: bool = False) -> TrainResult:
+    import torch
+
+    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+    from faceattr_batch.models.registry import ATTR_FORMAT, TRAIN_FORMAT, read_checkpoint
+
+    out = Path(options.out_dir)
+    last_path = out / CHECKPOINT_LAST
+    if resume:
+        if not last_path.is_file():
+            raise FaceattrError(f"{out}: nothing to resume (no {CHECKPOINT_LAST})")
+        saved = json.loads((out / "options.json").read_text())
+        options = _options_from_json(saved, out)
+    elif last_path.is_file():
+        raise FaceattrError(
+            f"{out} already holds a training run: add --resume to continue it, or pick another -o"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "options.json", options.to_json())
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = resolve_device(options.device)
+    table = load_labelled(options.source, options.root, options.workers)
+    if options.limit:
+        table = table.head(options.limit)
+    table = split_by_group(table, options.val_fraction, options.seed)
+    table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
+    pixels = decode_cache(
+        table, options.input_size, out / f"pixels_{options.input_size}.npy", options.workers, options.progress
+    )
+    is_val = table.get_column("split").to_numpy() == "val"
+    train_rows, val_rows = table.filter(~pl.Series(is_val)), table.filter(pl.Series(is_val))
+    train_pixels, val_pixels = pixels[~is_val], pixels[is_val]
+    log.info(
+        "train %d / val %d images (%d groups held out)",
+        len(train_rows),
+        len(val_rows),
+        val_rows["dup_group"].n_unique(),
+    )
+
+    config = AttrNetConfig(input_size=options.input_size, widths=options.widths, depths=options.depths)
+    torch.manual_seed(options.seed)
+    model = AttrNet(config).to(device).to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train_rows) / options.batch_size)
+    if options.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, options.steps_per_epoch)
+    total_steps = steps_per_epoch * options.epochs
+    warmup = max(1, int(options.warmup_epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+        ),
+    )
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+    if resume:
+        checkpoint = read_checkpoint(last_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = {k: checkpoint[k] for k in state}
+        log.info("resuming after epoch %d", state["epoch"])
+
+    race_counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(
+        np.float64
+    )
+    race_weights = torch.tensor(
+        (race_counts.sum() / (len(RACES) * np.maximum(race_counts, 1))) ** 0.5
+    ).float()
+    race_weights = (race_weights / race_weights.mean()).to(device)
+    labels = {
+        k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64))
+        for k in ("gender", "race", "age")
+    }
+    labels["age"] = labels["age"].clamp(0, MAX_AGE)
+    train_tensor = torch.from_numpy(train_pixels).permute(0, 3, 1, 2)
+    use_amp = device.type == "cuda"
+
+    def save(path: Path, payload: dict) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    while state["epoch"] < options.epochs and state["bad_epochs"] < options.patience:
+        epoch = state["epoch"]
+        started = time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+        torch.manual_seed(options.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_rows), generator=generator)
+        total_loss, seen = 0.0, 0
+        from tqdm import tqdm
+
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress
+        )
+        for step in bar:
+            index = order[step * options.batch_size : (step + 1) * options.batch_size]
+            x = augment(train_tensor[index], generator).to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            targets = [labels[k][index].to(device) for k in ("gender", "race", "age")]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = multitask_loss(logits, *targets, race_weights, model.age_values)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        bar.close()
+        model.eval()
+        val_metrics = _evaluate(model, val_pixels, val_rows, device)
+        train_seconds = time.perf_counter() - started
+        score = validation_score(val_metrics)
+        state["epoch"] = epoch + 1
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(seen, 1),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": train_seconds,
+            "train_images_per_s": seen / train_seconds,
+            "val_score": score,
+            **{k: val_metrics[k] for k in ("gender_accuracy", "race_accuracy", "race_macro_f1", "age_mae")},
+        }
+        _append_metrics(out / "metrics.parquet", row)
+        log.info("epoch %d: %s", epoch + 1, row)
+        checkpoint = {
+            "format": TRAIN_FORMAT,
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **state,
+        }
+        save(last_path, checkpoint)
+        if improved:
+            save(out / CHECKPOINT_BEST, checkpoint)
+
+    best = read_checkpoint(out / CHECKPOINT_BEST)
+    model.load_state_dict(best["model"])
+    model.eval()
+    report = finalize(model, val_pixels, val_rows, device, state, options)
+    model_path = out / MODEL_FILE
+    final_config = AttrNetConfig.from_dict({**config.to_dict(), "tta_flip": report["tta_flip"]})
+    final_model = AttrNet(final_config)
+    final_model.load_state_dict(model.state_dict())
+    final_model.temperatures.copy_(torch.tensor(report["calibration"]["temperatures_list"]))
+    save(
+        model_path,
+        {
+            "format": ATTR_FORMAT,
+            "config": final_config.to_dict(),
+            "state_dict": {k: v.cpu() for k, v in final_model.state_dict().items()},
+            "meta": {
+                "name": "faceattr-attr",
+                "version": __version__,
+                "trained_on": str(options.source),
+                "best_epoch": state["best_epoch"],
+                "val_metrics": json.dumps(report["overall"]),
+            },
+        },
+    )
+    _write_json(out / "report.json", report)
+    return TrainResult(out, model_path, report)
+
+
+def finalize(model, val_pixels, val_rows, device, state, options) -> dict:
+    """Choose test-time mirroring by validation, fit temperatures, and build the final validation report."""
+    from dataclasses import replace as dc_replace
+
+    from faceattr_batch import metrics as m
+
+    plain = collect_logits(model, val_pixels, device)
+    plain_metrics = m.overall(predictions_frame(plain, (1.0, 1.0, 1.0), val_rows))
+    model.config = dc_replace(model.config, tta_flip=True)
+    mirrored = collect_logits(model, val_pixels, device)
+    mirrored_metrics = m.overall(predictions_frame(mirrored, (1.0, 1.0, 1.0), val_rows))
+    use_flip = validation_score(mirrored_metrics) > validation_score(plain_metrics)
+    model.config = dc_replace(model.config, tta_flip=use_flip)
+    logits = mirrored if use_flip else plain
+    temps, calibration = fit_temperatures(logits, val_rows)
+    calibration["temperatures_list"] = temps
+    frame = predictions_frame(logits, temps, val_rows)
+    return {
+        "tool_version": __version__,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "n_train_val": {"val": val_rows.height},
+        "tta_flip": use_flip,
+        "tta_comparison": {"plain": plain_metrics, "mirrored": mirrored_metrics},
+        "overall": m.overall(frame),
+        "race_confusion": m.confusion_matrix(frame),
+        "by_race": m.breakdown(frame, ["race"]).to_dicts(),
+        "by_gender": m.breakdown(frame, ["gender"]).to_dicts(),
+        "by_age_band": m.breakdown(frame, ["age_band"]).to_dicts(),
+        "calibration": calibration,
+    }
+
+
+def _evaluate(model, pixels, rows, device) -> dict:
+    from faceattr_batch import metrics as m
+
+    return m.overall(predictions_frame(collect_logits(model, pixels, device), (1.0, 1.0, 1.0), rows))
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise FaceattrError(f"--device {name!r}: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FaceattrError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _options_from_json(saved: dict, out: Path) -> TrainOptions:
+    saved = dict(saved)
+    for key in ("source", "out_dir", "root"):
+        if saved.get(key) is not None:
+            saved[key] = Path(saved[key])
+    for key in ("widths", "depths"):
+        saved[key] = tuple(saved[key])
+    return replace(TrainOptions(source=saved["source"], out_dir=out), **saved)
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    frame = pl.DataFrame([row])
+    if path.is_file():
+        frame = pl.concat(
+            [pl.read_parquet(path).filter(pl.col("epoch") < row["epoch"]), frame], how="diagonal"
+        )
+    tmp = path.with_suffix(".tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
