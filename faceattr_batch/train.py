@@ -320,7 +320,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     import torch
 
     from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-    from faceattr_batch.models.registry import ATTR_FORMAT, TRAIN_FORMAT, read_checkpoint
+    from faceattr_batch.models.registry import TRAIN_FORMAT, read_checkpoint, save_attr_model
 
     out = Path(options.out_dir)
     last_path = out / CHECKPOINT_LAST
@@ -473,19 +473,15 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     final_model = AttrNet(final_config)
     final_model.load_state_dict(model.state_dict())
     final_model.temperatures.copy_(torch.tensor(report["calibration"]["temperatures_list"]))
-    save(
+    save_attr_model(
+        final_model,
         model_path,
         {
-            "format": ATTR_FORMAT,
-            "config": final_config.to_dict(),
-            "state_dict": {k: v.cpu() for k, v in final_model.state_dict().items()},
-            "meta": {
-                "name": "faceattr-attr",
-                "version": __version__,
-                "trained_on": str(options.source),
-                "best_epoch": state["best_epoch"],
-                "val_metrics": json.dumps(report["overall"]),
-            },
+            "name": "faceattr-attr",
+            "version": __version__,
+            "trained_on": str(options.source),
+            "best_epoch": state["best_epoch"],
+            "val_metrics": json.dumps(report["overall"]),
         },
     )
     _write_json(out / "report.json", report)

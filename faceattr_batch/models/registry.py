@@ -51,6 +51,25 @@ def resolve_attr_source(source: str | Path | None) -> Path:
     return path
 
 
+def save_attr_model(model, path: Path, meta: dict) -> Path:
+    """Write a shippable model file (config + state dict + meta) atomically; meta values must be plain."""
+    import os
+
+    import torch
+
+    payload = {
+        "format": ATTR_FORMAT,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def load_attr_model(source: str | Path | None = None):
     """A ready ``AttrNet`` in eval mode, on the CPU, and its metadata dict (name, version, metrics...)."""
     from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
