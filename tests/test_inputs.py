@@ -1,0 +1,70 @@
+"""inputs.list_images: folders, files, globs, index Parquets -> sorted unique absolute paths."""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.inputs import display_path, is_index_parquet, list_images
+
+
+def _tree(root):
+    (root / "a" / "deep").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for rel in ("a/1.jpg", "a/deep/2.PNG", "b.webp", "c.bmp", ".hidden/x.jpg", "a/.dot.jpg"):
+        Image.new("RGB", (8, 8)).save(root / rel)  # Pillow picks the format from the extension
+    (root / "notes.txt").write_text("not an image")
+    os.symlink(root / "missing.jpg", root / "broken.jpg")
+    os.symlink(root / "a", root / "link_to_a")  # a directory symlink is not followed
+    return root
+
+
+def test_folder_is_recursive_sorted_and_skips_hidden(tmp_path):
+    root = _tree(tmp_path)
+    paths = list_images([root])
+    rel = [os.path.relpath(p, root) for p in paths]
+    assert rel == sorted(rel)
+    assert rel == ["a/1.jpg", "a/deep/2.PNG", "b.webp", "broken.jpg", "c.bmp"]
+    assert all(os.path.isabs(p) for p in paths)
+
+
+def test_sources_are_merged_without_duplicates(tmp_path):
+    root = _tree(tmp_path)
+    paths = list_images([root / "a", root / "a" / "1.jpg", str(root / "**" / "*.webp")])
+    assert [os.path.relpath(p, root) for p in paths] == ["a/1.jpg", "a/deep/2.PNG", "b.webp"]
+
+
+def test_named_file_is_taken_whatever_its_extension(tmp_path):
+    root = _tree(tmp_path)
+    assert list_images(root / "notes.txt") == [str(root / "notes.txt")]
+
+
+def test_index_parquet_paths_are_joined_to_its_root(tmp_path):
+    root = _tree(tmp_path / "imgs")
+    index = tmp_path / "index.parquet"
+    pl.DataFrame({"path": ["b.webp", "a/1.jpg"]}).write_parquet(index, metadata={"faceattr_batch.root": str(root)})
+    assert is_index_parquet(index)
+    assert list_images([index]) == [str(root / "a" / "1.jpg"), str(root / "b.webp")]
+
+
+def test_foreign_parquet_and_missing_sources_raise(tmp_path):
+    foreign = tmp_path / "x.parquet"
+    pl.DataFrame({"path": ["a"]}).write_parquet(foreign)
+    with pytest.raises(FaceattrError, match="did not write"):
+        list_images([foreign])
+    with pytest.raises(FaceattrError, match="no such file or folder"):
+        list_images([tmp_path / "nope"])
+    with pytest.raises(FaceattrError, match="no image files"):
+        list_images([str(tmp_path / "*.jpg")])
+    with pytest.raises(FaceattrError, match="no inputs"):
+        list_images([])
+
+
+def test_display_path_keeps_undecodable_bytes_visible():
+    raw = os.fsdecode(b"/tmp/caf\xe9.jpg")
+    assert display_path(raw) == "/tmp/caf\\xe9.jpg"
+    assert display_path("/tmp/ok.jpg") == "/tmp/ok.jpg"
