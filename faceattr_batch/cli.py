@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,9 +31,7 @@ Workers = Annotated[
     typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process)."),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
-JsonOut = Annotated[
-    bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")
-]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
 
 
@@ -75,3 +74,131 @@ def print_json(data: object) -> None:
 
 
 # --- commands are added below, one block each -------------------------------------------------------------
+
+
+# --- train / export-onnx ---------------------------------------------------------------------------------------
+
+
+def _int_tuple(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FaceattrError(f"{option} {text!r}: use comma-separated integers, e.g. 32,64,128,256") from None
+    if not values or min(values) < 1:
+        raise FaceattrError(f"{option} {text!r}: values must be positive")
+    return values
+
+
+@app.command()
+@one_line_errors
+def train(
+    source: Annotated[Path, typer.Argument(help="Index Parquet from `index --hash`, or an image folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="RUN_DIR for checkpoints, metrics and the model.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Image folder of an index Parquet (default: the one recorded in it).")
+    ] = None,
+    input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
+    widths: Annotated[str, typer.Option(help="Channels per stage, comma-separated.")] = "32,64,128,256",
+    depths: Annotated[str, typer.Option(help="Residual blocks per stage, comma-separated.")] = "1,2,2,1",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
+    batch_size: BatchSize = 128,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of duplicate groups held out.")] = 0.1,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better score.")] = 12,
+    seed: Seed = 0,
+    workers: Workers = 2,
+    device: Device = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its last checkpoint.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(min=1, help="Cap the steps per epoch (smoke runs).")] = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Train the attribute model (gender, race, age distribution) on a UTKFace-style set."""
+    import logging
+
+    from faceattr_batch.train import TrainOptions, run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = TrainOptions(
+        source=source,
+        out_dir=out,
+        root=root,
+        input_size=input_size,
+        widths=_int_tuple(widths, "--widths"),
+        depths=_int_tuple(depths, "--depths"),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        val_fraction=val_fraction,
+        patience=patience,
+        seed=seed,
+        workers=workers,
+        device=device,
+        limit=limit,
+        steps_per_epoch=steps_per_epoch,
+    )
+    result = run(options, resume=resume)
+    if json_out:
+        print_json(result.report)
+        return
+    _print_train_report(result)
+
+
+def _print_train_report(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = result.report
+    overall = report["overall"]
+    table = Table(title=f"validation ({report['n_train_val']['val']} faces never trained on)")
+    for column in ("slice", "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
+        table.add_column(column, justify="right")
+
+    def add(name: str, row: dict) -> None:
+        table.add_row(
+            name,
+            str(row.get("n", row.get("n_gender"))),
+            f"{row['gender_accuracy']:.2%}",
+            f"{row['gender_f1']:.3f}",
+            f"{row['race_accuracy']:.2%}",
+            f"{row['race_macro_f1']:.3f}",
+            f"{row['age_mae']:.2f}",
+            f"{row['age_cs5']:.2%}",
+        )
+
+    add("all", overall)
+    for key, column in (("by_race", "race"), ("by_gender", "gender"), ("by_age_band", "age_band")):
+        for row in report[key]:
+            add(str(row[column]), row)
+    console = Console()
+    console.print(table)
+    calibration = report["calibration"]
+    console.print(
+        f"calibration: temperatures {calibration['temperatures']}; race ECE {calibration['race_ece_before']:.3f}"
+        f" -> {calibration['race_ece_after']:.3f}; gender ECE {calibration['gender_ece_before']:.3f}"
+        f" -> {calibration['gender_ece_after']:.3f}; test-time mirror: {report['tta_flip']}"
+    )
+    console.print(f"model: {result.model_path}")
+
+
+DEFAULT_ONNX = Path("model.onnx")
+
+
+@app.command("export-onnx")
+@one_line_errors
+def export_onnx(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = DEFAULT_ONNX,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="RUN_DIR or .pt checkpoint (default: the shipped model).")
+    ] = None,
+    opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
+) -> None:
+    """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""
+    from faceattr_batch.models.export import export_onnx as export
+
+    summary = export(model, out, opset)
+    typer.echo(f"wrote {summary['path']} (input uint8 N x 3 x {summary['input_size']} x {summary['input_size']})")

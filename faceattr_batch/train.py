@@ -549,6 +549,17 @@ def _options_from_json(saved: dict, out: Path) -> TrainOptions:
     return replace(TrainOptions(source=saved["source"], out_dir=out), **saved)
 
 
+def _finite(value):
+    """NaN (e.g. precision with no positive prediction) -> None, since JSON has no NaN."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _append_metrics(path: Path, row: dict) -> None:
     frame = pl.DataFrame([row])
     if path.is_file():
@@ -562,5 +573,5 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(_finite(data), indent=2, default=str))
     os.replace(tmp, path)

@@ -55,9 +55,7 @@ class AttrOutputs(NamedTuple):
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class BasicBlock(nn.Module):
@@ -114,7 +112,7 @@ class AttrNet(nn.Module):
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:
         """Calibrated probabilities, expected age and its 80% interval."""
         logits = self.logits(pixels)
-        t_gender, t_race, t_age = self.temperatures
+        t_gender, t_race, t_age = self.temperatures[0], self.temperatures[1], self.temperatures[2]
         age_probs = torch.softmax(logits.age / t_age, dim=1)
         cdf = torch.cumsum(age_probs, dim=1)
         low = (cdf < AGE_INTERVAL[0]).sum(dim=1).float()

@@ -1,0 +1,86 @@
+"""`faceattr-batch export-onnx`: the attribute model as ONNX, calibrated outputs and all.
+
+The graph takes the same uint8 N x 3 x S x S chips that ``decode.load_chip`` makes (the float scaling,
+test-time mirror and temperatures are inside), so an ONNX user needs only the preprocessing written into the
+model's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from faceattr_batch import __version__
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
+
+OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
+INPUT_NAME = "pixels"
+
+
+def preprocessing_text(input_size: int) -> str:
+    return (
+        f"RGB uint8, N x 3 x {input_size} x {input_size} (NCHW). Decode with EXIF orientation applied, take the "
+        f"centred square, resize to {input_size} x {input_size} with an antialiased bilinear filter "
+        "(faceattr_batch.decode.load_chip). Float scaling is inside the graph."
+    )
+
+
+def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
+    """Write ``out`` atomically and return a summary (path, input size, opset, max |torch - onnx| check)."""
+    import onnx
+    import torch
+
+    from faceattr_batch.models.registry import load_attr_model
+
+    model, meta = load_attr_model(source)
+    size = model.config.input_size
+
+    class Calibrated(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            return tuple(self.net.infer(pixels))
+
+    wrapper = Calibrated(model).eval()
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
+        properties = {
+            "faceattr_batch.version": __version__,
+            "model_name": str(meta.get("name", "faceattr-attr")),
+            "config": json.dumps(model.config.to_dict()),
+            "preprocessing": preprocessing_text(size),
+            "outputs": "p_female: P(female); race_probs: softmax over races; age_mean: expected age (years); "
+            "age_low/age_high: 10th/90th percentile of the age distribution",
+            "genders": json.dumps(GENDERS),
+            "races": json.dumps(RACES),
+            "age_bands": json.dumps(AGE_BAND_NAMES),
+        }
+        for key, value in properties.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    except (OSError, RuntimeError, onnx.checker.ValidationError) as err:
+        raise FaceattrError(f"ONNX export to {out} failed: {str(err).splitlines()[0][:200]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "input_size": size, "opset": opset, "source": meta["source"]}

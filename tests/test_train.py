@@ -1,0 +1,177 @@
+"""train: a tiny run end to end, deterministic resume, safe checkpoint loading, the pieces of the loss."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from faceattr_batch import train as train_module
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import format_name
+from faceattr_batch.models.registry import load_attr_model
+from faceattr_batch.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
+
+TINY = dict(input_size=32, widths=(8, 16), depths=(1, 1), batch_size=16, workers=0, progress=False)
+
+
+def make_faces(folder: Path, n: int = 60, seed: int = 0) -> Path:
+    """Coloured noise images with UTKFace names; the colour carries the label so the net can learn something."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        gender, race, age = i % 2, i % 5, int(rng.integers(1, 90))
+        pixels = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+        pixels[..., gender] += 150
+        stamp = dt.datetime(2017, 1, 1) + dt.timedelta(seconds=i)
+        Image.fromarray(pixels).save(folder / format_name(age, gender, race, stamp))
+    return folder
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    return make_faces(tmp_path / "faces")
+
+
+def state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_tiny_run_writes_model_report_and_metrics(faces: Path, tmp_path: Path):
+    result = run(TrainOptions(source=faces, out_dir=tmp_path / "run", epochs=2, **TINY))
+    out = tmp_path / "run"
+    for name in ("model.pt", "best.pt", "last.pt", "metrics.parquet", "split.parquet", "report.json", "options.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["epochs_run"] == 2
+    assert 0 <= report["overall"]["gender_accuracy"] <= 1
+    assert len(report["race_confusion"]) == 5
+    assert {row["race"] for row in report["by_race"]} <= {"White", "Black", "Asian", "Indian", "Others"}
+    model, meta = load_attr_model(out)  # predict's loader reads the RUN_DIR
+    assert meta["source"].endswith("model.pt")
+    assert model.config.input_size == 32
+    with torch.inference_mode():
+        outputs = model.infer(torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
+    assert outputs.race_probs.sum(dim=1).allclose(torch.ones(3))
+    assert bool(((outputs.age_low <= outputs.age_mean) & (outputs.age_mean <= outputs.age_high)).all())
+    assert result.model_path == out / "model.pt"
+
+
+def test_split_keeps_duplicate_groups_on_one_side():
+    import polars as pl
+
+    table = pl.DataFrame({"path": [f"{i}" for i in range(200)], "dup_group": [i // 2 for i in range(200)]})
+    split = split_by_group(table, 0.2, seed=3)
+    sides = split.group_by("dup_group").agg(pl.col("split").n_unique().alias("sides"))
+    assert sides["sides"].max() == 1
+    assert 30 <= (split["split"] == "val").sum() <= 50
+    assert split.equals(split_by_group(table, 0.2, seed=3))  # seeded
+    assert not split.equals(split_by_group(table, 0.2, seed=4))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(faces: Path, tmp_path: Path, monkeypatch):
+    options = dict(source=faces, epochs=3, **TINY)
+    run(TrainOptions(out_dir=tmp_path / "whole", **options))
+
+    calls = {"n": 0}
+    real_append = train_module._append_metrics
+
+    def crash_in_epoch_two(path, row):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # stands in for kill: epoch 1 was checkpointed, epoch 2 was not
+        real_append(path, row)
+
+    monkeypatch.setattr(train_module, "_append_metrics", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(TrainOptions(out_dir=tmp_path / "cut", **options))
+    assert state(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "_append_metrics", real_append)
+
+    with pytest.raises(FaceattrError, match="already holds a training run"):
+        run(TrainOptions(out_dir=tmp_path / "cut", **options))
+    run(TrainOptions(out_dir=tmp_path / "cut", **options), resume=True)
+
+    whole, cut = state(tmp_path / "whole" / "model.pt"), state(tmp_path / "cut" / "model.pt")
+    for key, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, cut["state_dict"][key]), key
+    import polars as pl
+
+    assert pl.read_parquet(tmp_path / "cut" / "metrics.parquet")["epoch"].to_list() == [1, 2, 3]
+
+
+def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(FaceattrError, match="garbage.pt: not a readable faceattr checkpoint"):
+        load_attr_model(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(FaceattrError, match="foreign.pt: not a faceattr attribute-model checkpoint"):
+        load_attr_model(foreign)
+    with pytest.raises(FaceattrError, match="not a train RUN_DIR"):
+        load_attr_model(tmp_path)
+
+
+def test_mismatched_weights_name_the_file(faces: Path, tmp_path: Path):
+    run(TrainOptions(source=faces, out_dir=tmp_path / "run", epochs=1, **TINY))
+    data = state(tmp_path / "run" / "model.pt")
+    data["config"]["widths"] = [16, 32]
+    bad = tmp_path / "mismatch.pt"
+    torch.save(data, bad)
+    with pytest.raises(FaceattrError, match="mismatch.pt: weights do not match"):
+        load_attr_model(bad)
+
+
+def test_soft_age_targets_are_distributions_centred_on_the_age():
+    targets = soft_age_targets(torch.tensor([0, 30, 100]), 121)
+    assert targets.sum(dim=1).allclose(torch.ones(3))
+    assert targets.argmax(dim=1).tolist() == [0, 30, 100]
+    expected = (targets * torch.arange(121)).sum(dim=1)
+    assert abs(expected[1].item() - 30) < 1e-3  # symmetric away from the edges
+
+
+def test_temperature_fit_undoes_a_known_overconfidence():
+    import polars as pl
+
+    rng = torch.Generator().manual_seed(0)
+    n = 4000
+    truth = torch.randint(0, 5, (n,), generator=rng)
+    calibrated = torch.randn(n, 5, generator=rng)
+    calibrated[torch.arange(n), truth] += 1.5  # logits that are calibrated by construction: sample the labels
+    labels = torch.multinomial(torch.softmax(calibrated, 1), 1, generator=rng).squeeze(1)
+    frame = pl.DataFrame({"gender": np.zeros(n, dtype=np.int64), "race": labels.numpy(), "age": np.full(n, 30)})
+    logits = [torch.zeros(n), calibrated * 3.0, torch.zeros(n, 121)]  # race logits 3x too sharp
+    temps, calibration = fit_temperatures(logits, frame)
+    assert 2.5 < temps[1] < 3.6
+    assert calibration["race_ece_after"] < calibration["race_ece_before"]
+
+
+def test_cli_train_smoke_and_bad_values(faces: Path, tmp_path: Path):
+    runner = CliRunner()
+    args = ["train", str(faces), "-o", str(tmp_path / "cli"), "--input-size", "32", "--widths", "8,16"]
+    args += ["--depths", "1,1", "--epochs", "1", "--workers", "0", "-b", "16", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "overall" in json.loads(result.stdout)
+    bad = runner.invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--widths", "8,a"])
+    assert bad.exit_code == 2
+    assert "--widths '8,a'" in bad.output
+    missing = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")])
+    assert missing.exit_code == 2
+
+
+def test_train_on_a_slice_of_the_shared_faces(shared_utkface: Path, tmp_path: Path):
+    result = run(
+        TrainOptions(source=shared_utkface, out_dir=tmp_path / "real", epochs=1, limit=300, steps_per_epoch=5, **TINY)
+    )
+    assert result.report["n_train_val"]["val"] > 0
+    model, _ = load_attr_model(tmp_path / "real")
+    assert model.config.input_size == 32
