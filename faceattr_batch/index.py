@@ -10,6 +10,7 @@ missing or unreadable root raises ``FaceattrError``. The library logs and return
 
 from __future__ import annotations
 
+import array
 import hashlib
 import io
 import itertools
@@ -34,7 +35,7 @@ from faceattr_batch.labels import (
     STATUS_RECOVERED,
     STATUS_REJECTED,
     label_exprs,
-    parse_exprs,
+    parse_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -70,31 +71,42 @@ class IndexResult:
 
 @dataclass
 class _Listing:
-    """What the walk found: one entry per image file, plus counts of what it skipped and why."""
+    """What the walk found: every file (flat, listing order) with its folder, plus what it skipped and why."""
 
     dirs: list[str] = field(default_factory=list)  # display form (relative, posix, UTF-8 safe), "" = root
     real_dirs: list[str] = field(default_factory=list)  # the real relative path (may hold surrogates)
-    names: list[list[str]] = field(default_factory=list)  # per directory: real file names
+    names: list[str] = field(default_factory=list)  # real file names, all folders, listing order
+    dir_of: array.array = field(default_factory=lambda: array.array("I"))  # folder index of each name
     skipped: Counter = field(default_factory=Counter)
     unreadable_dirs: list[dict] = field(default_factory=list)
 
+    def real_path(self, root: Path, row: int) -> str:
+        return os.path.join(root, self.real_dirs[self.dir_of[row]], self.names[row])
+
 
 def build_index(options: IndexOptions) -> IndexResult:
-    """List, parse (and optionally hash/probe) every image under ``options.root``; see the module doc."""
+    """List, parse (and optionally hash/probe) every image under ``options.root``; see the module doc.
+
+    Rows come in listing order (folder by folder, as the file system lists them): sorting a million paths
+    would cost more than parsing them. Sort by ``path`` where an order matters.
+    """
     started = time.perf_counter()
     root = _check_root(options.root)
-    listing = _walk(root)
-    table, raw_paths = _frame(listing)
-    n = table.height
-    if options.size:
-        table = table.with_columns(size_bytes=pl.Series(_sizes(root, raw_paths), dtype=pl.Int64))
+    listing = _Listing()
+    with _ChunkParser(listing) as parser:  # parses finished chunks in a thread while the walk goes on
+        _walk(root, listing, parser.submit)
+        # stat runs in forked children while the parser thread finishes
+        sizes = _Sizes(root, listing) if options.size else None
+    table, keep = parser.table, parser.keep
+    if sizes is not None:
+        table = table.with_columns(size_bytes=sizes.result().filter(keep))
     if options.hash or options.probe:
-        table = _inspect_all(table, root, raw_paths, options)
+        table = _inspect_all(table, root, listing, options)
     if options.hash:
-        table = add_dup_groups(table, options.near_bits, options.max_thumb_diff)
-    table = table.drop("_row", "_thumb", strict=False)
+        table = add_dup_groups(table, options.near_bits, options.max_thumb_diff).drop("_thumb")
+    table = table.drop("_row")
     summary = summarize(table, listing, root, options, time.perf_counter() - started)
-    log.info("indexed %d images under %s in %.2f s", n, root, summary["seconds"])
+    log.info("indexed %d images under %s in %.2f s", table.height, root, summary["seconds"])
     return IndexResult(table=table, summary=summary)
 
 
@@ -116,8 +128,9 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        # polars writes the key-value metadata itself; importing pyarrow.parquet would add ~0.15 s to start-up
-        result.table.write_parquet(tmp, metadata=metadata, statistics=False)
+        # polars writes the key-value metadata itself (importing pyarrow.parquet would add ~0.15 s to start-up);
+        # lz4 writes a million rows in half zstd's time, for a ~20% larger file
+        result.table.write_parquet(tmp, metadata=metadata, statistics=False, compression="lz4")
         os.replace(tmp, path)
     except OSError as err:
         raise FaceattrError(f"cannot write {path}: {err.strerror or err}") from None
@@ -128,11 +141,9 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
 
 
 def read_index_metadata(path: Path | str) -> dict[str, str]:
-    """The key-value metadata ``write_index`` stored (for tests and scripts)."""
-    import pyarrow.parquet as pq
-
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"faceattr_batch.")}
+    """The key-value metadata ``write_index`` stored (root, version, counts, options as JSON strings)."""
+    raw = pl.read_parquet_metadata(path)
+    return {k: v for k, v in raw.items() if k.startswith("faceattr_batch.")}
 
 
 # --- listing ------------------------------------------------------------------------------------------------
@@ -152,50 +163,64 @@ def _check_root(root: Path) -> Path:
     return root.resolve()
 
 
-def _walk(root: Path) -> _Listing:
-    listing = _Listing()
-    image_exts = tuple(IMAGE_EXTENSIONS)
+_FLUSH = 1 << 17  # names per parse chunk
+
+
+def _walk(root: Path, listing: _Listing, flush) -> None:
+    """Every file below ``root`` (hidden folders and folder symlinks are not entered); never raises.
+
+    ``flush(end)`` is called whenever ``listing.names[:end]`` is complete enough to parse.
+    """
     stack = [("", "")]
+    flushed = 0
     while stack:
         real_rel, shown_rel = stack.pop()
+        index = len(listing.dirs)
+        listing.dirs.append(shown_rel)
+        listing.real_dirs.append(real_rel)
+        names = listing.names
+        start = len(names)
         try:
-            with os.scandir(os.path.join(root, real_rel) if real_rel else root) as entries:
-                names = []
+            with os.scandir(os.path.join(root, real_rel)) as entries:
                 for entry in entries:
-                    name = entry.name
-                    if name.startswith("."):
-                        listing.skipped["hidden"] += 1
-                        continue
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            sub = f"{real_rel}/{name}" if real_rel else name
-                            stack.append((sub, f"{shown_rel}/{_shown(name)}" if shown_rel else _shown(name)))
+                    # d_type answers is_dir/is_file without a stat call, except for symlinks
+                    if entry.is_file(follow_symlinks=False):
+                        names.append(entry.name)
+                        if len(names) - flushed >= _FLUSH:
+                            listing.dir_of.extend(array.array("I", [index]) * (len(names) - start))
+                            start = flushed = len(names)
+                            flush(flushed)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if entry.name.startswith("."):
+                            listing.skipped["hidden folder"] += 1
                             continue
-                        if not name.lower().endswith(image_exts):
-                            listing.skipped["not an image extension"] += 1
-                            continue
-                        if entry.is_symlink():
-                            if entry.is_dir():
-                                listing.skipped["symlink to a folder (not followed)"] += 1
-                                continue
-                            if not entry.is_file():
-                                listing.skipped["broken symlink or symlink loop"] += 1
-                                continue
-                        elif not entry.is_file():
-                            listing.skipped["not a regular file"] += 1
-                            continue
-                    except OSError:
-                        listing.skipped["cannot stat"] += 1
-                        continue
-                    names.append(name)
+                        sub = f"{real_rel}/{entry.name}" if real_rel else entry.name
+                        shown = _shown(entry.name)
+                        stack.append((sub, f"{shown_rel}/{shown}" if shown_rel else shown))
+                    else:
+                        kind = _odd_entry(entry)
+                        if kind is None:
+                            names.append(entry.name)
+                        else:
+                            listing.skipped[kind] += 1
         except OSError as err:
             listing.unreadable_dirs.append({"path": shown_rel or ".", "reason": err.strerror or str(err)})
-            continue
-        if names:
-            listing.dirs.append(shown_rel)
-            listing.real_dirs.append(real_rel)
-            listing.names.append(names)
-    return listing
+        listing.dir_of.extend(array.array("I", [index]) * (len(names) - start))
+    flush(len(listing.names))
+
+
+def _odd_entry(entry: os.DirEntry) -> str | None:
+    """None for a symlink to a file (indexed), else why the entry is skipped."""
+    try:
+        if entry.is_symlink():
+            if entry.is_dir():
+                return "symlink to a folder (not followed)"
+            if entry.is_file():
+                return None
+            return "broken symlink or symlink loop"
+    except OSError:
+        return "cannot stat"
+    return "not a regular file"
 
 
 def _shown(name: str) -> str:
@@ -207,36 +232,102 @@ def _shown(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _frame(listing: _Listing) -> tuple[pl.DataFrame, list[str]]:
-    """One row per image (path, name, parsed labels), and the real relative paths in listing order."""
-    frames = []
-    raw_paths: list[str] = []
-    bad_rows: list[int] = []
-    offset = 0
-    for shown_dir, real_dir, names in zip(listing.dirs, listing.real_dirs, listing.names, strict=True):
+class _ChunkParser:
+    """Parses ``listing.names[done:end]`` in a thread while the walk lists on (polars releases the GIL).
+
+    Result: ``table`` (image rows, listing order, with ``_row`` = position in the listing) and ``keep`` (one
+    bool per listed file: is it an image row).
+    """
+
+    def __init__(self, listing: _Listing) -> None:
+        import queue
+        import threading
+
+        self._listing = listing
+        self._done = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._parts: list[pl.DataFrame] = []
+        self._keeps: list[pl.Series] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="faceattr-index-parse", daemon=True)
+
+    def __enter__(self) -> _ChunkParser:
+        self._thread.start()
+        return self
+
+    def submit(self, end: int) -> None:
+        if end > self._done:
+            self._queue.put((self._done, end))
+            self._done = end
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._parse(*job)
+                except BaseException as err:  # re-raised in the caller's thread
+                    self._error = err
+
+    def _parse(self, start: int, end: int) -> None:
+        listing = self._listing
+        raw = listing.names[start:end]
+        error = pl.lit(None, pl.String)
         try:
-            series = pl.Series("name", names, dtype=pl.String)
-            clean = shown_dir == real_dir
+            names = pl.Series("name", raw, dtype=pl.String)
         except UnicodeEncodeError:
-            series = pl.Series("name", [_shown(n) for n in names], dtype=pl.String)
-            clean = False
-        if not clean:
-            bad_rows.extend(
-                offset + i for i, n in enumerate(names) if _shown(n) != n or shown_dir != real_dir
+            shown = [_shown(n) for n in raw]
+            bad = [i for i, (a, b) in enumerate(zip(shown, raw, strict=True)) if a != b]
+            names = pl.Series("name", shown, dtype=pl.String)
+            error = pl.when(pl.int_range(pl.len()).is_in(bad)).then(pl.lit(_NON_UTF8)).otherwise(error)
+        frame = pl.DataFrame([names, pl.int_range(start, end, eager=True, dtype=pl.UInt32).alias("_row")]).with_columns(
+            error=error
+        )
+        dir_of = listing.dir_of[start:end]
+        if len(listing.dirs) > 1 or listing.dirs[0]:
+            folder = pl.Series(listing.dirs, dtype=pl.String).gather(pl.Series(dir_of, dtype=pl.UInt32))
+            frame = frame.with_columns(path=pl.when(folder == "").then("name").otherwise(folder + "/" + pl.col("name")))
+            bad_dirs = [i for i, (a, b) in enumerate(zip(listing.dirs, listing.real_dirs, strict=True)) if a != b]
+            if bad_dirs:
+                in_bad = pl.Series(dir_of, dtype=pl.UInt32).is_in(bad_dirs)
+                frame = frame.with_columns(error=pl.when(in_bad).then(pl.lit(_NON_UTF8)).otherwise("error"))
+        else:
+            frame = frame.with_columns(path=pl.col("name"))
+        hidden = pl.col("name").str.starts_with(".")
+        keep = frame.select((~hidden & pl.col("name").str.contains(_IMAGE_PATTERN)).alias("keep")).to_series()
+        n_hidden = int(frame.select(hidden.sum()).item())
+        if n_hidden:
+            listing.skipped["hidden file"] += n_hidden
+        if len(keep) - int(keep.sum()) - n_hidden:
+            listing.skipped["not an image extension"] += len(keep) - int(keep.sum()) - n_hidden
+        self._keeps.append(keep)
+        self._parts.append(_parse(frame.filter(keep)))
+
+    @property
+    def table(self) -> pl.DataFrame:
+        if not self._parts:
+            return _parse(
+                pl.DataFrame(schema={"_row": pl.UInt32, "name": pl.String, "path": pl.String, "error": pl.String})
             )
-        prefix = f"{shown_dir}/" if shown_dir else ""
-        frames.append(pl.DataFrame([series]).with_columns(path=pl.lit(prefix) + pl.col("name")))
-        raw_paths.extend(f"{real_dir}/{n}" for n in names) if real_dir else raw_paths.extend(names)
-        offset += len(names)
-    table = pl.concat(frames) if frames else pl.DataFrame(schema={"name": pl.String, "path": pl.String})
-    table = table.with_row_index("_row").with_columns(
-        pl.col("_row").is_in(bad_rows).alias("_bad_name") if bad_rows else pl.lit(False).alias("_bad_name")
-    )
-    table = table.with_columns(parse_exprs(pl.col("name"))).with_columns(label_exprs())
+        return pl.concat(self._parts)
+
+    @property
+    def keep(self) -> pl.Series:
+        return pl.concat(self._keeps) if self._keeps else pl.Series("keep", [], dtype=pl.Boolean)
+
+
+def _parse(frame: pl.DataFrame) -> pl.DataFrame:
+    table = parse_frame(frame, "name").with_columns(label_exprs())
+    # readable labels as enums: dictionary-encoded, so a million rows cost little to hold and write
     table = table.with_columns(
-        error=pl.when(pl.col("_bad_name")).then(pl.lit(_NON_UTF8)).otherwise(pl.lit(None, pl.String))
-    ).drop("_bad_name")
-    table = table.select(
+        pl.col("gender_label").cast(pl.Enum(GENDERS)), pl.col("race_label").cast(pl.Enum(RACES))
+    )
+    return table.select(
         "_row",
         "path",
         "name",
@@ -250,18 +341,83 @@ def _frame(listing: _Listing) -> tuple[pl.DataFrame, list[str]]:
         "status",
         "reason",
         "error",
-    ).sort("path")
-    return table, raw_paths
+    )
 
 
-def _sizes(root: Path, raw_paths: list[str]) -> list[int | None]:
-    sizes: list[int | None] = []
-    for rel in raw_paths:
+class _Sizes:
+    """File sizes (st_size, following symlinks; null when stat fails) of every listed file, listing order.
+
+    stat costs ~1.5 us of kernel time per file here, the largest part of a plain index of a big tree, so on
+    large trees it runs in forked children (plain ``os.fork``: they only call ``os.stat`` and write an array
+    to a pipe, then ``_exit``) while the parent finishes parsing; small trees are stat'ed in this process.
+    """
+
+    PARALLEL_FROM = 50_000
+
+    def __init__(self, root: Path, listing: _Listing) -> None:
+        self._root = root
+        self._listing = listing
+        self._children: list[tuple[int, int]] = []
+        self._local = None
+        n = len(listing.names)
+        n_proc = min(os.cpu_count() or 1, 4)
+        if n < self.PARALLEL_FROM or n_proc < 2 or not hasattr(os, "fork"):
+            self._local = self._stat(0, n)
+            return
+        bounds = [n * k // n_proc for k in range(n_proc + 1)]
+        for lo, hi in itertools.pairwise(bounds):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: stat a slice, send it, exit without running any cleanup
+                code = 1
+                try:
+                    os.close(read_fd)
+                    view = memoryview(self._stat(lo, hi).tobytes())
+                    while view:
+                        view = view[os.write(write_fd, view) :]
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            self._children.append((pid, read_fd))
+
+    def _stat(self, lo: int, hi: int) -> array.array:
+        """Sizes of listing rows lo..hi; each folder is one run of rows, so one folder fd at a time."""
+        out = array.array("q", bytes(8 * (hi - lo)))
+        names, dir_of, stat = self._listing.names, self._listing.dir_of, os.stat
+        current, fd = -1, -1
         try:
-            sizes.append(os.stat(os.path.join(root, rel)).st_size)
-        except OSError:
-            sizes.append(None)
-    return sizes
+            for i in range(lo, hi):
+                if dir_of[i] != current:
+                    if fd >= 0:
+                        os.close(fd)
+                    current = dir_of[i]
+                    try:
+                        fd = os.open(os.path.join(self._root, self._listing.real_dirs[current]), os.O_RDONLY)
+                    except OSError:
+                        fd = -1
+                try:
+                    out[i - lo] = stat(names[i], dir_fd=fd).st_size if fd >= 0 else -1
+                except OSError:
+                    out[i - lo] = -1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return out
+
+    def result(self) -> pl.Series:
+        if self._local is not None:
+            sizes = self._local
+        else:
+            sizes = array.array("q")
+            for pid, read_fd in self._children:
+                with os.fdopen(read_fd, "rb") as pipe:
+                    sizes.frombytes(pipe.read())
+                _, status = os.waitpid(pid, 0)
+                if status != 0:
+                    raise FaceattrError("a stat worker process failed; rerun with --no-size")
+        raw = pl.Series("size_bytes", sizes, dtype=pl.Int64)
+        return raw.to_frame().select(pl.when(raw >= 0).then(raw).alias("size_bytes")).to_series()
 
 
 # --- hashing and probing ------------------------------------------------------------------------------------
@@ -323,17 +479,15 @@ def _inspect_chunk(task: tuple[list[str], bool, bool]) -> list[tuple]:
     return [inspect_file(p, want_hash, want_probe) for p in paths]
 
 
-def _inspect_all(
-    table: pl.DataFrame, root: Path, raw_paths: list[str], options: IndexOptions
-) -> pl.DataFrame:
+def _inspect_all(table: pl.DataFrame, root: Path, listing: _Listing, options: IndexOptions) -> pl.DataFrame:
     from tqdm import tqdm
 
-    order = table["_row"].to_list()
-    paths = [os.path.join(root, raw_paths[i]) for i in order]
+    paths = [listing.real_path(root, row) for row in table["_row"].to_list()]
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     tasks = [(c, options.hash, options.probe) for c in chunks]
-    workers = os.cpu_count() or 1 if options.workers is None else options.workers
-    workers = min(workers, len(chunks))
+    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+    # a pool costs ~0.5 s to start: not worth it for a couple of chunks
+    workers = min(workers, len(chunks)) if len(chunks) > 2 else 0
     results: list[tuple] = []
     with tqdm(
         total=len(paths),
@@ -384,7 +538,7 @@ def add_dup_groups(
     are found without comparing all pairs: split the 64 bits into ``near_bits + 2`` blocks; two hashes within
     ``near_bits`` differ in at most ``near_bits`` blocks, so at least two blocks agree exactly. Joining on
     every pair of blocks (15 joins for 4 bits) finds every candidate; popcount and thumbnails keep the true
-    ones. Components come from union-find over those pairs; group ids are numbered in path order.
+    ones. Components come from union-find over those pairs; group ids follow each group's first path.
     """
     import numpy as np
 
@@ -398,11 +552,13 @@ def add_dup_groups(
     for left, right in pairs:
         _union_all(parent, left, right)
     roots = _find_all(parent)
-    # group id = rank of the group's first row (the table is sorted by path)
-    frame = pl.DataFrame({"_root": roots})
-    first = frame.with_row_index("_i").group_by("_root").agg(pl.col("_i").min().alias("_first"))
-    frame = frame.join(first, on="_root", how="left", maintain_order="left")
-    group = frame["_first"].rank("dense").cast(pl.Int64) - 1
+    # group id = rank of the group's smallest path: the same ids whatever order the rows come in
+    first_path = pl.col("path").min().over("_root")
+    group = (
+        table.select("path", _root=pl.Series(roots))
+        .select(first_path.rank("dense").cast(pl.Int64) - 1)
+        .to_series()
+    )
     out = table.with_columns(dup_group=group)
     labels = pl.struct("age", "gender", "race")
     return out.with_columns(
@@ -495,9 +651,7 @@ def _find_all(parent):
 # --- summary ------------------------------------------------------------------------------------------------
 
 
-def summarize(
-    table: pl.DataFrame, listing: _Listing, root: Path, options: IndexOptions, seconds: float
-) -> dict:
+def summarize(table: pl.DataFrame, listing: _Listing, root: Path, options: IndexOptions, seconds: float) -> dict:
     def counts(column: str, order: tuple[str, ...]) -> dict[str, int]:
         got = dict(table[column].value_counts().iter_rows()) if table.height else {}
         out = {k: int(got.get(k, 0)) for k in order}
@@ -562,7 +716,5 @@ def _duplicate_summary(table: pl.DataFrame) -> dict:
             }
             for row in conflicts.iter_rows(named=True)
         ],
-        "group_list": [
-            {"dup_group": r["dup_group"], "paths": r["path"]} for r in groups.iter_rows(named=True)
-        ],
+        "group_list": [{"dup_group": r["dup_group"], "paths": r["path"]} for r in groups.iter_rows(named=True)],
     }

@@ -109,22 +109,73 @@ def format_name(age: int, gender: int, race: int, captured_at: dt.datetime, suff
 def parse_names(names: pl.Series | list[str]) -> pl.DataFrame:
     """Parse file names into status, reason, age, gender, race and captured_at columns (one row per name)."""
     frame = pl.DataFrame({"name": pl.Series(names, dtype=pl.String)})
-    return frame.select(parse_exprs(pl.col("name")))
+    return parse_frame(frame).drop("name")
+
+
+# Names in exactly the documented form skip the (slower) lenient regex: a split on "_" is enough for them.
+STRICT_PATTERN = r"^\d{1,3}_[01]_[0-4]_\d{17}\.jpg\.chip\.jpg$"
+_PARSED = ("status", "reason", "age", "gender", "race", "captured_at")
+
+
+def parse_frame(frame: pl.DataFrame, column: str = "name") -> pl.DataFrame:
+    """``frame`` plus the parsed columns of ``parse_exprs``, computed in stages so each regex runs once.
+
+    The fast path for millions of names (``index``): strict names are split on ``_``; only the rest go through
+    the lenient regex. Same grammar and results as ``parse_exprs``.
+    """
+    name = pl.col(column)
+    strict = name.str.contains(STRICT_PATTERN)
+    split = name.str.splitn("_", 4).struct.rename_fields(["age", "gender", "race", "rest"])
+    rest = split.struct.field("rest")
+    fast = pl.struct(
+        split.struct.field("age"),
+        split.struct.field("gender"),
+        split.struct.field("race"),
+        rest.str.slice(0, 17).alias("stamp"),
+        pl.lit(".").alias("sep"),
+        rest.str.slice(18).alias("ext"),
+    )
+    # the regex only sees the non-strict names (nulls cost nothing)
+    lenient = pl.when(strict).then(None).otherwise(name).str.extract_groups(NAME_PATTERN)
+    parts = pl.when(strict).then(fast).otherwise(lenient)
+    typed = _typed_fields(pl.col("_parts"))
+    staged = frame.with_columns(parts.alias("_parts")).with_columns(
+        **{f"_{key}": expr for key, expr in typed.items()}
+    )
+    exprs = _classify({key: pl.col(f"_{key}") for key in typed})
+    return staged.with_columns(exprs).drop("_parts", *(f"_{key}" for key in typed))
 
 
 def parse_exprs(name: pl.Expr) -> list[pl.Expr]:
-    """The grammar as polars expressions over a column of file names (used by ``index`` and ``predict``)."""
-    parts = name.str.extract_groups(NAME_PATTERN)
+    """The grammar as polars expressions over a column of file names.
+
+    Each output expression re-evaluates the regex, so over millions of names prefer ``parse_frame``.
+    """
+    return _classify(_typed_fields(name.str.extract_groups(NAME_PATTERN)))
+
+
+def _typed_fields(parts: pl.Expr) -> dict[str, pl.Expr]:
+    """Typed fields from the grammar's string groups (age, gender, race, stamp, sep, ext)."""
     field = parts.struct.field
     stamp = field("stamp")
     digits = stamp.str.len_chars()
     seconds = stamp.str.slice(0, 14).str.strptime(pl.Datetime("ms"), "%Y%m%d%H%M%S", strict=False)
     millis = pl.when(digits == 17).then(stamp.str.slice(14, 3).cast(pl.Int64, strict=False)).otherwise(0)
-    captured = pl.when(digits >= 14).then(seconds + pl.duration(milliseconds=millis))
-    age = field("age").cast(pl.Int64, strict=False)
-    gender = field("gender").cast(pl.Int64, strict=False)
-    race = field("race").cast(pl.Int64, strict=False)
+    return {
+        "age": field("age").cast(pl.Int64, strict=False),
+        "gender": field("gender").cast(pl.Int64, strict=False),
+        "race": field("race").cast(pl.Int64, strict=False),
+        "stamp": stamp,
+        "digits": digits,
+        "sep": field("sep"),
+        "captured": pl.when(digits >= 14).then(seconds + pl.duration(milliseconds=millis)),
+    }
 
+
+def _classify(f: dict[str, pl.Expr]) -> list[pl.Expr]:
+    age, gender, race, stamp, digits, captured = (
+        f[k] for k in ("age", "gender", "race", "stamp", "digits", "captured")
+    )
     # First matching reason wins; rejections before recoverable quirks.
     rejected = [
         (stamp.is_null(), "not a UTKFace name {age}_{gender}_{race}_{datetime}.{ext}"),
@@ -134,13 +185,13 @@ def parse_exprs(name: pl.Expr) -> list[pl.Expr]:
         (race >= len(RACES), f"race code not 0..{len(RACES) - 1}"),
     ]
     recovered = [
-        (field("sep").str.contains(r"\s"), "whitespace before the extension"),
-        (field("sep") == "", "no dot before the extension"),
+        (f["sep"].str.contains(r"\s"), "whitespace before the extension"),
+        (f["sep"] == "", "no dot before the extension"),
+        (captured.is_null(), "datetime is not a valid date: captured_at unknown"),
         (
             digits != 17,
             "datetime has " + digits.cast(pl.String) + " digits, not 17: captured_at to the second",
         ),
-        (captured.is_null(), "datetime is not a valid date"),
     ]
     reason = pl.when(rejected[0][0]).then(pl.lit(rejected[0][1]))
     for cond, text in rejected[1:] + recovered:
