@@ -76,6 +76,123 @@ def print_json(data: object) -> None:
 # --- commands are added below, one block each -------------------------------------------------------------
 
 
+# --- index / import-csv ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@one_line_errors
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")] = Path("index.parquet"),
+    hash_: Annotated[
+        bool, typer.Option("--hash", help="Content hash + perceptual hash: duplicate groups, label conflicts.")
+    ] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="Width, height and mode from each image header.")] = False,
+    size: Annotated[
+        bool, typer.Option("--size/--no-size", help="stat every file for size_bytes (the slow part on huge trees).")
+    ] = True,
+    near_bits: Annotated[
+        int, typer.Option(min=0, max=8, help="dHash bits two near duplicates may differ in (with --hash).")
+    ] = 4,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=0, help="Processes for --hash/--probe (default: all cores).")
+    ] = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
+    from faceattr_batch.index import IndexOptions, build_index, write_index
+
+    options = IndexOptions(
+        root=folder, hash=hash_, probe=probe, size=size, near_bits=near_bits, workers=workers, progress=True
+    )
+    result = build_index(options)
+    path = write_index(result, out)
+    if json_out:
+        print_json({**result.summary, "output": str(path)})
+        return
+    _print_index_summary(result.summary, path)
+
+
+def _print_index_summary(summary: dict, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    images = summary["images"]
+    status = summary["status"]
+    console.print(
+        f"[bold]{images}[/] images under {summary['root']}: {status['ok']} ok, {status['recovered']} recovered, "
+        f"{status['rejected']} rejected ({summary['seconds']:.2f} s) -> {path}"
+    )
+    counts = Table(title="labels", show_edge=False)
+    for column in ("gender", "n", "race", "n ", "age band", "n  "):
+        counts.add_column(column, justify="left" if column.strip() != "n" else "right")
+    columns = [list(summary[key].items()) for key in ("gender", "race", "age_band")]
+    for i in range(max(len(c) for c in columns)):
+        cells = []
+        for column in columns:
+            cells += [str(column[i][0]), str(column[i][1])] if i < len(column) else ["", ""]
+        counts.add_row(*cells)
+    console.print(counts)
+    for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
+        _print_rows(console, title, summary[key], ("path", "reason"))
+    if summary["skipped"]:
+        console.print("skipped: " + ", ".join(f"{n} {why}" for why, n in summary["skipped"].items()))
+    for entry in summary["unreadable_dirs"]:
+        console.print(f"[yellow]unreadable folder[/] {entry['path']}: {entry['reason']}")
+    if summary["errors"]:
+        console.print("file errors: " + ", ".join(f"{n} x {why}" for why, n in summary["errors"].items()))
+    dups = summary.get("duplicates")
+    if dups is not None:
+        console.print(
+            f"duplicates: {dups['groups']} groups holding {dups['images_in_groups']} images "
+            f"({dups['byte_identical_groups']} byte-identical); {dups['conflict_groups']} with conflicting labels"
+        )
+        rows = [
+            {"group": c["dup_group"], "labels": " vs ".join(c["labels"]), "paths": "\n".join(c["paths"])}
+            for c in dups["conflicts"]
+        ]
+        _print_rows(console, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))
+
+
+def _print_rows(console, title: str, rows: list[dict], columns: tuple[str, ...], most: int = 20) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title=f"{title}: {len(rows)}", show_edge=False, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows[:most]:
+        table.add_row(*(str(row[c]) for c in columns))
+    console.print(table)
+    if len(rows) > most:
+        console.print(f"... and {len(rows) - most} more (all of them with --json)")
+
+
+@app.command("import-csv")
+@one_line_errors
+def import_csv(
+    csv: Annotated[Path, typer.Argument(help="age_gender.csv: age,ethnicity,gender,img_name,pixels (48x48).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the PNG images into.")],
+    json_out: JsonOut = False,
+) -> None:
+    """Write each row of the 48x48 UTKFace CSV as a PNG with a UTKFace name; bad rows are reported."""
+    from faceattr_batch.import_csv import ImportCsvOptions
+    from faceattr_batch.import_csv import import_csv as run
+
+    result = run(ImportCsvOptions(csv=csv, out_dir=out))
+    if json_out:
+        print_json(result.summary)
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"wrote {result.written} of {result.rows} rows to {result.out_dir}")
+    rows = [{"row": b["row"], "line": b["line"], "reason": b["reason"]} for b in result.bad_rows]
+    _print_rows(console, "bad rows (skipped)", rows, ("row", "line", "reason"))
+
+
 # --- train / export-onnx ---------------------------------------------------------------------------------------
 
 

@@ -121,9 +121,7 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
     metadata = {
         "faceattr_batch.version": __version__,
         "faceattr_batch.root": str(s.get("root", "")),
-        "faceattr_batch.counts": json.dumps(
-            {k: s[k] for k in ("images", "status", "skipped", "duplicates") if k in s}, default=str
-        ),
+        "faceattr_batch.counts": json.dumps(_counts(s), default=str),
         "faceattr_batch.options": json.dumps(s.get("options", {}), default=str),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -138,6 +136,15 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _counts(summary: dict) -> dict:
+    counts = {k: summary[k] for k in ("images", "status", "skipped") if k in summary}
+    if "duplicates" in summary:
+        counts["duplicates"] = {
+            k: summary["duplicates"][k] for k in ("groups", "images_in_groups", "conflict_groups")
+        }
+    return counts
 
 
 def read_index_metadata(path: Path | str) -> dict[str, str]:
@@ -687,34 +694,27 @@ def summarize(table: pl.DataFrame, listing: _Listing, root: Path, options: Index
 
 
 def _duplicate_summary(table: pl.DataFrame) -> dict:
+    """Counts of duplicate groups, and every group whose labels disagree (paths with their age_gender_race)."""
+    by_path = pl.col("path")
+    label = pl.format("{}_{}_{}", "age", "gender", "race")
     groups = (
         table.filter(pl.col("dup_size") > 1)
         .group_by("dup_group")
         .agg(
-            pl.col("path").sort(),
-            pl.col("age"),
-            pl.col("gender"),
-            pl.col("race"),
+            by_path.sort(),
+            label.sort_by(by_path).alias("labels"),
             pl.col("sha256").n_unique().alias("contents"),
             pl.col("label_conflict").first(),
         )
         .sort("dup_group")
     )
-    conflicts = groups.filter(pl.col("label_conflict"))
+    conflicts = groups.filter(pl.col("label_conflict")).select("dup_group", "path", "labels")
     return {
         "groups": groups.height,
         "images_in_groups": int(groups["path"].list.len().sum() or 0) if groups.height else 0,
-        "exact_only_groups": int((groups["contents"] == 1).sum()) if groups.height else 0,
+        "byte_identical_groups": int((groups["contents"] == 1).sum()) if groups.height else 0,
         "conflict_groups": conflicts.height,
         "conflicts": [
-            {
-                "dup_group": row["dup_group"],
-                "paths": row["path"],
-                "labels": sorted(
-                    {f"{a}_{g}_{r}" for a, g, r in zip(row["age"], row["gender"], row["race"], strict=True)}
-                ),
-            }
-            for row in conflicts.iter_rows(named=True)
+            {"dup_group": group, "paths": paths, "labels": labels} for group, paths, labels in conflicts.iter_rows()
         ],
-        "group_list": [{"dup_group": r["dup_group"], "paths": r["path"]} for r in groups.iter_rows(named=True)],
     }

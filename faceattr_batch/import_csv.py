@@ -1,0 +1,187 @@
+"""Import the 48x48 "age_gender.csv" that circulates for UTKFace as image files with UTKFace names.
+
+Columns ``age,ethnicity,gender,img_name,pixels``; ``pixels`` is a space-separated string of 48*48 grayscale
+values. Each good row becomes a lossless PNG named ``{age}_{gender}_{race}_{datetime}.png``
+(``labels.format_name``) so every other command reads it like a UTKFace chip. The datetime comes from
+``img_name`` when it holds one, else it is a synthetic stamp (2000-01-01 plus the row number in ms).
+A bad row (wrong pixel count, non-numeric or out-of-range values, bad labels) is reported with its row
+number and skipped; only an unreadable file or missing columns raise ``FaceattrError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import format_name
+
+log = logging.getLogger(__name__)
+
+SIDE = 48
+COLUMNS = ("age", "ethnicity", "gender", "img_name", "pixels")
+SUFFIX = ".png"
+SYNTHETIC_EPOCH = dt.datetime(2000, 1, 1)
+_STAMP = re.compile(r"(\d{14})(\d{0,3})")
+_BATCH = 2048  # rows decoded at a time: the pixel strings of the whole file would need ~1 GB as lists
+
+
+@dataclass(frozen=True)
+class ImportCsvOptions:
+    csv: Path
+    out_dir: Path
+    side: int = SIDE  # image width = height; pixels per row must be side * side
+
+
+@dataclass
+class ImportCsvResult:
+    out_dir: Path
+    rows: int
+    written: int
+    bad_rows: list[dict] = field(default_factory=list)  # {"row": 1-based data row, "line": file line, "reason"}
+
+    @property
+    def summary(self) -> dict:
+        return {
+            "csv_rows": self.rows,
+            "written": self.written,
+            "out_dir": str(self.out_dir),
+            "bad_rows": len(self.bad_rows),
+            "bad_reasons": dict(Counter(bad["reason"] for bad in self.bad_rows)),
+            "bad": self.bad_rows,
+        }
+
+
+def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
+    """Write one PNG per good CSV row into ``options.out_dir``; bad rows are listed, not fatal."""
+    frame = _read(options.csv)
+    out_dir = Path(options.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FaceattrError(f"{out_dir}: cannot create the folder ({err.strerror or err})") from None
+    result = ImportCsvResult(out_dir=out_dir, rows=frame.height, written=0)
+    used: set[str] = set()
+    for start in range(0, frame.height, _BATCH):
+        batch = frame.slice(start, _BATCH)
+        pixels, pixel_errors = _decode_pixels(batch["pixels"], options.side)
+        for offset, row in enumerate(batch.select("age", "ethnicity", "gender", "img_name").iter_rows()):
+            number = start + offset + 1
+            reason = pixel_errors[offset] or _label_error(*row[:3])
+            if reason is None:
+                name = _unique_name(row, number, used)
+                _write_png(out_dir / name, pixels[offset], options.side)
+                result.written += 1
+            else:
+                result.bad_rows.append({"row": number, "line": number + 1, "reason": reason})
+    log.info("wrote %d images to %s; %d bad rows", result.written, out_dir, len(result.bad_rows))
+    return result
+
+
+def _read(path: Path) -> pl.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FaceattrError(f"{path}: no such file")
+    try:
+        # every column as text: a non-numeric value is a bad row to report, not a parse failure
+        frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise FaceattrError(f"{path}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise FaceattrError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)} (found "
+            f"{','.join(frame.columns) or 'none'})"
+        )
+    return frame.select(COLUMNS)
+
+
+def _decode_pixels(column: pl.Series, side: int) -> tuple[list, list[str | None]]:
+    """Per row: a side*side uint8 array or None, and an error reason or None."""
+    import numpy as np
+
+    want = side * side
+    values = (
+        column.to_frame("p")
+        .select(pl.col("p").str.strip_chars().str.split(by=" ").alias("v"))
+        .with_columns(pl.col("v").list.eval(pl.element().cast(pl.Int32, strict=False)).alias("n"))
+    )
+    arrays: list = []
+    errors: list[str | None] = []
+    for text, nums in values.iter_rows():
+        if text is None or text == [""]:
+            arrays.append(None)
+            errors.append("pixels: empty")
+            continue
+        if len(nums) != want:
+            arrays.append(None)
+            errors.append(f"pixels: {len(nums)} values, expected {want} ({side}x{side})")
+            continue
+        if any(v is None for v in nums):
+            bad = next(t for t, v in zip(text, nums, strict=True) if v is None)
+            arrays.append(None)
+            errors.append(f"pixels: non-numeric value {bad[:20]!r}")
+            continue
+        array = np.asarray(nums, dtype=np.int32)
+        if array.min() < 0 or array.max() > 255:
+            arrays.append(None)
+            errors.append("pixels: value outside 0..255")
+            continue
+        arrays.append(array.astype(np.uint8))
+        errors.append(None)
+    return arrays, errors
+
+
+def _label_error(age: str | None, race: str | None, gender: str | None) -> str | None:
+    for column, value in (("age", age), ("ethnicity", race), ("gender", gender)):
+        if value is None or not value.strip().isdigit():
+            return f"{column}: {value!r} is not a non-negative integer"
+    try:
+        format_name(int(age), int(gender), int(race), SYNTHETIC_EPOCH)
+    except ValueError as err:
+        return f"labels: {err}"
+    return None
+
+
+def _stamp(img_name: str | None, row: int) -> dt.datetime:
+    """The datetime in ``img_name`` (yyyymmddHHMMSS[fff]) when it parses, else a synthetic one per row."""
+    match = _STAMP.search(img_name or "")
+    if match:
+        try:
+            seconds = dt.datetime.strptime(match.group(1), "%Y%m%d%H%M%S")
+            millis = int(match.group(2).ljust(3, "0")) if match.group(2) else 0
+            return seconds + dt.timedelta(milliseconds=millis)
+        except ValueError:
+            pass
+    return SYNTHETIC_EPOCH + dt.timedelta(milliseconds=row)
+
+
+def _unique_name(row: tuple, number: int, used: set[str]) -> str:
+    """format_name of the row; a clash (same labels and stamp) moves the stamp on by 1 ms until unique."""
+    age, race, gender, img_name = row
+    stamp = _stamp(img_name, number)
+    while True:
+        name = format_name(int(age), int(gender), int(race), stamp, suffix=SUFFIX)
+        if name not in used:
+            used.add(name)
+            return name
+        stamp += dt.timedelta(milliseconds=1)
+
+
+def _write_png(path: Path, pixels, side: int) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        Image.fromarray(pixels.reshape(side, side)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise FaceattrError(f"{path}: cannot write ({err.strerror or err})") from None
