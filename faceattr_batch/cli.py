@@ -149,7 +149,7 @@ def _print_index_summary(summary: dict, path: Path) -> None:
             f"({dups['byte_identical_groups']} byte-identical); {dups['conflict_groups']} with conflicting labels"
         )
         rows = [
-            {"group": c["dup_group"], "labels": " vs ".join(c["labels"]), "paths": "\n".join(c["paths"])}
+            {"group": c["dup_group"], "labels": " vs ".join(sorted(set(c["labels"]))), "paths": "\n".join(c["paths"])}
             for c in dups["conflicts"]
         ]
         _print_rows(console, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))

@@ -16,6 +16,7 @@ import io
 import itertools
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -225,8 +226,8 @@ def _odd_entry(entry: os.DirEntry) -> str | None:
             if entry.is_file():
                 return None
             return "broken symlink or symlink loop"
-    except OSError:
-        return "cannot stat"
+    except OSError:  # ELOOP and the like while following the link
+        return "broken symlink or symlink loop"
     return "not a regular file"
 
 
@@ -475,10 +476,14 @@ def perceptual_hash(im) -> tuple[int, bytes]:
 
 
 def _reason(err: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "cannot decode: not an image format Pillow knows"
     if isinstance(err, OSError) and err.strerror:
         return f"unreadable: {err.strerror}"
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return f"cannot decode: {text}"
+    return "cannot decode: " + re.sub(r" at 0x[0-9a-f]+", "", text)
 
 
 def _inspect_chunk(task: tuple[list[str], bool, bool]) -> list[tuple]:
