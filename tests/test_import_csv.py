@@ -1,0 +1,115 @@
+"""import-csv: the 48x48 CSV -> lossless PNGs with UTKFace names; bad rows reported, not fatal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from faceattr_batch import FaceattrError
+from faceattr_batch.cli import app
+from faceattr_batch.import_csv import ImportCsvOptions, import_csv
+from faceattr_batch.index import IndexOptions, build_index
+from faceattr_batch.labels import parse_name
+
+HEADER = "age,ethnicity,gender,img_name,pixels"
+
+
+def pixels(seed: int, count: int = 48 * 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, count, dtype=np.uint8)
+
+
+def row(age, race, gender, img_name, values) -> str:
+    text = values if isinstance(values, str) else " ".join(str(int(v)) for v in values)
+    return f"{age},{race},{gender},{img_name},{text}"
+
+
+@pytest.fixture()
+def csv_file(tmp_path: Path) -> Path:
+    lines = [
+        HEADER,
+        row(25, 2, 1, "20170116174525125.jpg.chip.jpg", pixels(1)),  # 1: good, stamp from img_name
+        row(3, 0, 0, "no-date-here.jpg", pixels(2)),  # 2: good, synthetic stamp
+        row(40, 1, 0, "20170116174525125.jpg.chip.jpg", pixels(3, 100)),  # 3: too few values
+        row(40, 1, 0, "x", " ".join(["7"] * 2303 + ["seven"])),  # 4: non-numeric
+        row(40, 1, 0, "x", " ".join(["256"] * 2304)),  # 5: out of range
+        row("forty", 1, 0, "x", pixels(4)),  # 6: bad age
+        row(40, 7, 0, "x", pixels(5)),  # 7: bad ethnicity code
+        row(40, 1, 0, "x", ""),  # 8: empty pixels
+        row(25, 2, 1, "20170116174525125.jpg.chip.jpg", pixels(6)),  # 9: same labels+stamp as row 1
+    ]
+    path = tmp_path / "age_gender.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_good_rows_become_pngs_with_parseable_names_and_exact_pixels(csv_file: Path, tmp_path: Path):
+    out = tmp_path / "faces"
+    result = import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
+    assert (result.rows, result.written) == (9, 3)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "25_1_2_20170116174525125.png",
+        "25_1_2_20170116174525126.png",  # the clash moved on by 1 ms
+        "3_0_0_20000101000000002.png",  # synthetic stamp: 2000-01-01 + row 2 ms
+    ]
+    first = parse_name(names[0])
+    assert (first.status, first.age, first.gender, first.race) == ("ok", 25, 1, 2)
+    assert first.captured_at == dt.datetime(2017, 1, 16, 17, 45, 25, 125000)
+    with Image.open(out / names[0]) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "L", (48, 48))
+        assert np.array_equal(np.asarray(im).ravel(), pixels(1))  # lossless
+
+
+def test_bad_rows_are_reported_with_row_numbers(csv_file: Path, tmp_path: Path):
+    result = import_csv(ImportCsvOptions(csv=csv_file, out_dir=tmp_path / "faces"))
+    reasons = {bad["row"]: bad["reason"] for bad in result.bad_rows}
+    assert sorted(reasons) == [3, 4, 5, 6, 7, 8]
+    assert "100 values, expected 2304" in reasons[3]
+    assert "non-numeric value 'seven'" in reasons[4]
+    assert "outside 0..255" in reasons[5]
+    assert reasons[6].startswith("age:")
+    assert "race 7" in reasons[7]
+    assert "empty" in reasons[8]
+    assert {bad["line"] - bad["row"] for bad in result.bad_rows} == {1}  # line counts the header
+
+
+def test_imported_folder_indexes_cleanly(csv_file: Path, tmp_path: Path):
+    out = tmp_path / "faces"
+    import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
+    result = build_index(IndexOptions(root=out, probe=True, workers=0))
+    assert result.summary["status"] == {"ok": 3, "recovered": 0, "rejected": 0}
+    assert set(result.table["width"]) == {48}
+
+
+def test_rerun_overwrites_the_same_names(csv_file: Path, tmp_path: Path):
+    out = tmp_path / "faces"
+    import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
+    import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
+    assert len(list(out.iterdir())) == 3
+
+
+def test_missing_file_or_columns_is_an_error(tmp_path: Path):
+    with pytest.raises(FaceattrError, match="no such file"):
+        import_csv(ImportCsvOptions(csv=tmp_path / "nope.csv", out_dir=tmp_path / "o"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,gender,pixels\n1,0,1 2 3\n")
+    with pytest.raises(FaceattrError, match="missing column.*ethnicity, img_name"):
+        import_csv(ImportCsvOptions(csv=bad, out_dir=tmp_path / "o"))
+
+
+def test_cli_import_csv(csv_file: Path, tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["import-csv", str(csv_file), "-o", str(tmp_path / "f"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["written"], summary["bad_rows"]) == (3, 6)
+    table = runner.invoke(app, ["import-csv", str(csv_file), "-o", str(tmp_path / "g")], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "wrote 3 of 9 rows" in table.stdout and "100 values" in table.stdout
+    missing = runner.invoke(app, ["import-csv", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "h")])
+    assert missing.exit_code == 2 and missing.stderr.strip().startswith("error: ")
