@@ -319,3 +319,132 @@ def export_onnx(
 
     summary = export(model, out, opset)
     typer.echo(f"wrote {summary['path']} (input uint8 N x 3 x {summary['input_size']} x {summary['input_size']})")
+
+
+@app.command()
+@one_line_errors
+def predict(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Folders (recursive), image files, glob patterns or an index Parquet.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Predictions Parquet to write.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="RUN_DIR, .pt or .onnx (default: the shipped weights).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Index Parquet with true labels (default: from file names).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
+    batch_size: BatchSize = 256,
+    workers: Workers = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Model threads on the CPU (default: the other cores).")
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="auto | torch | onnxruntime (auto: onnxruntime on the CPU).")
+    ] = "auto",
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per resumable shard.")] = 4096,
+    device: Device = "auto",
+    json_out: JsonOut = False,
+) -> None:
+    """Predict gender, race and age for every image into one Parquet row each (bad files get an error row)."""
+    from faceattr_batch.predict import PredictOptions, run
+
+    options = PredictOptions(
+        inputs=tuple(inputs),
+        output=output,
+        model=model,
+        labels=labels,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        threads=threads,
+        runtime=runtime,
+        shard_size=shard_size,
+        resume=resume,
+        report_dir=report,
+        progress=not json_out,
+    )
+    result = run(options)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _print_predict_result(result)
+    if strict and sum(result.errors.values()):
+        raise typer.Exit(1)
+
+
+def _print_predict_result(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    speed = f"{result.images_per_second:.0f} images/s" if result.processed else "nothing left to do"
+    console.print(
+        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} predicted, "
+        f"{sum(result.errors.values())} errors; {result.processed} processed in {result.seconds:.1f} s, {speed}; "
+        f"{result.shards_skipped} shards resumed)"
+    )
+    model, settings = result.model, result.settings
+    console.print(
+        f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
+        f"{settings['workers']} decode workers, labels: {settings['labels']})"
+    )
+    if result.errors:
+        table = Table(title="errors by reason", show_edge=False)
+        table.add_column("reason")
+        table.add_column("images", justify="right")
+        for reason, count in result.errors.items():
+            table.add_row(reason, str(count))
+        console.print(table)
+    if result.metrics:
+        _print_headline_metrics(console, result.metrics, result.labelled)
+    if result.report:
+        console.print(f"report: {result.report}")
+
+
+def _print_headline_metrics(console, metrics: dict, labelled: int) -> None:
+    from rich.table import Table
+
+    def show(key: str, percent: bool) -> str:
+        value = metrics.get(key)
+        return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.2f}")
+
+    table = Table(title=f"metrics over {labelled} labelled images", show_edge=False)
+    for column in ("attribute", "n", "headline", "more"):
+        table.add_column(column, justify="left" if column in ("attribute", "more") else "right")
+    table.add_row(
+        "gender",
+        str(metrics["n_gender"]),
+        f"acc {show('gender_accuracy', True)}",
+        f"P {show('gender_precision', True)}  R {show('gender_recall', True)}  F1 {show('gender_f1', True)}",
+    )
+    table.add_row(
+        "race", str(metrics["n_race"]), f"acc {show('race_accuracy', True)}", f"macro-F1 {show('race_macro_f1', True)}"
+    )
+    table.add_row(
+        "age",
+        str(metrics["n_age"]),
+        f"MAE {show('age_mae', False)} y",
+        f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
+    )
+    console.print(table)
+
+
+@app.command("report")
+@one_line_errors
+def report_command(
+    predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
+    report: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
+    json_out: JsonOut = False,
+) -> None:
+    """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
+    from faceattr_batch.report import build
+
+    html = build(predictions, report)
+    if json_out:
+        print_json({"report": str(html)})
+    else:
+        typer.echo(f"report: {html}")

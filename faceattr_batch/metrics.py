@@ -67,8 +67,11 @@ def metric_exprs() -> list[pl.Expr]:
     return gender_exprs() + race_exprs() + age_exprs()
 
 
-def overall(frame: pl.DataFrame) -> dict:
-    return frame.select(metric_exprs()).row(0, named=True)
+def overall(frame: pl.DataFrame, intervals: bool = False) -> dict:
+    """Whole-frame metrics; ``intervals`` adds 95% intervals (see ``with_intervals``)."""
+    if not intervals:
+        return frame.select(metric_exprs()).row(0, named=True)
+    return with_intervals(frame.select(*metric_exprs(), *_interval_inputs())).row(0, named=True)
 
 
 def with_slice_columns(frame: pl.DataFrame) -> pl.DataFrame:
@@ -80,16 +83,143 @@ def with_slice_columns(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def breakdown(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """Metrics per slice of the true labels (``by`` from race, gender, age_band), with counts."""
+def breakdown(frame: pl.DataFrame, by: list[str], intervals: bool = False) -> pl.DataFrame:
+    """Metrics per slice of the true labels (``by`` from race, gender, age_band), with counts;
+    ``intervals`` adds 95% intervals (see ``with_intervals``)."""
     sliced = with_slice_columns(frame).filter(pl.all_horizontal([pl.col(c).is_not_null() for c in by]))
-    return sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs()).sort(by)
+    extra = _interval_inputs() if intervals else []
+    table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
+    return with_intervals(table) if intervals else table
 
 
-def confusion_matrix(frame: pl.DataFrame) -> list[list[int]]:
-    """Race confusion counts, rows = true race, columns = predicted race."""
-    counts = frame.filter(_has("true_race")).group_by("true_race", "pred_race").len().iter_rows()
-    matrix = [[0] * len(RACES) for _ in RACES]
+def confusion_matrix(frame: pl.DataFrame, attribute: str = "race") -> list[list[int]]:
+    """Confusion counts of ``attribute`` (race or gender), rows = true class, columns = predicted class."""
+    classes = {"race": RACES, "gender": GENDERS}[attribute]
+    truth, pred = f"true_{attribute}", f"pred_{attribute}"
+    counts = frame.filter(_has(truth)).group_by(truth, pred).len().iter_rows()
+    matrix = [[0] * len(classes) for _ in classes]
     for truth, pred, n in counts:
         matrix[truth][pred] = n
     return matrix
+
+
+# --- intervals, calibration, worst errors (predict's reports) ------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+SLICE_BY = ["race", "gender", "age_band"]
+RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES)  # predict's output columns
+
+
+def _interval_inputs() -> list[pl.Expr]:
+    known = _has("true_age")
+    error = (pl.col("pred_age") - pl.col("true_age")).filter(known).cast(pl.Float64)
+    return [error.abs().std().alias("_age_abs_error_std")]
+
+
+def wilson_interval(p: pl.Expr, n: pl.Expr, z: float = Z95) -> tuple[pl.Expr, pl.Expr]:
+    """Wilson score interval of a proportion ``p`` observed over ``n`` trials (sound for small n and p near 0/1)."""
+    n = n.cast(pl.Float64)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt()
+    valid = n > 0
+    return pl.when(valid).then(centre - half), pl.when(valid).then(centre + half)
+
+
+def with_intervals(table: pl.DataFrame, z: float = Z95) -> pl.DataFrame:
+    """Add ``*_low``/``*_high``: Wilson for the accuracies, normal approximation (mean +- z sd/sqrt n) for MAE."""
+    exprs = []
+    for name in ("gender_accuracy", "race_accuracy", "age_cs5"):
+        count = "n_gender" if name.startswith("gender") else "n_race" if name.startswith("race") else "n_age"
+        low, high = wilson_interval(pl.col(name), pl.col(count), z)
+        exprs += [low.alias(f"{name}_low"), high.alias(f"{name}_high")]
+    half = z * pl.col("_age_abs_error_std") / pl.col("n_age").cast(pl.Float64).sqrt()
+    exprs += [
+        (pl.col("age_mae") - half).clip(lower_bound=0.0).alias("age_mae_low"),
+        (pl.col("age_mae") + half).alias("age_mae_high"),
+    ]
+    return table.with_columns(exprs).drop("_age_abs_error_std")
+
+
+def from_predictions(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """predict's readable label columns ("female", "Asian") -> the integer codes these metrics read."""
+    gender = {name: code for code, name in enumerate(GENDERS)}
+    race = {name: code for code, name in enumerate(RACES)}
+    return frame.with_columns(
+        *[
+            pl.col(c).replace_strict(gender, default=None, return_dtype=pl.Int64)
+            for c in ("true_gender", "pred_gender")
+        ],
+        *[pl.col(c).replace_strict(race, default=None, return_dtype=pl.Int64) for c in ("true_race", "pred_race")],
+    )
+
+
+def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
+    """Reliability tables: gender (mean P(female) vs share female) and race (mean top probability vs
+    accuracy) per probability bin, with counts; plus the age interval's coverage of the true age."""
+
+    def bin_of(p: pl.Expr) -> pl.Expr:
+        return (p * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
+
+    gender = (
+        frame.filter(_has("true_gender") & pl.col("p_female").is_not_null())
+        .group_by(bin_of(pl.col("p_female")))
+        .agg(
+            pl.len().alias("n"),
+            pl.col("p_female").mean().alias("confidence"),
+            (pl.col("true_gender") == 1).mean().alias("observed"),
+        )
+        .sort("confidence")
+    )
+    top = pl.max_horizontal(RACE_PROB_COLUMNS)
+    race = (
+        frame.filter(_has("true_race") & top.is_not_null())
+        .group_by(bin_of(top))
+        .agg(
+            pl.len().alias("n"),
+            top.mean().alias("confidence"),
+            (pl.col("true_race") == pl.col("pred_race")).mean().alias("observed"),
+        )
+        .sort("confidence")
+    )
+    return {"gender": gender, "race": race}
+
+
+def expected_calibration_error(table: pl.DataFrame) -> float | None:
+    """Count-weighted mean |confidence - observed| over the bins of a ``calibration`` table."""
+    if table.is_empty():
+        return None
+    return table.select(
+        ((pl.col("confidence") - pl.col("observed")).abs() * pl.col("n")).sum() / pl.col("n").sum()
+    ).item()
+
+
+def age_interval_coverage(frame: pl.DataFrame) -> float | None:
+    """Share of true ages inside [age_low, age_high] (the model's 80% interval: ~0.8 when calibrated)."""
+    known = frame.filter(_has("true_age") & pl.col("age_low").is_not_null())
+    if known.is_empty():
+        return None
+    return known.select(pl.col("true_age").is_between(pl.col("age_low"), pl.col("age_high")).mean()).item()
+
+
+def worst_errors(frame: pl.DataFrame, k: int = 12) -> dict[str, pl.DataFrame]:
+    """The ``k`` largest age errors and the ``k`` most confident wrong genders and races, with their paths."""
+    age = (
+        frame.filter(_has("true_age"))
+        .with_columns((pl.col("pred_age") - pl.col("true_age")).abs().alias("abs_age_error"))
+        .sort("abs_age_error", "path", descending=[True, False])
+        .head(k)
+    )
+    confidence = pl.when(pl.col("pred_gender") == 1).then(pl.col("p_female")).otherwise(1 - pl.col("p_female"))
+    gender = (
+        frame.filter(_has("true_gender") & (pl.col("true_gender") != pl.col("pred_gender")))
+        .with_columns(confidence.alias("confidence"))
+        .sort("confidence", "path", descending=[True, False])
+        .head(k)
+    )
+    race = (
+        frame.filter(_has("true_race") & (pl.col("true_race") != pl.col("pred_race")))
+        .with_columns(pl.max_horizontal(RACE_PROB_COLUMNS).alias("confidence"))
+        .sort("confidence", "path", descending=[True, False])
+        .head(k)
+    )
+    return {"age": age, "gender": gender, "race": race}

@@ -17,3 +17,38 @@ def shared_utkface() -> Path:
     if not SHARED_UTKFACE.is_dir():
         pytest.skip(f"shared UTKFace chips not found at {SHARED_UTKFACE} (expected ../shared/data/utkface)")
     return SHARED_UTKFACE
+
+
+@pytest.fixture(scope="session")
+def tiny_attr_model(tmp_path_factory) -> Path:
+    """A tiny random-weight attribute model file (fast; predictions are meaningless but deterministic)."""
+    import torch
+
+    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+    from faceattr_batch.models.registry import save_attr_model
+
+    torch.manual_seed(0)
+    model = AttrNet(AttrNetConfig(input_size=32, widths=(8, 16), depths=(1, 1))).eval()
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
+    return save_attr_model(model, path, {"name": "tiny", "version": "test-1"})
+
+
+def make_faces(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:
+    """``count`` random-noise JPEG chips with UTKFace-style names (ages, genders and races cycle)."""
+    import datetime as dt
+
+    import numpy as np
+    from PIL import Image
+
+    from faceattr_batch.labels import format_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    stamp = dt.datetime(2017, 1, 1, 12, 0, 0)
+    paths = []
+    for i in range(count):
+        name = format_name((7 * i + 3) % 90 + 1, i % 2, i % 5, stamp + dt.timedelta(seconds=i))
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name, quality=90)
+        paths.append(folder / name)
+    return paths

@@ -71,10 +71,15 @@ def save_attr_model(model, path: Path, meta: dict) -> Path:
 
 
 def load_attr_model(source: str | Path | None = None):
-    """A ready ``AttrNet`` in eval mode, on the CPU, and its metadata dict (name, version, metrics...)."""
+    """A ready ``AttrNet`` in eval mode, on the CPU, and its metadata dict (name, version, metrics...).
+
+    An ``.onnx`` file gives an ``OnnxAttrModel`` instead (same ``infer``/``config``; needs onnxruntime).
+    """
     from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 
     path = resolve_attr_source(source)
+    if path.suffix.lower() == ".onnx":
+        return load_onnx_model(path)
     data = read_checkpoint(path)
     config = AttrNetConfig.from_dict(data["config"])
     model = AttrNet(config)
@@ -88,3 +93,75 @@ def load_attr_model(source: str | Path | None = None):
     meta.setdefault("name", path.stem)
     meta["source"] = str(path)
     return model, meta
+
+
+class OnnxAttrModel:
+    """An exported attribute model run by onnxruntime, with ``AttrNet``'s ``infer`` and ``config`` interface.
+
+    The graph takes uint8 N x 3 x S x S and returns the calibrated outputs named like ``AttrOutputs``'s fields
+    (``models/export.py`` writes such files); ``config`` comes from the file's metadata, or its input shape.
+    """
+
+    def __init__(self, path: str | Path | bytes, threads: int = 0):
+        try:
+            import onnxruntime as ort  # defer import: optional dependency
+        except ImportError:
+            raise FaceattrError(
+                "an .onnx model needs onnxruntime: pip install 'faceattr-batch[onnx]' (or onnxruntime)"
+            ) from None
+        import json
+
+        from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
+
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads  # 0 = onnxruntime's own choice
+        session_options.inter_op_num_threads = 1
+        shown = "<bytes>" if isinstance(path, bytes) else str(path)
+        try:
+            source = path if isinstance(path, bytes) else str(path)
+            self.session = ort.InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FaceattrError(f"{shown}: not a loadable ONNX model ({first[:160]})") from None
+        names = [o.name for o in self.session.get_outputs()]
+        if sorted(names) != sorted(AttrOutputs._fields):
+            raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
+        if "config" in self.properties:
+            self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
+        else:
+            self.config = AttrNetConfig(input_size=int(graph_input.shape[-1]))
+        self._outputs = AttrOutputs
+
+    def eval(self) -> OnnxAttrModel:
+        return self
+
+    def infer(self, pixels):
+        """``pixels``: uint8 N x 3 x S x S (torch tensor or numpy array) -> ``AttrOutputs`` of torch tensors."""
+        import numpy as np
+        import torch
+
+        array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+        feeds = {self.input_name: np.ascontiguousarray(array, dtype=np.uint8)}
+        values = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds), strict=True))
+        return self._outputs(*(torch.from_numpy(values[name]) for name in self._outputs._fields))
+
+
+def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxAttrModel, dict]:
+    """An ``OnnxAttrModel`` and its metadata (name from the file's ``model_name`` property, or its stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceattrError(f"{path}: no such ONNX file")
+    model = OnnxAttrModel(path, threads)
+    meta = {"name": model.properties.get("model_name", path.stem), "source": str(path), "runtime": "onnxruntime"}
+    if "faceattr_batch.version" in model.properties:
+        meta["exported_by"] = model.properties["faceattr_batch.version"]
+    return model, meta
+
+
+def onnxruntime_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime") is not None

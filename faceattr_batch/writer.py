@@ -1,0 +1,222 @@
+"""Resumable sharded Parquet output: shards as they finish, one atomic file at the end.
+
+A run over N sorted inputs is cut into fixed shards (``shard_size`` consecutive inputs). Each shard streams its
+row groups into ``<out>.parts/part-NNNNN.parquet.tmp``; when the shard is complete the file is renamed with
+``os.replace`` and a ``part-NNNNN.done.json`` marker is written last, so a marker always means a whole part.
+A rerun with ``resume=True`` checks ``manifest.json`` (inputs and value-affecting options) and skips marked
+shards; ``finalize`` copies the parts, in order, one at a time, into ``.<out>.<pid>.tmp`` and ``os.replace``s it
+onto the output name. Whatever kills the process (even ``kill -9``), the output name holds either nothing, the
+previous file, or the complete new one, and memory never holds more than one shard.
+
+Test hook: ``FACEATTR_BATCH_TEST_KILL=shard:K`` SIGKILLs the process after shard K's marker, ``part:K`` after the
+first row group of shard K, ``finalize`` after the first part is copied into the final tmp file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from faceattr_batch.errors import FaceattrError
+
+log = logging.getLogger(__name__)
+
+PARTS_FORMAT = "faceattr-parts-v1"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_KEY = "faceattr_batch.manifest"  # the manifest, copied into the final file's key-value metadata
+KILL_HOOK = "FACEATTR_BATCH_TEST_KILL"
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int  # first input position (inclusive)
+    stop: int  # last input position (exclusive)
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Workspace:
+    output: Path
+    parts: Path
+    manifest: dict
+    shards: tuple[Shard, ...]
+
+    def part_path(self, shard: Shard) -> Path:
+        return self.parts / f"part-{shard.index:05d}.parquet"
+
+    def marker_path(self, shard: Shard) -> Path:
+        return self.parts / f"part-{shard.index:05d}.done.json"
+
+
+def inputs_digest(keys: Sequence[str]) -> str:
+    """sha256 of the sorted input keys: a resumed run must cover exactly the same list."""
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode("utf-8", errors="surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def build_manifest(options: dict, keys: Sequence[str], shard_size: int) -> dict:
+    """What a resumed run must match: the inputs, the shard cut and the value-affecting ``options``."""
+    manifest = {
+        "format": PARTS_FORMAT,
+        "n_inputs": len(keys),
+        "inputs_sha256": inputs_digest(keys),
+        "shard_size": shard_size,
+        **options,
+    }
+    return json.loads(json.dumps(manifest, default=str))  # as it reads back from JSON
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size: int, resume: bool) -> Workspace:
+    """Prepare ``<output>.parts``: fresh (a previous partial run is discarded) or, with ``resume``, checked.
+
+    ``options`` holds everything that changes the values written (model, labels, device...); a resume with
+    different inputs or options is refused with the differing keys named.
+    """
+    if shard_size < 1:
+        raise FaceattrError(f"shard size {shard_size} must be >= 1")
+    output = Path(output)
+    manifest = build_manifest(options, keys, shard_size)
+    parts = parts_dir(output)
+    if resume and (parts / MANIFEST_NAME).is_file():
+        saved = json.loads((parts / MANIFEST_NAME).read_text())
+        differ = sorted(k for k in set(saved) | set(manifest) if saved.get(k) != manifest.get(k))
+        if differ:
+            raise FaceattrError(
+                f"--resume: {parts} was started with different inputs or options ({', '.join(differ)}); "
+                "rerun without --resume to start over"
+            )
+    else:
+        if parts.exists():
+            log.info("discarding the unfinished parts in %s", parts)
+            shutil.rmtree(parts)
+        try:
+            parts.mkdir(parents=True)
+        except OSError as err:
+            raise FaceattrError(f"cannot create {parts}: {err.strerror or err}") from None
+        _write_json(parts / MANIFEST_NAME, manifest)
+    shards = tuple(
+        Shard(i, start, min(start + shard_size, len(keys))) for i, start in enumerate(range(0, len(keys), shard_size))
+    )
+    return Workspace(output, parts, manifest, shards)
+
+
+def pending_shards(space: Workspace) -> list[Shard]:
+    """Shards without a marker (stale ``.tmp`` files of a killed run are removed)."""
+    for stale in space.parts.glob("*.tmp"):
+        stale.unlink()
+    return [shard for shard in space.shards if not space.marker_path(shard).is_file()]
+
+
+def is_complete(output: Path, options: dict, keys: Sequence[str], shard_size: int) -> bool:
+    """True when ``output`` exists and was finished from these inputs and options (resume has nothing to do)."""
+    import pyarrow.parquet as pq
+
+    output = Path(output)
+    if not output.is_file() or parts_dir(output).exists():
+        return False
+    try:
+        saved = (pq.read_metadata(output).metadata or {}).get(MANIFEST_KEY.encode())
+    except Exception:  # not a Parquet file: it will simply be replaced
+        return False
+    return saved is not None and json.loads(saved) == build_manifest(options, keys, shard_size)
+
+
+class ShardSink:
+    """Row groups of one shard -> ``part-NNNNN.parquet.tmp``; ``commit`` renames it and writes the marker."""
+
+    def __init__(self, space: Workspace, shard: Shard, schema):
+        import pyarrow.parquet as pq
+
+        self.space, self.shard, self.schema = space, shard, schema
+        self.tmp = space.part_path(shard).with_name(space.part_path(shard).name + ".tmp")
+        self.writer = pq.ParquetWriter(self.tmp, schema)
+        self.rows = 0
+
+    def write(self, table) -> None:
+        self.writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+        if self.rows < self.shard.rows:
+            _kill_hook(f"part:{self.shard.index}")
+
+    def commit(self) -> Path:
+        self.writer.close()
+        if self.rows != self.shard.rows:
+            raise FaceattrError(f"shard {self.shard.index}: wrote {self.rows} rows, expected {self.shard.rows}")
+        _fsync(self.tmp)
+        part = self.space.part_path(self.shard)
+        os.replace(self.tmp, part)
+        _write_json(self.space.marker_path(self.shard), {"shard": self.shard.index, "rows": self.rows})
+        _kill_hook(f"shard:{self.shard.index}")
+        return part
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def open_shard(space: Workspace, shard: Shard, schema) -> ShardSink:
+    return ShardSink(space, shard, schema)
+
+
+def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -> Path:
+    """Merge the parts in shard order into the output file atomically, then remove the parts folder."""
+    import pyarrow.parquet as pq
+
+    missing = [s.index for s in space.shards if not space.marker_path(s).is_file()]
+    if missing:
+        raise FaceattrError(f"cannot finalize {space.output}: shards {missing[:5]} are not finished")
+    kv = {**(metadata or {}), MANIFEST_KEY: json.dumps(space.manifest)}
+    schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in kv.items()}})
+    for stale in space.output.parent.glob(f".{space.output.name}.*.tmp"):
+        stale.unlink()  # a finalize that was killed
+    tmp = space.output.with_name(f".{space.output.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema) as out:
+            for shard in space.shards:
+                out.write_table(pq.read_table(space.part_path(shard)).cast(schema))  # one shard = one row group
+                if shard.index == 0:
+                    _kill_hook("finalize")
+        os.replace(tmp, space.output)
+    except OSError as err:
+        raise FaceattrError(f"cannot write {space.output}: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(space.parts)
+    return space.output
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    # os.replace is atomic for a crash of this process; fsync also covers a power cut before the rename
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _kill_hook(point: str) -> None:
+    if os.environ.get(KILL_HOOK) == point:
+        os.kill(os.getpid(), signal.SIGKILL)

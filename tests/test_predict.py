@@ -1,0 +1,290 @@
+"""predict: one row per input, bad files as error rows, labels, runtimes, kill -9 and --resume, CLI codes."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import REPO, make_faces
+from PIL import Image
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models.registry import default_weights_path
+from faceattr_batch.predict import OUTPUT_COLUMNS, PredictOptions, output_schema, run
+
+FAST = {"workers": 1, "threads": 1, "runtime": "torch", "progress": False}
+
+
+def _run(inputs, out, model, **kwargs):
+    options = {**FAST, "batch_size": 8, "shard_size": 8, **kwargs}
+    return run(PredictOptions(inputs=tuple(str(i) for i in inputs), output=out, model=str(model), **options))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels (a decompression bomb as far as any header reader knows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _bad_files(folder: Path, monkeypatch) -> dict[str, str]:
+    """One file per bad case -> the start of its expected error reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good, "JPEG")
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (folder / "text.png").write_text("this is not an image")
+    (folder / "bomb.png").write_bytes(_png_header_only(40_000, 40_000))
+    os.symlink(folder / "gone.jpg", folder / "broken_link.jpg")
+    locked = folder / "locked.jpg"
+    locked.write_bytes(good.getvalue())
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads mode-000 files: make the open fail the way it fails for a user
+        real_open = Image.open
+
+        def deny(path, *args, **kwargs):
+            if str(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", deny)
+    return {
+        "zero.jpg": "empty file (0 bytes)",
+        "truncated.jpg": "unreadable image",
+        "text.png": "not an image",
+        "bomb.png": "decompression bomb guard",
+        "broken_link.jpg": "file not found (or a broken symlink)",
+        "locked.jpg": "permission denied",
+    }
+
+
+def test_every_bad_file_is_a_row_with_its_reason_and_no_predictions(tmp_path, tiny_attr_model, monkeypatch):
+    make_faces(tmp_path / "in", 5)
+    expected = _bad_files(tmp_path / "in", monkeypatch)
+    out = tmp_path / "out.parquet"
+    result = _run([tmp_path / "in"], out, tiny_attr_model, workers=0)
+    frame = pl.read_parquet(out)
+    assert frame.columns == list(OUTPUT_COLUMNS)
+    assert frame.height == result.images == 11 and result.predicted == 5
+    bad = frame.filter(pl.col("error").is_not_null())
+    reasons = {Path(p).name: e for p, e in bad.select("path", "error").iter_rows()}
+    assert set(reasons) == set(expected)
+    for name, start in expected.items():
+        assert reasons[name].startswith(start), (name, reasons[name])
+    predictions = [c for c in OUTPUT_COLUMNS if c.startswith(("p_", "pred_", "age_"))]
+    assert bad.select(predictions).null_count().row(0) == (0,) * 0 + (6,) * len(predictions)
+    assert sum(result.errors.values()) == 6
+    assert result.errors["unreadable image"] == 1
+
+
+def test_image_formats_and_modes_decode(tmp_path, tiny_attr_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    base = Image.fromarray(rgb)
+    base.convert("L").save(folder / "gray.png")
+    base.convert("RGBA").save(folder / "rgba.png")
+    base.convert("P").save(folder / "palette.png")
+    base.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
+    base.save(folder / "plain.webp")
+    base.save(folder / "plain.bmp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    base.save(folder / "exif_rotated.jpg", exif=exif, quality=95)
+    base.transpose(Image.Transpose.ROTATE_270).save(folder / "rotated_by_hand.jpg", quality=95)
+    out = tmp_path / "out.parquet"
+    result = _run([folder], out, tiny_attr_model)
+    frame = pl.read_parquet(out)
+    assert result.predicted == frame.height == 9, frame.filter(pl.col("error").is_not_null()).to_dicts()
+    by_name = {Path(r["path"]).name: r for r in frame.to_dicts()}
+    a, b = by_name["exif_rotated.jpg"], by_name["rotated_by_hand.jpg"]
+    assert abs(a["pred_age"] - b["pred_age"]) < 1.0 and abs(a["p_female"] - b["p_female"]) < 0.02
+    probs = frame.select(pl.sum_horizontal("p_white", "p_black", "p_asian", "p_indian", "p_others")).to_series()
+    assert np.allclose(probs.to_numpy(), 1.0, atol=1e-4)
+    assert frame.select((pl.col("age_low") <= pl.col("age_high")).all()).item()
+
+
+def test_labels_from_names_and_from_an_index(tmp_path, tiny_attr_model):
+    paths = make_faces(tmp_path / "in", 6)
+    plain = tmp_path / "in" / "holiday.jpg"
+    Image.new("RGB", (32, 32), "white").save(plain)
+    out = tmp_path / "names.parquet"
+    result = _run([tmp_path / "in"], out, tiny_attr_model)
+    frame = pl.read_parquet(out).sort("path")
+    first = frame.filter(pl.col("path") == str(paths[0])).row(0, named=True)
+    assert (first["true_age"], first["true_gender"], first["true_race"], first["true_age_band"]) == (
+        4, "male", "White", "3-9",
+    )  # fmt: skip
+    assert first["age_error"] == pytest.approx(first["pred_age"] - 4)
+    assert first["gender_correct"] == (first["pred_gender"] == "male")
+    assert frame.filter(pl.col("path") == str(plain)).select("true_age", "true_gender").row(0) == (None, None)
+    assert result.labelled == 6 and result.metrics["n_age"] == 6
+
+    index = tmp_path / "index.parquet"
+    pl.DataFrame(
+        {"path": ["holiday.jpg", paths[1].name], "age": [33, 50], "gender": [1, 1], "race": [2, None]},
+        schema_overrides={"age": pl.Int64, "gender": pl.Int64, "race": pl.Int64},
+    ).write_parquet(index, metadata={"faceattr_batch.root": str(tmp_path / "in")})
+    out = tmp_path / "index_labels.parquet"
+    result = _run([tmp_path / "in"], out, tiny_attr_model, labels=index)
+    frame = pl.read_parquet(out)
+    rows = {Path(r["path"]).name: r for r in frame.to_dicts()}
+    assert (rows["holiday.jpg"]["true_age"], rows["holiday.jpg"]["true_race"]) == (33, "Asian")
+    assert (rows[paths[1].name]["true_age"], rows[paths[1].name]["true_race"]) == (50, None)
+    assert rows[paths[0].name]["true_age"] is None  # the index wins; it does not list this file
+    assert result.labelled == 2 and result.settings["labels"].startswith("index:")
+    # the index given as the input is also the label source
+    from_index = _run([index], tmp_path / "from_index.parquet", tiny_attr_model)
+    assert from_index.images == 2 and from_index.labelled == 2
+
+
+def test_batch_size_and_runtime_do_not_change_the_values(tmp_path, tiny_attr_model):
+    make_faces(tmp_path / "in", 21)
+    a = _run([tmp_path / "in"], tmp_path / "a.parquet", tiny_attr_model, batch_size=4)
+    b = _run([tmp_path / "in"], tmp_path / "b.parquet", tiny_attr_model, batch_size=32, workers=0)
+    c = _run([tmp_path / "in"], tmp_path / "c.parquet", tiny_attr_model, runtime="onnxruntime")
+    frames = [pl.read_parquet(r.output) for r in (a, b, c)]
+    assert c.model["runtime"] == "onnxruntime" and a.model["runtime"] == "torch"
+    numeric = ["p_female", "p_white", "p_others", "pred_age", "age_low", "age_high"]
+    for other in frames[1:]:
+        assert other["path"].to_list() == frames[0]["path"].to_list()
+        diff = (other.select(numeric) - frames[0].select(numeric)).select(pl.all().abs().max()).row(0)
+        assert max(diff) < 1e-3, diff
+        assert other["pred_race"].to_list() == frames[0]["pred_race"].to_list()
+
+
+def test_an_exported_onnx_file_is_a_model_source(tmp_path, tiny_attr_model):
+    from faceattr_batch.models.export import export_onnx
+
+    make_faces(tmp_path / "in", 5)
+    onnx_file = tmp_path / "tiny.onnx"
+    export_onnx(tiny_attr_model, onnx_file)
+    result = _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="auto")
+    assert result.model["runtime"] == "onnxruntime" and result.predicted == 5
+    with pytest.raises(FaceattrError, match="runs with onnxruntime"):
+        _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="torch")
+
+
+def test_output_schema_is_the_documented_columns():
+    assert tuple(output_schema().names) == OUTPUT_COLUMNS
+
+
+def test_bad_options_fail_before_work(tmp_path, tiny_attr_model):
+    make_faces(tmp_path / "in", 2)
+    with pytest.raises(FaceattrError, match="must be a .parquet"):
+        _run([tmp_path / "in"], tmp_path / "out.csv", tiny_attr_model)
+    with pytest.raises(FaceattrError, match="--runtime 'tf'"):
+        _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, runtime="tf")
+    with pytest.raises(FaceattrError, match="not an index Parquet"):
+        _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, labels=tmp_path / "none.parquet")
+
+
+# --- kill -9, resume, atomic output ------------------------------------------------------------------------
+
+
+def _cli(args: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FACEATTR_BATCH_TEST_KILL"}
+    if kill:
+        env["FACEATTR_BATCH_TEST_KILL"] = kill
+    return subprocess.run(
+        [sys.executable, "-m", "faceattr_batch", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+def test_kill9_then_resume_gives_each_input_once_with_equal_values(tmp_path, tiny_attr_model):
+    make_faces(tmp_path / "in", 37)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff")  # one bad row travels through resume too
+    reference = _run([tmp_path / "in"], tmp_path / "reference.parquet", tiny_attr_model, batch_size=4)
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--runtime", "torch"]
+    args += ["--workers", "1", "--threads", "1", "-b", "4", "--shard-size", "8", "--json"]
+
+    killed = _cli(args, kill="part:1")  # dies with shard 0 finished and shard 1 half written
+    assert killed.returncode == -9, killed.stderr
+    assert not out.exists()
+    parts = out.with_name(out.name + ".parts")
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "manifest.json", "part-00000.done.json", "part-00000.parquet", "part-00001.parquet.tmp",
+    ]  # fmt: skip
+
+    out.write_bytes(b"an older file under the output name")
+    killed = _cli([*args, "--resume"], kill="finalize")  # dies while writing the final file
+    assert killed.returncode == -9, killed.stderr
+    assert out.read_bytes() == b"an older file under the output name"  # never a half-written file
+
+    done = _cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert '"shards_skipped": 5' in done.stdout  # all five shards were finished before the finalize kill
+    assert not parts.exists() and not list(tmp_path.glob(".out.parquet.*"))
+    resumed, expected = pl.read_parquet(out), pl.read_parquet(reference.output)
+    assert resumed["path"].is_unique().all() and resumed.height == 38
+    assert resumed.equals(expected)
+
+    again = _cli([*args, "--resume"])  # a finished output: nothing to do
+    assert again.returncode == 0 and '"processed": 0' in again.stdout
+
+
+def test_resume_with_another_model_is_refused(tmp_path, tiny_attr_model):
+    make_faces(tmp_path / "in", 12)
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--runtime", "torch"]
+    args += ["--workers", "0", "-b", "4", "--shard-size", "4", "--json"]
+    assert _cli(args, kill="shard:0").returncode == -9
+    other = _cli([*args[:-1], "--runtime", "onnxruntime", "--json", "--resume"])
+    assert other.returncode == 2 and "different inputs or options (runtime)" in other.stderr
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes(tmp_path, tiny_attr_model):
+    make_faces(tmp_path / "in", 3)
+    (tmp_path / "in" / "zero.jpg").write_bytes(b"")
+    runner = CliRunner()
+    base = ["predict", str(tmp_path / "in"), "-m", str(tiny_attr_model), "--workers", "0", "--runtime", "torch"]
+    ok = runner.invoke(app, [*base, "-o", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "rep")])
+    assert ok.exit_code == 0, ok.output
+    assert "errors by reason" in ok.output and "empty file (0 bytes)" in ok.output and "MAE" in ok.output
+    assert (tmp_path / "rep" / "report.html").is_file()
+    strict = runner.invoke(app, [*base, "-o", str(tmp_path / "b.parquet"), "--strict", "--json"])
+    assert strict.exit_code == 1
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nope"), "-o", str(tmp_path / "c.parquet")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    rebuilt = runner.invoke(app, ["report", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "rep2")])
+    assert rebuilt.exit_code == 0 and (tmp_path / "rep2" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
+    if not default_weights_path().is_file():
+        pytest.skip(f"default weights not shipped yet ({default_weights_path()})")
+    from faceattr_batch import metrics
+
+    out = tmp_path / "utk.parquet"
+    result = run(PredictOptions(inputs=(str(shared_utkface),), output=out, progress=False, report_dir=tmp_path / "r"))
+    frame = pl.read_parquet(out)
+    assert frame.height == len(os.listdir(shared_utkface)) == result.images
+    assert frame["path"].is_unique().all()
+    # metrics from an independent computation over the file
+    labelled = frame.filter(pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null())
+    mae = float(np.mean(np.abs(labelled["pred_age"].to_numpy() - labelled["true_age"].to_numpy())))
+    assert result.metrics["age_mae"] == pytest.approx(mae, rel=1e-5)
+    both = frame.filter(pl.col("true_gender").is_not_null() & pl.col("pred_gender").is_not_null())
+    accuracy = float((both["true_gender"] == both["pred_gender"]).mean())
+    assert result.metrics["gender_accuracy"] == pytest.approx(accuracy)
+    assert metrics.overall(metrics.from_predictions(frame))["n_race"] == result.metrics["n_race"]

@@ -1,0 +1,75 @@
+"""report.build: metrics.json, breakdown.parquet, plots, one self-contained report.html, from the Parquet alone."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import polars as pl
+import pytest
+from conftest import make_faces
+
+from faceattr_batch import metrics, report
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.predict import PredictOptions, run
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory, tiny_attr_model):
+    folder = tmp_path_factory.mktemp("report")
+    make_faces(folder / "in", 40)
+    (folder / "in" / "zero.jpg").write_bytes(b"")
+    out = folder / "out.parquet"
+    options = PredictOptions(
+        inputs=(str(folder / "in"),), output=out, model=str(tiny_attr_model), workers=0, runtime="torch", progress=False
+    )
+    run(options)
+    return out
+
+
+def test_report_files_and_embedded_images(predictions, tmp_path):
+    html_path = report.build(predictions, tmp_path / "rep")
+    folder = html_path.parent
+    assert {p.name for p in folder.iterdir()} >= {
+        "report.html", "metrics.json", "breakdown.parquet", "confusion.png", "age_pred_vs_true.png",
+        "error_by_age_band.png", "error_by_race.png", "calibration.png",
+    }  # fmt: skip
+    page = html_path.read_text()
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 5
+    assert len(re.findall(r"src='data:image/jpeg;base64,", page)) >= 12  # worst-error thumbnails
+    assert "src='http" not in page and "href=" not in page  # self-contained
+    assert "empty file (0 bytes)" in page and "Weakest slices" in page
+
+
+def test_metrics_json_matches_an_independent_computation(predictions, tmp_path):
+    report.build(predictions, tmp_path / "rep")
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    frame = pl.read_parquet(predictions)
+    assert saved["images"] == frame.height == 41 and saved["predicted"] == 40
+    assert saved["errors"] == {"empty file (0 bytes)": 1}
+    ok = frame.filter(pl.col("error").is_null())
+    mae = (ok["pred_age"] - ok["true_age"]).abs().mean()
+    assert saved["overall"]["age_mae"] == pytest.approx(mae, rel=1e-6)
+    assert saved["overall"]["gender_accuracy"] == pytest.approx((ok["pred_gender"] == ok["true_gender"]).mean())
+    assert saved["overall"]["race_accuracy"] == pytest.approx((ok["pred_race"] == ok["true_race"]).mean())
+    assert sum(map(sum, saved["race_confusion"])) == 40
+    breakdown = pl.read_parquet(tmp_path / "rep" / "breakdown.parquet")
+    assert breakdown["n"].sum() == 40
+    assert breakdown.equals(metrics.breakdown(metrics.from_predictions(ok), metrics.SLICE_BY, intervals=True))
+
+
+def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
+    unlabelled = tmp_path / "unlabelled.parquet"
+    pl.read_parquet(predictions).with_columns(
+        pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.String).alias("true_gender"),
+        pl.lit(None, pl.String).alias("true_race"),
+    ).write_parquet(unlabelled)  # fmt: skip
+    page = report.build(unlabelled, tmp_path / "rep").read_text()
+    assert "No true labels" in page and "Predicted classes" in page
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["images"] == 41
+    with pytest.raises(FaceattrError, match="no such predictions file"):
+        report.build(tmp_path / "missing.parquet", tmp_path / "r2")
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"path": ["a"]}).write_parquet(other)
+    with pytest.raises(FaceattrError, match="not a `predict` output"):
+        report.build(other, tmp_path / "r3")

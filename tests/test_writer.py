@@ -1,0 +1,80 @@
+"""writer: shards stream to parts, resume skips finished ones, the final file appears atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from faceattr_batch import writer
+from faceattr_batch.errors import FaceattrError
+
+SCHEMA = pa.schema([("path", pa.string()), ("value", pa.int64())])
+KEYS = [f"/data/{i:03d}.jpg" for i in range(10)]
+
+
+def _write(space, shard, chunk: int = 2) -> None:
+    sink = writer.open_shard(space, shard, SCHEMA)
+    for start in range(shard.start, shard.stop, chunk):
+        stop = min(start + chunk, shard.stop)
+        sink.write(pa.table({"path": KEYS[start:stop], "value": list(range(start, stop))}))
+    sink.commit()
+
+
+def test_shards_merge_in_order_into_one_file(tmp_path):
+    out = tmp_path / "out.parquet"
+    space = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    assert [(s.start, s.stop) for s in space.shards] == [(0, 4), (4, 8), (8, 10)]
+    for shard in reversed(writer.pending_shards(space)):  # finishing order does not matter
+        _write(space, shard)
+    assert writer.pending_shards(space) == []
+    writer.finalize(space, SCHEMA, {"faceattr_batch.extra": "x"})
+    table = pq.read_table(out)
+    assert table.column("value").to_pylist() == list(range(10))
+    assert not writer.parts_dir(out).exists()
+    metadata = pq.read_metadata(out).metadata
+    assert metadata[b"faceattr_batch.extra"] == b"x"
+    assert json.loads(metadata[writer.MANIFEST_KEY.encode()])["n_inputs"] == 10
+    assert writer.is_complete(out, {"model": "m"}, KEYS, 4)
+    assert not writer.is_complete(out, {"model": "other"}, KEYS, 4)
+
+
+def test_resume_skips_marked_shards_and_drops_unfinished_parts(tmp_path):
+    out = tmp_path / "out.parquet"
+    space = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    _write(space, space.shards[1])
+    unfinished = writer.open_shard(space, space.shards[0], SCHEMA)
+    unfinished.write(pa.table({"path": KEYS[:2], "value": [0, 1]}))  # killed here: a .tmp, no marker
+    again = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=True)
+    assert [s.index for s in writer.pending_shards(again)] == [0, 2]
+    assert not list(again.parts.glob("*.tmp"))
+    fresh = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    assert [s.index for s in writer.pending_shards(fresh)] == [0, 1, 2]  # without --resume: start over
+
+
+@pytest.mark.parametrize(
+    ("options", "keys", "shard_size", "named"),
+    [
+        ({"model": "other"}, KEYS, 4, "model"),
+        ({"model": "m"}, KEYS[:-1], 4, "inputs_sha256, n_inputs"),
+        ({"model": "m"}, KEYS, 5, "shard_size"),
+    ],
+)
+def test_resume_refuses_other_inputs_or_options(tmp_path, options, keys, shard_size, named):
+    out = tmp_path / "out.parquet"
+    writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    with pytest.raises(FaceattrError, match=f"different inputs or options \\({named}\\)"):
+        writer.open_workspace(out, options, keys, shard_size=shard_size, resume=True)
+
+
+def test_a_shard_with_missing_rows_is_not_committed(tmp_path):
+    space = writer.open_workspace(tmp_path / "o.parquet", {}, KEYS, shard_size=4, resume=False)
+    sink = writer.open_shard(space, space.shards[0], SCHEMA)
+    sink.write(pa.table({"path": KEYS[:3], "value": [0, 1, 2]}))
+    with pytest.raises(FaceattrError, match="wrote 3 rows, expected 4"):
+        sink.commit()
+    assert not space.marker_path(space.shards[0]).exists()
+    with pytest.raises(FaceattrError, match="not finished"):
+        writer.finalize(space, SCHEMA)
