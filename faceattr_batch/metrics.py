@@ -122,7 +122,8 @@ def wilson_interval(p: pl.Expr, n: pl.Expr, z: float = Z95) -> tuple[pl.Expr, pl
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt()
     valid = n > 0
-    return pl.when(valid).then(centre - half), pl.when(valid).then(centre + half)
+    # clipped: at p = 0 or 1 rounding would put a bound a hair outside [0, 1]
+    return pl.when(valid).then((centre - half).clip(0.0, 1.0)), pl.when(valid).then((centre + half).clip(0.0, 1.0))
 
 
 def with_intervals(table: pl.DataFrame, z: float = Z95) -> pl.DataFrame:

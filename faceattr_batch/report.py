@@ -55,7 +55,7 @@ def build(predictions: Path | str, report_dir: Path | str) -> Path:
     if labelled.height:
         breakdown = metrics.breakdown(labelled, metrics.SLICE_BY, intervals=True)
         breakdown.write_parquet(report_dir / "breakdown.parquet")
-        by = {key: metrics.breakdown(labelled, [key], intervals=True) for key in ("race", "gender", "age_band")}
+        by = {key: _in_label_order(metrics.breakdown(labelled, [key], intervals=True)) for key in metrics.SLICE_BY}
         calibration = metrics.calibration(labelled)
         worst = metrics.worst_errors(labelled, WORST_K)
         summary |= {
@@ -103,6 +103,14 @@ def _read(predictions: Path) -> pl.DataFrame:
     if missing:
         raise FaceattrError(f"{predictions}: not a `predict` output (missing columns: {', '.join(missing)})")
     return pl.read_parquet(predictions, columns=list(NEEDED))
+
+
+def _in_label_order(table: pl.DataFrame) -> pl.DataFrame:
+    """Rows in vocabulary order (White, Black, ...; male, female; 0-2, 3-9, ...), not alphabetical."""
+    orders = {"race": RACES, "gender": GENDERS, "age_band": AGE_BAND_NAMES}
+    keys = [c for c in orders if c in table.columns]
+    ranks = [pl.col(c).cast(pl.String).replace_strict(orders[c], list(range(len(orders[c])))) for c in keys]
+    return table.sort(ranks)
 
 
 def _summary(frame: pl.DataFrame, predictions: Path) -> dict:
@@ -236,7 +244,7 @@ def _bars(ax, table: pl.DataFrame, key: str, value: str, label: str) -> None:
     values = table[value].fill_null(float("nan")).to_numpy().astype(float)
     low = table[f"{value}_low"].fill_null(float("nan")).to_numpy().astype(float)
     high = table[f"{value}_high"].fill_null(float("nan")).to_numpy().astype(float)
-    errors = np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0)
+    errors = np.clip(np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0), 0.0, None)
     ax.bar(names, values, yerr=errors, capsize=3, color="#4878d0")
     for x, (v, n) in enumerate(zip(values, table["n"].to_list(), strict=True)):
         if not math.isnan(v):
@@ -257,7 +265,8 @@ th{background:#f4f4f4} td.l,th.l{text-align:left}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:150px}
 .card b{display:block;font-size:20px}.muted{color:#777}
 img.plot{max-width:100%;display:block;margin:8px 0}
-.thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:150px;font-size:11px;word-break:break-all}
+.thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:150px;font-size:11px}
+.thumb span{overflow-wrap:anywhere}
 .thumb img{width:96px;height:96px;object-fit:cover;display:block;border:1px solid #ccc}
 .missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center;color:#999}
 """
@@ -318,12 +327,16 @@ def _card(title: str, value, note: str = "") -> str:
     return f"<div class='card'><span class='muted'>{html.escape(title)}</span><b>{value}</b>{note}</div>"
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return "-" if _missing(value) else f"{100 * value:.1f}%"
 
 
 def _num(value, unit: str = "") -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}{unit}"
+    return "-" if _missing(value) else f"{value:.2f}{unit}"
 
 
 def _ci(row: dict, key: str, percent: bool) -> str:
@@ -390,10 +403,7 @@ def _html_weakest(breakdown: pl.DataFrame) -> str:
             f"<div><b>{title}</b><table><tr><th class='l'>slice</th><th>n</th><th>value</th><th>95% CI</th></tr>"
             f"{items}</table></div>"
         )
-    return (
-        f"<h2>Weakest slices (race × gender × age band; {note})</h2>"
-        f"<div class='cards'>{''.join(html_lists)}</div>"
-    )
+    return f"<h2>Weakest slices (race × gender × age band; {note})</h2><div class='cards'>{''.join(html_lists)}</div>"
 
 
 def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
@@ -448,9 +458,8 @@ def _html_slices(breakdown: pl.DataFrame) -> str:
         "<tr><th class='l'>race</th><th class='l'>gender</th><th class='l'>age band</th><th>n</th>"
         "<th>gender acc</th><th>95% CI</th><th>race acc</th><th>95% CI</th><th>age MAE</th><th>95% CI</th></tr>"
     )
-    order = {name: i for i, name in enumerate(AGE_BAND_NAMES)}
     rows = []
-    for r in sorted(breakdown.to_dicts(), key=lambda r: (r["race"], r["gender"], order.get(r["age_band"], 99))):
+    for r in _in_label_order(breakdown).to_dicts():
         rows.append(
             f"<tr><td class='l'>{r['race']}</td><td class='l'>{r['gender']}</td><td class='l'>{r['age_band']}</td>"
             f"<td>{r['n']}</td><td>{_pct(r['gender_accuracy'])}</td>"
