@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -375,7 +376,9 @@ class _Sizes:
         bounds = [n * k // n_proc for k in range(n_proc + 1)]
         for lo, hi in itertools.pairwise(bounds):
             read_fd, write_fd = os.pipe()
-            pid = os.fork()
+            with warnings.catch_warnings():  # 3.12+ warns on fork beside threads; the child only stats
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
             if pid == 0:  # child: stat a slice, send it, exit without running any cleanup
                 code = 1
                 try:
