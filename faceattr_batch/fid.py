@@ -540,8 +540,8 @@ def _add(bundle: dict[str, FeatureStats], key: str, features: np.ndarray, option
 
 def _small_notes(name: str, n: int) -> list[str]:
     if n < RECOMMENDED_MIN:
-        note = f"{name} has {n} images (< {RECOMMENDED_MIN}): FID is biased high at small n; compare KID"
-        log.warning(note)
+        note = f"{name}: {n} images < {RECOMMENDED_MIN}, FID is biased high (see KID)"
+        log.info(note)
         return [note]
     return []
 
@@ -563,7 +563,7 @@ def _compare(real: FeatureStats, fake: FeatureStats, options: FidOptions, strict
     if len(x) >= 2 and len(y) >= 2:
         result.kid_mean, result.kid_std, used = kid(x, y, options.kid_subsets, options.kid_subset_size, options.seed)
         if used < options.kid_subset_size:
-            result.notes.append(f"KID subsets of {used} rows (fewer features than --kid-subset-size)")
+            result.notes.append(f"KID subsets of {used} (< --kid-subset-size)")
     else:
         result.notes.append("no KID: a stats file without stored features")
     return result
