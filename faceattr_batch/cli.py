@@ -225,6 +225,7 @@ def train(
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better score.")] = 12,
     seed: Seed = 0,
     workers: Workers = 2,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads on the CPU (default: all cores).")] = None,
     device: Device = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its last checkpoint.")
@@ -254,6 +255,7 @@ def train(
         patience=patience,
         seed=seed,
         workers=workers,
+        threads=threads,
         device=device,
         limit=limit,
         steps_per_epoch=steps_per_epoch,
@@ -527,3 +529,109 @@ def report_command(
         print_json({"report": str(html)})
     else:
         typer.echo(f"report: {html}")
+
+
+# --- train-gen / synth -----------------------------------------------------------------------------------------
+
+
+@app.command("train-gen")
+@one_line_errors
+def train_gen(
+    source: Annotated[Path, typer.Argument(help="Index Parquet from `index`, or an image folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="RUN_DIR for checkpoints, grids, metrics, generator.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Image folder of an index Parquet (default: recorded in it).")
+    ] = None,
+    resolution: Annotated[int, typer.Option(help="Generated chip size: 32, 64 or 128.")] = 64,
+    iterations: Annotated[int, typer.Option(min=1, help="Training iterations (one D and one G step each).")] = 40_000,
+    batch_size: BatchSize = 64,
+    sample_every: Annotated[int, typer.Option(min=1, help="Write a sample grid every N iterations.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N iterations.")] = 500,
+    eval_every: Annotated[int, typer.Option(min=1, help="Log FID and attribute agreement every N iterations.")] = 2_500,
+    eval_samples: Annotated[int, typer.Option(min=2, help="Generated faces per evaluation.")] = 1_000,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip FID/agreement evaluations (faster).")] = False,
+    attr_model: Annotated[
+        str | None, typer.Option(help="Attribute model for agreement (default: the shipped one).")
+    ] = None,
+    seed: Seed = 0,
+    workers: Workers = 2,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its checkpoint.")] = False,
+    limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
+) -> None:
+    """Train the conditional face generator (gender, race, age) with checkpoints, grids, FID and agreement."""
+    import logging
+
+    from faceattr_batch.train_gen import TrainGenOptions, run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run(
+        TrainGenOptions(
+            source=source,
+            out_dir=out,
+            root=root,
+            resolution=resolution,
+            iterations=iterations,
+            batch_size=batch_size,
+            sample_every=sample_every,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
+            evaluate=not no_eval,
+            attr_model=attr_model,
+            seed=seed,
+            workers=workers,
+            device=device,
+            limit=limit,
+        ),
+        resume=resume,
+    )
+    typer.echo(f"generator: {result['model']}")
+
+
+@app.command()
+@one_line_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the images and manifest.parquet.")] = Path(
+        "synth"
+    ),
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of faces to write.")] = 10_000,
+    gender: Annotated[str | None, typer.Option(help="Fixed gender(s): male, female (comma-separated).")] = None,
+    race: Annotated[
+        str | None, typer.Option(help="Fixed race(s): White, Black, Asian, Indian, Others (comma-separated).")
+    ] = None,
+    age: Annotated[str | None, typer.Option(help="Fixed age or range, e.g. 35 or 30..40.")] = None,
+    match: Annotated[Path | None, typer.Option(help="Index Parquet whose joint label distribution to follow.")] = None,
+    size: Annotated[int | None, typer.Option(help="Written size in pixels (default: the generator's).")] = None,
+    truncation: Annotated[float, typer.Option(help="Noise scale in (0, 2]; below 1 favours typical faces.")] = 1.0,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="train-gen RUN_DIR or generator file.")] = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier synth run in OUT_DIR.")] = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Write N labelled synthetic faces named UTKFace-style, plus manifest.parquet."""
+    from faceattr_batch.synth import SynthOptions, parse_age_range, parse_choices, run
+
+    if match is not None and (gender or race or age):
+        raise FaceattrError("--match follows a real distribution: leave out --gender, --race and --age")
+    result = run(
+        SynthOptions(
+            n=n,
+            out_dir=out,
+            model=model,
+            genders=parse_choices(gender, "gender"),
+            races=parse_choices(race, "race"),
+            ages=parse_age_range(age),
+            match=match,
+            size=size,
+            truncation=truncation,
+            seed=seed,
+            batch_size=batch_size,
+            overwrite=overwrite,
+        )
+    )
+    if json_out:
+        print_json(result)
+    else:
+        typer.echo(f"wrote {result['images']} faces and manifest.parquet to {result['out_dir']}")

@@ -32,6 +32,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.inputs import display_path, index_paths, is_index_parquet, list_images
 from faceattr_batch.labels import GENDERS, RACES, age_band_expr, parse_frame
 from faceattr_batch.metrics import RACE_PROB_COLUMNS
+from faceattr_batch.rundir import finite
 
 log = logging.getLogger(__name__)
 
@@ -463,12 +464,5 @@ def summarize(output: Path | str) -> dict:
     summary = counts.row(0, named=True)
     summary["errors"] = dict(errors.iter_rows())
     overall = metrics.overall(metrics.from_predictions(frame).collect()) if summary["labelled"] else None
-    summary["metrics"] = _finite(overall)
+    summary["metrics"] = finite(overall)
     return summary
-
-
-def _finite(values: dict | None) -> dict | None:
-    """NaN (a ratio over zero cases, e.g. precision with no female predictions) -> None, valid in JSON."""
-    if values is None:
-        return None
-    return {k: None if isinstance(v, float) and v != v else v for k, v in values.items()}

@@ -25,6 +25,7 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
+from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class TrainOptions:
     patience: int = 12  # epochs without a better validation score before stopping early
     seed: int = 0
     workers: int = 2
+    threads: int | None = None  # torch threads on the CPU; None = all cores (1 is steadier on a shared machine)
     device: str = "auto"
     limit: int | None = None  # only the first N labelled images (smoke tests)
     steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
@@ -129,9 +131,9 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, prog
     from faceattr_batch.decode import load_chip
 
     if cache.is_file():
-        pixels = np.load(cache, mmap_mode="r")
+        pixels = np.load(cache)
         if pixels.shape == (table.height, size, size, 3):
-            return np.ascontiguousarray(pixels)
+            return pixels
     files = table.get_column("file").to_list()
     pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     failed = []
@@ -143,9 +145,7 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, prog
         bar.update(len(batch.paths))
     bar.close()
     if failed:
-        raise FaceattrError(
-            f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}"
-        )
+        raise FaceattrError(f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}")
     tmp = cache.with_suffix(".tmp.npy")
     np.save(tmp, pixels)
     os.replace(tmp, cache)
@@ -179,9 +179,7 @@ def augment(pixels, generator):
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     brightness = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
     contrast = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
-    saturation = torch.where(torch.rand(n, generator=generator) < 0.05, 0.0, uniform(0.7, 1.3)).view(
-        n, 1, 1, 1
-    )
+    saturation = torch.where(torch.rand(n, generator=generator) < 0.05, 0.0, uniform(0.7, 1.3)).view(n, 1, 1, 1)
     gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = gray + (x - gray) * saturation.to(x.device)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -223,9 +221,7 @@ def collect_logits(model, pixels: np.ndarray, device, batch_size: int = 512):
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
             chunk = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
-            parts.append(
-                [t.float().cpu() for t in model.logits(chunk.contiguous(memory_format=torch.channels_last))]
-            )
+            parts.append([t.float().cpu() for t in model.logits(chunk.contiguous(memory_format=torch.channels_last))])
     return [torch.cat(column) for column in zip(*parts, strict=True)]
 
 
@@ -270,10 +266,7 @@ def fit_temperatures(logits, labels: pl.DataFrame) -> tuple[list[float], dict]:
         # age bins are one year wide and the labels noisy: score the probability within ±2 years
         "age": lambda t: (
             -torch.log(
-                (
-                    torch.softmax(age / t, 1)
-                    * (torch.arange(age.shape[1])[None] - a_true[:, None]).abs().le(2)
-                ).sum(1)
+                (torch.softmax(age / t, 1) * (torch.arange(age.shape[1])[None] - a_true[:, None]).abs().le(2)).sum(1)
                 + 1e-8
             )
             .mean()
@@ -307,9 +300,7 @@ def expected_calibration_error(probs, truth, bins: int = 15) -> float:
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
-            ece += inside.float().mean().item() * abs(
-                confidence[inside].mean().item() - correct[inside].mean().item()
-            )
+            ece += inside.float().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())
     return ece
 
 
@@ -324,19 +315,13 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
 
     out = Path(options.out_dir)
     last_path = out / CHECKPOINT_LAST
-    if resume:
-        if not last_path.is_file():
-            raise FaceattrError(f"{out}: nothing to resume (no {CHECKPOINT_LAST})")
-        saved = json.loads((out / "options.json").read_text())
+    saved = open_run_dir(out, CHECKPOINT_LAST, "training", resume)
+    if saved is not None:
         options = _options_from_json(saved, out)
-    elif last_path.is_file():
-        raise FaceattrError(
-            f"{out} already holds a training run: add --resume to continue it, or pick another -o"
-        )
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "options.json", options.to_json())
+    write_json(out / "options.json", options.to_json())
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
     table = load_labelled(options.source, options.root, options.workers)
     if options.limit:
@@ -368,9 +353,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: (
-            min(1.0, (step + 1) / warmup)
-            * 0.5
-            * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
         ),
     )
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
@@ -382,16 +365,11 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         state = {k: checkpoint[k] for k in state}
         log.info("resuming after epoch %d", state["epoch"])
 
-    race_counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(
-        np.float64
-    )
-    race_weights = torch.tensor(
-        (race_counts.sum() / (len(RACES) * np.maximum(race_counts, 1))) ** 0.5
-    ).float()
+    race_counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(np.float64)
+    race_weights = torch.tensor((race_counts.sum() / (len(RACES) * np.maximum(race_counts, 1))) ** 0.5).float()
     race_weights = (race_weights / race_weights.mean()).to(device)
     labels = {
-        k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64))
-        for k in ("gender", "race", "age")
+        k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")
     }
     labels["age"] = labels["age"].clamp(0, MAX_AGE)
     train_tensor = torch.from_numpy(train_pixels).permute(0, 3, 1, 2)
@@ -412,9 +390,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         total_loss, seen = 0.0, 0
         from tqdm import tqdm
 
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress
-        )
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress)
         for step in bar:
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
             x = augment(train_tensor[index], generator).to(device, non_blocking=True)
@@ -450,7 +426,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
             "val_score": score,
             **{k: val_metrics[k] for k in ("gender_accuracy", "race_accuracy", "race_macro_f1", "age_mae")},
         }
-        _append_metrics(out / "metrics.parquet", row)
+        append_metrics(out / "metrics.parquet", row)
         log.info("epoch %d: %s", epoch + 1, row)
         checkpoint = {
             "format": TRAIN_FORMAT,
@@ -484,7 +460,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
             "val_metrics": json.dumps(report["overall"]),
         },
     )
-    _write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     return TrainResult(out, model_path, report)
 
 
@@ -547,31 +523,3 @@ def _options_from_json(saved: dict, out: Path) -> TrainOptions:
     for key in ("widths", "depths"):
         saved[key] = tuple(saved[key])
     return replace(TrainOptions(source=saved["source"], out_dir=out), **saved)
-
-
-def _finite(value):
-    """NaN (e.g. precision with no positive prediction) -> None, since JSON has no NaN."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    frame = pl.DataFrame([row])
-    if path.is_file():
-        frame = pl.concat(
-            [pl.read_parquet(path).filter(pl.col("epoch") < row["epoch"]), frame], how="diagonal"
-        )
-    tmp = path.with_suffix(".tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2, default=str))
-    os.replace(tmp, path)

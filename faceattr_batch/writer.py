@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.rundir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size:
             parts.mkdir(parents=True)
         except OSError as err:
             raise FaceattrError(f"cannot create {parts}: {err.strerror or err}") from None
-        _write_json(parts / MANIFEST_NAME, manifest)
+        write_json(parts / MANIFEST_NAME, manifest)
     shards = tuple(
         Shard(i, start, min(start + shard_size, len(keys))) for i, start in enumerate(range(0, len(keys), shard_size))
     )
@@ -162,7 +163,7 @@ class ShardSink:
         _fsync(self.tmp)
         part = self.space.part_path(self.shard)
         os.replace(self.tmp, part)
-        _write_json(self.space.marker_path(self.shard), {"shard": self.shard.index, "rows": self.rows})
+        write_json(self.space.marker_path(self.shard), {"shard": self.shard.index, "rows": self.rows})
         _kill_hook(f"shard:{self.shard.index}")
         return part
 
@@ -200,12 +201,6 @@ def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -
         tmp.unlink(missing_ok=True)
     shutil.rmtree(space.parts)
     return space.output
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:

@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import make_faces
 from typer.testing import CliRunner
 
 from faceattr_batch import train as train_module
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import format_name
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
 
 TINY = dict(input_size=32, widths=(8, 16), depths=(1, 1), batch_size=16, workers=0, progress=False)
 
 
-def make_faces(folder: Path, n: int = 60, seed: int = 0) -> Path:
-    """Coloured noise images with UTKFace names; the colour carries the label so the net can learn something."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        gender, race, age = i % 2, i % 5, int(rng.integers(1, 90))
-        pixels = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
-        pixels[..., gender] += 150
-        stamp = dt.datetime(2017, 1, 1) + dt.timedelta(seconds=i)
-        Image.fromarray(pixels).save(folder / format_name(age, gender, race, stamp))
-    return folder
-
-
 @pytest.fixture
 def faces(tmp_path: Path) -> Path:
-    return make_faces(tmp_path / "faces")
+    make_faces(tmp_path / "faces", 60)
+    return tmp_path / "faces"
 
 
 def state(path: Path) -> dict:

@@ -14,13 +14,16 @@ from faceattr_batch.errors import FaceattrError
 ATTR_FORMAT = "faceattr-attr-v1"  # a shippable model: config + state_dict + meta
 TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds optimizer state)
 DEFAULT_ATTR_WEIGHTS = "attr_default.pt"
+GEN_FORMAT = "faceattr-gen-v1"  # a shippable generator: config + EMA state_dict + meta
+GEN_TRAIN_FORMAT = "faceattr-gen-train-v1"  # a train-gen checkpoint (G, D, EMA, optimizers)
+DEFAULT_GEN_WEIGHTS = "gen_default.pt"
 
 
-def default_weights_path() -> Path:
-    return Path(str(resources.files("faceattr_batch") / "weights" / DEFAULT_ATTR_WEIGHTS))
+def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
+    return Path(str(resources.files("faceattr_batch") / "weights" / name))
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, formats: tuple[str, ...] = (ATTR_FORMAT, TRAIN_FORMAT), kind="attribute-model") -> dict:
     import torch
 
     if not path.is_file():
@@ -30,9 +33,66 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as err:  # torch raises many types for corrupt or foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FaceattrError(f"{path}: not a readable faceattr checkpoint ({first[:160]})") from None
-    if not isinstance(data, dict) or data.get("format") not in (ATTR_FORMAT, TRAIN_FORMAT):
-        raise FaceattrError(f"{path}: not a faceattr attribute-model checkpoint (no known 'format' key)")
+    if not isinstance(data, dict) or data.get("format") not in formats:
+        raise FaceattrError(f"{path}: not a faceattr {kind} checkpoint (no known 'format' key)")
     return data
+
+
+def read_generator_checkpoint(path: Path) -> dict:
+    return read_checkpoint(Path(path), (GEN_FORMAT, GEN_TRAIN_FORMAT), "generator")
+
+
+def save_generator(generator, path: Path, meta: dict) -> Path:
+    """Write a shippable generator (config + state dict + meta) atomically."""
+    return _save(
+        path,
+        {
+            "format": GEN_FORMAT,
+            "config": generator.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+            "meta": meta,
+        },
+    )
+
+
+def load_generator(source: str | Path | None = None):
+    """A ready ``Generator`` (eval mode, CPU) and its meta: the shipped one, a train-gen RUN_DIR, or a file."""
+    from faceattr_batch.models.generator import Generator, GeneratorConfig
+
+    if source is None:
+        path = default_weights_path(DEFAULT_GEN_WEIGHTS)
+        if not path.is_file():
+            raise FaceattrError(f"the default generator weights are missing from the installed package ({path})")
+    else:
+        path = Path(source)
+        if path.is_dir():
+            found = [path / n for n in ("generator.pt", "last.pt") if (path / n).is_file()]
+            if not found:
+                raise FaceattrError(f"{path}: a folder without generator.pt or last.pt (not a train-gen RUN_DIR)")
+            path = found[0]
+    data = read_generator_checkpoint(path)
+    generator = Generator(GeneratorConfig.from_dict(data["config"]))
+    try:
+        generator.load_state_dict(data["state_dict"] if data["format"] == GEN_FORMAT else data["ema"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise FaceattrError(f"{path}: weights do not match the generator config ({first[:160]})") from None
+    meta = dict(data.get("meta", {}))
+    meta.setdefault("name", path.stem)
+    meta["source"] = str(path)
+    return generator.eval(), meta
+
+
+def _save(path: Path, payload: dict) -> Path:
+    import os
+
+    import torch
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def resolve_attr_source(source: str | Path | None) -> Path:
@@ -53,21 +113,8 @@ def resolve_attr_source(source: str | Path | None) -> Path:
 
 def save_attr_model(model, path: Path, meta: dict) -> Path:
     """Write a shippable model file (config + state dict + meta) atomically; meta values must be plain."""
-    import os
-
-    import torch
-
-    payload = {
-        "format": ATTR_FORMAT,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta,
-    }
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return _save(path, {"format": ATTR_FORMAT, "config": model.config.to_dict(), "state_dict": state, "meta": meta})
 
 
 def load_attr_model(source: str | Path | None = None):

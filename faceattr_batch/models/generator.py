@@ -1,0 +1,198 @@
+"""The conditional face generator and its discriminator (64 x 64 colour chips).
+
+Conditioning on (gender, race, age) enters the generator through conditional BatchNorm in every block, not
+only at the input, because earlier attempts that fed labels once were ignored by the network. The
+discriminator is a projection discriminator (spectral norm, one embedding per attribute, age continuous)
+with an auxiliary head that classifies real faces, so the generator is also pushed towards faces whose
+attributes a classifier can read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import spectral_norm
+
+from faceattr_batch.labels import RACES
+
+AGE_SCALE = math.log1p(100.0)  # ages are embedded as log1p(age) / log1p(100): fine steps for children
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    resolution: int = 64
+    z_dim: int = 128
+    cond_dim: int = 128
+    g_width: int = 256  # channels at 4 x 4; halved as resolution doubles (min 32)
+    d_width: int = 32  # channels after the first discriminator block; doubled as resolution halves (max 256)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def g_channels(self) -> list[int]:
+        steps = int(math.log2(self.resolution // 4))
+        return [max(32, self.g_width // 2 ** max(0, i - 1)) for i in range(steps + 1)]
+
+    def d_channels(self) -> list[int]:
+        steps = int(math.log2(self.resolution // 4))
+        return [min(256, self.d_width * 2**i) for i in range(steps)]
+
+
+def age_features(age: torch.Tensor) -> torch.Tensor:
+    """A smooth code for a continuous age: log-scaled value plus a few sinusoids of it."""
+    a = torch.log1p(age.float().clamp(min=0)) / AGE_SCALE
+    k = torch.arange(1, 5, device=age.device, dtype=torch.float32)
+    return torch.cat([a[:, None], torch.sin(math.pi * k * a[:, None]), torch.cos(math.pi * k * a[:, None])], 1)
+
+
+AGE_FEATURES = 9
+
+
+class ConditionEmbedding(nn.Module):
+    """(gender, race, age) -> one vector: learnt tables for the codes, a small MLP for age."""
+
+    def __init__(self, dim: int, wrap=lambda m: m):
+        super().__init__()
+        self.gender = wrap(nn.Embedding(2, dim))
+        self.race = wrap(nn.Embedding(len(RACES), dim))
+        self.age = nn.Sequential(wrap(nn.Linear(AGE_FEATURES, dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(dim, dim)))
+
+    def forward(self, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        return self.gender(gender) + self.race(race) + self.age(age_features(age))
+
+
+class ConditionalBatchNorm(nn.Module):
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Linear(cond_dim, channels)
+        self.bias = nn.Linear(cond_dim, channels)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+        nn.init.ones_(self.gain.bias)
+        nn.init.zeros_(self.bias.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * self.gain(cond)[:, :, None, None] + self.bias(cond)[:, :, None, None]
+
+
+class GBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int):
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm(cin, cond_dim)
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.bn2 = ConditionalBatchNorm(cout, cond_dim)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.skip = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
+        return h + self.skip(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        self.config = config
+        channels = config.g_channels()
+        self.embed = ConditionEmbedding(config.cond_dim)
+        joint = config.z_dim + config.cond_dim
+        self.fc = nn.Linear(joint, 4 * 4 * channels[0])
+        self.blocks = nn.ModuleList(GBlock(a, b, joint) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.out_bn = nn.BatchNorm2d(channels[-1])
+        self.out = nn.Conv2d(channels[-1], 3, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], N x 3 x R x R."""
+        cond = torch.cat([z, self.embed(gender, race, age)], dim=1)
+        x = self.fc(cond).view(z.shape[0], -1, 4, 4)
+        for block in self.blocks:
+            x = block(x, cond)
+        return torch.tanh(self.out(F.relu(self.out_bn(x))))
+
+
+class DBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, first: bool):
+        super().__init__()
+        self.first = first
+        self.conv1 = spectral_norm(nn.Conv2d(cin, cout, 3, 1, 1))
+        self.conv2 = spectral_norm(nn.Conv2d(cout, cout, 3, 1, 1))
+        self.skip = spectral_norm(nn.Conv2d(cin, cout, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.relu(x)
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
+        return h + self.skip(F.avg_pool2d(x, 2))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        channels = config.d_channels()
+        ins = [3] + channels[:-1]
+        self.blocks = nn.Sequential(*(DBlock(a, b, i == 0) for i, (a, b) in enumerate(zip(ins, channels, strict=True))))
+        width = channels[-1]
+        self.linear = spectral_norm(nn.Linear(width, 1))
+        self.embed = ConditionEmbedding(width, wrap=spectral_norm)
+        # Auxiliary classifier (gender logit, race logits, age in decades), trained on real faces only.
+        self.aux = nn.Linear(width, 1 + len(RACES) + 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.blocks(x)).sum(dim=(2, 3))
+
+    def forward(self, x, gender, race, age):
+        """(realness score per image, auxiliary predictions)."""
+        phi = self.features(x)
+        score = self.linear(phi).squeeze(1) + (self.embed(gender, race, age) * phi).sum(dim=1)
+        return score, self.aux(phi)
+
+
+def aux_loss(aux: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+    """Classification loss of the auxiliary head: gender BCE + race CE + age (decades) smooth L1."""
+    n_races = len(RACES)
+    return (
+        F.binary_cross_entropy_with_logits(aux[:, 0], gender.float())
+        + F.cross_entropy(aux[:, 1 : 1 + n_races], race)
+        + F.smooth_l1_loss(aux[:, 1 + n_races], age.float() / 10.0)
+    )
+
+
+def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): colour, translation (1/8) and cutout (1/2), differentiable."""
+    n, _, h, w = x.shape
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(x.device)
+
+    x = x + (rand(n, 1, 1, 1) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (rand(n, 1, 1, 1) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (rand(n, 1, 1, 1) + 0.5) + mean
+    # translation by up to 1/8 of the side, zero padding
+    shift = h // 8
+    tx = (rand(n) * (2 * shift + 1)).long() - shift
+    ty = (rand(n) * (2 * shift + 1)).long() - shift
+    rows = torch.arange(h, device=x.device)[None, :, None] + ty[:, None, None].to(x.device)
+    cols = torch.arange(w, device=x.device)[None, None, :] + tx[:, None, None].to(x.device)
+    padded = F.pad(x, [1, 1, 1, 1])
+    rows, cols = (rows + 1).clamp(0, h + 1), (cols + 1).clamp(0, w + 1)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    # cutout of a square half the side
+    size = h // 2
+    cx = (rand(n) * (w + 1 - size % 2)).long()
+    cy = (rand(n) * (h + 1 - size % 2)).long()
+    gy = torch.arange(h, device=x.device)[None, :, None] - cy[:, None, None].to(x.device) + size // 2
+    gx = torch.arange(w, device=x.device)[None, None, :] - cx[:, None, None].to(x.device) + size // 2
+    keep = ~((gy >= 0) & (gy < size) & (gx >= 0) & (gx < size))
+    return x * keep[:, None].float()

@@ -1,0 +1,54 @@
+"""Small file helpers shared by the long-running commands (train, train-gen, predict): atomic JSON, a metrics
+table that a resumed run can rewrite, and the rule for starting or resuming a RUN_DIR."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import polars as pl
+
+from faceattr_batch.errors import FaceattrError
+
+
+def finite(value):
+    """NaN (e.g. precision with no positive prediction) -> None, recursively, since JSON has no NaN."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (tmp file, then ``os.replace``): readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(finite(data), indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
+    """Add a row to a small metrics table, replacing rows a resumed run redoes (``key`` >= this row's)."""
+    frame = pl.DataFrame([row])
+    if path.is_file():
+        frame = pl.concat([pl.read_parquet(path).filter(pl.col(key) < row[key]), frame], how="diagonal_relaxed")
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def open_run_dir(out: Path, checkpoint: str, kind: str, resume: bool) -> dict | None:
+    """The saved options of the run to resume (None for a new run); refuses to start over an existing run."""
+    out = Path(out)
+    if resume:
+        if not (out / checkpoint).is_file():
+            raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
+        return json.loads((out / "options.json").read_text())
+    if (out / checkpoint).is_file():
+        raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
+    return None

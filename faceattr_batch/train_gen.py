@@ -1,0 +1,300 @@
+"""`faceattr-batch train-gen`: train the conditional face generator, resumably, with FID and agreement logged.
+
+Spine: labelled index -> decode every chip once at the generator's resolution -> iterations of hinge-loss
+GAN training (DiffAugment on both sides of the discriminator, auxiliary classification on real faces,
+an EMA copy of the generator) -> at intervals: a sample grid PNG, a checkpoint, and an evaluation that writes
+samples to disk and scores them with the ``fid`` command's code and the attribute model through ``predict``.
+
+Deterministic given the seed: iteration i draws its batch, noise and augmentation from generators seeded by
+(seed, i), so a run resumed from a checkpoint continues as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch import __version__
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import GENDERS, RACES
+
+log = logging.getLogger(__name__)
+
+GEN_CHECKPOINT = "last.pt"
+GEN_MODEL = "generator.pt"
+GRID_AGES = (3, 10, 20, 30, 45, 60, 75, 90)  # columns of the sample grid
+
+
+@dataclass(frozen=True)
+class TrainGenOptions:
+    source: Path  # index Parquet or folder of UTKFace-style images
+    out_dir: Path
+    root: Path | None = None
+    resolution: int = 64
+    g_width: int = 256
+    d_width: int = 32
+    iterations: int = 40_000
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    ema_decay: float = 0.999
+    aux_weight: float = 0.5  # weight of the auxiliary classification loss on generated faces (generator side)
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    eval_every: int = 2_500
+    eval_samples: int = 1_000
+    real_subset: int = 2_000  # fixed real faces for the logged FID
+    attr_model: str | None = None  # scores agreement; None = the shipped attribute model
+    evaluate: bool = True
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    limit: int | None = None
+    progress: bool = True
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def _labels(rows: pl.DataFrame):
+    import torch
+
+    return [torch.from_numpy(rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")]
+
+
+def grid_conditions(n_cols: int = len(GRID_AGES)):
+    """Rows: every gender x race; columns: ages (each column one fixed noise vector)."""
+    import torch
+
+    rows = [(g, r) for r in range(len(RACES)) for g in range(len(GENDERS))]
+    gender = torch.tensor([g for g, _ in rows for _ in range(n_cols)])
+    race = torch.tensor([r for _, r in rows for _ in range(n_cols)])
+    age = torch.tensor(list(GRID_AGES[:n_cols]) * len(rows))
+    return gender, race, age, len(rows)
+
+
+def save_grid(images, n_rows: int, path: Path) -> None:
+    """N x 3 x R x R in [-1, 1] -> one PNG, row-major, 2-pixel gaps."""
+    from PIL import Image
+
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    n, size = pixels.shape[0], pixels.shape[1]
+    n_cols = n // n_rows
+    canvas = np.full((n_rows * (size + 2), n_cols * (size + 2), 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, n_cols)
+        canvas[r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = pixels[i]
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(canvas).save(tmp)
+    os.replace(tmp, path)
+
+
+def run(options: TrainGenOptions, resume: bool = False) -> dict:
+    import torch
+    from torch.nn import functional as F
+    from tqdm import tqdm
+
+    from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
+    from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_generator
+    from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
+    from faceattr_batch.train import decode_cache, load_labelled, resolve_device
+
+    out = Path(options.out_dir)
+    last = out / GEN_CHECKPOINT
+    saved = open_run_dir(out, GEN_CHECKPOINT, "generator", resume)
+    if saved is not None:
+        saved.update(source=Path(saved["source"]), out_dir=out, root=saved["root"] and Path(saved["root"]))
+        options = replace(options, **saved)
+    if options.resolution not in (32, 64, 128):
+        raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "options.json", options.to_json())
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = resolve_device(options.device)
+
+    table = load_labelled(options.source, options.root, options.workers)
+    if options.limit:
+        table = table.head(options.limit)
+    cache = out / f"pixels_{options.resolution}.npy"
+    pixels = torch.from_numpy(
+        decode_cache(table, options.resolution, cache, options.workers, options.progress)
+    ).permute(0, 3, 1, 2)
+    labels = _labels(table)
+    labels[2] = labels[2].clamp(0, 100)
+
+    config = GeneratorConfig(resolution=options.resolution, g_width=options.g_width, d_width=options.d_width)
+    torch.manual_seed(options.seed)
+    generator, discriminator = Generator(config).to(device), Discriminator(config).to(device)
+    ema = Generator(config).to(device).eval()
+    ema.load_state_dict(generator.state_dict())
+    opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
+    start = 0
+    if resume:
+        checkpoint = read_generator_checkpoint(last)
+        generator.load_state_dict(checkpoint["generator"])
+        discriminator.load_state_dict(checkpoint["discriminator"])
+        ema.load_state_dict(checkpoint["ema"])
+        opt_g.load_state_dict(checkpoint["opt_g"])
+        opt_d.load_state_dict(checkpoint["opt_d"])
+        start = checkpoint["iteration"]
+        log.info("resuming after iteration %d", start)
+
+    grid_gender, grid_race, grid_age, grid_rows = grid_conditions()
+    grid_z = torch.randn(len(GRID_AGES), config.z_dim, generator=torch.Generator().manual_seed(12345))
+    grid_z = grid_z.repeat(grid_rows, 1)
+
+    def save_checkpoint(iteration: int) -> None:
+        payload = {
+            "format": GEN_TRAIN_FORMAT,
+            "config": config.to_dict(),
+            "generator": generator.state_dict(),
+            "discriminator": discriminator.state_dict(),
+            "ema": ema.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "iteration": iteration,
+        }
+        tmp = last.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, last)
+
+    n = len(table)
+    batch = min(options.batch_size, n)
+    bar = tqdm(
+        range(start, options.iterations),
+        initial=start,
+        total=options.iterations,
+        desc="train-gen",
+        disable=not options.progress,
+    )
+    started, losses = time.perf_counter(), []
+    for iteration in bar:
+        rng = torch.Generator().manual_seed(options.seed * 1_000_003 + iteration)
+        real_index = torch.randint(0, n, (batch,), generator=rng)
+        cond_index = torch.randint(0, n, (batch,), generator=rng)  # fake labels follow the real joint distribution
+        real = (pixels[real_index].float() / 127.5 - 1).to(device)
+        real_cond = [t[real_index].to(device) for t in labels]
+        fake_cond = [t[cond_index].to(device) for t in labels]
+        z = torch.randn(batch, config.z_dim, generator=rng).to(device)
+
+        fake = generator(z, *fake_cond)
+        real_score, real_aux = discriminator(diff_augment(real, rng), *real_cond)
+        fake_score, _ = discriminator(diff_augment(fake.detach(), rng), *fake_cond)
+        loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + aux_loss(real_aux, *real_cond)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
+        loss_g = -fake_score.mean() + options.aux_weight * aux_loss(fake_aux, *fake_cond)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - options.ema_decay)
+            for b_ema, b in zip(ema.buffers(), generator.buffers(), strict=True):
+                b_ema.copy_(b)
+        losses.append((loss_d.item(), loss_g.item()))
+        done = iteration + 1
+        if done % 50 == 0:
+            bar.set_postfix(
+                d=f"{np.mean([a for a, _ in losses[-50:]]):.3f}", g=f"{np.mean([b for _, b in losses[-50:]]):.3f}"
+            )
+        if done % options.sample_every == 0 or done == options.iterations:
+            with torch.no_grad():
+                images = ema(grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device))
+            save_grid(images.cpu(), grid_rows, out / f"grid_{done:06d}.png")
+            shutil.copyfile(out / f"grid_{done:06d}.png", out / "grid_latest.png")
+        if done % options.checkpoint_every == 0 or done == options.iterations:
+            save_checkpoint(done)
+        if options.evaluate and (done % options.eval_every == 0 or done == options.iterations):
+            elapsed = time.perf_counter() - started
+            row = {
+                "iteration": done,
+                "loss_d": float(np.mean([a for a, _ in losses])),
+                "loss_g": float(np.mean([b for _, b in losses])),
+                "iterations_per_s": len(losses) / elapsed,
+                **evaluate(ema, config, table, options, out),
+            }
+            append_metrics(out / "metrics.parquet", row, key="iteration")
+            log.info("iteration %d: %s", done, row)
+            losses, started = [], time.perf_counter()
+    bar.close()
+    model_path = save_generator(
+        ema,
+        out / GEN_MODEL,
+        {
+            "name": "faceattr-gen",
+            "version": __version__,
+            "iterations": options.iterations,
+            "trained_on": str(options.source),
+        },
+    )
+    return {"model": str(model_path), "out_dir": str(out)}
+
+
+def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Path) -> dict:
+    """FID (fixed real subset, generator resolution) and attribute agreement of EMA samples."""
+    from faceattr_batch import fid
+    from faceattr_batch.predict import PredictOptions
+    from faceattr_batch.predict import run as predict_run
+    from faceattr_batch.synth import write_samples
+
+    real_stats = out / f"real_stats_{config.resolution}.npz"
+    if not real_stats.is_file():
+        subset = table.sample(n=min(options.real_subset, table.height), seed=options.seed, shuffle=True)
+        links = out / "real_subset"
+        links.mkdir(exist_ok=True)
+        for file in subset.get_column("file"):
+            target = links / Path(file).name
+            if not target.exists():
+                target.symlink_to(file)
+        fid.compute(
+            links,
+            None,
+            fid.FidOptions(save_stats=real_stats, size=config.resolution, progress=False, workers=options.workers),
+        )
+    samples = out / "eval_samples"
+    shutil.rmtree(samples, ignore_errors=True)
+    conditions = table.sample(n=options.eval_samples, seed=options.seed + 1, with_replacement=True)
+    write_samples(
+        ema,
+        conditions.select("gender", "race", "age"),
+        samples,
+        seed=options.seed + 2,
+        size=config.resolution,
+        progress=False,
+    )
+    scores = fid.compute(
+        real_stats, samples, fid.FidOptions(size=config.resolution, progress=False, workers=options.workers)
+    )
+    result = {"fid": scores.fid, "kid_mean": scores.kid_mean}
+    try:
+        agreement = (
+            predict_run(
+                PredictOptions(
+                    inputs=(str(samples),),
+                    output=out / "eval_predictions.parquet",
+                    model=options.attr_model,
+                    progress=False,
+                )
+            ).metrics
+            or {}
+        )
+        result.update(
+            gender_agreement=agreement.get("gender_accuracy"),
+            race_agreement=agreement.get("race_accuracy"),
+            age_mae_vs_requested=agreement.get("age_mae"),
+        )
+    except FaceattrError as err:  # no attribute model yet: FID alone
+        log.warning("attribute agreement skipped: %s", err)
+    return result

@@ -1,0 +1,170 @@
+"""synth and train-gen: UTKFace naming, manifest, attribute control, determinism, overwrite refusal, resume."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from conftest import make_faces
+from typer.testing import CliRunner
+
+from faceattr_batch import train_gen as train_gen_module
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import AGE_BAND_NAMES, age_band, parse_names
+from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
+from faceattr_batch.models.registry import load_generator, save_generator
+from faceattr_batch.synth import SynthOptions, conditions, parse_age_range, parse_choices, run
+from faceattr_batch.train_gen import TrainGenOptions
+from faceattr_batch.train_gen import run as train_gen
+
+TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
+
+
+@pytest.fixture
+def generator_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_generator(Generator(TINY).eval(), tmp_path / "gen.pt", {"name": "tiny", "version": "test"})
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.chip.jpg"))}
+
+
+def test_names_parse_back_to_the_manifest_labels(generator_file: Path, tmp_path: Path):
+    result = run(SynthOptions(n=40, out_dir=tmp_path / "s", model=str(generator_file), progress=False))
+    assert result["images"] == 40
+    manifest = pl.read_parquet(tmp_path / "s" / "manifest.parquet")
+    assert manifest.columns[:5] == ["file", "index", "gender", "race", "age"]
+    assert manifest["file"].n_unique() == 40
+    assert set(manifest["model_name"]) == {"tiny"}
+    parsed = parse_names(manifest["file"])
+    assert (parsed["status"] == "ok").all()
+    for column in ("gender", "race", "age"):
+        assert parsed[column].to_list() == manifest[column].to_list()
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.chip.jpg")) == sorted(manifest["file"])
+
+
+def test_balanced_grid_fills_every_cell_equally():
+    wanted = conditions(SynthOptions(n=2 * 5 * 10 * 3, out_dir=Path("unused")))
+    cells = (
+        wanted.with_columns(pl.col("age").map_elements(age_band, return_dtype=pl.String).alias("band"))
+        .group_by("gender", "race", "band")
+        .len()
+    )
+    assert cells.height == 2 * 5 * len(AGE_BAND_NAMES)
+    assert set(cells["len"]) == {3}
+
+
+def test_fixed_values_and_ranges(generator_file: Path, tmp_path: Path):
+    options = SynthOptions(
+        n=25,
+        out_dir=tmp_path / "f",
+        model=str(generator_file),
+        genders=parse_choices("female", "gender"),
+        races=parse_choices("asian,Black", "race"),
+        ages=parse_age_range("30..40"),
+        progress=False,
+    )
+    run(options)
+    manifest = pl.read_parquet(tmp_path / "f" / "manifest.parquet")
+    assert set(manifest["gender"]) == {1}
+    assert set(manifest["race"]) == {1, 2}
+    assert manifest["age"].min() >= 30 and manifest["age"].max() <= 40
+
+
+def test_match_follows_a_real_distribution(tmp_path: Path):
+    index = tmp_path / "index.parquet"
+    pl.DataFrame({"gender": [0] * 90 + [1] * 10, "race": [3] * 100, "age": [50] * 100}).write_parquet(index)
+    wanted = conditions(SynthOptions(n=2000, out_dir=Path("unused"), match=index))
+    assert set(wanted["race"]) == {3}
+    assert 0.05 < wanted["gender"].mean() < 0.15
+
+
+def test_same_seed_same_files_whatever_the_batch_size(generator_file: Path, tmp_path: Path):
+    base = dict(n=20, model=str(generator_file), progress=False, seed=7)
+    run(SynthOptions(out_dir=tmp_path / "a", batch_size=20, **base))
+    run(SynthOptions(out_dir=tmp_path / "b", batch_size=3, **base))
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    run(SynthOptions(out_dir=tmp_path / "c", **{**base, "seed": 8}))
+    assert set(digests(tmp_path / "a").values()).isdisjoint(digests(tmp_path / "c").values())
+
+
+def test_size_and_overwrite(generator_file: Path, tmp_path: Path):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    run(SynthOptions(n=4, out_dir=out, model=str(generator_file), size=50, progress=False))
+    first = next(out.glob("*.chip.jpg"))
+    assert Image.open(first).size == (50, 50)
+    (out / "mine.txt").write_text("the user's own file")
+    with pytest.raises(FaceattrError, match="not empty: add --overwrite"):
+        run(SynthOptions(n=2, out_dir=out, model=str(generator_file), progress=False))
+    run(SynthOptions(n=2, out_dir=out, model=str(generator_file), progress=False, overwrite=True, seed=1))
+    assert len(list(out.glob("*.chip.jpg"))) == 2  # the earlier run's 4 files are gone
+    assert (out / "mine.txt").read_text() == "the user's own file"  # never someone else's
+
+
+def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--race", "martian"])
+    assert result.exit_code == 2
+    assert "White, Black, Asian, Indian, Others" in result.output
+    result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--age", "40..30"])
+    assert result.exit_code == 2 and "--age '40..30'" in result.output
+    result = runner.invoke(app, ["synth", "--n", "3", "-o", str(tmp_path / "ok"), "-m", str(generator_file), "--json"])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(FaceattrError, match="no such checkpoint"):
+        load_generator(tmp_path / "missing.pt")
+
+
+def test_diff_augment_keeps_shape_and_is_seeded():
+    x = torch.rand(4, 3, 32, 32)
+    a = diff_augment(x, torch.Generator().manual_seed(1))
+    b = diff_augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
+    faces = tmp_path / "faces"
+    make_faces(faces, 40)
+    options = dict(
+        source=faces,
+        resolution=32,
+        g_width=32,
+        d_width=16,
+        iterations=6,
+        batch_size=8,
+        sample_every=3,
+        checkpoint_every=3,
+        evaluate=False,
+        workers=0,
+        progress=False,
+    )
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
+    assert (tmp_path / "whole" / "grid_000006.png").is_file()
+
+    real_save = train_gen_module.save_grid
+    calls = {"n": 0}
+
+    def crash_on_second_grid(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # after the iteration-3 checkpoint, before the next
+        real_save(*args)
+
+    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
+    with pytest.raises(KeyboardInterrupt):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
+    monkeypatch.setattr(train_gen_module, "save_grid", real_save)
+    with pytest.raises(FaceattrError, match="already holds a generator run"):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
+    whole, _ = load_generator(tmp_path / "whole")
+    cut, _ = load_generator(tmp_path / "cut")
+    for (name, a), b in zip(whole.state_dict().items(), cut.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
