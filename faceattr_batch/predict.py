@@ -257,7 +257,7 @@ class ModelRunner:
             if runtime == "auto":
                 chosen = "onnxruntime" if device.type == "cpu" and registry.onnxruntime_available() else "torch"
             if chosen == "onnxruntime":
-                model = _as_onnx(path, threads)
+                model = _as_onnx(path, threads, version)
         meta = {**meta, "version": str(meta.get("version") or version), "source": str(path)}
         if chosen == "torch":
             if device.type == "cpu":
@@ -284,10 +284,17 @@ class ModelRunner:
         return {name: value.float().cpu().numpy() for name, value in outputs._asdict().items()}
 
 
-def _as_onnx(path: Path, threads: int):
-    """The checkpoint exported to ONNX (models/export.py) in a temporary folder, loaded with onnxruntime."""
-    from faceattr_batch.models.export import export_onnx
+def _as_onnx(path: Path, threads: int, digest: str):
+    """The checkpoint as ONNX: the export beside it when it was made from these very weights (the shipped model
+    has one), else exported now (models/export.py) in a temporary folder."""
+    from faceattr_batch.models.export import SOURCE_DIGEST, export_onnx
     from faceattr_batch.models.registry import OnnxAttrModel
+
+    beside = path.with_suffix(".onnx")
+    if beside.is_file():
+        model = OnnxAttrModel(beside, threads)
+        if model.properties.get(SOURCE_DIGEST, "")[:12] == digest:
+            return model
 
     with tempfile.TemporaryDirectory(prefix="faceattr-onnx-") as folder:
         onnx_path = Path(folder) / "model.onnx"

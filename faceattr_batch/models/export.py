@@ -7,6 +7,7 @@ model's metadata.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -17,6 +18,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
+SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
 INPUT_NAME = "pixels"
 
 
@@ -70,6 +72,7 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
         properties = {
             "faceattr_batch.version": __version__,
             "model_name": str(meta.get("name", "faceattr-attr")),
+            SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
             "config": json.dumps(model.config.to_dict()),
             "preprocessing": preprocessing_text(size),
             "outputs": "p_female: P(female); race_probs: softmax over races; age_mean: expected age (years); "
