@@ -55,6 +55,7 @@ class TrainGenOptions:
     evaluate: bool = True
     seed: int = 0
     workers: int = 2
+    threads: int | None = None  # torch threads on the CPU; None = all cores
     device: str = "auto"
     limit: int | None = None
     progress: bool = True
@@ -116,7 +117,7 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "options.json", options.to_json())
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
 
     table = load_labelled(options.source, options.root, options.workers)
