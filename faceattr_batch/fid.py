@@ -453,7 +453,7 @@ def _is_stats_file(path: Path) -> bool:
 
 
 def _device(options: FidOptions):
-    from faceattr_batch.train import resolve_device
+    from faceattr_batch.device import resolve_device
 
     return resolve_device(options.device)
 

@@ -131,7 +131,7 @@ def output_schema():
 
 def run(options: PredictOptions) -> PredictResult:
     """Predict every image of ``options.inputs`` into ``options.output`` (see the module doc)."""
-    from faceattr_batch.train import resolve_device
+    from faceattr_batch.device import resolve_device
 
     started = time.perf_counter()
     _validate(options)

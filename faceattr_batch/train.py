@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
+from faceattr_batch.device import resolve_device
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
 from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
@@ -501,18 +502,6 @@ def _evaluate(model, pixels, rows, device) -> dict:
     from faceattr_batch import metrics as m
 
     return m.overall(predictions_frame(collect_logits(model, pixels, device), (1.0, 1.0, 1.0), rows))
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise FaceattrError(f"--device {name!r}: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FaceattrError("--device cuda: no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _options_from_json(saved: dict, out: Path) -> TrainOptions:

@@ -102,10 +102,11 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
     from torch.nn import functional as F
     from tqdm import tqdm
 
+    from faceattr_batch.device import resolve_device
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
     from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_generator
     from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
-    from faceattr_batch.train import decode_cache, load_labelled, resolve_device
+    from faceattr_batch.train import decode_cache, load_labelled
 
     out = Path(options.out_dir)
     last = out / GEN_CHECKPOINT
