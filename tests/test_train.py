@@ -67,7 +67,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(faces: Path, tmp_path:
     run(TrainOptions(out_dir=tmp_path / "whole", **options))
 
     calls = {"n": 0}
-    real_append = train_module._append_metrics
+    real_append = train_module.append_metrics
 
     def crash_in_epoch_two(path, row):
         calls["n"] += 1
@@ -75,11 +75,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(faces: Path, tmp_path:
             raise KeyboardInterrupt  # stands in for kill: epoch 1 was checkpointed, epoch 2 was not
         real_append(path, row)
 
-    monkeypatch.setattr(train_module, "_append_metrics", crash_in_epoch_two)
+    monkeypatch.setattr(train_module, "append_metrics", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run(TrainOptions(out_dir=tmp_path / "cut", **options))
     assert state(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train_module, "_append_metrics", real_append)
+    monkeypatch.setattr(train_module, "append_metrics", real_append)
 
     with pytest.raises(FaceattrError, match="already holds a training run"):
         run(TrainOptions(out_dir=tmp_path / "cut", **options))
