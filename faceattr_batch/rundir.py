@@ -3,6 +3,7 @@ table that a resumed run can rewrite, and the rule for starting or resuming a RU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,13 +43,34 @@ def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
     os.replace(tmp, path)
 
 
-def open_run_dir(out: Path, checkpoint: str, kind: str, resume: bool) -> dict | None:
-    """The saved options of the run to resume (None for a new run); refuses to start over an existing run."""
-    out = Path(out)
+def start_run(options, checkpoint: str, kind: str, resume: bool):
+    """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume``.
+
+    Refuses to start over an existing run; writes ``options.json`` into ``options.out_dir`` either way.
+    """
+    out = Path(options.out_dir)
     if resume:
         if not (out / checkpoint).is_file():
             raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
-        return json.loads((out / "options.json").read_text())
-    if (out / checkpoint).is_file():
+        saved = json.loads((out / "options.json").read_text())
+        options = dataclasses.replace(options, **{**_from_json(options, saved), "out_dir": out})
+    elif (out / checkpoint).is_file():
         raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
-    return None
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "options.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()})
+    return options
+
+
+def _from_json(options, saved: dict) -> dict:
+    """JSON values back to the options' field types (paths, tuples), for the fields the dataclass has."""
+    restored = {}
+    for field in dataclasses.fields(options):
+        if field.name not in saved:
+            continue
+        value = saved[field.name]
+        if value is not None and "Path" in str(field.type):
+            value = Path(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        restored[field.name] = value
+    return restored

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from faceattr_batch import __version__
 from faceattr_batch.device import resolve_device
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
-from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
+from faceattr_batch.rundir import append_metrics, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,6 @@ class TrainOptions:
     steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
     progress: bool = True
 
-    def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
 
 @dataclass
 class TrainResult:
@@ -72,8 +69,9 @@ class TrainResult:
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-def load_labelled(source: Path, root: Path | None, workers: int) -> pl.DataFrame:
-    """Rows with all three labels: absolute ``file``, age, gender, race, dup_group (from ``index --hash``)."""
+def load_labelled(source: Path, root: Path | None, workers: int, limit: int | None = None) -> pl.DataFrame:
+    """Rows with all three labels: absolute ``file``, age, gender, race, dup_group (from ``index --hash``);
+    the first ``limit`` of them by path when given."""
     from faceattr_batch.index import IndexOptions, build_index, read_index_metadata
 
     source = Path(source)
@@ -100,7 +98,7 @@ def load_labelled(source: Path, root: Path | None, workers: int) -> pl.DataFrame
     )
     if table.height < 2:
         raise FaceattrError(f"{source}: fewer than 2 labelled images to train on")
-    return table.select(
+    table = table.select(
         pl.col("path"),
         (pl.lit(str(Path(root).resolve()) + os.sep) + pl.col("path")).alias("file"),
         "age",
@@ -108,6 +106,7 @@ def load_labelled(source: Path, root: Path | None, workers: int) -> pl.DataFrame
         "race",
         "dup_group",
     ).sort("path")
+    return table.head(limit) if limit else table
 
 
 def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.DataFrame:
@@ -316,17 +315,11 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
 
     out = Path(options.out_dir)
     last_path = out / CHECKPOINT_LAST
-    saved = open_run_dir(out, CHECKPOINT_LAST, "training", resume)
-    if saved is not None:
-        options = _options_from_json(saved, out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "options.json", options.to_json())
+    options = start_run(options, CHECKPOINT_LAST, "training", resume)
 
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
-    table = load_labelled(options.source, options.root, options.workers)
-    if options.limit:
-        table = table.head(options.limit)
+    table = load_labelled(options.source, options.root, options.workers, options.limit)
     table = split_by_group(table, options.val_fraction, options.seed)
     table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
     pixels = decode_cache(
@@ -502,13 +495,3 @@ def _evaluate(model, pixels, rows, device) -> dict:
     from faceattr_batch import metrics as m
 
     return m.overall(predictions_frame(collect_logits(model, pixels, device), (1.0, 1.0, 1.0), rows))
-
-
-def _options_from_json(saved: dict, out: Path) -> TrainOptions:
-    saved = dict(saved)
-    for key in ("source", "out_dir", "root"):
-        if saved.get(key) is not None:
-            saved[key] = Path(saved[key])
-    for key in ("widths", "depths"):
-        saved[key] = tuple(saved[key])
-    return replace(TrainOptions(source=saved["source"], out_dir=out), **saved)

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +60,6 @@ class TrainGenOptions:
     limit: int | None = None
     progress: bool = True
 
-    def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
 
 def _labels(rows: pl.DataFrame):
     import torch
@@ -105,25 +102,18 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
     from faceattr_batch.device import resolve_device
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
     from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_generator
-    from faceattr_batch.rundir import append_metrics, open_run_dir, write_json
+    from faceattr_batch.rundir import append_metrics, start_run
     from faceattr_batch.train import decode_cache, load_labelled
 
     out = Path(options.out_dir)
     last = out / GEN_CHECKPOINT
-    saved = open_run_dir(out, GEN_CHECKPOINT, "generator", resume)
-    if saved is not None:
-        saved.update(source=Path(saved["source"]), out_dir=out, root=saved["root"] and Path(saved["root"]))
-        options = replace(options, **saved)
     if options.resolution not in (32, 64, 128):
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "options.json", options.to_json())
+    options = start_run(options, GEN_CHECKPOINT, "generator", resume)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
 
-    table = load_labelled(options.source, options.root, options.workers)
-    if options.limit:
-        table = table.head(options.limit)
+    table = load_labelled(options.source, options.root, options.workers, options.limit)
     cache = out / f"pixels_{options.resolution}.npy"
     pixels = torch.from_numpy(
         decode_cache(table, options.resolution, cache, options.workers, options.progress)
