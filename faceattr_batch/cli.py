@@ -543,6 +543,12 @@ def train_gen(
         Path | None, typer.Option(help="Image folder of an index Parquet (default: recorded in it).")
     ] = None,
     resolution: Annotated[int, typer.Option(help="Generated chip size: 32, 64 or 128.")] = 64,
+    g_width: Annotated[
+        int, typer.Option(min=4, help="Generator channels at the output size (doubled per halving).")
+    ] = 16,
+    d_width: Annotated[
+        int, typer.Option(min=4, help="Discriminator channels after its first layer (doubled per halving).")
+    ] = 32,
     iterations: Annotated[int, typer.Option(min=1, help="Training iterations (one D and one G step each).")] = 40_000,
     batch_size: BatchSize = 64,
     sample_every: Annotated[int, typer.Option(min=1, help="Write a sample grid every N iterations.")] = 500,
@@ -572,6 +578,8 @@ def train_gen(
             out_dir=out,
             root=root,
             resolution=resolution,
+            g_width=g_width,
+            d_width=d_width,
             iterations=iterations,
             batch_size=batch_size,
             sample_every=sample_every,

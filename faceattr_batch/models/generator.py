@@ -27,8 +27,8 @@ class GeneratorConfig:
     resolution: int = 64
     z_dim: int = 128
     cond_dim: int = 128
-    g_width: int = 256  # channels at 4 x 4; halved as resolution doubles (min 32)
-    d_width: int = 32  # channels after the first discriminator block; doubled as resolution halves (max 256)
+    g_width: int = 16  # generator channels at the output resolution; doubled per halving (max 512)
+    d_width: int = 32  # discriminator channels after its first layer; doubled per halving (max 512)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,12 +38,14 @@ class GeneratorConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def g_channels(self) -> list[int]:
+        """Channels at 4, 8, ..., resolution."""
         steps = int(math.log2(self.resolution // 4))
-        return [max(32, self.g_width // 2 ** max(0, i - 1)) for i in range(steps + 1)]
+        return [min(512, self.g_width * 2 ** (steps - i)) for i in range(steps + 1)]
 
     def d_channels(self) -> list[int]:
+        """Channels at resolution / 2, ..., 4."""
         steps = int(math.log2(self.resolution // 4))
-        return [min(256, self.d_width * 2**i) for i in range(steps)]
+        return [min(512, self.d_width * 2**i) for i in range(steps)]
 
 
 def age_features(age: torch.Tensor) -> torch.Tensor:
@@ -84,19 +86,22 @@ class ConditionalBatchNorm(nn.Module):
         return self.norm(x) * self.gain(cond)[:, :, None, None] + self.bias(cond)[:, :, None, None]
 
 
-class GBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cond_dim: int):
+class UpBlock(nn.Module):
+    """Transposed-conv upsampling (DCGAN: 2.25x cheaper than resize + 3x3 conv), conditional BN, ReLU; at low
+    resolutions, where pose and identity form, a residual 3x3 refinement as well."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, refine: bool):
         super().__init__()
-        self.bn1 = ConditionalBatchNorm(cin, cond_dim)
-        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-        self.bn2 = ConditionalBatchNorm(cout, cond_dim)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.skip = nn.Conv2d(cin, cout, 1)
+        self.up = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+        self.bn = ConditionalBatchNorm(cout, cond_dim)
+        self.refine = nn.Conv2d(cout, cout, 3, 1, 1) if refine else None
+        self.refine_bn = ConditionalBatchNorm(cout, cond_dim) if refine else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
-        return h + self.skip(F.interpolate(x, scale_factor=2, mode="nearest"))
+        x = F.relu(self.bn(self.up(x), cond))
+        if self.refine is not None:
+            x = x + F.relu(self.refine_bn(self.refine(x), cond))
+        return x
 
 
 class Generator(nn.Module):
@@ -107,39 +112,34 @@ class Generator(nn.Module):
         self.embed = ConditionEmbedding(config.cond_dim)
         joint = config.z_dim + config.cond_dim
         self.fc = nn.Linear(joint, 4 * 4 * channels[0])
-        self.blocks = nn.ModuleList(GBlock(a, b, joint) for a, b in zip(channels[:-1], channels[1:], strict=True))
-        self.out_bn = nn.BatchNorm2d(channels[-1])
+        self.fc_bn = ConditionalBatchNorm(channels[0], joint)
+        self.blocks = nn.ModuleList(
+            UpBlock(a, b, joint, refine=4 * 2 ** (i + 1) <= 16)
+            for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True))
+        )
         self.out = nn.Conv2d(channels[-1], 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], N x 3 x R x R."""
         cond = torch.cat([z, self.embed(gender, race, age)], dim=1)
-        x = self.fc(cond).view(z.shape[0], -1, 4, 4)
+        x = F.relu(self.fc_bn(self.fc(cond).view(z.shape[0], -1, 4, 4), cond))
         for block in self.blocks:
             x = block(x, cond)
-        return torch.tanh(self.out(F.relu(self.out_bn(x))))
-
-
-class DBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, first: bool):
-        super().__init__()
-        self.first = first
-        self.conv1 = spectral_norm(nn.Conv2d(cin, cout, 3, 1, 1))
-        self.conv2 = spectral_norm(nn.Conv2d(cout, cout, 3, 1, 1))
-        self.skip = spectral_norm(nn.Conv2d(cin, cout, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.first else F.relu(x)
-        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
-        return h + self.skip(F.avg_pool2d(x, 2))
+        return torch.tanh(self.out(x))
 
 
 class Discriminator(nn.Module):
+    """Strided 4x4 convs with spectral norm down to 4 x 4, a 3x3 conv there, then sum pooling."""
+
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
         super().__init__()
         channels = config.d_channels()
         ins = [3] + channels[:-1]
-        self.blocks = nn.Sequential(*(DBlock(a, b, i == 0) for i, (a, b) in enumerate(zip(ins, channels, strict=True))))
+        layers = []
+        for cin, cout in zip(ins, channels, strict=True):
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        layers += [spectral_norm(nn.Conv2d(channels[-1], channels[-1], 3, 1, 1)), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*layers)
         width = channels[-1]
         self.linear = spectral_norm(nn.Linear(width, 1))
         self.embed = ConditionEmbedding(width, wrap=spectral_norm)
@@ -147,7 +147,7 @@ class Discriminator(nn.Module):
         self.aux = nn.Linear(width, 1 + len(RACES) + 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.blocks(x)).sum(dim=(2, 3))
+        return self.blocks(x).sum(dim=(2, 3))
 
     def forward(self, x, gender, race, age):
         """(realness score per image, auxiliary predictions)."""
