@@ -33,6 +33,15 @@ Workers = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
+Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the [ray] extra).")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="With --engine ray: auto | HOST:PORT of a cluster (default: a local one)."),
+]
+Concurrency = Annotated[
+    int | None,
+    typer.Option("--concurrency", min=1, help="With --engine ray: model actors (default: 1 per GPU, or CPUs/2)."),
+]
 
 
 def one_line_errors(func):
@@ -352,6 +361,9 @@ def fid(
     workers: Workers = 2,
     device: Device = "auto",
     seed: Seed = 0,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    concurrency: Concurrency = None,
     json_out: JsonOut = False,
 ) -> None:
     """FID and KID between REAL and FAKE with the standard 2015-12-05 Inception weights (pytorch-fid's numbers)."""
@@ -369,6 +381,9 @@ def fid(
         kid_subset_size=kid_subset_size,
         seed=seed,
         progress=not json_out,
+        engine=engine,
+        ray_address=ray_address,
+        concurrency=concurrency,
     )
     result = compute(real, fake, options)
     if json_out:
@@ -428,6 +443,9 @@ def predict(
     ] = "auto",
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per resumable shard.")] = 4096,
     device: Device = "auto",
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    concurrency: Concurrency = None,
     json_out: JsonOut = False,
 ) -> None:
     """Predict gender, race and age for every image into one Parquet row each (bad files get an error row)."""
@@ -447,6 +465,9 @@ def predict(
         resume=resume,
         report_dir=report,
         progress=not json_out,
+        engine=engine,
+        ray_address=ray_address,
+        concurrency=concurrency,
     )
     result = run(options)
     if json_out:
@@ -469,9 +490,10 @@ def _print_predict_result(result) -> None:
         f"{result.shards_skipped} shards resumed)"
     )
     model, settings = result.model, result.settings
+    decoding = "Ray Data" if settings.get("engine") == "ray" else f"{settings['workers']} decode workers"
     console.print(
         f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
-        f"{settings['workers']} decode workers, labels: {settings['labels']})"
+        f"{decoding}, labels: {settings['labels']})"
     )
     if result.errors:
         table = Table(title="errors by reason", show_edge=False)

@@ -49,6 +49,9 @@ class FidOptions:
     kid_reservoir: int = 10_000  # KID features kept per side (and per slice)
     seed: int = 0
     progress: bool = True
+    engine: str = "local"  # local | ray (ray_engine.py: features in Ray actors, the same numbers)
+    ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
+    concurrency: int | None = None  # ray: feature actors; None = one per GPU, or half the CPUs
 
 
 @dataclass
@@ -430,6 +433,9 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
 
 
 def _validate(real, fake, options: FidOptions) -> None:
+    from faceattr_batch.ray_engine import check_options
+
+    check_options(options.engine, options.ray_address, options.concurrency)
     if options.by is not None and options.by not in SLICE_KINDS:
         raise FaceattrError(f"--by {options.by!r}: use one of {', '.join(SLICE_KINDS)}")
     if options.size is not None and options.size < 1:
@@ -475,7 +481,10 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
 
     paths = list_images(source)
     _check_count(name, source, len(paths))
-    bundle, errors = extract_stats(name, paths, options, network(), options.seed + seed_offset)
+    extract = extract_stats
+    if options.engine == "ray":
+        from faceattr_batch.ray_engine import extract_stats as extract
+    bundle, errors = extract(name, paths, options, network(), options.seed + seed_offset)
     _check_count(name, source, bundle[ALL].n, decoded=True)
     meta = {
         "source": str(source),
@@ -515,21 +524,30 @@ def extract_stats(name: str, paths: list[str], options: FidOptions, network, see
         ):
             for batch in iter_batches(paths, load, options.batch_size, options.workers):
                 errors.update(batch.errors.values())
-                if batch.ok:
-                    inputs = torch.from_numpy(batch.pixels).to(device, non_blocking=True)
-                    features = network(inputs).float().cpu().numpy()
-                    _add(bundle, ALL, features, options, seed)
-                    if labels is not None:
-                        batch_labels = [labels[batch.start + i] for i in batch.ok]
-                        for label in sorted({x for x in batch_labels if x is not None}):
-                            rows = [j for j, x in enumerate(batch_labels) if x == label]
-                            _add(bundle, label, features[rows], options, seed)
+                batch_labels = None if labels is None else labels[batch.start : batch.start + len(batch.paths)]
+                add_batch(bundle, batch, network, device, batch_labels, options, seed)
                 bar.update(len(batch.paths))
     finally:
         torch.set_num_threads(threads)
     if ALL not in bundle:
         bundle[ALL] = FeatureStats(1, options.kid_reservoir, seed)
     return bundle, dict(errors)
+
+
+def add_batch(bundle: dict[str, FeatureStats], batch, network, device, labels, options: FidOptions, seed: int) -> None:
+    """A decoded batch's features into ``bundle``: ALL, and with ``labels`` (one per path) each label's slice."""
+    import torch
+
+    if not batch.ok:
+        return
+    inputs = torch.from_numpy(batch.pixels).to(device, non_blocking=True)
+    features = network(inputs).float().cpu().numpy()
+    _add(bundle, ALL, features, options, seed)
+    if labels is not None:
+        ok_labels = [labels[i] for i in batch.ok]
+        for label in sorted({x for x in ok_labels if x is not None}):
+            rows = [j for j, x in enumerate(ok_labels) if x == label]
+            _add(bundle, label, features[rows], options, seed)
 
 
 def _add(bundle: dict[str, FeatureStats], key: str, features: np.ndarray, options: FidOptions, seed: int) -> None:

@@ -75,6 +75,9 @@ class PredictOptions:
     resume: bool = False
     report_dir: Path | None = None
     progress: bool = True
+    engine: str = "local"  # local | ray (ray_engine.py: Ray Data, the same output file)
+    ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
+    concurrency: int | None = None  # ray: model actors; None = one per GPU, or half the CPUs
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,10 @@ def run(options: PredictOptions) -> PredictResult:
         space = writer.open_workspace(options.output, value_options, keys, shard_size, options.resume)
         pending = writer.pending_shards(space)
         skipped = len(space.shards) - len(pending)
-        processed = _predict_shards(space, pending, paths, keys, truth, runner, options, workers)
+        predict_shards = _predict_shards
+        if options.engine == "ray":
+            from faceattr_batch.ray_engine import predict_shards
+        processed = predict_shards(space, pending, paths, keys, truth, runner, options, workers)
         metadata = {
             "faceattr_batch.version": __version__,
             "faceattr_batch.options": json.dumps(
@@ -180,6 +186,7 @@ def run(options: PredictOptions) -> PredictResult:
         "device": device.type,
         "labels": label_source,
         "shard_size": shard_size,
+        "engine": options.engine,
     }
     return PredictResult(
         output=Path(options.output),
@@ -194,6 +201,9 @@ def run(options: PredictOptions) -> PredictResult:
 
 
 def _validate(options: PredictOptions) -> None:
+    from faceattr_batch.ray_engine import check_options
+
+    check_options(options.engine, options.ray_address, options.concurrency)
     if options.runtime not in RUNTIMES:
         raise FaceattrError(f"--runtime {options.runtime!r}: use {', '.join(RUNTIMES)}")
     if options.batch_size < 1:
@@ -366,34 +376,17 @@ def _predict_shards(space, pending, paths, keys, truth, runner, options, workers
     positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
     todo = [paths[i] for i in positions]
     load = functools.partial(load_chip, size=runner.input_size)
-    schema = output_schema()
-    shards = iter(pending)
-    shard = next(shards)
-    sink = writer.open_shard(space, shard, schema)
-    left = shard.rows
     name, version = runner.meta["name"], runner.meta["version"]
-    bar = tqdm(total=len(todo), unit="img", disable=not options.progress, desc="predict", smoothing=0.1)
-    try:
+
+    def tables():
         for batch in iter_batches(todo, load, options.batch_size, workers):
             where = positions[batch.start : batch.start + len(batch.paths)]
             outputs = runner.infer(batch.pixels) if batch.ok else None
-            table = batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
-            while table.num_rows:
-                take = min(left, table.num_rows)
-                sink.write(table.slice(0, take))
-                table, left = table.slice(take), left - take
-                if left == 0:
-                    sink.commit()
-                    shard = next(shards, None)
-                    if shard is not None:
-                        sink, left = writer.open_shard(space, shard, schema), shard.rows
+            yield batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
             bar.update(len(batch.paths))
-    except BaseException:
-        if left:
-            sink.abort()
-        raise
-    finally:
-        bar.close()
+
+    with tqdm(total=len(todo), unit="img", disable=not options.progress, desc="predict", smoothing=0.1) as bar:
+        writer.write_shards(space, pending, output_schema(), tables())
     return len(todo)
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +174,29 @@ class ShardSink:
 
 def open_shard(space: Workspace, shard: Shard, schema) -> ShardSink:
     return ShardSink(space, shard, schema)
+
+
+def write_shards(space: Workspace, pending: Sequence[Shard], schema, tables: Iterable) -> None:
+    """Stream ``tables`` (the rows of the ``pending`` shards, in input order, cut anywhere) into their parts,
+    committing each shard as it fills. A shard left unfinished by an error is removed; a resume redoes it."""
+    shards = iter(pending)
+    shard = next(shards)
+    sink, left = open_shard(space, shard, schema), shard.rows
+    try:
+        for table in tables:
+            while table.num_rows:
+                take = min(left, table.num_rows)
+                sink.write(table.slice(0, take))
+                table, left = table.slice(take), left - take
+                if left == 0:
+                    sink.commit()
+                    shard = next(shards, None)
+                    if shard is not None:
+                        sink, left = open_shard(space, shard, schema), shard.rows
+    except BaseException:
+        if left:
+            sink.abort()
+        raise
 
 
 def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -> Path:
