@@ -359,9 +359,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         state = {k: checkpoint[k] for k in state}
         log.info("resuming after epoch %d", state["epoch"])
 
-    race_counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(np.float64)
-    race_weights = torch.tensor((race_counts.sum() / (len(RACES) * np.maximum(race_counts, 1))) ** 0.5).float()
-    race_weights = (race_weights / race_weights.mean()).to(device)
+    race_weights = torch.from_numpy(race_loss_weights(train_rows)).float().to(device)
     labels = {
         k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")
     }
@@ -437,7 +435,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     best = read_checkpoint(out / CHECKPOINT_BEST)
     model.load_state_dict(best["model"])
     model.eval()
-    report = finalize(model, val_pixels, val_rows, device, state, options)
+    report = finalize(model, val_pixels, val_rows, race_loss_weights(train_rows), device, state)
     model_path = out / MODEL_FILE
     final_config = AttrNetConfig.from_dict({**config.to_dict(), "tta_flip": report["tta_flip"]})
     final_model = AttrNet(final_config)
@@ -458,12 +456,26 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     return TrainResult(out, model_path, report)
 
 
-def finalize(model, val_pixels, val_rows, device, state, options) -> dict:
-    """Choose test-time mirroring by validation, fit temperatures, and build the final validation report."""
+def race_loss_weights(train_rows: pl.DataFrame) -> np.ndarray:
+    """Race cross-entropy weights proportional to 1/sqrt(class frequency), mean 1."""
+    counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(np.float64)
+    weights = (counts.sum() / (len(RACES) * np.maximum(counts, 1))) ** 0.5
+    return weights / weights.mean()
+
+
+def finalize(model, val_pixels, val_rows, race_weights: np.ndarray, device, state) -> dict:
+    """Undo the race class weights (logit adjustment), choose test-time mirroring by validation, fit
+    temperatures, and build the final validation report."""
     from dataclasses import replace as dc_replace
+
+    import torch
 
     from faceattr_batch import metrics as m
 
+    weighted_metrics = m.overall(predictions_frame(collect_logits(model, val_pixels, device), (1.0,) * 3, val_rows))
+    # A loss weighted by w_c learns posteriors tilted by w_c; subtracting log w_c restores the class
+    # frequencies, which maximises accuracy (Menon et al. 2021, logit adjustment). Not tuned on validation.
+    model.race_bias.copy_(-torch.log(torch.from_numpy(race_weights).float()))
     plain = collect_logits(model, val_pixels, device)
     plain_metrics = m.overall(predictions_frame(plain, (1.0, 1.0, 1.0), val_rows))
     model.config = dc_replace(model.config, tta_flip=True)
@@ -482,6 +494,7 @@ def finalize(model, val_pixels, val_rows, device, state, options) -> dict:
         "n_train_val": {"val": val_rows.height},
         "tta_flip": use_flip,
         "tta_comparison": {"plain": plain_metrics, "mirrored": mirrored_metrics},
+        "race_adjustment": {"bias": model.race_bias.tolist(), "before": weighted_metrics, "after": plain_metrics},
         "overall": m.overall(frame),
         "race_confusion": m.confusion_matrix(frame),
         "by_race": m.breakdown(frame, ["race"]).to_dicts(),

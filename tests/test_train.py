@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from faceattr_batch import train as train_module
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
 
@@ -48,6 +49,28 @@ def test_tiny_run_writes_model_report_and_metrics(faces: Path, tmp_path: Path):
     assert outputs.race_probs.sum(dim=1).allclose(torch.ones(3))
     assert bool(((outputs.age_low <= outputs.age_mean) & (outputs.age_mean <= outputs.age_high)).all())
     assert result.model_path == out / "model.pt"
+    # the shipped race bias undoes the training class weights exactly
+    bias = torch.tensor(report["race_adjustment"]["bias"])
+    assert torch.allclose(model.race_bias, bias)
+    assert float(bias.exp().reciprocal().mean()) == pytest.approx(1.0, abs=1e-5)  # weights have mean 1
+
+
+def test_race_loss_weights_and_logit_adjustment():
+    import polars as pl
+
+    rows = pl.DataFrame({"race": [0] * 64 + [1] * 16 + [2] * 16 + [3] * 16 + [4] * 4})
+    weights = train_module.race_loss_weights(rows)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[4] / weights[0] == pytest.approx(4.0)  # 1/sqrt(frequency): 16x rarer -> 4x the weight
+    model = AttrNet(AttrNetConfig(input_size=16, widths=(4,), depths=(1,))).eval()
+    pixels = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    with torch.inference_mode():
+        before = model.logits(pixels).race
+        model.race_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, -50.0]))
+        after = model.logits(pixels).race
+        probs = model.infer(pixels).race_probs
+    assert torch.allclose(after - before, model.race_bias.expand_as(before))
+    assert bool((probs[:, 4] < 1e-6).all())  # a class pushed far down is never predicted
 
 
 def test_split_keeps_duplicate_groups_on_one_side():

@@ -90,6 +90,9 @@ class AttrNet(nn.Module):
         self.head = nn.Linear(cin, 1 + len(RACES) + config.age_bins)
         # Fitted on validation after training (temperature scaling); 1.0 means uncalibrated.
         self.register_buffer("temperatures", torch.ones(3))  # gender, race, age
+        # Set after training to -log(race loss weights): undoes the class weighting at inference (logit
+        # adjustment), so predictions follow the real class frequencies again; 0 means unadjusted.
+        self.register_buffer("race_bias", torch.zeros(len(RACES)))
         self.register_buffer("age_values", torch.arange(config.age_bins, dtype=torch.float32))
 
     def forward(self, pixels: torch.Tensor) -> AttrLogits:
@@ -102,12 +105,14 @@ class AttrNet(nn.Module):
         return AttrLogits(out[:, 0], out[:, 1 : 1 + n_races], out[:, 1 + n_races :])
 
     def logits(self, pixels: torch.Tensor) -> AttrLogits:
-        """Forward pass with the test-time mirror average when the config asks for it."""
-        if not self.config.tta_flip:
-            return self(pixels)
-        both = self(torch.cat([pixels, pixels.flip(3)]))
-        n = pixels.shape[0]
-        return AttrLogits(*((part[:n] + part[n:]) / 2 for part in both))
+        """Inference logits: the test-time mirror average when the config asks for it, race bias added."""
+        if self.config.tta_flip:
+            both = self(torch.cat([pixels, pixels.flip(3)]))
+            n = pixels.shape[0]
+            out = AttrLogits(*((part[:n] + part[n:]) / 2 for part in both))
+        else:
+            out = self(pixels)
+        return out._replace(race=out.race + self.race_bias)
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:
         """Calibrated probabilities, expected age and its 80% interval."""
