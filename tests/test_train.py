@@ -71,6 +71,9 @@ def test_race_loss_weights_and_logit_adjustment():
         probs = model.infer(pixels).race_probs
     assert torch.allclose(after - before, model.race_bias.expand_as(before))
     assert bool((probs[:, 4] < 1e-6).all())  # a class pushed far down is never predicted
+    older = {k: v for k, v in model.state_dict().items() if k != "race_bias"}  # saved before race_bias existed
+    model.load_state_dict(older)
+    assert not model.race_bias.any()
 
 
 def test_split_keeps_duplicate_groups_on_one_side():

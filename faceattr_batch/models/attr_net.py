@@ -95,6 +95,11 @@ class AttrNet(nn.Module):
         self.register_buffer("race_bias", torch.zeros(len(RACES)))
         self.register_buffer("age_values", torch.arange(config.age_bins, dtype=torch.float32))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before race_bias existed load as unadjusted
+        state_dict.setdefault(prefix + "race_bias", torch.zeros(len(RACES)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, pixels: torch.Tensor) -> AttrLogits:
         """``pixels``: N x 3 x S x S, uint8 (0..255) or float on the same scale."""
         x = (pixels.float() - 127.5) / 64.0
