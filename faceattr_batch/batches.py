@@ -24,7 +24,7 @@ class Batch:
 
     start: int  # position of paths[0] in the whole input list
     paths: list[str]
-    pixels: np.ndarray  # N_ok x H x W x C uint8 (or whatever the loader returns, stacked)
+    pixels: np.ndarray | list  # N_ok x H x W x C uint8 stacked; a list when the loader returns records, not arrays
     ok: list[int]  # positions (within this batch) that decoded
     errors: dict[int, str]
 
@@ -41,6 +41,8 @@ def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str]
             Exception
         ) as err:  # a decoder bug must not kill a million-image run: record it as the row's error
             errors[i] = f"decode failed: {type(err).__name__}: {err}"
+    if arrays and not isinstance(arrays[0], np.ndarray):
+        return Batch(start, list(paths), arrays, ok, errors)  # records (faces.FoundFaces): one per decoded path
     pixels = np.stack(arrays) if arrays else np.empty((0,), dtype=np.uint8)
     return Batch(start, list(paths), pixels, ok, errors)
 

@@ -42,6 +42,9 @@ Concurrency = Annotated[
     int | None,
     typer.Option("--concurrency", min=1, help="With --engine ray: model actors (default: 1 per GPU, or CPUs/2)."),
 ]
+MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]
+MinScore = Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Detector confidence to keep a face.")]
+MaxFaces = Annotated[int, typer.Option("--max-faces", min=1, help="Faces kept per image (the most confident).")]
 
 
 def one_line_errors(func):
@@ -446,9 +449,21 @@ def predict(
     engine: Engine = "local",
     ray_address: RayAddress = None,
     concurrency: Concurrency = None,
+    faces: Annotated[
+        str | None,
+        typer.Option(
+            "--faces",
+            help="auto: chips as they are, faces found and aligned in other photos | detect: find faces in every "
+            "image | chips: every image is one face chip. Default auto (chips with --engine ray).",
+        ),
+    ] = None,
+    min_face: MinFace = 20,
+    min_score: MinScore = 0.9,
+    max_faces: MaxFaces = 50,
     json_out: JsonOut = False,
 ) -> None:
-    """Predict gender, race and age for every image into one Parquet row each (bad files get an error row)."""
+    """Predict gender, race and age for every face: one Parquet row per face, or per chip (bad files get an error
+    row)."""
     from faceattr_batch.predict import PredictOptions, run
 
     options = PredictOptions(
@@ -468,6 +483,10 @@ def predict(
         engine=engine,
         ray_address=ray_address,
         concurrency=concurrency,
+        faces=faces or ("chips" if engine == "ray" else "auto"),
+        min_face=min_face,
+        min_score=min_score,
+        max_faces=max_faces,
     )
     result = run(options)
     if json_out:
@@ -484,8 +503,9 @@ def _print_predict_result(result) -> None:
 
     console = Console()
     speed = f"{result.images_per_second:.0f} images/s" if result.processed else "nothing left to do"
+    predicted = "faces predicted" if result.settings.get("faces", "chips") != "chips" else "predicted"
     console.print(
-        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} predicted, "
+        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} {predicted}, "
         f"{sum(result.errors.values())} errors; {result.processed} processed in {result.seconds:.1f} s, {speed}; "
         f"{result.shards_skipped} shards resumed)"
     )
@@ -551,6 +571,50 @@ def report_command(
         print_json({"report": str(html)})
     else:
         typer.echo(f"report: {html}")
+
+
+@app.command()
+@one_line_errors
+def crop(
+    inputs: Annotated[list[str], typer.Argument(help="Photos: folders (recursive), image files or glob patterns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the chips and manifest.parquet.")],
+    min_face: MinFace = 20,
+    min_score: MinScore = 0.9,
+    max_faces: MaxFaces = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Photos per worker task.")] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=0, help="Detection processes (default: one per core; 0 = this process)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the chips of an earlier crop run in OUT.")
+    ] = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Find the faces in photos; write each, aligned, as a 200 x 200 chip framed like UTKFace, plus manifest.parquet."""
+    from faceattr_batch.crop import CropOptions, run
+
+    summary = run(
+        CropOptions(
+            inputs=tuple(inputs),
+            out_dir=out,
+            min_face=min_face,
+            min_score=min_score,
+            max_faces=max_faces,
+            batch_size=batch_size,
+            workers=workers,
+            overwrite=overwrite,
+            progress=not json_out,
+        )
+    )
+    if json_out:
+        print_json(summary)
+        return
+    errors = ", ".join(f"{n} {reason}" for reason, n in summary["errors"].items()) or "none"
+    typer.echo(
+        f"{summary['faces']} faces from {summary['photos']} photos -> {summary['out_dir']} "
+        f"(errors: {errors}; {summary['seconds']:.1f} s)"
+    )
 
 
 # --- train-gen / synth -----------------------------------------------------------------------------------------

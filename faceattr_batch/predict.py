@@ -5,9 +5,14 @@ pending_shards -> batches.iter_batches (decode in worker processes) -> the model
 onnxruntime) -> one Arrow table per batch -> writer shard sinks -> writer.finalize -> summary and metrics read
 back from the file -> report.build when asked. A bad image is a row with ``error`` and null predictions.
 
+Faces (``faces``): ``chips`` predicts each image as a chip; ``detect`` finds the faces of every image and predicts
+each aligned face (one row per face; an image without one is a ``no face found`` row); ``auto`` takes an image
+already framed like a chip as a chip and detects in the others (``faces.load_faces``, in the decode workers).
+
 Output columns (``OUTPUT_COLUMNS``; the README documents them): path, error, pred_gender, p_female, pred_race,
 p_white .. p_others, pred_age, age_low, age_high, pred_age_band, model_name, model_version, true_age,
-true_gender, true_race, true_age_band, gender_correct, race_correct, age_error.
+true_gender, true_race, true_age_band, gender_correct, race_correct, age_error, face_index, framing, box_x,
+box_y, box_w, box_h, det_score, landmarks.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from faceattr_batch import __version__, writer
 from faceattr_batch.batches import iter_batches
 from faceattr_batch.decode import load_chip
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.faces import FACE_COLUMNS, FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.inputs import display_path, index_paths, is_index_parquet, list_images
 from faceattr_batch.labels import GENDERS, RACES, age_band_expr, parse_frame
 from faceattr_batch.metrics import RACE_PROB_COLUMNS
@@ -57,7 +63,14 @@ OUTPUT_COLUMNS = (
     "gender_correct",
     "race_correct",
     "age_error",
+    *FACE_COLUMNS,
 )
+FACE_SCHEMA = {
+    "face_index": pl.Int16,
+    "framing": pl.String,
+    **{name: pl.Float32 for name in ("box_x", "box_y", "box_w", "box_h", "det_score")},
+    "landmarks": pl.Array(pl.Float32, 10),
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ class PredictOptions:
     engine: str = "local"  # local | ray (ray_engine.py: Ray Data, the same output file)
     ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
     concurrency: int | None = None  # ray: model actors; None = one per GPU, or half the CPUs
+    faces: str = "chips"  # chips | detect | auto (the CLI's default: auto); see the module doc
+    min_face: int = 20  # detect/auto: smallest face box side, in the photo's pixels
+    min_score: float = 0.9  # detect/auto: the detector's confidence
+    max_faces: int = 50  # detect/auto: faces kept per image, the best scores
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,10 @@ def output_schema():
             ("gender_correct", pa.bool_()),
             ("race_correct", pa.bool_()),
             ("age_error", f32),
+            ("face_index", pa.int16()),
+            ("framing", pa.string()),
+            *[(name, f32) for name in ("box_x", "box_y", "box_w", "box_h", "det_score")],
+            ("landmarks", pa.list_(f32, 10)),
         ]
     )
 
@@ -138,6 +159,7 @@ def run(options: PredictOptions) -> PredictResult:
 
     started = time.perf_counter()
     _validate(options)
+    faces = _face_options(options)
     paths = list_images(options.inputs)
     keys = [display_path(p) for p in paths]
     device = resolve_device(options.device)
@@ -150,7 +172,17 @@ def run(options: PredictOptions) -> PredictResult:
         "runtime": runner.runtime,
         "device": device.type,
         "labels": label_source,
+        "faces": faces.mode,
     }
+    if faces.mode != "chips":
+        from faceattr_batch.detect import MtcnnDetector
+
+        value_options |= {
+            "detector": MtcnnDetector.name,
+            "min_face": faces.min_face,
+            "min_score": faces.min_score,
+            "max_faces": faces.max_faces,
+        }
     # Whole batches per shard, cut at the same places in a resumed run as in an uninterrupted one: the model
     # then sees identical batches and gives bit-identical values.
     shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
@@ -164,6 +196,8 @@ def run(options: PredictOptions) -> PredictResult:
         predict_shards = _predict_shards
         if options.engine == "ray":
             from faceattr_batch.ray_engine import predict_shards
+        if faces.mode != "chips":
+            predict_shards = functools.partial(_predict_shards, faces=faces)
         processed = predict_shards(space, pending, paths, keys, truth, runner, options, workers)
         metadata = {
             "faceattr_batch.version": __version__,
@@ -187,6 +221,7 @@ def run(options: PredictOptions) -> PredictResult:
         "labels": label_source,
         "shard_size": shard_size,
         "engine": options.engine,
+        "faces": faces.mode,
     }
     return PredictResult(
         output=Path(options.output),
@@ -214,6 +249,22 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
     if options.labels is not None and not is_index_parquet(options.labels):
         raise FaceattrError(f"--labels {options.labels}: not an index Parquet written by `faceattr-batch index`")
+    if options.engine == "ray" and options.faces != "chips":
+        raise FaceattrError("--engine ray predicts chips only (detection runs on the local engine): add --faces chips")
+
+
+def _face_options(options: PredictOptions) -> FaceOptions:
+    """The face options to run with: ``auto`` without the detect extra runs as ``chips`` (said in a warning)."""
+    from faceattr_batch.detect import EXTRA_HINT, detection_available, require_detection
+
+    faces = FaceOptions(options.faces, options.min_face, options.min_score, options.max_faces)
+    faces.validate()
+    if faces.mode == "detect":
+        require_detection()
+    if faces.mode == "auto" and not detection_available():
+        log.warning("--faces auto: every image is taken as a chip (%s)", EXTRA_HINT)
+        faces = FaceOptions("chips", faces.min_face, faces.min_score, faces.max_faces)
+    return faces
 
 
 def split_cores(device_type: str, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -367,8 +418,9 @@ def _readable(frame: pl.DataFrame) -> pl.DataFrame:
 # --- the loop ---------------------------------------------------------------------------------------------
 
 
-def _predict_shards(space, pending, paths, keys, truth, runner, options, workers) -> int:
-    """Decode and predict the pending shards in input order, streaming each batch into its shard's part."""
+def _predict_shards(space, pending, paths, keys, truth, runner, options, workers, faces=None) -> int:
+    """Decode and predict the pending shards in input order, streaming each batch into its shard's part.
+    ``faces``: detect faces (FaceOptions) and predict one row per face; None predicts each image as a chip."""
     from tqdm import tqdm
 
     if not pending:
@@ -376,13 +428,18 @@ def _predict_shards(space, pending, paths, keys, truth, runner, options, workers
     positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
     todo = [paths[i] for i in positions]
     load = functools.partial(load_chip, size=runner.input_size)
+    if faces is not None:
+        load = functools.partial(load_faces, options=faces, size=runner.input_size)
     name, version = runner.meta["name"], runner.meta["version"]
 
     def tables():
         for batch in iter_batches(todo, load, options.batch_size, workers):
             where = positions[batch.start : batch.start + len(batch.paths)]
-            outputs = runner.infer(batch.pixels) if batch.ok else None
-            yield batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
+            if faces is not None:
+                yield _face_table(batch, where, keys, truth, runner, options.batch_size)
+            else:
+                outputs = runner.infer(batch.pixels) if batch.ok else None
+                yield batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
             bar.update(len(batch.paths))
 
     with tqdm(total=len(todo), unit="img", disable=not options.progress, desc="predict", smoothing=0.1) as bar:
@@ -390,8 +447,35 @@ def _predict_shards(space, pending, paths, keys, truth, runner, options, workers
     return len(todo)
 
 
-def batch_table(batch, outputs: dict | None, keys: list[str], truth: pl.DataFrame, model_name: str, version: str):
-    """One batch's rows as an Arrow table in ``OUTPUT_COLUMNS`` order (null predictions where decode failed)."""
+def _face_table(batch, where: np.ndarray, keys: list[str], truth: pl.DataFrame, runner, chunk: int):
+    """A batch of FoundFaces records -> one output row per face (the model runs ``chunk`` faces at a time)."""
+    from faceattr_batch.batches import Batch
+
+    rows = face_rows(batch, runner.input_size)
+    outputs = None
+    if rows.ok:
+        parts = [runner.infer(rows.pixels[i : i + chunk]) for i in range(0, len(rows.pixels), chunk)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    images = where[rows.image]
+    # a file name's label describes one person: the faces of a photo with several get no label
+    labelled = np.where(rows.faces_in_image > 1, len(images), np.arange(len(images)))
+    row_truth = pl.concat([truth[images], truth.clear(1)])[labelled]
+    per_face = Batch(batch.start, [batch.paths[i] for i in rows.image], rows.pixels, rows.ok, rows.errors)
+    name, version = runner.meta["name"], runner.meta["version"]
+    return batch_table(per_face, outputs, [keys[i] for i in images], row_truth, name, version, rows.columns)
+
+
+def batch_table(
+    batch,
+    outputs: dict | None,
+    keys: list[str],
+    truth: pl.DataFrame,
+    model_name: str,
+    version: str,
+    faces: dict[str, list] | None = None,
+):
+    """One batch's rows as an Arrow table in ``OUTPUT_COLUMNS`` order (null predictions where decode failed).
+    ``faces``: the face columns (``FACE_COLUMNS``), a value per row; None for chips (face 0, framing ``chip``)."""
     n = len(batch.paths)
     rows = pl.DataFrame(
         {
@@ -433,6 +517,15 @@ def batch_table(batch, outputs: dict | None, keys: list[str], truth: pl.DataFram
         race_correct=pl.col("pred_race") == pl.col("true_race"),
         age_error=(pred_age - pl.col("true_age").cast(pl.Float32)),
     )
+    if faces is not None:
+        rows = rows.hstack(pl.DataFrame(faces, schema=FACE_SCHEMA))
+    else:
+        decoded = pl.col("error").is_null()
+        rows = rows.with_columns(
+            face_index=pl.when(decoded).then(pl.lit(0, pl.Int16)),
+            framing=pl.when(decoded).then(pl.lit(FRAMING_CHIP)),
+            **{name: pl.lit(None, dtype) for name, dtype in FACE_SCHEMA.items() if name not in FACE_COLUMNS[:2]},
+        )
     return rows.select(OUTPUT_COLUMNS).to_arrow()
 
 
@@ -450,7 +543,7 @@ def summarize(output: Path | str) -> dict:
 
     frame = pl.scan_parquet(output)
     counts = frame.select(
-        pl.len().alias("images"),
+        pl.col("path").n_unique().alias("images"),
         pl.col("error").is_null().sum().alias("predicted"),
         pl.any_horizontal([pl.col(c).is_not_null() for c in LABEL_COLUMNS]).sum().alias("labelled"),
     ).collect()

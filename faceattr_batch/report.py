@@ -3,7 +3,8 @@
 ``build(predictions, report_dir)`` needs no model: `predict --report` calls it after the run, and
 `faceattr-batch report out.parquet --report DIR` rebuilds it later. ``report.html`` is self-contained (plots and
 worst-error thumbnails embedded as base64), so it can be mailed or archived as one file. The thumbnails are made
-now from the user's own image files; an image that has moved since is shown as missing.
+now from the user's own image files (a detected face: the square around its box, framed about as a chip); an
+image that has moved since is shown as missing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import polars as pl
 
 from faceattr_batch import __version__, metrics
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.faces import FACE_COLUMNS, FRAMING_ALIGNED
 from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.predict import OUTPUT_COLUMNS, error_kind
 
@@ -29,12 +31,14 @@ log = logging.getLogger(__name__)
 THUMB_SIDE = 96
 WORST_K = 12
 MIN_SLICE = 20  # slices smaller than this are listed but not ranked among the weakest
-# what the report reads of predict's columns (the derived band/correct/error columns it recomputes)
+# what the report reads of predict's columns (the derived band/correct/error columns it recomputes); the face
+# columns only where present (files written before face detection have none)
 NEEDED = tuple(
     c
     for c in OUTPUT_COLUMNS
-    if c not in ("pred_age_band", "true_age_band", "gender_correct", "race_correct", "age_error")
+    if c not in ("pred_age_band", "true_age_band", "gender_correct", "race_correct", "age_error", *FACE_COLUMNS)
 )
+FACE_BOX = ("framing", "box_x", "box_y", "box_w", "box_h")
 
 
 def build(predictions: Path | str, report_dir: Path | str) -> Path:
@@ -102,7 +106,7 @@ def _read(predictions: Path) -> pl.DataFrame:
     missing = [c for c in NEEDED if c not in columns]
     if missing:
         raise FaceattrError(f"{predictions}: not a `predict` output (missing columns: {', '.join(missing)})")
-    return pl.read_parquet(predictions, columns=list(NEEDED))
+    return pl.read_parquet(predictions, columns=[*NEEDED, *(c for c in FACE_BOX if c in columns)])
 
 
 def _in_label_order(table: pl.DataFrame) -> pl.DataFrame:
@@ -125,7 +129,7 @@ def _summary(frame: pl.DataFrame, predictions: Path) -> dict:
         "predictions": str(predictions.resolve()),
         "tool_version": __version__,
         "models": models,
-        "images": frame.height,
+        "images": frame["path"].n_unique(),
         "predicted": frame.filter(pl.col("error").is_null()).height,
         "errors": dict(errors.iter_rows()),
         "pred_gender_counts": _counts(frame, "pred_gender", GENDERS),
@@ -284,7 +288,7 @@ def _html(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         "<div class='cards'>",
         _card("images", summary["images"]),
         _card("predicted", summary["predicted"]),
-        _card("unreadable", sum(summary["errors"].values())),
+        _card("errors", sum(summary["errors"].values())),
     ]
     overall = summary.get("overall")
     if overall:
@@ -297,7 +301,7 @@ def _html(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     if summary["errors"]:
         rows = "".join(f"<tr><td class='l'>{esc(k)}</td><td>{v}</td></tr>" for k, v in summary["errors"].items())
         parts.append(
-            f"<h2>Unreadable images</h2><table><tr><th class='l'>reason</th><th>images</th></tr>{rows}</table>"
+            f"<h2>Errors (no predictions)</h2><table><tr><th class='l'>reason</th><th>images</th></tr>{rows}</table>"
         )
     if not overall:
         parts.append(
@@ -420,7 +424,7 @@ def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
             continue
         cells = []
         for row in table.to_dicts():
-            cells.append(f"<div class='thumb'>{_thumbnail(row['path'])}{_caption(key, row)}</div>")
+            cells.append(f"<div class='thumb'>{_thumbnail(row)}{_caption(key, row)}</div>")
         parts.append(f"<div class='thumbs'>{''.join(cells)}</div>")
     return "".join(parts)
 
@@ -436,17 +440,24 @@ def _caption(key: str, row: dict) -> str:
     return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"
 
 
-def _thumbnail(path: str) -> str:
-    """A small JPEG of the user's image as a data URI (made now, from their file), or a placeholder."""
+def _thumbnail(row: dict) -> str:
+    """A small JPEG of the row's image, or of its face when detected, as a data URI (made now, from the user's
+    file), or a placeholder."""
     from PIL import Image
 
     from faceattr_batch.decode import DecodeError, read_rgb
 
+    detected = row.get("framing") == FRAMING_ALIGNED
     try:
-        pixels = read_rgb(path, draft_to=THUMB_SIDE)
+        pixels = read_rgb(row["path"], draft_to=None if detected else THUMB_SIDE)
     except DecodeError:
         return "<div class='missing'>missing</div>"
     image = Image.fromarray(pixels)
+    if detected:
+        # MTCNN's box is about the chip framing (0.97 of a chip's side, median over UTKFace): its enclosing square
+        side = max(row["box_w"], row["box_h"])
+        left, top = row["box_x"] + (row["box_w"] - side) / 2, row["box_y"] + (row["box_h"] - side) / 2
+        image = image.crop(tuple(round(v) for v in (left, top, left + side, top + side)))
     image.thumbnail((THUMB_SIDE, THUMB_SIDE))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)

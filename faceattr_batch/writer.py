@@ -149,17 +149,20 @@ class ShardSink:
         self.tmp = space.part_path(shard).with_name(space.part_path(shard).name + ".tmp")
         self.writer = pq.ParquetWriter(self.tmp, schema)
         self.rows = 0
+        self.inputs = 0
 
-    def write(self, table) -> None:
+    def write(self, table, inputs: int | None = None) -> None:
+        """``inputs``: how many inputs these rows cover (default: one per row; a photo's faces are one input)."""
         self.writer.write_table(table.cast(self.schema))
         self.rows += table.num_rows
-        if self.rows < self.shard.rows:
+        self.inputs += table.num_rows if inputs is None else inputs
+        if self.inputs < self.shard.rows:
             _kill_hook(f"part:{self.shard.index}")
 
     def commit(self) -> Path:
         self.writer.close()
-        if self.rows != self.shard.rows:
-            raise FaceattrError(f"shard {self.shard.index}: wrote {self.rows} rows, expected {self.shard.rows}")
+        if self.inputs != self.shard.rows:
+            raise FaceattrError(f"shard {self.shard.index}: wrote {self.inputs} inputs, expected {self.shard.rows}")
         _fsync(self.tmp)
         part = self.space.part_path(self.shard)
         os.replace(self.tmp, part)
@@ -176,18 +179,22 @@ def open_shard(space: Workspace, shard: Shard, schema) -> ShardSink:
     return ShardSink(space, shard, schema)
 
 
-def write_shards(space: Workspace, pending: Sequence[Shard], schema, tables: Iterable) -> None:
-    """Stream ``tables`` (the rows of the ``pending`` shards, in input order, cut anywhere) into their parts,
-    committing each shard as it fills. A shard left unfinished by an error is removed; a resume redoes it."""
+def write_shards(space: Workspace, pending: Sequence[Shard], schema, tables: Iterable, key: str = "path") -> None:
+    """Stream ``tables`` (the rows of the ``pending`` shards, in input order, cut anywhere between inputs) into
+    their parts, committing each shard as it fills. Consecutive rows with the same ``key`` are one input (a photo's
+    faces) and stay in one shard. A shard left unfinished by an error is removed; a resume redoes it."""
     shards = iter(pending)
     shard = next(shards)
     sink, left = open_shard(space, shard, schema), shard.rows
     try:
         for table in tables:
-            while table.num_rows:
-                take = min(left, table.num_rows)
-                sink.write(table.slice(0, take))
-                table, left = table.slice(take), left - take
+            starts = _input_starts(table.column(key).to_pylist())
+            done = 0
+            while done < len(starts) - 1:
+                take = min(left, len(starts) - 1 - done)
+                first, stop = starts[done], starts[done + take]
+                sink.write(table.slice(first, stop - first), inputs=take)
+                done, left = done + take, left - take
                 if left == 0:
                     sink.commit()
                     shard = next(shards, None)
@@ -197,6 +204,11 @@ def write_shards(space: Workspace, pending: Sequence[Shard], schema, tables: Ite
         if left:
             sink.abort()
         raise
+
+
+def _input_starts(keys: list) -> list[int]:
+    """The row where each input begins, then the row count."""
+    return [i for i, value in enumerate(keys) if i == 0 or value != keys[i - 1]] + [len(keys)]
 
 
 def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -> Path:

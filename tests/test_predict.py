@@ -212,7 +212,7 @@ def test_kill9_then_resume_gives_each_input_once_with_equal_values(tmp_path, tin
     reference = _run([tmp_path / "in"], tmp_path / "reference.parquet", tiny_attr_model, batch_size=4)
     out = tmp_path / "out.parquet"
     args = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--runtime", "torch"]
-    args += ["--workers", "1", "--threads", "1", "-b", "4", "--shard-size", "8", "--json"]
+    args += ["--faces", "chips", "--workers", "1", "--threads", "1", "-b", "4", "--shard-size", "8", "--json"]
 
     killed = _cli(args, kill="part:1")  # dies with shard 0 finished and shard 1 half written
     assert killed.returncode == -9, killed.stderr
@@ -257,6 +257,7 @@ def test_cli_exit_codes(tmp_path, tiny_attr_model):
     (tmp_path / "in" / "zero.jpg").write_bytes(b"")
     runner = CliRunner()
     base = ["predict", str(tmp_path / "in"), "-m", str(tiny_attr_model), "--workers", "0", "--runtime", "torch"]
+    base += ["--faces", "chips"]  # the noise "chips" have no face a detector would find
     ok = runner.invoke(app, [*base, "-o", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "rep")])
     assert ok.exit_code == 0, ok.output
     assert "errors by reason" in ok.output and "empty file (0 bytes)" in ok.output and "MAE" in ok.output

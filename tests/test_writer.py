@@ -73,7 +73,7 @@ def test_a_shard_with_missing_rows_is_not_committed(tmp_path):
     space = writer.open_workspace(tmp_path / "o.parquet", {}, KEYS, shard_size=4, resume=False)
     sink = writer.open_shard(space, space.shards[0], SCHEMA)
     sink.write(pa.table({"path": KEYS[:3], "value": [0, 1, 2]}))
-    with pytest.raises(FaceattrError, match="wrote 3 rows, expected 4"):
+    with pytest.raises(FaceattrError, match="wrote 3 inputs, expected 4"):
         sink.commit()
     assert not space.marker_path(space.shards[0]).exists()
     with pytest.raises(FaceattrError, match="not finished"):

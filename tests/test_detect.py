@@ -1,0 +1,412 @@
+"""Faces in raw photos: detection, alignment and `predict --faces` / `crop`, end to end.
+
+The "photos" are composites made at run time: shared UTKFace chips pasted at 60-300 px onto larger noise or
+gradient canvases (nothing derived from UTKFace is stored). A face counts as found when a detection overlaps
+(IoU >= 0.5) the pasted square or the detector's own box on the plain chip mapped into the canvas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import REPO
+from PIL import Image
+from test_predict import _cli
+from typer.testing import CliRunner
+
+from faceattr_batch import detect
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.labels import format_name, parse_name
+from faceattr_batch.models.registry import default_weights_path
+from faceattr_batch.predict import FACE_COLUMNS, OUTPUT_COLUMNS, PredictOptions, run
+
+needs_detect = pytest.mark.skipif(
+    not detect.detection_available(), reason="the detect extra is not installed (pip install -e '.[detect]')"
+)
+needs_weights = pytest.mark.skipif(not default_weights_path().is_file(), reason="the shipped weights are missing")
+FAST = {"workers": 1, "threads": 1, "progress": False}
+
+
+@dataclass(frozen=True)
+class Pasted:
+    chip: Path
+    x: int
+    y: int
+    side: int
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.side, self.side)
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    faces: tuple[Pasted, ...]
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    if rng.random() < 0.5:
+        noise = rng.normal(rng.uniform(60, 200), rng.uniform(10, 40), (height, width, 3))
+        return np.clip(noise, 0, 255).astype(np.uint8)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[:height, :width]
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / max(height, width)
+    low, high = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    image = low + (high - low) * (ramp - ramp.min())[..., None] / max(np.ptp(ramp), 1e-9)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def _overlaps(a: Pasted, x: int, y: int, side: int, gap: int = 8) -> bool:
+    return not (x >= a.x + a.side + gap or a.x >= x + side + gap or y >= a.y + a.side + gap or a.y >= y + side + gap)
+
+
+def make_composites(
+    chips: Path, folder: Path, count: int, seed: int, sizes=((640, 480), (800, 600), (960, 720))
+) -> list[Photo]:
+    """``count`` photos (width x height one of ``sizes``) of 1-4 pasted chips each. A one-face photo is named
+    after its chip's labels (UTKFace style), so its row is labelled; the others have plain names. Also used by
+    benchmarks/bench_detect.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = sorted(n for n in os.listdir(chips) if n.endswith(".jpg"))
+    photos = []
+    for i in range(count):
+        width, height = sizes[rng.integers(len(sizes))]
+        canvas = _background(rng, height, width)
+        placed: list[Pasted] = []
+        for _ in range(rng.integers(1, 5)):
+            side = int(min(rng.integers(60, 301), min(width, height) - 16))
+            spots = [(int(rng.integers(0, width - side)), int(rng.integers(0, height - side))) for _ in range(40)]
+            free = [(x, y) for x, y in spots if not any(_overlaps(p, x, y, side) for p in placed)]
+            if not free:
+                continue
+            chip = chips / names[rng.integers(len(names))]
+            pixels = Image.open(chip).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+            x, y = free[0]
+            canvas[y : y + side, x : x + side] = np.asarray(pixels)
+            placed.append(Pasted(chip, x, y, side))
+        name = f"photo_{i:03d}.jpg"
+        parsed = parse_name(placed[0].chip.name)
+        if len(placed) == 1 and parsed.race is not None:
+            stamp = dt.datetime(2020, 1, 1) + dt.timedelta(seconds=i)
+            name = format_name(parsed.age, parsed.gender, parsed.race, stamp).replace(".chip.jpg", "")
+        Image.fromarray(canvas).save(folder / name, quality=92)
+        photos.append(Photo(folder / name, tuple(placed)))
+    return photos
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    inter = max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def _reference_boxes(photos: list[Photo]) -> dict[tuple[Path, int], tuple]:
+    """The detector's box on each plain chip, mapped into its photo (None where it finds no face there)."""
+    from faceattr_batch.decode import read_rgb
+    from faceattr_batch.faces import shared_detector
+
+    boxes = {}
+    for photo in photos:
+        for index, face in enumerate(photo.faces):
+            chip = read_rgb(face.chip)
+            found = detect.find_faces(chip, shared_detector(), 20, 0.5, 5)
+            boxes[(photo.path, index)] = None
+            if len(found):
+                x, y, w, h = found.boxes[int(np.argmax(found.scores))] * (face.side / chip.shape[1])
+                boxes[(photo.path, index)] = (face.x + x, face.y + y, w, h)
+    return boxes
+
+
+def match_faces(photos: list[Photo], frame: pl.DataFrame) -> tuple[list[tuple[Pasted, dict]], int]:
+    """(pasted face, its detection row) pairs, one to one by best IoU >= 0.5, and the unmatched detections."""
+    references = _reference_boxes(photos)
+    pairs, false_positives = [], 0
+    for photo in photos:
+        rows = frame.filter((pl.col("path") == str(photo.path)) & pl.col("error").is_null()).to_dicts()
+        used = set()
+        for index, face in enumerate(photo.faces):
+            targets = [t for t in (face.box, references[(photo.path, index)]) if t is not None]
+            scored = [
+                (max(_iou((r["box_x"], r["box_y"], r["box_w"], r["box_h"]), t) for t in targets), i)
+                for i, r in enumerate(rows)
+                if i not in used
+            ]
+            best = max(scored, default=(0.0, None))
+            if best[0] >= 0.5:
+                used.add(best[1])
+                pairs.append((face, rows[best[1]]))
+        false_positives += len(rows) - len(used)
+    return pairs, false_positives
+
+
+# --- composites through predict ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def composites(shared_utkface, tmp_path_factory) -> list[Photo]:
+    if not detect.detection_available():
+        pytest.skip("the detect extra is not installed (pip install -e '.[detect]')")
+    return make_composites(shared_utkface, tmp_path_factory.mktemp("photos"), count=150, seed=0)
+
+
+@pytest.fixture(scope="module")
+def photo_run(composites, tmp_path_factory) -> pl.DataFrame:
+    """The shipped model over the composites with the CLI's default, --faces auto."""
+    if not default_weights_path().is_file():
+        pytest.skip("the shipped weights are missing")
+    out = tmp_path_factory.mktemp("photo_run") / "faces.parquet"
+    folder = str(composites[0].path.parent)
+    run(PredictOptions(inputs=(folder,), output=out, faces="auto", batch_size=16, **FAST))
+    return pl.read_parquet(out)
+
+
+@needs_detect
+def test_composites_recall_and_false_positives(composites, photo_run):
+    pairs, false_positives = match_faces(composites, photo_run)
+    pasted = sum(len(p.faces) for p in composites)
+    recall = len(pairs) / pasted
+    print(f"recall {recall:.3f} ({len(pairs)}/{pasted}), false positives/image {false_positives / len(composites):.3f}")
+    assert pasted >= 90
+    assert recall >= 0.95
+    assert false_positives / len(composites) <= 0.05
+    # photos are detected, not taken as chips; faces in reading order; boxes inside the photo
+    assert set(photo_run["framing"].drop_nulls()) == {"aligned"}
+    for _, rows in photo_run.filter(pl.col("error").is_null()).group_by("path"):
+        assert rows["face_index"].to_list() == list(range(rows.height))
+        assert rows["box_x"].to_list() == sorted(rows["box_x"].to_list())
+    assert photo_run.schema["landmarks"] == pl.Array(pl.Float32, 10)
+
+
+@needs_detect
+@needs_weights
+def test_aligned_faces_agree_with_their_chips(composites, photo_run, tmp_path):
+    pairs, _ = match_faces(composites, photo_run)
+    chips = sorted({str(face.chip) for face, _ in pairs})
+    out = tmp_path / "chips.parquet"
+    run(PredictOptions(inputs=tuple(chips), output=out, faces="chips", batch_size=64, **FAST))
+    by_chip = {r["path"]: r for r in pl.read_parquet(out).to_dicts()}
+    gender = np.mean([row["pred_gender"] == by_chip[str(face.chip)]["pred_gender"] for face, row in pairs])
+    age = np.mean([abs(row["pred_age"] - by_chip[str(face.chip)]["pred_age"]) for face, row in pairs])
+    print(f"{len(pairs)} faces: gender agreement {gender:.3f}, mean |age difference| {age:.2f} years")
+    assert gender >= 0.97
+    assert age <= 2.0
+
+
+@needs_detect
+@needs_weights
+def test_auto_on_chips_gives_the_chips_mode_predictions(shared_utkface, tmp_path):
+    names = sorted(os.listdir(shared_utkface))
+    chosen = [str(shared_utkface / names[i]) for i in np.random.default_rng(3).choice(len(names), 96, replace=False)]
+    frames = {}
+    for mode in ("auto", "chips"):
+        out = tmp_path / f"{mode}.parquet"
+        run(PredictOptions(inputs=tuple(chosen), output=out, faces=mode, batch_size=32, **FAST))
+        frames[mode] = pl.read_parquet(out).sort("path")
+    auto, chips = frames["auto"], frames["chips"]
+    taken = auto.filter(pl.col("framing") == "chip")
+    print(f"auto took {taken.height} of {len(chosen)} chips as chips")
+    assert taken.height >= 0.98 * len(chosen)
+    same = chips.filter(pl.col("path").is_in(taken["path"].implode()))
+    predictions = ["pred_gender", "p_female", "pred_race", "p_white", "p_black", "p_asian", "p_indian", "p_others"]
+    predictions += ["pred_age", "age_low", "age_high", "true_age", "gender_correct"]
+    assert taken.select(predictions).equals(same.select(predictions))
+    assert chips["box_x"].null_count() == chips.height and chips["face_index"].to_list() == [0] * chips.height
+
+
+@needs_detect
+def test_report_thumbnails_show_the_detected_faces(photo_run, composites, tmp_path):
+    from faceattr_batch.report import build
+
+    out = tmp_path / "faces.parquet"
+    photo_run.write_parquet(out)
+    html = build(out, tmp_path / "report").read_text()
+    assert "Worst errors" in html and html.count("data:image/jpeg;base64") >= 3
+
+
+# --- bad inputs, resume, crop ------------------------------------------------------------------------------
+
+
+def _one_face_photo(chip: Path, size: tuple[int, int], face: tuple[int, int, int]) -> Image.Image:
+    """A gradient photo of ``size`` (width, height) with the chip pasted at (x, y, side)."""
+    width, height = size
+    ramp = np.linspace(40, 220, width).astype(np.uint8)
+    canvas = np.broadcast_to(ramp[None, :, None], (height, width, 3)).copy()
+    x, y, side = face
+    canvas[y : y + side, x : x + side] = np.asarray(Image.open(chip).convert("RGB").resize((side, side)))
+    return Image.fromarray(canvas)
+
+
+@needs_detect
+def test_bad_inputs_in_detect_mode(shared_utkface, tmp_path, tiny_attr_model):
+    chip = shared_utkface / sorted(os.listdir(shared_utkface))[100]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _one_face_photo(chip, (8000, 6000), (5000, 2000, 900)).save(folder / "huge.jpg", quality=80)
+    upright = _one_face_photo(chip, (640, 480), (300, 120, 200))
+    upright.save(folder / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed after a 90 degree clockwise turn
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "exif_rotated.jpg", exif=exif, quality=95)
+    upright.convert("L").save(folder / "gray.png")
+    Image.new("RGB", (9, 7), "white").save(folder / "tiny.png")
+    (folder / "zero.jpg").write_bytes(b"")
+    good = io.BytesIO()
+    upright.save(good, "JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[:300])
+    out = tmp_path / "out.parquet"
+    options = {**FAST, "runtime": "torch", "batch_size": 4, "shard_size": 4}
+    result = run(
+        PredictOptions(inputs=(str(folder),), output=out, model=str(tiny_attr_model), faces="detect", **options)
+    )
+    frame = pl.read_parquet(out)
+    assert frame.columns == list(OUTPUT_COLUMNS)
+    rows = {Path(p).name: r for p, r in zip(frame["path"], frame.to_dicts(), strict=True)}
+    assert frame.height == 7 and result.images == 7 and result.predicted == 4
+    assert rows["zero.jpg"]["error"].startswith("empty file") and rows["truncated.jpg"]["error"].startswith("unread")
+    assert rows["tiny.png"]["error"] == "no face found"
+    assert result.errors == {"empty file (0 bytes)": 1, "no face found": 1, "unreadable image": 1}
+    assert _iou(tuple(rows["huge.jpg"][k] for k in ("box_x", "box_y", "box_w", "box_h")), (5000, 2000, 900, 900)) > 0.5
+    box = [rows["upright.jpg"][k] for k in ("box_x", "box_y", "box_w", "box_h")]
+    assert np.allclose([rows["exif_rotated.jpg"][k] for k in ("box_x", "box_y", "box_w", "box_h")], box, atol=3)
+    assert np.allclose([rows["gray.png"][k] for k in ("box_x", "box_y", "box_w", "box_h")], box, atol=6)
+
+
+@needs_detect
+def test_kill9_then_resume_keeps_each_photos_faces_together(composites, tmp_path, tiny_attr_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in composites[:9]:
+        os.symlink(photo.path, folder / photo.path.name)
+    (folder / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(folder), "-o", str(out), "-m", str(tiny_attr_model), "--runtime", "torch"]
+    args += ["--faces", "detect", "--workers", "0", "--threads", "1", "-b", "2", "--shard-size", "4", "--json"]
+    killed = _cli(args, kill="part:1")
+    assert killed.returncode == -9, killed.stderr
+    assert not out.exists()
+    other = _cli([*args, "--min-score", "0.8", "--resume"])  # the detection options are part of the key
+    assert other.returncode == 2 and "different inputs or options (min_score)" in other.stderr
+    done = _cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert '"shards_skipped": 1' in done.stdout
+    reference = tmp_path / "reference.parquet"
+    assert _cli([*args[:3], str(reference), *args[4:]]).returncode == 0
+    resumed, expected = pl.read_parquet(out), pl.read_parquet(reference)
+    assert resumed.equals(expected)
+    assert resumed["path"].n_unique() == 10 and resumed.height > 10
+
+
+@needs_detect
+def test_crop_writes_aligned_chips_and_a_manifest(composites, tmp_path):
+    photos = composites[:6]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in photos:
+        os.symlink(photo.path, folder / photo.path.name)
+    Image.new("RGB", (300, 200), "grey").save(folder / "empty.png")
+    out = tmp_path / "chips"
+    runner = CliRunner()
+    done = runner.invoke(app, ["crop", str(folder), "-o", str(out), "--workers", "0", "--json"])
+    assert done.exit_code == 0, done.output
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert manifest.columns == [
+        "source", "error", "face_index", "box_x", "box_y", "box_w", "box_h", "det_score", "landmarks", "chip",
+    ]  # fmt: skip
+    faces = manifest.filter(pl.col("error").is_null())
+    assert faces.height >= sum(len(p.faces) for p in photos) - 1
+    assert manifest.filter(pl.col("source").str.ends_with("empty.png"))["error"].to_list() == ["no face found"]
+    files = sorted(p.name for p in out.iterdir() if p.suffix == ".jpg")
+    assert files == sorted(faces["chip"].to_list())
+    assert {Image.open(out / name).size for name in files} == {(200, 200)}
+    # a big pasted face comes back framed like its chip: compare the centres
+    big = max((face for p in photos for face in p.faces), key=lambda f: f.side)
+    row = faces.filter(
+        (pl.col("box_x") - big.x).abs() < big.side / 3, (pl.col("box_y") - big.y).abs() < big.side / 3
+    ).row(0, named=True)
+    original = np.asarray(Image.open(big.chip).convert("RGB"), dtype=np.float64)[50:150, 50:150]
+    aligned = np.asarray(Image.open(out / row["chip"]), dtype=np.float64)[50:150, 50:150]
+    assert np.abs(original - aligned).mean() < 25
+
+    again = runner.invoke(app, ["crop", str(folder), "-o", str(out), "--workers", "0"])
+    assert again.exit_code == 2 and "is not empty: add --overwrite" in again.output
+    (out / "mine.txt").write_text("not a chip")
+    replaced = runner.invoke(app, ["crop", str(folder / "empty.png"), "-o", str(out), "--overwrite", "--workers", "0"])
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "mine.txt"]
+
+
+# --- without the extra; detector units ---------------------------------------------------------------------
+
+
+def test_detect_without_the_extra_is_one_line_naming_it(tmp_path, tiny_attr_model, monkeypatch, caplog):
+    from conftest import make_faces
+
+    make_faces(tmp_path / "in", 2)
+    monkeypatch.setattr(detect, "MTCNN_DISTRIBUTION", "no-such-distribution")
+    options = {"inputs": (str(tmp_path / "in"),), "model": str(tiny_attr_model), "runtime": "torch", **FAST}
+    with pytest.raises(FaceattrError, match=r"pip install 'faceattr-batch\[detect\]'"):
+        run(PredictOptions(output=tmp_path / "a.parquet", faces="detect", **options))
+    result = run(PredictOptions(output=tmp_path / "b.parquet", faces="auto", **options))
+    assert result.settings["faces"] == "chips" and result.predicted == 2
+    assert "every image is taken as a chip" in caplog.text
+    runner = CliRunner()
+    done = runner.invoke(app, ["crop", str(tmp_path / "in"), "-o", str(tmp_path / "chips")])
+    assert done.exit_code == 2 and done.output.strip().splitlines() == [f"error: {detect.EXTRA_HINT}"]
+
+
+def test_bad_face_options_fail_before_work(tmp_path, tiny_attr_model):
+    from conftest import make_faces
+
+    make_faces(tmp_path / "in", 1)
+    options = {"inputs": (str(tmp_path / "in"),), "output": tmp_path / "o.parquet", "model": str(tiny_attr_model)}
+    with pytest.raises(FaceattrError, match="--faces 'all': use auto, detect, chips"):
+        run(PredictOptions(faces="all", **options))
+    with pytest.raises(FaceattrError, match="--min-score 1.5"):
+        run(PredictOptions(faces="chips", min_score=1.5, **options))
+    with pytest.raises(FaceattrError, match="--engine ray predicts chips only"):
+        run(PredictOptions(faces="detect", engine="ray", **options))
+
+
+def test_help_and_chip_runs_never_import_cv2(tmp_path):
+    code = (
+        "import sys; from typer.testing import CliRunner; from faceattr_batch.cli import app\n"
+        "import faceattr_batch.predict, faceattr_batch.crop, faceattr_batch.report\n"
+        "for command in (['--help'], ['predict', '--help'], ['crop', '--help']):\n"
+        "    assert CliRunner().invoke(app, command).exit_code == 0\n"
+        "print('cv2' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_face_columns_are_the_documented_ones():
+    assert OUTPUT_COLUMNS[-len(FACE_COLUMNS) :] == FACE_COLUMNS
+    assert FACE_COLUMNS == ("face_index", "framing", "box_x", "box_y", "box_w", "box_h", "det_score", "landmarks")
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10, 0.9], [1, 1, 11, 11, 0.95], [50, 50, 60, 60, 0.5], [2, 2, 5, 5, 0.99]])
+    assert detect._nms(boxes, 0.5).tolist() == [3, 1, 2]  # IoU: the small box inside survives
+    assert detect._nms(boxes, 0.5, by_smaller=True).tolist() == [3, 2]  # inside a bigger box: suppressed
+
+
+@needs_detect
+def test_blank_and_tiny_images_have_no_faces():
+    from faceattr_batch.faces import shared_detector
+
+    for shape in ((480, 640, 3), (5, 3, 3), (1, 1, 3)):
+        assert len(detect.find_faces(np.full(shape, 128, np.uint8), shared_detector(), 20, 0.9, 50)) == 0
