@@ -51,7 +51,7 @@ class FidOptions:
     progress: bool = True
     engine: str = "local"  # local | ray (ray_engine.py: features in Ray actors, the same numbers)
     ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
-    concurrency: int | None = None  # ray: feature actors; None = one per GPU, or half the CPUs
+    concurrency: int | None = None  # ray: feature actors; None = one per GPU, or 15 CPUs in 16
 
 
 @dataclass

@@ -79,9 +79,10 @@ def connect(address: str | None):
     return ray
 
 
-def actor_plan(ray, device_type: str, concurrency: int | None, threads: int) -> tuple[int, dict]:
-    """(pool size, resources per actor). Decoding needs CPUs the actors do not hold: a pool that takes every
-    CPU never makes progress (Ray waits for a free CPU that never comes), so it is refused."""
+def actor_plan(ray, device_type: str, concurrency: int | None, threads: int, decode_share: float) -> tuple[int, dict]:
+    """(pool size, resources per actor). On CPUs the actors get what decoding leaves: ``decode_share`` of the
+    CPUs, at least one. A pool that takes every CPU never makes progress (decoding waits for a free CPU that
+    never comes), so it is refused."""
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     if device_type == "cuda":
@@ -89,7 +90,8 @@ def actor_plan(ray, device_type: str, concurrency: int | None, threads: int) -> 
             raise FaceattrError("--device cuda: the Ray cluster has no GPUs")
         size, per_actor = concurrency or gpus, {"num_cpus": 1, "num_gpus": 1}
     else:
-        size, per_actor = concurrency or max(1, cpus // (2 * threads)), {"num_cpus": threads}
+        decode_cpus = max(1, round(cpus * decode_share))
+        size, per_actor = concurrency or max(1, (cpus - decode_cpus) // threads), {"num_cpus": threads}
     if size * per_actor["num_cpus"] >= cpus:
         raise FaceattrError(
             f"--concurrency {size}: {size} actors x {per_actor['num_cpus']} CPUs leave none of the cluster's "
@@ -182,22 +184,24 @@ def results_in_order(dataset, progress: bool):
     context = dataset.context
     context.execution_options.preserve_order = True
     context.enable_progress_bars = progress
+    context.raise_original_map_exception = True  # not wrapped in UserCodeException, so the cause survives
     try:
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     except Exception as err:
         cause = _faceattr_cause(err)
         if cause is None:
             raise
-        raise FaceattrError(str(cause)) from None
+        raise FaceattrError(str(cause).splitlines()[0]) from None  # Ray appends its retry advice to the message
 
 
 def _faceattr_cause(err: BaseException) -> FaceattrError | None:
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, FaceattrError):
-            return err
         seen.add(id(err))
-        err = getattr(err, "cause", None) or err.__cause__
+        raised = getattr(err, "cause", None)  # a RayTaskError's: the exception the worker raised
+        if isinstance(err, FaceattrError) and raised is None:
+            return err
+        err = raised or err.__cause__
     return None
 
 
@@ -248,7 +252,8 @@ def predict_shards(space, pending, paths, keys, truth, runner, options, workers)
         return 0
     ray = connect(options.ray_address)
     threads = options.threads or 1
-    size, per_actor = actor_plan(ray, runner.device.type, options.concurrency, threads)
+    # on CPUs decoding a chip costs about what the model does (predict.split_cores): half the CPUs each
+    size, per_actor = actor_plan(ray, runner.device.type, options.concurrency, threads, decode_share=0.5)
     positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
     oldest = pl.CompatLevel.oldest()  # large_string, not string_view: Arrow list arrays take it as values
     labels = {name: column.gather(positions).to_arrow(compat_level=oldest) for name, column in truth.to_dict().items()}
@@ -309,7 +314,8 @@ def extract_stats(name: str, paths: list[str], options, network, seed: int):
     ray = connect(options.ray_address)
     device_type = resolve_device(options.device).type
     threads = 1  # per feature actor: more actors, not more threads, is how this scales
-    size, per_actor = actor_plan(ray, device_type, options.concurrency, threads)
+    # Inception costs far more than decoding and resizing an image: a CPU in 16 decodes (at least one)
+    size, per_actor = actor_plan(ray, device_type, options.concurrency, threads, decode_share=1 / 16)
     load = functools.partial(load_for_inception, size=options.size)
     args = (network.cpu(), device_type, threads, options, seed)  # each actor moves its copy to its device
     chunk_bytes = options.batch_size * 3 * INPUT_SIZE**2 * 4  # float32 3 x 299 x 299 per image

@@ -180,19 +180,48 @@ def _tiny_features():
 @needs_ray
 def test_ray_fid_equals_the_local_fid(ray_cluster, tmp_path):
     real, fake = tmp_path / "real", tmp_path / "fake"
-    make_faces(real, 40, seed=1, size=24)
-    make_faces(fake, 33, seed=2, size=32)
+    make_faces(real, 24, seed=1, size=24)
+    make_faces(fake, 19, seed=2, size=32)
     (fake / "zero.jpg").write_bytes(b"")
     options = {"batch_size": 7, "kid_subsets": 5, "by": "gender", "progress": False}
     local = fid.compute(real, fake, fid.FidOptions(workers=0, **options), model=_tiny_features())
     on_ray = fid.compute(real, fake, fid.FidOptions(engine="ray", **options), model=_tiny_features())
     assert on_ray.fid == pytest.approx(local.fid, abs=1e-6) and local.fid > 0.01
     assert on_ray.kid_mean == pytest.approx(local.kid_mean, abs=1e-6)
-    assert (on_ray.n_real, on_ray.n_fake) == (local.n_real, local.n_fake) == (40, 33)
+    assert (on_ray.n_real, on_ray.n_fake) == (local.n_real, local.n_fake) == (24, 19)
     assert on_ray.decode_errors == local.decode_errors == {"fake": {"empty file (0 bytes)": 1}}
     assert set(on_ray.by) == set(local.by) == {"male", "female"}
     for label, expected in local.by.items():
         assert on_ray.by[label].fid == pytest.approx(expected.fid, abs=1e-6)
+
+
+class _FailingFeatures:
+    """A network that refuses its input the way our code refuses a run: with a FaceattrError."""
+
+    def to(self, device):
+        return self
+
+    def cpu(self):
+        return self
+
+    def __call__(self, inputs):
+        raise FaceattrError("the test network refuses every batch")
+
+
+@pytest.mark.ray
+@needs_ray
+def test_a_faceattr_error_on_a_worker_is_one_line_on_the_driver(ray_cluster, tmp_path):
+    from ray import cloudpickle
+
+    make_faces(tmp_path / "in", 4, size=24)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        with pytest.raises(FaceattrError, match="^the test network refuses every batch$"):
+            fid.compute(
+                tmp_path / "in", tmp_path / "in", fid.FidOptions(engine="ray", progress=False), _FailingFeatures()
+            )
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # --- the optional extra (these run without Ray too) -------------------------------------------------------------
