@@ -40,8 +40,8 @@ class Framing:
     shift: float  # how far the square's centre moves, as a share of the chip side
 
 
-# Chips that ``--faces auto`` takes as they are: 1,997 of the 2,000 template chips (the other 3: babies' faces the
-# check does not confirm; scripts/estimate_template.py prints the observed ranges)
+# Chips that ``--faces auto`` takes as they are: 18,950 of the 18,967 shared UTKFace chips (the other 17: babies,
+# tilted or off-centre crops, one picture without a face); scripts/estimate_template.py prints the observed ranges
 CHIP_TOLERANCE = Framing(scale=0.4, rotation=25.0, shift=0.15)
 
 
