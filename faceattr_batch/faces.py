@@ -61,9 +61,6 @@ class FoundFaces:
 @functools.cache
 def shared_detector() -> MtcnnDetector:
     """One detector per process (workers each load their own: the nets are small)."""
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism comes from the decode worker processes
     return MtcnnDetector()
 
 

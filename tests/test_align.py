@@ -101,7 +101,9 @@ def test_warped_landmarks_land_on_the_template(scale, degrees, size):
 
 def test_shrinking_first_matches_a_direct_warp_on_smooth_images():
     """The area-resize path must not move anything: on a smooth image it equals the plain bilinear warp."""
-    import cv2
+    from faceattr_batch.detect import opencv
+
+    cv2 = opencv()
 
     yy, xx = np.mgrid[:2400, :3000].astype(np.float64)
     smooth = np.stack([xx / 3000 * 255, yy / 2400 * 255, (xx + yy) / 5400 * 255], axis=2).astype(np.uint8)
