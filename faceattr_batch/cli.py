@@ -510,7 +510,8 @@ def _print_predict_result(result) -> None:
         f"{result.shards_skipped} shards resumed)"
     )
     model, settings = result.model, result.settings
-    decoding = "Ray Data" if settings.get("engine") == "ray" else f"{settings['workers']} decode workers"
+    workers = settings["workers"]
+    decoding = "Ray Data" if settings.get("engine") == "ray" else f"{workers} decode worker{'s' * (workers != 1)}"
     console.print(
         f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
         f"{decoding}, labels: {settings['labels']})"
