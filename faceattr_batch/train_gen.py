@@ -193,9 +193,12 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        # EMA ramp-up: early on the average would be mostly the random initial weights (0.999^500 = 61%),
+        # which made the first sample grids flat; (1 + i) / (10 + i) lets it follow until it reaches ema_decay.
+        decay = min(options.ema_decay, (1 + iteration) / (10 + iteration))
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - options.ema_decay)
+                p_ema.lerp_(p, 1 - decay)
             for b_ema, b in zip(ema.buffers(), generator.buffers(), strict=True):
                 b_ema.copy_(b)
         losses.append((loss_d.item(), loss_g.item()))
