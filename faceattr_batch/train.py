@@ -359,7 +359,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         state = {k: checkpoint[k] for k in state}
         log.info("resuming after epoch %d", state["epoch"])
 
-    race_weights = torch.from_numpy(race_loss_weights(train_rows)).float().to(device)
+    race_weights = torch.from_numpy(race_loss_weights(train_rows)).float().to(device)  # finalize reuses them
     labels = {
         k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")
     }
@@ -435,7 +435,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     best = read_checkpoint(out / CHECKPOINT_BEST)
     model.load_state_dict(best["model"])
     model.eval()
-    report = finalize(model, val_pixels, val_rows, race_loss_weights(train_rows), device, state)
+    report = finalize(model, val_pixels, val_rows, race_weights.cpu(), device, state)
     model_path = out / MODEL_FILE
     final_config = AttrNetConfig.from_dict({**config.to_dict(), "tta_flip": report["tta_flip"]})
     final_model = AttrNet(final_config)
@@ -463,7 +463,7 @@ def race_loss_weights(train_rows: pl.DataFrame) -> np.ndarray:
     return weights / weights.mean()
 
 
-def finalize(model, val_pixels, val_rows, race_weights: np.ndarray, device, state) -> dict:
+def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
     """Undo the race class weights (logit adjustment), choose test-time mirroring by validation, fit
     temperatures, and build the final validation report."""
     from dataclasses import replace as dc_replace
@@ -475,7 +475,7 @@ def finalize(model, val_pixels, val_rows, race_weights: np.ndarray, device, stat
     weighted_metrics = m.overall(predictions_frame(collect_logits(model, val_pixels, device), (1.0,) * 3, val_rows))
     # A loss weighted by w_c learns posteriors tilted by w_c; subtracting log w_c restores the class
     # frequencies, which maximises accuracy (Menon et al. 2021, logit adjustment). Not tuned on validation.
-    model.race_bias.copy_(-torch.log(torch.from_numpy(race_weights).float()))
+    model.race_bias.copy_(-torch.log(race_weights))  # race_weights: the loss weights, a CPU tensor
     plain = collect_logits(model, val_pixels, device)
     plain_metrics = m.overall(predictions_frame(plain, (1.0, 1.0, 1.0), val_rows))
     model.config = dc_replace(model.config, tta_flip=True)
