@@ -636,7 +636,14 @@ def train_gen(
     d_width: Annotated[
         int, typer.Option(min=4, help="Discriminator channels after its first layer (doubled per halving).")
     ] = 32,
-    iterations: Annotated[int, typer.Option(min=1, help="Training iterations (one D and one G step each).")] = 40_000,
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training iterations, one D and one G step each (default 40000). With --resume: the run's own "
+            "count unless given, to extend a run or end it at its checkpoint.",
+        ),
+    ] = None,
     batch_size: BatchSize = 64,
     sample_every: Annotated[int, typer.Option(min=1, help="Write a sample grid every N iterations.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N iterations.")] = 500,
@@ -667,7 +674,7 @@ def train_gen(
             resolution=resolution,
             g_width=g_width,
             d_width=d_width,
-            iterations=iterations,
+            iterations=iterations or TrainGenOptions.iterations,
             batch_size=batch_size,
             sample_every=sample_every,
             checkpoint_every=checkpoint_every,
@@ -682,6 +689,7 @@ def train_gen(
             limit=limit,
         ),
         resume=resume,
+        iterations=iterations,
     )
     typer.echo(f"generator: {result['model']}")
 

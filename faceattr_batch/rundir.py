@@ -43,8 +43,9 @@ def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
     os.replace(tmp, path)
 
 
-def start_run(options, checkpoint: str, kind: str, resume: bool):
-    """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume``.
+def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict | None = None):
+    """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume`` (with
+    ``overrides`` applied, e.g. a new iteration count to extend or end a run).
 
     Refuses to start over an existing run; writes ``options.json`` into ``options.out_dir`` either way.
     """
@@ -53,7 +54,7 @@ def start_run(options, checkpoint: str, kind: str, resume: bool):
         if not (out / checkpoint).is_file():
             raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
         saved = json.loads((out / "options.json").read_text())
-        options = dataclasses.replace(options, **{**_from_json(options, saved), "out_dir": out})
+        options = dataclasses.replace(options, **{**_from_json(options, saved), "out_dir": out, **(overrides or {})})
     elif (out / checkpoint).is_file():
         raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
     out.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,9 @@ def save_grid(images, n_rows: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run(options: TrainGenOptions, resume: bool = False) -> dict:
+def run(options: TrainGenOptions, resume: bool = False, iterations: int | None = None) -> dict:
+    """Train (or with ``resume`` continue) a generator run; ``iterations`` on resume replaces the run's own count,
+    to extend a run or to end it at its checkpoint (then only ``generator.pt`` is written)."""
     import torch
     from torch.nn import functional as F
     from tqdm import tqdm
@@ -109,7 +111,8 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
     last = out / GEN_CHECKPOINT
     if options.resolution not in (32, 64, 128):
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
-    options = start_run(options, GEN_CHECKPOINT, "generator", resume)
+    overrides = {"iterations": iterations} if resume and iterations is not None else None
+    options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
 
@@ -141,6 +144,8 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
         opt_d.load_state_dict(checkpoint["opt_d"])
         start = checkpoint["iteration"]
         log.info("resuming after iteration %d", start)
+        if start >= options.iterations:
+            log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
 
     grid_gender, grid_race, grid_age, grid_rows = grid_conditions()
     grid_z = torch.randn(len(GRID_AGES), config.z_dim, generator=torch.Generator().manual_seed(12345))
@@ -233,7 +238,7 @@ def run(options: TrainGenOptions, resume: bool = False) -> dict:
         {
             "name": "faceattr-gen",
             "version": __version__,
-            "iterations": options.iterations,
+            "iterations": max(start, options.iterations),
             "trained_on": str(options.source),
         },
     )

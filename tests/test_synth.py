@@ -168,3 +168,34 @@ def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
     cut, _ = load_generator(tmp_path / "cut")
     for (name, a), b in zip(whole.state_dict().items(), cut.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_train_gen_resume_can_end_a_run_at_its_checkpoint_or_extend_it(tmp_path: Path):
+    faces = tmp_path / "faces"
+    make_faces(faces, 40)
+    options = dict(
+        source=faces,
+        resolution=32,
+        g_width=32,
+        d_width=16,
+        batch_size=8,
+        sample_every=3,
+        checkpoint_every=3,
+        evaluate=False,
+        workers=0,
+        progress=False,
+    )
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", iterations=6, **options))
+    run_dir = tmp_path / "run"
+    train_gen(TrainGenOptions(out_dir=run_dir, iterations=3, **options))
+    (run_dir / "generator.pt").unlink()
+    train_gen(TrainGenOptions(out_dir=run_dir, iterations=40_000, **options), resume=True, iterations=3)
+    _, meta = load_generator(run_dir / "generator.pt")
+    assert meta["iterations"] == 3 and not (run_dir / "grid_000006.png").exists()
+
+    train_gen(TrainGenOptions(out_dir=run_dir, **options), resume=True, iterations=6)
+    whole, _ = load_generator(tmp_path / "whole")
+    extended, meta = load_generator(run_dir)
+    assert meta["iterations"] == 6
+    for (name, a), b in zip(whole.state_dict().items(), extended.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
