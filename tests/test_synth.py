@@ -22,6 +22,18 @@ from faceattr_batch.train_gen import TrainGenOptions
 from faceattr_batch.train_gen import run as train_gen
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
+# a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations
+TINY_RUN = dict(
+    resolution=32,
+    g_width=32,
+    d_width=16,
+    batch_size=8,
+    sample_every=3,
+    checkpoint_every=3,
+    evaluate=False,
+    workers=0,
+    progress=False,
+)
 
 
 @pytest.fixture
@@ -132,19 +144,7 @@ def test_diff_augment_keeps_shape_and_is_seeded():
 def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
     faces = tmp_path / "faces"
     make_faces(faces, 40)
-    options = dict(
-        source=faces,
-        resolution=32,
-        g_width=32,
-        d_width=16,
-        iterations=6,
-        batch_size=8,
-        sample_every=3,
-        checkpoint_every=3,
-        evaluate=False,
-        workers=0,
-        progress=False,
-    )
+    options = dict(source=faces, iterations=6, **TINY_RUN)
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     assert (tmp_path / "whole" / "grid_000006.png").is_file()
 
@@ -173,18 +173,7 @@ def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
 def test_train_gen_resume_can_end_a_run_at_its_checkpoint_or_extend_it(tmp_path: Path):
     faces = tmp_path / "faces"
     make_faces(faces, 40)
-    options = dict(
-        source=faces,
-        resolution=32,
-        g_width=32,
-        d_width=16,
-        batch_size=8,
-        sample_every=3,
-        checkpoint_every=3,
-        evaluate=False,
-        workers=0,
-        progress=False,
-    )
+    options = dict(source=faces, **TINY_RUN)
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", iterations=6, **options))
     run_dir = tmp_path / "run"
     train_gen(TrainGenOptions(out_dir=run_dir, iterations=3, **options))
