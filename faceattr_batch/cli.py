@@ -33,7 +33,7 @@ Workers = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
-Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the [ray] extra).")]
+Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the \\[ray] extra).")]
 RayAddress = Annotated[
     str | None,
     typer.Option("--ray-address", help="With --engine ray: auto | HOST:PORT of a cluster (default: a local one)."),

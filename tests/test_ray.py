@@ -261,3 +261,9 @@ def test_engine_flags_are_checked_before_work(tmp_path, tiny_attr_model):
         _predict(tmp_path / "in", tmp_path / "out.parquet", tiny_attr_model, concurrency=2)
     with pytest.raises(FaceattrError, match="go with --engine ray"):
         fid.compute(tmp_path / "in", tmp_path / "in", fid.FidOptions(ray_address="auto"), model=_tiny_features())
+
+
+def test_help_names_the_extra_instead_of_eating_it_as_markup():
+    done = CliRunner().invoke(app, ["fid", "--help"])
+    flat = " ".join(done.output.replace("│", " ").split())  # the help box wraps lines
+    assert done.exit_code == 0 and "needs the [ray] extra" in flat
