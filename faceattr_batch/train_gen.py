@@ -94,6 +94,34 @@ def save_grid(images, n_rows: int, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: int = 64):
+    """A copy of the EMA generator with BatchNorm statistics of its own weights (BigGAN's "standing statistics").
+
+    The running statistics the EMA carries are the training generator's, whose weights the average lags behind:
+    measured at 8,500 iterations (1,000 samples against the 2,000-face real subset) FID 78.3 with the carried
+    statistics, 64.9 with standing ones (the training generator itself: 73.0). Conditions follow the training
+    labels' joint distribution; noise and picks are seeded, so the copy is deterministic.
+    """
+    import copy
+
+    import torch
+
+    standing = copy.deepcopy(ema)
+    for module in standing.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches below
+    standing.train()
+    device = next(standing.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(batches):
+            index = torch.randint(0, len(labels[0]), (batch,), generator=rng)
+            z = torch.randn(batch, standing.config.z_dim, generator=rng)
+            standing(z.to(device), *[t[index].to(device) for t in labels])
+    return standing.eval()
+
+
 def run(options: TrainGenOptions, resume: bool = False, iterations: int | None = None) -> dict:
     """Train (or with ``resume`` continue) a generator run; ``iterations`` on resume replaces the run's own count,
     to extend a run or to end it at its checkpoint (then only ``generator.pt`` is written)."""
@@ -150,6 +178,14 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     grid_gender, grid_race, grid_age, grid_rows = grid_conditions()
     grid_z = torch.randn(len(GRID_AGES), config.z_dim, generator=torch.Generator().manual_seed(12345))
     grid_z = grid_z.repeat(grid_rows, 1)
+
+    def model_meta(iteration: int) -> dict:
+        return {
+            "name": "faceattr-gen",
+            "version": __version__,
+            "iterations": iteration,
+            "trained_on": str(options.source),
+        }
 
     def save_checkpoint(iteration: int) -> None:
         payload = {
@@ -213,34 +249,30 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
                 d=f"{np.mean([a for a, _ in losses[-50:]]):.3f}", g=f"{np.mean([b for _, b in losses[-50:]]):.3f}"
             )
         if done % options.sample_every == 0 or done == options.iterations:
+            standing = with_standing_stats(ema, labels, options.seed)
             with torch.no_grad():
-                images = ema(grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device))
+                images = standing(grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device))
             save_grid(images.cpu(), grid_rows, out / f"grid_{done:06d}.png")
             shutil.copyfile(out / f"grid_{done:06d}.png", out / "grid_latest.png")
         if done % options.checkpoint_every == 0 or done == options.iterations:
             save_checkpoint(done)
         if options.evaluate and (done % options.eval_every == 0 or done == options.iterations):
             elapsed = time.perf_counter() - started
+            standing = with_standing_stats(ema, labels, options.seed)
             row = {
                 "iteration": done,
                 "loss_d": float(np.mean([a for a, _ in losses])),
                 "loss_g": float(np.mean([b for _, b in losses])),
                 "iterations_per_s": len(losses) / elapsed,
-                **evaluate(ema, config, table, options, out),
+                **evaluate(standing, config, table, options, out),
             }
             append_metrics(out / "metrics.parquet", row, key="iteration")
+            save_generator(standing, out / GEN_MODEL, model_meta(done))  # the latest evaluated, for synth -m
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
     model_path = save_generator(
-        ema,
-        out / GEN_MODEL,
-        {
-            "name": "faceattr-gen",
-            "version": __version__,
-            "iterations": max(start, options.iterations),
-            "trained_on": str(options.source),
-        },
+        with_standing_stats(ema, labels, options.seed), out / GEN_MODEL, model_meta(max(start, options.iterations))
     )
     return {"model": str(model_path), "out_dir": str(out)}
 
