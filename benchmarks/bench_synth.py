@@ -1,0 +1,95 @@
+"""Generator speed: `synth` images/s (files written) beside the generator alone, and `train-gen` iterations/s.
+
+    python benchmarks/bench_synth.py [--n 10000] [--model RUN_DIR_OR_FILE] [--threads 2]
+
+synth: the whole command (`synth.run`: conditions, generation, JPEG encoding, manifest) on N faces at the
+generator's own size, beside the generator's forward pass alone on the same batches; goal: 10,000 64-px faces
+in <= 30 s. train-gen: two runs of the default architecture on the synthesized faces that differ only in their
+iteration count, so the difference of their wall times is the training alone (decoding and set-up cancel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from faceattr_batch.models.registry import load_generator
+from faceattr_batch.synth import SynthOptions, conditions
+from faceattr_batch.synth import run as synth_run
+from faceattr_batch.train_gen import TrainGenOptions
+from faceattr_batch.train_gen import run as train_gen_run
+
+
+def generator_only(model: str | None, n: int, batch_size: int = 256) -> float:
+    generator, _ = load_generator(model)
+    wanted = conditions(SynthOptions(n=n, out_dir=Path("unused")))
+    labels = [torch.tensor(wanted.get_column(k).to_list()) for k in ("gender", "race", "age")]
+    z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            generator(z[i : i + batch_size], *(t[i : i + batch_size] for t in labels))
+    return n / (time.perf_counter() - start)
+
+
+def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, threads: int) -> float:
+    start = time.perf_counter()
+    train_gen_run(
+        TrainGenOptions(
+            source=faces,
+            out_dir=out,
+            iterations=iterations,
+            batch_size=batch_size,
+            sample_every=10**9,
+            checkpoint_every=10**9,
+            evaluate=False,
+            threads=threads,
+            workers=1,
+            progress=False,
+        )
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="faces to synthesize")
+    parser.add_argument("--model", default=None, help="generator file or train-gen RUN_DIR (default: shipped)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=30, help="train-gen iterations timed (beyond 10)")
+    parser.add_argument("--batch-size", type=int, default=64, help="train-gen batch")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        faces = Path(tmp) / "synth"
+        start = time.perf_counter()
+        result = synth_run(SynthOptions(n=args.n, out_dir=faces, model=args.model, progress=False))
+        synth_s = time.perf_counter() - start
+        forward = generator_only(args.model, args.n)
+        size = load_generator(args.model)[0].config.resolution
+        print(
+            f"synth {result['images']} faces at {size} px, files written: {synth_s:.1f} s "
+            f"= {args.n / synth_s:,.0f} img/s"
+        )
+        print(f"generator forward alone ({args.threads} threads): {forward:,.0f} img/s")
+        print(
+            f"synth / forward-only: {args.n / synth_s / forward:.2f}x; goal 10,000 faces <= 30 s: "
+            f"{'met' if synth_s * 10_000 / args.n <= 30 else 'not met'} ({synth_s * 10_000 / args.n:.1f} s per 10,000)"
+        )
+
+        short = train_seconds(faces, Path(tmp) / "short", 10, args.batch_size, args.threads)
+        long = train_seconds(faces, Path(tmp) / "long", 10 + args.iterations, args.batch_size, args.threads)
+        per_iteration = (long - short) / args.iterations
+        print(
+            f"train-gen (default G/D, batch {args.batch_size}, {args.threads} threads): {1 / per_iteration:.2f} it/s "
+            f"= {args.batch_size / per_iteration:,.0f} real images/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
