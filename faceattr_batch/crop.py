@@ -22,6 +22,7 @@ import polars as pl
 from faceattr_batch.align import CHIP_SIZE
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces import FaceOptions, face_rows, load_faces
+from faceattr_batch.rundir import write_parquet_atomically
 
 MANIFEST = "manifest.parquet"
 MANIFEST_SCHEMA = {
@@ -85,7 +86,7 @@ def run(options: CropOptions) -> dict:
             )
             bar.update(len(batch.paths))
     manifest = pl.concat(frames)
-    _write_atomically(manifest, out / MANIFEST)
+    write_parquet_atomically(manifest, out / MANIFEST)
     errors = manifest.filter(pl.col("error").is_not_null()).group_by(error_kind(pl.col("error")).alias("kind")).len()
     return {
         "photos": len(paths),
@@ -126,11 +127,3 @@ def _write_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
 
     Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
 
-
-def _write_atomically(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -33,14 +33,23 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
+    """Write a table atomically (a hidden tmp file, then ``os.replace``); no tmp file is left behind on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
     """Add a row to a small metrics table, replacing rows a resumed run redoes (``key`` >= this row's)."""
     frame = pl.DataFrame([row])
     if path.is_file():
         frame = pl.concat([pl.read_parquet(path).filter(pl.col(key) < row[key]), frame], how="diagonal_relaxed")
-    tmp = path.with_name(path.name + ".tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
+    write_parquet_atomically(frame, path)
 
 
 def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict | None = None):

@@ -20,6 +20,7 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import AGE_BANDS, GENDERS, RACES, format_name, gender_code, race_code
+from faceattr_batch.rundir import write_parquet_atomically
 
 MANIFEST = "manifest.parquet"
 MAX_SYNTH_AGE = 100  # the generator saw few faces older; ages above are clamped in the grid
@@ -195,9 +196,7 @@ def run(options: SynthOptions) -> dict:
         pl.lit(options.truncation).alias("truncation"),
         pl.lit(options.size or generator.config.resolution).alias("size"),
     ).select("file", "index", "gender", "race", "age", "seed", "model_name", "model_version", "truncation", "size")
-    tmp = out / f".{MANIFEST}.tmp"
-    manifest.write_parquet(tmp)
-    os.replace(tmp, out / MANIFEST)
+    write_parquet_atomically(manifest, out / MANIFEST)
     counts = manifest.group_by("gender", "race").len().sort("gender", "race")
     return {"out_dir": str(out), "images": manifest.height, "model": meta.get("source"), "cells": counts.to_dicts()}
 
