@@ -187,6 +187,14 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             "trained_on": str(options.source),
         }
 
+    standing_of: dict[int, object] = {}  # iteration -> its standing-statistics EMA, shared by grid, eval and save
+
+    def standing_at(iteration: int):
+        if iteration not in standing_of:
+            standing_of.clear()
+            standing_of[iteration] = with_standing_stats(ema, labels, options.seed)
+        return standing_of[iteration]
+
     def save_checkpoint(iteration: int) -> None:
         payload = {
             "format": GEN_TRAIN_FORMAT,
@@ -249,16 +257,17 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
                 d=f"{np.mean([a for a, _ in losses[-50:]]):.3f}", g=f"{np.mean([b for _, b in losses[-50:]]):.3f}"
             )
         if done % options.sample_every == 0 or done == options.iterations:
-            standing = with_standing_stats(ema, labels, options.seed)
             with torch.no_grad():
-                images = standing(grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device))
+                images = standing_at(done)(
+                    grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device)
+                )
             save_grid(images.cpu(), grid_rows, out / f"grid_{done:06d}.png")
             shutil.copyfile(out / f"grid_{done:06d}.png", out / "grid_latest.png")
         if done % options.checkpoint_every == 0 or done == options.iterations:
             save_checkpoint(done)
         if options.evaluate and (done % options.eval_every == 0 or done == options.iterations):
             elapsed = time.perf_counter() - started
-            standing = with_standing_stats(ema, labels, options.seed)
+            standing = standing_at(done)
             row = {
                 "iteration": done,
                 "loss_d": float(np.mean([a for a, _ in losses])),
@@ -271,9 +280,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
-    model_path = save_generator(
-        with_standing_stats(ema, labels, options.seed), out / GEN_MODEL, model_meta(max(start, options.iterations))
-    )
+    reached = max(start, options.iterations)
+    model_path = save_generator(standing_at(reached), out / GEN_MODEL, model_meta(reached))
     return {"model": str(model_path), "out_dir": str(out)}
 
 
