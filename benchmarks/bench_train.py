@@ -25,11 +25,12 @@ from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.registry import default_weights_path, load_attr_model
 from faceattr_batch.train import augment, multitask_loss
 
+SHIPPED = "96px inception-6e (shipped)"
 CANDIDATES = {  # the architectures compared in MODEL_CARD.md
-    "64px-1111 (notes baseline)": AttrNetConfig(input_size=64, depths=(1, 1, 1, 1)),
-    "64px-1221": AttrNetConfig(input_size=64, depths=(1, 2, 2, 1)),
-    "80px-1221 (shipped)": AttrNetConfig(input_size=80, depths=(1, 2, 2, 1)),
-    "96px-1111": AttrNetConfig(input_size=96, depths=(1, 1, 1, 1)),
+    "64px resnet-1111 (baseline)": AttrNetConfig(input_size=64, depths=(1, 1, 1, 1)),
+    "80px resnet-1221 (fast)": AttrNetConfig(input_size=80, depths=(1, 2, 2, 1)),
+    "96px resnet-1221": AttrNetConfig(input_size=96, depths=(1, 2, 2, 1)),
+    SHIPPED: AttrNetConfig(input_size=96, backbone="inception"),
 }
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores")
 
     source = default_weights_path() if default_weights_path().is_file() else None
-    model, meta = load_attr_model(source) if source else (AttrNet(CANDIDATES["80px-1221 (shipped)"]).eval(), {})
+    model, meta = load_attr_model(source) if source else (AttrNet(CANDIDATES[SHIPPED]).eval(), {})
     size = model.config.input_size
     print(f"model: {meta.get('source', 'random weights, shipped architecture')}; tta_flip={model.config.tta_flip}")
     infer = infer_images_per_s(model)

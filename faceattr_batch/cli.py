@@ -227,8 +227,17 @@ def train(
         Path | None, typer.Option(help="Image folder of an index Parquet (default: the one recorded in it).")
     ] = None,
     input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
-    widths: Annotated[str, typer.Option(help="Channels per stage, comma-separated.")] = "32,64,128,256",
-    depths: Annotated[str, typer.Option(help="Residual blocks per stage, comma-separated.")] = "1,2,2,1",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="resnet | inception. resnet: a small CNN trained from scratch (--widths/--depths); inception: the "
+            "first blocks of the ImageNet Inception-v3 that `fid` uses (needs the \\[fid] extra), fine-tuned at a "
+            "quarter of --lr."
+        ),
+    ] = "resnet",
+    widths: Annotated[str, typer.Option(help="resnet: channels per stage, comma-separated.")] = "32,64,128,256",
+    depths: Annotated[str, typer.Option(help="resnet: residual blocks per stage, comma-separated.")] = "1,2,2,1",
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before the output layer.")] = 0.1,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
     batch_size: BatchSize = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
@@ -257,8 +266,10 @@ def train(
         out_dir=out,
         root=root,
         input_size=input_size,
+        backbone=backbone,
         widths=_int_tuple(widths, "--widths"),
         depths=_int_tuple(depths, "--depths"),
+        dropout=dropout,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -324,7 +335,7 @@ DEFAULT_ONNX = Path("model.onnx")
 def export_onnx(
     out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = DEFAULT_ONNX,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="RUN_DIR or .pt checkpoint (default: the shipped model).")
+        str | None, typer.Option("--model", "-m", help="default | fast (shipped) | RUN_DIR | .pt checkpoint.")
     ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
 ) -> None:
@@ -428,7 +439,13 @@ def predict(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Predictions Parquet to write.")],
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="RUN_DIR, .pt or .onnx (default: the shipped weights).")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="default | fast (the shipped models) | RUN_DIR | .pt | .onnx. fast: about 3x the speed, "
+            "less accurate (MODEL_CARD.md).",
+        ),
     ] = None,
     labels: Annotated[
         Path | None, typer.Option("--labels", help="Index Parquet with true labels (default: from file names).")

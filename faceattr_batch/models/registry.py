@@ -14,9 +14,12 @@ from faceattr_batch.errors import FaceattrError
 ATTR_FORMAT = "faceattr-attr-v1"  # a shippable model: config + state_dict + meta
 TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds optimizer state)
 DEFAULT_ATTR_WEIGHTS = "attr_default.pt"
+# shipped attribute models by name: --model fast trades accuracy for speed (MODEL_CARD.md)
+SHIPPED_ATTR_MODELS = {"default": DEFAULT_ATTR_WEIGHTS, "fast": "attr_fast.pt"}
 GEN_FORMAT = "faceattr-gen-v1"  # a shippable generator: config + EMA state_dict + meta
 GEN_TRAIN_FORMAT = "faceattr-gen-train-v1"  # a train-gen checkpoint (G, D, EMA, optimizers)
 DEFAULT_GEN_WEIGHTS = "gen_default.pt"
+HALF_STORAGE_MIN_ELEMENTS = 1024  # float tensors at least this large are stored in half precision
 
 
 def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
@@ -96,13 +99,15 @@ def _save(path: Path, payload: dict) -> Path:
 
 
 def resolve_attr_source(source: str | Path | None) -> Path:
-    """None -> the shipped weights; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
-    if source is None:
-        path = default_weights_path()
+    """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a path of that name
+    exists; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
+    path = Path(source) if source is not None else None
+    if source is None or (str(source) in SHIPPED_ATTR_MODELS and not path.exists()):
+        name = "default" if source is None else str(source)
+        path = default_weights_path(SHIPPED_ATTR_MODELS[name])
         if not path.is_file():
-            raise FaceattrError(f"the default weights are missing from the installed package ({path})")
+            raise FaceattrError(f"the {name} weights are missing from the installed package ({path})")
         return path
-    path = Path(source)
     if path.is_dir():
         for name in ("model.pt", "best.pt", "last.pt"):
             if (path / name).is_file():
@@ -111,10 +116,27 @@ def resolve_attr_source(source: str | Path | None) -> Path:
     return path
 
 
+def storage_state(model) -> dict:
+    """The state dict as a model file keeps it: the large float tensors (convolution and linear weights) in half
+    precision, which halves the file, and the small ones (batch-norm statistics, biases) in full. Loading casts
+    back to float32; train evaluates the rounded weights, so reported figures are those of the file."""
+    import torch
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and tensor.numel() >= HALF_STORAGE_MIN_ELEMENTS:
+            tensor = tensor.to(torch.float16)
+        state[name] = tensor
+    return state
+
+
 def save_attr_model(model, path: Path, meta: dict) -> Path:
     """Write a shippable model file (config + state dict + meta) atomically; meta values must be plain."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return _save(path, {"format": ATTR_FORMAT, "config": model.config.to_dict(), "state_dict": state, "meta": meta})
+    return _save(
+        path,
+        {"format": ATTR_FORMAT, "config": model.config.to_dict(), "state_dict": storage_state(model), "meta": meta},
+    )
 
 
 def load_attr_model(source: str | Path | None = None):
