@@ -289,3 +289,21 @@ def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
     accuracy = float((both["true_gender"] == both["pred_gender"]).mean())
     assert result.metrics["gender_accuracy"] == pytest.approx(accuracy)
     assert metrics.overall(metrics.from_predictions(frame))["n_race"] == result.metrics["n_race"]
+
+
+def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, monkeypatch):
+    from faceattr_batch.models.registry import SHIPPED_ATTR_MODELS, load_attr_model, resolve_attr_source
+
+    assert resolve_attr_source(None) == default_weights_path()
+    assert resolve_attr_source("default") == default_weights_path()
+    assert resolve_attr_source("fast") == default_weights_path(SHIPPED_ATTR_MODELS["fast"])
+    assert resolve_attr_source("fast").is_file()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "model.pt").write_bytes(b"")
+    assert resolve_attr_source("fast") == Path("fast") / "model.pt"  # the user's RUN_DIR called fast wins
+    monkeypatch.chdir(tmp_path.parent)
+    fast, fast_meta = load_attr_model("fast")
+    default, _ = load_attr_model(None)
+    assert (fast.config.backbone, default.config.backbone) == ("resnet", "inception")
+    assert fast_meta["name"] == "faceattr-attr-fast"
