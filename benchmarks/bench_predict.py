@@ -35,16 +35,16 @@ from faceattr_batch.batches import iter_batches
 from faceattr_batch.decode import load_chip
 from faceattr_batch.inputs import list_images
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-from faceattr_batch.models.registry import default_weights_path, save_attr_model
+from faceattr_batch.models.registry import default_weights_path, resolve_attr_source, save_attr_model
 from faceattr_batch.predict import ModelRunner, split_cores
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = AttrNetConfig(input_size=80, widths=(32, 64, 128, 256), depths=(1, 2, 2, 1))
+SHIPPED = AttrNetConfig(input_size=96, backbone="inception")  # the default model's architecture
 
 
 def model_file(folder: Path, given: str | None) -> tuple[Path, str]:
     if given:
-        return Path(given), "given"
+        return resolve_attr_source(given), "given"
     if default_weights_path().is_file():
         return default_weights_path(), "shipped weights"
     torch.manual_seed(0)
