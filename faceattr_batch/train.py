@@ -441,7 +441,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         row = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(seen, 1),
-            "lr": scheduler.get_last_lr()[0],
+            "lr": scheduler.get_last_lr()[-1],  # the head's: --lr on its schedule (the trunk may run slower)
             "seconds": train_seconds,
             "train_images_per_s": seen / train_seconds,
             "val_score": score,

@@ -101,17 +101,17 @@ def _save(path: Path, payload: dict) -> Path:
 def resolve_attr_source(source: str | Path | None) -> Path:
     """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a path of that name
     exists; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
-    path = Path(source) if source is not None else None
-    if source is None or (str(source) in SHIPPED_ATTR_MODELS and not path.exists()):
-        name = "default" if source is None else str(source)
+    name = "default" if source is None else str(source)
+    path = Path(name)
+    if source is None or (name in SHIPPED_ATTR_MODELS and not path.exists()):
         path = default_weights_path(SHIPPED_ATTR_MODELS[name])
         if not path.is_file():
             raise FaceattrError(f"the {name} weights are missing from the installed package ({path})")
         return path
     if path.is_dir():
-        for name in ("model.pt", "best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
+        for file_name in ("model.pt", "best.pt", "last.pt"):
+            if (path / file_name).is_file():
+                return path / file_name
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
     return path
 
