@@ -238,6 +238,14 @@ def train(
     widths: Annotated[str, typer.Option(help="resnet: channels per stage, comma-separated.")] = "32,64,128,256",
     depths: Annotated[str, typer.Option(help="resnet: residual blocks per stage, comma-separated.")] = "1,2,2,1",
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before the output layer.")] = 0.1,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from this attribute model's weights: default | fast | a model file | a RUN_DIR. Its "
+            "architecture is kept (--backbone/--widths/--depths are ignored), --input-size may differ (e.g. "
+            "fine-tune at a larger size); the trunk learns at a quarter of --lr; calibration is refitted."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
     batch_size: BatchSize = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
@@ -270,6 +278,7 @@ def train(
         widths=_int_tuple(widths, "--widths"),
         depths=_int_tuple(depths, "--depths"),
         dropout=dropout,
+        init_from=init_from,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

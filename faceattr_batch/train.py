@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,8 @@ class TrainOptions:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 2, 2, 1)
     dropout: float = 0.1
+    # Start from this attribute model (a shipped name, a model file or a RUN_DIR): its architecture, any input size
+    init_from: str | None = None
     epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
@@ -316,10 +318,21 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     import torch
 
     from faceattr_batch.models.attr_net import BACKBONES, AttrNet, AttrNetConfig
-    from faceattr_batch.models.registry import TRAIN_FORMAT, read_checkpoint, save_attr_model, storage_state
+    from faceattr_batch.models.registry import (
+        TRAIN_FORMAT,
+        load_attr_model,
+        read_checkpoint,
+        save_attr_model,
+        storage_state,
+    )
 
     out = Path(options.out_dir)
     last_path = out / CHECKPOINT_LAST
+    init_model = None
+    if options.init_from and not resume:
+        init_model = load_attr_model(options.init_from)[0]
+        arch = init_model.config  # recorded in options.json, so the run says what it trained
+        options = replace(options, backbone=arch.backbone, widths=arch.widths, depths=arch.depths)
     if options.backbone not in BACKBONES:
         raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
     if options.backbone == "inception" and options.input_size < MIN_INCEPTION_INPUT:
@@ -351,10 +364,17 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         depths=options.depths,
         dropout=options.dropout,
     )
+    if init_model is not None:
+        config = replace(init_model.config, input_size=options.input_size, dropout=options.dropout, tta_flip=False)
+    checkpoint = read_checkpoint(last_path) if resume else None
+    if checkpoint is not None:
+        config = AttrNetConfig.from_dict(checkpoint["config"])
     torch.manual_seed(options.seed)
     model = AttrNet(config)
-    pretrained = config.backbone == "inception"
-    if pretrained and not resume:
+    pretrained = config.backbone == "inception" or options.init_from is not None
+    if init_model is not None:
+        initialise_from_model(model, init_model)
+    elif pretrained and not resume:
         initialise_from_inception(model)
     model = model.to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_rows) / options.batch_size)
@@ -377,8 +397,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         ),
     )
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
-    if resume:
-        checkpoint = read_checkpoint(last_path)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -494,6 +513,15 @@ def initialise_from_inception(model) -> None:
     model.trunk.load_state_dict({name: full[name] for name in model.trunk.state_dict()})
 
 
+def initialise_from_model(model, source) -> None:
+    """Copy another attribute model's trunk and head (same architecture; the input size may differ). Its
+    calibration is not carried over: this run refits the temperatures and race bias on its own validation."""
+    state = source.state_dict()
+    state["temperatures"] = state["temperatures"].new_ones(state["temperatures"].shape)
+    state["race_bias"] = state["race_bias"].new_zeros(state["race_bias"].shape)
+    model.load_state_dict(state)
+
+
 def race_loss_weights(train_rows: pl.DataFrame) -> np.ndarray:
     """Race cross-entropy weights proportional to 1/sqrt(class frequency), mean 1."""
     counts = np.bincount(train_rows.get_column("race").to_numpy(), minlength=len(RACES)).astype(np.float64)
@@ -504,8 +532,6 @@ def race_loss_weights(train_rows: pl.DataFrame) -> np.ndarray:
 def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
     """Undo the race class weights (logit adjustment), choose test-time mirroring by validation, fit
     temperatures, and build the final validation report."""
-    from dataclasses import replace as dc_replace
-
     import torch
 
     from faceattr_batch import metrics as m
@@ -516,11 +542,11 @@ def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
     model.race_bias.copy_(-torch.log(race_weights))  # race_weights: the loss weights, a CPU tensor
     plain = collect_logits(model, val_pixels, device)
     plain_metrics = m.overall(predictions_frame(plain, (1.0, 1.0, 1.0), val_rows))
-    model.config = dc_replace(model.config, tta_flip=True)
+    model.config = replace(model.config, tta_flip=True)
     mirrored = collect_logits(model, val_pixels, device)
     mirrored_metrics = m.overall(predictions_frame(mirrored, (1.0, 1.0, 1.0), val_rows))
     use_flip = validation_score(mirrored_metrics) > validation_score(plain_metrics)
-    model.config = dc_replace(model.config, tta_flip=use_flip)
+    model.config = replace(model.config, tta_flip=use_flip)
     logits = mirrored if use_flip else plain
     temps, calibration = fit_temperatures(logits, val_rows)
     calibration["temperatures_list"] = temps

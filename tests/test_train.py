@@ -263,3 +263,39 @@ def test_model_files_keep_large_weights_in_half_precision(tmp_path: Path):
         before, after = model.infer(pixels), loaded.infer(pixels)
     assert (before.age_mean - after.age_mean).abs().max() < 0.05
     assert (before.race_probs - after.race_probs).abs().max() < 1e-3
+
+
+def test_init_from_keeps_the_architecture_and_weights_but_not_the_calibration(faces: Path, tmp_path: Path):
+    source = AttrNet(AttrNetConfig(input_size=32, widths=(8, 16), depths=(1, 2), dropout=0.3)).eval()
+    with torch.no_grad():
+        source.head.bias.uniform_(-1, 1)
+        source.temperatures.fill_(2.0)
+        source.race_bias.fill_(0.5)
+    target = AttrNet(AttrNetConfig(input_size=48, widths=(8, 16), depths=(1, 2)))
+    train_module.initialise_from_model(target, source)
+    for name, tensor in source.state_dict().items():
+        if name not in ("temperatures", "race_bias"):
+            assert torch.equal(target.state_dict()[name], tensor), name
+    assert torch.equal(target.temperatures, torch.ones(3))
+    assert torch.equal(target.race_bias, torch.zeros(5))
+
+    first = run(TrainOptions(source=faces, out_dir=tmp_path / "first", epochs=1, **{**TINY, "depths": (1, 2)}))
+    # --backbone and --widths name another network: the model started from wins, at the new input size
+    options = TrainOptions(
+        source=faces,
+        out_dir=tmp_path / "larger",
+        epochs=1,
+        steps_per_epoch=1,
+        init_from=str(first.out_dir),
+        **{**TINY, "input_size": 40, "widths": (4, 4), "lr": 1e-9},
+    )
+    run(options)
+    recorded = json.loads((tmp_path / "larger" / "options.json").read_text())
+    assert (recorded["backbone"], recorded["widths"], recorded["depths"]) == ("resnet", [8, 16], [1, 2])
+    started, _ = load_attr_model(first.model_path)
+    larger, _ = load_attr_model(tmp_path / "larger")
+    assert larger.config.input_size == 40
+    conv = "trunk.stem.0.0.weight"
+    assert torch.allclose(larger.state_dict()[conv], started.state_dict()[conv], atol=1e-3)  # lr ~ 0: unchanged
+    with pytest.raises(FaceattrError, match="nowhere"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "bad", init_from=str(tmp_path / "nowhere.pt"), **TINY))
