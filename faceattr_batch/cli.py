@@ -309,14 +309,15 @@ def _print_train_report(result) -> None:
     for column in ("slice", "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
         table.add_column(column, justify="right")
 
-    def add(name: str, row: dict) -> None:
+    def add(name: str, row: dict, sliced_by: str | None = None) -> None:
+        # F1 within a slice that holds one true class of that attribute says nothing: left blank
         table.add_row(
             name,
             str(row.get("n", row.get("n_gender"))),
             f"{row['gender_accuracy']:.2%}",
-            f"{row['gender_f1']:.3f}",
+            "–" if sliced_by == "gender" else f"{row['gender_f1']:.3f}",
             f"{row['race_accuracy']:.2%}",
-            f"{row['race_macro_f1']:.3f}",
+            "–" if sliced_by == "race" else f"{row['race_macro_f1']:.3f}",
             f"{row['age_mae']:.2f}",
             f"{row['age_cs5']:.2%}",
         )
@@ -324,7 +325,7 @@ def _print_train_report(result) -> None:
     add("all", overall)
     for key, column in (("by_race", "race"), ("by_gender", "gender"), ("by_age_band", "age_band")):
         for row in report[key]:
-            add(str(row[column]), row)
+            add(str(row[column]), row, column)
     console = Console()
     console.print(table)
     calibration = report["calibration"]
@@ -334,6 +335,56 @@ def _print_train_report(result) -> None:
         f" -> {calibration['gender_ece_after']:.3f}; test-time mirror: {report['tta_flip']}"
     )
     console.print(f"model: {result.model_path}")
+
+
+@app.command()
+@one_line_errors
+def ensemble(
+    source: Annotated[Path, typer.Argument(help="The index Parquet (or folder) the members were trained on.")],
+    members: Annotated[
+        list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.", min=2)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ensemble model file to write (.pt).")],
+    root: Annotated[
+        Path | None, typer.Option(help="Image folder of an index Parquet (default: the one recorded in it).")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.5, help="The members' share of duplicate groups held out.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="The members' split seed.")] = 0,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Store the members' large weights as int8 (half the fp16 size).")
+    ] = False,
+    workers: Workers = 2,
+    json_out: JsonOut = False,
+) -> None:
+    """Average trained attribute models into one file; temperatures and report from the members' validation split.
+
+    Each member reads the chip at its own input size; their logits are averaged. The members must share the
+    index and split (--seed, --val-fraction) they were trained with, so the report counts faces none of them saw.
+    """
+    from faceattr_batch.ensemble import EnsembleOptions, run
+
+    options = EnsembleOptions(
+        source=source,
+        members=tuple(members),
+        out=out,
+        root=root,
+        val_fraction=val_fraction,
+        seed=seed,
+        int8=int8,
+        workers=workers,
+    )
+    result = run(options)
+    if json_out:
+        print_json(result.report)
+        return
+    _print_train_report(result)
+    for name, alone in zip(result.report["members"], result.report["members_alone"], strict=True):
+        typer.echo(
+            f"  member {name}: gender {alone['gender_accuracy']:.2%}, race {alone['race_accuracy']:.2%}, "
+            f"MAE {alone['age_mae']:.2f}"
+        )
 
 
 DEFAULT_ONNX = Path("model.onnx")

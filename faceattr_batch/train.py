@@ -331,6 +331,10 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     init_model = None
     if options.init_from and not resume:
         init_model = load_attr_model(options.init_from)[0]
+        if not isinstance(init_model, AttrNet):
+            raise FaceattrError(
+                f"--init-from {options.init_from}: an ensemble or ONNX file; start from one network (a member's file)"
+            )
         arch = init_model.config  # recorded in options.json, so the run says what it trained
         options = replace(options, backbone=arch.backbone, widths=arch.widths, depths=arch.depths)
     if options.backbone not in BACKBONES:
@@ -550,21 +554,29 @@ def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
     logits = mirrored if use_flip else plain
     temps, calibration = fit_temperatures(logits, val_rows)
     calibration["temperatures_list"] = temps
-    frame = predictions_frame(logits, temps, val_rows)
     return {
         "tool_version": __version__,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "n_train_val": {"val": val_rows.height},
         "tta_flip": use_flip,
         "tta_comparison": {"plain": plain_metrics, "mirrored": mirrored_metrics},
         "race_adjustment": {"bias": model.race_bias.tolist(), "before": weighted_metrics, "after": plain_metrics},
+        **validation_report(predictions_frame(logits, temps, val_rows)),
+        "calibration": calibration,
+    }
+
+
+def validation_report(frame: pl.DataFrame) -> dict:
+    """Overall metrics, race confusion matrix and per race / gender / age band breakdowns of a predictions frame."""
+    from faceattr_batch import metrics as m
+
+    return {
+        "n_train_val": {"val": frame.height},
         "overall": m.overall(frame),
         "race_confusion": m.confusion_matrix(frame),
         "by_race": m.breakdown(frame, ["race"]).to_dicts(),
         "by_gender": m.breakdown(frame, ["gender"]).to_dicts(),
         "by_age_band": m.breakdown(frame, ["age_band"]).to_dicts(),
-        "calibration": calibration,
     }
 
 

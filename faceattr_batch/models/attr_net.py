@@ -159,16 +159,20 @@ class AttrNet(nn.Module):
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:
         """Calibrated probabilities, expected age and its 80% interval."""
-        logits = self.logits(pixels)
-        t_gender, t_race, t_age = self.temperatures[0], self.temperatures[1], self.temperatures[2]
-        age_probs = torch.softmax(logits.age / t_age, dim=1)
-        cdf = torch.cumsum(age_probs, dim=1)
-        low = (cdf < AGE_INTERVAL[0]).sum(dim=1).float()
-        high = (cdf < AGE_INTERVAL[1]).sum(dim=1).float()
-        return AttrOutputs(
-            torch.sigmoid(logits.gender / t_gender),
-            torch.softmax(logits.race / t_race, dim=1),
-            (age_probs * self.age_values).sum(dim=1),
-            low,
-            high,
-        )
+        return calibrated_outputs(self.logits(pixels), self.temperatures, self.age_values)
+
+
+def calibrated_outputs(logits: AttrLogits, temperatures: torch.Tensor, age_values: torch.Tensor) -> AttrOutputs:
+    """Temperature-scaled probabilities, the expected age and its ``AGE_INTERVAL`` from inference logits."""
+    t_gender, t_race, t_age = temperatures[0], temperatures[1], temperatures[2]
+    age_probs = torch.softmax(logits.age / t_age, dim=1)
+    cdf = torch.cumsum(age_probs, dim=1)
+    low = (cdf < AGE_INTERVAL[0]).sum(dim=1).float()
+    high = (cdf < AGE_INTERVAL[1]).sum(dim=1).float()
+    return AttrOutputs(
+        torch.sigmoid(logits.gender / t_gender),
+        torch.softmax(logits.race / t_race, dim=1),
+        (age_probs * age_values).sum(dim=1),
+        low,
+        high,
+    )

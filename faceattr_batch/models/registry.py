@@ -19,7 +19,9 @@ SHIPPED_ATTR_MODELS = {"default": DEFAULT_ATTR_WEIGHTS, "fast": "attr_fast.pt"}
 GEN_FORMAT = "faceattr-gen-v1"  # a shippable generator: config + EMA state_dict + meta
 GEN_TRAIN_FORMAT = "faceattr-gen-train-v1"  # a train-gen checkpoint (G, D, EMA, optimizers)
 DEFAULT_GEN_WEIGHTS = "gen_default.pt"
+ENSEMBLE_FORMAT = "faceattr-attr-ensemble-v1"  # members (config + state_dict each) + temperatures + meta
 HALF_STORAGE_MIN_ELEMENTS = 1024  # float tensors at least this large are stored in half precision
+INT8_SCALE_SUFFIX = ":int8_scale"  # beside an int8-stored weight: its per-output-channel scale
 
 
 def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
@@ -116,17 +118,41 @@ def resolve_attr_source(source: str | Path | None) -> Path:
     return path
 
 
-def storage_state(model) -> dict:
+def storage_state(model, int8: bool = False) -> dict:
     """The state dict as a model file keeps it: the large float tensors (convolution and linear weights) in half
     precision, which halves the file, and the small ones (batch-norm statistics, biases) in full. Loading casts
-    back to float32; train evaluates the rounded weights, so reported figures are those of the file."""
+    back to float32; train evaluates the rounded weights, so reported figures are those of the file.
+
+    ``int8``: the large weight matrices instead as int8 with a float32 scale per output channel (symmetric), a
+    quarter of float32; ``restore_state`` turns them back into floats."""
     import torch
 
     state = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point() and tensor.numel() >= HALF_STORAGE_MIN_ELEMENTS:
-            tensor = tensor.to(torch.float16)
+            if int8 and tensor.ndim >= 2:
+                scale = tensor.float().abs().amax(dim=tuple(range(1, tensor.ndim)), keepdim=True).clamp_min(1e-12)
+                scale = scale / 127
+                state[name + INT8_SCALE_SUFFIX] = scale
+                tensor = torch.round(tensor.float() / scale).clamp(-127, 127).to(torch.int8)
+            else:
+                tensor = tensor.to(torch.float16)
+        state[name] = tensor
+    return state
+
+
+def restore_state(stored: dict) -> dict:
+    """A stored state dict (``storage_state``) back to float32 tensors that ``load_state_dict`` takes."""
+    state = {}
+    for name, tensor in stored.items():
+        if name.endswith(INT8_SCALE_SUFFIX):
+            continue
+        scale = stored.get(name + INT8_SCALE_SUFFIX)
+        if scale is not None:
+            tensor = tensor.float() * scale
+        elif tensor.is_floating_point():
+            tensor = tensor.float()
         state[name] = tensor
     return state
 
@@ -139,22 +165,46 @@ def save_attr_model(model, path: Path, meta: dict) -> Path:
     )
 
 
+def save_attr_ensemble(ensemble, path: Path, meta: dict, int8: bool = False) -> Path:
+    """Write an ensemble file atomically: each member's config and stored weights (``storage_state``), the fitted
+    temperatures."""
+    members = [
+        {"config": net.config.to_dict(), "state_dict": storage_state(net, int8=int8)} for net in ensemble.members
+    ]
+    return _save(
+        path,
+        {"format": ENSEMBLE_FORMAT, "members": members, "temperatures": ensemble.temperatures.tolist(), "meta": meta},
+    )
+
+
 def load_attr_model(source: str | Path | None = None):
-    """A ready ``AttrNet`` in eval mode, on the CPU, and its metadata dict (name, version, metrics...).
+    """A ready ``AttrNet`` (or ``AttrEnsemble``) in eval mode, on the CPU, and its metadata dict (name, version,
+    metrics...).
 
     An ``.onnx`` file gives an ``OnnxAttrModel`` instead (same ``infer``/``config``; needs onnxruntime).
     """
+    import torch
+
     from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+    from faceattr_batch.models.ensemble import AttrEnsemble
 
     path = resolve_attr_source(source)
     if path.suffix.lower() == ".onnx":
         return load_onnx_model(path)
-    data = read_checkpoint(path)
-    config = AttrNetConfig.from_dict(data["config"])
-    model = AttrNet(config)
+    data = read_checkpoint(path, (ATTR_FORMAT, TRAIN_FORMAT, ENSEMBLE_FORMAT))
     try:
-        model.load_state_dict(data["state_dict"] if data["format"] == ATTR_FORMAT else data["model"])
-    except (RuntimeError, KeyError) as err:
+        if data["format"] == ENSEMBLE_FORMAT:
+            members = []
+            for member in data["members"]:
+                net = AttrNet(AttrNetConfig.from_dict(member["config"]))
+                net.load_state_dict(restore_state(member["state_dict"]))
+                members.append(net)
+            model = AttrEnsemble(members)
+            model.temperatures.copy_(torch.tensor(data["temperatures"]))
+        else:
+            model = AttrNet(AttrNetConfig.from_dict(data["config"]))
+            model.load_state_dict(data["state_dict"] if data["format"] == ATTR_FORMAT else data["model"])
+    except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise FaceattrError(f"{path}: weights do not match the model config ({first[:160]})") from None
     model.eval()

@@ -1,0 +1,120 @@
+"""`faceattr-batch ensemble`: several trained attribute models -> one model file that averages them.
+
+The members must have been trained on the same index with the same split (seed, validation share): the
+ensemble's temperatures are fitted, and its report computed, on that split's validation faces, which none of
+the members saw. Members' large weights are stored in fp16, or int8 with ``int8`` (``registry.storage_state``:
+two Inception members fit the 25 MB a shipped model may take only so); the figures are those of the stored
+weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch import __version__
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.rundir import write_json
+from faceattr_batch.train import (
+    TrainResult,
+    collect_logits,
+    decode_cache,
+    fit_temperatures,
+    load_labelled,
+    predictions_frame,
+    split_by_group,
+    validation_report,
+)
+
+
+@dataclass(frozen=True)
+class EnsembleOptions:
+    source: Path  # the index Parquet (or folder) the members were trained on
+    members: tuple[str, ...]  # shipped names, model files or RUN_DIRs
+    out: Path  # the ensemble model file
+    root: Path | None = None
+    val_fraction: float = 0.1  # as the members' runs had it
+    seed: int = 0  # as the members' runs had it
+    int8: bool = False  # store the members' large weights as int8 (half the size of fp16)
+    workers: int = 2
+    progress: bool = True
+
+
+def run(options: EnsembleOptions) -> TrainResult:
+    import torch
+
+    from faceattr_batch.models.attr_net import AttrNet
+    from faceattr_batch.models.ensemble import AttrEnsemble
+    from faceattr_batch.models.registry import load_attr_model, restore_state, save_attr_ensemble, storage_state
+
+    if len(options.members) < 2:
+        raise FaceattrError("an ensemble needs two or more members")
+    members = []
+    for source in options.members:
+        net, _ = load_attr_model(source)
+        if not isinstance(net, AttrNet):
+            raise FaceattrError(
+                f"{source}: not a trained attribute network (ONNX files and ensembles can't be members)"
+            )
+        net.load_state_dict(restore_state(storage_state(net, int8=options.int8)))  # evaluate what the file holds
+        members.append(net)
+    try:
+        ensemble = AttrEnsemble(members).eval()
+    except ValueError as err:
+        raise FaceattrError(str(err)) from None
+
+    table = load_labelled(options.source, options.root, options.workers)
+    table = split_by_group(table, options.val_fraction, options.seed)
+    val_rows = table.filter(pl.col("split") == "val")
+    with tempfile.TemporaryDirectory() as scratch:
+        size = ensemble.config.input_size
+        pixels = np.array(decode_cache(val_rows, size, Path(scratch) / "pixels.npy", options.workers, options.progress))
+    logits = collect_logits(ensemble, pixels, torch.device("cpu"), batch_size=128)
+    temps, calibration = fit_temperatures(logits, val_rows)
+    ensemble.temperatures.copy_(torch.tensor(temps))
+    members_alone = []  # each member on the same faces, with its own temperatures
+    for net in members:
+        member_logits = collect_logits(net, _resized(pixels, net), torch.device("cpu"), batch_size=128)
+        frame = predictions_frame(member_logits, net.temperatures.tolist(), val_rows)
+        members_alone.append(validation_report(frame)["overall"])
+    report = {
+        "tool_version": __version__,
+        "members": list(options.members),
+        "members_alone": members_alone,
+        "tta_flip": [net.config.tta_flip for net in members],
+        **validation_report(predictions_frame(logits, temps, val_rows)),
+        "calibration": calibration,
+    }
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_attr_ensemble(
+        ensemble,
+        out,
+        {
+            "name": "faceattr-attr-ensemble",
+            "version": __version__,
+            "members": json.dumps(list(options.members)),
+            "trained_on": str(options.source),
+            "val_metrics": json.dumps(report["overall"]),
+        },
+        int8=options.int8,
+    )
+    write_json(out.with_suffix(".report.json"), report)
+    return TrainResult(out.parent, out, report)
+
+
+def _resized(pixels, net):
+    """The validation chips at one member's input size, as it alone would read them (for the comparison)."""
+    import torch
+
+    from faceattr_batch.models.ensemble import resize_chips, resize_matrix
+
+    chips = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    matrix = resize_matrix(chips.shape[-1], net.config.input_size)
+    resized = resize_chips(chips, matrix).to(torch.uint8)
+    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
