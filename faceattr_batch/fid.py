@@ -25,6 +25,7 @@ from PIL import Image
 
 from faceattr_batch.decode import read_rgb
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.rundir import replacing
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,8 @@ def save_stats(path: str | Path, bundle: dict[str, FeatureStats], meta: dict[str
         arrays[prefix + "features"] = stats.reservoir
     arrays.update({f"meta.{key}": np.array(value) for key, value in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 

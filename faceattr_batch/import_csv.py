@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import polars as pl
 
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import format_name
+from faceattr_batch.rundir import replacing
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,8 @@ def _unique_name(row: tuple, number: int, used: set[str]) -> str:
 def _write_png(path: Path, pixels, side: int) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        Image.fromarray(pixels.reshape(side, side)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            Image.fromarray(pixels.reshape(side, side)).save(tmp, format="PNG")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise FaceattrError(f"{path}: cannot write ({err.strerror or err})") from None

@@ -39,6 +39,7 @@ from faceattr_batch.labels import (
     label_exprs,
     parse_frame,
 )
+from faceattr_batch.rundir import replacing
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ def build_index(options: IndexOptions) -> IndexResult:
 
 
 def write_index(result: IndexResult, path: Path | str) -> Path:
-    """Write the table to Parquet atomically (tmp file, then ``os.replace``); root, counts, version go
-    into the key-value metadata."""
+    """Write the table to Parquet atomically; root, counts, version go into the key-value metadata."""
     import json
 
     path = Path(path)
@@ -126,17 +126,13 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
         "faceattr_batch.counts": json.dumps(_counts(s), default=str),
         "faceattr_batch.options": json.dumps(s.get("options", {}), default=str),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        # polars writes the key-value metadata itself (importing pyarrow.parquet would add ~0.15 s to start-up);
-        # lz4 writes a million rows in half zstd's time, for a ~20% larger file
-        result.table.write_parquet(tmp, metadata=metadata, statistics=False, compression="lz4")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            # polars writes the key-value metadata itself (importing pyarrow.parquet would add ~0.15 s to
+            # start-up); lz4 writes a million rows in half zstd's time, for a ~20% larger file
+            result.table.write_parquet(tmp, metadata=metadata, statistics=False, compression="lz4")
     except OSError as err:
         raise FaceattrError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

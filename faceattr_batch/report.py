@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces import FACE_COLUMNS, FRAMING_ALIGNED
 from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.predict import OUTPUT_COLUMNS, error_kind
+from faceattr_batch.rundir import replacing, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +76,12 @@ def build(predictions: Path | str, report_dir: Path | str) -> Path:
         }
         plots = _plots(labelled, summary, by, calibration, report_dir)
         sections = {"breakdown": breakdown, "by": by, "worst": worst}
-    (report_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2, default=str))
+    write_json(report_dir / "metrics.json", summary)  # ratios over zero cases (NaN, inf) become null
     page = _html(summary, plots, sections)
     target = report_dir / "report.html"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return target
-
-
-def _json_safe(value):
-    """NaN/inf (ratios over zero cases) -> null, so metrics.json is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _read(predictions: Path) -> pl.DataFrame:

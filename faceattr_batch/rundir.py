@@ -1,5 +1,5 @@
-"""Small file helpers shared by the long-running commands (train, train-gen, predict): atomic JSON, a metrics
-table that a resumed run can rewrite, and the rule for starting or resuming a RUN_DIR."""
+"""Small file helpers shared by the commands: atomic writes (``replacing``, JSON, Parquet), a metrics table that a
+resumed run can rewrite, and the rule for starting or resuming a RUN_DIR."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -15,9 +17,9 @@ from faceattr_batch.errors import FaceattrError
 
 
 def finite(value):
-    """NaN (e.g. precision with no positive prediction) -> None, recursively, since JSON has no NaN."""
+    """NaN and infinities (e.g. precision with no positive prediction) -> None, recursively: JSON has neither."""
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -25,23 +27,29 @@ def finite(value):
     return value
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (tmp file, then ``os.replace``): readers never see half a file."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to; it replaces ``path`` when the block ends without an
+    error and is removed otherwise, so readers never see half a file. It keeps ``path``'s suffix, for writers
+    that choose the format by it (Pillow) or add one when it is missing (``np.save``)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
-    """Write a table atomically (a hidden tmp file, then ``os.replace``); no tmp file is left behind on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        frame.write_parquet(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically; NaN and infinities become null."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(finite(data), indent=2, default=str))
+
+
+def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
+    with replacing(path) as tmp:
+        frame.write_parquet(tmp)
 
 
 def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:

@@ -26,7 +26,7 @@ from faceattr_batch import __version__
 from faceattr_batch.device import resolve_device
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
-from faceattr_batch.rundir import append_metrics, start_run, write_json
+from faceattr_batch.rundir import append_metrics, replacing, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,8 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, prog
     bar.close()
     if failed:
         raise FaceattrError(f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}")
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, pixels)
-    os.replace(tmp, cache)
+    with replacing(cache) as tmp:
+        np.save(tmp, pixels)
     return pixels
 
 
@@ -420,9 +419,8 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
     use_amp = device.type == "cuda"
 
     def save(path: Path, payload: dict) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save(payload, tmp)
 
     while state["epoch"] < options.epochs and state["bad_epochs"] < options.patience:
         epoch = state["epoch"]

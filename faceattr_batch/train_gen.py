@@ -24,6 +24,7 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import GENDERS, RACES
+from faceattr_batch.rundir import replacing
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,8 @@ def save_grid(images, n_rows: int, path: Path) -> None:
     for i in range(n):
         r, c = divmod(i, n_cols)
         canvas[r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = pixels[i]
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(canvas).save(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        Image.fromarray(canvas).save(tmp)
 
 
 def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: int = 64):
@@ -206,9 +206,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             "opt_d": opt_d.state_dict(),
             "iteration": iteration,
         }
-        tmp = last.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, last)
+        with replacing(last) as tmp:
+            torch.save(payload, tmp)
 
     n = len(table)
     batch = min(options.batch_size, n)

@@ -56,15 +56,15 @@ class AttrEnsemble(nn.Module):
         self.register_buffer("temperatures", torch.ones(3))  # fitted on validation for the mean logits
         self.register_buffer("age_values", members[0].age_values.clone())
         size = self.config.input_size
-        self.resizes = [  # plain attributes, not state: rebuilt from the sizes on load
-            None if net.config.input_size == size else resize_matrix(size, net.config.input_size) for net in members
-        ]
+        for i, net in enumerate(members):  # not saved: rebuilt from the sizes on load; buffers follow .to(device)
+            matrix = None if net.config.input_size == size else resize_matrix(size, net.config.input_size)
+            self.register_buffer(f"resize_{i}", matrix, persistent=False)
 
     def logits(self, pixels: torch.Tensor) -> AttrLogits:
-        parts = [
-            net.logits(pixels if matrix is None else resize_chips(pixels, matrix))
-            for net, matrix in zip(self.members, self.resizes, strict=True)
-        ]
+        parts = []
+        for i, net in enumerate(self.members):
+            matrix = getattr(self, f"resize_{i}")
+            parts.append(net.logits(pixels if matrix is None else resize_chips(pixels, matrix)))
         return AttrLogits(*(torch.stack(head).mean(dim=0) for head in zip(*parts, strict=True)))
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:

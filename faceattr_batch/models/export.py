@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
+from faceattr_batch.rundir import replacing
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
@@ -52,43 +52,40 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        # The TorchScript-based exporter needs no onnxscript; its deprecation notice is not the user's concern.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        proto = onnx.load(str(tmp))
-        properties = {
-            "faceattr_batch.version": __version__,
-            "model_name": str(meta.get("name", "faceattr-attr")),
-            SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
-            "config": json.dumps(model.config.to_dict()),
-            "preprocessing": preprocessing_text(size),
-            "outputs": "p_female: P(female); race_probs: softmax over races; age_mean: expected age (years); "
-            "age_low/age_high: 10th/90th percentile of the age distribution",
-            "genders": json.dumps(GENDERS),
-            "races": json.dumps(RACES),
-            "age_bands": json.dumps(AGE_BAND_NAMES),
-        }
-        for key, value in properties.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            # The TorchScript-based exporter needs no onnxscript; its deprecation notice is not the user's concern.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(tmp),
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+                    opset_version=opset,
+                    dynamo=False,
+                )
+            proto = onnx.load(str(tmp))
+            properties = {
+                "faceattr_batch.version": __version__,
+                "model_name": str(meta.get("name", "faceattr-attr")),
+                SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
+                "config": json.dumps(model.config.to_dict()),
+                "preprocessing": preprocessing_text(size),
+                "outputs": "p_female: P(female); race_probs: softmax over races; age_mean: expected age (years); "
+                "age_low/age_high: 10th/90th percentile of the age distribution",
+                "genders": json.dumps(GENDERS),
+                "races": json.dumps(RACES),
+                "age_bands": json.dumps(AGE_BAND_NAMES),
+            }
+            for key, value in properties.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
     except (OSError, RuntimeError, onnx.checker.ValidationError) as err:
         raise FaceattrError(f"ONNX export to {out} failed: {str(err).splitlines()[0][:200]}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"path": str(out), "input_size": size, "opset": opset, "source": meta["source"]}

@@ -89,15 +89,13 @@ def load_generator(source: str | Path | None = None):
 
 
 def _save(path: Path, payload: dict) -> Path:
-    import os
-
     import torch
 
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    from faceattr_batch.rundir import replacing
+
+    with replacing(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def resolve_attr_source(source: str | Path | None) -> Path:
