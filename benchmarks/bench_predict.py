@@ -11,8 +11,8 @@ Prints images/s, the CPU ideal 1 / (1/decode + 1/model) (decode and model share 
 ``--memory``: peak RSS of the predict process at 10k and 100k images (the folder repeated via symlinks in a
 temporary folder; nothing is copied), goal 100k <= 1.2 x 10k.
 
-Without the shipped weights it builds the shipped architecture with random weights (speed does not depend on
-the weights). Inputs are symlinked into a temporary folder (outside the repository) to take a subset.
+``--model`` takes what ``predict --model`` takes (default: the shipped default). Inputs are symlinked into a
+temporary folder (outside the repository) to take a subset.
 """
 
 from __future__ import annotations
@@ -34,22 +34,10 @@ from PIL import Image
 from faceattr_batch.batches import iter_batches
 from faceattr_batch.decode import load_chip
 from faceattr_batch.inputs import list_images
-from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-from faceattr_batch.models.registry import default_weights_path, resolve_attr_source, save_attr_model
+from faceattr_batch.models.registry import resolve_attr_source
 from faceattr_batch.predict import ModelRunner, split_cores
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = AttrNetConfig(input_size=96, backbone="inception")  # the default model's architecture
-
-
-def model_file(folder: Path, given: str | None) -> tuple[Path, str]:
-    if given:
-        return resolve_attr_source(given), "given"
-    if default_weights_path().is_file():
-        return default_weights_path(), "shipped weights"
-    torch.manual_seed(0)
-    path = save_attr_model(AttrNet(SHIPPED).eval(), folder / "random.pt", {"name": "random-shipped-arch"})
-    return path, "shipped architecture, random weights"
 
 
 def link_folder(folder: Path, paths: list[str], count: int) -> Path:
@@ -133,10 +121,10 @@ def main() -> None:
     workers, threads = split_cores("cpu", args.workers, args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         tmp = Path(tmp)
-        model_path, model_note = model_file(tmp, args.model)
+        model_path = resolve_attr_source(args.model)
         runner = ModelRunner.load(str(model_path), torch.device("cpu"), "auto", threads)
         size = runner.input_size
-        print(f"{len(paths)} images from {args.images}; model: {model_note} ({size}px); runtime {runner.runtime}")
+        print(f"{len(paths)} images from {args.images}; model: {model_path} ({size}px); runtime {runner.runtime}")
         print(f"cores {os.cpu_count()}, decode workers {workers}, model threads {threads}, batch {args.batch_size}")
 
         decode = bench_decode(paths, size, args.batch_size, workers)

@@ -1,10 +1,12 @@
 """Attribute model speed: training images/s, CPU inference images/s at batch 256, beside decode-only images/s.
 
-    python benchmarks/bench_train.py [--images ../shared/data/utkface] [--n 2000] [--threads 2]
+    python benchmarks/bench_train.py [--model default|fast|FILE] [--images ../shared/data/utkface] [--n 2000]
+                                     [--threads 2] [--candidates]
 
 Prints one line per figure and the ratios. The inference figure is the model alone on pre-decoded uint8
 batches (torch and, where installed, onnxruntime); decode-only is `decode.load_chip` over the same files with
-the same number of worker processes, so the two show which one bounds `predict` on this machine.
+the same number of worker processes, so the two show which one bounds `predict` on this machine. The training
+figure is per network (each member of an ensemble).
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ import torch
 from faceattr_batch.batches import iter_batches
 from faceattr_batch.decode import load_chip
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-from faceattr_batch.models.registry import default_weights_path, load_attr_model
+from faceattr_batch.models.registry import load_attr_model, resolve_attr_source
 from faceattr_batch.train import augment, multitask_loss
 
-SHIPPED = "96px inception-6e (shipped)"
 CANDIDATES = {  # the architectures compared in MODEL_CARD.md
     "64px resnet-1111 (baseline)": AttrNetConfig(input_size=64, depths=(1, 1, 1, 1)),
     "80px resnet-1221 (fast)": AttrNetConfig(input_size=80, depths=(1, 2, 2, 1)),
     "96px resnet-1221": AttrNetConfig(input_size=96, depths=(1, 2, 2, 1)),
-    SHIPPED: AttrNetConfig(input_size=96, backbone="inception"),
+    "96px inception-6e": AttrNetConfig(input_size=96, backbone="inception"),
+    "128px inception-6e": AttrNetConfig(input_size=128, backbone="inception"),
 }
 
 
@@ -60,7 +62,7 @@ def train_images_per_s(config: AttrNetConfig, batch: int = 128) -> float:
     return batch / timed(step, 4)
 
 
-def infer_images_per_s(model: AttrNet, batch: int = 256) -> float:
+def infer_images_per_s(model, batch: int = 256) -> float:
     size = model.config.input_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(
         memory_format=torch.channels_last
@@ -97,21 +99,26 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=Path(__file__).parents[1] / ".." / "shared/data/utkface")
     parser.add_argument("--n", type=int, default=2000, help="images for the decode-only figure")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default=None, help="what predict --model takes (default: the shipped default)")
     parser.add_argument("--candidates", action="store_true", help="also time the candidate architectures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores")
 
-    source = default_weights_path() if default_weights_path().is_file() else None
-    model, meta = load_attr_model(source) if source else (AttrNet(CANDIDATES[SHIPPED]).eval(), {})
+    source = resolve_attr_source(args.model)
+    model, _ = load_attr_model(source)
+    networks = list(getattr(model, "members", [model]))  # an ensemble's members, or the one network
     size = model.config.input_size
-    print(f"model: {meta.get('source', 'random weights, shipped architecture')}; tta_flip={model.config.tta_flip}")
+    described = ", ".join(f"{n.config.backbone} {n.config.input_size}px mirror={n.config.tta_flip}" for n in networks)
+    print(f"model: {source} ({described})")
     infer = infer_images_per_s(model)
     print(f"inference torch, batch 256:          {infer:8.0f} images/s")
-    ort_speed = onnx_images_per_s(source, size, args.threads) if source else None
+    ort_speed = onnx_images_per_s(source, size, args.threads)
     if ort_speed:
         print(f"inference onnxruntime, batch 256:    {ort_speed:8.0f} images/s")
-    print(f"training step (augment + fwd + bwd): {train_images_per_s(model.config):8.0f} images/s (batch 128)")
+    for net in networks:
+        speed = train_images_per_s(net.config)
+        print(f"training step (augment + fwd + bwd): {speed:8.0f} images/s (batch 128, {net.config.input_size}px)")
 
     if args.images.is_dir():
         files = sorted(str(p) for p in args.images.iterdir())[: args.n]

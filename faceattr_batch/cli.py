@@ -246,6 +246,16 @@ def train(
             "fine-tune at a larger size); the trunk learns at a quarter of --lr; calibration is refitted."
         ),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Also learn this model's calibrated predictions on the training faces (knowledge distillation): "
+            "default | fast | a model file (an ensemble too) | a RUN_DIR. Computed once, kept in RUN_DIR."
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --teacher: the teacher's share of the loss.")
+    ] = 0.5,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
     batch_size: BatchSize = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
@@ -279,6 +289,8 @@ def train(
         depths=_int_tuple(depths, "--depths"),
         dropout=dropout,
         init_from=init_from,
+        teacher=teacher,
+        distill_weight=distill_weight,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
 MODEL_FILE = "model.pt"
+TEACHER_TARGETS = "teacher_targets.npz"  # --teacher: its probabilities on the training faces, computed once
 # A pretrained trunk learns at this fraction of --lr (the new head at the full rate): fine-tuning, not relearning.
 PRETRAINED_LR_SCALE = 0.25
 MIN_INCEPTION_INPUT = 64
@@ -50,6 +52,10 @@ class TrainOptions:
     dropout: float = 0.1
     # Start from this attribute model (a shipped name, a model file or a RUN_DIR): its architecture, any input size
     init_from: str | None = None
+    # Also learn the calibrated predictions of this model (any attribute model, an ensemble too) on the training
+    # faces (knowledge distillation); the loss is (1 - distill_weight) x labels + distill_weight x the teacher's
+    teacher: str | None = None
+    distill_weight: float = 0.5
     epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
@@ -214,6 +220,49 @@ def multitask_loss(logits, gender, race, age, race_weights, age_values):
     expected = (log_probs.exp() * age_values).sum(dim=1)
     age_l1 = (expected - age.float()).abs().mean()
     return gender_loss + race_loss + age_loss + 0.1 * age_l1
+
+
+def distillation_loss(logits, soft: dict, race_bias):
+    """Cross-entropy to the teacher's calibrated probabilities (P(female), race, age distribution). The teacher's
+    race probabilities follow the real class frequencies, so they are compared with the student's logits after
+    the logit adjustment ``finalize`` will give it (``race_bias`` = -log of the loss weights)."""
+    import torch
+    from torch.nn import functional as F
+
+    gender_loss = F.binary_cross_entropy_with_logits(logits.gender.float(), soft["p_female"])
+    race_loss = -(soft["race"] * torch.log_softmax(logits.race.float() + race_bias, dim=1)).sum(dim=1).mean()
+    age_loss = -(soft["age"] * torch.log_softmax(logits.age.float(), dim=1)).sum(dim=1).mean()
+    return gender_loss + race_loss + age_loss
+
+
+def teacher_targets(source: str, rows: pl.DataFrame, cache: Path, workers: int, progress: bool, device) -> dict:
+    """The teacher's calibrated probabilities on ``rows`` (float32 numpy arrays), computed once and kept in
+    ``cache`` (reused on resume). The chips are decoded at the teacher's own input size."""
+    import torch
+
+    from faceattr_batch.models.registry import load_attr_model
+
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if len(stored["p_female"]) == rows.height:
+                return {key: stored[key] for key in stored.files}
+    teacher, _ = load_attr_model(source)
+    if not hasattr(teacher, "logits"):
+        raise FaceattrError(f"--teacher {source}: an ONNX file can't teach; give its .pt model")
+    teacher = teacher.to(device).eval()
+    with tempfile.TemporaryDirectory() as scratch:
+        size = teacher.config.input_size
+        pixels = decode_cache(rows, size, Path(scratch) / "pixels.npy", workers, progress)
+        gender, race, age = collect_logits(teacher, pixels, device, batch_size=128)
+    t_gender, t_race, t_age = teacher.temperatures.cpu().tolist()
+    targets = {
+        "p_female": torch.sigmoid(gender / t_gender).numpy(),
+        "race": torch.softmax(race / t_race, dim=1).numpy(),
+        "age": torch.softmax(age / t_age, dim=1).numpy(),
+    }
+    with replacing(cache) as tmp:
+        np.savez(tmp, **targets)
+    return targets
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------
@@ -411,6 +460,14 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         log.info("resuming after epoch %d", state["epoch"])
 
     race_weights = torch.from_numpy(race_loss_weights(train_rows)).float().to(device)  # finalize reuses them
+    soft_targets = None
+    if options.teacher:
+        found = teacher_targets(
+            options.teacher, train_rows, out / TEACHER_TARGETS, options.workers, options.progress, device
+        )
+        if found["age"].shape[1] != config.age_bins:
+            raise FaceattrError(f"--teacher {options.teacher}: {found['age'].shape[1]} age bins, not {config.age_bins}")
+        soft_targets = {key: torch.from_numpy(value) for key, value in found.items()}
     labels = {
         k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")
     }
@@ -441,6 +498,10 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
             loss = multitask_loss(logits, *targets, race_weights, model.age_values)
+            if soft_targets is not None:
+                soft = {key: value[index].to(device) for key, value in soft_targets.items()}
+                alpha = options.distill_weight
+                loss = (1 - alpha) * loss + alpha * distillation_loss(logits, soft, -torch.log(race_weights))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -299,3 +299,42 @@ def test_init_from_keeps_the_architecture_and_weights_but_not_the_calibration(fa
     assert torch.allclose(larger.state_dict()[conv], started.state_dict()[conv], atol=1e-3)  # lr ~ 0: unchanged
     with pytest.raises(FaceattrError, match="nowhere"):
         run(TrainOptions(source=faces, out_dir=tmp_path / "bad", init_from=str(tmp_path / "nowhere.pt"), **TINY))
+
+
+def test_a_teacher_pulls_the_student_towards_its_predictions(faces: Path, tmp_path: Path):
+    """The fixture's genders alternate; a teacher sure that every face is female, with the labels' loss weighted
+    0, leaves the student reading nearly every face as female. Its targets are computed once, at the teacher's
+    own input size, into RUN_DIR."""
+    from faceattr_batch.decode import load_chip
+    from faceattr_batch.models.export import export_onnx
+    from faceattr_batch.models.registry import save_attr_model
+
+    sure = AttrNet(AttrNetConfig(input_size=40, widths=(8,), depths=(1,))).eval()
+    with torch.no_grad():
+        sure.head.weight.zero_()
+        sure.head.bias.zero_()
+        sure.head.bias[0] = 6.0  # P(female) = sigmoid(6) = 0.998
+    teacher = save_attr_model(sure, tmp_path / "teacher.pt", {"name": "sure"})
+    options = TrainOptions(
+        source=faces,
+        out_dir=tmp_path / "student",
+        epochs=4,
+        teacher=str(teacher),
+        distill_weight=1.0,
+        **{**TINY, "lr": 2e-2},
+    )
+    result = run(options)
+    targets = np.load(tmp_path / "student" / train_module.TEACHER_TARGETS)
+    assert len(targets["p_female"]) == 60 - result.report["n_train_val"]["val"]
+    assert np.allclose(targets["p_female"], 1 / (1 + np.exp(-6.0)), atol=1e-5)
+    assert np.allclose(targets["race"].sum(axis=1), 1, atol=1e-5)
+    assert targets["age"].shape[1] == 121
+    student, _ = load_attr_model(tmp_path / "student")
+    pixels = torch.from_numpy(np.stack([load_chip(str(path), 32) for path in sorted(faces.iterdir())]))
+    with torch.inference_mode():
+        p_female = torch.sigmoid(student.logits(pixels.permute(0, 3, 1, 2)).gender)
+    assert float((p_female > 0.5).float().mean()) > 0.9
+
+    export_onnx(teacher, tmp_path / "teacher.onnx")
+    with pytest.raises(FaceattrError, match="can't teach"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "onnx", teacher=str(tmp_path / "teacher.onnx"), **TINY))
