@@ -74,12 +74,13 @@ def run(options: EnsembleOptions) -> TrainResult:
     with tempfile.TemporaryDirectory() as scratch:
         size = ensemble.config.input_size
         pixels = np.array(decode_cache(val_rows, size, Path(scratch) / "pixels.npy", options.workers, options.progress))
-    logits = collect_logits(ensemble, pixels, torch.device("cpu"), batch_size=128)
+    desc = "validation" if options.progress else None
+    logits = collect_logits(ensemble, pixels, torch.device("cpu"), 128, desc)
     temps, calibration = fit_temperatures(logits, val_rows)
     ensemble.temperatures.copy_(torch.tensor(temps))
     members_alone = []  # each member on the same faces, with its own temperatures
     for net in members:
-        member_logits = collect_logits(net, _resized(pixels, net), torch.device("cpu"), batch_size=128)
+        member_logits = collect_logits(net, _resized(pixels, net), torch.device("cpu"), 128, desc)
         frame = predictions_frame(member_logits, net.temperatures.tolist(), val_rows)
         members_alone.append(validation_report(frame)["overall"])
     report = {

@@ -253,7 +253,7 @@ def teacher_targets(source: str, rows: pl.DataFrame, cache: Path, workers: int, 
     with tempfile.TemporaryDirectory() as scratch:
         size = teacher.config.input_size
         pixels = decode_cache(rows, size, Path(scratch) / "pixels.npy", workers, progress)
-        gender, race, age = collect_logits(teacher, pixels, device, batch_size=128)
+        gender, race, age = collect_logits(teacher, pixels, device, 128, "teacher" if progress else None)
     t_gender, t_race, t_age = teacher.temperatures.cpu().tolist()
     targets = {
         "p_female": torch.sigmoid(gender / t_gender).numpy(),
@@ -268,13 +268,16 @@ def teacher_targets(source: str, rows: pl.DataFrame, cache: Path, workers: int, 
 # --- evaluation -----------------------------------------------------------------------------------------------
 
 
-def collect_logits(model, pixels: np.ndarray, device, batch_size: int = 512):
-    """Logits for all cached pixels (with the model's test-time mirror when configured), on the CPU."""
+def collect_logits(model, pixels: np.ndarray, device, batch_size: int = 512, desc: str | None = None):
+    """Logits for all cached pixels (with the model's test-time mirror when configured), on the CPU; a progress
+    bar named ``desc`` when given."""
     import torch
+    from tqdm import tqdm
 
     parts = []
+    starts = range(0, len(pixels), batch_size)
     with torch.inference_mode():
-        for start in range(0, len(pixels), batch_size):
+        for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
             chunk = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
             parts.append([t.float().cpu() for t in model.logits(chunk.contiguous(memory_format=torch.channels_last))])
     return [torch.cat(column) for column in zip(*parts, strict=True)]
