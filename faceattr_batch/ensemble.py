@@ -110,7 +110,8 @@ def run(options: EnsembleOptions) -> TrainResult:
 
 
 def _resized(pixels, net):
-    """The validation chips at one member's input size, as it alone would read them (for the comparison)."""
+    """The validation chips at one member's input size, resized as the ensemble resizes them for it (the
+    member-alone comparison; a member decoding at its own size reads slightly different pixels)."""
     import torch
 
     from faceattr_batch.models.ensemble import resize_chips, resize_matrix
