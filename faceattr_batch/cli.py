@@ -354,7 +354,7 @@ def _print_train_report(result) -> None:
 def ensemble(
     source: Annotated[Path, typer.Argument(help="The index Parquet (or folder) the members were trained on.")],
     members: Annotated[
-        list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.", min=2)
+        list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The ensemble model file to write (.pt).")],
     root: Annotated[
