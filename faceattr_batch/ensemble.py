@@ -10,7 +10,6 @@ weights.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,16 +70,14 @@ def run(options: EnsembleOptions) -> TrainResult:
     table = load_labelled(options.source, options.root, options.workers)
     table = split_by_group(table, options.val_fraction, options.seed)
     val_rows = table.filter(pl.col("split") == "val")
-    with tempfile.TemporaryDirectory() as scratch:
-        size = ensemble.config.input_size
-        pixels = np.array(decode_cache(val_rows, size, Path(scratch) / "pixels.npy", options.workers, options.progress))
+    pixels = decode_cache(val_rows, ensemble.config.input_size, None, options.workers, options.progress)
     desc = "validation" if options.progress else None
     logits = collect_logits(ensemble, pixels, torch.device("cpu"), 128, desc)
     temps, calibration = fit_temperatures(logits, val_rows)
     ensemble.temperatures.copy_(torch.tensor(temps))
     members_alone = []  # each member on the same faces, with its own temperatures
-    for net in members:
-        member_logits = collect_logits(net, _resized(pixels, net), torch.device("cpu"), 128, desc)
+    for i, net in enumerate(members):
+        member_logits = collect_logits(net, _member_pixels(ensemble, i, pixels), torch.device("cpu"), 128, desc)
         frame = predictions_frame(member_logits, net.temperatures.tolist(), val_rows)
         members_alone.append(validation_report(frame)["overall"])
     report = {
@@ -109,14 +106,10 @@ def run(options: EnsembleOptions) -> TrainResult:
     return TrainResult(out.parent, out, report)
 
 
-def _resized(pixels, net):
-    """The validation chips at one member's input size, resized as the ensemble resizes them for it (the
-    member-alone comparison; a member decoding at its own size reads slightly different pixels)."""
+def _member_pixels(ensemble, i: int, pixels: np.ndarray) -> np.ndarray:
+    """The validation chips as the ensemble feeds member ``i`` (for the member-alone comparison; a member decoding
+    at its own size reads slightly different pixels)."""
     import torch
 
-    from faceattr_batch.models.ensemble import resize_chips, resize_matrix
-
-    chips = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-    matrix = resize_matrix(chips.shape[-1], net.config.input_size)
-    resized = resize_chips(chips, matrix).to(torch.uint8)
-    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
+    chips = ensemble.member_pixels(i, torch.from_numpy(pixels).permute(0, 3, 1, 2)).to(torch.uint8)
+    return np.ascontiguousarray(chips.permute(0, 2, 3, 1).numpy())

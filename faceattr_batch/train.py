@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -136,14 +135,15 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
     )
 
 
-def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, progress: bool) -> np.ndarray:
-    """N x S x S x 3 uint8 for the table's files, decoded once and kept in RUN_DIR (reused on resume)."""
+def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:
+    """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
+    only in memory when ``cache`` is None."""
     from tqdm import tqdm
 
     from faceattr_batch.batches import iter_batches
     from faceattr_batch.decode import load_chip
 
-    if cache.is_file():
+    if cache is not None and cache.is_file():
         pixels = np.load(cache)
         if pixels.shape == (table.height, size, size, 3):
             return pixels
@@ -159,8 +159,9 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path, workers: int, prog
     bar.close()
     if failed:
         raise FaceattrError(f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}")
-    with replacing(cache) as tmp:
-        np.save(tmp, pixels)
+    if cache is not None:
+        with replacing(cache) as tmp:
+            np.save(tmp, pixels)
     return pixels
 
 
@@ -250,10 +251,8 @@ def teacher_targets(source: str, rows: pl.DataFrame, cache: Path, workers: int, 
     if not hasattr(teacher, "logits"):
         raise FaceattrError(f"--teacher {source}: an ONNX file can't teach; give its .pt model")
     teacher = teacher.to(device).eval()
-    with tempfile.TemporaryDirectory() as scratch:
-        size = teacher.config.input_size
-        pixels = decode_cache(rows, size, Path(scratch) / "pixels.npy", workers, progress)
-        gender, race, age = collect_logits(teacher, pixels, device, 128, "teacher" if progress else None)
+    pixels = decode_cache(rows, teacher.config.input_size, None, workers, progress)
+    gender, race, age = collect_logits(teacher, pixels, device, 128, "teacher" if progress else None)
     t_gender, t_race, t_age = teacher.temperatures.cpu().tolist()
     targets = {
         "p_female": torch.sigmoid(gender / t_gender).numpy(),
@@ -373,6 +372,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         TRAIN_FORMAT,
         load_attr_model,
         read_checkpoint,
+        save_atomically,
         save_attr_model,
         storage_state,
     )
@@ -471,16 +471,13 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         if found["age"].shape[1] != config.age_bins:
             raise FaceattrError(f"--teacher {options.teacher}: {found['age'].shape[1]} age bins, not {config.age_bins}")
         soft_targets = {key: torch.from_numpy(value) for key, value in found.items()}
+        race_adjustment = -torch.log(race_weights)  # what finalize will add to the race logits
     labels = {
         k: torch.from_numpy(train_rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")
     }
     labels["age"] = labels["age"].clamp(0, MAX_AGE)
     train_tensor = torch.from_numpy(train_pixels).permute(0, 3, 1, 2)
     use_amp = device.type == "cuda"
-
-    def save(path: Path, payload: dict) -> None:
-        with replacing(path) as tmp:
-            torch.save(payload, tmp)
 
     while state["epoch"] < options.epochs and state["bad_epochs"] < options.patience:
         epoch = state["epoch"]
@@ -504,7 +501,7 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
             if soft_targets is not None:
                 soft = {key: value[index].to(device) for key, value in soft_targets.items()}
                 alpha = options.distill_weight
-                loss = (1 - alpha) * loss + alpha * distillation_loss(logits, soft, -torch.log(race_weights))
+                loss = (1 - alpha) * loss + alpha * distillation_loss(logits, soft, race_adjustment)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -542,9 +539,9 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
             "scheduler": scheduler.state_dict(),
             **state,
         }
-        save(last_path, checkpoint)
+        save_atomically(last_path, checkpoint)
         if improved:
-            save(out / CHECKPOINT_BEST, checkpoint)
+            save_atomically(out / CHECKPOINT_BEST, checkpoint)
 
     best = read_checkpoint(out / CHECKPOINT_BEST)
     model.load_state_dict(best["model"])

@@ -131,7 +131,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
     from faceattr_batch.device import resolve_device
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
-    from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_generator
+    from faceattr_batch.models.registry import (
+        GEN_TRAIN_FORMAT,
+        read_generator_checkpoint,
+        save_atomically,
+        save_generator,
+    )
     from faceattr_batch.rundir import append_metrics, start_run
     from faceattr_batch.train import decode_cache, load_labelled
 
@@ -206,8 +211,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             "opt_d": opt_d.state_dict(),
             "iteration": iteration,
         }
-        with replacing(last) as tmp:
-            torch.save(payload, tmp)
+        save_atomically(last, payload)
 
     n = len(table)
     batch = min(options.batch_size, n)

@@ -60,11 +60,13 @@ class AttrEnsemble(nn.Module):
             matrix = None if net.config.input_size == size else resize_matrix(size, net.config.input_size)
             self.register_buffer(f"resize_{i}", matrix, persistent=False)
 
+    def member_pixels(self, i: int, pixels: torch.Tensor) -> torch.Tensor:
+        """The chips at member ``i``'s input size (unchanged where it is the ensemble's)."""
+        matrix = getattr(self, f"resize_{i}")
+        return pixels if matrix is None else resize_chips(pixels, matrix)
+
     def logits(self, pixels: torch.Tensor) -> AttrLogits:
-        parts = []
-        for i, net in enumerate(self.members):
-            matrix = getattr(self, f"resize_{i}")
-            parts.append(net.logits(pixels if matrix is None else resize_chips(pixels, matrix)))
+        parts = [net.logits(self.member_pixels(i, pixels)) for i, net in enumerate(self.members)]
         return AttrLogits(*(torch.stack(head).mean(dim=0) for head in zip(*parts, strict=True)))
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:

@@ -49,7 +49,7 @@ def read_generator_checkpoint(path: Path) -> dict:
 
 def save_generator(generator, path: Path, meta: dict) -> Path:
     """Write a shippable generator (config + state dict + meta) atomically."""
-    return _save(
+    return save_atomically(
         path,
         {
             "format": GEN_FORMAT,
@@ -88,7 +88,8 @@ def load_generator(source: str | Path | None = None):
     return generator.eval(), meta
 
 
-def _save(path: Path, payload: dict) -> Path:
+def save_atomically(path: Path, payload: dict) -> Path:
+    """``torch.save`` atomically (a model file, or a train / train-gen checkpoint)."""
     import torch
 
     from faceattr_batch.rundir import replacing
@@ -157,7 +158,7 @@ def restore_state(stored: dict) -> dict:
 
 def save_attr_model(model, path: Path, meta: dict) -> Path:
     """Write a shippable model file (config + state dict + meta) atomically; meta values must be plain."""
-    return _save(
+    return save_atomically(
         path,
         {"format": ATTR_FORMAT, "config": model.config.to_dict(), "state_dict": storage_state(model), "meta": meta},
     )
@@ -169,7 +170,7 @@ def save_attr_ensemble(ensemble, path: Path, meta: dict, int8: bool = False) -> 
     members = [
         {"config": net.config.to_dict(), "state_dict": storage_state(net, int8=int8)} for net in ensemble.members
     ]
-    return _save(
+    return save_atomically(
         path,
         {"format": ENSEMBLE_FORMAT, "members": members, "temperatures": ensemble.temperatures.tolist(), "meta": meta},
     )
