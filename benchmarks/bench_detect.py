@@ -27,11 +27,11 @@ sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests")]
 from bench_predict import link_folder, model_file, run_predict  # noqa: E402
 from test_detect import make_composites  # noqa: E402
 
-from faceattr_batch.decode import read_rgb  # noqa: E402
-from faceattr_batch.detect import find_faces  # noqa: E402
-from faceattr_batch.faces import FaceOptions, load_faces, shared_detector  # noqa: E402
-from faceattr_batch.inputs import list_images  # noqa: E402
-from faceattr_batch.predict import split_cores  # noqa: E402
+from faceattr_batch.data.decode import read_rgb  # noqa: E402
+from faceattr_batch.data.inputs import list_images  # noqa: E402
+from faceattr_batch.faces.detect import find_faces  # noqa: E402
+from faceattr_batch.faces.load import FaceOptions, load_faces, shared_detector  # noqa: E402
+from faceattr_batch.pipelines.predict import split_cores  # noqa: E402
 
 SIZES = ((640, 480), (1920, 1080))
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from faceattr_batch import fid
 from faceattr_batch.models.inception import helper_weights_path, load_inception, load_torchscript
+from faceattr_batch.pipelines import fid
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
 

@@ -28,11 +28,12 @@ import polars as pl
 import torch
 from bench_predict import link_folder, model_file
 
-from faceattr_batch import fid, ray_engine
-from faceattr_batch.batches import decode_batch
-from faceattr_batch.decode import load_chip
-from faceattr_batch.inputs import list_images
-from faceattr_batch.predict import FLOAT_OUTPUTS, ModelRunner, PredictOptions, run
+from faceattr_batch.data.batches import decode_batch
+from faceattr_batch.data.decode import load_chip
+from faceattr_batch.data.inputs import list_images
+from faceattr_batch.engines import ray as ray_engine
+from faceattr_batch.pipelines import fid
+from faceattr_batch.pipelines.predict import FLOAT_OUTPUTS, ModelRunner, PredictOptions, run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from faceattr_batch.models.registry import load_generator
-from faceattr_batch.synth import SynthOptions, conditions
-from faceattr_batch.synth import run as synth_run
-from faceattr_batch.train_gen import TrainGenOptions
-from faceattr_batch.train_gen import run as train_gen_run
+from faceattr_batch.pipelines.synth import SynthOptions, conditions
+from faceattr_batch.pipelines.synth import run as synth_run
+from faceattr_batch.pipelines.train_gen import TrainGenOptions
+from faceattr_batch.pipelines.train_gen import run as train_gen_run
 
 
 def generator_only(model: str | None, n: int, batch_size: int = 256) -> float:

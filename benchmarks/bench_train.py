@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceattr_batch.batches import iter_batches
-from faceattr_batch.decode import load_chip
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.decode import load_chip
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.registry import load_attr_model, resolve_attr_source
-from faceattr_batch.train import augment, multitask_loss
+from faceattr_batch.pipelines.train import augment, multitask_loss
 
 CANDIDATES = {  # the architectures compared in MODEL_CARD.md
     "64px resnet-1111 (baseline)": AttrNetConfig(input_size=64, depths=(1, 1, 1, 1)),

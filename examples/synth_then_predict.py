@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceattr_batch.predict import PredictOptions
-from faceattr_batch.predict import run as predict
-from faceattr_batch.synth import SynthOptions, parse_choices
-from faceattr_batch.synth import run as synth
+from faceattr_batch.pipelines.predict import PredictOptions
+from faceattr_batch.pipelines.predict import run as predict
+from faceattr_batch.pipelines.synth import SynthOptions, parse_choices
+from faceattr_batch.pipelines.synth import run as synth
 
 
 def main() -> None:

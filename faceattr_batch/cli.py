@@ -112,7 +112,7 @@ def index(
     json_out: JsonOut = False,
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
-    from faceattr_batch.index import IndexOptions, build_index, write_index
+    from faceattr_batch.pipelines.index import IndexOptions, build_index, write_index
 
     options = IndexOptions(
         root=folder, hash=hash_, probe=probe, size=size, near_bits=near_bits, workers=workers, progress=True
@@ -190,8 +190,8 @@ def import_csv(
     json_out: JsonOut = False,
 ) -> None:
     """Write each row of the 48x48 UTKFace CSV as a PNG with a UTKFace name; bad rows are reported."""
-    from faceattr_batch.import_csv import ImportCsvOptions
-    from faceattr_batch.import_csv import import_csv as run
+    from faceattr_batch.pipelines.import_csv import ImportCsvOptions
+    from faceattr_batch.pipelines.import_csv import import_csv as run
 
     result = run(ImportCsvOptions(csv=csv, out_dir=out))
     if json_out:
@@ -276,7 +276,7 @@ def train(
     """Train the attribute model (gender, race, age distribution) on a UTKFace-style set."""
     import logging
 
-    from faceattr_batch.train import TrainOptions, run
+    from faceattr_batch.pipelines.train import TrainOptions, run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = TrainOptions(
@@ -375,7 +375,7 @@ def ensemble(
     Each member reads the chip at its own input size; their logits are averaged. The members must share the
     index and split (--seed, --val-fraction) they were trained with, so the report counts faces none of them saw.
     """
-    from faceattr_batch.ensemble import EnsembleOptions, run
+    from faceattr_batch.pipelines.ensemble import EnsembleOptions, run
 
     options = EnsembleOptions(
         source=source,
@@ -453,7 +453,7 @@ def fid(
     json_out: JsonOut = False,
 ) -> None:
     """FID and KID between REAL and FAKE with the standard 2015-12-05 Inception weights (pytorch-fid's numbers)."""
-    from faceattr_batch.fid import FidOptions, compute
+    from faceattr_batch.pipelines.fid import FidOptions, compute
 
     options = FidOptions(
         save_stats=save_stats,
@@ -553,7 +553,7 @@ def predict(
 ) -> None:
     """Predict gender, race and age for every face: one Parquet row per face, or per chip (bad files get an error
     row)."""
-    from faceattr_batch.predict import PredictOptions, run
+    from faceattr_batch.pipelines.predict import PredictOptions, run
 
     options = PredictOptions(
         inputs=tuple(inputs),
@@ -654,7 +654,7 @@ def report_command(
     json_out: JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
-    from faceattr_batch.report import build
+    from faceattr_batch.pipelines.report import build
 
     html = build(predictions, report)
     if json_out:
@@ -682,7 +682,7 @@ def crop(
     json_out: JsonOut = False,
 ) -> None:
     """Find the faces in photos; write each, aligned, as a 200 x 200 chip framed like UTKFace, plus manifest.parquet."""
-    from faceattr_batch.crop import CropOptions, run
+    from faceattr_batch.pipelines.crop import CropOptions, run
 
     summary = run(
         CropOptions(
@@ -752,7 +752,7 @@ def train_gen(
     """Train the conditional face generator (gender, race, age) with checkpoints, grids, FID and agreement."""
     import logging
 
-    from faceattr_batch.train_gen import TrainGenOptions, run
+    from faceattr_batch.pipelines.train_gen import TrainGenOptions, run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run(
@@ -805,7 +805,7 @@ def synth(
     json_out: JsonOut = False,
 ) -> None:
     """Write N labelled synthetic faces named UTKFace-style, plus manifest.parquet."""
-    from faceattr_batch.synth import SynthOptions, parse_age_range, parse_choices, run
+    from faceattr_batch.pipelines.synth import SynthOptions, parse_age_range, parse_choices, run
 
     if match is not None and (gender or race or age):
         raise FaceattrError("--match follows a real distribution: leave out --gender, --race and --age")

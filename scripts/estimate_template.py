@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
-from faceattr_batch.align import CHIP_SIZE, CHIP_TOLERANCE, fills_frame, framing_error
-from faceattr_batch.decode import read_rgb
-from faceattr_batch.detect import MtcnnDetector, find_faces, rescore_boxes
-from faceattr_batch.faces import CHECK_MIN_SCORE
+from faceattr_batch.data.decode import read_rgb
+from faceattr_batch.faces.align import CHIP_SIZE, CHIP_TOLERANCE, fills_frame, framing_error
+from faceattr_batch.faces.detect import MtcnnDetector, find_faces, rescore_boxes
+from faceattr_batch.faces.load import CHECK_MIN_SCORE
 
 
 def main() -> None:

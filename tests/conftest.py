@@ -40,7 +40,7 @@ def make_faces(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[
     import numpy as np
     from PIL import Image
 
-    from faceattr_batch.labels import format_name
+    from faceattr_batch.data.labels import format_name
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("cv2", reason="alignment needs OpenCV: pip install -e '.[detect]'")
 
-from faceattr_batch.align import (  # noqa: E402  (after the skip: these call cv2)
+from faceattr_batch.faces.align import (  # noqa: E402  (after the skip: these call cv2)
     CHIP_SIZE,
     TEMPLATE,
     align_face,
@@ -101,7 +101,7 @@ def test_warped_landmarks_land_on_the_template(scale, degrees, size):
 
 def test_shrinking_first_matches_a_direct_warp_on_smooth_images():
     """The area-resize path must not move anything: on a smooth image it equals the plain bilinear warp."""
-    from faceattr_batch.detect import opencv
+    from faceattr_batch.faces.detect import opencv
 
     cv2 = opencv()
 

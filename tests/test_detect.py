@@ -23,12 +23,12 @@ from PIL import Image
 from test_predict import _cli
 from typer.testing import CliRunner
 
-from faceattr_batch import detect
 from faceattr_batch.cli import app
+from faceattr_batch.data.labels import format_name, parse_name
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import format_name, parse_name
+from faceattr_batch.faces import detect
 from faceattr_batch.models.registry import default_weights_path
-from faceattr_batch.predict import FACE_COLUMNS, OUTPUT_COLUMNS, PredictOptions, run
+from faceattr_batch.pipelines.predict import FACE_COLUMNS, OUTPUT_COLUMNS, PredictOptions, run
 
 needs_detect = pytest.mark.skipif(
     not detect.detection_available(), reason="the detect extra is not installed (pip install -e '.[detect]')"
@@ -115,8 +115,8 @@ def _iou(a, b) -> float:
 
 def _reference_boxes(photos: list[Photo]) -> dict[tuple[Path, int], tuple]:
     """The detector's box on each plain chip, mapped into its photo (None where it finds no face there)."""
-    from faceattr_batch.decode import read_rgb
-    from faceattr_batch.faces import shared_detector
+    from faceattr_batch.data.decode import read_rgb
+    from faceattr_batch.faces.load import shared_detector
 
     boxes = {}
     for photo in photos:
@@ -228,7 +228,7 @@ def test_auto_on_chips_gives_the_chips_mode_predictions(shared_utkface, tmp_path
 
 @needs_detect
 def test_report_thumbnails_show_the_detected_faces(photo_run, composites, tmp_path):
-    from faceattr_batch.report import build
+    from faceattr_batch.pipelines.report import build
 
     out = tmp_path / "faces.parquet"
     photo_run.write_parquet(out)
@@ -383,7 +383,7 @@ def test_bad_face_options_fail_before_work(tmp_path, tiny_attr_model):
 def test_help_and_chip_runs_never_import_cv2(tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; from faceattr_batch.cli import app\n"
-        "import faceattr_batch.predict, faceattr_batch.crop, faceattr_batch.report\n"
+        "import faceattr_batch.pipelines.predict, faceattr_batch.pipelines.crop, faceattr_batch.pipelines.report\n"
         "for command in (['--help'], ['predict', '--help'], ['crop', '--help']):\n"
         "    assert CliRunner().invoke(app, command).exit_code == 0\n"
         "print('cv2' in sys.modules)\n"
@@ -406,7 +406,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 @needs_detect
 def test_blank_and_tiny_images_have_no_faces():
-    from faceattr_batch.faces import shared_detector
+    from faceattr_batch.faces.load import shared_detector
 
     for shape in ((480, 640, 3), (5, 3, 3), (1, 1, 3)):
         assert len(detect.find_faces(np.full(shape, 128, np.uint8), shared_detector(), 20, 0.9, 50)) == 0

@@ -13,10 +13,9 @@ from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
-from faceattr_batch.ensemble import EnsembleOptions, run
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models.attr_ensemble import AttrEnsemble, resize_chips, resize_matrix
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-from faceattr_batch.models.ensemble import AttrEnsemble, resize_chips, resize_matrix
 from faceattr_batch.models.registry import (
     INT8_SCALE_SUFFIX,
     load_attr_model,
@@ -24,8 +23,9 @@ from faceattr_batch.models.registry import (
     save_attr_model,
     storage_state,
 )
-from faceattr_batch.train import TrainOptions
-from faceattr_batch.train import run as train
+from faceattr_batch.pipelines.ensemble import EnsembleOptions, run
+from faceattr_batch.pipelines.train import TrainOptions
+from faceattr_batch.pipelines.train import run as train
 
 
 def trained_looking(config: AttrNetConfig, seed: int) -> AttrNet:
@@ -102,8 +102,8 @@ def test_int8_storage_is_within_half_a_step_per_output_channel():
 
 def test_ensemble_run_writes_a_file_that_predict_and_onnx_read(members, faces: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
-    from faceattr_batch.device import resolve_device
-    from faceattr_batch.predict import ModelRunner
+    from faceattr_batch.models.device import resolve_device
+    from faceattr_batch.pipelines.predict import ModelRunner
 
     out = tmp_path / "ens" / "ensemble.pt"
     options = EnsembleOptions(

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from faceattr_batch import fid
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.fid import ALL, FeatureStats, FidOptions
+from faceattr_batch.pipelines import fid
+from faceattr_batch.pipelines.fid import ALL, FeatureStats, FidOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference" / "fid" / "values.json"

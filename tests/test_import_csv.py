@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from faceattr_batch import FaceattrError
 from faceattr_batch.cli import app
-from faceattr_batch.import_csv import ImportCsvOptions, import_csv
-from faceattr_batch.index import IndexOptions, build_index
-from faceattr_batch.labels import parse_name
+from faceattr_batch.data.labels import parse_name
+from faceattr_batch.pipelines.import_csv import ImportCsvOptions, import_csv
+from faceattr_batch.pipelines.index import IndexOptions, build_index
 
 HEADER = "age,ethnicity,gender,img_name,pixels"
 

@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from faceattr_batch import FaceattrError, __version__
-from faceattr_batch import index as index_mod
 from faceattr_batch.cli import app
-from faceattr_batch.index import IndexOptions, add_dup_groups, build_index, read_index_metadata, write_index
+from faceattr_batch.pipelines import index as index_mod
+from faceattr_batch.pipelines.index import IndexOptions, add_dup_groups, build_index, read_index_metadata, write_index
 
 GOOD = "30_1_2_20170116174525125.jpg.chip.jpg"
 

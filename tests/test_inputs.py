@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.inputs import display_path, is_index_parquet, list_images
 
 
 def _tree(root):

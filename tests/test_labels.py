@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faceattr_batch.labels import (
+from faceattr_batch.data.labels import (
     MAX_AGE,
     RACES,
     STATUS_OK,

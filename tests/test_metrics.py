@@ -7,7 +7,7 @@ import math
 import polars as pl
 import pytest
 
-from faceattr_batch import metrics
+from faceattr_batch.metrics import attributes as metrics
 
 # 6 faces; codes: gender 0 male / 1 female, race 0 White .. 4 Others
 FRAME = pl.DataFrame(

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.registry import default_weights_path
-from faceattr_batch.predict import OUTPUT_COLUMNS, PredictOptions, output_schema, run
+from faceattr_batch.pipelines.predict import OUTPUT_COLUMNS, PredictOptions, output_schema, run
 
 FAST = {"workers": 1, "threads": 1, "runtime": "torch", "progress": False}
 
@@ -274,7 +274,7 @@ def test_cli_exit_codes(tmp_path, tiny_attr_model):
 def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
     if not default_weights_path().is_file():
         pytest.skip(f"default weights not shipped yet ({default_weights_path()})")
-    from faceattr_batch import metrics
+    from faceattr_batch.metrics import attributes as metrics
 
     out = tmp_path / "utk.parquet"
     result = run(PredictOptions(inputs=(str(shared_utkface),), output=out, progress=False, report_dir=tmp_path / "r"))

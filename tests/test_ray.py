@@ -22,10 +22,11 @@ import pytest
 from conftest import REPO, make_faces
 from typer.testing import CliRunner
 
-from faceattr_batch import fid, ray_engine
 from faceattr_batch.cli import app
+from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.predict import FLOAT_OUTPUTS, OUTPUT_COLUMNS, PredictOptions, run
+from faceattr_batch.pipelines import fid
+from faceattr_batch.pipelines.predict import FLOAT_OUTPUTS, OUTPUT_COLUMNS, PredictOptions, run
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install -e '.[ray]')")
@@ -106,7 +107,7 @@ def test_ray_predict_gives_the_local_rows_with_error_rows(ray_cluster, faces, ti
 def test_a_killed_local_run_resumes_on_ray(ray_cluster, faces, tiny_attr_model, local_run, tmp_path):
     out = tmp_path / "out.parquet"
     local = (  # the library, not the CLI: the CLI's defaults (say, --faces) are not the options' defaults
-        "import sys; from pathlib import Path; from faceattr_batch.predict import PredictOptions, run\n"
+        "import sys; from pathlib import Path; from faceattr_batch.pipelines.predict import PredictOptions, run\n"
         f"run(PredictOptions(inputs=({str(faces)!r},), output=Path({str(out)!r}), model={str(tiny_attr_model)!r}, "
         f"workers=0, **{COMMON!r}))"
     )
@@ -230,7 +231,7 @@ def test_a_faceattr_error_on_a_worker_is_one_line_on_the_driver(ray_cluster, tmp
 def test_the_base_import_path_and_help_never_import_ray():
     code = (
         "import sys; from typer.testing import CliRunner; from faceattr_batch.cli import app\n"
-        "import faceattr_batch.predict, faceattr_batch.fid, faceattr_batch.ray_engine\n"
+        "import faceattr_batch.pipelines.predict, faceattr_batch.pipelines.fid, faceattr_batch.engines.ray\n"
         "for command in ([], ['predict', '--help'], ['fid', '--help']):\n"
         "    assert CliRunner().invoke(app, [*command, '--help'] if not command else command).exit_code == 0\n"
         "print(sorted(name for name in sys.modules if name == 'ray' or name.startswith('ray.')))\n"

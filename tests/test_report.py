@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from conftest import make_faces
 
-from faceattr_batch import metrics, report
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.predict import PredictOptions, run
+from faceattr_batch.metrics import attributes as metrics
+from faceattr_batch.pipelines import report
+from faceattr_batch.pipelines.predict import PredictOptions, run
 
 
 @pytest.fixture(scope="module")

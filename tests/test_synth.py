@@ -11,15 +11,15 @@ import torch
 from conftest import make_faces
 from typer.testing import CliRunner
 
-from faceattr_batch import train_gen as train_gen_module
 from faceattr_batch.cli import app
+from faceattr_batch.data.labels import AGE_BAND_NAMES, age_band, parse_names
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import AGE_BAND_NAMES, age_band, parse_names
 from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
 from faceattr_batch.models.registry import load_generator, save_generator
-from faceattr_batch.synth import SynthOptions, conditions, parse_age_range, parse_choices, run
-from faceattr_batch.train_gen import TrainGenOptions
-from faceattr_batch.train_gen import run as train_gen
+from faceattr_batch.pipelines import train_gen as train_gen_module
+from faceattr_batch.pipelines.synth import SynthOptions, conditions, parse_age_range, parse_choices, run
+from faceattr_batch.pipelines.train_gen import TrainGenOptions
+from faceattr_batch.pipelines.train_gen import run as train_gen
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
 # a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations
@@ -198,8 +198,8 @@ def test_the_shipped_generator_draws_what_the_shipped_attribute_model_reads(tmp_
     assert done.exit_code == 0, done.output
     _, meta = load_generator(None)
     assert meta["name"] == "faceattr-gen" and meta["iterations"] >= 10_000
-    from faceattr_batch.predict import PredictOptions
-    from faceattr_batch.predict import run as predict
+    from faceattr_batch.pipelines.predict import PredictOptions
+    from faceattr_batch.pipelines.predict import run as predict
 
     metrics = predict(PredictOptions(inputs=(str(out),), output=tmp_path / "p.parquet", progress=False)).metrics
     assert metrics["gender_accuracy"] >= 0.85

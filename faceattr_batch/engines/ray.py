@@ -25,8 +25,8 @@ from collections import Counter
 
 import numpy as np
 
-from faceattr_batch.batches import Batch, decode_batch
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.data.batches import Batch, decode_batch
+from faceattr_batch.errors import FaceattrError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def connect(address: str | None):
             try:
                 ray.init(address=address, logging_level=logging.WARNING)
             except (ConnectionError, ValueError) as err:
-                raise FaceattrError(f"--ray-address {address}: {_first_line(err)}") from None
+                raise FaceattrError(f"--ray-address {address}: {first_line(err)}") from None
     elif address is not None:
         log.info("Ray is already initialized in this process; --ray-address %s is not used", address)
     return ray
@@ -205,10 +205,6 @@ def _faceattr_cause(err: BaseException) -> FaceattrError | None:
     return None
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
-
 
 # --- predict --------------------------------------------------------------------------------------------------
 
@@ -217,7 +213,7 @@ class Predictor:
     """The model actor: a decoded chunk -> its output rows (``predict.batch_table``, the output schema)."""
 
     def __init__(self, source: str, device, runtime: str, threads: int):
-        from faceattr_batch.predict import ModelRunner, output_schema
+        from faceattr_batch.pipelines.predict import ModelRunner, output_schema
 
         self.runner = ModelRunner.load(source, device, runtime, threads)
         self.schema = output_schema()
@@ -226,7 +222,7 @@ class Predictor:
         import polars as pl
         import pyarrow as pa
 
-        from faceattr_batch.predict import LABEL_COLUMNS, batch_table
+        from faceattr_batch.pipelines.predict import LABEL_COLUMNS, batch_table
 
         name, version = self.runner.meta["name"], self.runner.meta["version"]
         tables = []
@@ -244,9 +240,9 @@ def predict_shards(space, pending, paths, keys, truth, runner, options, workers)
     import polars as pl
     import pyarrow as pa
 
-    from faceattr_batch import writer
-    from faceattr_batch.decode import load_chip
-    from faceattr_batch.predict import output_schema
+    from faceattr_batch.data.decode import load_chip
+    from faceattr_batch.io import writer
+    from faceattr_batch.pipelines.predict import output_schema
 
     if not pending:
         return 0
@@ -292,7 +288,7 @@ class FeatureExtractor:
         import pyarrow as pa
         import torch
 
-        from faceattr_batch.fid import add_batch, slice_labels
+        from faceattr_batch.pipelines.fid import add_batch, slice_labels
 
         rows = {"errors": [], "bundle": []}
         for batch in decoded_batches(table):
@@ -308,8 +304,8 @@ class FeatureExtractor:
 
 def extract_stats(name: str, paths: list[str], options, network, seed: int):
     """``fid.extract_stats`` on Ray: per-chunk stats from the actors, merged in input order."""
-    from faceattr_batch.device import resolve_device
-    from faceattr_batch.fid import ALL, INPUT_SIZE, FeatureStats, load_for_inception
+    from faceattr_batch.models.device import resolve_device
+    from faceattr_batch.pipelines.fid import ALL, INPUT_SIZE, FeatureStats, load_for_inception
 
     ray = connect(options.ray_address)
     device_type = resolve_device(options.device).type

@@ -30,15 +30,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch import __version__, writer
-from faceattr_batch.batches import iter_batches
-from faceattr_batch.decode import load_chip
+from faceattr_batch import __version__
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.decode import load_chip
+from faceattr_batch.data.inputs import display_path, index_paths, is_index_parquet, list_images
+from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr, parse_frame
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.faces import FACE_COLUMNS, FRAMING_CHIP, FaceOptions, face_rows, load_faces
-from faceattr_batch.inputs import display_path, index_paths, is_index_parquet, list_images
-from faceattr_batch.labels import GENDERS, RACES, age_band_expr, parse_frame
-from faceattr_batch.metrics import RACE_PROB_COLUMNS
-from faceattr_batch.rundir import finite
+from faceattr_batch.faces.load import FACE_COLUMNS, FRAMING_CHIP, FaceOptions, face_rows, load_faces
+from faceattr_batch.io import writer
+from faceattr_batch.io.atomic import finite
+from faceattr_batch.metrics.attributes import RACE_PROB_COLUMNS
+from faceattr_batch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def output_schema():
 
 def run(options: PredictOptions) -> PredictResult:
     """Predict every image of ``options.inputs`` into ``options.output`` (see the module doc)."""
-    from faceattr_batch.device import resolve_device
+    from faceattr_batch.models.device import resolve_device
 
     started = time.perf_counter()
     _validate(options)
@@ -175,7 +177,7 @@ def run(options: PredictOptions) -> PredictResult:
         "faces": faces.mode,
     }
     if faces.mode != "chips":
-        from faceattr_batch.detect import MtcnnDetector
+        from faceattr_batch.faces.detect import MtcnnDetector
 
         value_options |= {
             "detector": MtcnnDetector.name,
@@ -195,7 +197,7 @@ def run(options: PredictOptions) -> PredictResult:
         skipped = len(space.shards) - len(pending)
         predict_shards = _predict_shards
         if options.engine == "ray":
-            from faceattr_batch.ray_engine import predict_shards
+            from faceattr_batch.engines.ray import predict_shards
         if faces.mode != "chips":
             predict_shards = functools.partial(_predict_shards, faces=faces)
         processed = predict_shards(space, pending, paths, keys, truth, runner, options, workers)
@@ -211,7 +213,7 @@ def run(options: PredictOptions) -> PredictResult:
     summary = summarize(options.output)
     report_path = None
     if options.report_dir is not None:
-        from faceattr_batch import report
+        from faceattr_batch.pipelines import report
 
         report_path = report.build(options.output, options.report_dir)
     settings = {
@@ -236,7 +238,7 @@ def run(options: PredictOptions) -> PredictResult:
 
 
 def _validate(options: PredictOptions) -> None:
-    from faceattr_batch.ray_engine import check_options
+    from faceattr_batch.engines.ray import check_options
 
     check_options(options.engine, options.ray_address, options.concurrency)
     if options.runtime not in RUNTIMES:
@@ -255,7 +257,7 @@ def _validate(options: PredictOptions) -> None:
 
 def _face_options(options: PredictOptions) -> FaceOptions:
     """The face options to run with: ``auto`` without the detect extra runs as ``chips`` (said in a warning)."""
-    from faceattr_batch.detect import EXTRA_HINT, detection_available, require_detection
+    from faceattr_batch.faces.detect import EXTRA_HINT, detection_available, require_detection
 
     faces = FaceOptions(options.faces, options.min_face, options.min_score, options.max_faces)
     faces.validate()
@@ -421,7 +423,6 @@ def _readable(frame: pl.DataFrame) -> pl.DataFrame:
 def _predict_shards(space, pending, paths, keys, truth, runner, options, workers, faces=None) -> int:
     """Decode and predict the pending shards in input order, streaming each batch into its shard's part.
     ``faces``: detect faces (FaceOptions) and predict one row per face; None predicts each image as a chip."""
-    from tqdm import tqdm
 
     if not pending:
         return 0
@@ -442,14 +443,14 @@ def _predict_shards(space, pending, paths, keys, truth, runner, options, workers
                 yield batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
             bar.update(len(batch.paths))
 
-    with tqdm(total=len(todo), unit="img", disable=not options.progress, desc="predict", smoothing=0.1) as bar:
+    with progress_bar(total=len(todo), unit="img", enabled=options.progress, desc="predict", smoothing=0.1) as bar:
         writer.write_shards(space, pending, output_schema(), tables())
     return len(todo)
 
 
 def _face_table(batch, where: np.ndarray, keys: list[str], truth: pl.DataFrame, runner, chunk: int):
     """A batch of FoundFaces records -> one output row per face (the model runs ``chunk`` faces at a time)."""
-    from faceattr_batch.batches import Batch
+    from faceattr_batch.data.batches import Batch
 
     rows = face_rows(batch, runner.input_size)
     outputs = None
@@ -539,7 +540,7 @@ def error_kind(error: pl.Expr) -> pl.Expr:
 
 def summarize(output: Path | str) -> dict:
     """Counts, errors by kind and headline metrics, read back from a predictions Parquet."""
-    from faceattr_batch import metrics
+    from faceattr_batch.metrics import attributes as metrics
 
     frame = pl.scan_parquet(output)
     counts = frame.select(

@@ -1,55 +1,15 @@
-"""Small file helpers shared by the commands: atomic writes (``replacing``, JSON, Parquet), a metrics table that a
-resumed run can rewrite, and the rule for starting or resuming a RUN_DIR."""
+"""A RUN_DIR (train, train-gen): the rule for starting or resuming one, and its small metrics table."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 
 from faceattr_batch.errors import FaceattrError
-
-
-def finite(value):
-    """NaN and infinities (e.g. precision with no positive prediction) -> None, recursively: JSON has neither."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A hidden temporary path beside ``path`` to write to; it replaces ``path`` when the block ends without an
-    error and is removed otherwise, so readers never see half a file. It keeps ``path``'s suffix, for writers
-    that choose the format by it (Pillow) or add one when it is missing (``np.save``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically; NaN and infinities become null."""
-    with replacing(path) as tmp:
-        tmp.write_text(json.dumps(finite(data), indent=2, default=str))
-
-
-def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
-    with replacing(path) as tmp:
-        frame.write_parquet(tmp)
+from faceattr_batch.io.atomic import write_json, write_parquet_atomically
 
 
 def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceattr_batch.decode import DecodeError
+from faceattr_batch.data.decode import DecodeError
 
 
 @dataclass

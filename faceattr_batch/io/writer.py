@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.rundir import write_json
+from faceattr_batch.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from faceattr_batch.labels import GENDERS, RACES, age_band_expr
+from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
 
 GROSS_AGE_ERROR = 10  # years; an age error above this is counted as gross
 CS_TOLERANCE = 5  # cumulative score CS@5: share of ages within 5 years

@@ -27,8 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import (
+from faceattr_batch.data.labels import (
     AGE_BAND_NAMES,
     GENDERS,
     IMAGE_EXTENSIONS,
@@ -39,7 +38,9 @@ from faceattr_batch.labels import (
     label_exprs,
     parse_frame,
 )
-from faceattr_batch.rundir import replacing
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +492,6 @@ def _inspect_chunk(task: tuple[list[str], bool, bool]) -> list[tuple]:
 
 
 def _inspect_all(table: pl.DataFrame, root: Path, listing: _Listing, options: IndexOptions) -> pl.DataFrame:
-    from tqdm import tqdm
 
     paths = [listing.real_path(root, row) for row in table["_row"].to_list()]
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
@@ -500,11 +500,11 @@ def _inspect_all(table: pl.DataFrame, root: Path, listing: _Listing, options: In
     # a pool costs ~0.5 s to start: not worth it for a couple of chunks
     workers = min(workers, len(chunks)) if len(chunks) > 2 else 0
     results: list[tuple] = []
-    with tqdm(
+    with progress_bar(
         total=len(paths),
         unit="img",
         desc="hash" if options.hash else "probe",
-        disable=not options.progress,
+        enabled=options.progress,
         leave=False,
     ) as bar:
         for part in _map(tasks, workers):

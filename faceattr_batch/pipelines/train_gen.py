@@ -22,9 +22,10 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
+from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import GENDERS, RACES
-from faceattr_batch.rundir import replacing
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,9 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     to extend a run or to end it at its checkpoint (then only ``generator.pt`` is written)."""
     import torch
     from torch.nn import functional as F
-    from tqdm import tqdm
 
-    from faceattr_batch.device import resolve_device
+    from faceattr_batch.io.rundir import append_metrics, start_run
+    from faceattr_batch.models.device import resolve_device
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
     from faceattr_batch.models.registry import (
         GEN_TRAIN_FORMAT,
@@ -137,8 +138,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         save_atomically,
         save_generator,
     )
-    from faceattr_batch.rundir import append_metrics, start_run
-    from faceattr_batch.train import decode_cache, load_labelled
+    from faceattr_batch.pipelines.train import decode_cache, load_labelled
 
     out = Path(options.out_dir)
     last = out / GEN_CHECKPOINT
@@ -215,12 +215,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
     n = len(table)
     batch = min(options.batch_size, n)
-    bar = tqdm(
+    bar = progress_bar(
         range(start, options.iterations),
         initial=start,
         total=options.iterations,
         desc="train-gen",
-        disable=not options.progress,
+        enabled=options.progress,
     )
     started, losses = time.perf_counter(), []
     for iteration in bar:
@@ -290,10 +290,10 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
 def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Path) -> dict:
     """FID (fixed real subset, generator resolution) and attribute agreement of EMA samples."""
-    from faceattr_batch import fid
-    from faceattr_batch.predict import PredictOptions
-    from faceattr_batch.predict import run as predict_run
-    from faceattr_batch.synth import write_samples
+    from faceattr_batch.pipelines import fid
+    from faceattr_batch.pipelines.predict import PredictOptions
+    from faceattr_batch.pipelines.predict import run as predict_run
+    from faceattr_batch.pipelines.synth import write_samples
 
     real_stats = out / f"real_stats_{config.resolution}.npz"
     if not real_stats.is_file():

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import polars as pl
 
-from faceattr_batch import __version__, metrics
+from faceattr_batch import __version__
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.faces import FACE_COLUMNS, FRAMING_ALIGNED
-from faceattr_batch.labels import AGE_BAND_NAMES, GENDERS, RACES
-from faceattr_batch.predict import OUTPUT_COLUMNS, error_kind
-from faceattr_batch.rundir import replacing, write_json
+from faceattr_batch.faces.load import FACE_COLUMNS, FRAMING_ALIGNED
+from faceattr_batch.io.atomic import replacing, write_json
+from faceattr_batch.metrics import attributes as metrics
+from faceattr_batch.pipelines.predict import OUTPUT_COLUMNS, error_kind
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ def _thumbnail(row: dict) -> str:
     file), or a placeholder."""
     from PIL import Image
 
-    from faceattr_batch.decode import DecodeError, read_rgb
+    from faceattr_batch.data.decode import DecodeError, read_rgb
 
     detected = row.get("framing") == FRAMING_ALIGNED
     try:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceattr_batch.align import CHIP_SIZE, align_face, fills_frame
-from faceattr_batch.decode import load_chip, read_rgb, resize
-from faceattr_batch.detect import Detections, MtcnnDetector, find_faces, rescore_boxes
+from faceattr_batch.data.decode import load_chip, read_rgb, resize
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.faces.align import CHIP_SIZE, align_face, fills_frame
+from faceattr_batch.faces.detect import Detections, MtcnnDetector, find_faces, rescore_boxes
 
 FACE_MODES = ("auto", "detect", "chips")
 FRAMING_CHIP, FRAMING_ALIGNED = "chip", "aligned"

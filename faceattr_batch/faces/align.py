@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceattr_batch.detect import opencv
+from faceattr_batch.faces.detect import opencv
 
 CHIP_SIZE = 200
 # (x, y) in CHIP_SIZE pixels of left eye, right eye, nose, mouth left, mouth right (as seen in the image): the

@@ -18,9 +18,10 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
+from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, format_name, gender_code, race_code
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import AGE_BANDS, GENDERS, RACES, format_name, gender_code, race_code
-from faceattr_batch.rundir import write_parquet_atomically
+from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.progress import progress_bar
 
 MANIFEST = "manifest.parquet"
 MAX_SYNTH_AGE = 100  # the generator saw few faces older; ages above are clamped in the grid
@@ -117,7 +118,6 @@ def write_samples(
     """Generate one image per row of ``wanted`` into ``out_dir``; returns the manifest rows."""
     import torch
     from PIL import Image
-    from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     z_dim = generator.config.z_dim
@@ -130,7 +130,7 @@ def write_samples(
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         image.save(out_dir / name, quality=quality)
 
-    bar = tqdm(total=wanted.height, desc="synth", unit="img", disable=not progress)
+    bar = progress_bar(total=wanted.height, desc="synth", unit="img", enabled=progress)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, torch.inference_mode():
         for start in range(0, wanted.height, batch_size):
             stop = min(start + batch_size, wanted.height)

@@ -20,8 +20,8 @@ import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import IMAGE_EXTENSIONS
+from faceattr_batch.data.labels import IMAGE_EXTENSIONS
+from faceattr_batch.errors import FaceattrError, first_line
 
 INDEX_ROOT_KEY = "faceattr_batch.root"
 _GLOB_CHARS = ("*", "?", "[")
@@ -62,7 +62,7 @@ def index_paths(path: str | os.PathLike) -> list[str]:
     try:
         relative = pl.read_parquet(path, columns=["path"])["path"]
     except Exception as err:  # polars raises several types for a foreign or corrupt file
-        raise FaceattrError(f"{path}: cannot read the index's 'path' column ({_first_line(err)})") from None
+        raise FaceattrError(f"{path}: cannot read the index's 'path' column ({first_line(err)})") from None
     return [os.path.abspath(os.path.join(root, rel)) for rel in relative.to_list() if rel is not None]
 
 
@@ -112,13 +112,9 @@ def _parquet_metadata(path: str) -> dict[str, str]:
     try:
         raw = pq.read_metadata(path).metadata or {}
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
-        raise FaceattrError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
+        raise FaceattrError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
 
 
 def display_path(path: str) -> str:

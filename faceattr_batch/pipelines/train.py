@@ -23,10 +23,12 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.device import resolve_device
+from faceattr_batch.data.labels import MAX_AGE, RACES, STATUS_REJECTED
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.labels import MAX_AGE, RACES, STATUS_REJECTED
-from faceattr_batch.rundir import append_metrics, replacing, start_run, write_json
+from faceattr_batch.io.atomic import replacing, write_json
+from faceattr_batch.io.rundir import append_metrics, start_run
+from faceattr_batch.models.device import resolve_device
+from faceattr_batch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ class TrainResult:
 def load_labelled(source: Path, root: Path | None, workers: int, limit: int | None = None) -> pl.DataFrame:
     """Rows with all three labels: absolute ``file``, age, gender, race, dup_group (from ``index --hash``);
     the first ``limit`` of them by path when given."""
-    from faceattr_batch.index import IndexOptions, build_index, read_index_metadata
+    from faceattr_batch.pipelines.index import IndexOptions, build_index, read_index_metadata
 
     source = Path(source)
     if source.is_dir():
@@ -138,10 +140,9 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
 def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:
     """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
     only in memory when ``cache`` is None."""
-    from tqdm import tqdm
 
-    from faceattr_batch.batches import iter_batches
-    from faceattr_batch.decode import load_chip
+    from faceattr_batch.data.batches import iter_batches
+    from faceattr_batch.data.decode import load_chip
 
     if cache is not None and cache.is_file():
         pixels = np.load(cache)
@@ -150,7 +151,7 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: in
     files = table.get_column("file").to_list()
     pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     failed = []
-    bar = tqdm(total=len(files), desc="decode", unit="img", disable=not progress)
+    bar = progress_bar(total=len(files), desc="decode", unit="img", enabled=progress)
     for batch in iter_batches(files, partial(load_chip, size=size), 256, workers):
         for slot, pos in enumerate(batch.ok):
             pixels[batch.start + pos] = batch.pixels[slot]
@@ -271,12 +272,11 @@ def collect_logits(model, pixels: np.ndarray, device, batch_size: int = 512, des
     """Logits for all cached pixels (with the model's test-time mirror when configured), on the CPU; a progress
     bar named ``desc`` when given."""
     import torch
-    from tqdm import tqdm
 
     parts = []
     starts = range(0, len(pixels), batch_size)
     with torch.inference_mode():
-        for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
+        for start in progress_bar(starts, desc=desc, unit="batch", enabled=desc is not None):
             chunk = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
             parts.append([t.float().cpu() for t in model.logits(chunk.contiguous(memory_format=torch.channels_last))])
     return [torch.cat(column) for column in zip(*parts, strict=True)]
@@ -487,9 +487,8 @@ def run(options: TrainOptions, resume: bool = False) -> TrainResult:
         torch.manual_seed(options.seed * 100_003 + epoch)
         order = torch.randperm(len(train_rows), generator=generator)
         total_loss, seen = 0.0, 0
-        from tqdm import tqdm
 
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress)
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", enabled=options.progress)
         for step in bar:
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
             x = augment(train_tensor[index], generator).to(device, non_blocking=True)
@@ -597,7 +596,7 @@ def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
     temperatures, and build the final validation report."""
     import torch
 
-    from faceattr_batch import metrics as m
+    from faceattr_batch.metrics import attributes as m
 
     weighted_metrics = m.overall(predictions_frame(collect_logits(model, val_pixels, device), (1.0,) * 3, val_rows))
     # A loss weighted by w_c learns posteriors tilted by w_c; subtracting log w_c restores the class
@@ -627,7 +626,7 @@ def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
 
 def validation_report(frame: pl.DataFrame) -> dict:
     """Overall metrics, race confusion matrix and per race / gender / age band breakdowns of a predictions frame."""
-    from faceattr_batch import metrics as m
+    from faceattr_batch.metrics import attributes as m
 
     return {
         "n_train_val": {"val": frame.height},
@@ -640,6 +639,6 @@ def validation_report(frame: pl.DataFrame) -> dict:
 
 
 def _evaluate(model, pixels, rows, device) -> dict:
-    from faceattr_batch import metrics as m
+    from faceattr_batch.metrics import attributes as m
 
     return m.overall(predictions_frame(collect_logits(model, pixels, device), (1.0, 1.0, 1.0), rows))

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch.align import CHIP_SIZE
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.faces import FaceOptions, face_rows, load_faces
-from faceattr_batch.rundir import write_parquet_atomically
+from faceattr_batch.faces.align import CHIP_SIZE
+from faceattr_batch.faces.load import FaceOptions, face_rows, load_faces
+from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.progress import progress_bar
 
 MANIFEST = "manifest.parquet"
 MANIFEST_SCHEMA = {
@@ -51,12 +52,11 @@ class CropOptions:
 
 def run(options: CropOptions) -> dict:
     """Write the chips and the manifest; returns a summary (photos, faces, errors by reason, paths, seconds)."""
-    from tqdm import tqdm
 
-    from faceattr_batch.batches import iter_batches
-    from faceattr_batch.detect import require_detection
-    from faceattr_batch.inputs import display_path, list_images
-    from faceattr_batch.predict import error_kind
+    from faceattr_batch.data.batches import iter_batches
+    from faceattr_batch.data.inputs import display_path, list_images
+    from faceattr_batch.faces.detect import require_detection
+    from faceattr_batch.pipelines.predict import error_kind
 
     started = time.perf_counter()
     faces = FaceOptions("detect", options.min_face, options.min_score, options.max_faces)
@@ -71,7 +71,7 @@ def run(options: CropOptions) -> dict:
     workers = cores if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
     frames = []
-    with tqdm(total=len(paths), unit="img", disable=not options.progress, desc="crop") as bar:
+    with progress_bar(total=len(paths), unit="img", enabled=options.progress, desc="crop") as bar:
         for batch in iter_batches(paths, load, options.batch_size, workers):
             rows = face_rows(batch, CHIP_SIZE)
             sources = [display_path(batch.paths[i]) for i in rows.image]
@@ -116,7 +116,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 
 def _chip_name(source: str, face: int) -> str:
-    from faceattr_batch.inputs import display_path
+    from faceattr_batch.data.inputs import display_path
 
     digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:8]  # photos of the same name in other folders differ
     return f"{display_path(Path(source).stem)}_{digest}_{face}.jpg"

@@ -1,0 +1,65 @@
+"""Atomic writes: a file is either its old self or wholly new, never half written (``replacing``, JSON, Parquet)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+
+from faceattr_batch.errors import FaceattrError
+
+
+def finite(value):
+    """NaN and infinities (e.g. precision with no positive prediction) -> None, recursively: JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to; it replaces ``path`` when the block ends without an
+    error and is removed otherwise, so readers never see half a file. It keeps ``path``'s suffix, for writers
+    that choose the format by it (Pillow) or add one when it is missing (``np.save``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically; NaN and infinities become null."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(finite(data), indent=2, default=str))
+
+
+def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
+    with replacing(path) as tmp:
+        frame.write_parquet(tmp)
+
+
+def check_writable(path: Path | str, what: str) -> None:
+    """Fail now, before any work, when ``path`` (a file or a folder to be written) cannot be written: its folder is
+    created if missing and a probe file written and removed there. ``what`` names the option, e.g. ``-o``."""
+    path = Path(path)
+    folder = path if path.is_dir() or not path.suffix else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".faceattr-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise FaceattrError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
