@@ -26,12 +26,11 @@ from collections import Counter
 import numpy as np
 
 from faceattr_batch.data.batches import Batch, decode_batch
+from faceattr_batch.engines import INSTALL_HINT
 from faceattr_batch.errors import FaceattrError, first_line
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
-INSTALL_HINT = "pip install 'faceattr-batch[ray]'"
 DECODE_WORKER_BYTES = 256 << 20  # a decode worker process (Python, numpy, Pillow) measured ~110 MiB
 MAX_INPUT_BLOCKS = 10_000  # chunks are grouped into at most this many input blocks (the driver tracks each one)
 # For a local instance only: bind 127.0.0.1 (not the network interface), no token auth, no usage reporting, no
@@ -43,15 +42,6 @@ LOCAL_ENV = {
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
 }
 
-
-def check_options(engine: str, address: str | None, concurrency: int | None) -> None:
-    """Validate the engine flags before any work (no Ray import)."""
-    if engine not in ENGINES:
-        raise FaceattrError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
-    if engine == "local" and (address is not None or concurrency is not None):
-        raise FaceattrError("--ray-address and --concurrency go with --engine ray")
-    if concurrency is not None and concurrency < 1:
-        raise FaceattrError(f"--concurrency {concurrency}: must be >= 1")
 
 
 def connect(address: str | None):

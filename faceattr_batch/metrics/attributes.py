@@ -7,6 +7,7 @@ the whole frame or in ``group_by(...).agg`` for slices (``breakdown``).
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
@@ -185,13 +186,36 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
     return {"gender": gender, "race": race}
 
 
-def expected_calibration_error(table: pl.DataFrame) -> float | None:
-    """Count-weighted mean |confidence - observed| over the bins of a ``calibration`` table."""
-    if table.is_empty():
+def expected_calibration_error(confidence, correct, bins: int = 15) -> float | None:
+    """ECE: the share-weighted mean |mean confidence - accuracy| over ``bins`` equal-width confidence bins
+    (Guo et al. 2017). ``confidence``: the predicted class's probability (for gender max(p, 1 - p));
+    ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
         return None
-    return table.select(
-        ((pl.col("confidence") - pl.col("observed")).abs() * pl.col("n")).sum() / pl.col("n").sum()
-    ).item()
+    # bins (low, high]; a confidence of exactly 0 joins the first
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    gap = np.bincount(which, confidence, bins) - np.bincount(which, correct, bins)
+    return float(np.abs(gap).sum() / counts.sum())
+
+
+def calibration_errors(frame: pl.DataFrame) -> dict[str, float | None]:
+    """``gender_ece`` and ``race_ece`` of a coded predictions frame (``from_predictions``), by
+    ``expected_calibration_error``."""
+    gender = frame.filter(_has("true_gender") & pl.col("p_female").is_not_null())
+    p_female = gender.get_column("p_female").to_numpy()
+    top = pl.max_horizontal(RACE_PROB_COLUMNS)
+    race = frame.filter(_has("true_race") & top.is_not_null())
+    return {
+        "gender_ece": expected_calibration_error(
+            np.maximum(p_female, 1 - p_female), (p_female >= 0.5) == (gender.get_column("true_gender") == 1).to_numpy()
+        ),
+        "race_ece": expected_calibration_error(
+            race.select(top).to_series().to_numpy(), (race["pred_race"] == race["true_race"]).to_numpy()
+        ),
+    }
 
 
 def age_interval_coverage(frame: pl.DataFrame) -> float | None:

@@ -434,7 +434,7 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
 
 
 def _validate(real, fake, options: FidOptions) -> None:
-    from faceattr_batch.engines.ray import check_options
+    from faceattr_batch.engines import check_options
 
     check_options(options.engine, options.ray_address, options.concurrency)
     if options.by is not None and options.by not in SLICE_KINDS:

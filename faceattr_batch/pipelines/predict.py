@@ -238,7 +238,7 @@ def run(options: PredictOptions) -> PredictResult:
 
 
 def _validate(options: PredictOptions) -> None:
-    from faceattr_batch.engines.ray import check_options
+    from faceattr_batch.engines import check_options
 
     check_options(options.engine, options.ray_address, options.concurrency)
     if options.runtime not in RUNTIMES:

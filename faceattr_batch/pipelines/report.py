@@ -68,8 +68,7 @@ def build(predictions: Path | str, report_dir: Path | str) -> Path:
             "gender_confusion": metrics.confusion_matrix(labelled, "gender"),
             "race_confusion": metrics.confusion_matrix(labelled, "race"),
             "calibration": {
-                "gender_ece": metrics.expected_calibration_error(calibration["gender"]),
-                "race_ece": metrics.expected_calibration_error(calibration["race"]),
+                **metrics.calibration_errors(labelled),
                 "age_interval_coverage_80": metrics.age_interval_coverage(labelled),
             },
             **{f"by_{key}": table.to_dicts() for key, table in by.items()},
@@ -204,7 +203,7 @@ def _plots(labelled, summary, by, calibration, folder: Path) -> dict[str, Path]:
             ax.plot(data["confidence"], data["observed"], marker="o")
             for x, y, n in data.select("confidence", "observed", "n").iter_rows():
                 ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
-        ece = metrics.expected_calibration_error(data)
+        ece = summary["calibration"][f"{key}_ece"]
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"mean {label} in bin")
         ax.set_ylabel("share female" if key == "gender" else "accuracy")
         ax.set_title(f"{key} calibration (ECE {ece:.3f})" if ece is not None else f"{key} calibration")
