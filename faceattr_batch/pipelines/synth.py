@@ -8,9 +8,6 @@ Image i's noise depends only on (seed, i), so the same command writes the same f
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +15,13 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, format_name, gender_code, race_code
+from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, gender_code, race_code
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_parquet_atomically
-from faceattr_batch.progress import progress_bar
+from faceattr_batch.models.sampling import write_samples
 
 MANIFEST = "manifest.parquet"
 MAX_SYNTH_AGE = 100  # the generator saw few faces older; ages above are clamped in the grid
-STAMP_BASE = dt.datetime(2000, 1, 1)  # synthetic "capture" times: base + seed days + index milliseconds
 
 
 @dataclass(frozen=True)
@@ -102,62 +98,6 @@ def conditions(options: SynthOptions) -> pl.DataFrame:
         {"gender": [g for g, _, _ in picked], "race": [r for _, r, _ in picked], "age": ages},
         schema={"gender": pl.Int64, "race": pl.Int64, "age": pl.Int64},
     )
-
-
-def write_samples(
-    generator,
-    wanted: pl.DataFrame,
-    out_dir: Path,
-    seed: int,
-    size: int | None = None,
-    truncation: float = 1.0,
-    batch_size: int = 256,
-    quality: int = 95,
-    progress: bool = True,
-) -> pl.DataFrame:
-    """Generate one image per row of ``wanted`` into ``out_dir``; returns the manifest rows."""
-    import torch
-    from PIL import Image
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    z_dim = generator.config.z_dim
-    names = []
-    labels = wanted.to_dict(as_series=False)
-
-    def save(pixels: np.ndarray, name: str) -> None:
-        image = Image.fromarray(pixels)
-        if size and size != pixels.shape[0]:
-            image = image.resize((size, size), Image.Resampling.LANCZOS)
-        image.save(out_dir / name, quality=quality)
-
-    bar = progress_bar(total=wanted.height, desc="synth", unit="img", enabled=progress)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, torch.inference_mode():
-        for start in range(0, wanted.height, batch_size):
-            stop = min(start + batch_size, wanted.height)
-            # noise of image i depends on (seed, i) only, so batch size and n do not change any image
-            z = torch.stack(
-                [
-                    torch.randn(z_dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                    for i in range(start, stop)
-                ]
-            )
-            cond = [torch.tensor(labels[k][start:stop]) for k in ("gender", "race", "age")]
-            images = generator(z * truncation, *cond)
-            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-            batch_names = [
-                format_name(
-                    labels["age"][i],
-                    labels["gender"][i],
-                    labels["race"][i],
-                    STAMP_BASE + dt.timedelta(days=seed % 3650, milliseconds=i),
-                )
-                for i in range(start, stop)
-            ]
-            list(pool.map(save, pixels, batch_names))
-            names += batch_names
-            bar.update(stop - start)
-    bar.close()
-    return wanted.with_columns(pl.Series("file", names), pl.Series("index", range(wanted.height)))
 
 
 def run(options: SynthOptions) -> dict:

@@ -293,7 +293,7 @@ def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Pa
     from faceattr_batch.pipelines import fid
     from faceattr_batch.pipelines.predict import PredictOptions
     from faceattr_batch.pipelines.predict import run as predict_run
-    from faceattr_batch.pipelines.synth import write_samples
+    from faceattr_batch.models.sampling import write_samples
 
     real_stats = out / f"real_stats_{config.resolution}.npz"
     if not real_stats.is_file():
