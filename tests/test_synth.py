@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import polars as pl
@@ -12,10 +13,11 @@ from conftest import make_faces
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
-from faceattr_batch.data.labels import AGE_BAND_NAMES, age_band, parse_names
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band, parse_names
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
 from faceattr_batch.models.registry import load_generator, save_generator
+from faceattr_batch.pipelines import synth as synth_module
 from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.synth import SynthOptions, conditions, parse_age_range, parse_choices, run
 from faceattr_batch.pipelines.train_gen import TrainGenOptions
@@ -50,7 +52,7 @@ def test_names_parse_back_to_the_manifest_labels(generator_file: Path, tmp_path:
     result = run(SynthOptions(n=40, out_dir=tmp_path / "s", model=str(generator_file), progress=False))
     assert result["images"] == 40
     manifest = pl.read_parquet(tmp_path / "s" / "manifest.parquet")
-    assert manifest.columns[:5] == ["file", "index", "gender", "race", "age"]
+    assert manifest.columns[:5] == ["file", "index", "age", "gender", "race"]
     assert manifest["file"].n_unique() == 40
     assert set(manifest["model_name"]) == {"tiny"}
     parsed = parse_names(manifest["file"])
@@ -60,15 +62,62 @@ def test_names_parse_back_to_the_manifest_labels(generator_file: Path, tmp_path:
     assert sorted(p.name for p in (tmp_path / "s").glob("*.chip.jpg")) == sorted(manifest["file"])
 
 
-def test_balanced_grid_fills_every_cell_equally():
-    wanted = conditions(SynthOptions(n=2 * 5 * 10 * 3, out_dir=Path("unused")))
-    cells = (
-        wanted.with_columns(pl.col("age").map_elements(age_band, return_dtype=pl.String).alias("band"))
-        .group_by("gender", "race", "band")
-        .len()
-    )
-    assert cells.height == 2 * 5 * len(AGE_BAND_NAMES)
-    assert set(cells["len"]) == {3}
+GRID_CELLS = len(GENDERS) * len(RACES) * len(AGE_BAND_NAMES)
+
+
+def cell_counts(manifest: pl.DataFrame) -> dict[tuple, int]:
+    """Images per gender x race x age band cell, empty cells included, read from the manifest's labels."""
+    counts = dict.fromkeys(itertools.product(GENDERS, RACES, AGE_BAND_NAMES), 0)
+    for row in manifest.group_by("gender_label", "race_label", "age_band").len().iter_rows():
+        counts[row[:3]] = row[3]
+    return counts
+
+
+@pytest.mark.parametrize("n", [1, 20, 150, GRID_CELLS, GRID_CELLS + 1])
+def test_balanced_grid_for_any_n(generator_file: Path, tmp_path: Path, n: int):
+    """Rough edge 6: --n 20 wrote 20 males; --n 150 100 male / 50 female. Now every cell within one of another."""
+    run(SynthOptions(n=n, out_dir=tmp_path / "g", model=str(generator_file), progress=False))
+    manifest = pl.read_parquet(tmp_path / "g" / "manifest.parquet")
+    assert manifest.height == n
+    counts = cell_counts(manifest)
+    assert set(counts.values()) <= {n // GRID_CELLS, n // GRID_CELLS + 1}
+    assert sum(counts.values()) == n
+    # the prefix order also keeps each gender and race within one of the others (fid --by gender finds both)
+    for column, values in (("gender_label", GENDERS), ("race_label", RACES)):
+        per_value = [manifest.filter(pl.col(column) == v).height for v in values]
+        assert max(per_value) - min(per_value) <= 1, (column, per_value)
+
+
+def test_grid_order_is_seeded():
+    first = conditions(SynthOptions(n=30, out_dir=Path("unused"), seed=4))
+    assert conditions(SynthOptions(n=30, out_dir=Path("unused"), seed=4)).equals(first)
+    other = conditions(SynthOptions(n=30, out_dir=Path("unused"), seed=5))
+    assert not other.select("gender", "race").equals(first.select("gender", "race"))
+
+
+def test_manifest_follows_the_label_convention(generator_file: Path, tmp_path: Path):
+    """Rough edge 10: codes plus Enum labels, as index writes them; the resolution column says what was written."""
+    run(SynthOptions(n=6, out_dir=tmp_path / "m", model=str(generator_file), resolution=40, progress=False))
+    manifest = pl.read_parquet(tmp_path / "m" / "manifest.parquet")
+    assert manifest.schema["gender"] == pl.Int64 and manifest.schema["race"] == pl.Int64
+    assert manifest.schema["gender_label"] == pl.Enum(GENDERS)
+    assert manifest.schema["race_label"] == pl.Enum(RACES)
+    for row in manifest.iter_rows(named=True):
+        assert row["gender_label"] == GENDERS[row["gender"]] and row["race_label"] == RACES[row["race"]]
+        assert row["age_band"] == age_band(row["age"])
+    assert set(manifest["resolution"]) == {40}
+
+
+def test_unwritable_output_fails_before_any_work(generator_file: Path, tmp_path: Path, monkeypatch):
+    """Rough edge 2: synth -o into a place it cannot write gave a 44-line traceback; now one FaceattrError, raised
+    before the generator is even loaded. (A plain file as the parent: unwritable even for root.)"""
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("not a folder")
+    loaded = []
+    monkeypatch.setattr(synth_module, "load_generator", lambda *a: loaded.append(a))
+    with pytest.raises(FaceattrError, match=r"^-o .*plain-file/out: cannot write there"):
+        run(SynthOptions(n=2, out_dir=blocker / "out", model=str(generator_file), progress=False))
+    assert loaded == []
 
 
 def test_fixed_values_and_ranges(generator_file: Path, tmp_path: Path):
@@ -105,11 +154,11 @@ def test_same_seed_same_files_whatever_the_batch_size(generator_file: Path, tmp_
     assert set(digests(tmp_path / "a").values()).isdisjoint(digests(tmp_path / "c").values())
 
 
-def test_size_and_overwrite(generator_file: Path, tmp_path: Path):
+def test_resolution_and_overwrite(generator_file: Path, tmp_path: Path):
     from PIL import Image
 
     out = tmp_path / "o"
-    run(SynthOptions(n=4, out_dir=out, model=str(generator_file), size=50, progress=False))
+    run(SynthOptions(n=4, out_dir=out, model=str(generator_file), resolution=50, progress=False))
     first = next(out.glob("*.chip.jpg"))
     assert Image.open(first).size == (50, 50)
     (out / "mine.txt").write_text("the user's own file")

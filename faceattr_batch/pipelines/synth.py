@@ -1,13 +1,15 @@
 """`faceattr-batch synth`: a labelled synthetic face set from the conditional generator.
 
 Writes N JPEGs named UTKFace-style (so ``index``, ``predict`` and ``fid --by`` read them unchanged) and a
-``manifest.parquet`` with the requested attributes, seed and model per file. Attributes come from a balanced
-grid (every gender x race x age band equally), from fixed values, or from a real index's joint distribution.
+``manifest.parquet`` with the requested attributes (codes plus Enum labels, as ``index`` writes them), seed and
+model per file. Attributes come from a balanced grid (for any N, every gender x race x age band cell within one
+image of every other, written in a seeded order), from fixed values, or from a real index's joint distribution.
 Image i's noise depends only on (seed, i), so the same command writes the same files.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +17,17 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, gender_code, race_code
-from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, gender_code, label_exprs, race_code
+from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.atomic import check_writable, write_parquet_atomically
+from faceattr_batch.models.registry import load_generator
 from faceattr_batch.models.sampling import write_samples
 
 MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = (
+    "file", "index", "age", "gender", "race", "gender_label", "race_label", "age_band",
+    "seed", "model_name", "model_version", "truncation", "resolution",
+)  # fmt: skip
 MAX_SYNTH_AGE = 100  # the generator saw few faces older; ages above are clamped in the grid
 
 
@@ -33,7 +40,7 @@ class SynthOptions:
     races: tuple[int, ...] | None = None
     ages: tuple[int, int] | None = None  # inclusive range
     match: Path | None = None  # an index Parquet whose (gender, race, age) rows are sampled
-    size: int | None = None  # written resolution; None = the generator's own
+    resolution: int | None = None  # written width = height in pixels; None = the generator's own
     truncation: float = 1.0  # noise scale (< 1 trades variety for typical faces)
     seed: int = 0
     batch_size: int = 256
@@ -71,74 +78,114 @@ def parse_age_range(text: str | None) -> tuple[int, int] | None:
 def conditions(options: SynthOptions) -> pl.DataFrame:
     """The (gender, race, age) of every image to write, in order."""
     rng = np.random.default_rng(options.seed)
-    n = options.n
     if options.match is not None:
-        try:
-            real = pl.read_parquet(options.match, columns=["gender", "race", "age"]).drop_nulls()
-        except Exception as err:
-            raise FaceattrError(f"--match {options.match}: not a readable index Parquet ({err})") from None
-        if real.height == 0:
-            raise FaceattrError(f"--match {options.match}: no labelled rows")
-        picked = real[rng.integers(0, real.height, n)]
-        return picked.with_columns(pl.col("age").clip(0, MAX_SYNTH_AGE)).select(
-            pl.col("gender").cast(pl.Int64), pl.col("race").cast(pl.Int64), pl.col("age").cast(pl.Int64)
-        )
+        return _matched(options.match, options.n, rng)
     genders = options.genders or tuple(range(len(GENDERS)))
     races = options.races or tuple(range(len(RACES)))
     if options.ages:
-        low, high = options.ages
-        bands = [(low, high)]
+        bands = [options.ages]
     else:
-        bands = [(max(lo, 1), min(hi, MAX_SYNTH_AGE)) for _, lo, hi in AGE_BANDS]
-    cells = [(g, r, band) for g in genders for r in races for band in bands]
-    # A balanced grid: cell i % len(cells), so any prefix of the set is as balanced as it can be.
-    picked = [cells[i % len(cells)] for i in range(n)]
-    ages = [int(rng.integers(lo, hi + 1)) for _, _, (lo, hi) in picked]
+        bands = [(max(low, 1), min(high, MAX_SYNTH_AGE)) for _, low, high in AGE_BANDS]
+    cells = grid_order([(g, r, band) for g in genders for r in races for band in bands], rng)
+    # round-robin over the ordered cells: every cell's count is n // len(cells) or one more, whatever n is
+    picked = [cells[i % len(cells)] for i in range(options.n)]
+    ages = [int(rng.integers(low, high + 1)) for _, _, (low, high) in picked]
     return pl.DataFrame(
         {"gender": [g for g, _, _ in picked], "race": [r for _, r, _ in picked], "age": ages},
         schema={"gender": pl.Int64, "race": pl.Int64, "age": pl.Int64},
     )
 
 
-def run(options: SynthOptions) -> dict:
-    from faceattr_batch.models.registry import load_generator
+def grid_order(cells: list[tuple], rng: np.random.Generator) -> list[tuple]:
+    """The (gender, race, band) cells in a seeded order whose every prefix is balanced as far as it goes.
 
-    if options.n < 1:
-        raise FaceattrError(f"--n {options.n}: must be at least 1")
-    if not 0 < options.truncation <= 2:
-        raise FaceattrError(f"--truncation {options.truncation}: use a value in (0, 2]")
-    if options.size is not None and not 16 <= options.size <= 1024:
-        raise FaceattrError(f"--size {options.size}: use 16..1024")
-    out = Path(options.out_dir)
-    if out.exists() and not out.is_dir():
-        raise FaceattrError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not options.overwrite:
-            raise FaceattrError(f"{out} is not empty: add --overwrite to replace its synthesized images")
-        _remove_previous(out)
+    Greedy: the next cell is the one whose gender, then gender x race pair, then race, then band has been
+    written least so far; ties go to a seeded shuffle. So a set smaller than the grid (``--n 20`` of 100
+    cells) still has both genders and every race within one of each other, and each band within two.
+    """
+    gender_count: Counter = Counter()
+    pair_count: Counter = Counter()
+    race_count: Counter = Counter()
+    band_count: Counter = Counter()
+    remaining = [cells[i] for i in rng.permutation(len(cells))]
+    ordered = []
+    while remaining:
+        g, r, band = cell = min(
+            remaining, key=lambda c: (gender_count[c[0]], pair_count[c[:2]], race_count[c[1]], band_count[c[2]])
+        )
+        remaining.remove(cell)
+        ordered.append(cell)
+        gender_count[g] += 1
+        pair_count[g, r] += 1
+        race_count[r] += 1
+        band_count[band] += 1
+    return ordered
+
+
+def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
+    """n (gender, race, age) rows drawn from a real index's labelled rows."""
+    try:
+        real = pl.read_parquet(index, columns=["gender", "race", "age"]).drop_nulls()
+    except Exception as err:
+        raise FaceattrError(f"--match {index}: not a readable index Parquet ({first_line(err)})") from None
+    if real.height == 0:
+        raise FaceattrError(f"--match {index}: no labelled rows")
+    picked = real[rng.integers(0, real.height, n)]
+    return picked.select(
+        pl.col("gender").cast(pl.Int64),
+        pl.col("race").cast(pl.Int64),
+        pl.col("age").clip(0, MAX_SYNTH_AGE).cast(pl.Int64),
+    )
+
+
+def run(options: SynthOptions) -> dict:
+    out = _check_options(options)
     generator, meta = load_generator(options.model)
-    wanted = conditions(options)
-    manifest = write_samples(
+    samples = write_samples(
         generator,
-        wanted,
+        conditions(options),
         out,
         options.seed,
-        options.size,
+        options.resolution,
         options.truncation,
         options.batch_size,
         options.quality,
         options.progress,
     )
-    manifest = manifest.with_columns(
+    manifest = samples.with_columns(
+        *label_exprs(),
         pl.lit(options.seed).alias("seed"),
         pl.lit(str(meta.get("name", "faceattr-gen"))).alias("model_name"),
         pl.lit(str(meta.get("version", __version__))).alias("model_version"),
         pl.lit(options.truncation).alias("truncation"),
-        pl.lit(options.size or generator.config.resolution).alias("size"),
-    ).select("file", "index", "gender", "race", "age", "seed", "model_name", "model_version", "truncation", "size")
+        pl.lit(options.resolution or generator.config.resolution).alias("resolution"),
+    ).select(*MANIFEST_COLUMNS)
+    # the one label convention (as index writes it): integer codes plus Enum labels
+    manifest = manifest.with_columns(
+        pl.col("gender_label").cast(pl.Enum(GENDERS)), pl.col("race_label").cast(pl.Enum(RACES))
+    )
     write_parquet_atomically(manifest, out / MANIFEST)
     counts = manifest.group_by("gender", "race").len().sort("gender", "race")
     return {"out_dir": str(out), "images": manifest.height, "model": meta.get("source"), "cells": counts.to_dicts()}
+
+
+def _check_options(options: SynthOptions) -> Path:
+    """Every user error before any work: values, then the output folder (writable, empty or ours to replace)."""
+    if options.n < 1:
+        raise FaceattrError(f"--n {options.n}: must be at least 1")
+    if not 0 < options.truncation <= 2:
+        raise FaceattrError(f"--truncation {options.truncation}: use a value in (0, 2]")
+    if options.resolution is not None and not 16 <= options.resolution <= 1024:
+        raise FaceattrError(f"--resolution {options.resolution}: use 16..1024")
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise FaceattrError(f"{out}: exists and is not a folder")
+    check_writable(out, "-o")
+    if any(out.iterdir()):
+        if not options.overwrite:
+            raise FaceattrError(f"{out} is not empty: add --overwrite to replace its synthesized images")
+        _remove_previous(out)
+    return out
 
 
 def _remove_previous(out: Path) -> None:
