@@ -2,9 +2,11 @@
 
     python examples/synth_then_predict.py runs/api-example [--n 500] [--race asian] [--seed 0]
 
-``synth.run`` writes UTKFace-named faces from the shipped generator (no real faces, nothing downloaded);
-``predict.run`` reads the requested labels back from the names, so its metrics are the generator's attribute
-agreement as the shipped attribute model sees it; the report folder holds the plots and report.html.
+``faceattr_batch.pipelines.synth.run`` writes UTKFace-named faces from the shipped generator, at 200 px like the
+quick start's ``synth --resolution 200`` (no real faces, nothing downloaded); ``faceattr_batch.pipelines.predict.run``
+reads the requested labels back from the names, so its metrics are the generator's attribute agreement as the
+shipped attribute model sees it; the report folder holds the plots and report.html (docs/python-api.md lists the
+other commands' functions).
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ def main() -> None:
 
     faces = args.out / "faces"
     made = synth(
-        SynthOptions(n=args.n, out_dir=faces, races=parse_choices(args.race, "race"), seed=args.seed, overwrite=True)
+        SynthOptions(
+            n=args.n,
+            out_dir=faces,
+            races=parse_choices(args.race, "race"),
+            resolution=200,
+            seed=args.seed,
+            overwrite=True,
+        )
     )
     result = predict(
         PredictOptions(inputs=(str(faces),), output=args.out / "predictions.parquet", report_dir=args.out / "report")
