@@ -16,10 +16,16 @@ from typer.testing import CliRunner
 
 from faceattr_batch import FaceattrError, __version__
 from faceattr_batch.cli import app
-from faceattr_batch.pipelines import index as index_mod
-from faceattr_batch.pipelines.index import IndexOptions, add_dup_groups, build_index, read_index_metadata, write_index
+from faceattr_batch.data import inputs
+from faceattr_batch.data.inputs import list_images
+from faceattr_batch.data.labels import GENDERS, RACES
+from faceattr_batch.index import hashing, sizes
+from faceattr_batch.index.build import IndexOptions, build_index, read_index_metadata, write_index
+from faceattr_batch.index.duplicates import add_dup_groups
+from faceattr_batch.pipelines.index import run
 
 GOOD = "30_1_2_20170116174525125.jpg.chip.jpg"
+runner = CliRunner()
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -132,7 +138,7 @@ def test_unreadable_subfolder_as_root_is_skipped_via_a_fake_scandir(tmp_path: Pa
             raise PermissionError(13, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(index_mod.os, "scandir", scandir)
+    monkeypatch.setattr(inputs.os, "scandir", scandir)
     result = build_index(IndexOptions(root=tmp_path))
     assert result.summary["unreadable_dirs"] == [{"path": "locked", "reason": "Permission denied"}]
     assert result.table["path"].to_list() == [GOOD]
@@ -145,12 +151,43 @@ def test_missing_root_or_a_file_is_one_line_error(tmp_path: Path):
         build_index(IndexOptions(root=touch(tmp_path / GOOD)))
 
 
-def test_empty_folder_gives_an_empty_table_with_the_schema(tmp_path: Path):
-    result = build_index(IndexOptions(root=tmp_path, hash=True, probe=True))
-    assert result.table.height == 0
-    assert {"path", "age", "gender", "race", "status", "dup_group", "label_conflict", "width"} <= set(
-        result.table.columns
-    )
+NO_IMAGES = "no image files found (allowed: .jpg, .jpeg, .png, .webp, .bmp)"
+
+
+@pytest.mark.parametrize("content", ["nothing", "no image"])
+def test_a_folder_without_images_is_an_error_like_predicts(tmp_path: Path, content: str):
+    """Rough edge 9: index wrote an empty Parquet (exit 0) where predict refused the same folder."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    if content == "no image":
+        touch(folder / "notes.txt")
+        touch(folder / ".hidden.jpg")
+    with pytest.raises(FaceattrError) as indexed:
+        build_index(IndexOptions(root=folder, hash=True, probe=True))
+    with pytest.raises(FaceattrError) as listed:
+        list_images([folder])
+    assert str(indexed.value) == str(listed.value) == f"{folder}: {NO_IMAGES}"
+
+
+def test_cli_index_and_predict_refuse_a_folder_without_images_alike(tmp_path: Path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    index = runner.invoke(app, ["index", str(folder), "-o", str(tmp_path / "i.parquet")])
+    predict = runner.invoke(app, ["predict", str(folder), "-o", str(tmp_path / "p.parquet")])
+    for result in (index, predict):
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [f"error: {folder}: {NO_IMAGES}"]
+    assert not (tmp_path / "i.parquet").exists() and not (tmp_path / "p.parquet").exists()
+
+
+def test_index_columns_are_codes_plus_enum_labels(odd_tree: Path):
+    """One label convention: Int64 codes plus Enum labels over the vocabulary of data.labels."""
+    table = build_index(IndexOptions(root=odd_tree)).table
+    assert (table.schema["gender"], table.schema["race"]) == (pl.Int64, pl.Int64)
+    assert table.schema["gender_label"] == pl.Enum(GENDERS) and table.schema["race_label"] == pl.Enum(RACES)
+    row = table.filter(pl.col("path") == GOOD).row(0, named=True)
+    assert (row["gender"], row["gender_label"], row["race"], row["race_label"]) == (1, "female", 2, "Asian")
+    assert row["age_band"] == "30-39"
 
 
 @pytest.fixture()
@@ -197,17 +234,25 @@ def test_summary_lists_conflicting_groups(duplicates: Path):
 
 
 def test_process_pool_gives_the_same_table_as_one_process(duplicates: Path, monkeypatch):
-    monkeypatch.setattr(index_mod, "_CHUNK", 2)  # 7 files -> 4 chunks -> a real pool
+    monkeypatch.setattr(hashing, "CHUNK", 2)  # 7 files -> 4 chunks -> a real pool
     pooled = build_index(IndexOptions(root=duplicates, hash=True, probe=True, workers=2)).table
     single = build_index(IndexOptions(root=duplicates, hash=True, probe=True, workers=0)).table
     assert pooled.sort("path").equals(single.sort("path"))
 
 
-def test_forked_stat_gives_the_same_sizes(odd_tree: Path, monkeypatch):
+def test_stat_in_worker_processes_gives_the_same_sizes(odd_tree: Path, monkeypatch):
     serial = build_index(IndexOptions(root=odd_tree)).table
-    monkeypatch.setattr(index_mod._Sizes, "PARALLEL_FROM", 1)
-    forked = build_index(IndexOptions(root=odd_tree)).table
-    assert forked.select("path", "size_bytes").equals(serial.select("path", "size_bytes"))
+    monkeypatch.setattr(sizes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(sizes.os, "cpu_count", lambda: 2)
+    pooled = build_index(IndexOptions(root=odd_tree)).table
+    assert pooled.select("path", "size_bytes").equals(serial.select("path", "size_bytes"))
+    assert serial["size_bytes"].null_count() == 0 and set(serial["size_bytes"]) == {1, 3}
+
+
+def test_no_file_sizes_leaves_the_column_out(odd_tree: Path):
+    result = build_index(IndexOptions(root=odd_tree, file_sizes=False))
+    assert "size_bytes" not in result.table.columns and "total_bytes" not in result.summary
+    assert result.table.height == 8
 
 
 def test_near_pairs_find_every_hash_within_the_distance_and_none_beyond():
@@ -246,7 +291,13 @@ def test_write_index_is_atomic_and_records_root_version_counts(duplicates: Path,
     assert counts["images"] == 7 and counts["duplicates"]["conflict_groups"] == 1
 
 
-runner = CliRunner()
+def test_run_checks_the_output_place_before_indexing(duplicates: Path, tmp_path: Path):
+    blocker = touch(tmp_path / "a-file")
+    with pytest.raises(FaceattrError, match="cannot write there"):
+        run(IndexOptions(root=duplicates), blocker / "index.parquet")
+    result = run(IndexOptions(root=duplicates), tmp_path / "out" / "index.parquet")
+    assert result.summary["output"] == str(tmp_path / "out" / "index.parquet")
+    assert pl.read_parquet(result.summary["output"]).equals(result.table)
 
 
 def test_cli_index_writes_parquet_and_json(duplicates: Path, tmp_path: Path):

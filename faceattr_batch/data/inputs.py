@@ -12,13 +12,19 @@ symlinks are kept, not resolved: a broken symlink is listed and becomes a row wi
 - anything else with ``*``, ``?`` or ``[``: a glob pattern (``**`` recurses); matched folders are expanded.
 
 A source that matches nothing is a ``FaceattrError`` (a typo must not produce an empty run).
+
+``walk_tree`` is the package's one directory walker: ``index`` lists trees of millions of files with it too.
 """
 
 from __future__ import annotations
 
+import array
 import glob
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from faceattr_batch.data.labels import IMAGE_EXTENSIONS
 from faceattr_batch.errors import FaceattrError, first_line
@@ -41,9 +47,14 @@ def list_images(
     for source in sources:
         paths = list(_expand(os.fspath(source), suffixes))
         if not paths:
-            raise FaceattrError(f"{source}: no image files found (allowed: {', '.join(suffixes)})")
+            raise no_image_files(source, suffixes)
         found.update(paths)
     return sorted(found)
+
+
+def no_image_files(source: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> FaceattrError:
+    """The one wording of "this source holds no image": ``predict``, ``index`` and the others raise it alike."""
+    return FaceattrError(f"{source}: no image files found (allowed: {', '.join(extensions)})")
 
 
 def is_index_parquet(source: str | os.PathLike) -> bool:
@@ -93,17 +104,16 @@ def _expand(source: str, suffixes: tuple[str, ...]) -> Iterator[str]:
         raise FaceattrError(f"{source}: no such file or folder (and not a glob pattern)")
 
 
-def _walk(folder: str, suffixes: tuple[str, ...]) -> Iterable[str]:
-    # os.walk lists broken symlinks among the files and never follows directory symlinks (followlinks=False)
-    for parent, dirs, files in os.walk(os.path.abspath(folder), onerror=_raise_walk_error):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(suffixes):
-                yield os.path.join(parent, name)
-
-
-def _raise_walk_error(err: OSError) -> None:
-    raise FaceattrError(f"{err.filename}: cannot list the folder ({err.strerror or err})")
+def _walk(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
+    root = os.path.abspath(folder)
+    # a broken symlink is listed: the caller named this folder, so it becomes a row with an error, not a hole
+    listing = walk_tree(root, keep_broken_links=True)
+    if listing.unreadable_dirs:
+        first = listing.unreadable_dirs[0]
+        raise FaceattrError(cannot_read_folder(os.path.normpath(os.path.join(root, first["path"])), first["reason"]))
+    for row, name in enumerate(listing.names):
+        if not name.startswith(".") and name.lower().endswith(suffixes):
+            yield listing.real_path(root, row)
 
 
 def _parquet_metadata(path: str) -> dict[str, str]:
@@ -115,8 +125,6 @@ def _parquet_metadata(path: str) -> dict[str, str]:
         raise FaceattrError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
-
-
 def display_path(path: str) -> str:
     """``path`` as valid UTF-8 text for an output column (undecodable bytes shown as ``\\xNN``)."""
     try:
@@ -124,3 +132,112 @@ def display_path(path: str) -> str:
         return path
     except UnicodeEncodeError:
         return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+# --- the one directory walker ---------------------------------------------------------------------------------
+
+
+def cannot_read_folder(path: str | os.PathLike, reason: str) -> str:
+    """The one wording of an unreadable folder (a root that raises, a subfolder that ``index`` reports)."""
+    return f"{path}: cannot read the folder ({reason})"
+
+
+def check_folder(root: str | os.PathLike) -> Path:
+    """``root`` resolved, or a ``FaceattrError`` saying why it cannot be walked."""
+    root = Path(root)
+    if not root.exists():
+        raise FaceattrError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise FaceattrError(f"{root}: not a folder")
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as err:
+        raise FaceattrError(cannot_read_folder(root, err.strerror or str(err))) from None
+    return root.resolve()
+
+
+@dataclass
+class Listing:
+    """What ``walk_tree`` found: every file (flat, listing order) with its folder, plus what it skipped and why."""
+
+    dirs: list[str] = field(default_factory=list)  # display form (relative, posix, UTF-8 safe), "" = root
+    real_dirs: list[str] = field(default_factory=list)  # the real relative path (may hold surrogates)
+    names: list[str] = field(default_factory=list)  # real file names, all folders, listing order
+    dir_of: array.array = field(default_factory=lambda: array.array("I"))  # folder index of each name
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    unreadable_dirs: list[dict] = field(default_factory=list)  # {"path": shown relative path, "reason": ...}
+
+    def real_path(self, root: str | os.PathLike, row: int) -> str:
+        return os.path.join(root, self.real_dirs[self.dir_of[row]], self.names[row])
+
+
+FLUSH_EVERY = 1 << 17  # names per ``flush`` call: chunks for a parser that runs beside the walk
+
+
+def walk_tree(
+    root: str | os.PathLike,
+    listing: Listing | None = None,
+    flush: Callable[[int], None] | None = None,
+    keep_broken_links: bool = False,
+) -> Listing:
+    """Every file below ``root`` into ``listing``; never raises (an unreadable folder is recorded, root included).
+
+    ``os.scandir`` (its d_type answers is_file/is_dir without a stat), no hidden folder and no folder symlink
+    entered (symlink loops cannot recurse). Symlinks to files are listed; broken symlinks and symlink loops too
+    when ``keep_broken_links``, else they are skipped and counted. ``flush(end)`` is called whenever
+    ``listing.names[:end]`` is complete, every ``FLUSH_EVERY`` names and at the end.
+    """
+    listing = Listing() if listing is None else listing
+    flush = flush or (lambda end: None)
+    stack = [("", "")]
+    flushed = 0
+    while stack:
+        real_rel, shown_rel = stack.pop()
+        index = len(listing.dirs)
+        listing.dirs.append(shown_rel)
+        listing.real_dirs.append(real_rel)
+        names = listing.names
+        start = len(names)
+        try:
+            with os.scandir(os.path.join(root, real_rel)) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        names.append(entry.name)
+                        if len(names) - flushed >= FLUSH_EVERY:
+                            listing.dir_of.extend(array.array("I", [index]) * (len(names) - start))
+                            start = flushed = len(names)
+                            flush(flushed)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if entry.name.startswith("."):
+                            listing.skipped["hidden folder"] += 1
+                            continue
+                        sub = f"{real_rel}/{entry.name}" if real_rel else entry.name
+                        shown = display_path(entry.name)
+                        stack.append((sub, f"{shown_rel}/{shown}" if shown_rel else shown))
+                    else:
+                        kind = _odd_entry(entry, keep_broken_links)
+                        if kind is None:
+                            names.append(entry.name)
+                        else:
+                            listing.skipped[kind] += 1
+        except OSError as err:
+            listing.unreadable_dirs.append({"path": shown_rel or ".", "reason": err.strerror or str(err)})
+        listing.dir_of.extend(array.array("I", [index]) * (len(names) - start))
+    flush(len(listing.names))
+    return listing
+
+
+def _odd_entry(entry: os.DirEntry, keep_broken_links: bool) -> str | None:
+    """None when the entry is listed as a file (a symlink to a file, or a broken one when kept), else why not."""
+    broken = None if keep_broken_links else "broken symlink or symlink loop"
+    try:
+        if entry.is_symlink():
+            if entry.is_dir():
+                return "symlink to a folder (not followed)"
+            if entry.is_file():
+                return None
+            return broken
+    except OSError:  # ELOOP and the like while following the link
+        return broken
+    return "not a regular file"

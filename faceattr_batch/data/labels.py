@@ -221,10 +221,26 @@ def parse_name(name: str) -> ParsedName:
     return ParsedName(**row)
 
 
+def code_label(code: pl.Expr, names: tuple[str, ...]) -> pl.Expr:
+    """Integer codes -> polars Enum labels over ``names`` (``GENDERS``, ``RACES``); null for null or unknown codes.
+
+    Enum (Arrow dictionary) labels: a million rows cost little to hold and write, and the order stays the
+    vocabulary's, not the alphabet's.
+    """
+    return code.replace_strict(dict(enumerate(names)), default=None, return_dtype=pl.String).cast(pl.Enum(names))
+
+
+def label_code(label: pl.Expr, names: tuple[str, ...]) -> pl.Expr:
+    """Labels (strings or Enum, spelled as in ``names``) -> Int64 codes; null for anything else."""
+    return label.cast(pl.String).replace_strict(
+        {name: code for code, name in enumerate(names)}, default=None, return_dtype=pl.Int64
+    )
+
+
 def label_exprs() -> list[pl.Expr]:
-    """Readable label columns from the integer codes (gender_label, race_label, age_band)."""
+    """Readable Enum label columns from the integer codes: gender_label, race_label, age_band."""
     return [
-        pl.col("gender").replace_strict(dict(enumerate(GENDERS)), default=None).alias("gender_label"),
-        pl.col("race").replace_strict(dict(enumerate(RACES)), default=None).alias("race_label"),
+        code_label(pl.col("gender"), GENDERS).alias("gender_label"),
+        code_label(pl.col("race"), RACES).alias("race_label"),
         age_band_expr(pl.col("age")).alias("age_band"),
     ]
