@@ -7,9 +7,11 @@ gradient canvases (nothing derived from UTKFace is stored). A face counts as fou
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from faceattr_batch.data.labels import format_name, parse_name
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces import detect
 from faceattr_batch.models.registry import default_weights_path
-from faceattr_batch.pipelines.predict import FACE_COLUMNS, OUTPUT_COLUMNS, PredictOptions, run
+from faceattr_batch.pipelines.predict import PredictOptions, run
+from faceattr_batch.schema import FACE_COLUMNS, OUTPUT_COLUMNS
 
 needs_detect = pytest.mark.skipif(
     not detect.detection_available(), reason="the detect extra is not installed (pip install -e '.[detect]')"
@@ -219,6 +222,8 @@ def test_auto_on_chips_gives_the_chips_mode_predictions(shared_utkface, tmp_path
     taken = auto.filter(pl.col("framing") == "chip")
     print(f"auto took {taken.height} of {len(chosen)} chips as chips")
     assert taken.height >= 0.98 * len(chosen)
+    # rough edge 7: auto answers every image chips answers (a chip it cannot confirm is framed chip-unconfirmed)
+    assert set(auto.filter(pl.col("error").is_null())["path"]) == set(chips["path"]) == set(chosen)
     same = chips.filter(pl.col("path").is_in(taken["path"].implode()))
     predictions = ["pred_gender", "p_female", "pred_race", "p_white", "p_black", "p_asian", "p_indian", "p_others"]
     predictions += ["pred_age", "age_low", "age_high", "true_age", "gender_correct"]
@@ -226,14 +231,97 @@ def test_auto_on_chips_gives_the_chips_mode_predictions(shared_utkface, tmp_path
     assert chips["box_x"].null_count() == chips.height and chips["face_index"].to_list() == [0] * chips.height
 
 
+def _exif_oriented(pixels: np.ndarray, path: Path, orientation: int) -> None:
+    """Saves the pixels as they are with an EXIF orientation tag, so a viewer (and read_rgb) turns them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+
+
+def _auto_and_chips(folder: Path, model: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """Rows by file name of ``--faces auto`` and ``--faces chips`` over ``folder``."""
+    runs = {}
+    for mode in ("auto", "chips"):
+        out = tmp_path / f"{mode}.parquet"
+        options = {**FAST, "runtime": "torch", "batch_size": 4}
+        run(PredictOptions(inputs=(str(folder),), output=out, model=str(model), faces=mode, **options))
+        runs[mode] = {Path(row["path"]).name: row for row in pl.read_parquet(out).to_dicts()}
+    return runs["auto"], runs["chips"]
+
+
+PREDICTED = ("pred_gender", "p_female", "pred_race", "pred_age", "age_low", "age_high")
+
+
+@needs_detect
+def test_auto_predicts_a_faceless_chip_shaped_image_as_an_unconfirmed_chip(tmp_path, tiny_attr_model):
+    """Rough edge 7: a chip-shaped image without a face the detector finds came back 'no face found' in auto
+    although chips predicts it. Now auto predicts it as chips does, framed chip-unconfirmed, with no box; a
+    photo-shaped image without a face still has none. EXIF: a 200 x 160 image turned a quarter by its tag is
+    160 x 200 once decoded, chip-shaped either way, and predicted from the turned pixels, as chips does."""
+    from faceattr_batch.faces.load import FRAMING_CHIP_UNCONFIRMED, FRAMINGS, chip_shaped
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(folder / "flat.png")
+    Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(folder / "noise.png")
+    _exif_oriented(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8), folder / "exif_turned.jpg", 6)
+    Image.new("RGB", (640, 480), "grey").save(folder / "photo.png")
+    auto, chips = _auto_and_chips(folder, tiny_attr_model, tmp_path)
+    for name in ("flat.png", "noise.png", "exif_turned.jpg"):
+        row = auto[name]
+        assert row["error"] is None and row["framing"] == FRAMING_CHIP_UNCONFIRMED in FRAMINGS, name
+        assert row["face_index"] == 0 and row["box_x"] is None and row["det_score"] is None, name
+        assert row["landmarks"] is None, name
+        assert [row[k] for k in PREDICTED] == [chips[name][k] for k in PREDICTED], name
+    assert auto["photo.png"]["error"] == "no face found" and chips["photo.png"]["error"] is None
+    assert chip_shaped(200, 160) and chip_shaped(160, 200) and chip_shaped(218, 178)
+    assert not chip_shaped(480, 640) and not chip_shaped(2000, 2000)
+
+
+@needs_detect
+def test_auto_answers_chips_whose_exif_turns_the_face(shared_utkface, tmp_path, tiny_attr_model):
+    """Rough edge 7, the reported case: a 200 x 200 UTKFace chip carrying an EXIF orientation that turns its face
+    on its side (or upside down) was 'no face found' in auto. Now every one is answered, and where auto takes the
+    image as a chip (confirmed or not) it predicts exactly what chips predicts."""
+    names = sorted(os.listdir(shared_utkface))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in np.random.default_rng(5).choice(len(names), 4, replace=False):
+        pixels = np.asarray(Image.open(shared_utkface / names[i]).convert("RGB"))
+        for orientation in (3, 6, 8):
+            _exif_oriented(pixels, folder / f"{orientation}_{names[i]}", orientation)
+    auto, chips = _auto_and_chips(folder, tiny_attr_model, tmp_path)
+    assert len(chips) == 12 and all(row["error"] is None for row in chips.values())
+    assert all(row["error"] is None for row in auto.values())
+    unconfirmed = [name for name, row in auto.items() if row["framing"] == "chip-unconfirmed"]
+    assert unconfirmed  # measured: 9 of 12 (MTCNN finds few faces on their side)
+    for name, row in auto.items():
+        if row["framing"] != "aligned":
+            assert [row[k] for k in PREDICTED] == [chips[name][k] for k in PREDICTED], name
+
+
 @needs_detect
 def test_report_thumbnails_show_the_detected_faces(photo_run, composites, tmp_path):
+    """A detected row's thumbnail is its face, cut from the photo: square, and closer to the pasted chip than to
+    the whole photo (it was only counted before)."""
     from faceattr_batch.pipelines.report import build
 
     out = tmp_path / "faces.parquet"
     photo_run.write_parquet(out)
     html = build(out, tmp_path / "report").read_text()
-    assert "Worst errors" in html and html.count("data:image/jpeg;base64") >= 3
+    assert "Worst errors" in html
+    pasted = {str(photo.path): photo.faces for photo in composites}
+    thumbs = re.findall(r"<img alt='' src='data:image/jpeg;base64,([^']+)'>.*?title='([^']+)'", html)
+    assert len(thumbs) >= 3
+    for data, path in thumbs:
+        thumb = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        assert thumb.width == thumb.height, path  # the photos are 4:3; the face box's square is not
+        (face,) = pasted[path]  # worst rows are labelled, so one-face photos
+        pixels = np.asarray(thumb, dtype=np.float64)
+        chip = np.asarray(Image.open(face.chip).convert("RGB").resize(thumb.size), dtype=np.float64)
+        photo = np.asarray(Image.open(path).convert("RGB").resize(thumb.size), dtype=np.float64)
+        assert np.abs(pixels - chip).mean() < 0.5 * np.abs(pixels - photo).mean(), path
 
 
 # --- bad inputs, resume, crop ------------------------------------------------------------------------------
@@ -393,9 +481,45 @@ def test_help_and_chip_runs_never_import_cv2(tmp_path):
     assert done.stdout.strip() == "False"
 
 
-def test_face_columns_are_the_documented_ones():
-    assert OUTPUT_COLUMNS[-len(FACE_COLUMNS) :] == FACE_COLUMNS
-    assert FACE_COLUMNS == ("face_index", "framing", "box_x", "box_y", "box_w", "box_h", "det_score", "landmarks")
+def test_face_rows_give_one_row_per_face_and_one_error_row_per_faceless_image():
+    """``face_rows``: each face's own detection values in FACE_COLUMNS, an image without faces one error row, an
+    unconfirmed chip a face row without detector values (nulls, not NaN)."""
+    from faceattr_batch.data.batches import Batch
+    from faceattr_batch.faces.detect import Detections
+    from faceattr_batch.faces.load import (
+        FRAMING_ALIGNED,
+        FRAMING_CHIP_UNCONFIRMED,
+        NO_FACE,
+        FoundFaces,
+        face_rows,
+    )
+
+    two = Detections(
+        np.array([[1, 2, 30, 31], [50, 60, 20, 21]], np.float32),
+        np.array([0.99, 0.95], np.float32),
+        np.arange(20, dtype=np.float32).reshape(2, 5, 2),
+    )
+    chips = np.stack([np.full((8, 8, 3), value, np.uint8) for value in (10, 20)])
+    found = [
+        FoundFaces(FRAMING_ALIGNED, chips, two),
+        FoundFaces(FRAMING_ALIGNED, chips[:0], Detections.empty()),
+        FoundFaces(
+            FRAMING_CHIP_UNCONFIRMED,
+            chips[1:],
+            Detections(*(np.full(shape, np.nan) for shape in ((1, 4), 1, (1, 5, 2)))),
+        ),
+    ]
+    batch = Batch(start=0, paths=["a", "b", "c", "d"], items=found, ok=[0, 1, 2], errors={3: "unreadable image"})
+    rows = face_rows(batch, 8)
+    assert tuple(rows.columns) == FACE_COLUMNS
+    assert rows.image.tolist() == [0, 0, 1, 2, 3] and rows.faces_in_image.tolist() == [2, 2, 0, 1, 0]
+    assert rows.ok == [0, 1, 3] and rows.errors == {2: NO_FACE, 4: "unreadable image"}
+    assert [chip[0, 0, 0] for chip in rows.pixels] == [10, 20, 20]
+    assert rows.columns["face_index"] == [0, 1, None, 0, None]
+    assert rows.columns["framing"] == ["aligned", "aligned", None, "chip-unconfirmed", None]
+    assert rows.columns["box_x"] == [1.0, 50.0, None, None, None]
+    assert rows.columns["det_score"] == pytest.approx([0.99, 0.95, None, None, None])
+    assert rows.columns["landmarks"][1] == list(range(10, 20)) and rows.columns["landmarks"][3] is None
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():

@@ -7,7 +7,10 @@ them in a list); ``face_rows`` turns a batch of them into one row per face for t
 image's centre square (about 1 ms, against 100+ ms for a full search of a photo), and the face it confirms there
 must be framed like the training chips (``align.fills_frame``). Such an image is loaded by ``decode.load_chip``
 exactly as ``--faces chips`` loads it, so chip folders give the same predictions in both modes. Anything else is
-searched in full and each face aligned.
+searched in full and each face aligned. An image shaped like a chip (``chip_shaped``) in which the search finds
+no face either is still predicted as ``--faces chips`` would, framed ``chip-unconfirmed``: so ``auto`` never
+answers fewer images than ``chips`` (UTKFace holds chips MTCNN misses, and chips whose EXIF orientation turns the
+face on its side; the shape test is on the short/long side ratio, which a quarter turn leaves as it is).
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from faceattr_batch.data.decode import load_chip, read_rgb, resize
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.align import CHIP_SIZE, align_face, fills_frame
 from faceattr_batch.faces.detect import Detections, MtcnnDetector, find_faces, rescore_boxes
+from faceattr_batch.schema import FACE_COLUMNS
 
 FACE_MODES = ("auto", "detect", "chips")
-FRAMING_CHIP, FRAMING_ALIGNED = "chip", "aligned"
+FRAMING_CHIP = "chip"  # the whole image is the one face: confirmed by the detector, or --faces chips
+FRAMING_CHIP_UNCONFIRMED = "chip-unconfirmed"  # auto: chip-shaped, no face found, predicted as a chip anyway
+FRAMING_ALIGNED = "aligned"  # detected in the image and aligned to the chip framing
+FRAMINGS = (FRAMING_CHIP, FRAMING_CHIP_UNCONFIRMED, FRAMING_ALIGNED)  # every framing value, for the schema
+# What a chip looks like: near square (UTKFace and crop 200 x 200, FairFace 224, CelebA's aligned 178 x 218) and
+# no larger than the largest the generator writes; a bigger or wider image without a face is a photo without one
+CHIP_MIN_ASPECT = 0.8  # short side / long side
+CHIP_MAX_SIDE = 1024
 NO_FACE = "no face found"
-FACE_COLUMNS = ("face_index", "framing", "box_x", "box_y", "box_w", "box_h", "det_score", "landmarks")
 # The chip check's score floor: the framing test is the evidence, so it is lower than --min-score (one UTKFace chip
 # in 300 scores 0.88 in a full search)
 CHECK_MIN_SCORE = 0.5
@@ -53,7 +63,7 @@ class FaceOptions:
 class FoundFaces:
     """The faces of one image: ``chips[i]`` is the face at ``detections`` row i (original pixels)."""
 
-    framing: str  # FRAMING_CHIP: the whole image is the one face; FRAMING_ALIGNED: detected and aligned
+    framing: str  # one of FRAMINGS
     chips: np.ndarray  # k x size x size x 3 uint8
     detections: Detections
 
@@ -74,6 +84,8 @@ def load_faces(path: str, options: FaceOptions, size: int) -> FoundFaces:
         if face is not None:
             return FoundFaces(FRAMING_CHIP, load_chip(path, size)[None], face)
     found = find_faces(pixels, detector, options.min_face, options.min_score, options.max_faces)
+    if not len(found) and options.mode == "auto" and chip_shaped(*pixels.shape[:2]):
+        return FoundFaces(FRAMING_CHIP_UNCONFIRMED, load_chip(path, size)[None], _undetected())
     chips = [resize(align_face(pixels, points, CHIP_SIZE), size) for points in found.landmarks]
     stacked = np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
     return FoundFaces(FRAMING_ALIGNED, stacked, found)
@@ -91,6 +103,18 @@ def chip_face(pixels: np.ndarray, detector) -> Detections | None:
     return best if fills_frame(best.landmarks[0], width, height) else None
 
 
+def chip_shaped(height: int, width: int) -> bool:
+    """Whether an image of this size could be a face chip (see CHIP_MIN_ASPECT, CHIP_MAX_SIDE)."""
+    return min(height, width) >= CHIP_MIN_ASPECT * max(height, width) and max(height, width) <= CHIP_MAX_SIDE
+
+
+def _undetected() -> Detections:
+    """One face the detector did not see: no box, score or landmarks (NaN, written as nulls)."""
+    return Detections(
+        np.full((1, 4), np.nan, np.float32), np.full(1, np.nan, np.float32), np.full((1, 5, 2), np.nan, np.float32)
+    )
+
+
 @dataclass
 class FaceRows:
     """A batch of images as one row per face (an image without faces, or that failed, is one error row)."""
@@ -104,8 +128,8 @@ class FaceRows:
 
 
 def face_rows(batch, size: int) -> FaceRows:
-    """``batch`` (``batches.Batch`` whose ``pixels`` is a list of FoundFaces for its ``ok`` positions)."""
-    found_at = dict(zip(batch.ok, batch.pixels, strict=True))
+    """``batch`` (``batches.Batch`` whose ``items`` is a list of FoundFaces for its ``ok`` positions)."""
+    found_at = dict(zip(batch.ok, batch.items, strict=True))
     image, counts, chips, ok, errors = [], [], [], [], {}
     columns: dict[str, list] = {name: [] for name in FACE_COLUMNS}
     for position in range(len(batch.paths)):
@@ -124,9 +148,17 @@ def face_rows(batch, size: int) -> FaceRows:
             image.append(position)
             counts.append(count)
             chips.append(found.chips[face])
-            x, y, w, h = (float(v) for v in det.boxes[face])
-            values = (face, found.framing, x, y, w, h, float(det.scores[face]), det.landmarks[face].ravel().tolist())
+            x, y, w, h = (_finite(v) for v in det.boxes[face])
+            points = det.landmarks[face].ravel()
+            landmarks = points.tolist() if np.isfinite(points).all() else None
+            values = (face, found.framing, x, y, w, h, _finite(det.scores[face]), landmarks)
             for name, value in zip(FACE_COLUMNS, values, strict=True):
                 columns[name].append(value)
     pixels = np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
     return FaceRows(np.asarray(image, np.int64), np.asarray(counts, np.int64), pixels, ok, errors, columns)
+
+
+def _finite(value) -> float | None:
+    """A detection value for the output table; None where the detector gave none (an unconfirmed chip)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
