@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from conftest import REPO, make_faces
 from typer.testing import CliRunner
@@ -26,7 +27,8 @@ from faceattr_batch.cli import app
 from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.pipelines import fid
-from faceattr_batch.pipelines.predict import FLOAT_OUTPUTS, OUTPUT_COLUMNS, PredictOptions, run
+from faceattr_batch.pipelines.predict import PredictOptions, run
+from faceattr_batch.schema import FLOAT_OUTPUTS, OUTPUT_COLUMNS
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install -e '.[ray]')")
@@ -194,6 +196,100 @@ def test_ray_fid_equals_the_local_fid(ray_cluster, tmp_path):
     assert set(on_ray.by) == set(local.by) == {"male", "female"}
     for label, expected in local.by.items():
         assert on_ray.by[label].fid == pytest.approx(expected.fid, abs=1e-6)
+
+
+def _chip_record(path: str) -> tuple[str, int]:
+    """What a face loader returns: a record per image, not a pixel array (the Batch then holds a list)."""
+    from faceattr_batch.data.decode import read_rgb
+
+    return os.path.basename(path), read_rgb(path).shape[0]
+
+
+class _EchoWorker:
+    """A worker that writes down what it was handed: the Batch's fields and its chunk's columns."""
+
+    schema = pa.schema(
+        [("position", pa.int64()), ("path", pa.string()), ("error", pa.string()), ("record", pa.string())]
+        + [("height", pa.int64()), ("key", pa.string()), ("tag", pa.string())]
+    )
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def __call__(self, batch, columns):
+        records = dict(zip(batch.ok, batch.items, strict=True))
+        found = [records.get(i) for i in range(len(batch.paths))]
+        return pa.table(
+            {
+                "position": [batch.start + i for i in range(len(batch.paths))],
+                "path": batch.paths,
+                "error": [batch.errors.get(i) for i in range(len(batch.paths))],
+                "record": [None if r is None else r[0] for r in found],
+                "height": [None if r is None else r[1] for r in found],
+                "key": columns["key"],
+                "tag": [self.tag] * len(batch.paths),
+            },
+            schema=self.schema,
+        )
+
+
+@pytest.mark.ray
+@needs_ray
+def test_run_in_order_hands_the_worker_the_local_batches_and_their_columns(ray_cluster, tmp_path):
+    from ray import cloudpickle
+
+    from faceattr_batch.data.batches import iter_batches
+
+    paths = [str(p) for p in make_faces(tmp_path / "in", 7, size=20)]
+    (tmp_path / "in" / "zero.jpg").write_bytes(b"")
+    paths.insert(3, str(tmp_path / "in" / "zero.jpg"))
+    keys = pa.array([f"k{i}" for i in range(len(paths))], pa.large_string())
+    worker = _EchoWorker("t")
+    local = pa.concat_tables(
+        worker(batch, {"key": keys.to_pylist()[batch.start : batch.start + len(batch.paths)]})
+        for batch in iter_batches(paths, _chip_record, 3, workers=0)
+    )
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        tables = ray_engine.run_in_order(
+            paths,
+            _chip_record,
+            3,
+            _EchoWorker,
+            ("t",),
+            columns={"key": keys},
+            device_type="cpu",
+            threads=1,
+            decode_share=0.5,
+            item_bytes=1 << 10,
+            address=None,
+            concurrency=None,
+            progress=False,
+        )
+        on_ray = pa.concat_tables(list(tables))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert on_ray.equals(local) and on_ray.num_rows == 8
+    assert on_ray["error"][3].as_py() == "empty file (0 bytes)" and on_ray["height"][0].as_py() == 20
+
+
+def test_run_in_order_with_no_paths_needs_no_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` would fail
+    tables = ray_engine.run_in_order(
+        [],
+        _chip_record,
+        3,
+        _EchoWorker,
+        ("t",),
+        device_type="cpu",
+        threads=1,
+        decode_share=0.5,
+        item_bytes=1,
+        address=None,
+        concurrency=None,
+        progress=False,
+    )
+    assert list(tables) == []
 
 
 class _FailingFeatures:

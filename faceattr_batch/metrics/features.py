@@ -50,7 +50,7 @@ def add_batch(
 
     if not batch.ok:
         return
-    inputs = torch.from_numpy(batch.pixels).to(device, non_blocking=True)
+    inputs = torch.from_numpy(batch.items).to(device, non_blocking=True)
     features = network(inputs).float().cpu().numpy()
     _add(bundle, ALL, features, capacity, seed)
     if labels is not None:
