@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from faceattr_batch.metrics import attributes as metrics
+from faceattr_batch.schema import derived_columns
 
 # 6 faces; codes: gender 0 male / 1 female, race 0 White .. 4 Others
 FRAME = pl.DataFrame(
@@ -28,7 +29,7 @@ FRAME = pl.DataFrame(
         "age_low": [18.0, 25.0, 45.0, 1.0, 40.0, 20.0],
         "age_high": [26.0, 35.0, 60.0, 9.0, 60.0, 40.0],
     }
-)
+).with_columns(derived_columns())  # the label columns predict writes beside the codes (slices read them)
 
 
 def test_overall_by_hand():
@@ -81,12 +82,12 @@ def test_confusion_matrices():
     assert metrics.confusion_matrix(FRAME, "gender") == [[1, 1], [1, 2]]
 
 
-def test_from_predictions_maps_names_to_codes():
-    readable = pl.DataFrame(
-        {"true_gender": ["female", None], "pred_gender": ["male", "female"], "true_race": ["Asian", "Others"]}
-    ).with_columns(pred_race=pl.lit("White"))
-    coded = metrics.from_predictions(readable)
-    assert coded.rows() == [(1, 0, 2, 0), (None, 1, 4, 0)]
+def test_derived_label_columns_follow_the_codes():
+    assert FRAME["true_gender_label"].dtype == pl.Enum(["male", "female"])
+    assert FRAME["true_gender_label"].to_list() == ["female", "female", "male", "male", "female", None]
+    assert FRAME["pred_race_label"].to_list() == ["White", "Black", "Black", "Asian", "White", "Others"]
+    assert FRAME["true_age_band"].cast(pl.String).to_list() == ["20-29", "30-39", "40-49", "3-9", "70-79", None]
+    assert FRAME["race_correct"].to_list() == [True, False, True, True, False, True]
 
 
 def test_worst_errors_order_and_confidence():
@@ -103,7 +104,9 @@ def test_calibration_and_interval_coverage():
     assert gender["n"].to_list() == [2, 3]
     assert gender["confidence"].to_list() == pytest.approx([0.15, (0.9 + 0.95 + 0.6) / 3])
     assert gender["observed"].to_list() == pytest.approx([0.5, 2 / 3])
-    ece = metrics.expected_calibration_error(gender)
-    assert ece == pytest.approx((2 * 0.35 + 3 * abs(2.45 / 3 - 2 / 3)) / 5)
+    # gender ECE over the predicted class's confidence: rows 0..4 confidences .9 .8 .9 .95 .6, correct T F T F T;
+    # 15 bins (low, high]: .6 alone, .8 alone, the two .9 together, .95 alone
+    ece = metrics.calibration_errors(FRAME)["gender_ece"]
+    assert ece == pytest.approx((abs(0.6 - 1) + abs(0.8 - 0) + 2 * abs(0.9 - 1) + abs(0.95 - 0)) / 5)
     # true ages 20 in [18,26], 30 in [25,35], 40 not in [45,60], 5 in [1,9], 70 not in [40,60]
     assert metrics.age_interval_coverage(FRAME) == pytest.approx(3 / 5)

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.registry import default_weights_path
-from faceattr_batch.pipelines.predict import OUTPUT_COLUMNS, PredictOptions, output_schema, run
+from faceattr_batch.pipelines.predict import PredictOptions, run
+from faceattr_batch.schema import OUTPUT_COLUMNS
 
 FAST = {"workers": 1, "threads": 1, "runtime": "torch", "progress": False}
 
@@ -127,11 +128,17 @@ def test_labels_from_names_and_from_an_index(tmp_path, tiny_attr_model):
     result = _run([tmp_path / "in"], out, tiny_attr_model)
     frame = pl.read_parquet(out).sort("path")
     first = frame.filter(pl.col("path") == str(paths[0])).row(0, named=True)
-    assert (first["true_age"], first["true_gender"], first["true_race"], first["true_age_band"]) == (
-        4, "male", "White", "3-9",
-    )  # fmt: skip
+    assert (first["true_age"], first["true_gender"], first["true_race"], first["true_age_band"]) == (4, 0, 0, "3-9")
+    assert (first["true_gender_label"], first["true_race_label"]) == ("male", "White")
     assert first["age_error"] == pytest.approx(first["pred_age"] - 4)
-    assert first["gender_correct"] == (first["pred_gender"] == "male")
+    assert first["gender_correct"] == (first["pred_gender"] == 0)
+    assert first["pred_gender_label"] == ("female" if first["p_female"] >= 0.5 else "male")
+    assert first["pred_race_label"] == ("White", "Black", "Asian", "Indian", "Others")[first["pred_race"]]
+    # one label convention (schema.py): integer codes beside Enum labels, as `index` writes them
+    assert frame.schema["true_gender"] == pl.Int8 and frame.schema["pred_race"] == pl.Int8
+    assert frame.schema["true_gender_label"] == pl.Enum(["male", "female"])
+    assert frame.schema["pred_race_label"] == pl.Enum(["White", "Black", "Asian", "Indian", "Others"])
+    assert isinstance(frame.schema["pred_age_band"], pl.Enum) and isinstance(frame.schema["true_age_band"], pl.Enum)
     assert frame.filter(pl.col("path") == str(plain)).select("true_age", "true_gender").row(0) == (None, None)
     assert result.labelled == 6 and result.metrics["n_age"] == 6
 
@@ -144,7 +151,7 @@ def test_labels_from_names_and_from_an_index(tmp_path, tiny_attr_model):
     result = _run([tmp_path / "in"], out, tiny_attr_model, labels=index)
     frame = pl.read_parquet(out)
     rows = {Path(r["path"]).name: r for r in frame.to_dicts()}
-    assert (rows["holiday.jpg"]["true_age"], rows["holiday.jpg"]["true_race"]) == (33, "Asian")
+    assert (rows["holiday.jpg"]["true_age"], rows["holiday.jpg"]["true_race_label"]) == (33, "Asian")
     assert (rows[paths[1].name]["true_age"], rows[paths[1].name]["true_race"]) == (50, None)
     assert rows[paths[0].name]["true_age"] is None  # the index wins; it does not list this file
     assert result.labelled == 2 and result.settings["labels"].startswith("index:")
@@ -165,7 +172,7 @@ def test_batch_size_and_runtime_do_not_change_the_values(tmp_path, tiny_attr_mod
         assert other["path"].to_list() == frames[0]["path"].to_list()
         diff = (other.select(numeric) - frames[0].select(numeric)).select(pl.all().abs().max()).row(0)
         assert max(diff) < 1e-3, diff
-        assert other["pred_race"].to_list() == frames[0]["pred_race"].to_list()
+        assert other["pred_race_label"].to_list() == frames[0]["pred_race_label"].to_list()
 
 
 def test_an_exported_onnx_file_is_a_model_source(tmp_path, tiny_attr_model):
@@ -178,10 +185,6 @@ def test_an_exported_onnx_file_is_a_model_source(tmp_path, tiny_attr_model):
     assert result.model["runtime"] == "onnxruntime" and result.predicted == 5
     with pytest.raises(FaceattrError, match="runs with onnxruntime"):
         _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="torch")
-
-
-def test_output_schema_is_the_documented_columns():
-    assert tuple(output_schema().names) == OUTPUT_COLUMNS
 
 
 def test_bad_options_fail_before_work(tmp_path, tiny_attr_model):

@@ -10,7 +10,6 @@ import pytest
 from conftest import make_faces
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.pipelines import report
 from faceattr_batch.pipelines.predict import PredictOptions, run
 
@@ -54,16 +53,44 @@ def test_metrics_json_matches_an_independent_computation(predictions, tmp_path):
     assert saved["overall"]["gender_accuracy"] == pytest.approx((ok["pred_gender"] == ok["true_gender"]).mean())
     assert saved["overall"]["race_accuracy"] == pytest.approx((ok["pred_race"] == ok["true_race"]).mean())
     assert sum(map(sum, saved["race_confusion"])) == 40
+    # the slices against a computation by hand: per true race, its count and age MAE
     breakdown = pl.read_parquet(tmp_path / "rep" / "breakdown.parquet")
     assert breakdown["n"].sum() == 40
-    assert breakdown.equals(metrics.breakdown(metrics.from_predictions(ok), metrics.SLICE_BY, intervals=True))
+    for row in saved["by_race"]:
+        rows = ok.filter(pl.col("true_race_label") == row["race"])
+        assert row["n"] == rows.height
+        assert row["age_mae"] == pytest.approx((rows["pred_age"] - rows["true_age"]).abs().mean(), rel=1e-6)
+    races = [row["race"] for row in saved["by_race"]]
+    assert races == sorted(races, key=["White", "Black", "Asian", "Indian", "Others"].index)  # vocabulary order
+
+
+def test_metrics_json_worst_errors_carry_paths_ages_and_labels(predictions, tmp_path):
+    """Rough edge 1: every worst entry read {"literal": [...]} with polars 2.1, its paths and ages lost."""
+    report.build(predictions, tmp_path / "rep")
+    worst = json.loads((tmp_path / "rep" / "metrics.json").read_text())["worst"]
+    frame = pl.read_parquet(predictions).filter(pl.col("error").is_null())
+    by_path = {row["path"]: row for row in frame.to_dicts()}
+    ages = sorted(frame.to_dicts(), key=lambda r: (-abs(r["pred_age"] - r["true_age"]), r["path"]))[:12]
+    assert [entry["path"] for entry in worst["age"]] == [row["path"] for row in ages]
+    for key in ("age", "gender", "race"):
+        for entry in worst[key]:
+            assert "literal" not in entry
+            row = by_path[entry["path"]]
+            assert entry["true_age"] == row["true_age"] and entry["pred_age"] == pytest.approx(row["pred_age"])
+            assert (entry["true_gender"], entry["pred_gender"]) == (row["true_gender_label"], row["pred_gender_label"])
+            assert (entry["true_race"], entry["pred_race"]) == (row["true_race_label"], row["pred_race_label"])
+    assert worst["age"][0]["abs_age_error"] == pytest.approx(abs(ages[0]["pred_age"] - ages[0]["true_age"]))
+    wrong = frame.filter(pl.col("true_race") != pl.col("pred_race"))
+    assert {entry["path"] for entry in worst["race"]} <= set(wrong["path"]) and len(worst["race"]) == min(
+        12, wrong.height
+    )
 
 
 def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
     unlabelled = tmp_path / "unlabelled.parquet"
     pl.read_parquet(predictions).with_columns(
-        pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.String).alias("true_gender"),
-        pl.lit(None, pl.String).alias("true_race"),
+        pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.Int8).alias("true_gender"),
+        pl.lit(None, pl.Int8).alias("true_race"),
     ).write_parquet(unlabelled)  # fmt: skip
     page = report.build(unlabelled, tmp_path / "rep").read_text()
     assert "No true labels" in page and "Predicted classes" in page

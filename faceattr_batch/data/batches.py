@@ -1,13 +1,15 @@
-"""Paths -> batches of decoded pixels, decoded in parallel worker processes. Shared by predict, fid and train.
+"""Paths -> batches of decoded items, decoded in parallel worker processes. Shared by predict, fid, train and crop.
 
-Each worker decodes a whole batch and sends back one stacked array, so pickling costs one message per batch.
-Batches come back in input order, and at most ``prefetch`` batches are in flight, so memory stays flat
-however many paths there are and however slow the consumer is.
+Each worker decodes a whole batch and sends back one stacked array (or one list of records), so pickling costs one
+message per batch. Batches come back in input order, and at most ``prefetch`` batches are in flight, so memory
+stays flat however many paths there are and however slow the consumer is. Workers ignore Ctrl-C: the parent alone
+gets the KeyboardInterrupt and stops them, so an interrupted run prints no worker tracebacks.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -20,11 +22,12 @@ from faceattr_batch.data.decode import DecodeError
 
 @dataclass
 class Batch:
-    """``pixels[i]`` belongs to ``paths[ok[i]]``; ``errors`` maps the other positions to their reasons."""
+    """``items[i]`` belongs to ``paths[ok[i]]``; ``errors`` maps the other positions to their reasons."""
 
     start: int  # position of paths[0] in the whole input list
     paths: list[str]
-    pixels: np.ndarray | list  # N_ok x H x W x C uint8 stacked; a list when the loader returns records, not arrays
+    items: np.ndarray | list  # pixels, N_ok x H x W x C uint8 stacked; a list when the loader returns records
+    # (faces.load.FoundFaces), not arrays
     ok: list[int]  # positions (within this batch) that decoded
     errors: dict[int, str]
 
@@ -37,9 +40,7 @@ def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str]
             ok.append(i)
         except DecodeError as err:
             errors[i] = str(err)
-        except (
-            Exception
-        ) as err:  # a decoder bug must not kill a million-image run: record it as the row's error
+        except Exception as err:  # a decoder bug must not kill a million-image run: record it as the row's error
             errors[i] = f"decode failed: {type(err).__name__}: {err}"
     if arrays and not isinstance(arrays[0], np.ndarray):
         return Batch(start, list(paths), arrays, ok, errors)  # records (faces.FoundFaces): one per decoded path
@@ -63,7 +64,8 @@ def iter_batches(
     # fork is fastest and safe here: workers only run Pillow/numpy code, never torch.
     context = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     window = prefetch or 2 * workers
-    with context.Pool(workers) as pool:
+    # leaving the block (a KeyboardInterrupt in the parent included) terminates the workers
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         pending: deque = deque()
         for start, chunk in chunks:
             pending.append(pool.apply_async(decode_batch, (load, start, chunk)))
@@ -71,3 +73,8 @@ def iter_batches(
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _ignore_interrupts() -> None:
+    """A worker's initializer: Ctrl-C reaches the whole process group; only the parent acts on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

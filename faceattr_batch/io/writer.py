@@ -104,6 +104,8 @@ def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size:
                 "rerun without --resume to start over"
             )
     else:
+        if resume:
+            log.warning("--resume: nothing to resume at %s; starting afresh", parts)
         if parts.exists():
             log.info("discarding the unfinished parts in %s", parts)
             shutil.rmtree(parts)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
+from faceattr_batch.data.labels import GENDERS, RACES
+from faceattr_batch.schema import RACE_PROB_COLUMNS
 
 GROSS_AGE_ERROR = 10  # years; an age error above this is counted as gross
 CS_TOLERANCE = 5  # cumulative score CS@5: share of ages within 5 years
+# the slices of the reports -> the predictions' true-label column each reads (schema's Enum labels)
+SLICE_COLUMNS = {"race": "true_race_label", "gender": "true_gender_label", "age_band": "true_age_band"}
+SLICE_BY = list(SLICE_COLUMNS)
 
 
 def _has(column: str) -> pl.Expr:
@@ -75,19 +79,12 @@ def overall(frame: pl.DataFrame, intervals: bool = False) -> dict:
     return with_intervals(frame.select(*metric_exprs(), *_interval_inputs())).row(0, named=True)
 
 
-def with_slice_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """Readable true-label columns for slicing: race, gender, age band."""
-    return frame.with_columns(
-        pl.col("true_race").replace_strict(dict(enumerate(RACES)), default=None).alias("race"),
-        pl.col("true_gender").replace_strict(dict(enumerate(GENDERS)), default=None).alias("gender"),
-        age_band_expr(pl.col("true_age")).alias("age_band"),
-    )
-
-
 def breakdown(frame: pl.DataFrame, by: list[str], intervals: bool = False) -> pl.DataFrame:
-    """Metrics per slice of the true labels (``by`` from race, gender, age_band), with counts;
-    ``intervals`` adds 95% intervals (see ``with_intervals``)."""
-    sliced = with_slice_columns(frame).filter(pl.all_horizontal([pl.col(c).is_not_null() for c in by]))
+    """Metrics per slice of the true labels (``by`` from ``SLICE_BY``: race, gender, age_band, read from the
+    predictions' Enum label columns, so slices come in vocabulary order), with counts; ``intervals`` adds 95%
+    intervals (see ``with_intervals``)."""
+    sliced = frame.with_columns(pl.col(SLICE_COLUMNS[key]).alias(key) for key in by)
+    sliced = sliced.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in by]))
     extra = _interval_inputs() if intervals else []
     table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
     return with_intervals(table) if intervals else table
@@ -107,8 +104,6 @@ def confusion_matrix(frame: pl.DataFrame, attribute: str = "race") -> list[list[
 # --- intervals, calibration, worst errors (predict's reports) ------------------------------------------------
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-SLICE_BY = ["race", "gender", "age_band"]
-RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES)  # predict's output columns
 
 
 def _interval_inputs() -> list[pl.Expr]:
@@ -140,19 +135,6 @@ def with_intervals(table: pl.DataFrame, z: float = Z95) -> pl.DataFrame:
         (pl.col("age_mae") + half).alias("age_mae_high"),
     ]
     return table.with_columns(exprs).drop("_age_abs_error_std")
-
-
-def from_predictions(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
-    """predict's readable label columns ("female", "Asian") -> the integer codes these metrics read."""
-    gender = {name: code for code, name in enumerate(GENDERS)}
-    race = {name: code for code, name in enumerate(RACES)}
-    return frame.with_columns(
-        *[
-            pl.col(c).replace_strict(gender, default=None, return_dtype=pl.Int64)
-            for c in ("true_gender", "pred_gender")
-        ],
-        *[pl.col(c).replace_strict(race, default=None, return_dtype=pl.Int64) for c in ("true_race", "pred_race")],
-    )
 
 
 def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
@@ -202,8 +184,7 @@ def expected_calibration_error(confidence, correct, bins: int = 15) -> float | N
 
 
 def calibration_errors(frame: pl.DataFrame) -> dict[str, float | None]:
-    """``gender_ece`` and ``race_ece`` of a coded predictions frame (``from_predictions``), by
-    ``expected_calibration_error``."""
+    """``gender_ece`` and ``race_ece`` of a predictions frame, by ``expected_calibration_error``."""
     gender = frame.filter(_has("true_gender") & pl.col("p_female").is_not_null())
     p_female = gender.get_column("p_female").to_numpy()
     top = pl.max_horizontal(RACE_PROB_COLUMNS)

@@ -16,6 +16,7 @@ from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
+from faceattr_batch.models.registry import load_attr_model
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
@@ -34,8 +35,6 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
     """Write ``out`` atomically and return a summary (path, input size, opset, max |torch - onnx| check)."""
     import onnx
     import torch
-
-    from faceattr_batch.models.registry import load_attr_model
 
     model, meta = load_attr_model(source)
     size = model.config.input_size

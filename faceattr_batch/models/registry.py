@@ -9,7 +9,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from faceattr_batch.errors import FaceattrError
+import torch
+
+from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.models.attr_ensemble import AttrEnsemble
+from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+from faceattr_batch.models.generator import Generator, GeneratorConfig
 
 ATTR_FORMAT = "faceattr-attr-v1"  # a shippable model: config + state_dict + meta
 TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds optimizer state)
@@ -29,15 +35,12 @@ def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
 
 
 def read_checkpoint(path: Path, formats: tuple[str, ...] = (ATTR_FORMAT, TRAIN_FORMAT), kind="attribute-model") -> dict:
-    import torch
-
     if not path.is_file():
         raise FaceattrError(f"{path}: no such checkpoint file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FaceattrError(f"{path}: not a readable faceattr checkpoint ({first[:160]})") from None
+        raise FaceattrError(f"{path}: not a readable faceattr checkpoint ({first_line(err, 160)})") from None
     if not isinstance(data, dict) or data.get("format") not in formats:
         raise FaceattrError(f"{path}: not a faceattr {kind} checkpoint (no known 'format' key)")
     return data
@@ -62,8 +65,6 @@ def save_generator(generator, path: Path, meta: dict) -> Path:
 
 def load_generator(source: str | Path | None = None):
     """A ready ``Generator`` (eval mode, CPU) and its meta: the shipped one, a train-gen RUN_DIR, or a file."""
-    from faceattr_batch.models.generator import Generator, GeneratorConfig
-
     if source is None:
         path = default_weights_path(DEFAULT_GEN_WEIGHTS)
         if not path.is_file():
@@ -80,8 +81,7 @@ def load_generator(source: str | Path | None = None):
     try:
         generator.load_state_dict(data["state_dict"] if data["format"] == GEN_FORMAT else data["ema"])
     except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise FaceattrError(f"{path}: weights do not match the generator config ({first[:160]})") from None
+        raise FaceattrError(f"{path}: weights do not match the generator config ({first_line(err, 160)})") from None
     meta = dict(data.get("meta", {}))
     meta.setdefault("name", path.stem)
     meta["source"] = str(path)
@@ -90,10 +90,6 @@ def load_generator(source: str | Path | None = None):
 
 def save_atomically(path: Path, payload: dict) -> Path:
     """``torch.save`` atomically (a model file, or a train / train-gen checkpoint)."""
-    import torch
-
-    from faceattr_batch.io.atomic import replacing
-
     with replacing(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -114,6 +110,9 @@ def resolve_attr_source(source: str | Path | None) -> Path:
             if (path / file_name).is_file():
                 return path / file_name
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
+    if not path.is_file():
+        shipped = ", ".join(SHIPPED_ATTR_MODELS)
+        raise FaceattrError(f"{path}: no such model file or folder (or a shipped model's name: {shipped})")
     return path
 
 
@@ -124,8 +123,6 @@ def storage_state(model, int8: bool = False) -> dict:
 
     ``int8``: the large weight matrices instead as int8 with a float32 scale per output channel (symmetric), a
     quarter of float32; ``restore_state`` turns them back into floats."""
-    import torch
-
     state = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
@@ -178,18 +175,12 @@ def save_attr_ensemble(ensemble, path: Path, meta: dict, int8: bool = False) -> 
 
 def load_attr_model(source: str | Path | None = None):
     """A ready ``AttrNet`` (or ``AttrEnsemble``) in eval mode, on the CPU, and its metadata dict (name, version,
-    metrics...).
-
-    An ``.onnx`` file gives an ``OnnxAttrModel`` instead (same ``infer``/``config``; needs onnxruntime).
-    """
-    import torch
-
-    from faceattr_batch.models.attr_ensemble import AttrEnsemble
-    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
-
+    metrics...). An ``.onnx`` file only predicts (``models.runtime.ModelRunner`` runs it)."""
     path = resolve_attr_source(source)
     if path.suffix.lower() == ".onnx":
-        return load_onnx_model(path)
+        raise FaceattrError(
+            f"{path}: an ONNX file only predicts; it can't teach, train or be an ensemble member (give its .pt model)"
+        )
     data = read_checkpoint(path, (ATTR_FORMAT, TRAIN_FORMAT, ENSEMBLE_FORMAT))
     try:
         if data["format"] == ENSEMBLE_FORMAT:
@@ -204,82 +195,9 @@ def load_attr_model(source: str | Path | None = None):
             model = AttrNet(AttrNetConfig.from_dict(data["config"]))
             model.load_state_dict(data["state_dict"] if data["format"] == ATTR_FORMAT else data["model"])
     except (RuntimeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise FaceattrError(f"{path}: weights do not match the model config ({first[:160]})") from None
+        raise FaceattrError(f"{path}: weights do not match the model config ({first_line(err, 160)})") from None
     model.eval()
     meta = dict(data.get("meta", {}))
     meta.setdefault("name", path.stem)
     meta["source"] = str(path)
     return model, meta
-
-
-class OnnxAttrModel:
-    """An exported attribute model run by onnxruntime, with ``AttrNet``'s ``infer`` and ``config`` interface.
-
-    The graph takes uint8 N x 3 x S x S and returns the calibrated outputs named like ``AttrOutputs``'s fields
-    (``models/export.py`` writes such files); ``config`` comes from the file's metadata, or its input shape.
-    """
-
-    def __init__(self, path: str | Path | bytes, threads: int = 0):
-        try:
-            import onnxruntime as ort  # defer import: optional dependency
-        except ImportError:
-            raise FaceattrError(
-                "an .onnx model needs onnxruntime: pip install 'faceattr-batch[onnx]' (or onnxruntime)"
-            ) from None
-        import json
-
-        from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
-
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads  # 0 = onnxruntime's own choice
-        session_options.inter_op_num_threads = 1
-        shown = "<bytes>" if isinstance(path, bytes) else str(path)
-        try:
-            source = path if isinstance(path, bytes) else str(path)
-            self.session = ort.InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise FaceattrError(f"{shown}: not a loadable ONNX model ({first[:160]})") from None
-        names = [o.name for o in self.session.get_outputs()]
-        if sorted(names) != sorted(AttrOutputs._fields):
-            raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
-        graph_input = self.session.get_inputs()[0]
-        self.input_name = graph_input.name
-        self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "config" in self.properties:
-            self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
-        else:
-            self.config = AttrNetConfig(input_size=int(graph_input.shape[-1]))
-        self._outputs = AttrOutputs
-
-    def eval(self) -> OnnxAttrModel:
-        return self
-
-    def infer(self, pixels):
-        """``pixels``: uint8 N x 3 x S x S (torch tensor or numpy array) -> ``AttrOutputs`` of torch tensors."""
-        import numpy as np
-        import torch
-
-        array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
-        feeds = {self.input_name: np.ascontiguousarray(array, dtype=np.uint8)}
-        values = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds), strict=True))
-        return self._outputs(*(torch.from_numpy(values[name]) for name in self._outputs._fields))
-
-
-def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxAttrModel, dict]:
-    """An ``OnnxAttrModel`` and its metadata (name from the file's ``model_name`` property, or its stem)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FaceattrError(f"{path}: no such ONNX file")
-    model = OnnxAttrModel(path, threads)
-    meta = {"name": model.properties.get("model_name", path.stem), "source": str(path), "runtime": "onnxruntime"}
-    if "faceattr_batch.version" in model.properties:
-        meta["exported_by"] = model.properties["faceattr_batch.version"]
-    return model, meta
-
-
-def onnxruntime_available() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("onnxruntime") is not None

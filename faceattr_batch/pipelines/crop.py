@@ -18,20 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.inputs import display_path, list_images
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.align import CHIP_SIZE
+from faceattr_batch.faces.detect import require_detection
 from faceattr_batch.faces.load import FaceOptions, face_rows, load_faces
-from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.io.atomic import check_writable, write_parquet_atomically
+from faceattr_batch.models.device import available_cores
 from faceattr_batch.progress import progress_bar
+from faceattr_batch.schema import FACE_FIELDS, error_counts
 
 MANIFEST = "manifest.parquet"
+# the predictions' face fields (schema.py) less ``framing`` (every chip here is aligned), between source and chip
 MANIFEST_SCHEMA = {
     "source": pl.String,
     "error": pl.String,
-    "face_index": pl.Int16,
-    **{name: pl.Float32 for name in ("box_x", "box_y", "box_w", "box_h", "det_score")},
-    "landmarks": pl.Array(pl.Float32, 10),
+    **{name: dtype for name, dtype in FACE_FIELDS.items() if name != "framing"},
     "chip": pl.String,
 }
 
@@ -52,12 +57,6 @@ class CropOptions:
 
 def run(options: CropOptions) -> dict:
     """Write the chips and the manifest; returns a summary (photos, faces, errors by reason, paths, seconds)."""
-
-    from faceattr_batch.data.batches import iter_batches
-    from faceattr_batch.data.inputs import display_path, list_images
-    from faceattr_batch.faces.detect import require_detection
-    from faceattr_batch.pipelines.predict import error_kind
-
     started = time.perf_counter()
     faces = FaceOptions("detect", options.min_face, options.min_score, options.max_faces)
     faces.validate()
@@ -67,8 +66,7 @@ def run(options: CropOptions) -> dict:
     paths = list_images(options.inputs)
     out = Path(options.out_dir)
     _prepare(out, options.overwrite)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = cores if options.workers is None else options.workers
+    workers = available_cores() if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
     frames = []
     with progress_bar(total=len(paths), unit="img", enabled=options.progress, desc="crop") as bar:
@@ -80,18 +78,17 @@ def run(options: CropOptions) -> dict:
                 chips[row] = _chip_name(batch.paths[rows.image[row]], rows.columns["face_index"][row])
                 _write_jpeg(pixels, out / chips[row], options.quality)
             errors = [rows.errors.get(i) for i in range(len(rows.image))]
-            columns = {k: v for k, v in rows.columns.items() if k != "framing"}
+            columns = {k: v for k, v in rows.columns.items() if k in MANIFEST_SCHEMA}
             frames.append(
                 pl.DataFrame({"source": sources, "error": errors, **columns, "chip": chips}, schema=MANIFEST_SCHEMA)
             )
             bar.update(len(batch.paths))
     manifest = pl.concat(frames)
     write_parquet_atomically(manifest, out / MANIFEST)
-    errors = manifest.filter(pl.col("error").is_not_null()).group_by(error_kind(pl.col("error")).alias("kind")).len()
     return {
         "photos": len(paths),
         "faces": manifest["chip"].is_not_null().sum(),
-        "errors": dict(errors.sort("len", "kind", descending=[True, False]).iter_rows()),
+        "errors": error_counts(manifest),
         "out_dir": str(out),
         "manifest": str(out / MANIFEST),
         "seconds": round(time.perf_counter() - started, 2),
@@ -99,9 +96,15 @@ def run(options: CropOptions) -> dict:
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
+    """The output folder, created and checked writable before any work; an earlier crop run's chips removed."""
     if out.exists() and not out.is_dir():
-        raise FaceattrError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+        raise FaceattrError(f"-o {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FaceattrError(f"-o {out}: cannot create the folder ({err.strerror or err})") from None
+    check_writable(out, "-o")
+    if any(out.iterdir()):
         if not overwrite:
             raise FaceattrError(f"{out} is not empty: add --overwrite to replace the chips of an earlier crop run")
         manifest = out / MANIFEST
@@ -109,21 +112,12 @@ def _prepare(out: Path, overwrite: bool) -> None:
             for name in pl.read_parquet(manifest, columns=["chip"])["chip"].drop_nulls():
                 (out / name).unlink(missing_ok=True)
             manifest.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FaceattrError(f"cannot create {out}: {err.strerror or err}") from None
 
 
 def _chip_name(source: str, face: int) -> str:
-    from faceattr_batch.data.inputs import display_path
-
     digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:8]  # photos of the same name in other folders differ
     return f"{display_path(Path(source).stem)}_{digest}_{face}.jpg"
 
 
 def _write_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
-    from PIL import Image
-
     Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
-

@@ -1,28 +1,25 @@
 """`faceattr-batch predict`: the attribute model over any number of images -> one Parquet row per image.
 
 ``run(PredictOptions(...))``: inputs.list_images (sorted, the resume key) -> writer.open_workspace /
-pending_shards -> batches.iter_batches (decode in worker processes) -> the model (torch in inference mode, or
-onnxruntime) -> one Arrow table per batch -> writer shard sinks -> writer.finalize -> summary and metrics read
-back from the file -> report.build when asked. A bad image is a row with ``error`` and null predictions.
+pending_shards -> decode (``batches.iter_batches`` in worker processes, or Ray decode tasks with ``engine="ray"``)
+-> ``BatchRows`` (the model, torch in inference mode or onnxruntime; one Arrow table per batch) -> writer shard
+sinks -> writer.finalize -> the file read back once for the summary (``reporting.summary``) and, when asked, the
+report folder (``reporting.folder``). A bad image is a row with ``error`` and null predictions.
 
 Faces (``faces``): ``chips`` predicts each image as a chip; ``detect`` finds the faces of every image and predicts
 each aligned face (one row per face; an image without one is a ``no face found`` row); ``auto`` takes an image
-already framed like a chip as a chip and detects in the others (``faces.load_faces``, in the decode workers).
+already framed like a chip as a chip and detects in the others (``faces.load.load_faces``, in the decode workers).
+Both engines run every mode with the same defaults.
 
-Output columns (``OUTPUT_COLUMNS``; the README documents them): path, error, pred_gender, p_female, pred_race,
-p_white .. p_others, pred_age, age_low, age_high, pred_age_band, model_name, model_version, true_age,
-true_gender, true_race, true_age_band, gender_correct, race_correct, age_error, face_index, framing, box_x,
-box_y, box_w, box_h, det_score, landmarks.
+Output columns and the label convention: ``schema.py`` (``OUTPUT_COLUMNS``).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,48 +28,37 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.batches import Batch, iter_batches
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.inputs import display_path, index_paths, is_index_parquet, list_images
-from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr, parse_frame
+from faceattr_batch.data.labels import parse_frame
+from faceattr_batch.engines import check_options
+from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.faces.load import FACE_COLUMNS, FRAMING_CHIP, FaceOptions, face_rows, load_faces
+from faceattr_batch.faces.detect import EXTRA_HINT, MtcnnDetector, detection_available, require_detection
+from faceattr_batch.faces.load import FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.io import writer
-from faceattr_batch.io.atomic import finite
-from faceattr_batch.metrics.attributes import RACE_PROB_COLUMNS
+from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.runtime import ModelRunner, split_cores
 from faceattr_batch.progress import progress_bar
+from faceattr_batch.reporting.folder import write_report
+from faceattr_batch.reporting.summary import read_predictions, summarize
+from faceattr_batch.schema import (
+    FACE_FIELDS,
+    FLOAT_OUTPUTS,
+    LABEL_COLUMNS,
+    LABEL_FIELDS,
+    OUTPUT_COLUMNS,
+    RACE_PROB_COLUMNS,
+    derived_columns,
+    output_schema,
+)
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-LABEL_COLUMNS = ("true_age", "true_gender", "true_race")
-FLOAT_OUTPUTS = ("p_female", *RACE_PROB_COLUMNS, "pred_age", "age_low", "age_high")
-OUTPUT_COLUMNS = (
-    "path",
-    "error",
-    "pred_gender",
-    "p_female",
-    "pred_race",
-    *RACE_PROB_COLUMNS,
-    "pred_age",
-    "age_low",
-    "age_high",
-    "pred_age_band",
-    "model_name",
-    "model_version",
-    *LABEL_COLUMNS,
-    "true_age_band",
-    "gender_correct",
-    "race_correct",
-    "age_error",
-    *FACE_COLUMNS,
-)
-FACE_SCHEMA = {
-    "face_index": pl.Int16,
-    "framing": pl.String,
-    **{name: pl.Float32 for name in ("box_x", "box_y", "box_w", "box_h", "det_score")},
-    "landmarks": pl.Array(pl.Float32, 10),
-}
+KEY = "key"  # the per-path column handed to the batch worker beside the labels: the row's ``path`` value
 
 
 @dataclass(frozen=True)
@@ -90,7 +76,7 @@ class PredictOptions:
     resume: bool = False
     report_dir: Path | None = None
     progress: bool = True
-    engine: str = "local"  # local | ray (ray_engine.py: Ray Data, the same output file)
+    engine: str = "local"  # local | ray (engines/ray.py: Ray Data, the same output file)
     ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
     concurrency: int | None = None  # ray: model actors; None = one per GPU, or half the CPUs
     faces: str = "chips"  # chips | detect | auto (the CLI's default: auto); see the module doc
@@ -106,7 +92,7 @@ class PredictResult:
     predicted: int  # rows with predictions
     errors: dict[str, int]  # error kind -> rows
     labelled: int  # rows with at least one true label
-    metrics: dict | None
+    metrics: dict | None  # overall metrics with 95% intervals (``*_low``/``*_high``)
     model: dict
     seconds: float
     processed: int  # images this run decoded and predicted (less than ``images`` after --resume)
@@ -122,124 +108,43 @@ class PredictResult:
         return {**asdict(self), "output": str(self.output), "images_per_second": round(self.images_per_second, 1)}
 
 
-def output_schema():
-    import pyarrow as pa
-
-    f32 = pa.float32()
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("error", pa.string()),
-            ("pred_gender", pa.string()),
-            ("p_female", f32),
-            ("pred_race", pa.string()),
-            *[(name, f32) for name in RACE_PROB_COLUMNS],
-            ("pred_age", f32),
-            ("age_low", f32),
-            ("age_high", f32),
-            ("pred_age_band", pa.string()),
-            ("model_name", pa.string()),
-            ("model_version", pa.string()),
-            ("true_age", pa.int16()),
-            ("true_gender", pa.string()),
-            ("true_race", pa.string()),
-            ("true_age_band", pa.string()),
-            ("gender_correct", pa.bool_()),
-            ("race_correct", pa.bool_()),
-            ("age_error", f32),
-            ("face_index", pa.int16()),
-            ("framing", pa.string()),
-            *[(name, f32) for name in ("box_x", "box_y", "box_w", "box_h", "det_score")],
-            ("landmarks", pa.list_(f32, 10)),
-        ]
-    )
-
-
 def run(options: PredictOptions) -> PredictResult:
     """Predict every image of ``options.inputs`` into ``options.output`` (see the module doc)."""
-    from faceattr_batch.models.device import resolve_device
-
     started = time.perf_counter()
     _validate(options)
     faces = _face_options(options)
     paths = list_images(options.inputs)
-    keys = [display_path(p) for p in paths]
     device = resolve_device(options.device)
     workers, threads = split_cores(device.type, options.workers, options.threads)
     runner = ModelRunner.load(options.model, device, options.runtime, threads)
     label_source, truth = _true_labels(options, paths)
-    value_options = {
-        "model": runner.meta["name"],
-        "model_version": runner.meta["version"],
-        "runtime": runner.runtime,
-        "device": device.type,
-        "labels": label_source,
-        "faces": faces.mode,
-    }
-    if faces.mode != "chips":
-        from faceattr_batch.faces.detect import MtcnnDetector
-
-        value_options |= {
-            "detector": MtcnnDetector.name,
-            "min_face": faces.min_face,
-            "min_score": faces.min_score,
-            "max_faces": faces.max_faces,
-        }
-    # Whole batches per shard, cut at the same places in a resumed run as in an uninterrupted one: the model
-    # then sees identical batches and gives bit-identical values.
+    # whole batches per shard, cut at the same places in a resumed run as in an uninterrupted one: the model then
+    # sees identical batches and gives bit-identical values
     shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
-    processed, skipped = 0, 0
-    if options.resume and writer.is_complete(options.output, value_options, keys, shard_size):
-        skipped = -(-len(keys) // shard_size)
-    else:
-        space = writer.open_workspace(options.output, value_options, keys, shard_size, options.resume)
-        pending = writer.pending_shards(space)
-        skipped = len(space.shards) - len(pending)
-        predict_shards = _predict_shards
-        if options.engine == "ray":
-            from faceattr_batch.engines.ray import predict_shards
-        if faces.mode != "chips":
-            predict_shards = functools.partial(_predict_shards, faces=faces)
-        processed = predict_shards(space, pending, paths, keys, truth, runner, options, workers)
-        metadata = {
-            "faceattr_batch.version": __version__,
-            "faceattr_batch.options": json.dumps(
-                {**asdict(options), "workers": workers, "threads": threads}, default=str
-            ),
-            "faceattr_batch.model": json.dumps(runner.meta, default=str),
-        }
-        writer.finalize(space, output_schema(), metadata)
+    fingerprint = resume_fingerprint(runner, label_source, faces)
+    settings = {"workers": workers, "threads": threads, "device": device.type, "labels": label_source}
+    settings |= {"shard_size": shard_size, "engine": options.engine, "faces": faces.mode}
+    processed, skipped = _write_output(options, paths, truth, runner, faces, fingerprint, settings)
     seconds = time.perf_counter() - started
-    summary = summarize(options.output)
-    report_path = None
+    frame = read_predictions(options.output)  # once, for the summary and the report
+    summary = summarize(frame)
+    report = None
     if options.report_dir is not None:
-        from faceattr_batch.pipelines import report
-
-        report_path = report.build(options.output, options.report_dir)
-    settings = {
-        "workers": workers,
-        "threads": threads,
-        "device": device.type,
-        "labels": label_source,
-        "shard_size": shard_size,
-        "engine": options.engine,
-        "faces": faces.mode,
-    }
+        report = write_report(frame, summary, Path(options.output), Path(options.report_dir))
     return PredictResult(
         output=Path(options.output),
         model={k: runner.meta[k] for k in ("name", "version", "source")} | {"runtime": runner.runtime},
         seconds=seconds,
         processed=processed,
         shards_skipped=skipped,
-        report=report_path,
+        report=report,
         settings=settings,
         **summary,
     )
 
 
 def _validate(options: PredictOptions) -> None:
-    from faceattr_batch.engines import check_options
-
+    """Every option and output place checked before any work."""
     check_options(options.engine, options.ray_address, options.concurrency)
     if options.runtime not in RUNTIMES:
         raise FaceattrError(f"--runtime {options.runtime!r}: use {', '.join(RUNTIMES)}")
@@ -251,14 +156,13 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
     if options.labels is not None and not is_index_parquet(options.labels):
         raise FaceattrError(f"--labels {options.labels}: not an index Parquet written by `faceattr-batch index`")
-    if options.engine == "ray" and options.faces != "chips":
-        raise FaceattrError("--engine ray predicts chips only (detection runs on the local engine): add --faces chips")
+    check_writable(options.output, "-o")
+    if options.report_dir is not None:
+        check_writable(options.report_dir, "--report")
 
 
 def _face_options(options: PredictOptions) -> FaceOptions:
     """The face options to run with: ``auto`` without the detect extra runs as ``chips`` (said in a warning)."""
-    from faceattr_batch.faces.detect import EXTRA_HINT, detection_available, require_detection
-
     faces = FaceOptions(options.faces, options.min_face, options.min_score, options.max_faces)
     faces.validate()
     if faces.mode == "detect":
@@ -269,115 +173,57 @@ def _face_options(options: PredictOptions) -> FaceOptions:
     return faces
 
 
-def split_cores(device_type: str, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """Decode workers and model threads. On a GPU decoding is the ceiling: every core decodes. On the CPU the
-    two share the cores; half each measured best on 2 cores (see benchmarks/bench_predict.py)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if workers is None:
-        workers = cores if device_type == "cuda" else max(1, cores // 2)
-    if threads is None:
-        threads = max(1, cores - workers) if device_type == "cpu" else 1
-    return workers, threads
+def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOptions) -> dict:
+    """What changes the values written: a resumed run must match it (``writer.open_workspace``)."""
+    fingerprint = {
+        "model": runner.meta["name"],
+        "model_version": runner.meta["version"],
+        "runtime": runner.runtime,
+        "device": runner.device.type,
+        "labels": label_source,
+        "faces": faces.mode,
+    }
+    if faces.mode != "chips":
+        fingerprint |= {
+            "detector": MtcnnDetector.name,
+            "min_face": faces.min_face,
+            "min_score": faces.min_score,
+            "max_faces": faces.max_faces,
+        }
+    return fingerprint
 
 
-# --- the model --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelRunner:
-    """A loaded model and how to feed it: uint8 N x S x S x 3 batches in, numpy outputs out."""
-
-    model: object
-    meta: dict
-    runtime: str
-    device: object  # torch.device
-
-    @property
-    def input_size(self) -> int:
-        return self.model.config.input_size
-
-    @classmethod
-    def load(cls, source: str | None, device, runtime: str, threads: int) -> ModelRunner:
-        import torch
-
-        from faceattr_batch.models import registry
-
-        path = registry.resolve_attr_source(source)
-        is_onnx = path.suffix.lower() == ".onnx"
-        if is_onnx and runtime == "torch":
-            raise FaceattrError(f"{path}: an ONNX model runs with onnxruntime, not --runtime torch")
-        if is_onnx and device.type != "cpu":
-            raise FaceattrError(f"{path}: ONNX models run on the CPU here; use a .pt model for --device cuda")
-        if runtime == "onnxruntime" and device.type != "cpu":
-            raise FaceattrError("--runtime onnxruntime runs on the CPU; use --device cpu or --runtime torch")
-        version = _file_digest(path)
-        if is_onnx:
-            model, meta = registry.load_onnx_model(path, threads)
-            chosen = "onnxruntime"
-        else:
-            model, meta = registry.load_attr_model(path)
-            chosen = runtime
-            if runtime == "auto":
-                chosen = "onnxruntime" if device.type == "cpu" and registry.onnxruntime_available() else "torch"
-            if chosen == "onnxruntime":
-                model = _as_onnx(path, threads, version)
-        meta = {**meta, "version": str(meta.get("version") or version), "source": str(path)}
-        if chosen == "torch":
-            if device.type == "cpu":
-                torch.set_num_threads(threads)
-            # channels_last: the N x S x S x 3 batches are already in that layout, and convolutions run faster
-            model = model.to(device=device, memory_format=torch.channels_last)
-        return cls(model, meta, chosen, device)
-
-    def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """``pixels``: N x S x S x 3 uint8 -> p_female, race_probs, age_mean, age_low, age_high as numpy."""
-        import torch
-
-        if self.runtime == "onnxruntime":
-            outputs = self.model.infer(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
-        else:
-            batch = torch.from_numpy(pixels)
-            with torch.inference_mode():
-                if self.device.type == "cuda":
-                    batch = batch.pin_memory().to(self.device, non_blocking=True)
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        outputs = self.model.infer(batch.permute(0, 3, 1, 2))
-                else:
-                    outputs = self.model.infer(batch.permute(0, 3, 1, 2))  # a channels_last view, no copy
-        return {name: value.float().cpu().numpy() for name, value in outputs._asdict().items()}
-
-
-def _as_onnx(path: Path, threads: int, digest: str):
-    """The checkpoint as ONNX: the export beside it when it was made from these very weights (the shipped model
-    has one), else exported now (models/export.py) in a temporary folder."""
-    from faceattr_batch.models.export import SOURCE_DIGEST, export_onnx
-    from faceattr_batch.models.registry import OnnxAttrModel
-
-    beside = path.with_suffix(".onnx")
-    if beside.is_file():
-        model = OnnxAttrModel(beside, threads)
-        if model.properties.get(SOURCE_DIGEST, "")[:12] == digest:
-            return model
-
-    with tempfile.TemporaryDirectory(prefix="faceattr-onnx-") as folder:
-        onnx_path = Path(folder) / "model.onnx"
-        export_onnx(path, onnx_path)
-        return OnnxAttrModel(onnx_path.read_bytes(), threads)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+def _write_output(options, paths, truth, runner, faces, fingerprint, settings) -> tuple[int, int]:
+    """Predict the shards not yet done into the output file: (images processed, shards skipped)."""
+    keys = [display_path(p) for p in paths]
+    shard_size = settings["shard_size"]
+    if options.resume and writer.is_complete(options.output, fingerprint, keys, shard_size):
+        return 0, -(-len(keys) // shard_size)
+    space = writer.open_workspace(options.output, fingerprint, keys, shard_size, options.resume)
+    pending = writer.pending_shards(space)
+    processed = 0
+    if pending:
+        positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
+        todo = [paths[i] for i in positions]
+        columns = truth[positions].with_columns(pl.Series(KEY, [keys[i] for i in positions], pl.String))
+        predict = _predict_on_ray if options.engine == "ray" else _predict_locally
+        tables = predict(todo, columns, runner, faces, options, settings)
+        writer.write_shards(space, pending, output_schema(), tables)
+        processed = len(todo)
+    metadata = {
+        "faceattr_batch.version": __version__,
+        "faceattr_batch.options": json.dumps({**asdict(options), **settings}, default=str),
+        "faceattr_batch.model": json.dumps(runner.meta, default=str),
+    }
+    writer.finalize(space, output_schema(), metadata)
+    return processed, len(space.shards) - len(pending)
 
 
 # --- labels -----------------------------------------------------------------------------------------------
 
 
 def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.DataFrame]:
-    """(where the labels come from, a frame of true_age/true_gender/true_race aligned with ``paths``)."""
+    """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with ``paths``)."""
     index = options.labels
     if index is None and len(options.inputs) == 1 and is_index_parquet(options.inputs[0]):
         index = Path(options.inputs[0])
@@ -389,7 +235,7 @@ def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.Dat
 def labels_from_names(paths: list[str]) -> pl.DataFrame:
     """True labels parsed from UTKFace-style file names (nulls where a name does not say)."""
     names = pl.DataFrame({"name": [os.path.basename(display_path(p)) for p in paths]}, schema={"name": pl.String})
-    return _readable(parse_frame(names, "name"))
+    return _label_codes(parse_frame(names, "name"))
 
 
 def labels_from_index(index: Path, paths: list[str]) -> pl.DataFrame:
@@ -398,7 +244,7 @@ def labels_from_index(index: Path, paths: list[str]) -> pl.DataFrame:
     keys = pl.Series("key", [os.path.realpath(p) for p in index_paths(index)], dtype=pl.String)
     table = table.drop("path").with_columns(keys).unique("key", keep="first")
     wanted = pl.DataFrame({"key": _real_paths(paths)}, schema={"key": pl.String})
-    return _readable(wanted.join(table, on="key", how="left", maintain_order="left"))
+    return _label_codes(wanted.join(table, on="key", how="left", maintain_order="left"))
 
 
 def _real_paths(paths: list[str]) -> list[str]:
@@ -407,83 +253,59 @@ def _real_paths(paths: list[str]) -> list[str]:
     return [os.path.join(real_dir(os.path.dirname(p)), os.path.basename(p)) for p in paths]
 
 
-def _readable(frame: pl.DataFrame) -> pl.DataFrame:
+def _label_codes(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(
-        pl.col("age").cast(pl.Int16).alias("true_age"),
-        pl.col("gender")
-        .replace_strict(dict(enumerate(GENDERS)), default=None, return_dtype=pl.String)
-        .alias("true_gender"),
-        pl.col("race").replace_strict(dict(enumerate(RACES)), default=None, return_dtype=pl.String).alias("true_race"),
+        pl.col(source).cast(dtype).alias(name)
+        for source, (name, dtype) in zip(("age", "gender", "race"), LABEL_FIELDS.items(), strict=True)
     )
 
 
-# --- the loop ---------------------------------------------------------------------------------------------
+# --- the batch worker: the local loop and each Ray actor run it -------------------------------------------
 
 
-def _predict_shards(space, pending, paths, keys, truth, runner, options, workers, faces=None) -> int:
-    """Decode and predict the pending shards in input order, streaming each batch into its shard's part.
-    ``faces``: detect faces (FaceOptions) and predict one row per face; None predicts each image as a chip."""
+class BatchRows:
+    """One decoded batch -> its output rows, an Arrow table in the schema's order. ``columns``: the rows' ``key``
+    and true label codes, a list each (what ``engines.ray.run_in_order`` hands its worker)."""
 
-    if not pending:
-        return 0
-    positions = np.concatenate([np.arange(s.start, s.stop) for s in pending])
-    todo = [paths[i] for i in positions]
-    load = functools.partial(load_chip, size=runner.input_size)
-    if faces is not None:
-        load = functools.partial(load_faces, options=faces, size=runner.input_size)
-    name, version = runner.meta["name"], runner.meta["version"]
+    def __init__(self, runner: ModelRunner, detect: bool, chunk: int):
+        self.runner, self.detect, self.chunk = runner, detect, chunk  # chunk: faces the model runs at a time
 
-    def tables():
-        for batch in iter_batches(todo, load, options.batch_size, workers):
-            where = positions[batch.start : batch.start + len(batch.paths)]
-            if faces is not None:
-                yield _face_table(batch, where, keys, truth, runner, options.batch_size)
-            else:
-                outputs = runner.infer(batch.pixels) if batch.ok else None
-                yield batch_table(batch, outputs, [keys[i] for i in where], truth[where], name, version)
-            bar.update(len(batch.paths))
+    def __call__(self, batch: Batch, columns: dict[str, list]):
+        truth = pl.DataFrame({name: columns[name] for name in LABEL_COLUMNS}, schema=LABEL_FIELDS)
+        if self.detect:
+            return self._faces(batch, columns[KEY], truth).cast(output_schema())
+        outputs = self.runner.infer(batch.items) if batch.ok else None
+        return batch_table(batch, outputs, columns[KEY], truth, self.runner.meta).cast(output_schema())
 
-    with progress_bar(total=len(todo), unit="img", enabled=options.progress, desc="predict", smoothing=0.1) as bar:
-        writer.write_shards(space, pending, output_schema(), tables())
-    return len(todo)
-
-
-def _face_table(batch, where: np.ndarray, keys: list[str], truth: pl.DataFrame, runner, chunk: int):
-    """A batch of FoundFaces records -> one output row per face (the model runs ``chunk`` faces at a time)."""
-    from faceattr_batch.data.batches import Batch
-
-    rows = face_rows(batch, runner.input_size)
-    outputs = None
-    if rows.ok:
-        parts = [runner.infer(rows.pixels[i : i + chunk]) for i in range(0, len(rows.pixels), chunk)]
-        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    images = where[rows.image]
-    # a file name's label describes one person: the faces of a photo with several get no label
-    labelled = np.where(rows.faces_in_image > 1, len(images), np.arange(len(images)))
-    row_truth = pl.concat([truth[images], truth.clear(1)])[labelled]
-    per_face = Batch(batch.start, [batch.paths[i] for i in rows.image], rows.pixels, rows.ok, rows.errors)
-    name, version = runner.meta["name"], runner.meta["version"]
-    return batch_table(per_face, outputs, [keys[i] for i in images], row_truth, name, version, rows.columns)
+    def _faces(self, batch: Batch, keys: list[str], truth: pl.DataFrame):
+        """A batch of FoundFaces records -> one output row per face (the model runs ``chunk`` faces at a time)."""
+        rows = face_rows(batch, self.runner.input_size)
+        outputs = None
+        if rows.ok:
+            chips = rows.pixels
+            parts = [self.runner.infer(chips[i : i + self.chunk]) for i in range(0, len(chips), self.chunk)]
+            outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        # a file name's label describes one person: the faces of a photo with several get no label
+        labelled = np.where(rows.faces_in_image > 1, len(batch.paths), rows.image)
+        row_truth = pl.concat([truth, truth.clear(1)])[labelled]
+        per_face = Batch(batch.start, [batch.paths[i] for i in rows.image], rows.pixels, rows.ok, rows.errors)
+        row_keys = [keys[i] for i in rows.image]
+        return batch_table(per_face, outputs, row_keys, row_truth, self.runner.meta, rows.columns)
 
 
-def batch_table(
-    batch,
-    outputs: dict | None,
-    keys: list[str],
-    truth: pl.DataFrame,
-    model_name: str,
-    version: str,
-    faces: dict[str, list] | None = None,
-):
+class PredictActor(BatchRows):
+    """A Ray model actor: loads its own model (a model is not shipped between processes)."""
+
+    def __init__(self, source: str, device, runtime: str, threads: int, detect: bool, chunk: int):
+        super().__init__(ModelRunner.load(source, device, runtime, threads), detect, chunk)
+
+
+def batch_table(batch: Batch, outputs: dict | None, keys: list[str], truth: pl.DataFrame, meta: dict, faces=None):
     """One batch's rows as an Arrow table in ``OUTPUT_COLUMNS`` order (null predictions where decode failed).
-    ``faces``: the face columns (``FACE_COLUMNS``), a value per row; None for chips (face 0, framing ``chip``)."""
+    ``faces``: the face columns (``FACE_FIELDS``), a value per row; None for chips (face 0, framing ``chip``)."""
     n = len(batch.paths)
     rows = pl.DataFrame(
-        {
-            "_row": np.arange(n, dtype=np.int32),
-            "path": keys,
-            "error": [batch.errors.get(i) for i in range(n)],
-        },
+        {"_row": np.arange(n, dtype=np.int32), "path": keys, "error": [batch.errors.get(i) for i in range(n)]},
         schema_overrides={"path": pl.String, "error": pl.String},
     ).hstack(truth)
     if outputs is not None:
@@ -492,7 +314,7 @@ def batch_table(
             {
                 "_row": np.asarray(batch.ok, dtype=np.int32),
                 "p_female": outputs["p_female"],
-                "_race": races.argmax(axis=1).astype(np.int8),
+                "pred_race": races.argmax(axis=1).astype(np.int8),
                 **{column: races[:, i] for i, column in enumerate(RACE_PROB_COLUMNS)},
                 "pred_age": outputs["age_mean"],
                 "age_low": outputs["age_low"],
@@ -502,61 +324,71 @@ def batch_table(
         rows = rows.join(preds, on="_row", how="left", maintain_order="left")
     else:
         nulls = {column: pl.lit(None, pl.Float32) for column in FLOAT_OUTPUTS}
-        rows = rows.with_columns(_race=pl.lit(None, pl.Int8), **nulls)
-    p_female, pred_age = pl.col("p_female"), pl.col("pred_age")
+        rows = rows.with_columns(pred_race=pl.lit(None, pl.Int8), **nulls)
+    p_female = pl.col("p_female")
     rows = rows.with_columns(
-        pred_gender=pl.when(p_female.is_not_null()).then(
-            pl.when(p_female >= 0.5).then(pl.lit(GENDERS[1])).otherwise(pl.lit(GENDERS[0]))
-        ),
-        pred_race=pl.col("_race").replace_strict(dict(enumerate(RACES)), default=None, return_dtype=pl.String),
-        pred_age_band=age_band_expr(pred_age).cast(pl.String),
-        model_name=pl.lit(model_name),
-        model_version=pl.lit(version),
-        true_age_band=age_band_expr(pl.col("true_age")).cast(pl.String),
-    ).with_columns(
-        gender_correct=pl.col("pred_gender") == pl.col("true_gender"),
-        race_correct=pl.col("pred_race") == pl.col("true_race"),
-        age_error=(pred_age - pl.col("true_age").cast(pl.Float32)),
-    )
+        pred_gender=pl.when(p_female.is_not_null()).then((p_female >= 0.5).cast(pl.Int8)),
+        model_name=pl.lit(meta["name"], pl.String),
+        model_version=pl.lit(meta["version"], pl.String),
+    ).with_columns(derived_columns())
     if faces is not None:
-        rows = rows.hstack(pl.DataFrame(faces, schema=FACE_SCHEMA))
+        rows = rows.hstack(pl.DataFrame(faces, schema=FACE_FIELDS))
     else:
         decoded = pl.col("error").is_null()
         rows = rows.with_columns(
             face_index=pl.when(decoded).then(pl.lit(0, pl.Int16)),
             framing=pl.when(decoded).then(pl.lit(FRAMING_CHIP)),
-            **{name: pl.lit(None, dtype) for name, dtype in FACE_SCHEMA.items() if name not in FACE_COLUMNS[:2]},
+            **{
+                name: pl.lit(None, dtype)
+                for name, dtype in FACE_FIELDS.items()
+                if name not in ("face_index", "framing")
+            },
         )
-    return rows.select(OUTPUT_COLUMNS).to_arrow()
+    return rows.select(OUTPUT_COLUMNS).to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-# --- summary ----------------------------------------------------------------------------------------------
+# --- the engines ------------------------------------------------------------------------------------------
 
 
-def error_kind(error: pl.Expr) -> pl.Expr:
-    """The reason without its details ("unreadable image: image file is truncated" -> "unreadable image")."""
-    return error.str.split(": ").list.first()
+def _load(runner: ModelRunner, faces: FaceOptions):
+    """One path -> what the batch worker takes: the chip's pixels, or the image's faces."""
+    if faces.mode == "chips":
+        return functools.partial(load_chip, size=runner.input_size)
+    return functools.partial(load_faces, options=faces, size=runner.input_size)
 
 
-def summarize(output: Path | str) -> dict:
-    """Counts, errors by kind and headline metrics, read back from a predictions Parquet."""
-    from faceattr_batch.metrics import attributes as metrics
+def _predict_locally(paths, columns: pl.DataFrame, runner, faces, options, settings):
+    """The output tables of ``paths``, in order: decode in worker processes, the model in this one."""
+    rows = BatchRows(runner, faces.mode != "chips", options.batch_size)
+    values = columns.to_dict(as_series=False)
+    batches = iter_batches(paths, _load(runner, faces), options.batch_size, settings["workers"])
+    with progress_bar(total=len(paths), unit="img", enabled=options.progress, desc="predict", smoothing=0.1) as bar:
+        for batch in batches:
+            span = slice(batch.start, batch.start + len(batch.paths))
+            yield rows(batch, {name: column[span] for name, column in values.items()})
+            bar.update(len(batch.paths))
 
-    frame = pl.scan_parquet(output)
-    counts = frame.select(
-        pl.col("path").n_unique().alias("images"),
-        pl.col("error").is_null().sum().alias("predicted"),
-        pl.any_horizontal([pl.col(c).is_not_null() for c in LABEL_COLUMNS]).sum().alias("labelled"),
-    ).collect()
-    errors = (
-        frame.filter(pl.col("error").is_not_null())
-        .group_by(error_kind(pl.col("error")).alias("kind"))
-        .len()
-        .sort("len", "kind", descending=[True, False])
-        .collect()
+
+def _predict_on_ray(paths, columns: pl.DataFrame, runner, faces, options, settings):
+    """The output tables of ``paths``, in order, from Ray: decode tasks, ``PredictActor`` model actors."""
+    oldest = pl.CompatLevel.oldest()  # large_string, not string_view: Arrow list arrays take it as values
+    arrays = {name: column.to_arrow(compat_level=oldest) for name, column in columns.to_dict().items()}
+    threads = options.threads or 1
+    detect = faces.mode != "chips"
+    # a chip's pixels; a photo's faces are a few of them (the photo itself is decoded and freed in the task)
+    item_bytes = runner.input_size**2 * 3 * (4 if detect else 1)
+    return ray_engine.run_in_order(
+        paths,
+        _load(runner, faces),
+        options.batch_size,
+        PredictActor,
+        (runner.meta["source"], runner.device, runner.runtime, threads, detect, options.batch_size),
+        columns=arrays,
+        device_type=runner.device.type,
+        threads=threads,
+        decode_share=0.5,  # on CPUs decoding a chip costs about what the model does (split_cores): half each
+        item_bytes=item_bytes,
+        address=options.ray_address,
+        concurrency=options.concurrency,
+        progress=options.progress,
     )
-    summary = counts.row(0, named=True)
-    summary["errors"] = dict(errors.iter_rows())
-    overall = metrics.overall(metrics.from_predictions(frame).collect()) if summary["labelled"] else None
-    summary["metrics"] = finite(overall)
-    return summary

@@ -1,0 +1,190 @@
+"""A loaded attribute model and how to feed it: ``ModelRunner`` runs uint8 N x S x S x 3 batches through torch or
+onnxruntime; ``OnnxAttrModel`` is an exported model with ``AttrNet``'s ``infer``/``config``. A ``.pt`` model run by
+onnxruntime uses the export beside it when made from the same weights, else is exported at load (``_as_onnx``).
+
+Used by predict (local loop and Ray actors), train-gen's evaluation and the benchmarks. onnxruntime is optional and
+imported only when an ONNX model is run; torch is imported where it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+
+from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.models import registry
+from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
+from faceattr_batch.models.device import available_cores
+from faceattr_batch.models.export import SOURCE_DIGEST, export_onnx
+
+ONNX_HINT = "pip install 'faceattr-batch[onnx]' (or onnxruntime)"
+
+
+def split_cores(device_type: str, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """Decode workers and model threads. On a GPU decoding is the ceiling: every core decodes. On the CPU the
+    two share the cores; half each measured best on 2 cores (see benchmarks/bench_predict.py)."""
+    cores = available_cores()
+    if workers is None:
+        workers = cores if device_type == "cuda" else max(1, cores // 2)
+    if threads is None:
+        threads = max(1, cores - workers) if device_type == "cpu" else 1
+    return workers, threads
+
+
+def onnxruntime_available() -> bool:
+    return find_spec("onnxruntime") is not None
+
+
+@dataclass
+class ModelRunner:
+    """A loaded model and how to feed it: uint8 N x S x S x 3 batches in, numpy outputs out."""
+
+    model: object
+    meta: dict  # name, version (12 hex of the file unless the file names one), source, ...
+    runtime: str  # torch | onnxruntime
+    device: object  # torch.device
+
+    @property
+    def input_size(self) -> int:
+        return self.model.config.input_size
+
+    @classmethod
+    def load(cls, source: str | None, device, runtime: str, threads: int) -> ModelRunner:
+        """``source``: None (the shipped default), a shipped name, a RUN_DIR, a .pt or an .onnx file; ``runtime``:
+        auto (onnxruntime on the CPU when installed, torch otherwise), torch or onnxruntime."""
+        import torch
+
+        path = registry.resolve_attr_source(source)
+        is_onnx = path.suffix.lower() == ".onnx"
+        if is_onnx and runtime == "torch":
+            raise FaceattrError(f"{path}: an ONNX model runs with onnxruntime, not --runtime torch")
+        if is_onnx and device.type != "cpu":
+            raise FaceattrError(f"{path}: ONNX models run on the CPU here; use a .pt model for --device cuda")
+        if runtime == "onnxruntime" and device.type != "cpu":
+            raise FaceattrError("--runtime onnxruntime runs on the CPU; use --device cpu or --runtime torch")
+        version = file_digest(path)
+        if is_onnx:
+            model, meta = load_onnx_model(path, threads)
+            chosen = "onnxruntime"
+        else:
+            model, meta = registry.load_attr_model(path)
+            chosen = runtime
+            if runtime == "auto":
+                chosen = "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
+            if chosen == "onnxruntime":
+                model = _as_onnx(path, threads, version)
+        meta = {**meta, "version": str(meta.get("version") or version), "source": str(path)}
+        if chosen == "torch":
+            if device.type == "cpu":
+                torch.set_num_threads(threads)
+            # channels_last: the N x S x S x 3 batches are already in that layout, and convolutions run faster
+            model = model.to(device=device, memory_format=torch.channels_last)
+        return cls(model, meta, chosen, device)
+
+    def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """``pixels``: N x S x S x 3 uint8 -> p_female, race_probs, age_mean, age_low, age_high as numpy."""
+        import torch
+
+        if self.runtime == "onnxruntime":
+            outputs = self.model.infer(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+        else:
+            batch = torch.from_numpy(pixels)
+            with torch.inference_mode():
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                    with torch.autocast("cuda", dtype=torch.float16):
+                        outputs = self.model.infer(batch.permute(0, 3, 1, 2))
+                else:
+                    outputs = self.model.infer(batch.permute(0, 3, 1, 2))  # a channels_last view, no copy
+        return {name: value.float().cpu().numpy() for name, value in outputs._asdict().items()}
+
+
+def _as_onnx(path: Path, threads: int, digest: str) -> OnnxAttrModel:
+    """The checkpoint as ONNX: the export beside it when it was made from these very weights (the shipped model
+    has one), else exported now (models/export.py) in a temporary folder."""
+    beside = path.with_suffix(".onnx")
+    if beside.is_file():
+        model = OnnxAttrModel(beside, threads)
+        if model.properties.get(SOURCE_DIGEST, "")[:12] == digest:
+            return model
+
+    with tempfile.TemporaryDirectory(prefix="faceattr-onnx-") as folder:
+        onnx_path = Path(folder) / "model.onnx"
+        export_onnx(path, onnx_path)
+        return OnnxAttrModel(onnx_path.read_bytes(), threads)
+
+
+def file_digest(path: Path) -> str:
+    """12 hex digits of the file's sha256: a model's version when its file names none."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise FaceattrError(f"{path}: cannot read the model file ({err.strerror or err})") from None
+    return digest.hexdigest()[:12]
+
+
+class OnnxAttrModel:
+    """An exported attribute model run by onnxruntime, with ``AttrNet``'s ``infer`` and ``config`` interface.
+
+    The graph takes uint8 N x 3 x S x S and returns the calibrated outputs named like ``AttrOutputs``'s fields
+    (``models/export.py`` writes such files); ``config`` comes from the file's metadata, or its input shape.
+    """
+
+    def __init__(self, path: str | Path | bytes, threads: int = 0):
+        try:
+            import onnxruntime as ort  # optional dependency
+        except ImportError:
+            raise FaceattrError(f"an .onnx model needs onnxruntime: {ONNX_HINT}") from None
+
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads  # 0 = onnxruntime's own choice
+        session_options.inter_op_num_threads = 1
+        shown = "<bytes>" if isinstance(path, bytes) else str(path)
+        try:
+            source = path if isinstance(path, bytes) else str(path)
+            self.session = ort.InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise FaceattrError(f"{shown}: not a loadable ONNX model ({first_line(err, 160)})") from None
+        names = [o.name for o in self.session.get_outputs()]
+        if sorted(names) != sorted(AttrOutputs._fields):
+            raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
+        if "config" in self.properties:
+            self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
+        else:
+            self.config = AttrNetConfig(input_size=int(graph_input.shape[-1]))
+
+    def eval(self) -> OnnxAttrModel:
+        return self
+
+    def infer(self, pixels):
+        """``pixels``: uint8 N x 3 x S x S (torch tensor or numpy array) -> ``AttrOutputs`` of torch tensors."""
+        import torch
+
+        array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+        feeds = {self.input_name: np.ascontiguousarray(array, dtype=np.uint8)}
+        values = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds), strict=True))
+        return AttrOutputs(*(torch.from_numpy(values[name]) for name in AttrOutputs._fields))
+
+
+def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxAttrModel, dict]:
+    """An ``OnnxAttrModel`` and its metadata (name from the file's ``model_name`` property, or its stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceattrError(f"{path}: no such ONNX file")
+    model = OnnxAttrModel(path, threads)
+    meta = {"name": model.properties.get("model_name", path.stem), "source": str(path), "runtime": "onnxruntime"}
+    if "faceattr_batch.version" in model.properties:
+        meta["exported_by"] = model.properties["faceattr_batch.version"]
+    return model, meta

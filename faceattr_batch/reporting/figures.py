@@ -1,0 +1,112 @@
+"""The report's plots (matplotlib, an optional heavy import made when a report is drawn): confusion matrices,
+predicted vs true age, errors by age band and by race with 95% intervals, calibration."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch.data.labels import GENDERS, RACES
+
+
+def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, folder: Path) -> dict[str, Path]:
+    """The report's PNG plots into ``folder``: plot name -> path (a plot without data is left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    made = {}
+
+    def save(fig, name: str) -> None:
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made[name] = path
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.6]})
+    _confusion(axes[0], summary["gender_confusion"], GENDERS, "gender")
+    _confusion(axes[1], summary["race_confusion"], RACES, "race")
+    fig.tight_layout()
+    save(fig, "confusion")
+
+    ages = labelled.filter(pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null())
+    if ages.height:
+        fig, ax = plt.subplots(figsize=(6, 5.2))
+        true_age, pred_age = ages["true_age"].to_numpy(), ages["pred_age"].to_numpy()
+        top = max(float(true_age.max()), float(pred_age.max()), 10.0) + 2
+        if ages.height > 2000:
+            hexes = ax.hexbin(true_age, pred_age, gridsize=48, bins="log", cmap="viridis", mincnt=1)
+            fig.colorbar(hexes, ax=ax, label="images (log)")
+        else:
+            ax.scatter(true_age, pred_age, s=8, alpha=0.5)
+        ax.plot([0, top], [0, top], color="crimson", lw=1, label="perfect")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true age", ylabel="predicted age (expected)")
+        ax.set_title(f"predicted vs true age (MAE {summary['overall']['age_mae']:.2f} y)")
+        ax.legend(loc="upper left")
+        save(fig, "age_pred_vs_true")
+
+    table = by["age_band"]
+    if table.height:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        _bars(ax, table, "age_band", "age_mae", "age MAE (years)")
+        ax.set_title("age error by true age band (95% CI)")
+        save(fig, "error_by_age_band")
+
+    table = by["race"]
+    if table.height:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        _bars(axes[0], table, "race", "gender_accuracy", "gender accuracy")
+        _bars(axes[1], table, "race", "race_accuracy", "race accuracy")
+        _bars(axes[2], table, "race", "age_mae", "age MAE (years)")
+        fig.suptitle("errors by true race (95% CI)")
+        fig.tight_layout()
+        save(fig, "error_by_race")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "gender", "P(female)"), (axes[1], "race", "top race probability")):
+        data = calibration[key]
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+        if data.height:
+            ax.plot(data["confidence"], data["observed"], marker="o")
+            for x, y, n in data.select("confidence", "observed", "n").iter_rows():
+                ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ece = summary["calibration"][f"{key}_ece"]
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"mean {label} in bin")
+        ax.set_ylabel("share female" if key == "gender" else "accuracy")
+        ax.set_title(f"{key} calibration (ECE {ece:.3f})" if ece is not None else f"{key} calibration")
+    fig.tight_layout()
+    save(fig, "calibration")
+    return made
+
+
+def _confusion(ax, matrix: list[list[int]], names: tuple[str, ...], title: str) -> None:
+    counts = np.asarray(matrix, dtype=float)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j, i, f"{int(counts[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black",
+            )  # fmt: skip
+    ax.set_xticks(range(len(names)), names, rotation=30)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title} confusion (row-normalised)")
+
+
+def _bars(ax, table: pl.DataFrame, key: str, value: str, label: str) -> None:
+    names = [str(v) for v in table[key].to_list()]
+    values = table[value].fill_null(float("nan")).to_numpy().astype(float)
+    low = table[f"{value}_low"].fill_null(float("nan")).to_numpy().astype(float)
+    high = table[f"{value}_high"].fill_null(float("nan")).to_numpy().astype(float)
+    errors = np.clip(np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0), 0.0, None)
+    ax.bar(names, values, yerr=errors, capsize=3, color="#4878d0")
+    for x, (v, n) in enumerate(zip(values, table["n"].to_list(), strict=True)):
+        if not math.isnan(v):
+            ax.annotate(f"n={n}", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_ylabel(label)
+    ax.tick_params(axis="x", rotation=30)

@@ -1,0 +1,244 @@
+"""The report's one self-contained HTML page: cards, metrics, the plots and worst-error thumbnails embedded as
+base64 (the thumbnails made now from the user's own image files; a detected face shows the square around its
+box; an image that has moved since is shown as missing)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from pathlib import Path
+
+import polars as pl
+from PIL import Image
+
+from faceattr_batch import __version__
+from faceattr_batch.data.decode import DecodeError, read_rgb
+from faceattr_batch.faces.load import FRAMING_ALIGNED
+
+THUMB_SIDE = 96
+MIN_SLICE = 20  # slices smaller than this are listed but not ranked among the weakest
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
+th{background:#f4f4f4} td.l,th.l{text-align:left}
+.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:150px}
+.card b{display:block;font-size:20px}.muted{color:#777}
+img.plot{max-width:100%;display:block;margin:8px 0}
+.thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:150px;font-size:11px}
+.thumb span{overflow-wrap:anywhere}
+.thumb img{width:96px;height:96px;object-fit:cover;display:block;border:1px solid #ccc}
+.missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center;color:#999}
+"""
+
+
+def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
+    """The page of a report whose metrics.json content is ``summary`` (``sections``: the frames behind it)."""
+    esc = html.escape
+    models = ", ".join(f"{m['model_name']} {m['model_version']}" for m in summary["models"] if m["model_name"])
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>faceattr-batch report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>faceattr-batch predictions report</h1>",
+        f"<p class='muted'>{esc(summary['predictions'])}<br>model: {esc(models or '-')} · "
+        f"faceattr-batch {esc(__version__)}</p>",
+        "<div class='cards'>",
+        _card("images", summary["images"]),
+        _card("predicted", summary["predicted"]),
+        _card("errors", sum(summary["errors"].values())),
+    ]
+    overall = summary.get("overall")
+    if overall:
+        parts += [
+            _card("gender accuracy", _pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
+            _card("race accuracy", _pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
+            _card("age MAE", _num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
+        ]
+    parts.append("</div>")
+    if summary["errors"]:
+        rows = "".join(f"<tr><td class='l'>{esc(k)}</td><td>{v}</td></tr>" for k, v in summary["errors"].items())
+        parts.append(
+            f"<h2>Errors (no predictions)</h2><table><tr><th class='l'>reason</th><th>images</th></tr>{rows}</table>"
+        )
+    if not overall:
+        parts.append(
+            "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
+            "(<code>age_gender_race_datetime.jpg</code>) or <code>predict --labels index.parquet</code>.</p>"
+        )
+        parts.append(_html_counts(summary))
+        return "".join(parts) + "</body></html>"
+    parts.append(_html_metrics(summary))
+    for name, title in (
+        ("confusion", "Confusion matrices"),
+        ("age_pred_vs_true", "Predicted vs true age"),
+        ("error_by_age_band", "Age error by age band"),
+        ("error_by_race", "Errors by race"),
+        ("calibration", "Calibration"),
+    ):
+        if name in plots:
+            data = base64.b64encode(plots[name].read_bytes()).decode()
+            parts.append(f"<h2>{title}</h2><img class='plot' alt='{name}' src='data:image/png;base64,{data}'>")
+    parts.append(_html_weakest(sections["breakdown"]))
+    parts.append(_html_worst(sections["worst"]))
+    parts.append(_html_slices(sections["breakdown"]))
+    return "".join(parts) + "</body></html>"
+
+
+def _card(title: str, value, note: str = "") -> str:
+    return f"<div class='card'><span class='muted'>{html.escape(title)}</span><b>{value}</b>{note}</div>"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _pct(value) -> str:
+    return "-" if _missing(value) else f"{100 * value:.1f}%"
+
+
+def _num(value, unit: str = "") -> str:
+    return "-" if _missing(value) else f"{value:.2f}{unit}"
+
+
+def _ci(row: dict, key: str, percent: bool) -> str:
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if low is None or high is None:
+        return ""
+    show = _pct if percent else _num
+    return f"<span class='muted'>95% CI {show(low)} – {show(high)}</span>"
+
+
+def _html_counts(summary: dict) -> str:
+    rows = "".join(
+        f"<tr><td class='l'>{html.escape(k)}</td><td>{v}</td></tr>"
+        for key in ("pred_gender_counts", "pred_race_counts")
+        for k, v in summary[key].items()
+    )
+    return f"<h2>Predicted classes</h2><table><tr><th class='l'>class</th><th>images</th></tr>{rows}</table>"
+
+
+def _html_metrics(summary: dict) -> str:
+    o = summary["overall"]
+    cal = summary["calibration"]
+    gender = (
+        f"precision (female) {_pct(o['gender_precision'])}, recall {_pct(o['gender_recall'])}, "
+        f"F1 {_pct(o['gender_f1'])}; ECE {_num(cal['gender_ece'])}"
+    )
+    race = f"macro-F1 {_pct(o['race_macro_f1'])}; ECE {_num(cal['race_ece'])}"
+    age = (
+        f"RMSE {_num(o['age_rmse'], ' y')}, CS@5 {_pct(o['age_cs5'])}, gross (&gt;10 y) {_pct(o['age_gross_rate'])}, "
+        f"bias {_num(o['age_bias'], ' y')}, 80% interval covers {_pct(cal['age_interval_coverage_80'])}"
+    )
+    rows = [
+        ("gender", o["n_gender"], f"accuracy {_pct(o['gender_accuracy'])}", gender),
+        ("race", o["n_race"], f"accuracy {_pct(o['race_accuracy'])}", race),
+        ("age", o["n_age"], f"MAE {_num(o['age_mae'], ' y')}", age),
+    ]
+    body = "".join(
+        f"<tr><td class='l'>{a}</td><td>{n}</td><td>{h}</td><td class='l'>{m}</td></tr>" for a, n, h, m in rows
+    )
+    return (
+        "<h2>Metrics</h2><table><tr><th class='l'>attribute</th><th>n</th><th>headline</th>"
+        f"<th class='l'>more</th></tr>{body}</table>"
+    )
+
+
+def _html_weakest(breakdown: pl.DataFrame) -> str:
+    big, note = breakdown.filter(pl.col("n") >= MIN_SLICE), f"n ≥ {MIN_SLICE}"
+    if big.is_empty():
+        big, note = breakdown, f"every slice is under {MIN_SLICE} images: wide intervals"
+    lists = [
+        ("highest age MAE", big.sort("age_mae", descending=True, nulls_last=True).head(5), "age_mae", False),
+        ("lowest gender accuracy", big.sort("gender_accuracy", nulls_last=True).head(5), "gender_accuracy", True),
+        ("lowest race accuracy", big.sort("race_accuracy", nulls_last=True).head(5), "race_accuracy", True),
+    ]
+    html_lists = []
+    for title, rows, key, percent in lists:
+        show = _pct if percent else _num
+        items = "".join(
+            f"<tr><td class='l'>{r['race']} · {r['gender']} · {r['age_band']}</td><td>{r['n']}</td>"
+            f"<td>{show(r[key])}</td><td class='muted'>{show(r[f'{key}_low'])} – {show(r[f'{key}_high'])}</td></tr>"
+            for r in rows.to_dicts()
+        )
+        html_lists.append(
+            f"<div><b>{title}</b><table><tr><th class='l'>slice</th><th>n</th><th>value</th><th>95% CI</th></tr>"
+            f"{items}</table></div>"
+        )
+    return f"<h2>Weakest slices (race × gender × age band; {note})</h2><div class='cards'>{''.join(html_lists)}</div>"
+
+
+def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
+    parts = ["<h2>Worst errors</h2>"]
+    for key, title in (
+        ("age", "largest age errors"),
+        ("gender", "most confident wrong gender"),
+        ("race", "most confident wrong race"),
+    ):
+        table = worst[key]
+        parts.append(f"<h3>{title}</h3>")
+        if table.is_empty():
+            parts.append("<p class='muted'>none</p>")
+            continue
+        cells = []
+        for row in table.to_dicts():
+            cells.append(f"<div class='thumb'>{_thumbnail(row)}{_caption(key, row)}</div>")
+        parts.append(f"<div class='thumbs'>{''.join(cells)}</div>")
+    return "".join(parts)
+
+
+def _caption(key: str, row: dict) -> str:
+    if key == "age":
+        text = f"true {row['true_age']} · predicted {row['pred_age']:.1f} ({row['age_low']:.0f}–{row['age_high']:.0f})"
+    else:
+        text = f"true {row[f'true_{key}_label']} · predicted {row[f'pred_{key}_label']} ({row['confidence']:.0%})"
+    path = html.escape(row["path"])
+    name = html.escape(os.path.basename(row["path"]))
+    return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"
+
+
+def _thumbnail(row: dict) -> str:
+    """A small JPEG of the row's image, or of its face when detected, as a data URI (made now, from the user's
+    file), or a placeholder."""
+    detected = row.get("framing") == FRAMING_ALIGNED
+    try:
+        pixels = read_rgb(row["path"], draft_to=None if detected else THUMB_SIDE)
+    except DecodeError:
+        return "<div class='missing'>missing</div>"
+    image = Image.fromarray(pixels)
+    if detected:
+        # MTCNN's box is about the chip framing (0.97 of a chip's side, median over UTKFace): its enclosing square
+        side = max(row["box_w"], row["box_h"])
+        left, top = row["box_x"] + (row["box_w"] - side) / 2, row["box_y"] + (row["box_h"] - side) / 2
+        image = image.crop(tuple(round(v) for v in (left, top, left + side, top + side)))
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+def _html_slices(breakdown: pl.DataFrame) -> str:
+    header = (
+        "<tr><th class='l'>race</th><th class='l'>gender</th><th class='l'>age band</th><th>n</th>"
+        "<th>gender acc</th><th>95% CI</th><th>race acc</th><th>95% CI</th><th>age MAE</th><th>95% CI</th></tr>"
+    )
+    rows = []
+    for r in breakdown.to_dicts():  # Enum slices: in vocabulary order
+        rows.append(
+            f"<tr><td class='l'>{r['race']}</td><td class='l'>{r['gender']}</td><td class='l'>{r['age_band']}</td>"
+            f"<td>{r['n']}</td><td>{_pct(r['gender_accuracy'])}</td>"
+            f"<td class='muted'>{_pct(r['gender_accuracy_low'])} – {_pct(r['gender_accuracy_high'])}</td>"
+            f"<td>{_pct(r['race_accuracy'])}</td>"
+            f"<td class='muted'>{_pct(r['race_accuracy_low'])} – {_pct(r['race_accuracy_high'])}</td>"
+            f"<td>{_num(r['age_mae'])}</td>"
+            f"<td class='muted'>{_num(r['age_mae_low'])} – {_num(r['age_mae_high'])}</td></tr>"
+        )
+    return (
+        "<h2>All slices (race × gender × age band)</h2><p class='muted'>also in breakdown.parquet</p>"
+        f"<table>{header}{''.join(rows)}</table>"
+    )

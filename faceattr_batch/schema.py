@@ -1,0 +1,111 @@
+"""The predictions Parquet's one schema (``PREDICTION_FIELDS``); every column list, the Arrow schema, the face fields
+and the label columns are derived from it.
+
+Label convention, the same in every file the package writes (``index``, ``predict``, ``synth``'s manifest; ``crop``'s
+manifest carries no labels): an attribute is an integer code column, ``gender`` 0 male / 1 female, ``race`` 0 White /
+1 Black / 2 Asian / 3 Indian / 4 Others (``data.labels``), beside its readable label ``<column>_label``, a polars
+``Enum`` (an ordered Arrow dictionary in the file, so it sorts in vocabulary order and costs a byte a row). Ages are
+integers (true) or floats (predicted) beside their ``age_band`` Enum (``data.labels.AGE_BANDS``). In the predictions:
+``true_gender`` / ``true_gender_label``, ``pred_gender`` / ``pred_gender_label``, likewise ``race``, and
+``true_age_band`` / ``pred_age_band``. Codes are what metrics read; labels are what people read.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import polars as pl
+
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band_expr, code_label
+
+GENDER_LABEL = pl.Enum(GENDERS)
+RACE_LABEL = pl.Enum(RACES)
+AGE_BAND = pl.Enum(AGE_BAND_NAMES)
+RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES)
+
+# A detected face's fields (``faces.load.face_rows``); a chip is face 0 with framing ``chip`` and no box.
+FACE_FIELDS: dict[str, pl.DataType] = {
+    "face_index": pl.Int16,
+    "framing": pl.String,
+    **{name: pl.Float32 for name in ("box_x", "box_y", "box_w", "box_h", "det_score")},
+    "landmarks": pl.Array(pl.Float32, 10),  # five (x, y) points in the photo's pixels
+}
+
+PREDICTION_FIELDS: dict[str, pl.DataType] = {
+    "path": pl.String,
+    "error": pl.String,  # why the image has no predictions (null when it has)
+    "pred_gender": pl.Int8,
+    "pred_gender_label": GENDER_LABEL,
+    "p_female": pl.Float32,
+    "pred_race": pl.Int8,
+    "pred_race_label": RACE_LABEL,
+    **{name: pl.Float32 for name in RACE_PROB_COLUMNS},
+    "pred_age": pl.Float32,  # expected age, years
+    "age_low": pl.Float32,  # 10th percentile of the age distribution
+    "age_high": pl.Float32,  # 90th percentile
+    "pred_age_band": AGE_BAND,
+    "model_name": pl.String,
+    "model_version": pl.String,
+    "true_age": pl.Int16,
+    "true_gender": pl.Int8,
+    "true_gender_label": GENDER_LABEL,
+    "true_race": pl.Int8,
+    "true_race_label": RACE_LABEL,
+    "true_age_band": AGE_BAND,
+    "gender_correct": pl.Boolean,
+    "race_correct": pl.Boolean,
+    "age_error": pl.Float32,  # pred_age - true_age
+    **FACE_FIELDS,
+}
+
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(PREDICTION_FIELDS)
+FACE_COLUMNS: tuple[str, ...] = tuple(FACE_FIELDS)
+LABEL_COLUMNS: tuple[str, ...] = ("true_age", "true_gender", "true_race")  # the true labels, as codes
+LABEL_FIELDS: dict[str, pl.DataType] = {name: PREDICTION_FIELDS[name] for name in LABEL_COLUMNS}
+FLOAT_OUTPUTS: tuple[str, ...] = ("p_female", *RACE_PROB_COLUMNS, "pred_age", "age_low", "age_high")
+# computed from the codes by ``derived_columns``
+DERIVED_COLUMNS: tuple[str, ...] = (
+    "pred_gender_label", "pred_race_label", "pred_age_band", "true_gender_label", "true_race_label", "true_age_band",
+    "gender_correct", "race_correct", "age_error",
+)  # fmt: skip
+
+
+@functools.cache
+def output_schema():
+    """The Arrow schema of the predictions Parquet (polars' own conversion: its Enum columns read back as Enums)."""
+    return pl.DataFrame(schema=PREDICTION_FIELDS).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+
+
+def derived_columns() -> list[pl.Expr]:
+    """``DERIVED_COLUMNS`` from the code columns (pred_/true_ gender, race, age): the one place codes become
+    labels."""
+    exprs = []
+    for side in ("pred", "true"):
+        exprs += [
+            code_label(pl.col(f"{side}_gender"), GENDERS).alias(f"{side}_gender_label"),
+            code_label(pl.col(f"{side}_race"), RACES).alias(f"{side}_race_label"),
+            age_band_expr(pl.col(f"{side}_age")).alias(f"{side}_age_band"),
+        ]
+    return exprs + [
+        (pl.col("pred_gender") == pl.col("true_gender")).alias("gender_correct"),
+        (pl.col("pred_race") == pl.col("true_race")).alias("race_correct"),
+        (pl.col("pred_age") - pl.col("true_age").cast(pl.Float32)).alias("age_error"),
+    ]
+
+
+def error_kind(error: pl.Expr) -> pl.Expr:
+    """The reason without its details ("unreadable image: image file is truncated" -> "unreadable image")."""
+    return error.str.split(": ").list.first()
+
+
+def error_counts(frame: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
+    """Rows with an ``error``, counted by kind, the most frequent first (predict's summary, the report, crop)."""
+    counts = (
+        frame.lazy()
+        .filter(pl.col("error").is_not_null())
+        .group_by(error_kind(pl.col("error")).alias("kind"))
+        .len()
+        .sort("len", "kind", descending=[True, False])
+        .collect()
+    )
+    return dict(counts.iter_rows())
