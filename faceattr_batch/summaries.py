@@ -1,0 +1,259 @@
+"""The human-readable summary each command prints on stdout (``--json`` prints the data instead; ``--quiet``
+prints nothing). One function per command, named after it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from faceattr_batch import progress
+
+# In a log file or a pipe a summary line must stay one line: nothing is wrapped, and tables get this width to
+# take their natural size in (rich would otherwise assume 80 columns)
+LOG_WIDTH = 240
+
+
+def console() -> Console:
+    """stdout's console: wrapped to the terminal's width on a terminal; not wrapped at all in a file or pipe."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(soft_wrap=True, width=LOG_WIDTH)
+
+
+def show(printer, *args, json_data=None) -> None:
+    """A command's output on stdout: ``json_data`` as JSON when given (--json), else the summary (none if --quiet)."""
+    if json_data is not None:
+        sys.stdout.write(json.dumps(json_data, indent=2, default=str) + "\n")
+    elif not progress.is_quiet():
+        printer(*args)
+
+
+def rows_table(out: Console, title: str, rows: list[dict], columns: tuple[str, ...], most: int = 20) -> None:
+    """The first ``most`` rows under a title that counts them all; nothing when there are none."""
+    if not rows:
+        return
+    table = Table(title=f"{title}: {len(rows)}", show_edge=False, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows[:most]:
+        table.add_row(*(str(row[c]) for c in columns))
+    out.print(table)
+    if len(rows) > most:
+        out.print(f"... and {len(rows) - most} more (all of them with --json)")
+
+
+# --- index / import-csv ----------------------------------------------------------------------------------------
+
+
+def index(summary: dict, path: Path) -> None:
+    out = console()
+    status = summary["status"]
+    out.print(
+        f"[bold]{summary['images']}[/] images under {summary['root']}: {status['ok']} ok, "
+        f"{status['recovered']} recovered, {status['rejected']} rejected ({summary['seconds']:.2f} s) -> {path}"
+    )
+    out.print(_label_counts(summary))
+    for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
+        rows_table(out, title, summary[key], ("path", "reason"))
+    if summary["skipped"]:
+        out.print("skipped: " + ", ".join(f"{n} {why}" for why, n in summary["skipped"].items()))
+    for entry in summary["unreadable_dirs"]:
+        out.print(f"[yellow]unreadable folder[/] {entry['path']}: {entry['reason']}")
+    if summary["errors"]:
+        out.print("file errors: " + ", ".join(f"{n} x {why}" for why, n in summary["errors"].items()))
+    dups = summary.get("duplicates")
+    if dups is not None:
+        out.print(
+            f"duplicates: {dups['groups']} groups holding {dups['images_in_groups']} images "
+            f"({dups['byte_identical_groups']} byte-identical); {dups['conflict_groups']} with conflicting labels"
+        )
+        rows = [
+            {"group": c["dup_group"], "labels": " vs ".join(sorted(set(c["labels"]))), "paths": "\n".join(c["paths"])}
+            for c in dups["conflicts"]
+        ]
+        rows_table(out, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))
+
+
+def _label_counts(summary: dict) -> Table:
+    """Gender, race and age band counts side by side, one (value, n) column pair each."""
+    table = Table(title="labels", show_edge=False)
+    for column in ("gender", "n", "race", "n ", "age band", "n  "):
+        table.add_column(column, justify="left" if column.strip() != "n" else "right")
+    columns = [list(summary[key].items()) for key in ("gender", "race", "age_band")]
+    for i in range(max(len(c) for c in columns)):
+        cells = []
+        for column in columns:
+            cells += [str(column[i][0]), str(column[i][1])] if i < len(column) else ["", ""]
+        table.add_row(*cells)
+    return table
+
+
+def import_csv(result) -> None:
+    out = console()
+    out.print(f"wrote {result.written} of {result.rows} rows to {result.out_dir}")
+    rows = [{"row": b["row"], "line": b["line"], "reason": b["reason"]} for b in result.bad_rows]
+    rows_table(out, "bad rows (skipped)", rows, ("row", "line", "reason"))
+
+
+# --- train / ensemble / export-onnx ------------------------------------------------------------------------------
+
+
+def train(result) -> None:
+    """The validation table per slice, the calibration and the model file (train and ensemble)."""
+    out = console()
+    report = result.report
+    table = Table(title=f"validation ({report['n_train_val']['val']} faces never trained on)")
+    for column in ("slice", "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
+        table.add_column(column, justify="right")
+    table.add_row(*_validation_cells("all", report["overall"]))
+    for key, column in (("by_race", "race"), ("by_gender", "gender"), ("by_age_band", "age_band")):
+        for row in report[key]:
+            table.add_row(*_validation_cells(str(row[column]), row, column))
+    out.print(table)
+    calibration = report["calibration"]
+    out.print(
+        f"calibration: temperatures {calibration['temperatures']}; race ECE {calibration['race_ece_before']:.3f}"
+        f" -> {calibration['race_ece_after']:.3f}; gender ECE {calibration['gender_ece_before']:.3f}"
+        f" -> {calibration['gender_ece_after']:.3f}; test-time mirror: {report['tta_flip']}"
+    )
+    out.print(f"model: {result.model_path}")
+
+
+def _validation_cells(name: str, row: dict, sliced_by: str | None = None) -> list[str]:
+    # F1 within a slice that holds one true class of that attribute says nothing: left blank
+    return [
+        name,
+        str(row.get("n", row.get("n_gender"))),
+        f"{row['gender_accuracy']:.2%}",
+        "–" if sliced_by == "gender" else f"{row['gender_f1']:.3f}",
+        f"{row['race_accuracy']:.2%}",
+        "–" if sliced_by == "race" else f"{row['race_macro_f1']:.3f}",
+        f"{row['age_mae']:.2f}",
+        f"{row['age_cs5']:.2%}",
+    ]
+
+
+def ensemble(result) -> None:
+    train(result)
+    out = console()
+    for name, alone in zip(result.report["members"], result.report["members_alone"], strict=True):
+        out.print(
+            f"  member {name}: gender {alone['gender_accuracy']:.2%}, race {alone['race_accuracy']:.2%}, "
+            f"MAE {alone['age_mae']:.2f}"
+        )
+
+
+def export_onnx(summary: dict) -> None:
+    size = summary["input_size"]
+    console().print(f"wrote {summary['path']} (input uint8 N x 3 x {size} x {size})")
+
+
+# --- fid ----------------------------------------------------------------------------------------------------------
+
+
+def fid(result) -> None:
+    out = console()
+    if result.fid is None:
+        out.print(f"REAL: {result.n_real} images -> stats saved to {result.saved_stats}")
+        for note in result.notes:
+            out.print(f"[yellow]note[/] {note}")
+        return
+    table = Table(title="FID / KID", show_edge=False)
+    for column in ("slice", "FID", "KID (x1e3) mean ± std", "n_real", "n_fake", "notes"):
+        table.add_column(column, justify="left" if column in ("slice", "notes") else "right")
+    for name, row in [("all", result), *result.by.items()]:
+        kid = "-" if row.kid_mean is None else f"{row.kid_mean * 1e3:.3f} ± {row.kid_std * 1e3:.3f}"
+        fid_text = "-" if row.fid is None else f"{row.fid:.3f}"
+        table.add_row(name, fid_text, kid, str(row.n_real), str(row.n_fake), "\n".join(row.notes))
+    out.print(table)
+    if result.saved_stats:
+        out.print(f"REAL stats saved to {result.saved_stats}")
+
+
+# --- predict / report / crop --------------------------------------------------------------------------------------
+
+
+def predict(result) -> None:
+    out = console()
+    speed = f"{result.images_per_second:.0f} images/s" if result.processed else "nothing left to do"
+    predicted = "faces predicted" if result.settings.get("faces", "chips") != "chips" else "predicted"
+    out.print(
+        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} {predicted}, "
+        f"{sum(result.errors.values())} errors; {result.processed} processed in {result.seconds:.1f} s, {speed}; "
+        f"{result.shards_skipped} shards resumed)"
+    )
+    model, settings = result.model, result.settings
+    workers = settings["workers"]
+    decoding = "Ray Data" if settings.get("engine") == "ray" else f"{workers} decode worker{'s' * (workers != 1)}"
+    out.print(
+        f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
+        f"{decoding}, labels: {settings['labels']})"
+    )
+    if result.errors:
+        table = Table(title="errors by reason", show_edge=False)
+        table.add_column("reason")
+        table.add_column("images", justify="right")
+        for reason, count in result.errors.items():
+            table.add_row(reason, str(count))
+        out.print(table)
+    if result.metrics:
+        out.print(headline_metrics(result.metrics))
+    if result.report:
+        out.print(f"report: {result.report}")
+
+
+def headline_metrics(metrics: dict) -> Table:
+    """Gender, race and age metrics, one row each with its own n: the labelled faces that got a prediction. The
+    title gives that count once when the three agree (it used to count labelled rows, error rows included)."""
+
+    def show(key: str, percent: bool) -> str:
+        value = metrics.get(key)
+        return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.2f}")
+
+    counts = {metrics["n_gender"], metrics["n_race"], metrics["n_age"]}
+    title = f"metrics over {counts.pop()} labelled faces" if len(counts) == 1 else "metrics over labelled faces"
+    table = Table(title=title, show_edge=False)
+    for column in ("attribute", "n", "headline", "more"):
+        table.add_column(column, justify="left" if column in ("attribute", "more") else "right")
+    table.add_row(
+        "gender",
+        str(metrics["n_gender"]),
+        f"acc {show('gender_accuracy', True)}",
+        f"P {show('gender_precision', True)}  R {show('gender_recall', True)}  F1 {show('gender_f1', True)}",
+    )
+    table.add_row(
+        "race", str(metrics["n_race"]), f"acc {show('race_accuracy', True)}", f"macro-F1 {show('race_macro_f1', True)}"
+    )
+    table.add_row(
+        "age",
+        str(metrics["n_age"]),
+        f"MAE {show('age_mae', False)} y",
+        f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
+    )
+    return table
+
+
+def report(html: Path) -> None:
+    console().print(f"report: {html}")
+
+
+def crop(summary: dict) -> None:
+    errors = ", ".join(f"{n} {reason}" for reason, n in summary["errors"].items()) or "none"
+    console().print(
+        f"{summary['faces']} faces from {summary['photos']} photos -> {summary['out_dir']} "
+        f"(errors: {errors}; {summary['seconds']:.1f} s)"
+    )
+
+
+# --- train-gen / synth --------------------------------------------------------------------------------------------
+
+
+def train_gen(result: dict) -> None:
+    console().print(f"generator: {result['model']}")
+
+
+def synth(result: dict) -> None:
+    console().print(f"wrote {result['images']} faces and manifest.parquet to {result['out_dir']}")
