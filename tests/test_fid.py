@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.metrics import fid_stats, resize
+from faceattr_batch.metrics import features, fid_stats, resize
 from faceattr_batch.metrics.fid_stats import ALL, FeatureStats
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines.fid import FidOptions
@@ -301,6 +301,20 @@ def test_by_slices_and_saved_stats_give_the_same_numbers(tmp_path):
         fid.compute(stats, fake, _options(resize_to=16), model=TinyFeatures())
     with pytest.raises(FaceattrError, match="--by 'hair'"):
         fid.compute(real, fake, _options(by="hair"), model=TinyFeatures())
+
+
+def test_image_stats_are_the_stats_fid_saves_for_the_folder(tmp_path):
+    real = _faces(tmp_path / "real", 11, seed=4, size=40)
+    (real / "broken.png").write_bytes(b"not an image")  # skipped, as fid skips it
+    saved = tmp_path / "real.npz"
+    fid.compute(real, None, _options(save_stats=saved, resize_to=20), model=TinyFeatures())
+    paths = sorted(str(p) for p in real.iterdir())
+    stats = features.image_stats(paths, TinyFeatures(), resize_to=20, batch_size=4, workers=0)
+    want = fid_stats.load_stats(saved)[0][ALL]
+    assert stats.n == want.n == 11
+    for got, expected in zip(stats.mean_cov(), want.mean_cov(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)  # batch 4 vs 7: float32 matmuls
+    assert stats.reservoir.shape == (11, 16)
 
 
 def test_cli_json_and_save_stats_alone(tmp_path, tiny_inception):
