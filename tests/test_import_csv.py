@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from faceattr_batch import FaceattrError
 from faceattr_batch.cli import app
 from faceattr_batch.data.labels import parse_name
+from faceattr_batch.index.build import IndexOptions, build_index
+from faceattr_batch.pipelines import import_csv as import_csv_module
 from faceattr_batch.pipelines.import_csv import ImportCsvOptions, import_csv
-from faceattr_batch.pipelines.index import IndexOptions, build_index
 
 HEADER = "age,ethnicity,gender,img_name,pixels"
 
@@ -101,6 +102,18 @@ def test_missing_file_or_columns_is_an_error(tmp_path: Path):
     bad.write_text("age,gender,pixels\n1,0,1 2 3\n")
     with pytest.raises(FaceattrError, match="missing column.*ethnicity, img_name"):
         import_csv(ImportCsvOptions(csv=bad, out_dir=tmp_path / "o"))
+
+
+def test_unwritable_output_fails_before_reading(csv_file: Path, tmp_path: Path, monkeypatch):
+    """Rough edge 2: an output place that cannot be written is one FaceattrError, before the CSV is read."""
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(import_csv_module, "_read", lambda path: pytest.fail("read the CSV first"))
+    with pytest.raises(FaceattrError, match=r"^-o .*plain-file/faces: cannot write there"):
+        import_csv(ImportCsvOptions(csv=csv_file, out_dir=blocker / "faces"))
+    with pytest.raises(FaceattrError, match="nope.csv: no such file"):
+        import_csv(ImportCsvOptions(csv=tmp_path / "nope.csv", out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()  # a missing CSV leaves no empty output folder behind
 
 
 def test_cli_import_csv(csv_file: Path, tmp_path: Path):

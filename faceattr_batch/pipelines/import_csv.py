@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+from PIL import Image
 
 from faceattr_batch.data.labels import format_name
-from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import replacing
+from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.atomic import check_writable, replacing
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,11 @@ class ImportCsvResult:
 
 def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     """Write one PNG per good CSV row into ``options.out_dir``; bad rows are listed, not fatal."""
-    frame = _read(options.csv)
+    if not Path(options.csv).is_file():
+        raise FaceattrError(f"{options.csv}: no such file")
     out_dir = Path(options.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FaceattrError(f"{out_dir}: cannot create the folder ({err.strerror or err})") from None
+    check_writable(out_dir, "-o")  # before reading the CSV: an unwritable output fails at once
+    frame = _read(Path(options.csv))
     result = ImportCsvResult(out_dir=out_dir, rows=frame.height, written=0)
     used: set[str] = set()
     for start in range(0, frame.height, _BATCH):
@@ -86,14 +87,11 @@ def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
 
 
 def _read(path: Path) -> pl.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FaceattrError(f"{path}: no such file")
     try:
         # every column as text: a non-numeric value is a bad row to report, not a parse failure
         frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
     except (OSError, pl.exceptions.PolarsError) as err:
-        raise FaceattrError(f"{path}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+        raise FaceattrError(f"{path}: cannot read as CSV ({first_line(err)})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise FaceattrError(
@@ -105,8 +103,6 @@ def _read(path: Path) -> pl.DataFrame:
 
 def _decode_pixels(column: pl.Series, side: int) -> tuple[list, list[str | None]]:
     """Per row: a side*side uint8 array or None, and an error reason or None."""
-    import numpy as np
-
     want = side * side
     values = (
         column.to_frame("p")
@@ -176,8 +172,6 @@ def _unique_name(row: tuple, number: int, used: set[str]) -> str:
 
 
 def _write_png(path: Path, pixels, side: int) -> None:
-    from PIL import Image
-
     try:
         with replacing(path) as tmp:
             Image.fromarray(pixels.reshape(side, side)).save(tmp, format="PNG")
