@@ -2,7 +2,9 @@
 actor killed mid-run, and the optional extra (never imported by the base path; a one-line error without it).
 
 Ray starts once per session as ``ray.cluster_utils.Cluster`` (two nodes of one CPU each, in this process, on
-127.0.0.1); every test has a hard timeout (faulthandler ends a hung run with its traces).
+127.0.0.1); every test has a hard timeout (faulthandler ends a hung run with its traces). The two plain
+equality runs are in the slow tier; the everyday tier still compares Ray's rows with the local ones (after a
+resume, after a killed actor) and checks the engine's contract on a few images.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def _assert_same_rows(frame: pl.DataFrame, reference: pl.DataFrame) -> None:
     assert frame.select(floats).null_count().equals(reference.select(floats).null_count())
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: Ray Data's start-up per run, not the data (a subset is no faster)
 @pytest.mark.ray
 @needs_ray
 def test_ray_predict_gives_the_local_rows_with_error_rows(ray_cluster, faces, tiny_attr_model, local_run, tmp_path):
@@ -155,7 +158,7 @@ def test_a_model_actor_killed_mid_run_loses_and_doubles_no_row(
         deadline = time.monotonic() + TIMEOUT_S / 2
         while not killed and time.monotonic() < deadline:
             if list(tmp_path.glob("out.parquet.parts/part-*.done.json")):
-                for pid in _own_processes_titled("MapBatches(Predictor)"):
+                for pid in _own_processes_titled("MapBatches(PredictActor)"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
             time.sleep(0.02)
@@ -179,6 +182,7 @@ def _tiny_features():
     ).eval()
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: Ray Data's start-up per run, not the data (a subset is no faster)
 @pytest.mark.ray
 @needs_ray
 def test_ray_fid_equals_the_local_fid(ray_cluster, tmp_path):
