@@ -413,9 +413,10 @@ def train_gen_command(
     d_width: Annotated[
         int, typer.Option(min=4, help="Discriminator channels after its first layer (doubled per halving).")
     ] = 32,
-    iterations: Annotated[
+    count: Annotated[
         int | None,
         typer.Option(
+            "--iterations",
             min=1,
             show_default=f"{train_gen.TrainGenOptions.iterations}; with --resume the run's own",
             help="Training iterations, one D and one G step each. With --resume: extends the run, or ends it at its "
@@ -440,11 +441,11 @@ def train_gen_command(
 ) -> None:
     """Train the conditional face generator (gender, race, age) with checkpoints, grids, FID and agreement."""
     log_progress()
-    # --iterations given: the count of a fresh run, or the new count of a resumed one; not given: the default, or
-    # the resumed run's own count
-    given = {} if iterations is None else {"iterations": iterations}
-    options = options_of(train_gen.TrainGenOptions, locals(), out_dir=out, evaluate=not no_eval, **given)
-    result = train_gen.run(options, resume=resume, **given)
+    # --iterations is passed once: in a fresh run's options, or as the count that replaces a resumed run's own
+    given = {} if count is None else {"iterations": count}
+    fresh, resumed = ({}, given) if resume else (given, {})
+    options = options_of(train_gen.TrainGenOptions, locals(), out_dir=out, evaluate=not no_eval, **fresh)
+    result = train_gen.run(options, resume=resume, **resumed)
     show(summaries.train_gen, result)
 
 
