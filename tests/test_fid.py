@@ -287,6 +287,20 @@ def test_fewer_than_two_images_is_an_error_with_a_reason(tmp_path):
         fid.compute(real, broken, _options(), model=TinyFeatures())
 
 
+class _NoFeatures(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("features were computed before the output place was checked")
+
+
+def test_save_stats_into_an_unwritable_place_fails_before_any_features(tmp_path):
+    real = _faces(tmp_path / "real", 3, seed=0)
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    with pytest.raises(FaceattrError, match=r"^--save-stats .*a-file/real\.npz: cannot write there"):
+        fid.compute(real, None, _options(save_stats=tmp_path / "a-file" / "real.npz"), model=_NoFeatures())
+    done = CliRunner().invoke(app, ["fid", str(real), "--save-stats", str(tmp_path / "a-file" / "real.npz")])
+    assert done.exit_code == 2 and done.output.count("\n") == 1 and "cannot write there" in done.output
+
+
 def test_by_slices_and_saved_stats_give_the_same_numbers(tmp_path):
     real = _faces(tmp_path / "real", 24, seed=0)
     fake = _faces(tmp_path / "fake", 24, seed=1, shift=40)

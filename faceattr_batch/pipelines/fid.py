@@ -24,6 +24,7 @@ from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band_
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.atomic import check_writable
 from faceattr_batch.metrics import features
 from faceattr_batch.metrics.fid_stats import ALL, FeatureStats, frechet_distance, kid, load_stats, save_stats
 from faceattr_batch.metrics.resize import load_for_inception
@@ -185,6 +186,8 @@ def _validate(real, fake, options: FidOptions) -> None:
     for source in (real, fake):
         if source is not None and not Path(source).exists():
             raise FaceattrError(f"{source}: no such folder or stats file")
+    if options.save_stats is not None:
+        check_writable(options.save_stats, "--save-stats")  # not after minutes of features
 
 
 def _is_stats_file(path: Path) -> bool:
