@@ -25,7 +25,8 @@ from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.registry import load_attr_model, resolve_attr_source
-from faceattr_batch.pipelines.train import augment, multitask_loss
+from faceattr_batch.training.data import augment
+from faceattr_batch.training.losses import multitask_loss
 
 CANDIDATES = {  # the architectures compared in MODEL_CARD.md
     "64px resnet-1111 (baseline)": AttrNetConfig(input_size=64, depths=(1, 1, 1, 1)),

@@ -103,7 +103,7 @@ def test_int8_storage_is_within_half_a_step_per_output_channel():
 def test_ensemble_run_writes_a_file_that_predict_and_onnx_read(members, faces: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
     from faceattr_batch.models.device import resolve_device
-    from faceattr_batch.pipelines.predict import ModelRunner
+    from faceattr_batch.models.runtime import ModelRunner
 
     out = tmp_path / "ens" / "ensemble.pt"
     options = EnsembleOptions(

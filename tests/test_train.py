@@ -17,7 +17,10 @@ from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.pipelines import train as train_module
-from faceattr_batch.pipelines.train import TrainOptions, fit_temperatures, run, soft_age_targets, split_by_group
+from faceattr_batch.pipelines.train import TrainOptions, run
+from faceattr_batch.training.calibration import fit_temperatures
+from faceattr_batch.training.data import split_by_group
+from faceattr_batch.training.losses import race_loss_weights, soft_age_targets
 
 TINY = dict(input_size=32, widths=(8, 16), depths=(1, 1), batch_size=16, workers=0, progress=False)
 
@@ -60,7 +63,7 @@ def test_race_loss_weights_and_logit_adjustment():
     import polars as pl
 
     rows = pl.DataFrame({"race": [0] * 64 + [1] * 16 + [2] * 16 + [3] * 16 + [4] * 4})
-    weights = train_module.race_loss_weights(rows)
+    weights = race_loss_weights(rows)
     assert weights.mean() == pytest.approx(1.0)
     assert weights[4] / weights[0] == pytest.approx(4.0)  # 1/sqrt(frequency): 16x rarer -> 4x the weight
     model = AttrNet(AttrNetConfig(input_size=16, widths=(4,), depths=(1,))).eval()

@@ -10,7 +10,7 @@ weights.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +19,14 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_json
-from faceattr_batch.pipelines.train import (
-    TrainResult,
+from faceattr_batch.models.registry import load_attr_model, restore_state, save_attr_ensemble, storage_state
+from faceattr_batch.training.calibration import (
     collect_logits,
-    decode_cache,
     fit_temperatures,
-    load_labelled,
     predictions_frame,
-    split_by_group,
     validation_report,
 )
+from faceattr_batch.training.data import decode_cache, load_labelled, split_by_group
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,18 @@ class EnsembleOptions:
     progress: bool = True
 
 
-def run(options: EnsembleOptions) -> TrainResult:
-    import torch
+@dataclass
+class EnsembleResult:
+    out_dir: Path
+    model_path: Path  # the ensemble model file
+    report: dict = field(default_factory=dict)  # as written beside it (.report.json)
 
-    from faceattr_batch.models.attr_ensemble import AttrEnsemble
-    from faceattr_batch.models.attr_net import AttrNet
-    from faceattr_batch.models.registry import load_attr_model, restore_state, save_attr_ensemble, storage_state
+
+def run(options: EnsembleOptions) -> EnsembleResult:
+    import torch  # heavy: loaded when the command runs, not when the CLI starts
+
+    from faceattr_batch.models.attr_ensemble import AttrEnsemble  # torch-backed
+    from faceattr_batch.models.attr_net import AttrNet  # torch-backed
 
     if len(options.members) < 2:
         raise FaceattrError("an ensemble needs two or more members")
@@ -103,7 +107,7 @@ def run(options: EnsembleOptions) -> TrainResult:
         int8=options.int8,
     )
     write_json(out.with_suffix(".report.json"), report)
-    return TrainResult(out.parent, out, report)
+    return EnsembleResult(out.parent, out, report)
 
 
 def _member_pixels(ensemble, i: int, pixels: np.ndarray) -> np.ndarray:

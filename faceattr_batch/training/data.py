@@ -1,0 +1,142 @@
+"""Training data: the labelled rows of an index, the split by duplicate group, the decoded chips, augmentation.
+
+Shared by `train`, `train-gen` and `ensemble` (the ensemble re-creates its members' validation split).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.decode import load_chip
+from faceattr_batch.data.labels import STATUS_REJECTED
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.index.build import IndexOptions, build_index, read_index_metadata
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.progress import progress_bar
+
+LABELLED_COLUMNS = ("path", "age", "gender", "race", "status", "dup_group")
+
+
+def load_labelled(source: Path, root: Path | None, workers: int, limit: int | None = None) -> pl.DataFrame:
+    """Rows with all three labels: absolute ``file``, age, gender, race, dup_group (from ``index --hash``);
+    the first ``limit`` of them by path when given."""
+    source = Path(source)
+    if source.is_dir():
+        table = build_index(IndexOptions(root=source, hash=True, workers=workers)).table
+        root = source
+    elif source.is_file():
+        try:
+            table = pl.read_parquet(source)
+        except Exception as err:
+            raise FaceattrError(f"{source}: not a readable index Parquet ({err})") from None
+        root = root or Path(read_index_metadata(source).get("faceattr_batch.root", source.parent))
+    else:
+        raise FaceattrError(f"{source}: no such index file or folder")
+    missing = set(LABELLED_COLUMNS) - set(table.columns)
+    if missing:
+        hint = " (make it with `faceattr-batch index DIR --hash`)" if "dup_group" in missing else ""
+        raise FaceattrError(f"{source}: index lacks columns {sorted(missing)}{hint}")
+    table = table.filter(
+        (pl.col("status") != STATUS_REJECTED)
+        & pl.col("age").is_not_null()
+        & pl.col("gender").is_not_null()
+        & pl.col("race").is_not_null()
+    )
+    if table.height < 2:
+        raise FaceattrError(f"{source}: fewer than 2 labelled images to train on")
+    table = table.select(
+        pl.col("path"),
+        (pl.lit(str(Path(root).resolve()) + os.sep) + pl.col("path")).alias("file"),
+        "age",
+        "gender",
+        "race",
+        "dup_group",
+    ).sort("path")
+    return table.head(limit) if limit else table
+
+
+def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.DataFrame:
+    """Add ``split`` (train/val): whole duplicate groups go to one side, chosen by a seeded shuffle."""
+    groups = table.get_column("dup_group").unique().sort()
+    order = np.random.default_rng(seed).permutation(groups.len())
+    n_val_groups = max(1, round(groups.len() * val_fraction))
+    val_groups = groups.gather(order[:n_val_groups])
+    return table.with_columns(
+        pl.when(pl.col("dup_group").is_in(val_groups.implode()))
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    )
+
+
+def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:
+    """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
+    only in memory when ``cache`` is None."""
+    if cache is not None and cache.is_file():
+        pixels = np.load(cache)
+        if pixels.shape == (table.height, size, size, 3):
+            return pixels
+    files = table.get_column("file").to_list()
+    pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
+    failed = []
+    bar = progress_bar(total=len(files), desc="decode", unit="img", enabled=progress)
+    for batch in iter_batches(files, partial(load_chip, size=size), 256, workers):
+        for slot, pos in enumerate(batch.ok):
+            pixels[batch.start + pos] = batch.items[slot]
+        failed += [(batch.paths[pos], reason) for pos, reason in batch.errors.items()]
+        bar.update(len(batch.paths))
+    bar.close()
+    if failed:
+        raise FaceattrError(f"{len(failed)} training images could not be decoded, e.g. {failed[0][0]}: {failed[0][1]}")
+    if cache is not None:
+        with replacing(cache) as tmp:
+            np.save(tmp, pixels)
+    return pixels
+
+
+def label_tensors(rows: pl.DataFrame, max_age: int) -> dict:
+    """``gender``, ``race`` and ``age`` (clamped to 0..max_age) of ``rows`` as int64 tensors."""
+    import torch  # heavy: loaded when a training starts, not when the CLI does
+
+    labels = {k: torch.from_numpy(rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")}
+    labels["age"] = labels["age"].clamp(0, max_age)
+    return labels
+
+
+def augment(pixels, generator):
+    """Random mirror, rotation (±10°), scale (±10%), shift (±6%) and colour jitter, on a float batch."""
+    import torch
+    from torch.nn import functional as F
+
+    n = pixels.shape[0]
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    x = pixels.float()
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    angle = uniform(-10, 10) * math.pi / 180
+    scale = uniform(0.9, 1.1)
+    shift = torch.stack([uniform(-0.06, 0.06), uniform(-0.06, 0.06)], dim=1)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    brightness = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
+    contrast = uniform(0.75, 1.25).view(n, 1, 1, 1).to(x.device)
+    saturation = torch.where(torch.rand(n, generator=generator) < 0.05, 0.0, uniform(0.7, 1.3)).view(n, 1, 1, 1)
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = gray + (x - gray) * saturation.to(x.device)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    return (x * brightness).clamp(0, 255)
