@@ -136,12 +136,9 @@ def index_command(
     json_out: JsonOut = False,
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
-    options = index.IndexOptions(
-        root=folder, hash=hash_, probe=probe, file_sizes=file_sizes, near_bits=near_bits, workers=workers, progress=True
-    )
-    result = index.build_index(options)
-    path = index.write_index(result, out)
-    show(summaries.index, result.summary, path, json_data={**result.summary, "output": str(path)} if json_out else None)
+    options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=True)
+    result = index.run(options, out)
+    show(summaries.index, result.summary, json_data=result.summary if json_out else None)
 
 
 @command("import-csv")

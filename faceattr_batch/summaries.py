@@ -48,12 +48,12 @@ def rows_table(out: Console, title: str, rows: list[dict], columns: tuple[str, .
 # --- index / import-csv ----------------------------------------------------------------------------------------
 
 
-def index(summary: dict, path: Path) -> None:
+def index(summary: dict) -> None:
     out = console()
     status = summary["status"]
     out.print(
-        f"[bold]{summary['images']}[/] images under {summary['root']}: {status['ok']} ok, "
-        f"{status['recovered']} recovered, {status['rejected']} rejected ({summary['seconds']:.2f} s) -> {path}"
+        f"[bold]{summary['images']}[/] images under {summary['root']}: {status['ok']} ok, {status['recovered']} "
+        f"recovered, {status['rejected']} rejected ({summary['seconds']:.2f} s) -> {summary['output']}"
     )
     out.print(_label_counts(summary))
     for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
@@ -71,7 +71,11 @@ def index(summary: dict, path: Path) -> None:
             f"({dups['byte_identical_groups']} byte-identical); {dups['conflict_groups']} with conflicting labels"
         )
         rows = [
-            {"group": c["dup_group"], "labels": " vs ".join(sorted(set(c["labels"]))), "paths": "\n".join(c["paths"])}
+            {
+                "group": c["dup_group"],
+                "labels": " vs ".join(sorted({label or "none" for label in c["labels"]})),
+                "paths": "\n".join(c["paths"]),
+            }
             for c in dups["conflicts"]
         ]
         rows_table(out, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))

@@ -258,10 +258,9 @@ def test_missing_or_corrupt_model_is_one_line(tmp_path, model):
 
 def test_renamed_options(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(index, "build_index", _raising(KeyboardInterrupt()))
-    monkeypatch.setattr(index, "IndexOptions", lambda **kw: seen.setdefault("index", kw))
-    runner.invoke(app, ["index", str(tmp_path), "--no-file-sizes"])
-    assert seen["index"]["file_sizes"] is False
+    monkeypatch.setattr(index, "run", lambda options, out: seen.setdefault("index", options) and 1 / 0)
+    runner.invoke(app, ["index", str(tmp_path), "--no-file-sizes", "--hash"])
+    assert seen["index"].file_sizes is False and seen["index"].hash and seen["index"].root == tmp_path
     monkeypatch.setattr(fid, "compute", lambda real, fake, options: seen.setdefault("fid", options) and 1 / 0)
     runner.invoke(app, ["fid", "a", "b", "--resize-to", "64"])
     assert seen["fid"].resize_to == 64
