@@ -71,9 +71,9 @@ def main() -> None:
         result = synth_run(SynthOptions(n=args.n, out_dir=faces, model=args.model, progress=False))
         synth_s = time.perf_counter() - start
         forward = generator_only(args.model, args.n)
-        size = load_generator(args.model)[0].config.resolution
+        resolution = load_generator(args.model)[0].config.resolution
         print(
-            f"synth {result['images']} faces at {size} px, files written: {synth_s:.1f} s "
+            f"synth {result['images']} faces at {resolution} px, files written: {synth_s:.1f} s "
             f"= {args.n / synth_s:,.0f} img/s"
         )
         print(f"generator forward alone ({args.threads} threads): {forward:,.0f} img/s")

