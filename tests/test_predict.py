@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.registry import default_weights_path
+from faceattr_batch.models.runtime import ModelRunner
+from faceattr_batch.pipelines import predict as predict_module
 from faceattr_batch.pipelines.predict import PredictOptions, run
 from faceattr_batch.schema import OUTPUT_COLUMNS
 
@@ -313,3 +318,118 @@ def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, mo
     assert [member.config.input_size for member in default.members] == [128, 96, 80]
     assert default.config.input_size == 128
     assert fast_meta["name"] == "faceattr-attr-fast"
+
+
+# --- rough edges: one-line errors, output places checked first, --resume afresh, Ctrl-C ------------------------
+
+
+def _model_sources(tmp_path: Path) -> dict[str, Path]:
+    """A missing model, a corrupt checkpoint and a corrupt ONNX file."""
+    corrupt_pt, corrupt_onnx = tmp_path / "corrupt.pt", tmp_path / "corrupt.onnx"
+    corrupt_pt.write_bytes(b"PK\x03\x04 not really a torch file")
+    corrupt_onnx.write_bytes(b"\x08\x07 not an onnx graph")
+    return {"nosuch": tmp_path / "nosuch", "corrupt.pt": corrupt_pt, "corrupt.onnx": corrupt_onnx}
+
+
+def test_a_missing_or_corrupt_model_is_one_line_exit_2(tmp_path):
+    """Rough edge 2: `predict --model nosuch` printed a 46-line traceback (exit 1)."""
+    make_faces(tmp_path / "in", 2)
+    runner = CliRunner()
+    for name, source in _model_sources(tmp_path).items():
+        with pytest.raises(FaceattrError, match=name):
+            _run([tmp_path / "in"], tmp_path / "out.parquet", source, runtime="auto")
+        args = ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out.parquet"), "-m", str(source), "--json"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (name, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and "Traceback" not in result.output, (name, result.stderr)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_output_places_are_checked_before_any_work(tmp_path, tiny_attr_model, monkeypatch):
+    """Rough edge 3: `--report DIR` not writable failed only after the whole prediction. (Tests run as root, where
+    chmod does not stop writing: a path under a regular file cannot be created by anyone.)"""
+    make_faces(tmp_path / "in", 2)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    loaded = []
+    monkeypatch.setattr(ModelRunner, "load", classmethod(lambda cls, *args: loaded.append(args)))
+    with pytest.raises(FaceattrError, match=r"^-o .*afile/out.parquet: cannot write there"):
+        _run([tmp_path / "in"], tmp_path / "afile" / "out.parquet", tiny_attr_model)
+    with pytest.raises(FaceattrError, match=r"^--report .*afile/rep: cannot write there"):
+        _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, report_dir=tmp_path / "afile" / "rep")
+    assert loaded == [] and not list(tmp_path.glob("out.parquet*"))
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_afresh(tmp_path, tiny_attr_model, caplog):
+    make_faces(tmp_path / "in", 3)
+    with caplog.at_level("WARNING"):
+        result = _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, resume=True)
+    assert result.processed == 3 and pl.read_parquet(result.output).height == 3
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [f"--resume: nothing to resume at {tmp_path / 'out.parquet.parts'}; starting afresh"]
+
+
+def test_report_with_predict_reads_the_output_once(tmp_path, tiny_attr_model, monkeypatch):
+    """`--report` read the output and computed the overall metrics twice (predict's summary, then the report)."""
+    make_faces(tmp_path / "in", 6)
+    reads = []
+    real = predict_module.read_predictions
+    monkeypatch.setattr(predict_module, "read_predictions", lambda path: reads.append(path) or real(path))
+    result = _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, report_dir=tmp_path / "rep")
+    assert reads == [tmp_path / "out.parquet"]
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["overall"] == pytest.approx(result.metrics) and saved["images"] == result.images == 6
+
+
+def test_ctrl_c_stops_quietly_with_exit_130(tmp_path, tiny_attr_model):
+    """Rough edge 8: Ctrl-C sometimes printed a 25-line KeyboardInterrupt traceback from a decode worker."""
+    make_faces(tmp_path / "in", 400, size=160)
+    out = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "faceattr_batch", "predict", str(tmp_path / "in"), "-o", str(out)]
+    args += ["-m", str(tiny_attr_model), "--runtime", "torch", "--faces", "chips", "--workers", "2", "-b", "2"]
+    # its own process group, as a shell gives a foreground job: Ctrl-C reaches the parent and its workers
+    process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + 15
+    while not any(parts.glob("*.tmp")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the workers are decoding
+    assert process.poll() is None, "predict finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:  # hung: leave nothing running
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "interrupted" in stderr
+
+
+@pytest.mark.slow  # Ray's start-up (about 20 s), over the shared chips
+@pytest.mark.ray
+def test_faces_auto_runs_on_ray_and_gives_the_local_rows(tmp_path, tiny_attr_model, shared_utkface):
+    """Rough edge 12: `--engine ray` changed --faces' default to chips, so the engines gave different rows."""
+    pytest.importorskip("ray")
+    pytest.importorskip("cv2")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    chips = sorted(shared_utkface.iterdir())[:6]
+    photo = Image.new("RGB", (640, 480), (120, 130, 140))  # two faces in a photo: detected, one row each
+    for chip, where in ((chips[0], (100, 120)), (chips[3], (360, 140))):
+        with Image.open(chip) as face:
+            photo.paste(face, where)
+    photo.save(folder / "photo.jpg")
+    for chip in chips:
+        (folder / chip.name).write_bytes(chip.read_bytes())
+    options = {"faces": "auto", "batch_size": 4, "shard_size": 8}
+    local = _run([folder], tmp_path / "local.parquet", tiny_attr_model, **options)
+    on_ray = _run([folder], tmp_path / "ray.parquet", tiny_attr_model, engine="ray", **options)
+    a, b = pl.read_parquet(local.output), pl.read_parquet(on_ray.output)
+    assert a.filter(pl.col("path") == str(folder / "photo.jpg"))["framing"].to_list() == ["aligned", "aligned"]
+    assert a.height == 8 and (a["framing"] == "chip").sum() == 6
+    floats = ["p_female", "p_white", "p_black", "p_asian", "p_indian", "p_others", "pred_age", "age_low", "age_high"]
+    exact = [c for c in a.columns if c not in (*floats, "age_error")]
+    assert a.select(exact).equals(b.select(exact))
+    assert (a.select(floats) - b.select(floats)).select(pl.all().abs().max()).max_horizontal().item() <= 1e-5
