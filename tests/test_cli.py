@@ -292,3 +292,18 @@ def test_help_and_import_do_not_load_torch():
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("faceattr-batch ")
+
+
+def test_index_summary_with_an_unlabelled_duplicate(capsys):
+    """A conflict group may hold a file whose name gave no labels (None): shown as 'none', not a TypeError."""
+    counts = {"gender": {"male": 1}, "race": {"White": 1}, "age_band": {"20-29": 1}}
+    dups = {"groups": 1, "images_in_groups": 2, "byte_identical_groups": 1, "conflict_groups": 1}
+    conflicts = [{"dup_group": 0, "labels": ["25_0_0", None], "paths": ["25_0_0_1.jpg", "bad.jpg"]}]
+    summaries.index(
+        {"images": 2, "root": "faces", "output": "index.parquet", "seconds": 0.1, **counts,
+         "status": {"ok": 1, "recovered": 0, "rejected": 1}, "rejected": [], "recovered": [], "skipped": {},
+         "unreadable_dirs": [], "errors": {}, "duplicates": {**dups, "conflicts": conflicts}}
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2 images under faces: 1 ok, 0 recovered, 1 rejected (0.10 s) -> index.parquet" in out
+    assert re.search(r"0\W+25_0_0 vs none\W+25_0_0_1.jpg", out)
