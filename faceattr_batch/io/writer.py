@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_json
 
@@ -129,8 +131,6 @@ def pending_shards(space: Workspace) -> list[Shard]:
 
 def is_complete(output: Path, options: dict, keys: Sequence[str], shard_size: int) -> bool:
     """True when ``output`` exists and was finished from these inputs and options (resume has nothing to do)."""
-    import pyarrow.parquet as pq
-
     output = Path(output)
     if not output.is_file() or parts_dir(output).exists():
         return False
@@ -145,8 +145,6 @@ class ShardSink:
     """Row groups of one shard -> ``part-NNNNN.parquet.tmp``; ``commit`` renames it and writes the marker."""
 
     def __init__(self, space: Workspace, shard: Shard, schema):
-        import pyarrow.parquet as pq
-
         self.space, self.shard, self.schema = space, shard, schema
         self.tmp = space.part_path(shard).with_name(space.part_path(shard).name + ".tmp")
         self.writer = pq.ParquetWriter(self.tmp, schema)
@@ -215,8 +213,6 @@ def _input_starts(keys: list) -> list[int]:
 
 def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -> Path:
     """Merge the parts in shard order into the output file atomically, then remove the parts folder."""
-    import pyarrow.parquet as pq
-
     missing = [s.index for s in space.shards if not space.marker_path(s).is_file()]
     if missing:
         raise FaceattrError(f"cannot finalize {space.output}: shards {missing[:5]} are not finished")

@@ -12,6 +12,8 @@ import json
 import warnings
 from pathlib import Path
 
+import torch
+
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
@@ -33,8 +35,7 @@ def preprocessing_text(input_size: int) -> str:
 
 def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
     """Write ``out`` atomically and return a summary (path, input size, opset, max |torch - onnx| check)."""
-    import onnx
-    import torch
+    import onnx  # heavy, and only export needs it
 
     model, meta = load_attr_model(source)
     size = model.config.input_size

@@ -112,7 +112,7 @@ def resolve_attr_source(source: str | Path | None) -> Path:
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
     if not path.is_file():
         shipped = ", ".join(SHIPPED_ATTR_MODELS)
-        raise FaceattrError(f"{path}: no such model file or folder (or a shipped model's name: {shipped})")
+        raise FaceattrError(f"{path}: no such checkpoint file (nor a shipped model's name: {shipped})")
     return path
 
 

@@ -3,7 +3,7 @@ onnxruntime; ``OnnxAttrModel`` is an exported model with ``AttrNet``'s ``infer``
 onnxruntime uses the export beside it when made from the same weights, else is exported at load (``_as_onnx``).
 
 Used by predict (local loop and Ray actors), train-gen's evaluation and the benchmarks. onnxruntime is optional and
-imported only when an ONNX model is run; torch is imported where it runs.
+imported only when an ONNX model is run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models import registry
@@ -58,8 +59,6 @@ class ModelRunner:
     def load(cls, source: str | None, device, runtime: str, threads: int) -> ModelRunner:
         """``source``: None (the shipped default), a shipped name, a RUN_DIR, a .pt or an .onnx file; ``runtime``:
         auto (onnxruntime on the CPU when installed, torch otherwise), torch or onnxruntime."""
-        import torch
-
         path = registry.resolve_attr_source(source)
         is_onnx = path.suffix.lower() == ".onnx"
         if is_onnx and runtime == "torch":
@@ -89,8 +88,6 @@ class ModelRunner:
 
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """``pixels``: N x S x S x 3 uint8 -> p_female, race_probs, age_mean, age_low, age_high as numpy."""
-        import torch
-
         if self.runtime == "onnxruntime":
             outputs = self.model.infer(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         else:
@@ -170,8 +167,6 @@ class OnnxAttrModel:
 
     def infer(self, pixels):
         """``pixels``: uint8 N x 3 x S x S (torch tensor or numpy array) -> ``AttrOutputs`` of torch tensors."""
-        import torch
-
         array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
         feeds = {self.input_name: np.ascontiguousarray(array, dtype=np.uint8)}
         values = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds), strict=True))
