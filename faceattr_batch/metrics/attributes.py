@@ -1,7 +1,8 @@
 """Attribute metrics as polars expressions, so the same definitions give overall figures and per-slice tables.
 
-Input columns (any frame of predictions beside labels): ``true_gender``, ``pred_gender``, ``true_race``,
-``pred_race``, ``true_age`` and ``pred_age``. ``metric_exprs`` are aggregations: use them in ``select`` for
+Input columns (any frame of predictions beside labels, as ``schema.py`` names them): the integer codes
+``true_gender``, ``pred_gender``, ``true_race``, ``pred_race`` and the ages ``true_age``, ``pred_age``; ``breakdown``
+also reads the true labels' Enum columns to slice by. ``metric_exprs`` are aggregations: use them in ``select`` for
 the whole frame or in ``group_by(...).agg`` for slices (``breakdown``).
 """
 
