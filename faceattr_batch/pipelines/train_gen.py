@@ -3,7 +3,8 @@
 Spine: labelled index -> decode every chip once at the generator's resolution -> iterations of hinge-loss
 GAN training (DiffAugment on both sides of the discriminator, auxiliary classification on real faces,
 an EMA copy of the generator) -> at intervals: a sample grid PNG, a checkpoint, and an evaluation that writes
-samples to disk and scores them with the ``fid`` command's code and the attribute model through ``predict``.
+samples to disk and scores them: FID / KID against a fixed real subset (``metrics.features``, the ``fid``
+command's statistics) and agreement with the attribute model (``models.runtime``, as ``predict`` reads chips).
 
 Deterministic given the seed: iteration i draws its batch, noise and augmentation from generators seeded by
 (seed, i), so a run resumed from a checkpoint continues as the uninterrupted one would.
@@ -16,22 +17,36 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
+from faceattr_batch.io.rundir import append_metrics, start_run
+from faceattr_batch.metrics.features import image_stats
+from faceattr_batch.metrics.fid_stats import ALL, frechet_distance, kid, load_stats, save_stats
+from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_atomically, save_generator
+from faceattr_batch.models.runtime import ModelRunner, split_cores
+from faceattr_batch.models.sampling import write_samples
 from faceattr_batch.progress import progress_bar
+from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
 
 log = logging.getLogger(__name__)
 
 GEN_CHECKPOINT = "last.pt"
 GEN_MODEL = "generator.pt"
 GRID_AGES = (3, 10, 20, 30, 45, 60, 75, 90)  # columns of the sample grid
+GEN_MAX_AGE = 100  # condition ages are clamped to this
+RESOLUTIONS = (32, 64, 128)
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the fid command's defaults
 
 
 @dataclass(frozen=True)
@@ -63,15 +78,46 @@ class TrainGenOptions:
     progress: bool = True
 
 
-def _labels(rows: pl.DataFrame):
-    import torch
+@dataclass
+class _Gan:
+    """The networks and optimizers a checkpoint holds."""
 
-    return [torch.from_numpy(rows.get_column(k).to_numpy().astype(np.int64)) for k in ("gender", "race", "age")]
+    config: object  # GeneratorConfig
+    generator: object
+    discriminator: object
+    ema: object  # the generator's exponential moving average: what is saved and sampled
+    opt_g: object
+    opt_d: object
+
+    def checkpoint(self, iteration: int) -> dict:
+        return {
+            "format": GEN_TRAIN_FORMAT,
+            "config": self.config.to_dict(),
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "iteration": iteration,
+        }
+
+
+class _Standing:
+    """The EMA with standing statistics at one iteration, made once and shared by grid, evaluation and save."""
+
+    def __init__(self, ema, labels: list, seed: int):
+        self.ema, self.labels, self.seed = ema, labels, seed
+        self.iteration, self.model = None, None
+
+    def at(self, iteration: int):
+        if iteration != self.iteration:
+            self.iteration, self.model = iteration, with_standing_stats(self.ema, self.labels, self.seed)
+        return self.model
 
 
 def grid_conditions(n_cols: int = len(GRID_AGES)):
     """Rows: every gender x race; columns: ages (each column one fixed noise vector)."""
-    import torch
+    import torch  # heavy: loaded when a training starts, not when the CLI does
 
     rows = [(g, r) for r in range(len(RACES)) for g in range(len(GENDERS))]
     gender = torch.tensor([g for g, _ in rows for _ in range(n_cols)])
@@ -126,95 +172,23 @@ def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: 
 def run(options: TrainGenOptions, resume: bool = False, iterations: int | None = None) -> dict:
     """Train (or with ``resume`` continue) a generator run; ``iterations`` on resume replaces the run's own count,
     to extend a run or to end it at its checkpoint (then only ``generator.pt`` is written)."""
-    import torch
-    from torch.nn import functional as F
+    import torch  # heavy: loaded when a training starts, not when the CLI does
 
-    from faceattr_batch.io.rundir import append_metrics, start_run
-    from faceattr_batch.models.device import resolve_device
-    from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, aux_loss, diff_augment
-    from faceattr_batch.models.registry import (
-        GEN_TRAIN_FORMAT,
-        read_generator_checkpoint,
-        save_atomically,
-        save_generator,
-    )
-    from faceattr_batch.pipelines.train import decode_cache, load_labelled
-
-    out = Path(options.out_dir)
-    last = out / GEN_CHECKPOINT
-    if options.resolution not in (32, 64, 128):
+    if options.resolution not in RESOLUTIONS:
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
+    out = Path(options.out_dir)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
-
     table = load_labelled(options.source, options.root, options.workers, options.limit)
     cache = out / f"pixels_{options.resolution}.npy"
-    pixels = torch.from_numpy(
-        decode_cache(table, options.resolution, cache, options.workers, options.progress)
-    ).permute(0, 3, 1, 2)
-    labels = _labels(table)
-    labels[2] = labels[2].clamp(0, 100)
-
-    config = GeneratorConfig(resolution=options.resolution, g_width=options.g_width, d_width=options.d_width)
-    torch.manual_seed(options.seed)
-    # channels_last: 10-20% faster convolutions on this CPU (measured side by side)
-    layout = torch.channels_last
-    generator = Generator(config).to(device, memory_format=layout)
-    discriminator = Discriminator(config).to(device, memory_format=layout)
-    ema = Generator(config).to(device, memory_format=layout).eval()
-    ema.load_state_dict(generator.state_dict())
-    opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
-    start = 0
-    if resume:
-        checkpoint = read_generator_checkpoint(last)
-        generator.load_state_dict(checkpoint["generator"])
-        discriminator.load_state_dict(checkpoint["discriminator"])
-        ema.load_state_dict(checkpoint["ema"])
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        opt_d.load_state_dict(checkpoint["opt_d"])
-        start = checkpoint["iteration"]
-        log.info("resuming after iteration %d", start)
-        if start >= options.iterations:
-            log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
-
-    grid_gender, grid_race, grid_age, grid_rows = grid_conditions()
-    grid_z = torch.randn(len(GRID_AGES), config.z_dim, generator=torch.Generator().manual_seed(12345))
-    grid_z = grid_z.repeat(grid_rows, 1)
-
-    def model_meta(iteration: int) -> dict:
-        return {
-            "name": "faceattr-gen",
-            "version": __version__,
-            "iterations": iteration,
-            "trained_on": str(options.source),
-        }
-
-    standing_of: dict[int, object] = {}  # iteration -> its standing-statistics EMA, shared by grid, eval and save
-
-    def standing_at(iteration: int):
-        if iteration not in standing_of:
-            standing_of.clear()
-            standing_of[iteration] = with_standing_stats(ema, labels, options.seed)
-        return standing_of[iteration]
-
-    def save_checkpoint(iteration: int) -> None:
-        payload = {
-            "format": GEN_TRAIN_FORMAT,
-            "config": config.to_dict(),
-            "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(),
-            "ema": ema.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "iteration": iteration,
-        }
-        save_atomically(last, payload)
-
-    n = len(table)
-    batch = min(options.batch_size, n)
+    pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
+    gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
+    standing = _Standing(gan.ema, labels, options.seed)
+    draw_grid = _grid_drawer(gan.config.z_dim, device, out)
     bar = progress_bar(
         range(start, options.iterations),
         initial=start,
@@ -224,123 +198,191 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     )
     started, losses = time.perf_counter(), []
     for iteration in bar:
-        rng = torch.Generator().manual_seed(options.seed * 1_000_003 + iteration)
-        real_index = torch.randint(0, n, (batch,), generator=rng)
-        cond_index = torch.randint(0, n, (batch,), generator=rng)  # fake labels follow the real joint distribution
-        real = (pixels[real_index].float() / 127.5 - 1).to(device, memory_format=layout)
-        real_cond = [t[real_index].to(device) for t in labels]
-        fake_cond = [t[cond_index].to(device) for t in labels]
-        z = torch.randn(batch, config.z_dim, generator=rng).to(device)
-
-        fake = generator(z, *fake_cond)
-        real_score, real_aux = discriminator(diff_augment(real, rng), *real_cond)
-        fake_score, _ = discriminator(diff_augment(fake.detach(), rng), *fake_cond)
-        loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + aux_loss(real_aux, *real_cond)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-
-        fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
-        loss_g = -fake_score.mean() + options.aux_weight * aux_loss(fake_aux, *fake_cond)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        # EMA ramp-up: early on the average would be mostly the random initial weights (0.999^500 = 61%),
-        # which made the first sample grids flat; (1 + i) / (10 + i) lets it follow until it reaches ema_decay.
-        decay = min(options.ema_decay, (1 + iteration) / (10 + iteration))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-            for b_ema, b in zip(ema.buffers(), generator.buffers(), strict=True):
-                b_ema.copy_(b)
-        losses.append((loss_d.item(), loss_g.item()))
+        losses.append(_train_step(gan, pixels, labels, iteration, options, device))
         done = iteration + 1
         if done % 50 == 0:
-            bar.set_postfix(
-                d=f"{np.mean([a for a, _ in losses[-50:]]):.3f}", g=f"{np.mean([b for _, b in losses[-50:]]):.3f}"
-            )
-        if done % options.sample_every == 0 or done == options.iterations:
-            with torch.no_grad():
-                images = standing_at(done)(
-                    grid_z.to(device), grid_gender.to(device), grid_race.to(device), grid_age.to(device)
-                )
-            save_grid(images.cpu(), grid_rows, out / f"grid_{done:06d}.png")
-            shutil.copyfile(out / f"grid_{done:06d}.png", out / "grid_latest.png")
-        if done % options.checkpoint_every == 0 or done == options.iterations:
-            save_checkpoint(done)
-        if options.evaluate and (done % options.eval_every == 0 or done == options.iterations):
-            elapsed = time.perf_counter() - started
-            standing = standing_at(done)
+            recent = np.mean(losses[-50:], axis=0)
+            bar.set_postfix(d=f"{recent[0]:.3f}", g=f"{recent[1]:.3f}")
+        last = done == options.iterations
+        if done % options.sample_every == 0 or last:
+            draw_grid(standing.at(done), done)
+        if done % options.checkpoint_every == 0 or last:
+            save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
+        if options.evaluate and (done % options.eval_every == 0 or last):
             row = {
                 "iteration": done,
-                "loss_d": float(np.mean([a for a, _ in losses])),
-                "loss_g": float(np.mean([b for _, b in losses])),
-                "iterations_per_s": len(losses) / elapsed,
-                **evaluate(standing, config, table, options, out),
+                "loss_d": float(np.mean([d for d, _ in losses])),
+                "loss_g": float(np.mean([g for _, g in losses])),
+                "iterations_per_s": len(losses) / (time.perf_counter() - started),
+                **evaluate(standing.at(done), gan.config, table, options, out),
             }
             append_metrics(out / "metrics.parquet", row, key="iteration")
-            save_generator(standing, out / GEN_MODEL, model_meta(done))  # the latest evaluated, for synth -m
+            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))  # for synth -m
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
     reached = max(start, options.iterations)
-    model_path = save_generator(standing_at(reached), out / GEN_MODEL, model_meta(reached))
+    model_path = save_generator(standing.at(reached), out / GEN_MODEL, _model_meta(options, reached))
     return {"model": str(model_path), "out_dir": str(out)}
 
 
-def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Path) -> dict:
-    """FID (fixed real subset, generator resolution) and attribute agreement of EMA samples."""
-    from faceattr_batch.pipelines import fid
-    from faceattr_batch.pipelines.predict import PredictOptions
-    from faceattr_batch.pipelines.predict import run as predict_run
-    from faceattr_batch.models.sampling import write_samples
+def _model_meta(options: TrainGenOptions, iteration: int) -> dict:
+    return {"name": "faceattr-gen", "version": __version__, "iterations": iteration, "trained_on": str(options.source)}
 
-    real_stats = out / f"real_stats_{config.resolution}.npz"
-    if not real_stats.is_file():
-        subset = table.sample(n=min(options.real_subset, table.height), seed=options.seed, shuffle=True)
-        links = out / "real_subset"
-        links.mkdir(exist_ok=True)
-        for file in subset.get_column("file"):
-            target = links / Path(file).name
-            if not target.exists():
-                target.symlink_to(file)
-        fid.compute(
-            links,
-            None,
-            fid.FidOptions(save_stats=real_stats, size=config.resolution, progress=False, workers=options.workers),
-        )
+
+def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tuple[_Gan, int]:
+    """Fresh networks seeded by ``seed`` (the EMA starts as the generator), or the checkpoint's; the iteration
+    to go on from."""
+    import torch
+
+    from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig  # torch-backed
+
+    config = GeneratorConfig(resolution=options.resolution, g_width=options.g_width, d_width=options.d_width)
+    torch.manual_seed(options.seed)
+    layout = torch.channels_last  # 10-20% faster convolutions on this CPU (measured side by side)
+    generator = Generator(config).to(device, memory_format=layout)
+    discriminator = Discriminator(config).to(device, memory_format=layout)
+    ema = Generator(config).to(device, memory_format=layout).eval()
+    ema.load_state_dict(generator.state_dict())
+    opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
+    gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d)
+    if resume_from is None:
+        return gan, 0
+    checkpoint = read_generator_checkpoint(resume_from)
+    for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
+        getattr(gan, name).load_state_dict(checkpoint[name])
+    start = checkpoint["iteration"]
+    log.info("resuming after iteration %d", start)
+    if start >= options.iterations:
+        log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
+    return gan, start
+
+
+def _train_step(gan: _Gan, pixels, labels: list, iteration: int, options: TrainGenOptions, device):
+    """One discriminator and one generator update, then the EMA; batch, noise and augmentation seeded by
+    (seed, iteration). Returns the two losses."""
+    import torch
+    from torch.nn import functional as F
+
+    from faceattr_batch.models.generator import aux_loss, diff_augment  # torch-backed
+
+    n = len(pixels)
+    batch = min(options.batch_size, n)
+    rng = torch.Generator().manual_seed(options.seed * 1_000_003 + iteration)
+    real_index = torch.randint(0, n, (batch,), generator=rng)
+    cond_index = torch.randint(0, n, (batch,), generator=rng)  # fake labels follow the real joint distribution
+    real = (pixels[real_index].float() / 127.5 - 1).to(device, memory_format=torch.channels_last)
+    real_cond = [t[real_index].to(device) for t in labels]
+    fake_cond = [t[cond_index].to(device) for t in labels]
+    z = torch.randn(batch, gan.config.z_dim, generator=rng).to(device)
+
+    fake = gan.generator(z, *fake_cond)
+    real_score, real_aux = gan.discriminator(diff_augment(real, rng), *real_cond)
+    fake_score, _ = gan.discriminator(diff_augment(fake.detach(), rng), *fake_cond)
+    loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + aux_loss(real_aux, *real_cond)
+    gan.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    gan.opt_d.step()
+
+    fake_score, fake_aux = gan.discriminator(diff_augment(fake, rng), *fake_cond)
+    loss_g = -fake_score.mean() + options.aux_weight * aux_loss(fake_aux, *fake_cond)
+    gan.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    gan.opt_g.step()
+    # EMA ramp-up: early on the average would be mostly the random initial weights (0.999^500 = 61%),
+    # which made the first sample grids flat; (1 + i) / (10 + i) lets it follow until it reaches ema_decay.
+    decay = min(options.ema_decay, (1 + iteration) / (10 + iteration))
+    with torch.no_grad():
+        for p_ema, p in zip(gan.ema.parameters(), gan.generator.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+        for b_ema, b in zip(gan.ema.buffers(), gan.generator.buffers(), strict=True):
+            b_ema.copy_(b)
+    return loss_d.item(), loss_g.item()
+
+
+def _grid_drawer(z_dim: int, device, out: Path):
+    """A function (generator, iteration) that writes ``grid_<iteration>.png`` and ``grid_latest.png``: every
+    gender x race by the grid's ages, one fixed noise vector per column."""
+    import torch
+
+    gender, race, age, n_rows = grid_conditions()
+    z = torch.randn(len(GRID_AGES), z_dim, generator=torch.Generator().manual_seed(12345)).repeat(n_rows, 1)
+    conditions = [t.to(device) for t in (z, gender, race, age)]
+
+    def draw(generator, iteration: int) -> None:
+        with torch.no_grad():
+            images = generator(*conditions)
+        path = out / f"grid_{iteration:06d}.png"
+        save_grid(images.cpu(), n_rows, path)
+        shutil.copyfile(path, out / "grid_latest.png")
+
+    return draw
+
+
+def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Path, fid_network=None) -> dict:
+    """FID and KID (fixed real subset, both sides area-resized to the generator's resolution) and attribute
+    agreement of ``options.eval_samples`` EMA samples whose conditions follow the table's labels.
+    ``fid_network`` replaces the Inception network (tests pass a tiny one)."""
+    from faceattr_batch.models.inception import load_inception  # torch-backed
+
     samples = out / "eval_samples"
     shutil.rmtree(samples, ignore_errors=True)
     conditions = table.sample(n=options.eval_samples, seed=options.seed + 1, with_replacement=True)
-    write_samples(
-        ema,
-        conditions.select("gender", "race", "age"),
-        samples,
-        seed=options.seed + 2,
-        size=config.resolution,
-        progress=False,
-    )
-    scores = fid.compute(
-        real_stats, samples, fid.FidOptions(size=config.resolution, progress=False, workers=options.workers)
-    )
-    result = {"fid": scores.fid, "kid_mean": scores.kid_mean}
+    wanted = conditions.select("gender", "race", "age")
+    written = write_samples(ema, wanted, samples, seed=options.seed + 2, size=config.resolution, progress=False)
+    written = written.sort("file")  # the order `fid` reads a folder in: it seeds which rows KID draws
+    paths = [str(samples / name) for name in written.get_column("file")]
+    network = fid_network if fid_network is not None else load_inception(device=resolve_device(options.device))
+    real = _real_stats(network, config.resolution, table, options, out)
+    fake = image_stats(paths, network, resize_to=config.resolution, workers=options.workers, seed=1)
+    fid, _ = frechet_distance(*real.mean_cov(), *fake.mean_cov())
+    kid_mean, _, _ = kid(real.reservoir, fake.reservoir, KID_SUBSETS, KID_SUBSET_SIZE, seed=0)
+    result = {"fid": fid, "kid_mean": kid_mean}
     try:
-        agreement = (
-            predict_run(
-                PredictOptions(
-                    inputs=(str(samples),),
-                    output=out / "eval_predictions.parquet",
-                    model=options.attr_model,
-                    progress=False,
-                )
-            ).metrics
-            or {}
-        )
-        result.update(
-            gender_agreement=agreement.get("gender_accuracy"),
-            race_agreement=agreement.get("race_accuracy"),
-            age_mae_vs_requested=agreement.get("age_mae"),
-        )
+        result.update(agreement(paths, written, options))
     except FaceattrError as err:  # no attribute model yet: FID alone
         log.warning("attribute agreement skipped: %s", err)
     return result
+
+
+def _real_stats(network, resolution: int, table: pl.DataFrame, options: TrainGenOptions, out: Path):
+    """The real subset's feature stats, computed once into ``real_stats_<resolution>.npz`` (a stats file `fid`
+    reads too) and read back from it."""
+    path = out / f"real_stats_{resolution}.npz"
+    if not path.is_file():
+        subset = table.sample(n=min(options.real_subset, table.height), seed=options.seed, shuffle=True)
+        by_name: dict[str, str] = {}
+        for file in subset.get_column("file"):
+            by_name.setdefault(Path(file).name, file)  # one file per name, ordered by name as `fid` lists a folder
+        files = [by_name[name] for name in sorted(by_name)]
+        stats = image_stats(files, network, resize_to=resolution, workers=options.workers, seed=0)
+        meta = {"source": f"{options.source} (train-gen real subset)", "size": str(resolution), "by": ""}
+        save_stats(path, {ALL: stats}, meta)
+    return load_stats(path)[0][ALL]
+
+
+def agreement(paths: list[str], labels: pl.DataFrame, options: TrainGenOptions) -> dict:
+    """How far the attribute model reads back the requested labels (gender, race, age of ``labels``, aligned
+    with ``paths``): gender and race agreement, age MAE in years. The samples are read as chips, as `predict`
+    does by default."""
+    import torch
+
+    device = resolve_device(options.device)
+    threads = torch.get_num_threads()  # the torch runtime sets its own; training goes on with the run's
+    try:
+        runner = ModelRunner.load(options.attr_model, device, "auto", split_cores(device.type, None, None)[1])
+        parts = []
+        for batch in iter_batches(paths, partial(load_chip, size=runner.input_size), 256, options.workers):
+            if batch.errors:
+                raise FaceattrError(f"{len(batch.errors)} evaluation samples could not be read back")
+            parts.append(runner.infer(batch.items))
+    finally:
+        torch.set_num_threads(threads)
+    outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    gender, race, age = (labels.get_column(k).to_numpy() for k in ("gender", "race", "age"))
+    return {
+        "gender_agreement": float(np.mean((outputs["p_female"] >= 0.5) == (gender == 1))),
+        "race_agreement": float(np.mean(outputs["race_probs"].argmax(axis=1) == race)),
+        "age_mae_vs_requested": float(np.mean(np.abs(outputs["age_mean"] - age))),
+    }
