@@ -1,4 +1,4 @@
-"""synth and train-gen: UTKFace naming, manifest, attribute control, determinism, overwrite refusal, resume."""
+"""synth: UTKFace naming, manifest, attribute control, determinism, overwrite refusal (train-gen: tests/test_train_gen.py)."""
 
 from __future__ import annotations
 
@@ -9,33 +9,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import make_faces
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band, parse_names
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
+from faceattr_batch.models.generator import Generator, GeneratorConfig
 from faceattr_batch.models.registry import load_generator, save_generator
 from faceattr_batch.pipelines import synth as synth_module
-from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.synth import SynthOptions, conditions, parse_age_range, parse_choices, run
-from faceattr_batch.pipelines.train_gen import TrainGenOptions
-from faceattr_batch.pipelines.train_gen import run as train_gen
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
-# a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations
-TINY_RUN = dict(
-    resolution=32,
-    g_width=32,
-    d_width=16,
-    batch_size=8,
-    sample_every=3,
-    checkpoint_every=3,
-    evaluate=False,
-    workers=0,
-    progress=False,
-)
 
 
 @pytest.fixture
@@ -180,63 +164,6 @@ def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     with pytest.raises(FaceattrError, match="no such checkpoint"):
         load_generator(tmp_path / "missing.pt")
-
-
-def test_diff_augment_keeps_shape_and_is_seeded():
-    x = torch.rand(4, 3, 32, 32)
-    a = diff_augment(x, torch.Generator().manual_seed(1))
-    b = diff_augment(x, torch.Generator().manual_seed(1))
-    assert a.shape == x.shape and torch.equal(a, b)
-    assert not torch.equal(a, x)
-
-
-def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
-    faces = tmp_path / "faces"
-    make_faces(faces, 40)
-    options = dict(source=faces, iterations=6, **TINY_RUN)
-    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
-    assert (tmp_path / "whole" / "grid_000006.png").is_file()
-
-    real_save = train_gen_module.save_grid
-    calls = {"n": 0}
-
-    def crash_on_second_grid(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # after the iteration-3 checkpoint, before the next
-        real_save(*args)
-
-    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
-    with pytest.raises(KeyboardInterrupt):
-        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
-    monkeypatch.setattr(train_gen_module, "save_grid", real_save)
-    with pytest.raises(FaceattrError, match="already holds a generator run"):
-        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
-    train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
-    whole, _ = load_generator(tmp_path / "whole")
-    cut, _ = load_generator(tmp_path / "cut")
-    for (name, a), b in zip(whole.state_dict().items(), cut.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-
-
-def test_train_gen_resume_can_end_a_run_at_its_checkpoint_or_extend_it(tmp_path: Path):
-    faces = tmp_path / "faces"
-    make_faces(faces, 40)
-    options = dict(source=faces, **TINY_RUN)
-    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", iterations=6, **options))
-    run_dir = tmp_path / "run"
-    train_gen(TrainGenOptions(out_dir=run_dir, iterations=3, **options))
-    (run_dir / "generator.pt").unlink()
-    train_gen(TrainGenOptions(out_dir=run_dir, iterations=40_000, **options), resume=True, iterations=3)
-    _, meta = load_generator(run_dir / "generator.pt")
-    assert meta["iterations"] == 3 and not (run_dir / "grid_000006.png").exists()
-
-    train_gen(TrainGenOptions(out_dir=run_dir, **options), resume=True, iterations=6)
-    whole, _ = load_generator(tmp_path / "whole")
-    extended, meta = load_generator(run_dir)
-    assert meta["iterations"] == 6
-    for (name, a), b in zip(whole.state_dict().items(), extended.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
 
 
 def test_the_shipped_generator_draws_what_the_shipped_attribute_model_reads(tmp_path: Path):

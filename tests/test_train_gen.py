@@ -1,0 +1,191 @@
+"""train-gen: DiffAugment, deterministic resume, evaluate (FID / KID / agreement, as `fid` and `predict` score the
+same samples) and the command end to end on generated fixtures. A tiny network stands in for Inception."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import make_faces
+from PIL import Image
+from torch.nn import functional as F
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.metrics.fid_stats import ALL, load_stats
+from faceattr_batch.models import inception
+from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
+from faceattr_batch.models.registry import load_generator, read_generator_checkpoint
+from faceattr_batch.pipelines import fid
+from faceattr_batch.pipelines import train_gen as train_gen_module
+from faceattr_batch.pipelines.predict import PredictOptions
+from faceattr_batch.pipelines.predict import run as predict
+from faceattr_batch.pipelines.train_gen import TrainGenOptions, evaluate
+from faceattr_batch.pipelines.train_gen import run as train_gen
+from faceattr_batch.training.data import load_labelled
+
+TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
+# a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations
+TINY_RUN = dict(
+    resolution=32,
+    g_width=32,
+    d_width=16,
+    batch_size=8,
+    sample_every=3,
+    checkpoint_every=3,
+    evaluate=False,
+    workers=0,
+    progress=False,
+)
+
+
+class TinyFeatures(torch.nn.Module):
+    """A stand-in for Inception: 3 x 299 x 299 -> 16 features, fixed random weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3 * 4 * 4, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(torch.flatten(F.adaptive_avg_pool2d(x, 4), 1)))
+
+
+def test_diff_augment_keeps_shape_and_is_seeded():
+    x = torch.rand(4, 3, 32, 32)
+    a = diff_augment(x, torch.Generator().manual_seed(1))
+    b = diff_augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
+    faces = tmp_path / "faces"
+    make_faces(faces, 40)
+    options = dict(source=faces, iterations=6, **TINY_RUN)
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
+    assert (tmp_path / "whole" / "grid_000006.png").is_file()
+
+    real_save = train_gen_module.save_grid
+    calls = {"n": 0}
+
+    def crash_on_second_grid(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # after the iteration-3 checkpoint, before the next
+        real_save(*args)
+
+    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
+    with pytest.raises(KeyboardInterrupt):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
+    monkeypatch.setattr(train_gen_module, "save_grid", real_save)
+    with pytest.raises(FaceattrError, match="already holds a generator run"):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
+    whole, _ = load_generator(tmp_path / "whole")
+    cut, _ = load_generator(tmp_path / "cut")
+    for (name, a), b in zip(whole.state_dict().items(), cut.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_train_gen_resume_can_end_a_run_at_its_checkpoint_or_extend_it(tmp_path: Path):
+    faces = tmp_path / "faces"
+    make_faces(faces, 40)
+    options = dict(source=faces, **TINY_RUN)
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", iterations=6, **options))
+    run_dir = tmp_path / "run"
+    train_gen(TrainGenOptions(out_dir=run_dir, iterations=3, **options))
+    (run_dir / "generator.pt").unlink()
+    train_gen(TrainGenOptions(out_dir=run_dir, iterations=40_000, **options), resume=True, iterations=3)
+    _, meta = load_generator(run_dir / "generator.pt")
+    assert meta["iterations"] == 3 and not (run_dir / "grid_000006.png").exists()
+
+    train_gen(TrainGenOptions(out_dir=run_dir, **options), resume=True, iterations=6)
+    whole, _ = load_generator(tmp_path / "whole")
+    extended, meta = load_generator(run_dir)
+    assert meta["iterations"] == 6
+    for (name, a), b in zip(whole.state_dict().items(), extended.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_evaluate_scores_the_samples_as_the_fid_and_predict_commands_do(tiny_attr_model: Path, tmp_path: Path):
+    faces = tmp_path / "faces"
+    make_faces(faces, 16)
+    table = load_labelled(faces, None, workers=0)
+    torch.manual_seed(0)
+    ema = Generator(TINY).eval()
+    out = tmp_path / "run"
+    out.mkdir()
+    options = TrainGenOptions(
+        source=faces, out_dir=out, eval_samples=12, real_subset=10, attr_model=str(tiny_attr_model), workers=0
+    )
+    result = evaluate(ema, TINY, table, options, out, fid_network=TinyFeatures())
+
+    samples = sorted((out / "eval_samples").glob("*.jpg"))
+    assert len(samples) == 12 and Image.open(samples[0]).size == (32, 32)
+    real_stats = out / "real_stats_32.npz"
+    bundle, meta = load_stats(real_stats)
+    assert bundle[ALL].n == 10 and meta["size"] == "32"  # the real subset, at the generator's resolution
+    # the same figures as `fid REAL_STATS SAMPLES --resize-to 32` ...
+    by_fid = fid.compute(
+        real_stats, out / "eval_samples", fid.FidOptions(resize_to=32, workers=0, progress=False), model=TinyFeatures()
+    )
+    assert result["fid"] == pytest.approx(by_fid.fid, rel=1e-9) and result["fid"] > 0
+    assert result["kid_mean"] == pytest.approx(by_fid.kid_mean, rel=1e-9, abs=1e-12)
+    # ... and as `predict` reading the samples (their names carry the requested labels) as chips
+    by_predict = predict(
+        PredictOptions(
+            inputs=(str(out / "eval_samples"),),
+            output=tmp_path / "p.parquet",
+            model=str(tiny_attr_model),
+            progress=False,
+        )
+    ).metrics
+    assert result["gender_agreement"] == pytest.approx(by_predict["gender_accuracy"])
+    assert result["race_agreement"] == pytest.approx(by_predict["race_accuracy"])
+    assert result["age_mae_vs_requested"] == pytest.approx(by_predict["age_mae"], rel=1e-5)
+
+    stamp = real_stats.stat().st_mtime_ns
+    again = evaluate(ema, TINY, table, options, out, fid_network=TinyFeatures())
+    assert real_stats.stat().st_mtime_ns == stamp  # the real side is computed once per run
+    assert again == pytest.approx(result)
+    missing = TrainGenOptions(**{**vars(options), "attr_model": str(tmp_path / "nowhere.pt")})
+    fid_only = evaluate(ema, TINY, table, missing, out, fid_network=TinyFeatures())
+    assert set(fid_only) == {"fid", "kid_mean"}  # no attribute model: FID alone, with a warning
+
+
+def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(inception, "load_inception", lambda *args, **kwargs: TinyFeatures())
+    faces = tmp_path / "faces"
+    make_faces(faces, 16)
+    run_dir = tmp_path / "run"
+    args = ["train-gen", str(faces), "-o", str(run_dir), "--resolution", "32", "--g-width", "32", "--d-width", "16"]
+    args += ["--iterations", "2", "--batch-size", "8", "--sample-every", "2", "--checkpoint-every", "2"]
+    args += ["--eval-every", "2", "--eval-samples", "6", "--attr-model", str(tiny_attr_model), "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    metrics = pl.read_parquet(run_dir / "metrics.parquet")
+    assert metrics["iteration"].to_list() == [2]
+    row = metrics.row(0, named=True)
+    for name in ("loss_d", "loss_g", "iterations_per_s", "fid", "kid_mean", "age_mae_vs_requested"):
+        assert math.isfinite(row[name]), name
+    assert 0 <= row["gender_agreement"] <= 1 and 0 <= row["race_agreement"] <= 1
+    checkpoint = read_generator_checkpoint(run_dir / "last.pt")
+    assert checkpoint["iteration"] == 2 and {"generator", "discriminator", "ema", "opt_g", "opt_d"} <= set(checkpoint)
+    generator, meta = load_generator(run_dir)
+    assert meta["iterations"] == 2 and generator.config.resolution == 32
+    with torch.no_grad():
+        faces_out = generator(
+            torch.zeros(2, TINY.z_dim), torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([20, 60])
+        )
+    assert faces_out.shape == (2, 3, 32, 32) and bool(faces_out.abs().le(1).all())
+    grid = Image.open(run_dir / "grid_latest.png")
+    assert grid.size == (8 * 34, 10 * 34)  # the grid's ages across, every gender x race down, 2-pixel gaps
+    assert np.asarray(grid).std() > 0
+    assert len(list((run_dir / "eval_samples").glob("*.jpg"))) == 6
