@@ -1,4 +1,4 @@
-"""synth: UTKFace naming, manifest, attribute control, determinism, overwrite refusal (train-gen: tests/test_train_gen.py)."""
+"""synth: UTKFace naming, manifest, attribute control, determinism, overwrite refusal (train-gen: test_train_gen.py)."""
 
 from __future__ import annotations
 

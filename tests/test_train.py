@@ -341,3 +341,27 @@ def test_a_teacher_pulls_the_student_towards_its_predictions(faces: Path, tmp_pa
     export_onnx(teacher, tmp_path / "teacher.onnx")
     with pytest.raises(FaceattrError, match="can't teach"):
         run(TrainOptions(source=faces, out_dir=tmp_path / "onnx", teacher=str(tmp_path / "teacher.onnx"), **TINY))
+
+
+def test_the_calibration_report_uses_the_one_ece():
+    """train's report and predict's report read calibration with one ECE (metrics.attributes, 15 bins on the
+    predicted class's confidence), so the same model gets the same figure from both."""
+    import polars as pl
+
+    from faceattr_batch.metrics.attributes import expected_calibration_error
+
+    rng = torch.Generator().manual_seed(1)
+    n = 500
+    logits = [torch.randn(n, generator=rng) * 2, torch.randn(n, 5, generator=rng) * 2, torch.zeros(n, 121)]
+    truth = {"gender": torch.randint(0, 2, (n,), generator=rng), "race": torch.randint(0, 5, (n,), generator=rng)}
+    frame = pl.DataFrame({"gender": truth["gender"].numpy(), "race": truth["race"].numpy(), "age": np.full(n, 30)})
+    temps, calibration = fit_temperatures(logits, frame)
+    p_female = torch.sigmoid(logits[0] / temps[0]).numpy()
+    gender_correct = (p_female >= 0.5) == (truth["gender"].numpy() == 1)
+    assert calibration["gender_ece_after"] == expected_calibration_error(
+        np.maximum(p_female, 1 - p_female), gender_correct
+    )
+    probs = torch.softmax(logits[1], 1).numpy()
+    race_correct = probs.argmax(axis=1) == truth["race"].numpy()
+    assert calibration["race_ece_before"] == expected_calibration_error(probs.max(axis=1), race_correct)
+    assert not hasattr(train_module, "expected_calibration_error")  # no second copy
