@@ -1,13 +1,14 @@
 """Benchmark `faceattr-batch index` (whole process) against a straightforward pandas script.
 
-    python benchmarks/bench_index.py [--files 1000000] [--repeat 3] [--pandas-python PYTHON]
+    python benchmarks/bench_index.py [--files 1000000] [--repeat 3] [--pandas-python PYTHON] [--hash-files N]
 
 Makes (once, then reuses) a tree of empty files with UTKFace names under $TMPDIR/faceattr-bench/, then times
-  1. `faceattr-batch index TREE` (file sizes on, the default), and with `--no-size`;
+  1. `faceattr-batch index TREE` (file sizes on, the default), and with `--no-file-sizes`;
   2. the pandas baseline: list the folder, split each name on "_" in a Python loop, build a DataFrame, write
      Parquet; run by --pandas-python (default: this Python), skipped with a message when pandas is missing
      (pandas is not a dependency of the project: `pip install pandas` in a throwaway environment);
-  3. `faceattr-batch index --hash` over the shared UTKFace chips (../shared/data/utkface), in images/s.
+  3. `faceattr-batch index --hash` over the shared UTKFace chips (../shared/data/utkface), in images/s; over the
+     first N of them (a folder of symlinks) with --hash-files N.
 Each is a separate process, timed from spawn to exit; the best of --repeat runs is reported with the median.
 """
 
@@ -69,6 +70,17 @@ def make_tree(count: int) -> Path:
     return tree
 
 
+def chip_folder(out: Path, count: int | None) -> Path:
+    """The shared chips, or a folder of symlinks to the first ``count`` of them (by name)."""
+    if count is None:
+        return SHARED
+    subset = out / "chips"
+    subset.mkdir()
+    for name in sorted(os.listdir(SHARED))[:count]:
+        (subset / name).symlink_to(SHARED / name)
+    return subset
+
+
 def timed(command: list[str], repeat: int) -> tuple[float, float]:
     """(best, median) wall seconds of running command as a whole process."""
     times = []
@@ -90,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pandas-python", default=sys.executable, help="a Python with pandas + pyarrow")
     parser.add_argument("--skip-hash", action="store_true", help="do not time --hash on the shared chips")
+    parser.add_argument("--hash-files", type=int, default=None, help="time --hash on the first N chips only")
     args = parser.parse_args()
 
     tree = make_tree(args.files)
@@ -98,23 +111,24 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         index = timed([*CLI, "index", str(tree), "-o", str(out / "i.parquet")], args.repeat)
         print(f"faceattr-batch index            {index[0]:6.2f} s (median {index[1]:.2f})  {args.files:,} files")
-        no_size = timed([*CLI, "index", str(tree), "-o", str(out / "n.parquet"), "--no-size"], args.repeat)
-        print(f"faceattr-batch index --no-size  {no_size[0]:6.2f} s (median {no_size[1]:.2f})")
+        no_size = timed([*CLI, "index", str(tree), "-o", str(out / "n.parquet"), "--no-file-sizes"], args.repeat)
+        print(f"faceattr-batch index --no-file-sizes  {no_size[0]:6.2f} s (median {no_size[1]:.2f})")
         if has_pandas(args.pandas_python):
             script = out / "baseline.py"
             script.write_text(PANDAS_BASELINE)
             pandas = timed([args.pandas_python, str(script), str(tree), str(out / "p.parquet")], args.repeat)
             print(f"pandas baseline                 {pandas[0]:6.2f} s (median {pandas[1]:.2f})")
             print(f"ratio pandas / index            {pandas[0] / index[0]:6.2f} x  (best runs)")
-            print(f"ratio pandas / index --no-size  {pandas[0] / no_size[0]:6.2f} x  (same file columns)")
+            print(f"ratio pandas / index --no-file-sizes  {pandas[0] / no_size[0]:6.2f} x  (same file columns)")
         else:
             print(f"pandas baseline skipped: {args.pandas_python} cannot import pandas + pyarrow")
             print(
                 "  python -m venv /tmp/pd && /tmp/pd/bin/pip install pandas pyarrow; --pandas-python /tmp/pd/bin/python"
             )
         if not args.skip_hash and SHARED.is_dir():
-            count = sum(1 for _ in os.scandir(SHARED))
-            hashed = timed([*CLI, "index", str(SHARED), "-o", str(out / "h.parquet"), "--hash"], 1)
+            chips = chip_folder(out, args.hash_files)
+            count = sum(1 for _ in os.scandir(chips))
+            hashed = timed([*CLI, "index", str(chips), "-o", str(out / "h.parquet"), "--hash"], 1)
             rate = count / hashed[0]
             print(f"faceattr-batch index --hash     {hashed[0]:6.2f} s  {rate:,.0f} images/s over {count:,}")
         elif not args.skip_hash:

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images
+from faceattr_batch.data import inputs
+from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images, walk_tree
 from faceattr_batch.errors import FaceattrError
 
 
@@ -68,3 +69,39 @@ def test_display_path_keeps_undecodable_bytes_visible():
     raw = os.fsdecode(b"/tmp/caf\xe9.jpg")
     assert display_path(raw) == "/tmp/caf\\xe9.jpg"
     assert display_path("/tmp/ok.jpg") == "/tmp/ok.jpg"
+
+
+def test_an_unreadable_subfolder_is_an_error_in_the_walkers_one_wording(tmp_path, monkeypatch):
+    """index reports the folder with this reason and predict refuses with it: one walker, one wording."""
+    root = _tree(tmp_path)
+    real = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("deep"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(inputs.os, "scandir", scandir)
+    assert walk_tree(root).unreadable_dirs == [{"path": "a/deep", "reason": "Permission denied"}]
+    with pytest.raises(FaceattrError) as err:
+        list_images([root])
+    assert str(err.value) == f"{root / 'a' / 'deep'}: cannot read the folder (Permission denied)"
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_listed(tmp_path):
+    """os.walk listed a named pipe as a file, and decoding it would block for ever."""
+    root = _tree(tmp_path)
+    os.mkfifo(root / "pipe.jpg")
+    assert "pipe.jpg" not in {os.path.basename(p) for p in list_images([root])}
+    assert walk_tree(root).skipped["not a regular file"] == 1
+
+
+def test_walk_tree_lists_broken_links_only_when_asked(tmp_path):
+    root = _tree(tmp_path)
+    kept = walk_tree(root, keep_broken_links=True)
+    skipped = walk_tree(root)
+    assert "broken.jpg" in kept.names and "broken.jpg" not in skipped.names
+    assert skipped.skipped["broken symlink or symlink loop"] == 1
+    assert kept.skipped == {"hidden folder": 1, "symlink to a folder (not followed)": 1}
+    rows = {os.path.relpath(kept.real_path(root, row), root) for row in range(len(kept.names))}
+    assert rows == {"a/1.jpg", "a/.dot.jpg", "a/deep/2.PNG", "b.webp", "c.bmp", "notes.txt", "broken.jpg"}

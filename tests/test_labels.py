@@ -10,14 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from faceattr_batch.data.labels import (
+    AGE_BAND_NAMES,
+    GENDERS,
     MAX_AGE,
     RACES,
     STATUS_OK,
     STATUS_RECOVERED,
     STATUS_REJECTED,
     age_band,
+    code_label,
     format_name,
     gender_code,
+    label_code,
     label_exprs,
     parse_exprs,
     parse_frame,
@@ -165,3 +169,18 @@ def test_label_columns_are_readable():
     frame = parse_names(["30_1_2_20170116174525125.jpg.chip.jpg", "39_1_20170116174525125.jpg.chip.jpg"])
     labels = frame.with_columns(label_exprs()).select("gender_label", "race_label", "age_band").rows()
     assert labels == [("female", "Asian", "30-39"), ("female", None, "30-39")]
+    assert frame.with_columns(label_exprs()).select("gender_label", "race_label", "age_band").dtypes == [
+        pl.Enum(GENDERS),
+        pl.Enum(RACES),
+        pl.Enum(AGE_BAND_NAMES),
+    ]
+
+
+def test_codes_and_enum_labels_convert_both_ways():
+    codes = pl.DataFrame({"race": [0, 4, None, 7]})
+    labels = codes.select(code_label(pl.col("race"), RACES))
+    assert labels.dtypes == [pl.Enum(RACES)] and labels["race"].to_list() == ["White", "Others", None, None]
+    back = labels.select(label_code(pl.col("race"), RACES))["race"].to_list()
+    assert back == [0, 4, None, None]
+    plain = pl.DataFrame({"g": ["female", "male", "Female", None]})  # exact spellings only, as written by us
+    assert plain.select(label_code(pl.col("g"), GENDERS))["g"].to_list() == [1, 0, None, None]
