@@ -110,15 +110,15 @@ def main() -> None:
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         index = timed([*CLI, "index", str(tree), "-o", str(out / "i.parquet")], args.repeat)
-        print(f"faceattr-batch index            {index[0]:6.2f} s (median {index[1]:.2f})  {args.files:,} files")
+        print(f"faceattr-batch index                  {index[0]:6.2f} s (median {index[1]:.2f})  {args.files:,} files")
         no_size = timed([*CLI, "index", str(tree), "-o", str(out / "n.parquet"), "--no-file-sizes"], args.repeat)
         print(f"faceattr-batch index --no-file-sizes  {no_size[0]:6.2f} s (median {no_size[1]:.2f})")
         if has_pandas(args.pandas_python):
             script = out / "baseline.py"
             script.write_text(PANDAS_BASELINE)
             pandas = timed([args.pandas_python, str(script), str(tree), str(out / "p.parquet")], args.repeat)
-            print(f"pandas baseline                 {pandas[0]:6.2f} s (median {pandas[1]:.2f})")
-            print(f"ratio pandas / index            {pandas[0] / index[0]:6.2f} x  (best runs)")
+            print(f"pandas baseline                       {pandas[0]:6.2f} s (median {pandas[1]:.2f})")
+            print(f"ratio pandas / index                  {pandas[0] / index[0]:6.2f} x  (best runs)")
             print(f"ratio pandas / index --no-file-sizes  {pandas[0] / no_size[0]:6.2f} x  (same file columns)")
         else:
             print(f"pandas baseline skipped: {args.pandas_python} cannot import pandas + pyarrow")
@@ -130,7 +130,7 @@ def main() -> None:
             count = sum(1 for _ in os.scandir(chips))
             hashed = timed([*CLI, "index", str(chips), "-o", str(out / "h.parquet"), "--hash"], 1)
             rate = count / hashed[0]
-            print(f"faceattr-batch index --hash     {hashed[0]:6.2f} s  {rate:,.0f} images/s over {count:,}")
+            print(f"faceattr-batch index --hash           {hashed[0]:6.2f} s  {rate:,.0f} images/s over {count:,}")
         elif not args.skip_hash:
             print(f"--hash timing skipped: {SHARED} not found")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
