@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.index import hashing, sizes
 from faceattr_batch.index.build import IndexOptions, build_index, read_index_metadata, write_index
 from faceattr_batch.index.duplicates import add_dup_groups
+from faceattr_batch.index.workers import process_pool
 from faceattr_batch.pipelines.index import run
 
 GOOD = "30_1_2_20170116174525125.jpg.chip.jpg"
@@ -247,6 +249,13 @@ def test_stat_in_worker_processes_gives_the_same_sizes(odd_tree: Path, monkeypat
     pooled = build_index(IndexOptions(root=odd_tree)).table
     assert pooled.select("path", "size_bytes").equals(serial.select("path", "size_bytes"))
     assert serial["size_bytes"].null_count() == 0 and set(serial["size_bytes"]) == {1, 3}
+
+
+def test_pool_workers_leave_ctrl_c_to_the_parent():
+    """Ctrl-C reaches every process of the group: the workers ignore it, so none prints a traceback of its own."""
+    with process_pool(1, os.environ.setdefault, ("FACEATTR_TEST_INIT", "ran")) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+        assert pool.apply(os.getenv, ("FACEATTR_TEST_INIT",)) == "ran"  # the caller's initializer too
 
 
 def test_no_file_sizes_leaves_the_column_out(odd_tree: Path):

@@ -1,7 +1,7 @@
 """Per-file content hash, perceptual hash and header probe of the index's rows, in a process pool.
 
-Nothing about one file raises: a file that does not open is a row with an ``error`` and nulls. Pillow and
-numpy are imported on first use: a plain ``index`` never needs them (~0.13 s of start-up).
+Nothing about one file raises: a file that does not open is a row with an ``error`` and nulls. Pillow is
+imported on first use: a plain ``index`` never needs it.
 """
 
 from __future__ import annotations
