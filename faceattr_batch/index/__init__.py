@@ -1,2 +1,3 @@
-"""Indexing a face-image tree: parse the names (``parse``), stat the files (``sizes``), hash and probe them
-(``hashing``), group duplicates (``duplicates``); ``build`` puts them together (``build_index``, ``write_index``)."""
+"""Indexing a face-image tree, below the pipelines (``index`` and ``train`` use it): parse the names (``parse``),
+stat the files (``sizes``), hash and probe them (``hashing``), group duplicates (``duplicates``), all per-file work
+in one kind of process pool (``workers``); ``build`` puts them together (``build_index``, ``write_index``)."""
