@@ -2,9 +2,7 @@
 actor killed mid-run, and the optional extra (never imported by the base path; a one-line error without it).
 
 Ray starts once per session as ``ray.cluster_utils.Cluster`` (two nodes of one CPU each, in this process, on
-127.0.0.1); every test has a hard timeout (faulthandler ends a hung run with its traces). The two plain
-equality runs are in the slow tier; the everyday tier still compares Ray's rows with the local ones (after a
-resume, after a killed actor) and checks the engine's contract on a few images.
+127.0.0.1); every test has a hard timeout (faulthandler ends a hung run with its traces).
 """
 
 from __future__ import annotations
@@ -95,7 +93,6 @@ def _assert_same_rows(frame: pl.DataFrame, reference: pl.DataFrame) -> None:
     assert frame.select(floats).null_count().equals(reference.select(floats).null_count())
 
 
-@pytest.mark.slow  # over 20 s on 2 cores: Ray Data's start-up per run, not the data (a subset is no faster)
 @pytest.mark.ray
 @needs_ray
 def test_ray_predict_gives_the_local_rows_with_error_rows(ray_cluster, faces, tiny_attr_model, local_run, tmp_path):
@@ -182,7 +179,6 @@ def _tiny_features():
     ).eval()
 
 
-@pytest.mark.slow  # over 20 s on 2 cores: Ray Data's start-up per run, not the data (a subset is no faster)
 @pytest.mark.ray
 @needs_ray
 def test_ray_fid_equals_the_local_fid(ray_cluster, tmp_path):
