@@ -34,8 +34,10 @@ from faceattr_batch.data.inputs import list_images
 from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.metrics.fid_stats import frechet_distance
 from faceattr_batch.metrics.resize import load_for_inception
+from faceattr_batch.models.runtime import ModelRunner
 from faceattr_batch.pipelines import fid
-from faceattr_batch.pipelines.predict import FLOAT_OUTPUTS, ModelRunner, PredictOptions, run
+from faceattr_batch.pipelines.predict import PredictOptions, run
+from faceattr_batch.schema import FLOAT_OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 
