@@ -11,7 +11,7 @@ only), local then Ray, images/s each, the largest difference between the two sav
 the two saved statistics (0 when the engines agree). Also the decode rate of one CPU for each stage's input
 (``--decode`` images), the figure that says how many CPUs feed a GPU.
 
-Without the shipped weights it uses the shipped architecture with random weights (see bench_predict.py).
+``--model`` as predict takes it (default: the shipped default model).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from bench_predict import link_folder, model_file
+from bench_predict import link_folder
 
 from faceattr_batch.data.batches import decode_batch
 from faceattr_batch.data.decode import load_chip
@@ -34,6 +34,7 @@ from faceattr_batch.data.inputs import list_images
 from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.metrics.fid_stats import frechet_distance
 from faceattr_batch.metrics.resize import load_for_inception
+from faceattr_batch.models.registry import resolve_attr_source
 from faceattr_batch.models.runtime import ModelRunner
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines.predict import PredictOptions, run
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=500, help="images for the one-CPU decode rates")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=None, help="Ray model actors (default: the engine's)")
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=None, help="as predict --model (default: the shipped default)")
     args = parser.parse_args()
 
     paths = list_images(args.images)
@@ -108,8 +109,8 @@ def main() -> None:
         started = time.perf_counter()
         ray = ray_engine.connect(None)
         figures = {"ray_start_s": round(time.perf_counter() - started, 2), "cpus": ray.cluster_resources()["CPU"]}
-        model, model_kind = model_file(work, args.model)
-        figures["model"] = model_kind
+        model = resolve_attr_source(args.model)
+        figures["model"] = str(model)
         figures |= bench_decode(
             paths[: args.decode], ModelRunner.load(str(model), torch.device("cpu"), "torch", 1).input_size
         )
