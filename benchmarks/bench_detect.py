@@ -31,7 +31,7 @@ from faceattr_batch.data.decode import read_rgb  # noqa: E402
 from faceattr_batch.data.inputs import list_images  # noqa: E402
 from faceattr_batch.faces.detect import find_faces  # noqa: E402
 from faceattr_batch.faces.load import FaceOptions, load_faces, shared_detector  # noqa: E402
-from faceattr_batch.pipelines.predict import split_cores  # noqa: E402
+from faceattr_batch.models.runtime import split_cores  # noqa: E402
 
 SIZES = ((640, 480), (1920, 1080))
 

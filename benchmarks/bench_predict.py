@@ -35,7 +35,7 @@ from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.models.registry import resolve_attr_source
-from faceattr_batch.pipelines.predict import ModelRunner, split_cores
+from faceattr_batch.models.runtime import ModelRunner, split_cores
 
 REPO = Path(__file__).resolve().parents[1]
 

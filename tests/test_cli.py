@@ -281,12 +281,18 @@ def test_train_gen_passes_iterations_once(monkeypatch):
         (default, {"resume": True}),  # the run keeps its own count
         (default, {"resume": True, "iterations": 9}),  # once: as the count that replaces the run's own
     ]
+    # the help states the default without importing the pipeline (and torch) at start-up
+    help_text = " ".join(runner.invoke(app, ["train-gen", "--help"]).stdout.split())
+    assert f"[default: ({default}; with --resume the run's own)" in help_text
 
 
 def test_help_and_import_do_not_load_torch():
     """--help stays quick (0.15 s against 5 s with torch on these 2 cores): torch is imported when a command runs."""
     code = "import sys, faceattr_batch.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    help_cmd = [sys.executable, "-m", "faceattr_batch", "predict", "--help"]
+    help_run = subprocess.run(help_cmd, capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--model" in help_run.stdout
 
 
 def test_version():

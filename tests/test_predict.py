@@ -284,10 +284,15 @@ def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
         pytest.skip(f"default weights not shipped yet ({default_weights_path()})")
     from faceattr_batch.metrics import attributes as metrics
 
+    # a fixed 1,000 of the 18,967 shared chips (all of them took 15 minutes of CI): linked, not copied
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for name in sorted(os.listdir(shared_utkface))[::19][:1000]:
+        (chips / name).symlink_to(shared_utkface / name)
     out = tmp_path / "utk.parquet"
-    result = run(PredictOptions(inputs=(str(shared_utkface),), output=out, progress=False, report_dir=tmp_path / "r"))
+    result = run(PredictOptions(inputs=(str(chips),), output=out, progress=False, report_dir=tmp_path / "r"))
     frame = pl.read_parquet(out)
-    assert frame.height == len(os.listdir(shared_utkface)) == result.images
+    assert frame.height == 1000 == result.images
     assert frame["path"].is_unique().all()
     # metrics from an independent computation over the file
     labelled = frame.filter(pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null())
@@ -297,6 +302,7 @@ def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
     accuracy = float((both["true_gender"] == both["pred_gender"]).mean())
     assert result.metrics["gender_accuracy"] == pytest.approx(accuracy)
     assert metrics.overall(metrics.from_predictions(frame))["n_race"] == result.metrics["n_race"]
+    assert accuracy > 0.9 and mae < 6  # mostly faces the default trained on: a broken model reads far worse
 
 
 def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, monkeypatch):
