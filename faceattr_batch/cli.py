@@ -135,7 +135,7 @@ def index_command(
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
     from faceattr_batch.pipelines import index
-    options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=True)
+    options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=not json_out)
     result = index.run(options, out)
     show(summaries.index, result.summary, json_data=result.summary if json_out else None)
 

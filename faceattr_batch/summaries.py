@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from faceattr_batch import progress
 
@@ -18,9 +19,12 @@ LOG_WIDTH = 240
 
 
 def console() -> Console:
-    """stdout's console: wrapped to the terminal's width on a terminal; not wrapped at all in a file or pipe."""
-    terminal = Console()
-    return terminal if terminal.is_terminal else Console(soft_wrap=True, width=LOG_WIDTH)
+    """stdout's console: wrapped to the terminal's width on a terminal; not wrapped at all in a file or pipe.
+
+    No markup: paths and reasons are printed as they are ("photos/[draft]" would lose its brackets, "[/x]" would
+    raise); emphasis goes through ``Text`` styles instead."""
+    terminal = Console(markup=False)
+    return terminal if terminal.is_terminal else Console(markup=False, soft_wrap=True, width=LOG_WIDTH)
 
 
 def show(printer, *args, json_data=None) -> None:
@@ -52,8 +56,11 @@ def index(summary: dict) -> None:
     out = console()
     status = summary["status"]
     out.print(
-        f"[bold]{summary['images']}[/] images under {summary['root']}: {status['ok']} ok, {status['recovered']} "
-        f"recovered, {status['rejected']} rejected ({summary['seconds']:.2f} s) -> {summary['output']}"
+        Text.assemble(
+            (str(summary["images"]), "bold"),
+            f" images under {summary['root']}: {status['ok']} ok, {status['recovered']} recovered, "
+            f"{status['rejected']} rejected ({summary['seconds']:.2f} s) -> {summary['output']}",
+        )
     )
     out.print(_label_counts(summary))
     for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
@@ -61,7 +68,7 @@ def index(summary: dict) -> None:
     if summary["skipped"]:
         out.print("skipped: " + ", ".join(f"{n} {why}" for why, n in summary["skipped"].items()))
     for entry in summary["unreadable_dirs"]:
-        out.print(f"[yellow]unreadable folder[/] {entry['path']}: {entry['reason']}")
+        out.print(Text.assemble(("unreadable folder", "yellow"), f" {entry['path']}: {entry['reason']}"))
     if summary["errors"]:
         out.print("file errors: " + ", ".join(f"{n} x {why}" for why, n in summary["errors"].items()))
     dups = summary.get("duplicates")
@@ -163,7 +170,7 @@ def fid(result) -> None:
     if result.fid is None:
         out.print(f"REAL: {result.n_real} images -> stats saved to {result.saved_stats}")
         for note in result.notes:
-            out.print(f"[yellow]note[/] {note}")
+            out.print(Text.assemble(("note", "yellow"), f" {note}"))
         return
     table = Table(title="FID / KID", show_edge=False)
     for column in ("slice", "FID", "KID (x1e3) mean ± std", "n_real", "n_fake", "notes"):
@@ -185,9 +192,11 @@ def predict(result) -> None:
     speed = f"{result.images_per_second:.0f} images/s" if result.processed else "nothing left to do"
     predicted = "faces predicted" if result.settings.get("faces", "chips") != "chips" else "predicted"
     out.print(
-        f"[bold]{result.images}[/] images -> {result.output}  ({result.predicted} {predicted}, "
-        f"{sum(result.errors.values())} errors; {result.processed} processed in {result.seconds:.1f} s, {speed}; "
-        f"{result.shards_skipped} shards resumed)"
+        Text.assemble(
+            (str(result.images), "bold"),
+            f" images -> {result.output}  ({result.predicted} {predicted}, {sum(result.errors.values())} errors; "
+            f"{result.processed} processed in {result.seconds:.1f} s, {speed}; {result.shards_skipped} shards resumed)",
+        )
     )
     model, settings = result.model, result.settings
     workers = settings["workers"]

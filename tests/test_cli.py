@@ -140,6 +140,15 @@ def test_summary_in_a_log_is_not_wrapped(fake_predict, tmp_path):
     assert len(first) > 100 and first.endswith("100 processed in 5.5 s, 18 images/s; 0 shards resumed)"), first
 
 
+def test_summary_prints_brackets_in_paths_as_they_are(fake_predict, tmp_path):
+    """Paths are not rich markup: "[draft]" kept its brackets only by luck of style names, and "[/c]" raised a
+    MarkupError after the whole run had been written."""
+    out = tmp_path / "[draft]" / "[" / "c]" / "p.parquet"
+    result = runner.invoke(app, ["predict", "x.jpg", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"21 images -> {out}  (20 faces predicted" in result.stdout
+
+
 def test_metrics_header_counts_what_the_rows_count(fake_predict, tmp_path):
     """21 labelled rows, one an error: the rows say n = 20, so does the title (it said 21; issue 17, item 9)."""
     result = runner.invoke(app, ["predict", "x.jpg", "-o", str(tmp_path / "p.parquet")])
@@ -261,6 +270,10 @@ def test_renamed_options(monkeypatch, tmp_path):
     monkeypatch.setattr(index, "run", lambda options, out: seen.setdefault("index", options) and 1 / 0)
     runner.invoke(app, ["index", str(tmp_path), "--no-file-sizes", "--hash"])
     assert seen["index"].file_sizes is False and seen["index"].hash and seen["index"].root == tmp_path
+    assert seen["index"].progress  # bars on stderr, off with --json (as predict, fid and crop)
+    seen.clear()
+    runner.invoke(app, ["index", str(tmp_path), "--json"])
+    assert seen["index"].progress is False
     monkeypatch.setattr(fid, "compute", lambda real, fake, options: seen.setdefault("fid", options) and 1 / 0)
     runner.invoke(app, ["fid", "a", "b", "--resize-to", "64"])
     assert seen["fid"].resize_to == 64

@@ -249,6 +249,8 @@ def _auto_and_chips(folder: Path, model: Path, tmp_path: Path) -> tuple[dict, di
     return runs["auto"], runs["chips"]
 
 
+# the same pixels give the same predictions up to float rounding: auto's batches hold other images than chips' (the
+# faceless photo drops out), and torch's kernels round a batch of 3 and one of 4 differently (6e-8 relative seen)
 PREDICTED = ("pred_gender", "p_female", "pred_race", "pred_age", "age_low", "age_high")
 
 
@@ -273,7 +275,7 @@ def test_auto_predicts_a_faceless_chip_shaped_image_as_an_unconfirmed_chip(tmp_p
         assert row["error"] is None and row["framing"] == FRAMING_CHIP_UNCONFIRMED in FRAMINGS, name
         assert row["face_index"] == 0 and row["box_x"] is None and row["det_score"] is None, name
         assert row["landmarks"] is None, name
-        assert [row[k] for k in PREDICTED] == [chips[name][k] for k in PREDICTED], name
+        assert [row[k] for k in PREDICTED] == pytest.approx([chips[name][k] for k in PREDICTED], rel=1e-5), name
     assert auto["photo.png"]["error"] == "no face found" and chips["photo.png"]["error"] is None
     assert chip_shaped(200, 160) and chip_shaped(160, 200) and chip_shaped(218, 178)
     assert not chip_shaped(480, 640) and not chip_shaped(2000, 2000)
@@ -283,7 +285,7 @@ def test_auto_predicts_a_faceless_chip_shaped_image_as_an_unconfirmed_chip(tmp_p
 def test_auto_answers_chips_whose_exif_turns_the_face(shared_utkface, tmp_path, tiny_attr_model):
     """Rough edge 7, the reported case: a 200 x 200 UTKFace chip carrying an EXIF orientation that turns its face
     on its side (or upside down) was 'no face found' in auto. Now every one is answered, and where auto takes the
-    image as a chip (confirmed or not) it predicts exactly what chips predicts."""
+    image as a chip (confirmed or not) it predicts what chips predicts (to float rounding)."""
     names = sorted(os.listdir(shared_utkface))
     folder = tmp_path / "in"
     folder.mkdir()
@@ -298,7 +300,7 @@ def test_auto_answers_chips_whose_exif_turns_the_face(shared_utkface, tmp_path, 
     assert unconfirmed  # measured: 9 of 12 (MTCNN finds few faces on their side)
     for name, row in auto.items():
         if row["framing"] != "aligned":
-            assert [row[k] for k in PREDICTED] == [chips[name][k] for k in PREDICTED], name
+            assert [row[k] for k in PREDICTED] == pytest.approx([chips[name][k] for k in PREDICTED], rel=1e-5), name
 
 
 def _distance(thumb: Image.Image, image: Image.Image) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.inputs import list_images
-from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band_expr, parse_names
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exprs, parse_names
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
 from faceattr_batch.errors import FaceattrError
@@ -92,13 +92,9 @@ def slice_labels(paths: Sequence[str], by: str) -> list[str | None]:
     """The ``by`` label (e.g. 'female', 'Asian', '20-29') of each path's UTKFace-style name, None if absent."""
     if by not in SLICE_KINDS:
         raise FaceattrError(f"--by {by!r}: use one of {', '.join(SLICE_KINDS)}")
-    parsed = parse_names([os.path.basename(p) for p in paths])
-    if by == "age_band":
-        column = parsed.select(age_band_expr(pl.col("age")).cast(pl.String)).to_series()
-    else:
-        names = GENDERS if by == "gender" else RACES
-        column = parsed.get_column(by).replace_strict(dict(enumerate(names)), default=None, return_dtype=pl.String)
-    return column.to_list()
+    labels = parse_names([os.path.basename(p) for p in paths]).select(label_exprs())
+    column = "age_band" if by == "age_band" else f"{by}_label"
+    return labels.get_column(column).cast(pl.String).to_list()
 
 
 def _slice_order(by: str):
