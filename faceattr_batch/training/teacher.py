@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.training.calibration import collect_logits
@@ -23,9 +22,7 @@ def teacher_targets(source: str, rows: pl.DataFrame, cache: Path, workers: int, 
         with np.load(cache) as stored:
             if len(stored["p_female"]) == rows.height:
                 return {key: stored[key] for key in stored.files}
-    teacher, _ = load_attr_model(source)
-    if not hasattr(teacher, "logits"):
-        raise FaceattrError(f"--teacher {source}: an ONNX file can't teach; give its .pt model")
+    teacher, _ = load_attr_model(source)  # an ONNX file is refused there, in one line
     teacher = teacher.to(device).eval()
     pixels = decode_cache(rows, teacher.config.input_size, None, workers, progress)
     gender, race, age = collect_logits(teacher, pixels, device, 128, "teacher" if progress else None)
