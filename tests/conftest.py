@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_UTKFACE = REPO.parent / "shared" / "data" / "utkface"
 UTKFACE_COUNT = 18_967
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_onnx_cache(tmp_path_factory):
+    """ONNX exports go to a folder of this test session's, never the user's cache (subprocesses inherit it)."""
+    os.environ["FACEATTR_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -77,3 +77,69 @@ def test_cli_export_and_missing_source(checkpoint: Path, tmp_path: Path):
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(FaceattrError):
         export_onnx(tmp_path / "none.pt", tmp_path / "y.onnx")
+
+
+# --- the per-user cache of exports: predict with onnxruntime exports a .pt model once, not at every start ---------
+
+
+def _load_with_onnxruntime(path: Path):
+    from faceattr_batch.models.runtime import ModelRunner
+
+    return ModelRunner.load(str(path), torch.device("cpu"), "onnxruntime", 1)
+
+
+def test_export_is_cached_and_a_bad_cache_file_is_made_again(checkpoint: Path, tmp_path: Path, monkeypatch):
+    from faceattr_batch import __version__
+    from faceattr_batch.models import runtime
+
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
+    pixels = face_like_batch(4, 40).transpose(0, 2, 3, 1)  # N x S x S x 3, as ModelRunner takes them
+    expected = _load_with_onnxruntime(checkpoint).infer(pixels)
+    cached = tmp_path / "cache" / "onnx" / f"model-{runtime.file_digest(checkpoint)}-{__version__}.onnx"
+    assert sorted((tmp_path / "cache" / "onnx").iterdir()) == [cached]  # no temporary file left beside it
+
+    real_export, exports = runtime.export_onnx, []
+    monkeypatch.setattr(runtime, "export_onnx", lambda *args: exports.append(args) or real_export(*args))
+
+    def same_outputs() -> bool:
+        outputs = _load_with_onnxruntime(checkpoint).infer(pixels)
+        return all(np.array_equal(outputs[name], expected[name]) for name in expected)
+
+    assert same_outputs() and exports == []  # the second start reads the cache
+    cached.write_bytes(cached.read_bytes()[:1000])  # a partial file (a crash of another writer, a full disk)
+    assert same_outputs() and len(exports) == 1
+    # a whole ONNX file of other weights under that name is not trusted either
+    torch.manual_seed(1)
+    other_net = AttrNet(AttrNetConfig(input_size=40, widths=(8,), depths=(1,))).eval()
+    other = save_attr_model(other_net, tmp_path / "other.pt", {"name": "other"})
+    export_onnx(other, cached)
+    assert same_outputs() and len(exports) == 2
+    assert not np.array_equal(_load_with_onnxruntime(other).infer(pixels)["p_female"], expected["p_female"])
+
+
+def test_an_unwritable_cache_still_predicts(checkpoint: Path, tmp_path: Path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(blocker))
+    runner = _load_with_onnxruntime(checkpoint)
+    assert runner.runtime == "onnxruntime" and runner.infer(face_like_batch(2, 40).transpose(0, 2, 3, 1))
+    assert "ONNX cache not written" in caplog.text and blocker.read_text() == "not a folder"
+
+
+def test_two_processes_starting_at_once_share_one_cache_file(checkpoint: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from faceattr_batch.models.runtime import ModelRunner\n"
+        "print(ModelRunner.load(sys.argv[1], torch.device('cpu'), 'onnxruntime', 1).runtime)"
+    )
+    env = {**os.environ, "FACEATTR_CACHE_DIR": str(tmp_path / "cache")}
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, str(checkpoint)], env=env, text=True, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    assert [start.communicate(timeout=300)[0].strip() for start in starts] == ["onnxruntime"] * 2
+    files = list((tmp_path / "cache" / "onnx").iterdir())
+    assert len(files) == 1 and ort.InferenceSession(str(files[0])).get_modelmeta().custom_metadata_map
