@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from faceattr_batch import __version__, progress, summaries
-from faceattr_batch.cli_base import PlainHelpCommand, one_line_errors, options_of
+from faceattr_batch.cli_base import PlainHelpCommand, int_tuple, one_line_errors, options_of
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.summaries import show
 
@@ -155,16 +155,6 @@ def import_csv_command(
 # --- train / ensemble / export-onnx --------------------------------------------------------------------------------
 
 
-def _int_tuple(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise FaceattrError(f"{option} {text!r}: use comma-separated integers, e.g. 32,64,128,256") from None
-    if min(values) < 1:
-        raise FaceattrError(f"{option} {text!r}: values must be positive")
-    return values
-
-
 @command("train")
 def train_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index --hash`, or an image folder.")],
@@ -218,7 +208,7 @@ def train_command(
     """Train the attribute model (gender, race, age distribution) on a UTKFace-style set."""
     from faceattr_batch.pipelines import train
     log_progress()
-    widths, depths = _int_tuple(widths, "--widths"), _int_tuple(depths, "--depths")
+    widths, depths = int_tuple(widths, "--widths"), int_tuple(depths, "--depths")
     options = options_of(train.TrainOptions, locals(), out_dir=out)
     result = train.run(options, resume=resume)
     show(summaries.train, result, json_data=result.report if json_out else None)
@@ -261,10 +251,19 @@ def export_onnx_command(
         ),
     ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
+    int8: Annotated[
+        Path | None,
+        typer.Option(metavar="IMAGES", help="Quantize to int8, calibrated on 512 chips sampled from this folder."),
+    ] = None,
 ) -> None:
     """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""
-    from faceattr_batch.models import export
-    summary = export.export_onnx(model, out, opset)
+    from faceattr_batch.data.inputs import list_images
+    from faceattr_batch.models import export, quantize
+
+    if int8 is None:
+        summary = export.export_onnx(model, out, opset)
+    else:
+        summary = quantize.quantize_onnx(model, out, list_images(int8), opset=opset)
     show(summaries.export_onnx, summary)
 
 

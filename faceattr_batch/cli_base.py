@@ -88,3 +88,14 @@ def options_of(cls, params: dict, **given):
     then ``given`` (renamed or converted ones) over them."""
     fields = {field.name for field in dataclasses.fields(cls)}
     return cls(**{**{name: value for name, value in params.items() if name in fields}, **given})
+
+
+def int_tuple(text: str, option: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers (``--widths 32,64,128``)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FaceattrError(f"{option} {text!r}: use comma-separated integers, e.g. 32,64,128,256") from None
+    if min(values) < 1:
+        raise FaceattrError(f"{option} {text!r}: values must be positive")
+    return values

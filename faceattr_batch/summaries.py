@@ -159,7 +159,8 @@ def ensemble(result) -> None:
 
 def export_onnx(summary: dict) -> None:
     size = summary["input_size"]
-    console().print(f"wrote {summary['path']} (input uint8 N x 3 x {size} x {size})")
+    quantized = f"; {summary['quantization']}" if "quantization" in summary else ""
+    console().print(f"wrote {summary['path']} (input uint8 N x 3 x {size} x {size}{quantized})")
 
 
 # --- fid ----------------------------------------------------------------------------------------------------------

@@ -143,3 +143,73 @@ def test_two_processes_starting_at_once_share_one_cache_file(checkpoint: Path, t
     assert [start.communicate(timeout=300)[0].strip() for start in starts] == ["onnxruntime"] * 2
     files = list((tmp_path / "cache" / "onnx").iterdir())
     assert len(files) == 1 and ort.InferenceSession(str(files[0])).get_modelmeta().custom_metadata_map
+
+
+# --- int8: onnxruntime's static quantization, calibrated on chips --------------------------------------------------
+
+
+def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoint: Path, tmp_path: Path, monkeypatch):
+    from conftest import make_faces
+
+    from faceattr_batch.data.inputs import list_images
+    from faceattr_batch.models.export import SOURCE_DIGEST
+    from faceattr_batch.models.quantize import QUANTIZATION, quantize_onnx
+
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
+    beside = checkpoint.with_suffix(".onnx")
+    make_faces(tmp_path / "faces", 40)
+    summary = quantize_onnx(checkpoint, beside, list_images(tmp_path / "faces"), count=32)
+    assert summary["quantization"] == "int8 static QDQ, per-channel weights, 32 calibration chips"
+    proto = onnx.load(str(beside))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
+    properties = {entry.key: entry.value for entry in proto.metadata_props}
+    export_onnx(checkpoint, tmp_path / "fp32.onnx")
+    fp32 = {entry.key: entry.value for entry in onnx.load(str(tmp_path / "fp32.onnx")).metadata_props}
+    assert properties == {**fp32, QUANTIZATION: summary["quantization"]}
+
+    pixels = face_like_batch(16, 40)
+    int8 = dict(zip(OUTPUT_NAMES, ort.InferenceSession(str(beside)).run(None, {"pixels": pixels}), strict=True))
+    model, _ = load_attr_model(checkpoint)
+    with torch.inference_mode():
+        want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.infer(torch.from_numpy(pixels))), strict=True))
+    moved = np.abs(int8["p_female"] - want["p_female"]).max()
+    assert 0 < moved < 0.1  # rounded, not another model
+    assert np.abs(int8["age_mean"] - want["age_mean"]).max() < 5
+    runner = _load_with_onnxruntime(checkpoint)  # the int8 file beside the .pt, made from its weights
+    assert runner.model.properties[QUANTIZATION] and runner.model.properties[SOURCE_DIGEST] == fp32[SOURCE_DIGEST]
+    assert not (tmp_path / "cache").exists()  # nothing exported
+
+
+def test_calibration_chips_sample_the_images(tmp_path: Path):
+    from conftest import make_faces
+
+    from faceattr_batch.data.inputs import list_images
+    from faceattr_batch.models.quantize import calibration_chips
+
+    make_faces(tmp_path / "faces", 12)
+    paths = list_images(tmp_path / "faces")
+    chips = calibration_chips(paths, 40, 5)
+    assert chips.shape == (5, 3, 40, 40) and chips.dtype == np.uint8
+    assert np.array_equal(chips, calibration_chips(paths, 40, 5))  # seeded
+    assert calibration_chips(paths, 40, 100).shape[0] == 12
+    with pytest.raises(FaceattrError, match="holds none"):
+        calibration_chips([], 40, 5)
+
+
+def test_cli_int8_export_and_a_folder_without_images(checkpoint: Path, tmp_path: Path):
+    from conftest import make_faces
+
+    make_faces(tmp_path / "faces", 20)
+    out = tmp_path / "int8.onnx"
+    runner = CliRunner()
+    args = ["export-onnx", "-m", str(checkpoint), "-o", str(out), "--int8", str(tmp_path / "faces")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} (input uint8 N x 3 x 40 x 40; int8 static QDQ, per-channel weights, 20 calibration" in (
+        " ".join(result.stdout.split())
+    )
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(out)).graph.node}
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["export-onnx", "-o", str(tmp_path / "e.onnx"), "--int8", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no image files found" in empty.output and not (tmp_path / "e.onnx").exists()
