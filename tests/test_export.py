@@ -159,7 +159,7 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     beside = checkpoint.with_suffix(".onnx")
     make_faces(tmp_path / "faces", 40)
     summary = quantize_onnx(checkpoint, beside, list_images(tmp_path / "faces"), count=32)
-    assert summary["quantization"] == "int8 static QDQ, per-channel weights, 32 calibration chips"
+    assert summary["quantization"] == "int8 static QDQ, per-channel weights, 32 calibration chips (percentile)"
     proto = onnx.load(str(beside))
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3

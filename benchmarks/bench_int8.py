@@ -1,0 +1,112 @@
+"""int8 against fp32, measured side by side in one run: validation accuracy and model-alone speed of each model.
+
+    nice -n 10 python benchmarks/bench_int8.py --index utk.parquet --split RUN_DIR/split.parquet \
+        [--models default fast RUN_DIR ...] [--calibration 512] [--threads 2] [--batch-size 256]
+
+For each model: its fp32 ONNX export and its int8 graph (``models.quantize``: static QDQ, per-channel weights,
+calibrated on ``--calibration`` chips of the split's *training* faces), both run by onnxruntime on the split's
+validation faces (decoded once per input size, as predict decodes them). Prints gender and race accuracy, age MAE,
+race macro-F1 and images/s (model alone, pre-decoded batches), and int8 minus fp32. The issue's rule: int8 is
+accepted where accuracy moves by less than 0.2 points and MAE by less than 0.02 years.
+
+``--split`` is a ``train`` RUN_DIR's ``split.parquet`` (path, dup_group, split), ``--index`` the ``index --hash``
+Parquet it was made from (labels; images under its recorded root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch.data.batches import iter_batches
+from faceattr_batch.data.decode import load_chip
+from faceattr_batch.index.build import read_index_metadata
+from faceattr_batch.metrics.attributes import overall
+from faceattr_batch.models.export import export_onnx
+from faceattr_batch.models.quantize import quantize_onnx
+from faceattr_batch.models.runtime import OnnxAttrModel
+
+
+def decode_all(paths: list[str], size: int) -> np.ndarray:
+    """uint8 N x 3 x S x S, in ``paths`` order (2 decode processes)."""
+    chips = [None] * len(paths)
+    for batch in iter_batches(paths, functools.partial(load_chip, size=size), 256, 2):
+        assert not batch.errors, batch.errors
+        for index, chip in zip(batch.ok, batch.items, strict=True):
+            chips[batch.start + index] = chip
+    return np.stack(chips).transpose(0, 3, 1, 2).copy()
+
+
+def evaluate(model: OnnxAttrModel, pixels: np.ndarray, labels: pl.DataFrame, batch_size: int) -> dict:
+    outputs, start = [], time.perf_counter()
+    for begin in range(0, len(pixels), batch_size):
+        outputs.append(model.infer(pixels[begin : begin + batch_size]))
+    seconds = time.perf_counter() - start
+    frame = labels.with_columns(
+        pred_gender=pl.Series(np.concatenate([(o.p_female >= 0.5).numpy() for o in outputs]).astype(np.int64)),
+        pred_race=pl.Series(np.concatenate([o.race_probs.argmax(1).numpy() for o in outputs]).astype(np.int64)),
+        pred_age=pl.Series(np.concatenate([o.age_mean.numpy() for o in outputs])),
+    )
+    return {**overall(frame), "images_per_s": len(pixels) / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", default=["default", "fast"])
+    parser.add_argument("--calibration", type=int, default=512, help="training chips to calibrate int8 on")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+
+    root = Path(read_index_metadata(args.index)["faceattr_batch.root"])
+    split = pl.read_parquet(args.split).join(pl.read_parquet(args.index, columns=["path", "age", "gender", "race"]),
+                                             on="path")  # fmt: skip
+    val = split.filter(pl.col("split") == "val").sort("path")
+    train_paths = [str(root / p) for p in split.filter(pl.col("split") == "train")["path"]]
+    labels = val.select(true_gender="gender", true_race="race", true_age="age")
+    print(f"{val.height} validation faces, int8 calibrated on {args.calibration} training faces, "
+          f"{args.threads} threads, batch {args.batch_size}")  # fmt: skip
+    decoded: dict[int, np.ndarray] = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as folder:
+        for name in args.models:
+            fp32_path, int8_path = Path(folder) / f"{len(rows)}.fp32.onnx", Path(folder) / f"{len(rows)}.int8.onnx"
+            source = None if name == "default" else name
+            size = export_onnx(source, fp32_path)["input_size"]
+            quantize_onnx(source, int8_path, train_paths, count=args.calibration)
+            if size not in decoded:
+                decoded[size] = decode_all([str(root / p) for p in val["path"]], size)
+            for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+                result = evaluate(OnnxAttrModel(path, args.threads), decoded[size], labels, args.batch_size)
+                rows.append({"model": name, "input": size, "precision": precision, **result})
+                print(f"  {name} {precision}: done", flush=True)
+    table = pl.DataFrame(rows).select(
+        "model", "input", "precision",
+        (pl.col("gender_accuracy") * 100).round(2).alias("gender %"),
+        (pl.col("race_accuracy") * 100).round(2).alias("race %"),
+        pl.col("race_macro_f1").round(3).alias("race F1"),
+        pl.col("age_mae").round(3).alias("MAE"),
+        pl.col("images_per_s").round(0).alias("images/s"),
+    )  # fmt: skip
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+        print(table)
+        deltas = table.group_by("model", maintain_order=True).agg(
+            (pl.col(c).last() - pl.col(c).first()).round(3).alias(f"int8-fp32 {c}")
+            for c in ("gender %", "race %", "MAE")
+        )
+        speed = table.group_by("model", maintain_order=True).agg(
+            (pl.col("images/s").last() / pl.col("images/s").first()).round(2).alias("int8/fp32 speed")
+        )
+        print(deltas.join(speed, on="model"))
+
+
+if __name__ == "__main__":
+    main()
