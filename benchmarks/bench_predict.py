@@ -1,17 +1,16 @@
-"""`predict` speed and memory, measured side by side in one run on the same images.
+"""`predict` speed and memory, measured side by side in one run on the same images, for each of ``--models``.
 
-    nice -n 10 python benchmarks/bench_predict.py [--images ../shared/data/utkface] [--n 4000] [--memory]
+    nice -n 10 python benchmarks/bench_predict.py [--images ../shared/data/utkface] [--n 4000] \
+        [--models default fast RUN_DIR ...] [--memory]
 
-1. decode + resize only (``batches.iter_batches`` + ``decode.load_chip``, the same worker count as predict);
-2. the model alone on pre-decoded uint8 batches (predict's runtime, and torch beside it);
-3. a naive loop: open, preprocess, forward one image, append (on ``--naive`` images);
-4. ``faceattr-batch predict`` as a whole process (start-up included), and its own in-loop images/s.
-Prints images/s, the CPU ideal 1 / (1/decode + 1/model) (decode and model share the cores), predict/ideal
-(goal >= 0.8) and predict/naive (goal >= 20). ``--splits`` also times predict with other worker/thread splits.
-``--memory``: peak RSS of the predict process at 10k and 100k images (the folder repeated via symlinks in a
-temporary folder; nothing is copied), goal 100k <= 1.2 x 10k.
-
-``--model`` takes what ``predict --model`` takes (default: the shipped default). Inputs are symlinked into a
+Per model: decode + resize only at its input size (``batches.iter_batches`` + ``decode.load_chip``, predict's
+worker count); the model alone on pre-decoded uint8 batches, in the runtime predict picks (onnxruntime on the CPU,
+its int8 graph where one sits beside the model); ``faceattr-batch predict`` as a whole process (start-up
+included); the ideal 1 / (1/decode + 1/model) (decode and model share the cores). A table then gives each
+model's figures, predict / ideal (goal >= 0.8) and its whole-process speed over the first model's. For the first
+model also: torch beside onnxruntime, a naive per-image loop (``--naive`` images), ``--splits`` (other
+worker/thread splits) and ``--memory`` (peak RSS at 10k and 100k images, the folder repeated via symlinks;
+goal 100k <= 1.2 x 10k). ``--models`` takes what ``predict --model`` takes. Inputs are symlinked into a
 temporary folder (outside the repository) to take a subset.
 """
 
@@ -102,6 +101,38 @@ def run_predict(folder: Path, out: Path, model: Path, extra: list[str]) -> dict:
     return result
 
 
+def bench_one(name: str | None, paths: list[str], args, workers: int, threads: int, tmp: Path, decoded: dict) -> dict:
+    """One model: the decode ceiling at its input size, the model alone on pre-decoded batches (the runtime predict
+    picks: onnxruntime, int8 where an int8 export sits beside the model), and ``predict`` as a whole process."""
+    model_path = resolve_attr_source(name)
+    runner = ModelRunner.load(str(model_path), torch.device("cpu"), "auto", threads)
+    size = runner.input_size
+    quantized = "int8" if "quantization" in getattr(runner.model, "properties", {}) else "fp32"
+    if size not in decoded:
+        decoded[size] = bench_decode(paths, size, args.batch_size, workers)
+    sample = [load_chip(p, size) for p in paths[: args.model_images]]
+    batches = [np.stack(sample[i : i + args.batch_size]) for i in range(0, len(sample), args.batch_size)]
+    model_speed = bench_model(runner, batches)
+    folder = tmp / "inputs"
+    if not folder.exists():
+        link_folder(folder, paths, len(paths))
+    flags = ["--workers", str(workers), "--threads", str(threads), "-b", str(args.batch_size)]
+    whole = run_predict(folder, tmp / f"out_{size}_{model_path.stem}.parquet", model_path, flags)
+    return {
+        "model": name or "default",
+        "input": size,
+        "runtime": f"{runner.runtime} {quantized}" if runner.runtime == "onnxruntime" else runner.runtime,
+        "decode": decoded[size],
+        "model_alone": model_speed,
+        "ideal": 1 / (1 / decoded[size] + 1 / model_speed),
+        "predict": len(paths) / whole["wall"],
+        "predict_own_timer": whole["summary"]["images_per_second"],
+        "wall_s": whole["wall"],
+        "path": model_path,
+        "runner": runner,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "utkface"))
@@ -111,7 +142,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--models", nargs="+", default=["default", "fast"], help="what predict --model takes")
     parser.add_argument("--splits", default="", help="extra predict runs, e.g. '1x1,1x2,2x1,0x2' (workers x threads)")
     parser.add_argument("--memory", action="store_true", help="peak RSS at 10k and 100k images")
     args = parser.parse_args()
@@ -119,46 +150,45 @@ def main() -> None:
     paths = list_images([args.images])
     paths = paths[: args.n] if args.n else paths
     workers, threads = split_cores("cpu", args.workers, args.threads)
+    print(f"{len(paths)} images from {args.images}")
+    print(f"cores {os.cpu_count()}, decode workers {workers}, model threads {threads}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         tmp = Path(tmp)
-        model_path = resolve_attr_source(args.model)
-        runner = ModelRunner.load(str(model_path), torch.device("cpu"), "auto", threads)
-        size = runner.input_size
-        print(f"{len(paths)} images from {args.images}; model: {model_path} ({size}px); runtime {runner.runtime}")
-        print(f"cores {os.cpu_count()}, decode workers {workers}, model threads {threads}, batch {args.batch_size}")
+        decoded: dict[int, float] = {}
+        rows = []
+        for name in args.models:
+            rows.append(bench_one(None if name == "default" else name, paths, args, workers, threads, tmp, decoded))
+            row = rows[-1]
+            print(
+                f"{row['model']} ({row['input']} px, {row['runtime']}): decode {row['decode']:.0f}, model alone "
+                f"{row['model_alone']:.0f}, ideal {row['ideal']:.0f}, predict whole process {row['predict']:.1f} "
+                f"images/s ({row['wall_s']:.1f} s incl. start-up; own timer {row['predict_own_timer']:.0f})",
+                flush=True,
+            )
+        first = rows[0]
+        print(f"\n{'model':<24}{'input':>6} {'runtime':<18}{'decode':>8}{'model':>8}{'predict':>9}"
+              f"{'predict/ideal':>15}{'x ' + first['model']:>14}")  # fmt: skip
+        for row in rows:
+            versus_ideal, versus_first = row["predict"] / row["ideal"], row["predict"] / first["predict"]
+            print(
+                f"{row['model']:<24}{row['input']:>6} {row['runtime']:<18}{row['decode']:>8.0f}"
+                f"{row['model_alone']:>8.0f}{row['predict']:>9.1f}{versus_ideal:>15.2f}{versus_first:>14.2f}"
+            )
 
-        decode = bench_decode(paths, size, args.batch_size, workers)
-        print(f"1. decode + resize only      {decode:8.1f} images/s")
-
-        sample = [load_chip(p, size) for p in paths[: args.model_images]]
-        batches = [np.stack(sample[i : i + args.batch_size]) for i in range(0, len(sample), args.batch_size)]
-        model_speed = bench_model(runner, batches)
-        print(f"2. model alone ({runner.runtime:11s}) {model_speed:8.1f} images/s")
+        runner, size = first["runner"], first["input"]
         if runner.runtime != "torch":
-            torch_runner = ModelRunner.load(str(model_path), torch.device("cpu"), "torch", threads)
-            print(f"   model alone (torch)       {bench_model(torch_runner, batches):8.1f} images/s")
-
-        naive = bench_naive(model_path, paths[: args.naive], size, threads)
-        print(f"3. naive per-image loop      {naive:8.1f} images/s  ({min(args.naive, len(paths))} images)")
-
-        folder = link_folder(tmp / "inputs", paths, len(paths))
-        flags = ["--workers", str(workers), "--threads", str(threads), "-b", str(args.batch_size)]
-        whole = run_predict(folder, tmp / "out.parquet", model_path, flags)
-        process_speed = len(paths) / whole["wall"]
-        loop_speed = whole["summary"]["images_per_second"]
-        print(f"4. predict, whole process    {process_speed:8.1f} images/s  ({whole['wall']:.1f} s incl. start-up)")
-        print(f"   predict, its own timer    {loop_speed:8.1f} images/s  (listing to finalize)")
-
-        ideal = 1 / (1 / decode + 1 / model_speed)
-        print(f"ideal 1/(1/decode+1/model)   {ideal:8.1f} images/s")
-        own = loop_speed / ideal
-        print(f"predict / ideal              {process_speed / ideal:8.2f}   (goal >= 0.8; own timer {own:.2f})")
-        print(f"predict / naive              {process_speed / naive:8.1f}x  (goal >= 20)")
-
+            torch_runner = ModelRunner.load(str(first["path"]), torch.device("cpu"), "torch", threads)
+            sample = [load_chip(p, size) for p in paths[: args.model_images]]
+            batches = [np.stack(sample[i : i + args.batch_size]) for i in range(0, len(sample), args.batch_size)]
+            print(f"{first['model']} model alone in torch: {bench_model(torch_runner, batches):.1f} images/s")
+        naive = bench_naive(first["path"], paths[: args.naive], size, threads)
+        print(f"{first['model']} naive per-image loop: {naive:.1f} images/s ({min(args.naive, len(paths))} images); "
+              f"predict / naive {first['predict'] / naive:.1f}x")  # fmt: skip
+        folder = tmp / "inputs"
         for split in filter(None, args.splits.split(",")):
             w, t = (int(v) for v in split.split("x"))
             flags = ["--workers", str(w), "--threads", str(t), "-b", str(args.batch_size)]
-            other = run_predict(folder, tmp / f"out_{split}.parquet", model_path, flags)
+            other = run_predict(folder, tmp / f"out_{split}.parquet", first["path"], flags)
             print(f"   split {w} workers x {t} threads: {len(paths) / other['wall']:8.1f} images/s (whole process)")
 
         if args.memory:
@@ -167,7 +197,7 @@ def main() -> None:
             for count in (10_000, 100_000):
                 many = link_folder(tmp / f"many_{count}", all_paths, count)
                 flags = ["--workers", str(workers), "--threads", str(threads), "-b", str(args.batch_size)]
-                result = run_predict(many, tmp / f"many_{count}.parquet", model_path, flags)
+                result = run_predict(many, tmp / f"many_{count}.parquet", first["path"], flags)
                 rss[count] = result["maxrss_kib"] / 1024
                 print(
                     f"peak RSS at {count:>7,} images: {rss[count]:7.1f} MiB  "
