@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from faceattr_batch import FaceattrError, __version__
 from faceattr_batch.cli import app
 from faceattr_batch.data import inputs
+from faceattr_batch.data.batches import iter_batches, process_pool
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.index import hashing, sizes
 from faceattr_batch.index.build import IndexOptions, build_index, read_index_metadata, write_index
 from faceattr_batch.index.duplicates import add_dup_groups
-from faceattr_batch.index.workers import process_pool
 from faceattr_batch.pipelines.index import run
 
 GOOD = "30_1_2_20170116174525125.jpg.chip.jpg"
@@ -254,8 +254,34 @@ def test_stat_in_worker_processes_gives_the_same_sizes(odd_tree: Path, monkeypat
 def test_pool_workers_leave_ctrl_c_to_the_parent():
     """Ctrl-C reaches every process of the group: the workers ignore it, so none prints a traceback of its own."""
     with process_pool(1, os.environ.setdefault, ("FACEATTR_TEST_INIT", "ran")) as pool:
-        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
-        assert pool.apply(os.getenv, ("FACEATTR_TEST_INIT",)) == "ran"  # the caller's initializer too
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+        assert pool.submit(os.getenv, "FACEATTR_TEST_INIT").result() == "ran"  # the caller's initializer too
+
+
+PARENT = os.getpid()
+
+
+def _killed(*args):
+    """A worker's task that dies as the out-of-memory killer ends a process (never in the test process itself)."""
+    if os.getpid() == PARENT:
+        raise AssertionError("ran in the test process, not in a worker")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_ends_the_run_with_one_line(duplicates: Path, monkeypatch):
+    """multiprocessing.Pool waited forever for the task of a killed worker; the one pool of the package stops."""
+    message = "a worker process died (killed by the system, most often for lack of memory): run again with fewer"
+    monkeypatch.setattr(hashing, "CHUNK", 2)
+    monkeypatch.setattr(hashing, "_inspect_chunk", _killed)
+    with pytest.raises(FaceattrError, match=re.escape(message)):
+        build_index(IndexOptions(root=duplicates, hash=True, workers=2))
+    with pytest.raises(FaceattrError, match=re.escape(message)):
+        list(iter_batches(list_images(duplicates), _killed, 2, 1))
+    monkeypatch.setattr(sizes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(sizes.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sizes, "_stat_slice", _killed)
+    with pytest.raises(FaceattrError, match=re.escape(message)):
+        build_index(IndexOptions(root=duplicates))
 
 
 def test_no_file_sizes_leaves_the_column_out(odd_tree: Path):

@@ -209,8 +209,9 @@ def _cli(args: list[str], kill: str | None = None) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if k != "FACEATTR_BATCH_TEST_KILL"}
     if kill:
         env["FACEATTR_BATCH_TEST_KILL"] = kill
+    # the timeout turns a hang into a failure: a killed predict's orphaned decode worker once held stdout open
     return subprocess.run(
-        [sys.executable, "-m", "faceattr_batch", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "faceattr_batch", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
     )
 
 

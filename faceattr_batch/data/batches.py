@@ -2,22 +2,34 @@
 
 Each worker decodes a whole batch and sends back one stacked array (or one list of records), so pickling costs one
 message per batch. Batches come back in input order, and at most ``prefetch`` batches are in flight, so memory
-stays flat however many paths there are and however slow the consumer is. Workers ignore Ctrl-C: the parent alone
-gets the KeyboardInterrupt and stops them, so an interrupted run prints no worker tracebacks.
+stays flat however many paths there are and however slow the consumer is.
+
+``process_pool`` is the package's one process mechanism (decoding here, the index's stat and hash work): forked on
+Linux, its workers ignore Ctrl-C (the parent alone gets the KeyboardInterrupt and stops them, so an interrupted run
+prints no worker tracebacks), and a worker killed by the system (out of memory) ends the run with one line
+(``worker_died``) instead of a wait that never ends, as ``multiprocessing.Pool`` gave; workers whose parent was
+killed leave on their own.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from faceattr_batch.data.decode import DecodeError
+from faceattr_batch.errors import FaceattrError
 
 
 @dataclass
@@ -61,20 +73,50 @@ def iter_batches(
         for start, chunk in chunks:
             yield decode_batch(load, start, chunk)
         return
-    # fork is fastest and safe here: workers only run Pillow/numpy code, never torch.
-    context = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     window = prefetch or 2 * workers
-    # leaving the block (a KeyboardInterrupt in the parent included) terminates the workers
-    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
-        pending: deque = deque()
+    with process_pool(workers) as pool:
+        pending: deque[Future] = deque()
         for start, chunk in chunks:
-            pending.append(pool.apply_async(decode_batch, (load, start, chunk)))
+            pending.append(pool.submit(decode_batch, load, start, chunk))
             if len(pending) >= window:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
 
 
-def _ignore_interrupts() -> None:
-    """A worker's initializer: Ctrl-C reaches the whole process group; only the parent acts on it."""
+@contextmanager
+def process_pool(processes: int, initializer: Callable | None = None, initargs: tuple = ()):
+    """A ``ProcessPoolExecutor`` of ``processes`` workers, forked on Linux (they start in milliseconds and inherit
+    what this process holds, so ``initargs`` are not pickled; they run Pillow/numpy/os code, never torch), spawned
+    elsewhere. Its workers ignore Ctrl-C and run ``initializer(*initargs)``. Leaving the block, a
+    KeyboardInterrupt included, cancels what has not started; a dead worker becomes ``worker_died``'s one line."""
+    context = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(processes, context, _start_worker, (initializer, initargs))
+    try:
+        yield pool
+    except BrokenProcessPool:
+        raise worker_died() from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_died() -> FaceattrError:
+    return FaceattrError(
+        "a worker process died (killed by the system, most often for lack of memory): run again with fewer --workers"
+    )
+
+
+def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+    """Ctrl-C reaches the whole process group; only the parent acts on it. A parent killed outright (kill -9, the
+    out-of-memory killer) cannot stop its workers, and they would wait for work forever, holding the parent's
+    stdout open: each one leaves on its own within a second of becoming an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)

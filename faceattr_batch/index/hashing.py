@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import polars as pl
 
+from faceattr_batch.data.batches import process_pool
 from faceattr_batch.data.inputs import Listing
-from faceattr_batch.index.workers import process_pool
 from faceattr_batch.progress import progress_bar
 
 THUMB_SIDE = 16  # side of the grayscale thumbnail that confirms a near-duplicate candidate
@@ -125,4 +125,4 @@ def _map(tasks: list, processes: int) -> Iterator[list[tuple]]:
         yield from map(_inspect_chunk, tasks)
         return
     with process_pool(processes) as pool:
-        yield from pool.imap(_inspect_chunk, tasks)
+        yield from pool.map(_inspect_chunk, tasks)

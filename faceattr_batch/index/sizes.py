@@ -5,12 +5,14 @@ from __future__ import annotations
 import array
 import itertools
 import os
-from multiprocessing.pool import AsyncResult, Pool
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 
 import polars as pl
 
+from faceattr_batch.data.batches import process_pool, worker_died
 from faceattr_batch.data.inputs import Listing
-from faceattr_batch.index.workers import process_pool
 
 PARALLEL_FROM = 50_000  # files; below this a pool costs more than it saves
 MAX_PROCESSES = 4
@@ -28,16 +30,14 @@ class FileSizes:
     def __init__(self, root: str | os.PathLike, listing: Listing) -> None:
         self._root = os.fspath(root)
         self._listing = listing
-        self._pool: Pool | None = None
-        self._pending: AsyncResult | None = None
+        self._workers = ExitStack()
+        self._pending: list[Future] | None = None
 
     def __enter__(self) -> FileSizes:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+        self._workers.close()
 
     def start(self) -> None:
         """Begin stat'ing in worker processes when the tree is big enough (else ``result`` does it all)."""
@@ -46,16 +46,19 @@ class FileSizes:
         if n < PARALLEL_FROM or processes < 2:
             return
         bounds = [n * k // processes for k in range(processes + 1)]
-        self._pool = process_pool(processes, _adopt, (self._root, self._listing))
-        self._pending = self._pool.map_async(_stat_slice, itertools.pairwise(bounds))
+        pool = self._workers.enter_context(process_pool(processes, _adopt, (self._root, self._listing)))
+        self._pending = [pool.submit(_stat_slice, pair) for pair in itertools.pairwise(bounds)]
 
     def result(self) -> pl.Series:
         if self._pending is None:
             sizes = stat_rows(self._root, self._listing, 0, len(self._listing.names))
         else:
             sizes = array.array("q")
-            for part in self._pending.get():
-                sizes.frombytes(part)
+            try:
+                for part in self._pending:
+                    sizes.frombytes(part.result())
+            except BrokenProcessPool:
+                raise worker_died() from None
         raw = pl.Series("size_bytes", sizes, dtype=pl.Int64)
         return raw.to_frame().select(pl.when(raw >= 0).then(raw).alias("size_bytes")).to_series()
 
