@@ -11,6 +11,8 @@ in the same run). The quantized file keeps the fp32 file's metadata, its ``sourc
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,18 +63,19 @@ def quantize_onnx(source: str | Path | None, out: Path, images: Sequence[str], c
         fp32, prepared, int8 = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         summary = export_onnx(source, fp32, opset)
         calibration = calibration_chips(images, summary["input_size"], count)
-        try:
-            quant_pre_process(str(fp32), str(prepared))
-            quantize_static(
-                str(prepared),
-                str(int8),
-                Chips(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.Percentile,
-            )
+        try:  # onnxruntime's calibrator prints its steps on stdout, which is the command's own
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(fp32), str(prepared))
+                quantize_static(
+                    str(prepared),
+                    str(int8),
+                    Chips(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                )
         except Exception as err:  # onnxruntime's tools raise plain Exceptions of many kinds
             raise FaceattrError(f"int8 quantization failed: {first_line(err, 200)}") from None
         described = f"int8 static QDQ, per-channel weights, {len(calibration)} calibration chips (percentile)"
