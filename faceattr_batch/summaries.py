@@ -202,8 +202,9 @@ def predict(result) -> None:
     model, settings = result.model, result.settings
     workers = settings["workers"]
     decoding = "Ray Data" if settings.get("engine") == "ray" else f"{workers} decode worker{'s' * (workers != 1)}"
+    runtime = " ".join(filter(None, (model["runtime"], model.get("precision"))))  # e.g. "onnxruntime int8"
     out.print(
-        f"model {model['name']} {model['version']} ({model['runtime']}, {settings['device']}, "
+        f"model {model['name']} {model['version']} ({runtime}, {settings['device']}, "
         f"{decoding}, labels: {settings['labels']})"
     )
     if result.errors:

@@ -94,7 +94,9 @@ def test_export_is_cached_and_a_bad_cache_file_is_made_again(checkpoint: Path, t
 
     monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
     pixels = face_like_batch(4, 40).transpose(0, 2, 3, 1)  # N x S x S x 3, as ModelRunner takes them
-    expected = _load_with_onnxruntime(checkpoint).infer(pixels)
+    first = _load_with_onnxruntime(checkpoint)
+    assert first.meta["precision"] == "fp32"
+    expected = first.infer(pixels)
     cached = tmp_path / "cache" / "onnx" / f"model-{runtime.file_digest(checkpoint)}-{__version__}.onnx"
     assert sorted((tmp_path / "cache" / "onnx").iterdir()) == [cached]  # no temporary file left beside it
 
@@ -152,8 +154,8 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     from conftest import make_faces
 
     from faceattr_batch.data.inputs import list_images
-    from faceattr_batch.models.export import SOURCE_DIGEST
-    from faceattr_batch.models.quantize import QUANTIZATION, quantize_onnx
+    from faceattr_batch.models.export import QUANTIZATION, SOURCE_DIGEST
+    from faceattr_batch.models.quantize import quantize_onnx
 
     monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
     beside = checkpoint.with_suffix(".onnx")
@@ -178,6 +180,7 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     assert np.abs(int8["age_mean"] - want["age_mean"]).max() < 5
     runner = _load_with_onnxruntime(checkpoint)  # the int8 file beside the .pt, made from its weights
     assert runner.model.properties[QUANTIZATION] and runner.model.properties[SOURCE_DIGEST] == fp32[SOURCE_DIGEST]
+    assert runner.meta["precision"] == "int8"  # predict's summary and resume check say so
     assert not (tmp_path / "cache").exists()  # nothing exported
 
 

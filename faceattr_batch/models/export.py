@@ -22,6 +22,7 @@ from faceattr_batch.models.registry import load_attr_model
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
+QUANTIZATION = "quantization"  # how an int8 graph was quantized (models.quantize); absent in an fp32 export
 INPUT_NAME = "pixels"
 
 

@@ -22,9 +22,8 @@ import numpy as np
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
-from faceattr_batch.models.export import INPUT_NAME, export_onnx
+from faceattr_batch.models.export import INPUT_NAME, QUANTIZATION, export_onnx
 
-QUANTIZATION = "quantization"  # metadata key: how the graph was quantized
 CALIBRATION_BATCH = 16
 
 

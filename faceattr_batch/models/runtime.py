@@ -27,7 +27,7 @@ from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
 from faceattr_batch.models.device import available_cores
-from faceattr_batch.models.export import SOURCE_DIGEST, export_onnx
+from faceattr_batch.models.export import QUANTIZATION, SOURCE_DIGEST, export_onnx
 
 ONNX_HINT = "pip install 'faceattr-batch[onnx]' (or onnxruntime)"
 CACHE_ENV = "FACEATTR_CACHE_DIR"  # overrides the platform's cache folder (tests, shared machines)
@@ -86,6 +86,12 @@ class ModelRunner:
             if chosen == "onnxruntime":
                 model = _as_onnx(path, threads, version)
         meta = {**meta, "version": str(meta.get("version") or version), "source": str(path)}
+        # an int8 graph (an .onnx file, or the one beside the .pt) gives slightly other values: the summary and the
+        # resume check say which ran
+        if QUANTIZATION in getattr(model, "properties", {}):
+            meta["precision"] = "int8"
+        else:
+            meta["precision"] = "fp16" if chosen == "torch" and device.type == "cuda" else "fp32"
         if chosen == "torch":
             if device.type == "cpu":
                 torch.set_num_threads(threads)

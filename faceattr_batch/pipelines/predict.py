@@ -133,7 +133,7 @@ def run(options: PredictOptions) -> PredictResult:
         report = write_report(frame, summary, Path(options.output), Path(options.report_dir))
     return PredictResult(
         output=Path(options.output),
-        model={k: runner.meta[k] for k in ("name", "version", "source")} | {"runtime": runner.runtime},
+        model={k: runner.meta[k] for k in ("name", "version", "source", "precision")} | {"runtime": runner.runtime},
         seconds=seconds,
         processed=processed,
         shards_skipped=skipped,
@@ -179,6 +179,7 @@ def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOption
         "model": runner.meta["name"],
         "model_version": runner.meta["version"],
         "runtime": runner.runtime,
+        "precision": runner.meta["precision"],
         "device": runner.device.type,
         "labels": label_source,
         "faces": faces.mode,
