@@ -252,9 +252,11 @@ def export_onnx_command(
     ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
     int8: Annotated[
-        Path | None,
-        typer.Option(metavar="IMAGES", help="Quantize to int8, calibrated on 512 chips sampled from this folder."),
+        Path | None, typer.Option(metavar="IMAGES", help="Quantize to int8, calibrated on chips of this folder.")
     ] = None,
+    int8_chips: Annotated[
+        int, typer.Option(min=1, help="--int8: chips sampled to calibrate (the ensemble needs ~60 MB each).")
+    ] = 512,
 ) -> None:
     """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""
     from faceattr_batch.data.inputs import list_images
@@ -263,7 +265,7 @@ def export_onnx_command(
     if int8 is None:
         summary = export.export_onnx(model, out, opset)
     else:
-        summary = quantize.quantize_onnx(model, out, list_images(int8), opset=opset)
+        summary = quantize.quantize_onnx(model, out, list_images(int8), int8_chips, opset)
     show(summaries.export_onnx, summary)
 
 

@@ -207,9 +207,10 @@ def test_cli_int8_export_and_a_folder_without_images(checkpoint: Path, tmp_path:
     out = tmp_path / "int8.onnx"
     runner = CliRunner()
     args = ["export-onnx", "-m", str(checkpoint), "-o", str(out), "--int8", str(tmp_path / "faces")]
+    args += ["--int8-chips", "8"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert f"wrote {out} (input uint8 N x 3 x 40 x 40; int8 static QDQ, per-channel weights, 20 calibration" in (
+    assert f"wrote {out} (input uint8 N x 3 x 40 x 40; int8 static QDQ, per-channel weights, 8 calibration" in (
         " ".join(result.stdout.split())
     )
     assert len(result.stdout.strip().splitlines()) <= 2  # the summary alone, no calibration prints of onnxruntime

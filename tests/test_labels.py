@@ -184,3 +184,20 @@ def test_codes_and_enum_labels_convert_both_ways():
     assert back == [0, 4, None, None]
     plain = pl.DataFrame({"g": ["female", "male", "Female", None]})  # exact spellings only, as written by us
     assert plain.select(label_code(pl.col("g"), GENDERS))["g"].to_list() == [1, 0, None, None]
+
+
+def test_year_zero_is_not_a_date():
+    """Found by the property test above: polars parsed 0000-01-10, which Python's datetime cannot hold, so reading
+    the row raised. Now it is a recovered name whose capture date is unknown."""
+    parsed = parse_name("0_0_0_00000110000000000.jpg.chip.jpg")
+    assert (parsed.status, parsed.captured_at, parsed.age) == (STATUS_RECOVERED, None, 0)
+    assert "not a valid date" in parsed.reason
+
+
+def test_years_before_1000_keep_four_digits():
+    """Found by the same property test: strftime's %Y wrote year 1 as "1", so the name lost three digits."""
+    import datetime as dt
+
+    name = format_name(0, 0, 0, dt.datetime(1, 1, 10))
+    assert name == "0_0_0_00010110000000000.jpg.chip.jpg"
+    assert parse_name(name).captured_at == dt.datetime(1, 1, 10)

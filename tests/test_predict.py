@@ -327,17 +327,20 @@ def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, mo
     assert fast_meta["name"] == "faceattr-attr-fast"
 
 
-def test_the_shipped_fast_model_runs_its_int8_graph_on_cpus():
-    """attr_fast.onnx beside attr_fast.pt was quantized from these very weights (MODEL_CARD): predict uses it."""
+@pytest.mark.parametrize(("name", "chips"), [("fast", 512), ("default", 128)])
+def test_the_shipped_models_run_their_int8_graphs_on_cpus(name, chips):
+    """attr_<name>.onnx beside attr_<name>.pt was quantized from these very weights (MODEL_CARD): predict uses it
+    on onnxruntime, and the .pt in torch."""
     import torch
 
     from faceattr_batch.models.runtime import ModelRunner
 
     pytest.importorskip("onnxruntime")
-    runner = ModelRunner.load("fast", torch.device("cpu"), "auto", 1)
+    runner = ModelRunner.load(name, torch.device("cpu"), "auto", 1)
     assert runner.runtime == "onnxruntime" and runner.meta["precision"] == "int8"
-    assert runner.model.properties["quantization"].startswith("int8 static QDQ, per-channel weights, 512 calibration")
-    assert ModelRunner.load("fast", torch.device("cpu"), "torch", 1).meta["precision"] == "fp32"
+    described = f"int8 static QDQ, per-channel weights, {chips} calibration chips (percentile)"
+    assert runner.model.properties["quantization"] == described
+    assert ModelRunner.load(name, torch.device("cpu"), "torch", 1).meta["precision"] == "fp32"
 
 
 # --- rough edges: one-line errors, output places checked first, --resume afresh, Ctrl-C ------------------------

@@ -102,7 +102,8 @@ def format_name(age: int, gender: int, race: int, captured_at: dt.datetime, suff
         raise ValueError(f"gender {gender} is not 0 (male) or 1 (female)")
     if not 0 <= race < len(RACES):
         raise ValueError(f"race {race} is not 0..{len(RACES) - 1} ({', '.join(RACES)})")
-    stamp = captured_at.strftime("%Y%m%d%H%M%S") + f"{captured_at.microsecond // 1000:03d}"
+    # the year by hand: strftime's %Y gives "1", not "0001", for years before 1000 on glibc
+    stamp = f"{captured_at.year:04d}" + captured_at.strftime("%m%d%H%M%S") + f"{captured_at.microsecond // 1000:03d}"
     return f"{age}_{gender}_{race}_{stamp}{suffix}"
 
 
@@ -160,6 +161,8 @@ def _typed_fields(parts: pl.Expr) -> dict[str, pl.Expr]:
     stamp = field("stamp")
     digits = stamp.str.len_chars()
     seconds = stamp.str.slice(0, 14).str.strptime(pl.Datetime("ms"), "%Y%m%d%H%M%S", strict=False)
+    # polars reads year 0000 as a date; Python's datetime (and so every reader of the Parquet in Python) cannot
+    seconds = pl.when(seconds.dt.year() >= 1).then(seconds)
     millis = pl.when(digits == 17).then(stamp.str.slice(14, 3).cast(pl.Int64, strict=False)).otherwise(0)
     return {
         "age": field("age").cast(pl.Int64, strict=False),
