@@ -1,5 +1,5 @@
 """The command shell: each command turns its options into the pipeline's options dataclass, makes one library call
-and prints a summary (``summaries``). Every flag two commands share is declared once, below.
+and prints a summary (``summaries``). Every flag two commands share is declared once, in ``cli_options``.
 
 User errors (``FaceattrError``, and an ``OSError``: no such file, permission, disk full) become one line on stderr
 and exit code 2; Ctrl-C prints ``interrupted`` and exits 130. Each command imports its pipeline when it runs: most
@@ -8,14 +8,14 @@ pipelines load torch (5 s on 2 cores), and ``--help`` stays at 0.15 s.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from faceattr_batch import __version__, progress, summaries
-from faceattr_batch.cli_base import PlainHelpCommand, int_tuple, one_line_errors, options_of
+from faceattr_batch import cli_options as opt
+from faceattr_batch import progress, summaries
+from faceattr_batch.cli_base import PlainHelpCommand, int_tuple, log_progress, one_line_errors, options_of
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.summaries import show
 
@@ -39,72 +39,8 @@ def command(name: str):
     return register
 
 
-def log_progress() -> None:
-    """train and train-gen report epochs and evaluations through logging, on stderr; --quiet keeps warnings only."""
-    logging.basicConfig(level=logging.WARNING if progress.is_quiet() else logging.INFO, format="%(message)s")
-
-
-# --- shared options, each declared once --------------------------------------------------------------------------
-
-
-def out_option(what: str, name: str = "--out") -> typer.models.OptionInfo:
-    """-o: what the command writes."""
-    return typer.Option(name, "-o", help=what)
-
-
-def workers_option(none_means: str | None = None) -> typer.models.OptionInfo:
-    """--workers; ``none_means`` is the default shown where the command's default is None (chosen by the cores)."""
-    return typer.Option(
-        "--workers", "-w", min=0, show_default=none_means or True, help="Worker processes (0 = all in this process)."
-    )
-
-
-def threads_option(none_means: str) -> typer.models.OptionInfo:
-    return typer.Option("--threads", min=1, show_default=none_means, help="Model threads on the CPU.")
-
-
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
-Workers = Annotated[int, workers_option()]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run in OUT.")]
-Resume = Annotated[
-    bool, typer.Option("--resume", help="Continue an interrupted run (same command, same output) where it stopped.")
-]
-Root = Annotated[
-    Path | None,
-    typer.Option("--root", show_default="the one recorded in it", help="Image folder of an index Parquet."),
-]
-Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the [ray] extra).")]
-RayAddress = Annotated[
-    str | None,
-    typer.Option("--ray-address", show_default="a local one", help="With --engine ray: auto | HOST:PORT of a cluster."),
-]
-Concurrency = Annotated[
-    int | None,
-    typer.Option("--concurrency", min=1, show_default="1 per GPU, or CPUs/2", help="With --engine ray: model actors."),
-]
-MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]
-MinScore = Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Detector confidence to keep a face.")]
-MaxFaces = Annotated[int, typer.Option("--max-faces", min=1, help="Faces kept per image (the most confident).")]
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"faceattr-batch {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def main(
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars and no summary; errors and --json still print.")
-    ] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
+def main(quiet: opt.Quiet = False, version: opt.Version = False) -> None:
     """Batch face-attribute tooling over large face-image folders: index, predict, report, fid, crop, synth, train.
 
     Global options go before the command: faceattr-batch --quiet predict photos/ -o predictions.parquet
@@ -118,7 +54,7 @@ def main(
 @command("index")
 def index_command(
     folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.")],
-    out: Annotated[Path, out_option("Parquet file to write.")] = Path("index.parquet"),
+    out: Annotated[Path, opt.out_option("Parquet file to write.")] = Path("index.parquet"),
     hash_: Annotated[
         bool, typer.Option("--hash", help="Content hash + perceptual hash: duplicate groups, label conflicts.")
     ] = False,
@@ -130,11 +66,12 @@ def index_command(
     near_bits: Annotated[
         int, typer.Option("--near-bits", min=0, max=8, help="dHash bits two near duplicates may differ in (--hash).")
     ] = 4,
-    workers: Annotated[int | None, workers_option("all cores")] = None,
-    json_out: JsonOut = False,
+    workers: Annotated[int | None, opt.workers_option("all cores")] = None,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
     from faceattr_batch.pipelines import index
+
     options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=not json_out)
     result = index.run(options, out)
     show(summaries.index, result.summary, json_data=result.summary if json_out else None)
@@ -143,11 +80,12 @@ def index_command(
 @command("import-csv")
 def import_csv_command(
     csv: Annotated[Path, typer.Argument(help="age_gender.csv: age,ethnicity,gender,img_name,pixels (48x48).")],
-    out: Annotated[Path, out_option("Folder to write the PNG images into.")],
-    json_out: JsonOut = False,
+    out: Annotated[Path, opt.out_option("Folder to write the PNG images into.")],
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Write each row of the 48x48 UTKFace CSV as a PNG with a UTKFace name; bad rows are reported."""
     from faceattr_batch.pipelines import import_csv
+
     result = import_csv.import_csv(import_csv.ImportCsvOptions(csv=csv, out_dir=out))
     show(summaries.import_csv, result, json_data=result.summary if json_out else None)
 
@@ -158,8 +96,8 @@ def import_csv_command(
 @command("train")
 def train_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index --hash`, or an image folder.")],
-    out: Annotated[Path, out_option("RUN_DIR for checkpoints, metrics and the model.")],
-    root: Root = None,
+    out: Annotated[Path, opt.out_option("RUN_DIR for checkpoints, metrics and the model.")],
+    root: opt.Root = None,
     input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
     backbone: Annotated[
         str,
@@ -191,22 +129,23 @@ def train_command(
         float, typer.Option(min=0.0, max=1.0, help="With --teacher: the teacher's share of the loss.")
     ] = 0.5,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
-    batch_size: BatchSize = 128,
+    batch_size: opt.BatchSize = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of duplicate groups held out.")] = 0.1,
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better score.")] = 12,
-    seed: Seed = 0,
-    workers: Workers = 2,
-    threads: Annotated[int | None, threads_option("all cores")] = None,
-    device: Device = "auto",
-    resume: Resume = False,
+    seed: opt.Seed = 0,
+    workers: opt.Workers = 2,
+    threads: Annotated[int | None, opt.threads_option("all cores")] = None,
+    device: opt.Device = "auto",
+    resume: opt.Resume = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(min=1, help="Cap the steps per epoch (smoke runs).")] = None,
-    json_out: JsonOut = False,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Train the attribute model (gender, race, age distribution) on a UTKFace-style set."""
     from faceattr_batch.pipelines import train
+
     log_progress()
     widths, depths = int_tuple(widths, "--widths"), int_tuple(depths, "--depths")
     options = options_of(train.TrainOptions, locals(), out_dir=out)
@@ -218,8 +157,8 @@ def train_command(
 def ensemble_command(
     source: Annotated[Path, typer.Argument(help="The index Parquet (or folder) the members were trained on.")],
     members: Annotated[list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.")],
-    out: Annotated[Path, out_option("The ensemble model file to write (.pt).")],
-    root: Root = None,
+    out: Annotated[Path, opt.out_option("The ensemble model file to write (.pt).")],
+    root: opt.Root = None,
     val_fraction: Annotated[
         float, typer.Option(min=0.01, max=0.5, help="The members' share of duplicate groups held out.")
     ] = 0.1,
@@ -227,8 +166,8 @@ def ensemble_command(
     int8: Annotated[
         bool, typer.Option("--int8", help="Store the members' large weights as int8 (half the fp16 size).")
     ] = False,
-    workers: Workers = 2,
-    json_out: JsonOut = False,
+    workers: opt.Workers = 2,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Average trained attribute models into one file; temperatures and report from the members' validation split.
 
@@ -236,6 +175,7 @@ def ensemble_command(
     index and split (--seed, --val-fraction) they were trained with, so the report counts faces none of them saw.
     """
     from faceattr_batch.pipelines import ensemble
+
     options = options_of(ensemble.EnsembleOptions, locals(), members=tuple(members))
     result = ensemble.run(options)
     show(summaries.ensemble, result, json_data=result.report if json_out else None)
@@ -243,7 +183,7 @@ def ensemble_command(
 
 @command("export-onnx")
 def export_onnx_command(
-    out: Annotated[Path, out_option("The ONNX file to write.")] = Path("model.onnx"),
+    out: Annotated[Path, opt.out_option("The ONNX file to write.")] = Path("model.onnx"),
     model: Annotated[
         str | None,
         typer.Option(
@@ -296,17 +236,18 @@ def fid_command(
     ] = None,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", min=1, help="KID subsets averaged.")] = 100,
     kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", min=2, help="Images per KID subset.")] = 1000,
-    batch_size: BatchSize = 50,
-    workers: Workers = 2,
-    device: Device = "auto",
-    seed: Seed = 0,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    concurrency: Concurrency = None,
-    json_out: JsonOut = False,
+    batch_size: opt.BatchSize = 50,
+    workers: opt.Workers = 2,
+    device: opt.Device = "auto",
+    seed: opt.Seed = 0,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    concurrency: opt.Concurrency = None,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """FID and KID between REAL and FAKE with the standard 2015-12-05 Inception weights (pytorch-fid's numbers)."""
     from faceattr_batch.pipelines import fid
+
     options = options_of(fid.FidOptions, locals(), progress=not json_out)
     result = fid.compute(real, fake, options)
     show(summaries.fid, result, json_data=result.to_json() if json_out else None)
@@ -320,7 +261,7 @@ def predict_command(
     inputs: Annotated[
         list[str], typer.Argument(help="Folders (recursive), image files, glob patterns or an index Parquet.")
     ],
-    output: Annotated[Path, out_option("Predictions Parquet to write.", "--output")],
+    output: Annotated[Path, opt.out_option("Predictions Parquet to write.", "--output")],
     model: Annotated[
         str | None,
         typer.Option(
@@ -336,19 +277,19 @@ def predict_command(
         typer.Option("--labels", show_default="from the file names", help="Index Parquet with the true labels."),
     ] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
-    resume: Resume = False,
+    resume: opt.Resume = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
-    batch_size: BatchSize = 256,
-    workers: Annotated[int | None, workers_option("half the cores; all with a GPU")] = None,
-    threads: Annotated[int | None, threads_option("the cores the workers leave")] = None,
+    batch_size: opt.BatchSize = 256,
+    workers: Annotated[int | None, opt.workers_option("half the cores; all with a GPU")] = None,
+    threads: Annotated[int | None, opt.threads_option("the cores the workers leave")] = None,
     runtime: Annotated[
         str, typer.Option("--runtime", help="auto | torch | onnxruntime (auto: onnxruntime on the CPU).")
     ] = "auto",
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per resumable shard.")] = 4096,
-    device: Device = "auto",
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    concurrency: Concurrency = None,
+    device: opt.Device = "auto",
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    concurrency: opt.Concurrency = None,
     faces: Annotated[
         str,
         typer.Option(
@@ -357,14 +298,15 @@ def predict_command(
             "image | chips: every image is one face chip. The same on both engines.",
         ),
     ] = "auto",
-    min_face: MinFace = 20,
-    min_score: MinScore = 0.9,
-    max_faces: MaxFaces = 50,
-    json_out: JsonOut = False,
+    min_face: opt.MinFace = 20,
+    min_score: opt.MinScore = 0.9,
+    max_faces: opt.MaxFaces = 50,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Predict gender, race and age for every face: one Parquet row per face, or per chip (bad files get an error
     row)."""
     from faceattr_batch.pipelines import predict
+
     options = options_of(predict.PredictOptions, locals(), inputs=tuple(inputs), progress=not json_out)
     result = predict.run(options)
     show(summaries.predict, result, json_data=result.to_dict() if json_out else None)
@@ -376,10 +318,11 @@ def predict_command(
 def report_command(
     predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
     report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
-    json_out: JsonOut = False,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
     from faceattr_batch.pipelines import report
+
     html = report.build(predictions, report_dir)
     show(summaries.report, html, json_data={"report": str(html)} if json_out else None)
 
@@ -387,17 +330,18 @@ def report_command(
 @command("crop")
 def crop_command(
     inputs: Annotated[list[str], typer.Argument(help="Photos: folders (recursive), image files or glob patterns.")],
-    out: Annotated[Path, out_option("Folder for the chips and manifest.parquet.")],
-    min_face: MinFace = 20,
-    min_score: MinScore = 0.9,
-    max_faces: MaxFaces = 50,
-    batch_size: BatchSize = 32,
-    workers: Annotated[int | None, workers_option("one per core")] = None,
-    overwrite: Overwrite = False,
-    json_out: JsonOut = False,
+    out: Annotated[Path, opt.out_option("Folder for the chips and manifest.parquet.")],
+    min_face: opt.MinFace = 20,
+    min_score: opt.MinScore = 0.9,
+    max_faces: opt.MaxFaces = 50,
+    batch_size: opt.BatchSize = 32,
+    workers: Annotated[int | None, opt.workers_option("one per core")] = None,
+    overwrite: opt.Overwrite = False,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Find the faces in photos; write each, aligned, as a 200 x 200 chip framed like UTKFace, plus manifest.parquet."""
     from faceattr_batch.pipelines import crop
+
     options = options_of(crop.CropOptions, locals(), inputs=tuple(inputs), out_dir=out, progress=not json_out)
     summary = crop.run(options)
     show(summaries.crop, summary, json_data=summary if json_out else None)
@@ -409,8 +353,8 @@ def crop_command(
 @command("train-gen")
 def train_gen_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index`, or an image folder.")],
-    out: Annotated[Path, out_option("RUN_DIR for checkpoints, grids, metrics, generator.")],
-    root: Root = None,
+    out: Annotated[Path, opt.out_option("RUN_DIR for checkpoints, grids, metrics, generator.")],
+    root: opt.Root = None,
     resolution: Annotated[int, typer.Option(help="Generated chip size: 32, 64 or 128.")] = 64,
     g_width: Annotated[
         int, typer.Option(min=4, help="Generator channels at the output size (doubled per halving).")
@@ -428,7 +372,7 @@ def train_gen_command(
             "checkpoint.",
         ),
     ] = None,
-    batch_size: BatchSize = 64,
+    batch_size: opt.BatchSize = 64,
     sample_every: Annotated[int, typer.Option(min=1, help="Write a sample grid every N iterations.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N iterations.")] = 500,
     eval_every: Annotated[int, typer.Option(min=1, help="Log FID and attribute agreement every N iterations.")] = 2_500,
@@ -437,15 +381,16 @@ def train_gen_command(
     attr_model: Annotated[
         str | None, typer.Option(show_default="the shipped ensemble", help="Attribute model for agreement.")
     ] = None,
-    seed: Seed = 0,
-    workers: Workers = 2,
-    threads: Annotated[int | None, threads_option("all cores")] = None,
-    device: Device = "auto",
-    resume: Resume = False,
+    seed: opt.Seed = 0,
+    workers: opt.Workers = 2,
+    threads: Annotated[int | None, opt.threads_option("all cores")] = None,
+    device: opt.Device = "auto",
+    resume: opt.Resume = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Train on the first N labelled images only.")] = None,
 ) -> None:
     """Train the conditional face generator (gender, race, age) with checkpoints, grids, FID and agreement."""
     from faceattr_batch.pipelines import train_gen
+
     log_progress()
     # --iterations is passed once: in a fresh run's options, or as the count that replaces a resumed run's own
     given = {} if count is None else {"iterations": count}
@@ -457,7 +402,7 @@ def train_gen_command(
 
 @command("synth")
 def synth_command(
-    out: Annotated[Path, out_option("Folder for the images and manifest.parquet.")] = Path("synth"),
+    out: Annotated[Path, opt.out_option("Folder for the images and manifest.parquet.")] = Path("synth"),
     n: Annotated[int, typer.Option("--n", min=1, help="Number of faces to write.")] = 10_000,
     gender: Annotated[str | None, typer.Option(help="Fixed gender(s): male, female (comma-separated).")] = None,
     race: Annotated[
@@ -475,13 +420,14 @@ def synth_command(
             "--model", "-m", show_default="the shipped generator", help="train-gen RUN_DIR or generator file."
         ),
     ] = None,
-    seed: Seed = 0,
-    batch_size: BatchSize = 256,
-    overwrite: Overwrite = False,
-    json_out: JsonOut = False,
+    seed: opt.Seed = 0,
+    batch_size: opt.BatchSize = 256,
+    overwrite: opt.Overwrite = False,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Write N labelled synthetic faces named UTKFace-style, plus manifest.parquet (a balanced grid by default)."""
     from faceattr_batch.pipelines import synth
+
     if match is not None and (gender or race or age):
         raise FaceattrError("--match follows a real distribution: leave out --gender, --race and --age")
     options = options_of(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
+from faceattr_batch import progress
 from faceattr_batch.errors import FaceattrError, first_line
 
 # --- help that reads like any CLI's ------------------------------------------------------------------------------
@@ -99,3 +101,8 @@ def int_tuple(text: str, option: str) -> tuple[int, ...]:
     if min(values) < 1:
         raise FaceattrError(f"{option} {text!r}: values must be positive")
     return values
+
+
+def log_progress() -> None:
+    """train and train-gen report epochs and evaluations through logging, on stderr; --quiet keeps warnings only."""
+    logging.basicConfig(level=logging.WARNING if progress.is_quiet() else logging.INFO, format="%(message)s")

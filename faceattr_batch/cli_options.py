@@ -1,0 +1,68 @@
+"""The flags two or more commands share, each declared once (``Annotated`` aliases and option factories for the
+ones whose shown default differs by command); ``cli`` uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from faceattr_batch import __version__
+
+
+def out_option(what: str, name: str = "--out") -> typer.models.OptionInfo:
+    """-o: what the command writes."""
+    return typer.Option(name, "-o", help=what)
+
+
+def workers_option(none_means: str | None = None) -> typer.models.OptionInfo:
+    """--workers; ``none_means`` is the default shown where the command's default is None (chosen by the cores)."""
+    return typer.Option(
+        "--workers", "-w", min=0, show_default=none_means or True, help="Worker processes (0 = all in this process)."
+    )
+
+
+def threads_option(none_means: str) -> typer.models.OptionInfo:
+    return typer.Option("--threads", min=1, show_default=none_means, help="Model threads on the CPU.")
+
+
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+Workers = Annotated[int, workers_option()]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run in OUT.")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run (same command, same output) where it stopped.")
+]
+Root = Annotated[
+    Path | None,
+    typer.Option("--root", show_default="the one recorded in it", help="Image folder of an index Parquet."),
+]
+Engine = Annotated[str, typer.Option("--engine", help="local | ray (Ray Data, same output; needs the [ray] extra).")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", show_default="a local one", help="With --engine ray: auto | HOST:PORT of a cluster."),
+]
+Concurrency = Annotated[
+    int | None,
+    typer.Option("--concurrency", min=1, show_default="1 per GPU, or CPUs/2", help="With --engine ray: model actors."),
+]
+MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]
+MinScore = Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Detector confidence to keep a face.")]
+MaxFaces = Annotated[int, typer.Option("--max-faces", min=1, help="Faces kept per image (the most confident).")]
+
+
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"faceattr-batch {__version__}")
+        raise typer.Exit()
+
+
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars and no summary; errors and --json still print.")
+]
+Version = Annotated[
+    bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")
+]
