@@ -79,9 +79,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as folder:
         for name in args.models:
             fp32_path, int8_path = Path(folder) / f"{len(rows)}.fp32.onnx", Path(folder) / f"{len(rows)}.int8.onnx"
-            source = None if name == "default" else name
-            size = export_onnx(source, fp32_path)["input_size"]
-            quantize_onnx(source, int8_path, train_paths, count=args.calibration)
+            size = export_onnx(name, fp32_path)["input_size"]  # a shipped name, a RUN_DIR or a file
+            quantize_onnx(name, int8_path, train_paths, count=args.calibration)
             if size not in decoded:
                 decoded[size] = decode_all([str(root / p) for p in val["path"]], size)
             for precision, path in (("fp32", fp32_path), ("int8", int8_path)):

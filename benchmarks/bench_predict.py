@@ -101,7 +101,7 @@ def run_predict(folder: Path, out: Path, model: Path, extra: list[str]) -> dict:
     return result
 
 
-def bench_one(name: str | None, paths: list[str], args, workers: int, threads: int, tmp: Path, decoded: dict) -> dict:
+def bench_one(name: str, paths: list[str], args, workers: int, threads: int, tmp: Path, decoded: dict) -> dict:
     """One model: the decode ceiling at its input size, the model alone on pre-decoded batches (the runtime predict
     picks: onnxruntime, int8 where an int8 export sits beside the model), and ``predict`` as a whole process."""
     model_path = resolve_attr_source(name)
@@ -119,7 +119,7 @@ def bench_one(name: str | None, paths: list[str], args, workers: int, threads: i
     flags = ["--workers", str(workers), "--threads", str(threads), "-b", str(args.batch_size)]
     whole = run_predict(folder, tmp / f"out_{size}_{model_path.stem}.parquet", model_path, flags)
     return {
-        "model": name or "default",
+        "model": name,
         "input": size,
         "runtime": f"{runner.runtime} {quantized}" if runner.runtime == "onnxruntime" else runner.runtime,
         "decode": decoded[size],
@@ -157,7 +157,7 @@ def main() -> None:
         decoded: dict[int, float] = {}
         rows = []
         for name in args.models:
-            rows.append(bench_one(None if name == "default" else name, paths, args, workers, threads, tmp, decoded))
+            rows.append(bench_one(name, paths, args, workers, threads, tmp, decoded))
             row = rows[-1]
             print(
                 f"{row['model']} ({row['input']} px, {row['runtime']}): decode {row['decode']:.0f}, model alone "

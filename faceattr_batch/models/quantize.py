@@ -80,15 +80,9 @@ def quantize_onnx(source: str | Path | None, out: Path, images: Sequence[str], c
         described = f"int8 static QDQ, per-channel weights, {len(calibration)} calibration chips (percentile)"
         proto = onnx.load(str(int8))
         del proto.metadata_props[:]
-        for entry in [*onnx.load(str(fp32)).metadata_props, _entry(QUANTIZATION, described)]:
-            proto.metadata_props.add().CopyFrom(entry)
+        proto.metadata_props.extend(onnx.load(str(fp32)).metadata_props)
+        proto.metadata_props.add(key=QUANTIZATION, value=described)
         out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(out) as tmp:
             onnx.save(proto, str(tmp))
     return {**summary, "path": str(out), "quantization": described}
-
-
-def _entry(key: str, value: str):
-    from onnx import StringStringEntryProto
-
-    return StringStringEntryProto(key=key, value=value)
