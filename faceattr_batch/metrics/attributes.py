@@ -169,35 +169,53 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
     return {"gender": gender, "race": race}
 
 
-def expected_calibration_error(confidence, correct, bins: int = 15) -> float | None:
+def expected_calibration_error(confidence, correct, bins: int = 15, weights=None) -> float | np.ndarray | None:
     """ECE: the share-weighted mean |mean confidence - accuracy| over ``bins`` equal-width confidence bins
     (Guo et al. 2017). ``confidence``: the predicted class's probability (for gender max(p, 1 - p));
-    ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it."""
+    ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it.
+
+    ``weights``: how often each row counts (a bootstrap draw's counts), shape (n,), or (B, n) for B resamples at
+    once, which gives an array of B values (NaN where a resample's weights sum to 0). None when there are no rows.
+    """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     if confidence.size == 0:
         return None
+    weights = np.ones(confidence.size) if weights is None else np.asarray(weights, dtype=np.float64)
     # bins (low, high]; a confidence of exactly 0 joins the first
     which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    gap = np.bincount(which, confidence, bins) - np.bincount(which, correct, bins)
-    return float(np.abs(gap).sum() / counts.sum())
+    gap = confidence - correct
+    per_bin = [weights[..., which == b] @ gap[which == b] for b in range(bins)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ece = np.abs(np.stack(per_bin, axis=-1)).sum(axis=-1) / weights.sum(axis=-1)
+    return float(ece) if ece.ndim == 0 else ece
+
+
+def calibration_columns() -> list[pl.Expr]:
+    """Per row, what ECE reads, null where the truth or the probabilities are unknown: ``gender_confidence``
+    (max(P(female), P(male))) and ``gender_confident_correct`` (the likelier gender is the true one),
+    ``race_confidence`` (the top race probability) and ``race_confident_correct`` (``pred_race`` is the true race)."""
+    p_female = pl.col("p_female")
+    gender_known = _has("true_gender") & p_female.is_not_null()
+    top = pl.max_horizontal(RACE_PROB_COLUMNS)
+    race_known = _has("true_race") & top.is_not_null()
+    return [
+        pl.when(gender_known).then(pl.max_horizontal(p_female, 1 - p_female)).alias("gender_confidence"),
+        pl.when(gender_known).then((p_female >= 0.5) == (pl.col("true_gender") == 1)).alias("gender_confident_correct"),
+        pl.when(race_known).then(top).alias("race_confidence"),
+        pl.when(race_known).then(pl.col("pred_race") == pl.col("true_race")).alias("race_confident_correct"),
+    ]
 
 
 def calibration_errors(frame: pl.DataFrame) -> dict[str, float | None]:
     """``gender_ece`` and ``race_ece`` of a predictions frame, by ``expected_calibration_error``."""
-    gender = frame.filter(_has("true_gender") & pl.col("p_female").is_not_null())
-    p_female = gender.get_column("p_female").to_numpy()
-    top = pl.max_horizontal(RACE_PROB_COLUMNS)
-    race = frame.filter(_has("true_race") & top.is_not_null())
-    return {
-        "gender_ece": expected_calibration_error(
-            np.maximum(p_female, 1 - p_female), (p_female >= 0.5) == (gender.get_column("true_gender") == 1).to_numpy()
-        ),
-        "race_ece": expected_calibration_error(
-            race.select(top).to_series().to_numpy(), (race["pred_race"] == race["true_race"]).to_numpy()
-        ),
-    }
+    columns = frame.select(calibration_columns())
+    errors = {}
+    for attribute in ("gender", "race"):
+        known = columns.select(f"{attribute}_confidence", f"{attribute}_confident_correct").drop_nulls()
+        confidence, correct = (known.get_column(name).to_numpy() for name in known.columns)
+        errors[f"{attribute}_ece"] = expected_calibration_error(confidence, correct)
+    return errors
 
 
 def age_interval_coverage(frame: pl.DataFrame) -> float | None:

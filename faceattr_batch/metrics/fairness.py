@@ -1,0 +1,413 @@
+"""Fairness summary: per-group metrics with intervals, and the gaps between groups with bootstrap intervals.
+
+Input: a frame of labelled predictions (``schema.py``'s columns ``true_gender``, ``pred_gender``, ``p_female``,
+``true_race``, ``pred_race``, ``RACE_PROB_COLUMNS``, ``true_age``, ``pred_age``; a missing column counts as all null)
+and the name of any column to slice by (``true_race_label``, ``true_age_band``, a labels file's ``skin_tone``). A row
+counts for an attribute only where both its truth and its prediction are known; rows whose slice value is null are
+in no group (``n_unsliced``).
+
+Metrics (``METRICS``; female is the positive class of gender, as ``gender_precision``/``gender_recall`` in
+``attributes.py``): ``gender_accuracy``, ``gender_recall_female``, ``gender_recall_male``, ``gender_fpr`` (males
+called female / true males), ``gender_fnr`` (females called male / true females), ``gender_ece``;
+``race_accuracy``, ``race_recall_<race>`` and ``race_precision_<race>`` for white, black, asian, indian, others,
+``race_ece``; ``age_mae``, ``age_bias`` (mean of pred - true), ``age_r2`` (1 - SS_res / SS_tot within the group).
+ECE is ``attributes.expected_calibration_error`` on the predicted class's probability.
+
+Intervals per group: Wilson for proportions; a bootstrap percentile interval (rows resampled within the group) for
+MAE, bias, R² and ECE: at n = 2 it stays between the two rows' values, never a normal approximation. Between groups,
+for each metric over the groups in which its count (``n``: rows, true females, predicted Asians...) is at least
+``min_group``: the gap (max - min) and the ratio (min / max, only for non-negative values, bias excluded), with
+percentile intervals of that same max group's value minus (over) that same min group's value in each resample, so
+that an interval can reach across 0 (the max - min of each resample never goes below 0). A gap is ``significant``
+when its interval excludes 0 (``gap_low`` > 0); the pair is picked on the same data, so with many groups that test
+leans optimistic. Bootstrap: ``resamples`` (>= 1,000) resamples, rows drawn with
+replacement within each group (stratified), one seeded numpy generator, groups in sorted order. Resampling inflates
+ECE (noise looks like miscalibration), so a well-calibrated group's point ECE can lie under its percentile interval.
+
+``fairness_summary`` returns one JSON-ready dict (no NaN or inf: None with a ``reason`` instead)::
+
+    {"by": str, "min_group": int, "resamples": int, "seed": int, "level": 0.95, "positive_class": "female",
+     "n": int, "n_unsliced": int,
+     "metrics": {name: {"attribute": "gender"|"race"|"age", "counts": str, "better": "higher"|"lower"|"zero",
+                        "interval": "wilson"|"bootstrap"}},
+     "groups": [{"group": value, "n": int,
+                 "metrics": {name: {"value": float|None, "n": int, "low": float|None, "high": float|None,
+                                    "interval": "wilson"|"bootstrap", "reason": str|None}}}],
+     "too_few": [{"group": value, "n": int}],                     # fewer than min_group rows: never ranked
+     "gaps": {name: {"gap": float|None, "gap_low", "gap_high", "significant": bool|None,
+                     "ratio": float|None, "ratio_low", "ratio_high", "ratio_reason": str|None,
+                     "max_group": value, "max": float, "min_group": value, "min": float,
+                     "groups": int, "left_out": [{"group": value, "n": int, "reason": str}],
+                     "reason": str|None}},
+     "weakest": {name: [{"group": value, "bound": float, "value": float, "n": int}]}}  # see weakest_slices
+
+``group_table`` flattens the groups into a polars frame (one row a group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch.data.labels import RACES
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.metrics.attributes import (
+    _has,
+    calibration_columns,
+    expected_calibration_error,
+    wilson_interval,
+)
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
+
+MIN_RESAMPLES = 1000
+MAX_UNDEFINED_SHARE = 0.05  # a bootstrap interval is withheld when the statistic is undefined in more resamples
+_CHUNK_CELLS = 1 << 22  # resamples x rows drawn at once (bounds the memory of a large group's draws)
+_INPUTS = (
+    "true_gender",
+    "pred_gender",
+    "p_female",
+    "true_race",
+    "pred_race",
+    *RACE_PROB_COLUMNS,
+    "true_age",
+    "pred_age",
+)
+_RACE_NAMES = tuple(race.lower() for race in RACES)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    attribute: str  # gender, race or age
+    count: str  # the row column whose sum is its count (its denominator)
+    counts: str  # that count in words, for reasons: "true females"
+    better: str  # "higher", "lower" or "zero" (signed: the nearer 0 the better)
+    interval: str  # "wilson" or "bootstrap"
+
+
+def _metrics() -> tuple[Metric, ...]:
+    gender = [
+        Metric("gender_accuracy", "gender", "gender_known", "rows with gender known", "higher", "wilson"),
+        Metric("gender_recall_female", "gender", "female", "true females", "higher", "wilson"),
+        Metric("gender_recall_male", "gender", "male", "true males", "higher", "wilson"),
+        Metric("gender_fpr", "gender", "male", "true males", "lower", "wilson"),
+        Metric("gender_fnr", "gender", "female", "true females", "lower", "wilson"),
+        Metric("gender_ece", "gender", "gender_calibrated", "rows with P(female) known", "lower", "bootstrap"),
+    ]
+    race = [Metric("race_accuracy", "race", "race_known", "rows with race known", "higher", "wilson")]
+    race += [Metric(f"race_recall_{r}", "race", f"true_{r}", f"true {r}", "higher", "wilson") for r in _RACE_NAMES]
+    race += [
+        Metric(f"race_precision_{r}", "race", f"pred_{r}", f"predicted {r}", "higher", "wilson") for r in _RACE_NAMES
+    ]
+    race.append(Metric("race_ece", "race", "race_calibrated", "rows with race probabilities", "lower", "bootstrap"))
+    age = [
+        Metric("age_mae", "age", "age_known", "ages known", "lower", "bootstrap"),
+        Metric("age_bias", "age", "age_known", "ages known", "zero", "bootstrap"),
+        Metric("age_r2", "age", "age_known", "ages known", "higher", "bootstrap"),
+    ]
+    return tuple(gender + race + age)
+
+
+METRICS: tuple[Metric, ...] = _metrics()
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def _row_columns(age_centre: float) -> list[pl.Expr]:
+    """Per row, the quantities whose sums give every metric (0 where unknown): sums of a resample are the draw
+    counts times these, so one matrix product gives all metrics of all resamples."""
+    true_g, pred_g, true_r, pred_r = (pl.col(c) for c in ("true_gender", "pred_gender", "true_race", "pred_race"))
+    gender, race, age = _has("true_gender"), _has("true_race"), _has("true_age")
+    error = pl.col("pred_age").cast(pl.Float64) - pl.col("true_age").cast(pl.Float64)
+    centred = pl.col("true_age").cast(pl.Float64) - age_centre  # SS_tot from sums, with less cancellation
+    columns = {
+        "gender_known": gender,
+        "gender_hit": gender & (true_g == pred_g),
+        "female": gender & (true_g == 1),
+        "female_hit": gender & (true_g == 1) & (pred_g == 1),
+        "male": gender & (true_g == 0),
+        "male_hit": gender & (true_g == 0) & (pred_g == 0),
+        "race_known": race,
+        "race_hit": race & (true_r == pred_r),
+        "age_known": age,
+        "abs_error": pl.when(age).then(error.abs()),
+        "error": pl.when(age).then(error),
+        "error2": pl.when(age).then(error.pow(2)),
+        "age": pl.when(age).then(centred),
+        "age2": pl.when(age).then(centred.pow(2)),
+        "gender_calibrated": pl.col("gender_confidence").is_not_null(),
+        "race_calibrated": pl.col("race_confidence").is_not_null(),
+    }
+    for code, name in enumerate(_RACE_NAMES):
+        columns[f"true_{name}"] = race & (true_r == code)
+        columns[f"pred_{name}"] = race & (pred_r == code)
+        columns[f"hit_{name}"] = race & (true_r == code) & (pred_r == code)
+    return [expr.cast(pl.Float64).fill_null(0.0).alias(name) for name, expr in columns.items()]
+
+
+def _ratio(num, den):
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.full(np.broadcast_shapes(num.shape, den.shape), np.nan), where=den > 0)
+
+
+def _values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
+    """Every metric but ECE from the row-column sums (last axis): shape (K,) for a point, (B, K) for B resamples;
+    NaN where undefined."""
+
+    def s(name: str) -> np.ndarray:
+        return sums[..., column[name]]
+
+    n_age = s("age_known")
+    ss_tot = s("age2") - _ratio(s("age") ** 2, n_age)
+    defined = (n_age >= 2) & (ss_tot > 1e-9 * np.maximum(s("age2"), 1.0))  # equal ages: SS_tot is rounding noise
+    values = {
+        "gender_accuracy": _ratio(s("gender_hit"), s("gender_known")),
+        "gender_recall_female": _ratio(s("female_hit"), s("female")),
+        "gender_recall_male": _ratio(s("male_hit"), s("male")),
+        "gender_fpr": _ratio(s("male") - s("male_hit"), s("male")),
+        "gender_fnr": _ratio(s("female") - s("female_hit"), s("female")),
+        "race_accuracy": _ratio(s("race_hit"), s("race_known")),
+        "age_mae": _ratio(s("abs_error"), n_age),
+        "age_bias": _ratio(s("error"), n_age),
+        "age_r2": np.where(defined, 1 - _ratio(s("error2"), np.where(defined, ss_tot, 0.0)), np.nan),
+    }
+    for name in _RACE_NAMES:
+        values[f"race_recall_{name}"] = _ratio(s(f"hit_{name}"), s(f"true_{name}"))
+        values[f"race_precision_{name}"] = _ratio(s(f"hit_{name}"), s(f"pred_{name}"))
+    return values
+
+
+def _eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
+    """gender_ece and race_ece of one group, by ``expected_calibration_error``; with ``weights`` (B, n), of each
+    resample. NaN where no row is known."""
+    eces = {}
+    for attribute in ("gender", "race"):
+        confidence = group.get_column(f"{attribute}_confidence").to_numpy()
+        known = ~np.isnan(confidence.astype(np.float64))
+        correct = group.get_column(f"{attribute}_confident_correct").to_numpy()[known].astype(np.float64)
+        draws = None if weights is None else weights[:, known]
+        ece = expected_calibration_error(confidence[known], correct, bins, weights=draws)
+        empty = np.nan if weights is None else np.full(weights.shape[0], np.nan)
+        eces[f"{attribute}_ece"] = empty if ece is None else ece
+    return eces
+
+
+def _bootstrap(group: pl.DataFrame, rows: np.ndarray, column, rng, resamples: int, bins: int) -> dict:
+    """Each metric in ``resamples`` resamples of the group's rows (drawn with replacement, as index matrices
+    turned into counts per row, a chunk of resamples at a time): {metric: (resamples,) array, NaN undefined}."""
+    n = rows.shape[0]
+    step = max(1, _CHUNK_CELLS // n)
+    parts = []
+    for start in range(0, resamples, step):
+        size = min(step, resamples - start)
+        index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        counts = np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+        parts.append(_values(counts @ rows, column) | _eces(group, bins, counts))
+    return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
+
+
+def _percentile(draws: np.ndarray, level: float) -> tuple[float | None, float | None, str | None]:
+    defined = draws[np.isfinite(draws)]
+    undefined = draws.size - defined.size
+    if undefined > MAX_UNDEFINED_SHARE * draws.size:
+        return None, None, f"undefined in {undefined} of {draws.size} resamples"
+    low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high), None
+
+
+def _number(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _undefined(metric: Metric, n: int) -> str:
+    if n == 0:
+        return f"no {metric.counts}"
+    if metric.name == "age_r2":
+        return "R² needs 2 or more ages" if n < 2 else "all true ages are equal (SS_tot = 0)"
+    return f"undefined over {n} {metric.counts}"
+
+
+def _group_metrics(point: dict, counts: dict, draws: dict, level: float) -> dict[str, dict]:
+    """One group's metrics: value, count, interval (Wilson or bootstrap percentile) or the reason there is none."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    proportions = [m.name for m in METRICS if m.interval == "wilson"]
+    table = pl.DataFrame({"p": [_number(point[name]) for name in proportions], "n": [counts[n] for n in proportions]})
+    low, high = wilson_interval(pl.col("p"), pl.col("n"), z)
+    wilson = table.select(low.alias("low"), high.alias("high")).rows()
+    bounds = dict(zip(proportions, wilson, strict=True))
+    result = {}
+    for metric in METRICS:
+        n, value = counts[metric.name], _number(point[metric.name])
+        entry = {"value": value, "n": n, "low": None, "high": None, "interval": metric.interval, "reason": None}
+        if value is None:
+            entry["reason"] = _undefined(metric, n)
+        elif metric.interval == "wilson":
+            entry["low"], entry["high"] = bounds[metric.name]
+        elif n < 2:
+            entry["reason"] = f"no interval from {n} of {metric.counts}"
+        else:
+            entry["low"], entry["high"], entry["reason"] = _percentile(draws[metric.name], level)
+        result[metric.name] = entry
+    return result
+
+
+def _gap(metric: Metric, groups: list[dict], draws: list[dict], min_group: int, level: float) -> dict:
+    """Max - min and min / max of one metric over the groups with at least ``min_group`` in its count, with
+    percentile intervals of the same two groups' difference and ratio in each resample."""
+    left_out, eligible = [], []
+    for index, group in enumerate(groups):
+        entry = group["metrics"][metric.name]
+        if entry["n"] < min_group:
+            left_out.append({"group": group["group"], "n": entry["n"], "reason": f"fewer than {min_group}"})
+        elif entry["value"] is None:
+            left_out.append({"group": group["group"], "n": entry["n"], "reason": entry["reason"]})
+        else:
+            eligible.append(index)
+    gap = dict.fromkeys(("gap", "gap_low", "gap_high", "significant", "ratio", "ratio_low", "ratio_high"))
+    gap |= {"ratio_reason": None, "max_group": None, "max": None, "min_group": None, "min": None}
+    gap |= {"groups": len(eligible), "left_out": left_out, "reason": None}
+    if len(eligible) < 2:
+        gap["reason"] = f"fewer than 2 groups with at least {min_group} {metric.counts}"
+        gap["ratio_reason"] = gap["reason"]
+        return gap
+    values = np.array([groups[i]["metrics"][metric.name]["value"] for i in eligible])
+    # the first maximum and the last minimum: two different groups even when all values are equal
+    top, bottom = eligible[int(np.argmax(values))], eligible[len(values) - 1 - int(np.argmin(values[::-1]))]
+    high, low = groups[top]["metrics"][metric.name]["value"], groups[bottom]["metrics"][metric.name]["value"]
+    gap |= {"max_group": groups[top]["group"], "max": high, "min_group": groups[bottom]["group"], "min": low}
+    gap["gap"] = high - low
+    gap["gap_low"], gap["gap_high"], gap["reason"] = _percentile(
+        draws[top][metric.name] - draws[bottom][metric.name], level
+    )
+    gap["significant"] = None if gap["gap_low"] is None else gap["gap_low"] > 0
+    if metric.better == "zero" or low < 0:
+        gap["ratio_reason"] = "a ratio of signed values means nothing"
+    elif high <= 0:
+        gap["ratio_reason"] = "the largest value is 0"
+    else:
+        gap["ratio"] = low / high
+        ratios = _ratio(draws[bottom][metric.name], draws[top][metric.name])
+        gap["ratio_low"], gap["ratio_high"], gap["ratio_reason"] = _percentile(ratios, level)
+    return gap
+
+
+def _pessimistic(metric: Metric, entry: dict) -> float:
+    if metric.better == "higher":
+        return entry["low"]
+    if metric.better == "lower":
+        return entry["high"]
+    return max(entry["low"], entry["high"], key=abs)  # "zero": the bound farther from 0
+
+
+def weakest_slices(summary: dict, metrics: list[str] | None = None, k: int | None = None) -> dict[str, list[dict]]:
+    """Per metric (all of ``METRIC_NAMES`` by default), the groups of ``fairness_summary``'s output with at least
+    ``min_group`` in the metric's count, worst first by the interval's pessimistic bound: the lower bound where
+    higher is better (accuracies, recalls, precisions, R²), the upper where lower is (MAE, error rates, ECE), the
+    bound farther from 0 for bias. Groups without an interval are left out. ``k`` keeps the first k."""
+    ranked = {}
+    for name in metrics or METRIC_NAMES:
+        metric = _BY_NAME[name]
+        rows = []
+        for group in summary["groups"]:
+            entry = group["metrics"][name]
+            if entry["n"] >= summary["min_group"] and entry["low"] is not None:
+                bound = _pessimistic(metric, entry)
+                rows.append({"group": group["group"], "bound": bound, "value": entry["value"], "n": entry["n"]})
+        worst_first = {
+            "higher": lambda r: r["bound"],
+            "lower": lambda r: -r["bound"],
+            "zero": lambda r: -abs(r["bound"]),
+        }
+        ranked[name] = sorted(rows, key=worst_first[metric.better])[:k]
+    return ranked
+
+
+def _json_key(value):
+    if isinstance(value, str | bool | int) or value is None:
+        return value
+    if isinstance(value, float) and np.isfinite(value):
+        return value
+    return str(value)
+
+
+def _validate(frame: pl.DataFrame, by: str, min_group: int, resamples: int, level: float) -> None:
+    if by not in frame.columns:
+        raise FaceattrError(f"no column {by!r} to slice by; the columns are: {', '.join(frame.columns)}")
+    if resamples < MIN_RESAMPLES:
+        raise FaceattrError(f"resamples must be at least {MIN_RESAMPLES}, not {resamples}")
+    if min_group < 2:
+        raise FaceattrError(f"min_group must be at least 2, not {min_group}")
+    if not 0 < level < 1:
+        raise FaceattrError(f"level must be between 0 and 1 (0.95 for 95%), not {level}")
+
+
+def fairness_summary(
+    frame: pl.DataFrame,
+    by: str,
+    *,
+    min_group: int = 30,
+    resamples: int = MIN_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    bins: int = 15,
+) -> dict:
+    """The fairness summary of ``frame`` sliced by column ``by`` (the shape in the module docstring): per group,
+    every metric of ``METRICS`` with its interval; between the groups with at least ``min_group`` in a metric's
+    count, its gap and ratio with bootstrap intervals (``resamples`` resamples within each group, ``seed``);
+    the weakest slices. Gender's positive class is female: recall_female = TP / (TP + FN), fpr = FP / (FP + TN)
+    with FP a male called female. ``level``: the intervals' coverage; ``bins``: ECE's bins."""
+    _validate(frame, by, min_group, resamples, level)
+    frame = frame.with_columns(
+        pl.lit(None, dtype=PREDICTION_FIELDS[name]).alias(name) for name in _INPUTS if name not in frame.columns
+    )
+    frame = frame.with_columns(calibration_columns())
+    centre = frame.filter(_has("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
+    row_exprs = _row_columns(centre)
+    column = {expr.meta.output_name(): index for index, expr in enumerate(row_exprs)}
+    sliced = frame.filter(pl.col(by).is_not_null()).select(
+        by, *row_exprs, *(e.meta.output_name() for e in calibration_columns())
+    )
+    rng = np.random.default_rng(seed)
+    groups, draws = [], []
+    for part in sliced.sort(by, maintain_order=True).partition_by(by, maintain_order=True):
+        rows = part.select(list(column)).to_numpy().astype(np.float64)
+        point_sums = rows.sum(axis=0)
+        point = _values(point_sums, column) | _eces(part, bins)
+        counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
+        draws.append(_bootstrap(part, rows, column, rng, resamples, bins))
+        metrics = _group_metrics(point, counts, draws[-1], level)
+        groups.append({"group": _json_key(part.get_column(by)[0]), "n": part.height, "metrics": metrics})
+    summary = {
+        "by": by, "min_group": min_group, "resamples": resamples, "seed": seed, "level": level,
+        "positive_class": "female", "n": sliced.height, "n_unsliced": frame.height - sliced.height,
+        "metrics": {
+            m.name: {"attribute": m.attribute, "counts": m.counts, "better": m.better, "interval": m.interval}
+            for m in METRICS
+        },
+        "groups": groups,
+        "too_few": [{"group": g["group"], "n": g["n"]} for g in groups if g["n"] < min_group],
+        "gaps": {m.name: _gap(m, groups, draws, min_group, level) for m in METRICS},
+    }  # fmt: skip
+    summary["weakest"] = weakest_slices(summary)
+    return summary
+
+
+def group_table(summary: dict) -> pl.DataFrame:
+    """``fairness_summary``'s groups as one frame: ``group``, ``n``, and per metric ``<name>``, ``<name>_n``,
+    ``<name>_low``, ``<name>_high`` (null where undefined), in the summary's group order."""
+    rows = []
+    for group in summary["groups"]:
+        row = {"group": str(group["group"]), "n": group["n"]}
+        for name, entry in group["metrics"].items():
+            row |= {
+                name: entry["value"],
+                f"{name}_n": entry["n"],
+                f"{name}_low": entry["low"],
+                f"{name}_high": entry["high"],
+            }
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
