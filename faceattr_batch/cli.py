@@ -8,6 +8,7 @@ pipelines load torch (5 s on 2 cores), and ``--help`` stays at 0.15 s.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -272,10 +273,7 @@ def predict_command(
             "| RUN_DIR | .pt | .onnx.",
         ),
     ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option("--labels", show_default="from the file names", help="Index Parquet with the true labels."),
-    ] = None,
+    labels: Annotated[Path | None, opt.labels_option("from the file names")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
     resume: opt.Resume = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
@@ -318,13 +316,14 @@ def predict_command(
 def report_command(
     predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
     report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
+    labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
     from faceattr_batch.pipelines import report
 
-    html = report.build(predictions, report_dir)
-    show(summaries.report, html, json_data={"report": str(html)} if json_out else None)
+    result = report.build(predictions, report_dir, labels)
+    show(summaries.report, result, json_data=dataclasses.asdict(result) if json_out else None)
 
 
 @command("crop")

@@ -27,6 +27,16 @@ def threads_option(none_means: str) -> typer.models.OptionInfo:
     return typer.Option("--threads", min=1, show_default=none_means, help="Model threads on the CPU.")
 
 
+def labels_option(none_means: str) -> typer.models.OptionInfo:
+    """--labels (predict, report); ``none_means``: where the true labels come from without it."""
+    return typer.Option(
+        "--labels",
+        show_default=none_means,
+        help="Labels file: CSV, Parquet, JSON Lines, an index Parquet, CelebA list_attr_celeba.txt or a FairFace "
+        "labels CSV.",
+    )
+
+
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 Workers = Annotated[int, workers_option()]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]

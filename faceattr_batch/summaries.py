@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -207,6 +206,7 @@ def predict(result) -> None:
         f"model {model['name']} {model['version']} ({runtime}, {settings['device']}, "
         f"{decoding}, labels: {settings['labels']})"
     )
+    label_file(out, result.labels)
     if result.errors:
         table = Table(title="errors by reason", show_edge=False)
         table.add_column("reason")
@@ -251,8 +251,34 @@ def headline_metrics(metrics: dict) -> Table:
     return table
 
 
-def report(html: Path) -> None:
-    console().print(f"report: {html}")
+def label_file(out: Console, labels: dict | None, most: int = 5) -> None:
+    """A labels file's counts and first problems, in a few lines (nothing without a labels file)."""
+    if not labels:
+        return
+    out.print(
+        f"labels {labels['file']} ({labels['format']}, by {labels['key']}): {labels['matched_inputs']} images "
+        f"labelled, {labels['inputs_without_labels']} without a label; {labels['labels_not_in_inputs']} of "
+        f"{labels['rows']} rows name no input"
+    )
+    if "race_mapping" in labels:
+        mapped = ", ".join(f"{theirs} -> {ours}" for theirs, ours in labels["race_mapping"].items() if theirs != ours)
+        out.print(f"races mapped to ours: {mapped}")
+    total = labels["problem_count"]
+    if total:
+        out.print(Text.assemble((f"{total} values not read", "yellow"), " (their labels left empty):"))
+        where = "row" if labels["format"] in ("parquet", "index") else "line"  # a Parquet's rows have no lines
+        for problem in labels["problems"][:most]:
+            column = f", {problem['column']}" if problem["column"] else ""
+            out.print(f"  {where} {problem['line']}{column}: {problem['reason']}")
+        if total > most:
+            kept = len(labels["problems"])
+            out.print(f"  ... and {total - most} more (the first {kept} with --json and in metrics.json)")
+
+
+def report(result) -> None:
+    out = console()
+    label_file(out, result.labels)
+    out.print(f"report: {result.report}")
 
 
 def crop(summary: dict) -> None:

@@ -99,6 +99,7 @@ def _predict_result(output: Path) -> SimpleNamespace:
         processed=100,
         shards_skipped=0,
         report=None,
+        labels=None,
         images_per_second=18.2,
         to_dict=lambda: {"images": 21},
     )

@@ -198,7 +198,7 @@ def test_bad_options_fail_before_work(tmp_path, tiny_attr_model):
         _run([tmp_path / "in"], tmp_path / "out.csv", tiny_attr_model)
     with pytest.raises(FaceattrError, match="--runtime 'tf'"):
         _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, runtime="tf")
-    with pytest.raises(FaceattrError, match="not an index Parquet"):
+    with pytest.raises(FaceattrError, match="none.parquet: no such file"):
         _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, labels=tmp_path / "none.parquet")
 
 

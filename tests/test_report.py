@@ -28,7 +28,7 @@ def predictions(tmp_path_factory, tiny_attr_model):
 
 
 def test_report_files_and_embedded_images(predictions, tmp_path):
-    html_path = report.build(predictions, tmp_path / "rep")
+    html_path = report.build(predictions, tmp_path / "rep").report
     folder = html_path.parent
     assert {p.name for p in folder.iterdir()} >= {
         "report.html", "metrics.json", "breakdown.parquet", "confusion.png", "age_pred_vs_true.png",
@@ -92,7 +92,7 @@ def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
         pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.Int8).alias("true_gender"),
         pl.lit(None, pl.Int8).alias("true_race"),
     ).write_parquet(unlabelled)  # fmt: skip
-    page = report.build(unlabelled, tmp_path / "rep").read_text()
+    page = report.build(unlabelled, tmp_path / "rep").report.read_text()
     assert "No true labels" in page and "Predicted classes" in page
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["images"] == 41
     with pytest.raises(FaceattrError, match="no such predictions file"):

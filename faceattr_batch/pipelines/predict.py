@@ -30,7 +30,8 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.data.batches import Batch, iter_batches
 from faceattr_batch.data.decode import load_chip
-from faceattr_batch.data.inputs import display_path, index_paths, is_index_parquet, list_images
+from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images
+from faceattr_batch.data.label_files import MatchedLabels, attach_labels, load_labels
 from faceattr_batch.data.labels import parse_frame
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine
@@ -66,7 +67,7 @@ class PredictOptions:
     inputs: tuple[str, ...]
     output: Path
     model: str | None = None  # None = the shipped weights; a RUN_DIR, a .pt or an .onnx file
-    labels: Path | None = None  # an index Parquet; default: the index given as input, else UTKFace-style names
+    labels: Path | None = None  # a labels file (data.label_files); default: an index input, else UTKFace names
     device: str = "auto"
     batch_size: int = 256
     workers: int | None = None  # decode processes; None = chosen for the device (see split_cores)
@@ -99,6 +100,7 @@ class PredictResult:
     shards_skipped: int
     report: Path | None = None
     settings: dict = field(default_factory=dict)
+    labels: dict | None = None  # the labels file's counts and first problems (``data.label_files``); None: names
 
     @property
     def images_per_second(self) -> float:
@@ -114,10 +116,10 @@ def run(options: PredictOptions) -> PredictResult:
     _validate(options)
     faces = _face_options(options)
     paths = list_images(options.inputs)
+    label_source, truth, labels = _true_labels(options, paths)
     device = resolve_device(options.device)
     workers, threads = split_cores(device.type, options.workers, options.threads)
     runner = ModelRunner.load(options.model, device, options.runtime, threads)
-    label_source, truth = _true_labels(options, paths)
     # whole batches per shard, cut at the same places in a resumed run as in an uninterrupted one: the model then
     # sees identical batches and gives bit-identical values
     shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
@@ -127,7 +129,9 @@ def run(options: PredictOptions) -> PredictResult:
     processed, skipped = _write_output(options, paths, truth, runner, faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
-    summary = summarize(frame)
+    if labels is not None:  # the age bins and extra columns, which the Parquet does not hold, for the report
+        frame = attach_labels(frame, labels)
+    summary = summarize(frame, None if labels is None else labels.summary)
     report = None
     if options.report_dir is not None:
         report = write_report(frame, summary, Path(options.output), Path(options.report_dir))
@@ -154,8 +158,8 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--shard-size {options.shard_size}: must be >= 1")
     if not str(options.output).lower().endswith(".parquet"):
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
-    if options.labels is not None and not is_index_parquet(options.labels):
-        raise FaceattrError(f"--labels {options.labels}: not an index Parquet written by `faceattr-batch index`")
+    if options.labels is not None and not Path(options.labels).is_file():
+        raise FaceattrError(f"--labels {options.labels}: no such file")
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report")
@@ -223,35 +227,22 @@ def _write_output(options, paths, truth, runner, faces, fingerprint, settings) -
 # --- labels -----------------------------------------------------------------------------------------------
 
 
-def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.DataFrame]:
-    """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with ``paths``)."""
-    index = options.labels
-    if index is None and len(options.inputs) == 1 and is_index_parquet(options.inputs[0]):
-        index = Path(options.inputs[0])
-    if index is not None:
-        return f"index:{Path(index).resolve()}", labels_from_index(Path(index), paths)
-    return "names", labels_from_names(paths)
+def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.DataFrame, MatchedLabels | None]:
+    """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with ``paths``, the labels
+    file matched to them: None when the labels come from the names)."""
+    source = options.labels
+    if source is None and len(options.inputs) == 1 and is_index_parquet(options.inputs[0]):
+        source = Path(options.inputs[0])
+    if source is None:
+        return "names", labels_from_names(paths), None
+    labels = load_labels(source, paths)
+    return labels.source, labels.frame.select(LABEL_COLUMNS), labels
 
 
 def labels_from_names(paths: list[str]) -> pl.DataFrame:
     """True labels parsed from UTKFace-style file names (nulls where a name does not say)."""
     names = pl.DataFrame({"name": [os.path.basename(display_path(p)) for p in paths]}, schema={"name": pl.String})
     return _label_codes(parse_frame(names, "name"))
-
-
-def labels_from_index(index: Path, paths: list[str]) -> pl.DataFrame:
-    """True labels from an index Parquet, matched on the real path (symlinked folders match their target)."""
-    table = pl.read_parquet(index, columns=["path", "age", "gender", "race"])
-    keys = pl.Series("key", [os.path.realpath(p) for p in index_paths(index)], dtype=pl.String)
-    table = table.drop("path").with_columns(keys).unique("key", keep="first")
-    wanted = pl.DataFrame({"key": _real_paths(paths)}, schema={"key": pl.String})
-    return _label_codes(wanted.join(table, on="key", how="left", maintain_order="left"))
-
-
-def _real_paths(paths: list[str]) -> list[str]:
-    """realpath of each file's folder (cached: few folders, many files) joined with the file name."""
-    real_dir = functools.lru_cache(maxsize=4096)(os.path.realpath)
-    return [os.path.join(real_dir(os.path.dirname(p)), os.path.basename(p)) for p in paths]
 
 
 def _label_codes(frame: pl.DataFrame) -> pl.DataFrame:

@@ -2,20 +2,35 @@
 one self-contained report.html; ``reporting.folder``), without a model.
 
 `predict --report` writes the same folder right after predicting, from the frame it has read for its summary;
-this command rebuilds it later from the file alone.
+this command rebuilds it later from the file alone, or with the labels of a labels file (``--labels``:
+``data.label_files``, joined by path; they replace the Parquet's own and add their extra columns).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from faceattr_batch.data.label_files import attach_labels, load_labels
 from faceattr_batch.io.atomic import check_writable
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import read_predictions, summarize
 
 
-def build(predictions: Path | str, report_dir: Path | str) -> Path:
-    """Write the report of ``predictions`` into ``report_dir``; returns the path of ``report.html``."""
+@dataclass(frozen=True)
+class ReportResult:
+    report: Path  # report.html
+    labels: dict | None = None  # the labels file's counts and first problems; None without --labels
+
+
+def build(predictions: Path | str, report_dir: Path | str, labels: Path | str | None = None) -> ReportResult:
+    """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
+    ``report_dir``."""
     frame = read_predictions(predictions)
     check_writable(report_dir, "--report")
-    return write_report(frame, summarize(frame), Path(predictions), Path(report_dir))
+    matched = None
+    if labels is not None:
+        matched = load_labels(labels, frame["path"].unique(maintain_order=True).to_list())
+        frame = attach_labels(frame, matched)
+    summary = summarize(frame, None if matched is None else matched.summary)
+    return ReportResult(write_report(frame, summary, Path(predictions), Path(report_dir)), summary["labels"])

@@ -61,7 +61,7 @@ def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:
         "predictions": str(Path(predictions).resolve()),
         "tool_version": __version__,
         "models": models,
-        **{key: summary[key] for key in ("images", "predicted", "labelled", "errors")},
+        **{key: summary[key] for key in ("images", "predicted", "labelled", "errors", "labels")},
         "pred_gender_counts": _counts(frame["pred_gender_label"]),
         "pred_race_counts": _counts(frame["pred_race_label"]),
     }

@@ -69,7 +69,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     if not overall:
         parts.append(
             "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
-            "(<code>age_gender_race_datetime.jpg</code>) or <code>predict --labels index.parquet</code>.</p>"
+            "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
         )
         parts.append(_html_counts(summary))
         return "".join(parts) + "</body></html>"

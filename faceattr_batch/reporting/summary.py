@@ -44,9 +44,10 @@ def labelled_rows(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(pl.any_horizontal([pl.col(c).is_not_null() for c in LABEL_COLUMNS]))
 
 
-def summarize(frame: pl.DataFrame) -> dict:
-    """images (distinct paths), predicted (rows without error), labelled, errors by kind and the overall metrics
-    with their 95% intervals (None without labels; NaN and infinities as None)."""
+def summarize(frame: pl.DataFrame, labels: dict | None = None) -> dict:
+    """images (distinct paths), predicted (rows without error), labelled, errors by kind, the overall metrics
+    with their 95% intervals (None without labels; NaN and infinities as None) and ``labels``: a labels file's
+    counts and first problems (``data.label_files.MatchedLabels.summary``; None when the labels came without one)."""
     labelled = labelled_rows(frame)
     return {
         "images": frame["path"].n_unique(),
@@ -54,4 +55,5 @@ def summarize(frame: pl.DataFrame) -> dict:
         "labelled": labelled.height,
         "errors": error_counts(frame),
         "metrics": finite(metrics.overall(labelled, intervals=True)) if labelled.height else None,
+        "labels": labels,
     }

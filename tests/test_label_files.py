@@ -1,0 +1,308 @@
+"""data.label_files: every format read as it ships (fixtures written here; no dataset downloaded), the exact codes,
+the line and reason of each unreadable value, matching by path and by name, the counts, and --labels through
+`predict` and `report`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import polars as pl
+import pytest
+from conftest import make_faces
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.data.label_files import (
+    FAIRFACE_RACE_MAP,
+    PROBLEMS_KEPT,
+    attach_labels,
+    detect_format,
+    label_source,
+    load_labels,
+    match_labels,
+    read_label_file,
+)
+from faceattr_batch.errors import FaceattrError
+
+CODES = ["true_age", "true_gender", "true_race"]
+GENDER_REASON = "'x' is not one of male, female (or 0..1)"
+
+
+def _codes(frame: pl.DataFrame, key: str = "key") -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in frame.select(key, *CODES).iter_rows()}
+
+
+def _problems(table) -> list[tuple]:
+    return [tuple(row.values()) for row in table.problems.to_dicts()]
+
+
+def test_a_csv_with_string_labels_and_bad_rows(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        "path,Gender,RACE,age,skin_tone,note\n"  # 1
+        "a.jpg,Female,asian,34,3,\n"  # 2
+        "b.jpg,x,martian,abc,4,\n"  # 3
+        "\n"  # 4: a blank line is no row but still a line
+        "c.jpg, M ,0,-3,2.5,\n"  # 5
+        'e.jpg,f,Others,130,1,"two\nlines"\n'  # 6-7: a quoted field across two lines
+        "f.jpg,F,4,7.6,1,ok\n"  # 8
+        "g.jpg,1,White\n"  # 9: too few fields
+        "h.jpg,0,1,,,\n"  # 10: empty values are missing labels, not problems
+    )
+    table = read_label_file(path)
+    assert (table.format, table.key, table.rows) == ("csv", "path", 7)
+    assert _codes(table.frame) == {
+        "a.jpg": (34, 1, 2),
+        "b.jpg": (None, None, None),
+        "c.jpg": (None, 0, 0),
+        "e.jpg": (None, 1, 4),
+        "f.jpg": (8, 1, 4),  # 7.6 years rounded
+        "h.jpg": (None, 0, 1),
+    }
+    assert _problems(table) == [
+        (3, "age", "abc", "not a number of years (nor an age bin such as 20-29)"),
+        (3, "gender", "x", GENDER_REASON),
+        (3, "race", "martian", "'martian' is not one of White, Black, Asian, Indian, Others (or 0..4)"),
+        (5, "age", "-3", "negative age"),
+        (6, "age", "130", "age above 120"),
+        (9, None, None, "3 fields where the header has 6: row not read"),
+    ]
+    assert table.extras == ("skin_tone", "note")
+    assert table.frame.schema["skin_tone"] == pl.Float64 and table.frame.schema["true_gender"] == pl.Int8
+    assert table.frame.filter(pl.col("key") == "e.jpg")["note"].item() == "two\nlines"
+
+
+def test_parquet_labels_by_file_name_with_row_numbers(tmp_path):
+    path = tmp_path / "labels.parquet"
+    pl.DataFrame(
+        {
+            "file": ["a.jpg", "b.jpg", "c.jpg", "a.jpg"],
+            "gender": [0, 1, 2, 1],
+            "race": [1.0, None, 3.0, 0.0],  # floats, as pandas writes a column with a missing value
+            "age": [5.0, float("nan"), 121.0, 9.0],
+            "error": ["x", None, None, None],  # a predictions column's name: kept as label_error
+        }
+    ).write_parquet(path)
+    table = read_label_file(path)
+    assert (table.format, table.key, table.extras) == ("parquet", "file", ("label_error",))
+    assert _problems(table) == [
+        (3, "age", "121", "age above 120"),
+        (3, "gender", "2", "'2' is not one of male, female (or 0..1)"),
+    ]
+    matched = match_labels(table, ["/data/a.jpg", "/data/b.jpg", "/data/c.jpg"])
+    assert _codes(matched.frame, "path") == {
+        "/data/a.jpg": (5, 0, 1),  # the first row naming it
+        "/data/b.jpg": (None, 1, None),
+        "/data/c.jpg": (None, None, 3),
+    }
+    assert matched.summary["problems"][-1] == {
+        "line": 4, "column": "file", "value": "a.jpg", "reason": "names the same image as line 1 (that line is used)"
+    }  # fmt: skip
+
+
+def test_json_lines_with_bad_lines(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    rows = [
+        {"path": "a.jpg", "gender": 1, "race": "Black", "age": 30.0, "source": "web"},
+        None,  # a blank line
+        {"path": "b.jpg", "gender": "x", "age": "31", "source": "studio"},
+        [1, 2],
+        "{not json",
+        {"path": "sub/c.jpg", "gender": "male", "race": 4},
+    ]
+    path.write_text("\n".join("" if r is None else r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    table = read_label_file(path)
+    assert table.format == "jsonl" and table.rows == 5
+    assert _codes(table.frame) == {"a.jpg": (30, 1, 1), "b.jpg": (31, None, None), "sub/c.jpg": (None, 0, 4)}
+    problems = _problems(table)
+    assert problems[0] == (3, "gender", "x", GENDER_REASON)
+    assert [p[0] for p in problems[1:]] == [4, 5] and all(p[3].endswith("row not read") for p in problems[1:])
+    assert table.frame["source"].to_list() == ["web", "studio", None]
+
+
+CELEBA_NAMES = "5_o_Clock_Shadow Arched_Eyebrows Eyeglasses Male Pale_Skin Young".split()
+
+
+def test_celeba_attribute_file(tmp_path):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text(
+        "4\n"
+        + " ".join(CELEBA_NAMES)
+        + "\n"
+        + "000001.jpg -1  1 -1 -1  1  1\n"  # 3: female
+        + "000002.jpg -1 -1  1  1 -1  1\n"  # 4: male
+        + "000003.jpg  1  1  1  0 -1 -1\n"  # 5: Male 0 is neither
+        + "000004.jpg  1  1\n"  # 6: too few values
+    )
+    assert detect_format(path) == "celeba"
+    table = read_label_file(path)
+    assert (table.key, table.rows) == ("file", 4)
+    assert _codes(table.frame) == {
+        "000001.jpg": (None, 1, None),
+        "000002.jpg": (None, 0, None),
+        "000003.jpg": (None, None, None),
+    }
+    assert table.extras == tuple(n for n in CELEBA_NAMES if n != "Male")  # Male became the gender
+    assert table.frame.schema["Eyeglasses"] == pl.Boolean
+    assert table.frame["Eyeglasses"].to_list() == [False, True, True]
+    assert _problems(table) == [
+        (5, "Male", "0", "not 1 or -1"),
+        (6, None, "000004.jpg", "2 values where the header names 6: row not read"),
+    ]
+
+
+def test_fairface_labels_csv(tmp_path):
+    path = tmp_path / "fairface_label_val.csv"
+    path.write_text(
+        "file,age,gender,race,service_test\n"
+        "val/1.jpg,3-9,Male,East Asian,True\n"
+        "val/2.jpg,50-59,Female,Southeast Asian,False\n"
+        "val/3.jpg,more than 70,Female,Latino_Hispanic,True\n"
+        "val/4.jpg,20-29,Male,Middle Eastern,False\n"
+        "val/5.jpg,0-2,Female,Indian,False\n"
+        "val/6.jpg,20-29,Male,Martian,False\n"
+        "val/7.jpg,twenty,Male,White,False\n"
+    )
+    assert detect_format(path) == "fairface"
+    table = read_label_file(path)
+    frame = table.frame
+    assert frame["true_age"].null_count() == frame.height  # a bin is no age in years
+    assert frame.select("true_age_low", "true_age_high").rows() == [
+        (3, 9), (50, 59), (70, 120), (20, 29), (0, 2), (20, 29), (None, None)
+    ]  # fmt: skip
+    assert frame["true_race"].to_list() == [2, 2, 4, 4, 3, None, 0]
+    assert frame["true_gender"].to_list() == [0, 1, 1, 0, 1, 0, 0]
+    assert frame["fairface_race"].to_list()[:2] == ["East Asian", "Southeast Asian"]
+    assert frame.schema["service_test"] == pl.Boolean
+    assert [(p[0], p[1]) for p in _problems(table)] == [(7, "race"), (8, "age")]
+    matched = match_labels(table, ["/d/fairface/val/1.jpg", "/d/fairface/train/1.jpg"])
+    assert matched.summary["race_mapping"] == FAIRFACE_RACE_MAP and FAIRFACE_RACE_MAP["East Asian"] == "Asian"
+    assert matched.frame.select("true_age_low", "fairface_race").row(0) == (3, "East Asian")
+
+
+def test_matching_counts_paths_and_ambiguous_names(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    inputs = [str(tmp_path / "link" / "a.jpg"), "/d/train/1.jpg", "/d/val/1.jpg", "/d/x11.jpg", "/d/y.jpg"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,age\n{real / 'a.jpg'},1\ntrain/1.jpg,2\n./val/1.jpg,3\n1.jpg,4\nghost.jpg,5\n")
+    with pytest.raises(FaceattrError, match=r"1\.jpg \(line 5\): /d/train/1\.jpg, /d/val/1\.jpg; 1 in all"):
+        load_labels(labels, inputs)
+    labels.write_text(f"path,age\n{real / 'a.jpg'},1\ntrain/1.jpg,2\n./val/1.jpg,3\n11.jpg,4\nghost.jpg,5\n")
+    matched = load_labels(labels, inputs)
+    # an absolute path through a symlinked folder; relative paths at a folder boundary ("11.jpg" is not x11.jpg)
+    assert matched.frame["true_age"].to_list() == [1, 2, 3, None, None]
+    summary = matched.summary
+    assert (summary["matched_inputs"], summary["inputs_without_labels"], summary["labels_not_in_inputs"]) == (3, 2, 2)
+    assert summary["rows"] == 5 and summary["problem_count"] == 0
+
+
+def test_user_errors_are_one_line(tmp_path):
+    cases = {
+        "missing.csv": None,
+        "binary.bin": b"\x00\x01PK",
+        "nokey.csv": b"name,age\na,1\n",
+        "array.json": b'[{"path": "a.jpg"}]',
+        "empty.csv": b"\n\n",
+    }
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    expected = {
+        "missing.csv": "no such file",
+        "binary.bin": "not a labels file this tool reads",
+        "nokey.csv": r"no 'path' or 'file' column \(columns: name, age\)",
+        "array.json": "a JSON array; write JSON Lines",
+        "empty.csv": "an empty file",
+    }
+    for name, message in expected.items():
+        with pytest.raises(FaceattrError, match=message) as caught:
+            read_label_file(tmp_path / name)
+        assert "\n" not in str(caught.value)
+
+
+def test_problems_are_capped_with_their_total_and_the_source_follows_the_content(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("file,gender\n" + "".join(f"{i}.jpg,x\n" for i in range(30)))
+    summary = load_labels(path, ["/d/0.jpg"]).summary
+    assert summary["problem_count"] == 30 and len(summary["problems"]) == PROBLEMS_KEPT
+    assert [p["line"] for p in summary["problems"]] == list(range(2, 2 + PROBLEMS_KEPT))
+    first = label_source(read_label_file(path))
+    assert first == label_source(read_label_file(path)) and first.startswith(f"csv:{path.resolve()} sha256:")
+    path.write_text("file,gender\n0.jpg,f\n")
+    assert label_source(read_label_file(path)) != first
+
+
+def test_attach_labels_replaces_codes_adds_extras_and_skips_group_photos(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("file,gender,race,age,source\nsolo.jpg,female,Black,40,web\ngroup.jpg,male,White,30,studio\n")
+    predictions = pl.DataFrame(
+        {"path": ["/p/solo.jpg", "/p/group.jpg", "/p/group.jpg", "/p/other.jpg"], "pred_age": [1.0, 2.0, 3.0, 4.0]}
+    ).with_columns(pl.lit(5, pl.Int16).alias("true_age"), pl.lit(0, pl.Int8).alias("true_gender"),
+                   pl.lit(0, pl.Int8).alias("true_race"), pl.lit("male").alias("true_gender_label"))  # fmt: skip
+    matched = load_labels(path, predictions["path"].unique(maintain_order=True).to_list())
+    joined = attach_labels(predictions, matched)
+    assert joined.columns[: predictions.width] == predictions.columns
+    assert _codes(joined.unique("path", maintain_order=True), "path") == {
+        "/p/solo.jpg": (40, 1, 1),
+        "/p/group.jpg": (None, None, None),  # two faces: a label describes one person
+        "/p/other.jpg": (None, None, None),  # the file wins: no row, no label
+    }
+    assert joined["true_gender_label"].to_list() == ["female", None, None, None]
+    assert joined["source"].to_list() == ["web", "studio", "studio", None]
+
+
+# --- through the CLI -------------------------------------------------------------------------------------------
+
+
+def test_predict_and_report_with_a_labels_csv(tmp_path, tiny_attr_model):
+    runner = CliRunner()
+    names = [p.name for p in make_faces(tmp_path / "in", 6)]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "file,gender,race,age,source\n"
+        f"{names[0]},female,Black,41,web\n"
+        f"{names[1]},m,asian,12,studio\n"
+        f"{names[2]},x,White,30,web\n"  # line 4
+        f"{names[3]},1,4,abc,web\n"  # line 5
+        f"{names[4]},0,0,-3,studio\n"  # line 6
+        "ghost.jpg,f,1,20,web\n"  # no such input
+    )
+    out = tmp_path / "out.parquet"
+    args = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--workers", "0"]
+    args += ["--runtime", "torch", "--faces", "chips", "--labels", str(labels)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    written = pl.read_parquet(out).with_columns(pl.col("path").str.split("/").list.last())
+    assert _codes(written, "path") == {
+        names[0]: (41, 1, 1),
+        names[1]: (12, 0, 2),
+        names[2]: (30, None, 0),
+        names[3]: (None, 1, 4),
+        names[4]: (None, 0, 0),
+        names[5]: (None, None, None),  # its name's labels are not used: the file wins
+    }
+    assert written.filter(pl.col("path") == names[0])["true_race_label"].item() == "Black"
+    found = summary["labels"]
+    assert [(p["line"], p["column"]) for p in found["problems"]] == [(4, "gender"), (5, "age"), (6, "age")]
+    assert (found["matched_inputs"], found["inputs_without_labels"], found["labels_not_in_inputs"]) == (5, 1, 1)
+    assert summary["labelled"] == 5 and summary["settings"]["labels"].startswith("csv:")
+    shown = runner.invoke(app, [*args, "-o", str(tmp_path / "again.parquet")])
+    assert "3 values not read" in shown.stdout and f"line 4, gender: {GENDER_REASON}" in shown.stdout
+
+    fairface = tmp_path / "fairface_label_val.csv"
+    fairface.write_text(
+        "file,age,gender,race,service_test\n"
+        + "".join(f"in/{name},20-29,Female,Southeast Asian,True\n" for name in names[:4])
+        + f"in/{names[4]},3-9,Male,Martian,False\n"
+    )
+    report = runner.invoke(app, ["report", str(out), "--report", str(tmp_path / "rep"), "--labels", str(fairface)])
+    assert report.exit_code == 0, report.output
+    assert "1 values not read" in report.stdout and "Southeast Asian -> Asian" in report.stdout
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["labels"]["format"] == "fairface" and saved["labels"]["race_mapping"] == FAIRFACE_RACE_MAP
+    assert saved["labels"]["problems"][0]["line"] == 6 and saved["labelled"] == 5
+    assert saved["overall"]["n_race"] == 4 and saved["overall"]["n_age"] == 0  # bins are not years
