@@ -5,10 +5,10 @@
 
 Per model: decode + resize only at its input size (``batches.iter_batches`` + ``decode.load_chip``, predict's
 worker count); the model alone on pre-decoded uint8 batches, in the runtime predict picks (onnxruntime on the CPU,
-its int8 graph where one sits beside the model); ``faceattr-batch predict`` as a whole process (start-up
-included); the ideal 1 / (1/decode + 1/model) (decode and model share the cores). A table then gives each
-model's figures, predict / ideal (goal >= 0.8) and its whole-process speed over the first model's. For the first
-model also: torch beside onnxruntime, a naive per-image loop (``--naive`` images), ``--splits`` (other
+its int8 graph where one sits beside the model; then its fp32 export too); ``faceattr-batch predict`` as a whole
+process (start-up included); the ideal 1 / (1/decode + 1/model) (decode and model share the cores). A table
+then gives each model's figures, predict / ideal (goal >= 0.8) and its whole-process speed over the first model's.
+For the first model also: torch beside onnxruntime, a naive per-image loop (``--naive`` images), ``--splits`` (other
 worker/thread splits) and ``--memory`` (peak RSS at 10k and 100k images, the folder repeated via symlinks;
 goal 100k <= 1.2 x 10k). ``--models`` takes what ``predict --model`` takes. Inputs are symlinked into a
 temporary folder (outside the repository) to take a subset.
@@ -33,6 +33,7 @@ from PIL import Image
 from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.inputs import list_images
+from faceattr_batch.models.export import export_onnx
 from faceattr_batch.models.registry import resolve_attr_source
 from faceattr_batch.models.runtime import ModelRunner, split_cores
 
@@ -103,7 +104,8 @@ def run_predict(folder: Path, out: Path, model: Path, extra: list[str]) -> dict:
 
 def bench_one(name: str, paths: list[str], args, workers: int, threads: int, tmp: Path, decoded: dict) -> dict:
     """One model: the decode ceiling at its input size, the model alone on pre-decoded batches (the runtime predict
-    picks: onnxruntime, int8 where an int8 export sits beside the model), and ``predict`` as a whole process."""
+    picks: onnxruntime, int8 where an int8 export sits beside the model; then its fp32 export too), and ``predict``
+    as a whole process."""
     model_path = resolve_attr_source(name)
     runner = ModelRunner.load(str(model_path), torch.device("cpu"), "auto", threads)
     size = runner.input_size
@@ -113,6 +115,10 @@ def bench_one(name: str, paths: list[str], args, workers: int, threads: int, tmp
     sample = [load_chip(p, size) for p in paths[: args.model_images]]
     batches = [np.stack(sample[i : i + args.batch_size]) for i in range(0, len(sample), args.batch_size)]
     model_speed = bench_model(runner, batches)
+    fp32_speed = model_speed
+    if quantized == "int8":  # the same model's fp32 graph beside it, exported here
+        fp32_path = export_onnx(str(model_path), tmp / f"{model_path.stem}-fp32.onnx")["path"]
+        fp32_speed = bench_model(ModelRunner.load(str(fp32_path), torch.device("cpu"), "auto", threads), batches)
     folder = tmp / "inputs"
     if not folder.exists():
         link_folder(folder, paths, len(paths))
@@ -124,6 +130,7 @@ def bench_one(name: str, paths: list[str], args, workers: int, threads: int, tmp
         "runtime": f"{runner.runtime} {quantized}" if runner.runtime == "onnxruntime" else runner.runtime,
         "decode": decoded[size],
         "model_alone": model_speed,
+        "model_fp32": fp32_speed,
         "ideal": 1 / (1 / decoded[size] + 1 / model_speed),
         "predict": len(paths) / whole["wall"],
         "predict_own_timer": whole["summary"]["images_per_second"],
@@ -161,18 +168,19 @@ def main() -> None:
             row = rows[-1]
             print(
                 f"{row['model']} ({row['input']} px, {row['runtime']}): decode {row['decode']:.0f}, model alone "
-                f"{row['model_alone']:.0f}, ideal {row['ideal']:.0f}, predict whole process {row['predict']:.1f} "
+                f"{row['model_alone']:.0f} (fp32 {row['model_fp32']:.0f}), ideal {row['ideal']:.0f}, "
+                f"predict whole process {row['predict']:.1f} "
                 f"images/s ({row['wall_s']:.1f} s incl. start-up; own timer {row['predict_own_timer']:.0f})",
                 flush=True,
             )
         first = rows[0]
-        print(f"\n{'model':<24}{'input':>6} {'runtime':<18}{'decode':>8}{'model':>8}{'predict':>9}"
+        print(f"\n{'model':<24}{'input':>6} {'runtime':<18}{'decode':>8}{'model':>8}{'fp32':>8}{'predict':>9}"
               f"{'predict/ideal':>15}{'x ' + first['model']:>14}")  # fmt: skip
         for row in rows:
             versus_ideal, versus_first = row["predict"] / row["ideal"], row["predict"] / first["predict"]
             print(
                 f"{row['model']:<24}{row['input']:>6} {row['runtime']:<18}{row['decode']:>8.0f}"
-                f"{row['model_alone']:>8.0f}{row['predict']:>9.1f}{versus_ideal:>15.2f}{versus_first:>14.2f}"
+                f"{row['model_alone']:>8.0f}{row['model_fp32']:>8.0f}{row['predict']:>9.1f}{versus_ideal:>15.2f}{versus_first:>14.2f}"
             )
 
         runner, size = first["runner"], first["input"]
