@@ -65,8 +65,9 @@ def test_intervals_overall_and_per_slice():
     low, high = m["gender_accuracy_low"], m["gender_accuracy_high"]
     assert low < 0.6 < high and (low, high) == pytest.approx((0.2307, 0.8824), abs=1e-4)  # Wilson 3/5
     sd = pl.Series([2.0, 0.0, 12.0, 1.0, 20.0]).std()
-    half = metrics.Z95 * sd / math.sqrt(5)
-    assert (m["age_mae_low"], m["age_mae_high"]) == pytest.approx((max(0.0, 7 - half), 7 + half))
+    half = 2.776445 * sd / math.sqrt(5)  # Student's t, 4 degrees of freedom, 97.5% (t_quantile: within 0.03%)
+    assert (m["age_mae_low"], m["age_mae_high"]) == pytest.approx((max(0.0, 7 - half), 7 + half), rel=1e-3)
+    assert m["age_mae_interval"] is None
     table = metrics.breakdown(FRAME, metrics.SLICE_BY, intervals=True)
     assert table.height == 5  # the row without true gender/age is not in any slice
     white_female = table.filter((pl.col("race") == "White") & (pl.col("gender") == "female")).sort("age_band")
@@ -110,3 +111,23 @@ def test_calibration_and_interval_coverage():
     assert ece == pytest.approx((abs(0.6 - 1) + abs(0.8 - 0) + 2 * abs(0.9 - 1) + abs(0.95 - 0)) / 5)
     # true ages 20 in [18,26], 30 in [25,35], 40 not in [45,60], 5 in [1,9], 70 not in [40,60]
     assert metrics.age_interval_coverage(FRAME) == pytest.approx(3 / 5)
+
+
+def test_t_quantile_matches_the_tables():
+    # Student's t, 97.5% (two-sided 95%), from the printed tables; exact at 1 and 2 degrees of freedom
+    table = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 10: 2.2281, 30: 2.0423, 1000: 1.9623}
+    found = metrics.t_quantile(0.975, list(table))
+    assert found == pytest.approx(list(table.values()), rel=1.5e-3)
+    assert found[:2] == pytest.approx([12.7062047, 4.3026527], rel=1e-7)
+
+
+def test_small_slices_get_a_t_interval_or_none_and_no_macro_f1_inside_a_race():
+    by_race = metrics.breakdown(FRAME, ["race"], intervals=True)
+    assert "race_macro_f1" not in by_race.columns and "gender_f1" in by_race.columns
+    assert "gender_f1" not in metrics.breakdown(FRAME, ["gender"]).columns
+    white, black = (by_race.filter(pl.col("race") == race).row(0, named=True) for race in ("White", "Black"))
+    # White: age errors 2 and 0 -> MAE 1, sd sqrt(2): t(1) 12.71 * sqrt(2) / sqrt(2), not the normal 1.96
+    assert (white["age_mae_low"], white["age_mae_high"]) == pytest.approx((0.0, 1 + 12.7062047), rel=1e-6)
+    assert white["age_mae_interval"] is None
+    assert black["n_age"] == 1 and black["age_mae_low"] is None and black["age_mae_high"] is None
+    assert black["age_mae_interval"] == "not computed (n = 1)"
