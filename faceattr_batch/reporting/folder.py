@@ -1,8 +1,15 @@
 """The report folder: metrics.json, breakdown.parquet, PNG plots and one self-contained report.html, from a
-predictions frame read once (``summary.read_predictions``) and its summary (``summary.summarize``)."""
+predictions frame read once (``summary.read_predictions``) and its summary (``summary.summarize``).
+
+Slicing attributes: race, gender and age band (``metrics.SLICE_BY``) and the frame's own columns named by
+``slice_by`` (``metrics.slicing``: ``source``, ``brightness:4``). Each gets a table alone (``by_<attribute>``), a
+fairness summary (``fairness``: gaps between its groups, ``metrics.fairness``) and per-group confusion matrices; each
+extra one is also crossed with race × gender × age band (``slices``, and its rows in breakdown.parquet).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -11,29 +18,55 @@ from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing, write_json
 from faceattr_batch.metrics import attributes as metrics
+from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.reporting import figures, page
 from faceattr_batch.reporting.summary import labelled_rows
+from faceattr_batch.schema import OUTPUT_COLUMNS
 
 WORST_K = 12
 # a worst error's fields in metrics.json, then its labels by name
 WORST_FIELDS = ("path", "true_age", "pred_age", "age_low", "age_high", "abs_age_error", "confidence")
+WEAKEST_K = 5
+WEAKEST_METRICS = ("age_mae", "gender_accuracy", "race_accuracy")
+CROSS = " · "  # between the labels of a race × gender × age band slice's name
 
 
-def write_report(frame: pl.DataFrame, summary: dict, predictions: Path, report_dir: Path) -> Path:
-    """Write the report files into ``report_dir``; returns the path of ``report.html``."""
+def write_report(
+    frame: pl.DataFrame,
+    summary: dict,
+    predictions: Path,
+    report_dir: Path,
+    *,
+    slice_by: Sequence[str] = (),
+    min_group: int = 30,
+) -> Path:
+    """Write the report files into ``report_dir``; returns the path of ``report.html``. ``slice_by``: columns of
+    ``frame`` to slice by besides race, gender and age band (``name`` or ``name:k`` for k quantile bins);
+    ``min_group``: the fewest images of a group compared in the fairness summary and ranked among the weakest."""
+    if min_group < 2:
+        raise FaceattrError(f"--min-group must be at least 2, not {min_group}")
+    own_columns = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
+    labelled, extra = slicing.slice_frame(labelled_rows(frame), slice_by, known=own_columns)
     report_dir = Path(report_dir)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FaceattrError(f"cannot create {report_dir}: {err.strerror or err}") from None
-    labelled = labelled_rows(frame)
     contents = _headline(frame, summary, predictions)
+    attributes = [*metrics.SLICE_BY, *(spec.name for spec in extra)]
+    contents["slice_by"] = [
+        {"attribute": key, "column": metrics.SLICE_COLUMNS.get(key, key), "bins": None} for key in metrics.SLICE_BY
+    ] + [{"attribute": spec.name, "column": spec.name, "bins": spec.bins} for spec in extra]
+    contents["min_group"] = min_group
     plots: dict[str, Path] = {}
     sections: dict = {}
     if labelled.height:
-        breakdown = metrics.breakdown(labelled, metrics.SLICE_BY, intervals=True)
-        breakdown.write_parquet(report_dir / "breakdown.parquet")
-        by = {key: metrics.breakdown(labelled, [key], intervals=True) for key in metrics.SLICE_BY}
+        crossed = {
+            ",".join(by): metrics.breakdown(labelled, by, intervals=True)
+            for by in [metrics.SLICE_BY, *([spec.name, *metrics.SLICE_BY] for spec in extra)]
+        }
+        breakdown_rows(crossed).write_parquet(report_dir / "breakdown.parquet")
+        by = {key: metrics.breakdown(labelled, [key], intervals=True) for key in attributes}
         worst = metrics.worst_errors(labelled, WORST_K)
         contents |= {
             "overall": summary["metrics"],
@@ -44,15 +77,63 @@ def write_report(frame: pl.DataFrame, summary: dict, predictions: Path, report_d
                 "age_interval_coverage_80": metrics.age_interval_coverage(labelled),
             },
             **{f"by_{key}": table.to_dicts() for key, table in by.items()},
+            "slices": {key: table.to_dicts() for key, table in crossed.items()},
+            **fairness_contents(labelled, attributes, min_group),
             "worst": {key: worst_rows(table) for key, table in worst.items()},
         }
         plots = figures.draw(labelled, contents, by, metrics.calibration(labelled), report_dir)
-        sections = {"breakdown": breakdown, "by": by, "worst": worst}
+        sections = {"crossed": crossed, "worst": worst}
     write_json(report_dir / "metrics.json", contents)  # ratios over zero cases (NaN, inf) become null
     target = report_dir / "report.html"
     with replacing(target) as tmp:
         tmp.write_text(page.render(contents, plots, sections), encoding="utf-8")
     return target
+
+
+def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """breakdown.parquet: the crossed tables one under the other, ``slices`` naming each row's table
+    (``race,gender,age_band``; ``source,race,gender,age_band``), an attribute's column null where not crossed."""
+    keys = list(dict.fromkeys(key for name in crossed for key in name.split(",")))
+    tables = [table.with_columns(pl.lit(name).alias("slices")) for name, table in crossed.items()]
+    table = pl.concat(tables, how="diagonal_relaxed")
+    return table.select("slices", *keys, pl.exclude("slices", *keys))
+
+
+def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: int) -> dict:
+    """metrics.json's ``fairness`` (attribute -> ``fairness.fairness_summary``), ``weakest`` (the race × gender ×
+    age band slices ranked by the pessimistic bound, ``WEAKEST_METRICS``) and ``group_confusion``."""
+    columns = {key: metrics.SLICE_COLUMNS.get(key, key) for key in attributes}
+    summaries = {key: fairness.fairness_summary(labelled, col, min_group=min_group) for key, col in columns.items()}
+    name = pl.concat_str([pl.col(c).cast(pl.String) for c in metrics.SLICE_COLUMNS.values()], separator=CROSS)
+    cells = fairness.fairness_summary(labelled.with_columns(name.alias("_slice")), "_slice", min_group=min_group)
+    ranked = fairness.weakest_slices(cells, list(WEAKEST_METRICS), k=WEAKEST_K)
+    by_group = {group["group"]: group["metrics"] for group in cells["groups"]}
+    weakest = {
+        "slices": len(cells["groups"]),
+        "min_group": min_group,
+        "ranked": sum(group["n"] >= min_group for group in cells["groups"]),
+        "too_few": len(cells["too_few"]),
+        "largest": max((group["n"] for group in cells["groups"]), default=0),
+        "metrics": {
+            metric: [row | {k: by_group[row["group"]][metric][k] for k in ("low", "high")} for row in rows]
+            for metric, rows in ranked.items()
+        },
+    }
+    confusion = {}
+    for key, column in columns.items():
+        sliced = labelled.filter(pl.col(column).is_not_null()).sort(column, maintain_order=True)
+        confusion[key] = [
+            {
+                "group": summary["group"],
+                "n": part.height,
+                "gender": metrics.confusion_matrix(part, "gender"),
+                "race": metrics.confusion_matrix(part, "race"),
+            }
+            for summary, part in zip(
+                summaries[key]["groups"], sliced.partition_by(column, maintain_order=True), strict=True
+            )
+        ]
+    return {"fairness": summaries, "weakest": weakest, "group_confusion": confusion}
 
 
 def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:

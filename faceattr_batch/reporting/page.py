@@ -1,13 +1,12 @@
-"""The report's one self-contained HTML page: cards, metrics, the plots and worst-error thumbnails embedded as
-base64 (the thumbnails made now from the user's own image files; a detected face shows the square around its
-box; an image that has moved since is shown as missing)."""
+"""The report's one self-contained HTML page: cards, the fairness summary (``fairness_page``), metrics, the plots
+and worst-error thumbnails embedded as base64 (the thumbnails made now from the user's own image files; a detected
+face shows the square around its box; an image that has moved since is shown as missing), sortable slice tables."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
-import math
 import os
 from pathlib import Path
 
@@ -17,9 +16,10 @@ from PIL import Image
 from faceattr_batch import __version__
 from faceattr_batch.data.decode import DecodeError, read_rgb
 from faceattr_batch.faces.load import FRAMING_ALIGNED
+from faceattr_batch.reporting import fairness_page, html_table
+from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
-MIN_SLICE = 20  # slices smaller than this are listed but not ranked among the weakest
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -44,7 +44,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     models = ", ".join(f"{m['model_name']} {m['model_version']}" for m in summary["models"] if m["model_name"])
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>faceattr-batch report</title>",
-        f"<style>{CSS}</style></head><body>",
+        f"<style>{CSS}{html_table.CSS}{fairness_page.CSS}</style></head><body>",
         "<h1>faceattr-batch predictions report</h1>",
         f"<p class='muted'>{esc(summary['predictions'])}<br>model: {esc(models or '-')} · "
         f"faceattr-batch {esc(__version__)}</p>",
@@ -56,9 +56,9 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     overall = summary.get("overall")
     if overall:
         parts += [
-            _card("gender accuracy", _pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
-            _card("race accuracy", _pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
-            _card("age MAE", _num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
+            _card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
+            _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
+            _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
         ]
     parts.append("</div>")
     if summary["errors"]:
@@ -73,6 +73,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         )
         parts.append(_html_counts(summary))
         return "".join(parts) + "</body></html>"
+    parts.append(fairness_page.summary_html(summary))
     parts.append(_html_metrics(summary))
     for name, title in (
         ("confusion", "Confusion matrices"),
@@ -84,33 +85,22 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         if name in plots:
             data = base64.b64encode(plots[name].read_bytes()).decode()
             parts.append(f"<h2>{title}</h2><img class='plot' alt='{name}' src='data:image/png;base64,{data}'>")
-    parts.append(_html_weakest(sections["breakdown"]))
+    parts.append(fairness_page.weakest_html(summary["weakest"]))
+    parts.append(fairness_page.groups_html(summary))
     parts.append(_html_worst(sections["worst"]))
-    parts.append(_html_slices(sections["breakdown"]))
-    return "".join(parts) + "</body></html>"
+    parts.append(_html_slices(sections["crossed"]))
+    return "".join(parts) + html_table.SORT_SCRIPT + "</body></html>"
 
 
 def _card(title: str, value, note: str = "") -> str:
     return f"<div class='card'><span class='muted'>{html.escape(title)}</span><b>{value}</b>{note}</div>"
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _pct(value) -> str:
-    return "-" if _missing(value) else f"{100 * value:.1f}%"
-
-
-def _num(value, unit: str = "") -> str:
-    return "-" if _missing(value) else f"{value:.2f}{unit}"
-
-
 def _ci(row: dict, key: str, percent: bool) -> str:
     low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
     if low is None or high is None:
         return ""
-    show = _pct if percent else _num
+    show = pct if percent else num
     return f"<span class='muted'>95% CI {show(low)} – {show(high)}</span>"
 
 
@@ -127,18 +117,18 @@ def _html_metrics(summary: dict) -> str:
     o = summary["overall"]
     cal = summary["calibration"]
     gender = (
-        f"precision (female) {_pct(o['gender_precision'])}, recall {_pct(o['gender_recall'])}, "
-        f"F1 {_pct(o['gender_f1'])}; ECE {_num(cal['gender_ece'])}"
+        f"precision (female) {pct(o['gender_precision'])}, recall {pct(o['gender_recall'])}, "
+        f"F1 {pct(o['gender_f1'])}; ECE {num(cal['gender_ece'])}"
     )
-    race = f"macro-F1 {_pct(o['race_macro_f1'])}; ECE {_num(cal['race_ece'])}"
+    race = f"macro-F1 {pct(o['race_macro_f1'])}; ECE {num(cal['race_ece'])}"
     age = (
-        f"RMSE {_num(o['age_rmse'], ' y')}, CS@5 {_pct(o['age_cs5'])}, gross (&gt;10 y) {_pct(o['age_gross_rate'])}, "
-        f"bias {_num(o['age_bias'], ' y')}, 80% interval covers {_pct(cal['age_interval_coverage_80'])}"
+        f"RMSE {num(o['age_rmse'], ' y')}, CS@5 {pct(o['age_cs5'])}, gross (&gt;10 y) {pct(o['age_gross_rate'])}, "
+        f"bias {num(o['age_bias'], ' y')}, 80% interval covers {pct(cal['age_interval_coverage_80'])}"
     )
     rows = [
-        ("gender", o["n_gender"], f"accuracy {_pct(o['gender_accuracy'])}", gender),
-        ("race", o["n_race"], f"accuracy {_pct(o['race_accuracy'])}", race),
-        ("age", o["n_age"], f"MAE {_num(o['age_mae'], ' y')}", age),
+        ("gender", o["n_gender"], f"accuracy {pct(o['gender_accuracy'])}", gender),
+        ("race", o["n_race"], f"accuracy {pct(o['race_accuracy'])}", race),
+        ("age", o["n_age"], f"MAE {num(o['age_mae'], ' y')}", age),
     ]
     body = "".join(
         f"<tr><td class='l'>{a}</td><td>{n}</td><td>{h}</td><td class='l'>{m}</td></tr>" for a, n, h, m in rows
@@ -147,30 +137,6 @@ def _html_metrics(summary: dict) -> str:
         "<h2>Metrics</h2><table><tr><th class='l'>attribute</th><th>n</th><th>headline</th>"
         f"<th class='l'>more</th></tr>{body}</table>"
     )
-
-
-def _html_weakest(breakdown: pl.DataFrame) -> str:
-    big, note = breakdown.filter(pl.col("n") >= MIN_SLICE), f"n ≥ {MIN_SLICE}"
-    if big.is_empty():
-        big, note = breakdown, f"every slice is under {MIN_SLICE} images: wide intervals"
-    lists = [
-        ("highest age MAE", big.sort("age_mae", descending=True, nulls_last=True).head(5), "age_mae", False),
-        ("lowest gender accuracy", big.sort("gender_accuracy", nulls_last=True).head(5), "gender_accuracy", True),
-        ("lowest race accuracy", big.sort("race_accuracy", nulls_last=True).head(5), "race_accuracy", True),
-    ]
-    html_lists = []
-    for title, rows, key, percent in lists:
-        show = _pct if percent else _num
-        items = "".join(
-            f"<tr><td class='l'>{r['race']} · {r['gender']} · {r['age_band']}</td><td>{r['n']}</td>"
-            f"<td>{show(r[key])}</td><td class='muted'>{show(r[f'{key}_low'])} – {show(r[f'{key}_high'])}</td></tr>"
-            for r in rows.to_dicts()
-        )
-        html_lists.append(
-            f"<div><b>{title}</b><table><tr><th class='l'>slice</th><th>n</th><th>value</th><th>95% CI</th></tr>"
-            f"{items}</table></div>"
-        )
-    return f"<h2>Weakest slices (race × gender × age band; {note})</h2><div class='cards'>{''.join(html_lists)}</div>"
 
 
 def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
@@ -222,23 +188,28 @@ def _thumbnail(row: dict) -> str:
     return f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
-def _html_slices(breakdown: pl.DataFrame) -> str:
-    header = (
-        "<tr><th class='l'>race</th><th class='l'>gender</th><th class='l'>age band</th><th>n</th>"
-        "<th>gender acc</th><th>95% CI</th><th>race acc</th><th>95% CI</th><th>age MAE</th><th>95% CI</th></tr>"
-    )
-    rows = []
-    for r in breakdown.to_dicts():  # Enum slices: in vocabulary order
-        rows.append(
-            f"<tr><td class='l'>{r['race']}</td><td class='l'>{r['gender']}</td><td class='l'>{r['age_band']}</td>"
-            f"<td>{r['n']}</td><td>{_pct(r['gender_accuracy'])}</td>"
-            f"<td class='muted'>{_pct(r['gender_accuracy_low'])} – {_pct(r['gender_accuracy_high'])}</td>"
-            f"<td>{_pct(r['race_accuracy'])}</td>"
-            f"<td class='muted'>{_pct(r['race_accuracy_low'])} – {_pct(r['race_accuracy_high'])}</td>"
-            f"<td>{_num(r['age_mae'])}</td>"
-            f"<td class='muted'>{_num(r['age_mae_low'])} – {_num(r['age_mae_high'])}</td></tr>"
-        )
-    return (
-        "<h2>All slices (race × gender × age band)</h2><p class='muted'>also in breakdown.parquet</p>"
-        f"<table>{header}{''.join(rows)}</table>"
-    )
+def _html_slices(crossed: dict[str, pl.DataFrame]) -> str:
+    """Every crossed table (race × gender × age band first, then each extra attribute crossed with them), sortable,
+    in vocabulary order until a header is clicked; an interval that cannot be computed says why."""
+    parts = ["<h2>All slices</h2><p class='muted'>also in breakdown.parquet (column <code>slices</code>) and "
+             "metrics.json (<code>slices</code>); MAE intervals: Student's t, none under 2 ages</p>"]  # fmt: skip
+    for index, (name, table) in enumerate(crossed.items()):
+        keys = name.split(",")
+        headers = [*(key.replace("_", " ") for key in keys), "n", "gender acc", "race acc", "age MAE"]
+        # an Enum slice sorts in its vocabulary order (3-9 before 10-19), any other by its values
+        order = {key: table[key].dtype.categories.to_list() for key in keys if isinstance(table[key].dtype, pl.Enum)}
+        rows = []
+        for r in table.to_dicts():  # Enum slices: in vocabulary order
+            cells = [(html.escape(str(r[key])), order[key].index(r[key]) if key in order else r[key]) for key in keys]
+            cells.append((str(r["n"]), r["n"]))
+            for key, show in (("gender_accuracy", pct), ("race_accuracy", pct), ("age_mae", num)):
+                count = {"gender": "n_gender", "race": "n_race", "age": "n_age"}[key.split("_")[0]]
+                reason = r.get(f"{key}_interval") or f"n = {r[count]}"
+                text = f"{show(r[key])}<small>{interval(r[f'{key}_low'], r[f'{key}_high'], show, reason)}</small>"
+                cells.append((text, r[key]))
+            rows.append(cells)
+        title = " × ".join(key.replace("_", " ") for key in keys)
+        block = f"<h3>{html.escape(title)} <span class='muted'>({table.height} slices)</span></h3>"
+        block += sortable_table(headers, rows, left=len(keys))
+        parts.append(block if index == 0 else f"<details><summary>{html.escape(title)}</summary>{block}</details>")
+    return "".join(parts)
