@@ -275,6 +275,8 @@ def predict_command(
     ] = None,
     labels: Annotated[Path | None, opt.labels_option("from the file names")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
+    slice_by: opt.SliceBy = None,
+    min_group: opt.MinGroup = 30,
     resume: opt.Resume = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
     batch_size: opt.BatchSize = 256,
@@ -305,7 +307,8 @@ def predict_command(
     row)."""
     from faceattr_batch.pipelines import predict
 
-    options = options_of(predict.PredictOptions, locals(), inputs=tuple(inputs), progress=not json_out)
+    given = {"inputs": tuple(inputs), "progress": not json_out, "slice_by": opt.slice_specs(slice_by)}
+    options = options_of(predict.PredictOptions, locals(), **given)
     result = predict.run(options)
     show(summaries.predict, result, json_data=result.to_dict() if json_out else None)
     if strict and sum(result.errors.values()):
@@ -317,12 +320,14 @@ def report_command(
     predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
     report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
     labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
+    slice_by: opt.SliceBy = None,
+    min_group: opt.MinGroup = 30,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
     from faceattr_batch.pipelines import report
 
-    result = report.build(predictions, report_dir, labels)
+    result = report.build(predictions, report_dir, labels, slice_by=opt.slice_specs(slice_by), min_group=min_group)
     show(summaries.report, result, json_data=dataclasses.asdict(result) if json_out else None)
 
 

@@ -59,6 +59,25 @@ Concurrency = Annotated[
     int | None,
     typer.Option("--concurrency", min=1, show_default="1 per GPU, or CPUs/2", help="With --engine ray: model actors."),
 ]
+SliceBy = Annotated[
+    str | None,
+    typer.Option(
+        "--slice-by",
+        show_default="race, gender, age band",
+        help="Columns of the --labels file to slice the report by as well, comma-separated; name:k cuts a numeric "
+        "one into k quantile bins (skin_tone,brightness:4).",
+    ),
+]
+MinGroup = Annotated[
+    int, typer.Option("--min-group", min=2, help="Fewest images of a group compared and ranked in the report.")
+]
+
+
+def slice_specs(text: str | None) -> tuple[str, ...]:
+    """--slice-by's comma-separated specs."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
 MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]
 MinScore = Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Detector confidence to keep a face.")]
 MaxFaces = Annotated[int, typer.Option("--max-faces", min=1, help="Faces kept per image (the most confident).")]

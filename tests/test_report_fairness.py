@@ -10,7 +10,10 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from conftest import make_faces
+from typer.testing import CliRunner
 
+from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import attributes, slicing
@@ -196,3 +199,38 @@ def test_bad_slices_are_refused_before_anything_is_written(tmp_path, slice_by, m
         write_report(frame, summarize(frame), tmp_path / "p.parquet", tmp_path / "rep", slice_by=slice_by,
                      min_group=min_group)  # fmt: skip
     assert not (tmp_path / "rep").exists()
+
+
+# --- through the CLI -------------------------------------------------------------------------------------------
+
+
+def test_report_and_predict_take_slice_by_and_min_group(tmp_path, tiny_attr_model):
+    frame = _frame()
+    predictions = tmp_path / "pred.parquet"
+    empty = pl.DataFrame(schema=PREDICTION_FIELDS)
+    pl.concat([empty, frame.select(c for c in frame.columns if c in PREDICTION_FIELDS)], how="diagonal_relaxed").cast(
+        PREDICTION_FIELDS
+    ).write_parquet(predictions)
+    labels = tmp_path / "labels.csv"
+    frame.filter(pl.col("error").is_null()).select(
+        "path", gender="true_gender", race="true_race", age="true_age", source="source", brightness="brightness"
+    ).write_csv(labels)
+    runner = CliRunner()
+    args = ["report", str(predictions), "--report", str(tmp_path / "rep"), "--labels", str(labels)]
+    result = runner.invoke(app, [*args, "--slice-by", "source, brightness:4", "--min-group", str(MIN_GROUP)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert list(saved["fairness"]) == ["race", "gender", "age_band", "source", "brightness"]
+    assert saved["fairness"]["source"]["too_few"] == [{"group": "phone", "n": SOURCES["phone"]}]
+    assert saved["min_group"] == MIN_GROUP and len(saved["by_brightness"]) == 4
+    refused = runner.invoke(app, [*args, "--slice-by", "nope"])
+    assert refused.exit_code == 2 and "--slice-by nope: no such column; the labels' columns are:" in refused.output
+    assert "source" in refused.output and "brightness" in refused.output
+    # predict refuses a column its labels lack before predicting anything, and --slice-by without --report
+    make_faces(tmp_path / "in", 3)
+    out = tmp_path / "out.parquet"
+    run = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--workers", "0"]
+    refused = runner.invoke(app, [*run, "--labels", str(labels), "--report", str(tmp_path / "r2"), "--slice-by", "x"])
+    assert refused.exit_code == 2 and "--slice-by x: no such column" in refused.output and not out.exists()
+    refused = runner.invoke(app, [*run, "--slice-by", "source"])
+    assert refused.exit_code == 2 and "--slice-by shapes the report: add --report DIR" in refused.output

@@ -54,15 +54,19 @@ def parse_slice_by(specs: Sequence[str]) -> list[SliceSpec]:
 
 
 def slice_frame(frame: pl.DataFrame, specs: Sequence[str], known: Sequence[str] = ()) -> tuple[pl.DataFrame, list]:
-    """``frame`` with each binned column replaced by its bins, and the extra specs (``parse_slice_by``). A column
+    """``frame`` with each binned column replaced by its bins (a text column's empty values by null: no group), and
+    the extra specs (``parse_slice_by``). A column
     that is missing, binned but not numeric, or unbinned with more than ``MAX_GROUPS`` values is refused in one
     line (``known``: the columns a user could have meant, listed when a name is missing)."""
     extra = parse_slice_by(specs)
     for spec in extra:
         if spec.name not in frame.columns:
-            choices = ", ".join(known) or "none besides the predictions' own"
+            choices = ", ".join(known) or "none (they come from a --labels file)"
             raise FaceattrError(f"--slice-by {spec.name}: no such column; the labels' columns are: {choices}")
         column = frame.get_column(spec.name)
+        if column.dtype == pl.String:  # an empty cell is no value (a CSV's empty field can read as "")
+            column = column.str.strip_chars().replace("", None)
+            frame = frame.with_columns(column)
         if spec.bins is not None:
             if not column.dtype.is_numeric():
                 raise FaceattrError(

@@ -40,6 +40,7 @@ from faceattr_batch.faces.detect import EXTRA_HINT, MtcnnDetector, detection_ava
 from faceattr_batch.faces.load import FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.io import writer
 from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.metrics.slicing import slice_frame
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.runtime import ModelRunner, split_cores
 from faceattr_batch.progress import progress_bar
@@ -76,6 +77,8 @@ class PredictOptions:
     shard_size: int = 4096  # rounded up to a multiple of batch_size
     resume: bool = False
     report_dir: Path | None = None
+    slice_by: tuple[str, ...] = ()  # the report's extra slicing columns of the labels file (metrics.slicing)
+    min_group: int = 30  # the report's fewest images of a compared group
     progress: bool = True
     engine: str = "local"  # local | ray (engines/ray.py: Ray Data, the same output file)
     ray_address: str | None = None  # ray: a running cluster (auto | HOST:PORT); None = a local instance
@@ -117,6 +120,9 @@ def run(options: PredictOptions) -> PredictResult:
     faces = _face_options(options)
     paths = list_images(options.inputs)
     label_source, truth, labels = _true_labels(options, paths)
+    if options.slice_by:  # a misspelt or unfit column fails now, not after predicting
+        columns = pl.DataFrame() if labels is None else labels.frame
+        slice_frame(columns, options.slice_by, known=[c for c in columns.columns if c not in OUTPUT_COLUMNS])
     device = resolve_device(options.device)
     workers, threads = split_cores(device.type, options.workers, options.threads)
     runner = ModelRunner.load(options.model, device, options.runtime, threads)
@@ -134,7 +140,10 @@ def run(options: PredictOptions) -> PredictResult:
     summary = summarize(frame, None if labels is None else labels.summary)
     report = None
     if options.report_dir is not None:
-        report = write_report(frame, summary, Path(options.output), Path(options.report_dir))
+        report = write_report(
+            frame, summary, Path(options.output), Path(options.report_dir), slice_by=options.slice_by,
+            min_group=options.min_group,
+        )  # fmt: skip
     return PredictResult(
         output=Path(options.output),
         model={k: runner.meta[k] for k in ("name", "version", "source", "precision")} | {"runtime": runner.runtime},
@@ -163,6 +172,10 @@ def _validate(options: PredictOptions) -> None:
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report")
+    if options.slice_by and options.report_dir is None:
+        raise FaceattrError("--slice-by shapes the report: add --report DIR")
+    if options.min_group < 2:
+        raise FaceattrError(f"--min-group must be at least 2, not {options.min_group}")
 
 
 def _face_options(options: PredictOptions) -> FaceOptions:

@@ -8,6 +8,7 @@ this command rebuilds it later from the file alone, or with the labels of a labe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,16 @@ class ReportResult:
     labels: dict | None = None  # the labels file's counts and first problems; None without --labels
 
 
-def build(predictions: Path | str, report_dir: Path | str, labels: Path | str | None = None) -> ReportResult:
+def build(
+    predictions: Path | str,
+    report_dir: Path | str,
+    labels: Path | str | None = None,
+    *,
+    slice_by: Sequence[str] = (),
+    min_group: int = 30,
+) -> ReportResult:
     """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
-    ``report_dir``."""
+    ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``)."""
     frame = read_predictions(predictions)
     check_writable(report_dir, "--report")
     matched = None
@@ -33,4 +41,5 @@ def build(predictions: Path | str, report_dir: Path | str, labels: Path | str | 
         matched = load_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
     summary = summarize(frame, None if matched is None else matched.summary)
-    return ReportResult(write_report(frame, summary, Path(predictions), Path(report_dir)), summary["labels"])
+    html = write_report(frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group)
+    return ReportResult(html, summary["labels"])
