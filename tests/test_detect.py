@@ -324,7 +324,7 @@ def test_report_thumbnails_show_the_detected_faces(photo_run, composites, tmp_pa
 
     out = tmp_path / "faces.parquet"
     photo_run.write_parquet(out)
-    html = build(out, tmp_path / "report").read_text()
+    html = build(out, tmp_path / "report").report.read_text()
     assert "Worst errors" in html
     pasted = {str(photo.path): photo.faces for photo in composites}
     thumbs = re.findall(r"<img alt='' src='data:image/jpeg;base64,([^']+)'>.*?title='([^']+)'", html)

@@ -8,10 +8,10 @@ import pytest
 
 from faceattr_batch.data.foreign_predictions import (
     NO_PREDICTION,
-    RACE_MAP,
     is_own_predictions,
     read_foreign_predictions,
 )
+from faceattr_batch.data.labels import OTHER_RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
@@ -102,8 +102,8 @@ def test_the_summary_names_the_columns_read_and_the_race_mapping(deepface_file):
         "age": "age", "p_white": "race.white", "p_black": "race.black", "p_asian": "race.asian",
         "p_indian": "race.indian", "p_others": "race.middle eastern + race.latino hispanic",
     }  # fmt: skip
-    assert summary["race_mapping"] == RACE_MAP
-    assert RACE_MAP["middle eastern"] == RACE_MAP["latino hispanic"] == "Others"
+    assert summary["race_mapping"] == OTHER_RACES
+    assert OTHER_RACES["middle eastern"] == OTHER_RACES["latino hispanic"] == "Others"
     assert summary["gender_one_is"] == "female"
     assert summary["problem_count"] == 0 and summary["problems_by_column"] == {}
 
@@ -203,7 +203,7 @@ def test_unreadable_values_are_null_and_counted_with_their_lines(tmp_path):
         (3, "age", "abc", "not a number of years"),
         (3, "dominant_gender", "x", "'x' is not one of male, female, m, f, man, woman, 0, 1"),
         (3, "dominant_race", "martian", "'martian' is not one of White, Black, Asian, Indian, Others (or 0..4), "
-         "nor of white, black, asian, indian, middle eastern, latino hispanic, east asian, southeast asian"),
+         "nor of white, black, asian, indian, east asian, southeast asian, latino hispanic, middle eastern"),
         (3, "gender.Woman", "abc", "not a number"),
         (5, "age", "-3", "negative age"),
         (7, "img_path", None, "no path: row not read"),
@@ -287,7 +287,7 @@ def test_missing_corrupt_and_binary_files_are_one_line_errors(tmp_path):
         read_foreign_predictions(corrupt)
     binary = tmp_path / "x.bin"
     binary.write_bytes(b"path\n\xff\xfe")
-    with pytest.raises(FaceattrError, match=r"x\.bin: neither a Parquet file nor UTF-8 text \(byte 5\)$"):
+    with pytest.raises(FaceattrError, match=r"x\.bin: not UTF-8 text \(byte 5\)$"):
         read_foreign_predictions(binary)
 
 

@@ -14,7 +14,7 @@ Values, read as follows (anything else is a problem, that value null):
 - p_female: P(female), 0..1, or in percent (deepface's ``gender.Woman``): a column whose largest value is above 1
   is divided by 100 (a value above 100 is then a problem). Without one, ``1 - p_male`` (``gender.Man``); without
   a gender column, ``pred_gender`` is ``p_female >= 0.5``, as ``predict`` decides.
-- race: our five names (``data.labels.RACES``) or codes 0..4, or the classes of ``RACE_MAP`` (deepface's six,
+- race: our five names (``data.labels.RACES``) or codes 0..4, or the classes of ``OTHER_RACES`` (deepface's six,
   FairFace's seven; ``_``/``-`` read as spaces), mapped to ours. Per-class probabilities, ``race.<class>`` or
   ``p_<class>`` (deepface's ``race.asian`` ... ``race.latino hispanic``, in percent when any is above 1), become
   ``p_white`` ... ``p_others``, a class of ours summing the classes mapped to it (a class of ours no column maps
@@ -30,8 +30,6 @@ Problems carry the line an editor shows (the header is line 1) or, in a Parquet,
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,9 +37,8 @@ from pathlib import Path
 
 import polars as pl
 
-# the labels file's problem shape and value readers: the report shows both files' problems alike
-from faceattr_batch.data.label_files import PROBLEM_SCHEMA, _as_text, _codes, _delimiter
-from faceattr_batch.data.labels import GENDERS, MAX_AGE, RACES, gender_code, race_code
+from faceattr_batch.data.labels import GENDERS, MAX_AGE, OTHER_RACES, RACES, gender_code, other_race_code, race_words
+from faceattr_batch.data.tables import PROBLEM_SCHEMA, as_text, codes, read_csv
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
 
@@ -55,12 +52,6 @@ COLUMN_SPELLINGS: dict[str, tuple[str, ...]] = {
     "age": ("pred_age", "predicted_age", "apparent_age", "age"),
 }
 ATTRIBUTES = ("gender", "race", "age")
-# other tools' race classes -> ours (data.labels.RACES): deepface's six, FairFace's seven; the report states it
-RACE_MAP: dict[str, str] = {
-    "white": "White", "black": "Black", "asian": "Asian", "indian": "Indian",
-    "middle eastern": "Others", "latino hispanic": "Others",  # deepface
-    "east asian": "Asian", "southeast asian": "Asian",  # FairFace (its other five are above)
-}  # fmt: skip
 GENDER_WORDS = {"man": "male", "woman": "female"}  # deepface's dominant_gender
 GENDER_ONE_IS = ("female", "male")
 # columns only predict writes together: a Parquet with them all is ours (reporting.summary.read_predictions)
@@ -103,7 +94,7 @@ class ForeignPredictions:
             "columns": dict(self.columns),
             "attributes": list(self.attributes),
             "gender_one_is": self.gender_one_is,
-            "race_mapping": dict(RACE_MAP) if "race" in self.columns else None,
+            "race_mapping": dict(OTHER_RACES) if "race" in self.columns else None,
             "problem_count": self.problems.height,
             "problems_by_column": {c: {"count": n, "lines": lines} for c, n, lines in per_column.iter_rows()},
         }
@@ -141,7 +132,7 @@ def read_foreign_predictions(
     fmt, raw, problems = _read_table(path)
     found = _find_columns(path, raw, dict(columns or {}))
     rows = raw.height + sum(p.height for p in problems)
-    paths = _as_text(raw[found["path"]])
+    paths = as_text(raw[found["path"]])
     no_path = pl.lit("no path: row not read")
     problems.append(
         raw.filter(paths.is_null()).select(
@@ -170,42 +161,8 @@ def _read_table(path: Path) -> tuple[str, pl.DataFrame, list[pl.DataFrame]]:
         except Exception as err:  # polars raises several types for a corrupt file
             raise FaceattrError(f"{path}: not a readable Parquet file ({first_line(err, 160)})") from None
         return "parquet", frame.with_row_index(LINE, offset=1).cast({LINE: pl.Int64}), []
-    return "csv", *_read_csv(path)
-
-
-def _read_csv(path: Path) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
-    """Every field as text, each row with the line it starts on (a quoted field may span lines); blank lines
-    skipped; a row with the wrong number of fields is a problem."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise FaceattrError(f"{path}: neither a Parquet file nor UTF-8 text (byte {err.start})") from None
-    header_line = next((line for line in text.split("\n") if line.strip()), None)
-    if header_line is None:
-        raise FaceattrError(f"{path}: an empty file")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(header_line))
-    header, lines, records, bad = None, [], [], []
-    start = 1
-    for record in reader:
-        if not any(field.strip() for field in record):
-            pass
-        elif header is None:
-            header = [name.strip() for name in record]
-        elif len(record) == len(header):
-            lines.append(start)
-            records.append(record)
-        else:
-            bad.append((start, None, None, f"{len(record)} fields where the header has {len(header)}: row not read"))
-        start = reader.line_num + 1
-    if len(set(header)) < len(header):
-        raise FaceattrError(f"{path}: a column name repeats in the header ({', '.join(header)})")
-    fields = list(zip(*records, strict=True)) if records else [()] * len(header)
-    frame = pl.DataFrame([pl.Series(name, values, pl.String) for name, values in zip(header, fields, strict=True)])
-    return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)), [_problem_rows(bad)]
-
-
-def _problem_rows(rows: list[tuple]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=PROBLEM_SCHEMA, orient="row")
+    frame, problems = read_csv(path, str(path), LINE)
+    return "csv", frame, [problems]
 
 
 def _find_columns(path: Path, raw: pl.DataFrame, given: dict[str, str | None]) -> dict[str, str | list[str]]:
@@ -244,12 +201,12 @@ def _find_columns(path: Path, raw: pl.DataFrame, given: dict[str, str | None]) -
 
 def _race_prob_columns(names: list[str]) -> dict[str, list[str]]:
     """``p_white`` ... ``p_others`` -> the columns holding a probability of a class mapped to it."""
-    ours = {race.lower(): race for race in RACES} | RACE_MAP
+    ours = {race.lower(): race for race in RACES} | OTHER_RACES
     found: dict[str, list[str]] = {column: [] for column in RACE_PROB_COLUMNS}
     for name in names:
         lowered = name.lower()
         prefix = next((p for p in RACE_PROB_PREFIXES if lowered.startswith(p)), None)
-        race = ours.get(_race_words(lowered[len(prefix) :])) if prefix else None
+        race = ours.get(race_words(lowered[len(prefix) :])) if prefix else None
         if race is not None:
             found[f"p_{race.lower()}"].append(name)
     return found
@@ -278,8 +235,8 @@ def _predicted_values(
         p = probability[gender_probs[0]]
         values["p_female"] = p if "p_female" in found else 1 - p
     if "gender" in found:
-        gender = _as_text(raw[found["gender"]])
-        values["pred_gender"], bad = _codes(gender, lines, found["gender"], _gender_reader(gender_one_is))
+        gender = as_text(raw[found["gender"]])
+        values["pred_gender"], bad = codes(gender, lines, found["gender"], _gender_reader(gender_one_is))
         problems.append(bad)
     elif gender_probs:
         values["pred_gender"] = (values["p_female"] >= 0.5).cast(pl.Int8)
@@ -288,7 +245,7 @@ def _predicted_values(
     if sums:
         values |= pl.select(**sums).to_dict()
     if "race" in found:
-        values["pred_race"], bad = _codes(_as_text(raw[found["race"]]), lines, found["race"], _race_value)
+        values["pred_race"], bad = codes(as_text(raw[found["race"]]), lines, found["race"], other_race_code)
         problems.append(bad)
     elif len(sums) == len(RACE_PROB_COLUMNS):
         values["pred_race"] = pl.select(pl.concat_list(list(sums.values())).list.arg_max()).to_series()
@@ -327,7 +284,7 @@ def _probabilities(raw: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Se
 
 def _numbers(series: pl.Series) -> tuple[pl.Series, pl.Series]:
     """A column as finite floats (null where unreadable) and as text (for the problems)."""
-    text = _as_text(series)
+    text = as_text(series)
     numbers = series.cast(pl.Float64) if series.dtype.is_numeric() else text.cast(pl.Float64, strict=False)
     numbers = pl.select(pl.when(numbers.is_finite()).then(numbers)).to_series()
     return numbers, text
@@ -354,20 +311,6 @@ def _gender_reader(one_is: str) -> Callable[[str], int]:
             raise ValueError(f"{value!r} is not one of {', '.join(GENDERS)}, m, f, man, woman, 0, 1") from None
 
     return read
-
-
-def _race_words(text: str) -> str:
-    return " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
-
-
-def _race_value(value: str) -> int:
-    mapped = RACE_MAP.get(_race_words(value))
-    try:
-        return race_code(mapped or value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not one of {', '.join(RACES)} (or 0..{len(RACES) - 1}), nor of {', '.join(RACE_MAP)}"
-        ) from None
 
 
 def _to_schema(values: pl.DataFrame, model_name: str) -> pl.DataFrame:

@@ -21,31 +21,34 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from faceattr_batch.data.inputs import INDEX_ROOT_KEY, display_path, index_paths
-from faceattr_batch.data.labels import MAX_AGE, gender_code, race_code
+from faceattr_batch.data.labels import (
+    FAIRFACE_RACES,
+    MAX_AGE,
+    OTHER_RACES,
+    gender_code,
+    other_race_code,
+    race_code,
+    race_words,
+)
+from faceattr_batch.data.tables import as_text, codes, delimiter, problem_frame, read_csv, read_text
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, derived_columns
 
-FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
 # FairFace's seven races -> ours (data.labels.RACES); the summaries and metrics.json state it
-FAIRFACE_RACE_MAP: dict[str, str] = {
-    "White": "White", "Black": "Black", "East Asian": "Asian", "Southeast Asian": "Asian", "Indian": "Indian",
-    "Latino_Hispanic": "Others", "Middle Eastern": "Others",
-}  # fmt: skip
+FAIRFACE_RACE_MAP: dict[str, str] = {name: OTHER_RACES[race_words(name)] for name in FAIRFACE_RACES}
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
 KEY_COLUMNS = ("path", "file")
 PROBLEMS_KEPT = 20  # in the summary (and so metrics.json); the total beside them
-PROBLEM_SCHEMA = {"line": pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String}
 # an extra column of one of these names would shadow a predictions column: it is kept as label_<name>
 RESERVED = {*OUTPUT_COLUMNS, *AGE_BIN_FIELDS, "key", "line"}
 
@@ -98,6 +101,10 @@ def attach_labels(predictions: pl.DataFrame, labels: MatchedLabels) -> pl.DataFr
 # --- reading ----------------------------------------------------------------------------------------------------
 
 
+def _read_labels_csv(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return read_csv(path, f"--labels {path}")
+
+
 def read_label_file(path: str | os.PathLike) -> LabelTable:
     """The rows and problems of a label file of any format above (told from its content)."""
     path = Path(path)
@@ -105,7 +112,7 @@ def read_label_file(path: str | os.PathLike) -> LabelTable:
         raise FaceattrError(f"--labels {path}: no such file")
     fmt = detect_format(path)
     readers = {"index": functools.partial(_read_parquet, index=True), "parquet": _read_parquet}
-    raw, problems = (readers | {"celeba": _read_celeba, "jsonl": _read_jsonl}).get(fmt, _read_csv)(path)
+    raw, problems = (readers | {"celeba": _read_celeba, "jsonl": _read_jsonl}).get(fmt, _read_labels_csv)(path)
     return _labels(path, fmt, raw, problems)
 
 
@@ -139,24 +146,8 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if lines[0].startswith("["):
         raise FaceattrError(f"--labels {path}: a JSON array; write JSON Lines (one object a line) instead")
-    header = {name.strip().lower() for name in next(csv.reader([lines[0]], delimiter=_delimiter(lines[0])))}
+    header = {name.strip().lower() for name in next(csv.reader([lines[0]], delimiter=delimiter(lines[0])))}
     return "fairface" if set(FAIRFACE_COLUMNS) <= header <= {*FAIRFACE_COLUMNS, "service_test"} else "csv"
-
-
-def _delimiter(header: str) -> str:
-    return "\t" if "\t" in header else ";" if ";" in header and "," not in header else ","
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise FaceattrError(f"--labels {path}: not UTF-8 text (byte {err.start})") from None
-
-
-def _problems(rows: list[tuple]) -> pl.DataFrame:
-    """(line, column, value, reason) tuples -> a problems frame."""
-    return pl.DataFrame(rows, schema=PROBLEM_SCHEMA, orient="row")
 
 
 def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -167,38 +158,12 @@ def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.Dat
         raise FaceattrError(f"--labels {path}: not a readable Parquet file ({first_line(err)})") from None
     if index:
         frame = frame.with_columns(path=pl.Series(index_paths(path), dtype=pl.String))
-    return frame.with_row_index("line", offset=1).cast({"line": pl.Int64}), _problems([])
-
-
-def _read_csv(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Every field as text, each row with the line it starts on (quoted fields may span lines)."""
-    text = _text(path)
-    first = next(line for line in text.split("\n") if line.strip())
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first))
-    header: list[str] | None = None
-    lines, records, bad = [], [], []
-    start = 1
-    for record in reader:
-        if any(field.strip() for field in record):  # blank lines are no rows
-            if header is None:
-                header = [name.strip() for name in record]
-            elif len(record) == len(header):
-                lines.append(start)
-                records.append(record)
-            else:
-                reason = f"{len(record)} fields where the header has {len(header)}: row not read"
-                bad.append((start, None, None, reason))
-        start = reader.line_num + 1
-    if len(set(header)) < len(header):
-        raise FaceattrError(f"--labels {path}: a column name repeats in the header ({', '.join(header)})")
-    columns = list(zip(*records, strict=True)) if records else [()] * len(header)
-    frame = pl.DataFrame([pl.Series(name, values, pl.String) for name, values in zip(header, columns, strict=True)])
-    return frame.with_columns(line=pl.Series(lines, dtype=pl.Int64)), _problems(bad)
+    return frame.with_row_index("line", offset=1).cast({"line": pl.Int64}), problem_frame([])
 
 
 def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     records, lines, bad = [], [], []
-    for number, line in enumerate(_text(path).split("\n"), 1):
+    for number, line in enumerate(read_text(path, f"--labels {path}").split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -214,7 +179,7 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     frame = pl.DataFrame(
         {name: pl.Series([_json_text(r.get(name)) for r in records], dtype=pl.String) for name in names}
     )
-    return frame.with_columns(line=pl.Series(lines, dtype=pl.Int64)), _problems(bad)
+    return frame.with_columns(line=pl.Series(lines, dtype=pl.Int64)), problem_frame(bad)
 
 
 def _json_text(value) -> str | None:
@@ -227,7 +192,7 @@ def _json_text(value) -> str | None:
 
 def _read_celeba(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """list_attr_celeba.txt: every attribute 1/-1 -> a boolean column; ``Male`` -> the gender (as its code)."""
-    lines = _text(path).split("\n")
+    lines = read_text(path, f"--labels {path}").split("\n")
     names = lines[1].split()
     numbers, rows, bad = [], [], []
     for number, line in enumerate(lines[2:], 3):
@@ -253,7 +218,7 @@ def _read_celeba(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     if "Male" in names:
         raw = raw.with_columns(gender=pl.col("Male").replace_strict({True: "0", False: "1"}, default=None))
         raw = raw.drop("Male")
-    return raw, _problems(bad)
+    return raw, problem_frame(bad)
 
 
 # --- values -----------------------------------------------------------------------------------------------------
@@ -267,7 +232,7 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
         shown = ", ".join(c for c in raw.columns if c != "line")
         raise FaceattrError(f"--labels {path}: no 'path' or 'file' column (columns: {shown or 'none'})")
     rows = raw.height + problems.filter(pl.col("reason").str.ends_with("row not read")).height
-    keys = _as_text(raw[key])
+    keys = as_text(raw[key])
     no_key = pl.lit(f"no {key}: row not read")
     found = [
         raw.filter(keys.is_null()).select("line", column=pl.lit(key), value=pl.lit(None, pl.String), reason=no_key)
@@ -275,15 +240,15 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
     raw = raw.filter(keys.is_not_null())
     columns = {"key": pl.Series([os.path.normpath(k) for k in keys.drop_nulls()], dtype=pl.String), "line": raw["line"]}
     if "age" in raw.columns:
-        ages, age_problems = _ages(_as_text(raw["age"]), raw["line"])
+        ages, age_problems = _ages(as_text(raw["age"]), raw["line"])
         columns |= ages
         found.append(age_problems)
-    for name, code_of in (("gender", gender_code), ("race", _fairface_race if fmt == "fairface" else race_code)):
+    for name, code_of in (("gender", gender_code), ("race", other_race_code if fmt == "fairface" else race_code)):
         if name in raw.columns:
-            columns[f"true_{name}"], name_problems = _codes(_as_text(raw[name]), raw["line"], name, code_of)
+            columns[f"true_{name}"], name_problems = codes(as_text(raw[name]), raw["line"], name, code_of)
             found.append(name_problems)
     if fmt == "fairface" and "race" in raw.columns:
-        columns["fairface_race"] = _as_text(raw["race"])
+        columns["fairface_race"] = as_text(raw["race"])
     others = [c for c in raw.columns if c not in (*KEY_COLUMNS, "age", "gender", "race", "line")]
     extras = {(f"label_{c}" if c in RESERVED else c): _typed(raw[c]) for c in others}
     frame = pl.DataFrame(columns | extras).with_columns(
@@ -293,37 +258,6 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
     problems = pl.concat([problems, *found]).sort("line", "column", nulls_last=True)
     kept = tuple(c for c in frame.columns if c not in ("key", "line", *LABEL_FIELDS, *AGE_BIN_FIELDS))
     return LabelTable(path, fmt, key, frame, kept, problems, rows)
-
-
-def _as_text(series: pl.Series) -> pl.Series:
-    """Any column as stripped text, empty as null; whole floats without their ``.0`` (a NaN is a missing value)."""
-    if series.dtype.is_float():
-        values = series.fill_nan(None)
-        whole = pl.select(pl.when(values.round(0) == values).then(values.cast(pl.Int64, strict=False))).to_series()
-        series = pl.select(pl.coalesce(whole.cast(pl.String), values.cast(pl.String))).to_series()
-    text = series.cast(pl.String).str.strip_chars()
-    return pl.select(pl.when(text != "").then(text)).to_series().alias(series.name)
-
-
-def _codes(text: pl.Series, lines: pl.Series, column: str, code_of: Callable) -> tuple[pl.Series, pl.DataFrame]:
-    """Each distinct value through ``code_of`` (the vocabulary's own parser): codes, and a problem per row whose
-    value it refuses."""
-    codes, reasons = {}, {}
-    for value in text.drop_nulls().unique().to_list():
-        try:
-            codes[value] = code_of(value)
-        except (ValueError, KeyError) as err:
-            reasons[value] = err.args[0]
-    bad = pl.DataFrame({"line": lines, "value": text}).filter(pl.col("value").is_in(list(reasons)))
-    problems = bad.select("line", pl.lit(column).alias("column"), "value", reason=pl.col("value").replace(reasons))
-    return text.replace_strict(codes, default=None, return_dtype=pl.Int64), problems
-
-
-def _fairface_race(value: str) -> int:
-    ours = {name.lower(): ours for name, ours in FAIRFACE_RACE_MAP.items()}.get(value.strip().lower())
-    if ours is None:
-        raise ValueError(f"{value!r} is not one of FairFace's races ({', '.join(FAIRFACE_RACES)})")
-    return race_code(ours)
 
 
 def _ages(text: pl.Series, lines: pl.Series) -> tuple[dict[str, pl.Series], pl.DataFrame]:
@@ -360,7 +294,7 @@ def _typed(series: pl.Series) -> pl.Series:
     """A text column as integers, floats or booleans when every value reads as one; else as it is."""
     if series.dtype != pl.String:
         return series
-    text = _as_text(series)
+    text = as_text(series)
     present = text.is_not_null().sum()
     for typed in (
         text.str.to_integer(strict=False),

@@ -16,6 +16,13 @@ import polars as pl
 
 GENDERS: tuple[str, ...] = ("male", "female")
 RACES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
+FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+# other datasets' and tools' race classes -> ours, as ``race_words`` spells them: FairFace's seven, deepface's six
+# (white, black, asian, indian, middle eastern, latino hispanic); the reports state the mapping they applied
+OTHER_RACES: dict[str, str] = {
+    "white": "White", "black": "Black", "asian": "Asian", "indian": "Indian",
+    "east asian": "Asian", "southeast asian": "Asian", "latino hispanic": "Others", "middle eastern": "Others",
+}  # fmt: skip
 # Report bands: (label, lowest age, highest age inclusive). Fine where faces change fast, coarse where few exist.
 AGE_BANDS: tuple[tuple[str, int, int], ...] = (
     ("0-2", 0, 2),
@@ -64,6 +71,21 @@ def gender_code(value: str | int) -> int:
 
 def race_code(value: str | int) -> int:
     return _code(value, RACES, {})
+
+
+def race_words(text: str) -> str:
+    """A race class as ``OTHER_RACES`` spells it: lower case, "_" and "-" as single spaces."""
+    return " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
+
+
+def other_race_code(value: str | int) -> int:
+    """Ours (``race_code``) or a class of ``OTHER_RACES`` mapped to ours; ValueError naming both vocabularies."""
+    try:
+        return race_code(OTHER_RACES.get(race_words(str(value)), value))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not one of {', '.join(RACES)} (or 0..{len(RACES) - 1}), nor of {', '.join(OTHER_RACES)}"
+        ) from None
 
 
 def _code(value: str | int, names: tuple[str, ...], short: dict[str, int]) -> int:
@@ -140,9 +162,7 @@ def parse_frame(frame: pl.DataFrame, column: str = "name") -> pl.DataFrame:
     lenient = pl.when(strict).then(None).otherwise(name).str.extract_groups(NAME_PATTERN)
     parts = pl.when(strict).then(fast).otherwise(lenient)
     typed = _typed_fields(pl.col("_parts"))
-    staged = frame.with_columns(parts.alias("_parts")).with_columns(
-        **{f"_{key}": expr for key, expr in typed.items()}
-    )
+    staged = frame.with_columns(parts.alias("_parts")).with_columns(**{f"_{key}": expr for key, expr in typed.items()})
     exprs = _classify({key: pl.col(f"_{key}") for key in typed})
     return staged.with_columns(exprs).drop("_parts", *(f"_{key}" for key in typed))
 

@@ -1,0 +1,90 @@
+"""Tables users bring (label files, other tools' predictions) read as text, each row with the line an editor shows.
+
+Both ``data.label_files`` and ``data.foreign_predictions`` report a value they cannot read as a problem row
+(``PROBLEM_SCHEMA``: line, column, value, reason) and leave that value null, so the report shows both files'
+problems alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from faceattr_batch.errors import FaceattrError
+
+PROBLEM_SCHEMA = {"line": pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String}
+
+
+def problem_frame(rows: list[tuple]) -> pl.DataFrame:
+    """(line, column, value, reason) tuples -> a problems frame."""
+    return pl.DataFrame(rows, schema=PROBLEM_SCHEMA, orient="row")
+
+
+def delimiter(header: str) -> str:
+    """A header line's field separator: tab, semicolon (where no comma is) or comma."""
+    return "\t" if "\t" in header else ";" if ";" in header and "," not in header else ","
+
+
+def read_text(path: Path, name: str) -> str:
+    """The file as UTF-8 (a byte-order mark dropped); ``name`` starts the error message (e.g. "--labels x.csv")."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FaceattrError(f"{name}: not UTF-8 text (byte {err.start})") from None
+
+
+def read_csv(path: Path, name: str, line_column: str = "line") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every field as text, each row with the line it starts on in ``line_column`` (a quoted field may span lines);
+    blank lines are no rows; a row with the wrong number of fields is a problem, not read."""
+    text = read_text(path, name)
+    first = next((line for line in text.split("\n") if line.strip()), None)
+    if first is None:
+        raise FaceattrError(f"{name}: an empty file")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(first))
+    header: list[str] | None = None
+    lines, records, bad = [], [], []
+    start = 1
+    for record in reader:
+        if not any(field.strip() for field in record):
+            pass
+        elif header is None:
+            header = [field.strip() for field in record]
+        elif len(record) == len(header):
+            lines.append(start)
+            records.append(record)
+        else:
+            bad.append((start, None, None, f"{len(record)} fields where the header has {len(header)}: row not read"))
+        start = reader.line_num + 1
+    if len(set(header)) < len(header):
+        raise FaceattrError(f"{name}: a column name repeats in the header ({', '.join(header)})")
+    columns = list(zip(*records, strict=True)) if records else [()] * len(header)
+    frame = pl.DataFrame([pl.Series(n, values, pl.String) for n, values in zip(header, columns, strict=True)])
+    return frame.with_columns(pl.Series(line_column, lines, dtype=pl.Int64)), problem_frame(bad)
+
+
+def as_text(series: pl.Series) -> pl.Series:
+    """Any column as stripped text, empty as null; whole floats without their ``.0`` (a NaN is a missing value)."""
+    if series.dtype.is_float():
+        values = series.fill_nan(None)
+        whole = pl.select(pl.when(values.round(0) == values).then(values.cast(pl.Int64, strict=False))).to_series()
+        series = pl.select(pl.coalesce(whole.cast(pl.String), values.cast(pl.String))).to_series()
+    text = series.cast(pl.String).str.strip_chars()
+    return pl.select(pl.when(text != "").then(text)).to_series().alias(series.name)
+
+
+def codes(text: pl.Series, lines: pl.Series, column: str, code_of: Callable) -> tuple[pl.Series, pl.DataFrame]:
+    """Each distinct value through ``code_of`` (the vocabulary's own parser): codes, and a problem per row whose
+    value it refuses."""
+    found, reasons = {}, {}
+    for value in text.drop_nulls().unique().to_list():
+        try:
+            found[value] = code_of(value)
+        except (ValueError, KeyError) as err:
+            reasons[value] = err.args[0]
+    bad = pl.DataFrame({"line": lines, "value": text}).filter(pl.col("value").is_in(list(reasons)))
+    problems = bad.select("line", pl.lit(column).alias("column"), "value", reason=pl.col("value").replace(reasons))
+    return text.replace_strict(found, default=None, return_dtype=pl.Int64), problems
