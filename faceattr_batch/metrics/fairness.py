@@ -46,6 +46,7 @@ ECE (noise looks like miscalibration), so a well-calibrated group's point ECE ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -116,7 +117,16 @@ METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 _BY_NAME = {m.name: m for m in METRICS}
 
 
-def _row_columns(age_centre: float) -> list[pl.Expr]:
+def with_inputs(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every column ``row_columns`` and ``group_eces`` read: a missing input all null, and the
+    ``calibration_columns``."""
+    frame = frame.with_columns(
+        pl.lit(None, dtype=PREDICTION_FIELDS[name]).alias(name) for name in _INPUTS if name not in frame.columns
+    )
+    return frame.with_columns(calibration_columns())
+
+
+def row_columns(age_centre: float) -> list[pl.Expr]:
     """Per row, the quantities whose sums give every metric (0 where unknown): sums of a resample are the draw
     counts times these, so one matrix product gives all metrics of all resamples."""
     true_g, pred_g, true_r, pred_r = (pl.col(c) for c in ("true_gender", "pred_gender", "true_race", "pred_race"))
@@ -153,7 +163,7 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.full(np.broadcast_shapes(num.shape, den.shape), np.nan), where=den > 0)
 
 
-def _values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
+def metric_values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
     """Every metric but ECE from the row-column sums (last axis): shape (K,) for a point, (B, K) for B resamples;
     NaN where undefined."""
 
@@ -180,7 +190,7 @@ def _values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
     return values
 
 
-def _eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
+def group_eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
     """gender_ece and race_ece of one group, by ``expected_calibration_error``; with ``weights`` (B, n), of each
     resample. NaN where no row is known."""
     eces = {}
@@ -198,18 +208,27 @@ def _eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None) -> 
 def _bootstrap(group: pl.DataFrame, rows: np.ndarray, column, rng, resamples: int, bins: int) -> dict:
     """Each metric in ``resamples`` resamples of the group's rows (drawn with replacement, as index matrices
     turned into counts per row, a chunk of resamples at a time): {metric: (resamples,) array, NaN undefined}."""
-    n = rows.shape[0]
-    step = max(1, _CHUNK_CELLS // n)
-    parts = []
-    for start in range(0, resamples, step):
-        size = min(step, resamples - start)
-        index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        counts = np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
-        parts.append(_values(counts @ rows, column) | _eces(group, bins, counts))
+    parts = [
+        metric_values(counts @ rows, column) | group_eces(group, bins, counts)
+        for counts in resample_counts(rng, rows.shape[0], resamples)
+    ]
     return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
 
 
-def _percentile(draws: np.ndarray, level: float) -> tuple[float | None, float | None, str | None]:
+def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> Iterator[np.ndarray]:
+    """``resamples`` bootstrap draws of ``n`` rows (with replacement), as how often each row is drawn: float
+    matrices (size, n), a chunk of resamples at a time (bounded memory), so that ``counts @ rows`` sums every
+    row column of each resample at once. One stream of ``rng``: the same seed gives the same draws."""
+    step = max(1, _CHUNK_CELLS // max(n, 1))
+    for start in range(0, resamples, step):
+        size = min(step, resamples - start)
+        index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        yield np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def percentile_interval(draws: np.ndarray, level: float) -> tuple[float | None, float | None, str | None]:
+    """The ``level`` percentile interval of bootstrap ``draws`` (NaN: undefined in that resample), or None, None
+    and why, when more than ``MAX_UNDEFINED_SHARE`` of them are undefined."""
     defined = draws[np.isfinite(draws)]
     undefined = draws.size - defined.size
     if undefined > MAX_UNDEFINED_SHARE * draws.size:
@@ -250,7 +269,7 @@ def _group_metrics(point: dict, counts: dict, draws: dict, level: float) -> dict
         elif n < 2:
             entry["reason"] = f"no interval from {n} of {metric.counts}"
         else:
-            entry["low"], entry["high"], entry["reason"] = _percentile(draws[metric.name], level)
+            entry["low"], entry["high"], entry["reason"] = percentile_interval(draws[metric.name], level)
         result[metric.name] = entry
     return result
 
@@ -280,7 +299,7 @@ def _gap(metric: Metric, groups: list[dict], draws: list[dict], min_group: int, 
     high, low = groups[top]["metrics"][metric.name]["value"], groups[bottom]["metrics"][metric.name]["value"]
     gap |= {"max_group": groups[top]["group"], "max": high, "min_group": groups[bottom]["group"], "min": low}
     gap["gap"] = high - low
-    gap["gap_low"], gap["gap_high"], gap["reason"] = _percentile(
+    gap["gap_low"], gap["gap_high"], gap["reason"] = percentile_interval(
         draws[top][metric.name] - draws[bottom][metric.name], level
     )
     gap["significant"] = None if gap["gap_low"] is None else gap["gap_low"] > 0
@@ -291,7 +310,7 @@ def _gap(metric: Metric, groups: list[dict], draws: list[dict], min_group: int, 
     else:
         gap["ratio"] = low / high
         ratios = _ratio(draws[bottom][metric.name], draws[top][metric.name])
-        gap["ratio_low"], gap["ratio_high"], gap["ratio_reason"] = _percentile(ratios, level)
+        gap["ratio_low"], gap["ratio_high"], gap["ratio_reason"] = percentile_interval(ratios, level)
     return gap
 
 
@@ -361,12 +380,9 @@ def fairness_summary(
     the weakest slices. Gender's positive class is female: recall_female = TP / (TP + FN), fpr = FP / (FP + TN)
     with FP a male called female. ``level``: the intervals' coverage; ``bins``: ECE's bins."""
     _validate(frame, by, min_group, resamples, level)
-    frame = frame.with_columns(
-        pl.lit(None, dtype=PREDICTION_FIELDS[name]).alias(name) for name in _INPUTS if name not in frame.columns
-    )
-    frame = frame.with_columns(calibration_columns())
+    frame = with_inputs(frame)
     centre = frame.filter(_has("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
-    row_exprs = _row_columns(centre)
+    row_exprs = row_columns(centre)
     column = {expr.meta.output_name(): index for index, expr in enumerate(row_exprs)}
     sliced = frame.filter(pl.col(by).is_not_null()).select(
         by, *row_exprs, *(e.meta.output_name() for e in calibration_columns())
@@ -376,7 +392,7 @@ def fairness_summary(
     for part in sliced.sort(by, maintain_order=True).partition_by(by, maintain_order=True):
         rows = part.select(list(column)).to_numpy().astype(np.float64)
         point_sums = rows.sum(axis=0)
-        point = _values(point_sums, column) | _eces(part, bins)
+        point = metric_values(point_sums, column) | group_eces(part, bins)
         counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
         draws.append(_bootstrap(part, rows, column, rng, resamples, bins))
         metrics = _group_metrics(point, counts, draws[-1], level)
