@@ -114,6 +114,26 @@ def is_own_predictions(path: str | os.PathLike) -> bool:
     return set(OWN_COLUMNS) <= set(names)
 
 
+def parse_columns(spec: str) -> dict[str, str | None]:
+    """``--columns`` -> the ``columns`` mapping of ``read_foreign_predictions``: comma-separated ``ours=theirs``
+    (``path=img,gender=sex,age=apparent_age``); nothing after ``=`` leaves that attribute out (``race=``). A key
+    not among ``COLUMN_SPELLINGS``', a part without ``=`` or a key given twice is refused in one line."""
+    mapping: dict[str, str | None] = {}
+    for part in (part.strip() for part in spec.split(",")):
+        ours, sep, theirs = part.partition("=")
+        ours = ours.strip().lower()
+        if not sep or not ours:
+            raise FaceattrError(f"--columns {spec!r}: {part!r} is not ours=theirs (e.g. path=img,gender=sex,race=)")
+        if ours not in COLUMN_SPELLINGS:
+            raise FaceattrError(f"--columns {spec!r}: unknown key {ours!r} (keys: {', '.join(COLUMN_SPELLINGS)})")
+        if ours in mapping:
+            raise FaceattrError(f"--columns {spec!r}: {ours} given twice")
+        if ours == "path" and not theirs.strip():
+            raise FaceattrError(f"--columns {spec!r}: path names the images' column; it cannot be left out")
+        mapping[ours] = theirs.strip() or None
+    return mapping
+
+
 def read_foreign_predictions(
     path: str | os.PathLike,
     columns: Mapping[str, str | None] | None = None,

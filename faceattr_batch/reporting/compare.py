@@ -1,0 +1,379 @@
+"""Two runs compared: two models on the same images, or one model on two datasets (``report --compare``).
+
+Each run is a predictions frame with its true labels (``predict``'s own or another tool's, ``--labels`` applying to
+both). Every metric of ``COMPARED``, overall and per group of race, gender, age band and the ``slice_by`` columns,
+is computed on each run's metric rows (``summary.labelled_rows``: labelled, the images a model was trained on left
+out unless ``include_training``), side by side with the difference B − A. Extra slicing columns are binned over
+both runs at once (``name:k``: the same quantile bins for A and B).
+
+Images are matched by path. The pairs are the images with one predicted face in each run; where there are any, each
+difference also gets a paired bootstrap interval: the labelled pairs (of the group, for a slice: both runs place the
+image in it) resampled jointly, ``resamples`` times, one seeded generator, each resample's metric of B minus that of
+A (``metrics.fairness``' sums: one matrix product gives every metric of every resample). Without a pair, the
+differences stand alone and ``shared.reason`` says why there is no interval.
+
+Disagreements: over every pair, labelled or not: a different gender, a different race, ages more than
+``AGE_DISAGREEMENT`` years apart; the largest of each (``GALLERY_K``) are the page's gallery: age by the distance
+between the two ages, gender by that between the two P(female), race by the lower of the two confidences (both
+sure, and different); a pair without probabilities comes last, then by path.
+
+``compare_runs`` returns metrics.json's ``compare``::
+
+    {"a": run, "b": run,  # run: predictions, name, models, foreign (another tool's summary or None), images,
+                          #      predicted, metric_rows, attributes (those it predicts)
+     "shared": {"matched_by": "path", "images": int, "only_a": int, "only_b": int, "pairs": int,
+                "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
+     "resamples": int, "seed": int, "level": float,
+     "metrics": {name: {"attribute": str, "better": "higher"|"lower"|"zero", "unit": "share"|"years"|"score"}},
+     "overall": {name: entry},
+     "slices": {attribute: {"column": str, "bins": int|None,
+                            "groups": [{"group": str, "n_a": int, "n_b": int, "pairs": int,
+                                        "metrics": {name: entry}}]}},
+     "disagreements": {"pairs": int, "age_threshold": 10,
+                       attribute: {"compared": int, "disagree": int, "share": float|None}},
+     "gallery": {attribute: [{path, true_*, a_*, b_*, difference}]}}
+
+    entry: {"a": float|None, "b": float|None, "diff": float|None, "n_a": int, "n_b": int,
+            "paired": {"n": int, "a", "b", "diff", "low", "high", "reason": str|None} | None}
+
+A metric a run cannot compute (no labels, or an attribute its tool does not predict) is None, as is its
+difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch.data.labels import RACES
+from faceattr_batch.io.atomic import finite
+from faceattr_batch.metrics import fairness, slicing
+from faceattr_batch.metrics.attributes import CS_TOLERANCE, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
+from faceattr_batch.reporting.summary import labelled_rows
+from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS
+
+AGE_DISAGREEMENT = 10  # years between the two predicted ages that count as a disagreement
+GALLERY_K = 12
+_RACE_NAMES = tuple(race.lower() for race in RACES)
+_COUNT = {"gender": "gender_known", "race": "race_known", "age": "age_known"}
+_SIDE = "_run"  # which run a row of the two runs' rows put together came from
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    attribute: str  # gender, race or age
+    better: str  # higher, lower, zero (signed: the nearer 0 the better)
+    unit: str  # share (shown in %), years, score
+
+
+def _compared() -> tuple[Metric, ...]:
+    gender = ("accuracy", "precision", "recall_female", "recall_male", "f1")
+    race = ("accuracy", "macro_f1", *(f"{kind}_{r}" for kind in ("recall", "precision") for r in _RACE_NAMES))
+    age = {"mae": ("lower", "years"), "rmse": ("lower", "years"), "bias": ("zero", "years"),
+           "cs5": ("higher", "share"), "gross_rate": ("lower", "share"), "r2": ("higher", "score")}  # fmt: skip
+    return (
+        *(Metric(f"gender_{name}", "gender", "higher", "share") for name in gender),
+        Metric("gender_ece", "gender", "lower", "score"),
+        *(Metric(f"race_{name}", "race", "higher", "share") for name in race),
+        Metric("race_ece", "race", "lower", "score"),
+        *(Metric(f"age_{name}", "age", better, unit) for name, (better, unit) in age.items()),
+    )
+
+
+COMPARED: tuple[Metric, ...] = _compared()
+# metrics across the classes of an attribute, meaningless inside a group holding one true class of it
+_WITHIN_GROUP = {
+    "gender": {"gender_precision", "gender_f1"},
+    "race": {"race_macro_f1", *(f"race_precision_{r}" for r in _RACE_NAMES)},
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: its predictions file, the frame read from it with the true labels attached (``report.build``'s),
+    and another tool's table summary (``ForeignPredictions.summary``; None for ``predict``'s own)."""
+
+    predictions: Path
+    frame: pl.DataFrame
+    foreign: dict | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    contents: dict  # metrics.json's "compare" (JSON-ready)
+    gallery: dict[str, pl.DataFrame]  # attribute -> the largest disagreements, with the columns thumbnails read
+
+
+def _extra_rows() -> list[pl.Expr]:
+    """Row columns the compared metrics need besides ``fairness.row_columns``: CS@5 and gross errors."""
+    known = pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null()
+    error = (pl.col("pred_age").cast(pl.Float64) - pl.col("true_age").cast(pl.Float64)).abs()
+    return [
+        (known & (error <= CS_TOLERANCE)).cast(pl.Float64).fill_null(0.0).alias("within_cs"),
+        (known & (error > GROSS_AGE_ERROR)).cast(pl.Float64).fill_null(0.0).alias("gross"),
+    ]
+
+
+def _values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
+    """Every compared metric but ECE from the row-column sums (last axis; NaN where undefined): the fairness
+    metrics, and female precision and F1, race macro-F1 (over the classes present), RMSE, CS@5, gross rate."""
+
+    def s(name: str) -> np.ndarray:
+        return sums[..., column[name]]
+
+    values = fairness.metric_values(sums, column)
+    tp, fp, fn = s("female_hit"), s("male") - s("male_hit"), s("female") - s("female_hit")
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0: undefined, NaN
+        f1s = np.stack([2 * s(f"hit_{r}") / (s(f"true_{r}") + s(f"pred_{r}")) for r in _RACE_NAMES], axis=-1)
+        present = np.isfinite(f1s)
+        values |= {
+            "gender_precision": tp / (tp + fp),
+            "gender_f1": 2 * tp / (2 * tp + fp + fn),
+            "race_macro_f1": np.where(present, f1s, 0.0).sum(axis=-1) / present.sum(axis=-1),
+            "age_rmse": np.sqrt(s("error2") / s("age_known")),
+            "age_cs5": s("within_cs") / s("age_known"),
+            "age_gross_rate": s("gross") / s("age_known"),
+        }
+    return values
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One run's metric rows as the bootstrap reads them: ``matrix`` (rows x row columns), ``calibration`` (what
+    ``group_eces`` reads), the paths and each slicing attribute's group per row."""
+
+    matrix: np.ndarray
+    calibration: pl.DataFrame
+    paths: np.ndarray
+    groups: dict[str, np.ndarray]
+
+    def point(self, mask: np.ndarray, column: dict[str, int], bins: int) -> tuple[dict, dict]:
+        sums = self.matrix[mask].sum(axis=0)
+        values = _values(sums, column) | fairness.group_eces(self.calibration.filter(pl.Series(mask)), bins)
+        return values, {attribute: int(sums[column[name]]) for attribute, name in _COUNT.items()}
+
+
+def _rows(frame: pl.DataFrame, exprs: list[pl.Expr], attributes: dict[str, str]) -> _Rows:
+    frame = fairness.with_inputs(frame)
+    calibration = ("gender_confidence", "gender_confident_correct", "race_confidence", "race_confident_correct")
+    groups = {key: frame.get_column(col).cast(pl.String).to_numpy() for key, col in attributes.items()}
+    return _Rows(frame.select(exprs).to_numpy().astype(np.float64), frame.select(calibration),
+                 frame.get_column("path").to_numpy(), groups)  # fmt: skip
+
+
+def _entry(point_a, point_b, counts_a, counts_b, metric: Metric, paired) -> dict:
+    a, b = (None if np.isnan(p[metric.name]) else float(p[metric.name]) for p in (point_a, point_b))
+    return {
+        "a": a, "b": b, "diff": None if a is None or b is None else b - a,
+        "n_a": counts_a[metric.attribute], "n_b": counts_b[metric.attribute],
+        "paired": None if paired is None else paired[metric.name],
+    }  # fmt: skip
+
+
+def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, rng, resamples, level, bins) -> dict:
+    """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) and the percentile
+    interval of B − A over resamples of the pairs drawn jointly."""
+    n = ra.shape[0]
+    point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
+    point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
+    diffs = {m.name: [] for m in COMPARED}
+    if n >= 2:
+        for counts in fairness.resample_counts(rng, n, resamples):
+            draw_a = _values(counts @ ra, column) | fairness.group_eces(cal_a, bins, counts)
+            draw_b = _values(counts @ rb, column) | fairness.group_eces(cal_b, bins, counts)
+            for name, values in diffs.items():
+                values.append(draw_b[name] - draw_a[name])
+    result = {}
+    for metric in COMPARED:
+        a, b = (float(p[metric.name]) for p in (point_a, point_b))
+        entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
+        if n == 0:
+            entry["reason"] = "no labelled image in both runs"
+        elif not (np.isfinite(a) and np.isfinite(b)):
+            entry["reason"] = f"undefined in {'A' if not np.isfinite(a) else 'B'} over the {n} pairs"
+        elif n < 2:
+            entry["reason"] = f"no interval from {n} pair"
+        else:
+            low, high, why = fairness.percentile_interval(np.concatenate(diffs[metric.name]), level)
+            entry |= {"low": low, "high": high, "reason": why}
+        result[metric.name] = entry
+    return result
+
+
+def compare_runs(
+    a: Run,
+    b: Run,
+    *,
+    slice_by: Sequence[str] = (),
+    include_training: bool = False,
+    resamples: int = fairness.MIN_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    bins: int = 15,
+) -> Comparison:
+    """The comparison of run ``b`` with run ``a`` (module doc): metrics side by side with B − A and paired
+    intervals, overall and per slice, the disagreements and their gallery."""
+    if resamples < fairness.MIN_RESAMPLES:
+        raise ValueError(f"resamples must be at least {fairness.MIN_RESAMPLES}, not {resamples}")
+    both = pl.concat(
+        [labelled_rows(run.frame, include_training).with_columns(pl.lit(side).alias(_SIDE))
+         for side, run in (("a", a), ("b", b))], how="diagonal_relaxed",
+    )  # fmt: skip
+    own = [c for c in both.columns if c not in (*OUTPUT_COLUMNS, _SIDE)]
+    both, extra = slicing.slice_frame(both, slice_by, known=own)
+    attributes = {key: SLICE_COLUMNS[key] for key in SLICE_BY} | {spec.name: spec.name for spec in extra}
+    centre = both.get_column("true_age").cast(pl.Float64).mean() or 0.0
+    exprs = [*fairness.row_columns(centre), *_extra_rows()]
+    column = {expr.meta.output_name(): index for index, expr in enumerate(exprs)}
+    rows_a, rows_b = (_rows(both.filter(pl.col(_SIDE) == side), exprs, attributes) for side in ("a", "b"))
+    shared, pairs = _shared(a.frame, b.frame)
+    index_a, index_b = _pair_index(rows_a.paths, rows_b.paths, pairs)
+    shared["labelled_pairs"] = len(index_a)
+    rng = np.random.default_rng(seed)
+
+    def compared(mask_a, mask_b, pair_mask) -> tuple[dict, dict, dict]:
+        point_a, counts_a = rows_a.point(mask_a, column, bins)
+        point_b, counts_b = rows_b.point(mask_b, column, bins)
+        paired = None
+        if shared["paired"]:
+            ia, ib = index_a[pair_mask], index_b[pair_mask]
+            cal_a, cal_b = rows_a.calibration[ia], rows_b.calibration[ib]
+            paired = _paired(rows_a.matrix[ia], rows_b.matrix[ib], cal_a, cal_b, column, rng, resamples, level, bins)
+        entries = {m.name: _entry(point_a, point_b, counts_a, counts_b, m, paired) for m in COMPARED}
+        return entries, counts_a, counts_b
+
+    every_a, every_b = np.ones(len(rows_a.paths), bool), np.ones(len(rows_b.paths), bool)
+    overall = compared(every_a, every_b, np.ones(len(index_a), bool))[0]
+    slices = {}
+    for key, col in attributes.items():
+        groups = []
+        for group in _groups(both.get_column(col)):
+            in_a, in_b = rows_a.groups[key] == group, rows_b.groups[key] == group
+            pair_mask = in_a[index_a] & in_b[index_b]
+            entries, _, _ = compared(in_a, in_b, pair_mask)
+            for name in _WITHIN_GROUP.get(key, ()):
+                entries.pop(name)
+            groups.append({"group": group, "n_a": int(in_a.sum()), "n_b": int(in_b.sum()),
+                           "pairs": int(pair_mask.sum()), "metrics": entries})  # fmt: skip
+        bins_of = next((spec.bins for spec in extra if spec.name == key), None)
+        slices[key] = {"column": col, "bins": bins_of, "groups": groups}
+    disagreements, gallery = _disagreements(a.frame, b.frame, pairs)
+    contents = {
+        "a": _run_summary(a, rows_a), "b": _run_summary(b, rows_b), "shared": shared,
+        "resamples": resamples, "seed": seed, "level": level,
+        "metrics": {m.name: {"attribute": m.attribute, "better": m.better, "unit": m.unit} for m in COMPARED},
+        "overall": overall, "slices": slices, "disagreements": disagreements,
+        "gallery": {key: gallery_rows(table) for key, table in gallery.items()},
+    }  # fmt: skip
+    return Comparison(finite(contents), gallery)
+
+
+def _groups(values: pl.Series) -> list[str]:
+    """The groups of a slicing column over both runs, as text: an Enum's in its order, any other's sorted."""
+    return values.drop_nulls().unique().sort().cast(pl.String).to_list()
+
+
+def _predicted_once(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of images with exactly one predicted face (the ones a pair can be made of)."""
+    predicted = frame.filter(pl.col("error").is_null())
+    return predicted.filter(pl.len().over("path") == 1)
+
+
+def _shared(a: pl.DataFrame, b: pl.DataFrame) -> tuple[dict, pl.Series]:
+    """The images of both runs (by path), and the paths of the pairs: one predicted face in each run."""
+    paths_a, paths_b = set(a["path"].unique().to_list()), set(b["path"].unique().to_list())
+    common = paths_a & paths_b
+    pairs = _predicted_once(a).join(_predicted_once(b), on="path", how="semi")["path"].sort()
+    several = {p for frame in (a, b) for p in frame.filter(pl.len().over("path") > 1)["path"].to_list()} & common
+    shared = {
+        "matched_by": "path", "images": len(common), "only_a": len(paths_a - common), "only_b": len(paths_b - common),
+        "pairs": pairs.len(), "several_faces": len(several), "paired": pairs.len() > 0, "reason": None,
+    }  # fmt: skip
+    if not common:
+        shared["reason"] = "no image is in both runs (matched by path): differences without paired intervals"
+    elif not pairs.len():
+        shared["reason"] = "no image has one predicted face in each run: differences without paired intervals"
+    return shared, pairs
+
+
+def _pair_index(paths_a: np.ndarray, paths_b: np.ndarray, pairs: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in A's and in B's metric rows of each pair present in both (labelled in both), pair by pair."""
+    position_a = {p: i for i, p in enumerate(paths_a)}
+    position_b = {p: i for i, p in enumerate(paths_b)}
+    both = [(position_a[p], position_b[p]) for p in pairs.to_list() if p in position_a and p in position_b]
+    index = np.array(both, dtype=np.int64).reshape(-1, 2)
+    return index[:, 0], index[:, 1]
+
+
+def _run_summary(run: Run, rows: _Rows) -> dict:
+    frame = run.frame
+    models = frame.select("model_name", "model_version").unique().drop_nulls("model_name").sort("model_name")
+    names = ", ".join(f"{m} {v}" for m, v in models.iter_rows())
+    predicted = frame.filter(pl.col("error").is_null())
+    return {
+        "predictions": str(Path(run.predictions).resolve()),
+        "name": names or Path(run.predictions).stem,
+        "models": models.to_dicts(),
+        "foreign": run.foreign,
+        "images": frame["path"].n_unique(),
+        "predicted": predicted.height,
+        "metric_rows": len(rows.paths),
+        "attributes": [a for a in ("gender", "race", "age") if predicted[f"pred_{a}"].is_not_null().any()],
+    }
+
+
+def _disagreements(a: pl.DataFrame, b: pl.DataFrame, pairs: pl.Series) -> tuple[dict, dict[str, pl.DataFrame]]:
+    """Counts of pairs whose predictions differ, per attribute, and the largest disagreements of each."""
+    top = pl.max_horizontal(RACE_PROB_COLUMNS)
+    side = ["pred_gender_label", "pred_race_label", "pred_gender", "pred_race", "pred_age", "p_female"]
+    theirs = _predicted_once(b).select("path", *side, top.alias("race_confidence"))
+    joined = (
+        _predicted_once(a)
+        .filter(pl.col("path").is_in(pairs.implode()))
+        .with_columns(top.alias("race_confidence"))
+        .join(theirs, on="path", suffix="_b")
+        .sort("path")
+    )
+    age_gap = (pl.col("pred_age_b") - pl.col("pred_age")).abs()
+    differ = {
+        "gender": pl.col("pred_gender") != pl.col("pred_gender_b"),
+        "race": pl.col("pred_race") != pl.col("pred_race_b"),
+        "age": age_gap > AGE_DISAGREEMENT,
+    }
+    rank = {
+        "gender": (pl.col("p_female_b") - pl.col("p_female")).abs(),
+        "race": pl.min_horizontal("race_confidence", "race_confidence_b"),
+        "age": age_gap,
+    }
+    counts: dict = {"pairs": joined.height, "age_threshold": AGE_DISAGREEMENT}
+    gallery = {}
+    for key, expr in differ.items():
+        compared = joined.filter(pl.col(f"pred_{key}").is_not_null() & pl.col(f"pred_{key}_b").is_not_null())
+        wrong = compared.filter(expr).with_columns(rank[key].alias("difference"))
+        share = wrong.height / compared.height if compared.height else None
+        counts[key] = {"compared": compared.height, "disagree": wrong.height, "share": share}
+        gallery[key] = wrong.sort("difference", "path", descending=[True, False], nulls_last=True).head(GALLERY_K)
+    return counts, gallery
+
+
+def gallery_rows(table: pl.DataFrame) -> list[dict]:
+    """A gallery table as metrics.json lists it: the path, the truth, each run's predictions (labels by name) and
+    the ``difference`` it was ranked by."""
+    runs = [
+        expr
+        for run, suffix in (("a", ""), ("b", "_b"))
+        for expr in (
+            pl.col(f"pred_gender_label{suffix}").cast(pl.String).alias(f"{run}_gender"),
+            pl.col(f"pred_race_label{suffix}").cast(pl.String).alias(f"{run}_race"),
+            pl.col(f"pred_age{suffix}").cast(pl.Float64).alias(f"{run}_age"),
+            pl.col(f"p_female{suffix}").cast(pl.Float64).alias(f"{run}_p_female"),
+            pl.col(f"race_confidence{suffix}").cast(pl.Float64).alias(f"{run}_race_confidence"),
+        )
+    ]
+    truth = [pl.col(f"true_{a}_label").cast(pl.String).alias(f"true_{a}") for a in ("gender", "race")]
+    return table.select("path", "true_age", *truth, *runs, "difference").to_dicts()

@@ -1,0 +1,41 @@
+"""The report page's short block on another tool's predictions table (``ForeignPredictions.summary``): the file, the
+columns read for each of ours, what it predicts, the races mapped to ours and the values it could not read."""
+
+from __future__ import annotations
+
+import html
+
+ATTRIBUTES = ("gender", "race", "age")
+
+
+def foreign_html(foreign: dict | None, run: str = "") -> str:
+    """The block, or nothing for ``predict``'s own Parquet (``foreign`` None); ``run``: "A" or "B" in a
+    comparison."""
+    if not foreign:
+        return ""
+    esc = html.escape
+    columns = ", ".join(f"{esc(ours)} ← <code>{esc(theirs)}</code>" for ours, theirs in foreign["columns"].items())
+    missing = [a for a in ATTRIBUTES if a not in foreign["attributes"]]
+    predicts = ", ".join(foreign["attributes"]) + (f" (not {', '.join(missing)}: not reported)" if missing else "")
+    lines = [
+        f"<b>{esc(run + ': ' if run else '')}another tool's predictions</b>: <code>{esc(foreign['file'])}</code> "
+        f"({esc(foreign['format'])}, {foreign['rows']} rows); predicts {esc(predicts)}",
+        f"columns read: {columns}",
+    ]
+    if "gender" in foreign["columns"]:
+        lines.append(f"a numeric gender of 1 read as {esc(foreign['gender_one_is'])}")
+    if foreign.get("race_mapping"):
+        mapped = ", ".join(f"{esc(k)} → {esc(v)}" for k, v in foreign["race_mapping"].items() if k != v.lower())
+        lines.append(f"races mapped to ours: {mapped}")
+    if foreign["problem_count"]:
+        where = "row" if foreign["format"] == "parquet" else "line"
+        problems = "; ".join(
+            f"{esc(column)}: {entry['count']} ({where}s {', '.join(map(str, entry['lines']))}"
+            f"{', …' if entry['count'] > len(entry['lines']) else ''})"
+            for column, entry in foreign["problems_by_column"].items()
+        )
+        lines.append(f"<span class='tag'>{foreign['problem_count']} values not read (left empty)</span> {problems}")
+    return "<div class='foreign'>" + "<br>".join(lines) + "</div>"
+
+
+CSS = ".foreign{background:#f3f6fb;border-left:4px solid #6b8fd6;padding:6px 10px;margin:8px 0;font-size:13px}"
