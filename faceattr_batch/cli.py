@@ -277,6 +277,7 @@ def predict_command(
     report_dir: Annotated[Path | None, typer.Option("--report", help="Also build the report in this folder.")] = None,
     slice_by: opt.SliceBy = None,
     min_group: opt.MinGroup = 30,
+    include_training: opt.IncludeTraining = False,
     resume: opt.Resume = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
     batch_size: opt.BatchSize = 256,
@@ -322,12 +323,14 @@ def report_command(
     labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
     slice_by: opt.SliceBy = None,
     min_group: opt.MinGroup = 30,
+    include_training: opt.IncludeTraining = False,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
     from faceattr_batch.pipelines import report
 
-    result = report.build(predictions, report_dir, labels, slice_by=opt.slice_specs(slice_by), min_group=min_group)
+    slices, keep = opt.slice_specs(slice_by), include_training
+    result = report.build(predictions, report_dir, labels, slice_by=slices, min_group=min_group, include_training=keep)
     show(summaries.report, result, json_data=dataclasses.asdict(result) if json_out else None)
 
 

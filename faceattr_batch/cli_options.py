@@ -71,6 +71,13 @@ SliceBy = Annotated[
 MinGroup = Annotated[
     int, typer.Option("--min-group", min=2, help="Fewest images of a group compared and ranked in the report.")
 ]
+IncludeTraining = Annotated[
+    bool,
+    typer.Option(
+        "--include-training",
+        help="Keep the images the model was trained on in the metrics (left out by default: they flatter it).",
+    ),
+]
 
 
 def slice_specs(text: str | None) -> tuple[str, ...]:

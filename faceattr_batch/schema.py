@@ -22,6 +22,9 @@ GENDER_LABEL = pl.Enum(GENDERS)
 RACE_LABEL = pl.Enum(RACES)
 AGE_BAND = pl.Enum(AGE_BAND_NAMES)
 RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES)
+# the roles in which a model saw an image (``models.seen_images``): learned from it | chose checkpoints, temperatures
+TRAINING_ROLES = ("train", "validation")
+TRAINING_ROLE = pl.Enum(TRAINING_ROLES)
 
 # A detected face's fields (``faces.load.face_rows``); a chip is face 0 with framing ``chip`` and no box.
 FACE_FIELDS: dict[str, pl.DataType] = {
@@ -46,6 +49,9 @@ PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "pred_age_band": AGE_BAND,
     "model_name": pl.String,
     "model_version": pl.String,
+    # the model saw this file's bytes (its seen-images file lists their SHA-256); null when it records none
+    "in_training": pl.Boolean,
+    "training_role": TRAINING_ROLE,  # in which role; null when not seen (or not recorded)
     "true_age": pl.Int16,
     "true_gender": pl.Int8,
     "true_gender_label": GENDER_LABEL,

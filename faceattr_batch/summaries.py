@@ -207,6 +207,7 @@ def predict(result) -> None:
         f"{decoding}, labels: {settings['labels']})"
     )
     label_file(out, result.labels)
+    training_notes(out, result.training)
     if result.errors:
         table = Table(title="errors by reason", show_edge=False)
         table.add_column("reason")
@@ -275,9 +276,16 @@ def label_file(out: Console, labels: dict | None, most: int = 5) -> None:
             out.print(f"  ... and {total - most} more (the first {kept} with --json and in metrics.json)")
 
 
+def training_notes(out: Console, training: dict | None) -> None:
+    """Why the metrics leave out the images the model was trained on, and its figures on the validation ones."""
+    for note in (training or {}).get("notes", []):
+        out.print(Text(note, "yellow"))
+
+
 def report(result) -> None:
     out = console()
     label_file(out, result.labels)
+    training_notes(out, result.training)
     out.print(f"report: {result.report}")
 
 

@@ -100,6 +100,7 @@ def _predict_result(output: Path) -> SimpleNamespace:
         shards_skipped=0,
         report=None,
         labels=None,
+        training=None,
         images_per_second=18.2,
         to_dict=lambda: {"images": 21},
     )

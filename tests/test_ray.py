@@ -8,8 +8,10 @@ Ray starts once per session as ``ray.cluster_utils.Cluster`` (two nodes of one C
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models.registry import SEEN_IMAGES_FILE
+from faceattr_batch.models.seen_images import seen_images_table, write_seen_images
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines.predict import PredictOptions, run
 from faceattr_batch.schema import FLOAT_OUTPUTS, OUTPUT_COLUMNS
@@ -73,9 +77,23 @@ def faces(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_run(faces, tiny_attr_model, tmp_path_factory):
+def model_that_saw(faces, tiny_attr_model, tmp_path_factory) -> Path:
+    """The tiny model beside a seen-images file (trained on 20 of the faces, validated on 10): every engine marks
+    the same rows."""
+    model = tmp_path_factory.mktemp("model") / "model.pt"
+    shutil.copy(tiny_attr_model, model)
+    files = sorted(faces.glob("*.jpg"))[:30]
+    hashes = pl.Series([hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
+    write_seen_images(
+        seen_images_table(hashes, pl.Series(["train"] * 20 + ["val"] * 10)), model.with_name(SEEN_IMAGES_FILE)
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def local_run(faces, model_that_saw, tmp_path_factory):
     """The local engine's result on ``faces``: the reference every Ray run must reproduce."""
-    return _predict(faces, tmp_path_factory.mktemp("local") / "local.parquet", tiny_attr_model, workers=1)
+    return _predict(faces, tmp_path_factory.mktemp("local") / "local.parquet", model_that_saw, workers=1)
 
 
 def _predict(folder: Path, out: Path, model: Path, **kwargs):
@@ -95,28 +113,29 @@ def _assert_same_rows(frame: pl.DataFrame, reference: pl.DataFrame) -> None:
 
 @pytest.mark.ray
 @needs_ray
-def test_ray_predict_gives_the_local_rows_with_error_rows(ray_cluster, faces, tiny_attr_model, local_run, tmp_path):
-    ray_run = _predict(faces, tmp_path / "ray.parquet", tiny_attr_model, engine="ray")
+def test_ray_predict_gives_the_local_rows_with_error_rows(ray_cluster, faces, model_that_saw, local_run, tmp_path):
+    ray_run = _predict(faces, tmp_path / "ray.parquet", model_that_saw, engine="ray")
     _assert_same_rows(pl.read_parquet(ray_run.output), pl.read_parquet(local_run.output))
     assert ray_run.images == local_run.images == 202 and ray_run.predicted == 200
     assert ray_run.errors == local_run.errors == {"empty file (0 bytes)": 1, "not an image (unidentified format)": 1}
     assert ray_run.metrics == local_run.metrics and ray_run.settings["engine"] == "ray"
+    assert ray_run.training["train"] == 20 and ray_run.training["validation"] == 10
     assert not list(tmp_path.glob("*.parts")) and not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.ray
 @needs_ray
-def test_a_killed_local_run_resumes_on_ray(ray_cluster, faces, tiny_attr_model, local_run, tmp_path):
+def test_a_killed_local_run_resumes_on_ray(ray_cluster, faces, model_that_saw, local_run, tmp_path):
     out = tmp_path / "out.parquet"
     local = (  # the library, not the CLI: the CLI's defaults (say, --faces) are not the options' defaults
         "import sys; from pathlib import Path; from faceattr_batch.pipelines.predict import PredictOptions, run\n"
-        f"run(PredictOptions(inputs=({str(faces)!r},), output=Path({str(out)!r}), model={str(tiny_attr_model)!r}, "
+        f"run(PredictOptions(inputs=({str(faces)!r},), output=Path({str(out)!r}), model={str(model_that_saw)!r}, "
         f"workers=0, **{COMMON!r}))"
     )
     env = {**os.environ, "FACEATTR_BATCH_TEST_KILL": "shard:1"}  # dies with shards 0 and 1 finished
     killed = subprocess.run([sys.executable, "-c", local], cwd=REPO, env=env, capture_output=True, timeout=TIMEOUT_S)
     assert killed.returncode == -9, killed.stderr
-    resumed = _predict(faces, out, tiny_attr_model, engine="ray", resume=True)
+    resumed = _predict(faces, out, model_that_saw, engine="ray", resume=True)
     assert resumed.shards_skipped == 2 and resumed.processed == 202 - 64
     _assert_same_rows(pl.read_parquet(out), pl.read_parquet(local_run.output))
 
@@ -145,9 +164,7 @@ def _own_processes_titled(text: str) -> list[int]:
 
 @pytest.mark.ray
 @needs_ray
-def test_a_model_actor_killed_mid_run_loses_and_doubles_no_row(
-    ray_cluster, faces, tiny_attr_model, local_run, tmp_path
-):
+def test_a_model_actor_killed_mid_run_loses_and_doubles_no_row(ray_cluster, faces, model_that_saw, local_run, tmp_path):
     out = tmp_path / "out.parquet"
     killed: list[int] = []
 
@@ -162,7 +179,7 @@ def test_a_model_actor_killed_mid_run_loses_and_doubles_no_row(
 
     killer = threading.Thread(target=kill_the_model_actor_after_the_first_shard, daemon=True)
     killer.start()
-    result = _predict(faces, out, tiny_attr_model, engine="ray")
+    result = _predict(faces, out, model_that_saw, engine="ray")
     killer.join()
     assert killed, "the model actor was not found"
     assert result.images == 202 and result.shards_skipped == 0

@@ -13,6 +13,7 @@ killed leave on their own.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -42,10 +43,23 @@ class Batch:
     # (faces.load.FoundFaces), not arrays
     ok: list[int]  # positions (within this batch) that decoded
     errors: dict[int, str]
+    # sha256 (hex) of each path's file bytes, None where the file cannot be read; None when not asked for
+    digests: list[str | None] | None = None
 
 
-def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str]) -> Batch:
+def file_sha256(path: str) -> str | None:
+    """The SHA-256 of the file's bytes as 64 hex digits; None when it cannot be read (its decode says why)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str], digests: bool = False) -> Batch:
+    """``paths`` decoded by ``load``; ``digests``: also each file's SHA-256 (predict's seen-images check)."""
     arrays, ok, errors = [], [], {}
+    hashes = [file_sha256(path) for path in paths] if digests else None
     for i, path in enumerate(paths):
         try:
             arrays.append(load(path))
@@ -55,9 +69,10 @@ def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str]
         except Exception as err:  # a decoder bug must not kill a million-image run: record it as the row's error
             errors[i] = f"decode failed: {type(err).__name__}: {err}"
     if arrays and not isinstance(arrays[0], np.ndarray):
-        return Batch(start, list(paths), arrays, ok, errors)  # records (faces.FoundFaces): one per decoded path
+        # records (faces.FoundFaces): one per decoded path
+        return Batch(start, list(paths), arrays, ok, errors, hashes)
     pixels = np.stack(arrays) if arrays else np.empty((0,), dtype=np.uint8)
-    return Batch(start, list(paths), pixels, ok, errors)
+    return Batch(start, list(paths), pixels, ok, errors, hashes)
 
 
 def iter_batches(
@@ -66,18 +81,20 @@ def iter_batches(
     batch_size: int,
     workers: int,
     prefetch: int | None = None,
+    digests: bool = False,
 ) -> Iterator[Batch]:
-    """Decode ``paths`` with ``load`` (a picklable top-level function or functools.partial) in order."""
+    """Decode ``paths`` with ``load`` (a picklable top-level function or functools.partial) in order; ``digests``:
+    each batch also carries its files' SHA-256, computed in the worker."""
     chunks = ((start, list(paths[start : start + batch_size])) for start in range(0, len(paths), batch_size))
     if workers <= 0:
         for start, chunk in chunks:
-            yield decode_batch(load, start, chunk)
+            yield decode_batch(load, start, chunk, digests)
         return
     window = prefetch or 2 * workers
     with process_pool(workers) as pool:
         pending: deque[Future] = deque()
         for start, chunk in chunks:
-            pending.append(pool.submit(decode_batch, load, start, chunk))
+            pending.append(pool.submit(decode_batch, load, start, chunk, digests))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:

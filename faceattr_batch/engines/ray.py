@@ -101,6 +101,7 @@ def run_in_order(
     address: str | None,
     concurrency: int | None,
     progress: bool,
+    digests: bool = False,
 ) -> Iterator:
     """What ``worker(*worker_args)(batch, chunk_columns)`` returned for each chunk, as Arrow tables in input order.
 
@@ -109,14 +110,15 @@ def run_in_order(
     aligned with ``paths``) for the chunk's paths. ``threads``: CPUs per actor on the CPU; ``decode_share``: the
     share of CPUs left to decode tasks; ``item_bytes``: one decoded item's memory. Ray is connected and the pool
     planned before this returns (a missing extra or a bad address fails here); a FaceattrError raised in a worker
-    comes back as one line."""
+    comes back as one line. ``digests``: each ``Batch`` also carries its files' SHA-256 (``decode_batch``)."""
     if not paths:
         return iter(())
     ray = connect(address)
     size, per_actor = actor_plan(ray, device_type, concurrency, threads, decode_share)
     chunks = chunk_dataset(ray, paths, batch_size, columns)
     log.info("ray: %d %s actors (%s), decoding in tasks", size, worker.__name__, per_actor)
-    results = model_stage(chunks, load, batch_size * item_bytes, actor_class(worker), worker_args, size, per_actor)
+    actor = actor_class(worker)
+    results = model_stage(chunks, load, batch_size * item_bytes, actor, worker_args, size, per_actor, digests)
     return results_in_order(results, progress)
 
 
@@ -137,13 +139,15 @@ def chunk_dataset(ray, paths: list[str], batch_size: int, columns: dict | None =
     return ray.data.from_arrow(table, override_num_blocks=max(1, min(len(starts), MAX_INPUT_BLOCKS)))
 
 
-def decode_chunks(table, load):
+def decode_chunks(table, load, digests: bool = False):
     """The decode task: each chunk row's paths become its pickled ``Batch`` (stacked pixels, or a list of
     records when ``load`` returns records), which replaces them."""
     import pyarrow as pa
 
     batches = [
-        pickle.dumps(decode_batch(load, start, [os.fsdecode(p) for p in paths]), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dumps(
+            decode_batch(load, start, [os.fsdecode(p) for p in paths], digests), protocol=pickle.HIGHEST_PROTOCOL
+        )
         for start, paths in zip(table["start"].to_pylist(), table["paths"].to_pylist(), strict=True)
     ]
     return table.drop_columns(["paths"]).append_column("batch", pa.array(batches, pa.large_binary()))
@@ -175,9 +179,11 @@ def actor_class(worker: type) -> type:
     return type(worker.__name__, (WorkerActor,), {"worker_class": worker, "__doc__": worker.__doc__})
 
 
-def model_stage(dataset, load, chunk_bytes: int, actor: type, constructor_args: tuple, size: int, per_actor: dict):
+def model_stage(
+    dataset, load, chunk_bytes: int, actor: type, constructor_args: tuple, size: int, per_actor: dict, digests=False
+):
     """Decode tasks, then ``actor`` (a callable class) on each chunk in a pool of ``size``. ``chunk_bytes``: the
-    decoded items of one chunk."""
+    decoded items of one chunk; ``digests``: the decode tasks also hash each file."""
     import ray.data
 
     # The decode tasks reserve memory: the worker process and a chunk's items twice (the stack and its bytes).
@@ -185,7 +191,7 @@ def model_stage(dataset, load, chunk_bytes: int, actor: type, constructor_args: 
     # overlaps inference instead of running inside the actor between batches.
     decoded = dataset.map_batches(
         decode_chunks,
-        fn_kwargs={"load": load},
+        fn_kwargs={"load": load, "digests": digests},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=1,

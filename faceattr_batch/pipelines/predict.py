@@ -11,6 +11,9 @@ each aligned face (one row per face; an image without one is a ``no face found``
 already framed like a chip as a chip and detects in the others (``faces.load.load_faces``, in the decode workers).
 Both engines run every mode with the same defaults.
 
+Images the model saw: with a model's seen-images file (``models.seen_images``) the decode workers also hash each
+file; rows it lists get ``in_training`` and their ``training_role``, and the metrics leave the train-role ones out.
+
 Output columns and the label convention: ``schema.py`` (``OUTPUT_COLUMNS``).
 """
 
@@ -42,7 +45,9 @@ from faceattr_batch.io import writer
 from faceattr_batch.io.atomic import check_writable
 from faceattr_batch.metrics.slicing import slice_frame
 from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.registry import seen_images_path
 from faceattr_batch.models.runtime import ModelRunner, split_cores
+from faceattr_batch.models.seen_images import SeenImages
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import read_predictions, summarize
@@ -53,6 +58,7 @@ from faceattr_batch.schema import (
     LABEL_FIELDS,
     OUTPUT_COLUMNS,
     RACE_PROB_COLUMNS,
+    TRAINING_ROLE,
     derived_columns,
     output_schema,
 )
@@ -87,6 +93,7 @@ class PredictOptions:
     min_face: int = 20  # detect/auto: smallest face box side, in the photo's pixels
     min_score: float = 0.9  # detect/auto: the detector's confidence
     max_faces: int = 50  # detect/auto: faces kept per image, the best scores
+    include_training: bool = False  # keep the rows of images the model was trained on in the metrics
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class PredictResult:
     report: Path | None = None
     settings: dict = field(default_factory=dict)
     labels: dict | None = None  # the labels file's counts and first problems (``data.label_files``); None: names
+    training: dict | None = None  # rows of images the model saw, by role (``reporting.summary.training_summary``)
 
     @property
     def images_per_second(self) -> float:
@@ -126,18 +134,20 @@ def run(options: PredictOptions) -> PredictResult:
     device = resolve_device(options.device)
     workers, threads = split_cores(device.type, options.workers, options.threads)
     runner = ModelRunner.load(options.model, device, options.runtime, threads)
+    seen = seen_images(runner)
     # whole batches per shard, cut at the same places in a resumed run as in an uninterrupted one: the model then
     # sees identical batches and gives bit-identical values
     shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
-    fingerprint = resume_fingerprint(runner, label_source, faces)
+    fingerprint = resume_fingerprint(runner, label_source, faces, seen)
     settings = {"workers": workers, "threads": threads, "device": device.type, "labels": label_source}
     settings |= {"shard_size": shard_size, "engine": options.engine, "faces": faces.mode}
-    processed, skipped = _write_output(options, paths, truth, runner, faces, fingerprint, settings)
+    settings["seen_images"] = None if seen is None else str(seen.path)
+    processed, skipped = _write_output(options, paths, truth, (runner, seen), faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
     if labels is not None:  # the age bins and extra columns, which the Parquet does not hold, for the report
         frame = attach_labels(frame, labels)
-    summary = summarize(frame, None if labels is None else labels.summary)
+    summary = summarize(frame, None if labels is None else labels.summary, options.include_training)
     report = None
     if options.report_dir is not None:
         report = write_report(
@@ -190,8 +200,15 @@ def _face_options(options: PredictOptions) -> FaceOptions:
     return faces
 
 
-def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOptions) -> dict:
-    """What changes the values written: a resumed run must match it (``writer.open_workspace``)."""
+def seen_images(runner: ModelRunner) -> SeenImages | None:
+    """The images the model saw (``registry.seen_images_path``), or None when it records none."""
+    path = seen_images_path(Path(runner.meta["source"]))
+    return None if path is None else SeenImages.load(path)
+
+
+def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOptions, seen: SeenImages | None) -> dict:
+    """What changes the values written: a resumed run must match it (``writer.open_workspace``); the seen-images
+    file's digest only when the model has one, so other runs resume as before."""
     fingerprint = {
         "model": runner.meta["name"],
         "model_version": runner.meta["version"],
@@ -208,11 +225,15 @@ def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOption
             "min_score": faces.min_score,
             "max_faces": faces.max_faces,
         }
+    if seen is not None:
+        fingerprint["seen_images"] = seen.digest
     return fingerprint
 
 
-def _write_output(options, paths, truth, runner, faces, fingerprint, settings) -> tuple[int, int]:
-    """Predict the shards not yet done into the output file: (images processed, shards skipped)."""
+def _write_output(options, paths, truth, model, faces, fingerprint, settings) -> tuple[int, int]:
+    """Predict the shards not yet done into the output file: (images processed, shards skipped). ``model``: the
+    runner and its ``SeenImages`` (or None)."""
+    runner = model[0]
     keys = [display_path(p) for p in paths]
     shard_size = settings["shard_size"]
     if options.resume and writer.is_complete(options.output, fingerprint, keys, shard_size):
@@ -225,7 +246,7 @@ def _write_output(options, paths, truth, runner, faces, fingerprint, settings) -
         todo = [paths[i] for i in positions]
         columns = truth[positions].with_columns(pl.Series(KEY, [keys[i] for i in positions], pl.String))
         predict = _predict_on_ray if options.engine == "ray" else _predict_locally
-        tables = predict(todo, columns, runner, faces, options, settings)
+        tables = predict(todo, columns, model, faces, options, settings)
         writer.write_shards(space, pending, output_schema(), tables)
         processed = len(todo)
     metadata = {
@@ -270,19 +291,22 @@ def _label_codes(frame: pl.DataFrame) -> pl.DataFrame:
 
 class BatchRows:
     """One decoded batch -> its output rows, an Arrow table in the schema's order. ``columns``: the rows' ``key``
-    and true label codes, a list each (what ``engines.ray.run_in_order`` hands its worker)."""
+    and true label codes, a list each (what ``engines.ray.run_in_order`` hands its worker). ``seen``: the images the
+    model saw (the batches then carry their files' digests), or None."""
 
-    def __init__(self, runner: ModelRunner, detect: bool, chunk: int):
+    def __init__(self, runner: ModelRunner, detect: bool, chunk: int, seen: SeenImages | None = None):
         self.runner, self.detect, self.chunk = runner, detect, chunk  # chunk: faces the model runs at a time
+        self.seen = seen
 
     def __call__(self, batch: Batch, columns: dict[str, list]):
         truth = pl.DataFrame({name: columns[name] for name in LABEL_COLUMNS}, schema=LABEL_FIELDS)
+        marks = None if self.seen is None or batch.digests is None else self.seen.marks(batch.digests)
         if self.detect:
-            return self._faces(batch, columns[KEY], truth).cast(output_schema())
+            return self._faces(batch, columns[KEY], truth, marks).cast(output_schema())
         outputs = self.runner.infer(batch.items) if batch.ok else None
-        return batch_table(batch, outputs, columns[KEY], truth, self.runner.meta).cast(output_schema())
+        return batch_table(batch, outputs, columns[KEY], truth, self.runner.meta, marks=marks).cast(output_schema())
 
-    def _faces(self, batch: Batch, keys: list[str], truth: pl.DataFrame):
+    def _faces(self, batch: Batch, keys: list[str], truth: pl.DataFrame, marks: dict | None):
         """A batch of FoundFaces records -> one output row per face (the model runs ``chunk`` faces at a time)."""
         rows = face_rows(batch, self.runner.input_size)
         outputs = None
@@ -295,23 +319,35 @@ class BatchRows:
         row_truth = pl.concat([truth, truth.clear(1)])[labelled]
         per_face = Batch(batch.start, [batch.paths[i] for i in rows.image], rows.pixels, rows.ok, rows.errors)
         row_keys = [keys[i] for i in rows.image]
-        return batch_table(per_face, outputs, row_keys, row_truth, self.runner.meta, rows.columns)
+        if marks is not None:  # a photo's marks on each of its faces
+            marks = {name: [values[i] for i in rows.image] for name, values in marks.items()}
+        return batch_table(per_face, outputs, row_keys, row_truth, self.runner.meta, rows.columns, marks)
 
 
 class PredictActor(BatchRows):
     """A Ray model actor: loads its own model (a model is not shipped between processes)."""
 
-    def __init__(self, source: str, device, runtime: str, threads: int, detect: bool, chunk: int):
-        super().__init__(ModelRunner.load(source, device, runtime, threads), detect, chunk)
+    def __init__(self, source: str, device, runtime: str, threads: int, detect: bool, chunk: int, seen_path=None):
+        seen = None if seen_path is None else SeenImages.load(seen_path)
+        super().__init__(ModelRunner.load(source, device, runtime, threads), detect, chunk, seen)
 
 
-def batch_table(batch: Batch, outputs: dict | None, keys: list[str], truth: pl.DataFrame, meta: dict, faces=None):
+def batch_table(
+    batch: Batch, outputs: dict | None, keys: list[str], truth: pl.DataFrame, meta: dict, faces=None, marks=None
+):
     """One batch's rows as an Arrow table in ``OUTPUT_COLUMNS`` order (null predictions where decode failed).
-    ``faces``: the face columns (``FACE_FIELDS``), a value per row; None for chips (face 0, framing ``chip``)."""
+    ``faces``: the face columns (``FACE_FIELDS``), a value per row; None for chips (face 0, framing ``chip``).
+    ``marks``: ``in_training`` and ``training_role``, a value per row (``SeenImages.marks``); None: nulls."""
     n = len(batch.paths)
+    marks = marks or {"in_training": [None] * n, "training_role": [None] * n}
     rows = pl.DataFrame(
-        {"_row": np.arange(n, dtype=np.int32), "path": keys, "error": [batch.errors.get(i) for i in range(n)]},
-        schema_overrides={"path": pl.String, "error": pl.String},
+        {"_row": np.arange(n, dtype=np.int32), "path": keys, "error": [batch.errors.get(i) for i in range(n)], **marks},
+        schema_overrides={
+            "path": pl.String,
+            "error": pl.String,
+            "in_training": pl.Boolean,
+            "training_role": TRAINING_ROLE,
+        },
     ).hstack(truth)
     if outputs is not None:
         races = outputs["race_probs"]
@@ -362,11 +398,13 @@ def _load(runner: ModelRunner, faces: FaceOptions):
     return functools.partial(load_faces, options=faces, size=runner.input_size)
 
 
-def _predict_locally(paths, columns: pl.DataFrame, runner, faces, options, settings):
-    """The output tables of ``paths``, in order: decode in worker processes, the model in this one."""
-    rows = BatchRows(runner, faces.mode != "chips", options.batch_size)
+def _predict_locally(paths, columns: pl.DataFrame, model, faces, options, settings):
+    """The output tables of ``paths``, in order: decode (and hash) in worker processes, the model in this one."""
+    runner, seen = model
+    rows = BatchRows(runner, faces.mode != "chips", options.batch_size, seen)
     values = columns.to_dict(as_series=False)
-    batches = iter_batches(paths, _load(runner, faces), options.batch_size, settings["workers"])
+    hashed = seen is not None
+    batches = iter_batches(paths, _load(runner, faces), options.batch_size, settings["workers"], digests=hashed)
     with progress_bar(total=len(paths), unit="img", enabled=options.progress, desc="predict", smoothing=0.1) as bar:
         for batch in batches:
             span = slice(batch.start, batch.start + len(batch.paths))
@@ -374,8 +412,10 @@ def _predict_locally(paths, columns: pl.DataFrame, runner, faces, options, setti
             bar.update(len(batch.paths))
 
 
-def _predict_on_ray(paths, columns: pl.DataFrame, runner, faces, options, settings):
+def _predict_on_ray(paths, columns: pl.DataFrame, model, faces, options, settings):
     """The output tables of ``paths``, in order, from Ray: decode tasks, ``PredictActor`` model actors."""
+    runner, seen = model
+    seen_path = None if seen is None else seen.path
     oldest = pl.CompatLevel.oldest()  # large_string, not string_view: Arrow list arrays take it as values
     arrays = {name: column.to_arrow(compat_level=oldest) for name, column in columns.to_dict().items()}
     threads = options.threads or 1
@@ -387,7 +427,7 @@ def _predict_on_ray(paths, columns: pl.DataFrame, runner, faces, options, settin
         _load(runner, faces),
         options.batch_size,
         PredictActor,
-        (runner.meta["source"], runner.device, runner.runtime, threads, detect, options.batch_size),
+        (runner.meta["source"], runner.device, runner.runtime, threads, detect, options.batch_size, seen_path),
         columns=arrays,
         device_type=runner.device.type,
         threads=threads,
@@ -396,4 +436,5 @@ def _predict_on_ray(paths, columns: pl.DataFrame, runner, faces, options, settin
         address=options.ray_address,
         concurrency=options.concurrency,
         progress=options.progress,
+        digests=seen is not None,
     )

@@ -22,6 +22,7 @@ from faceattr_batch.reporting.summary import read_predictions, summarize
 class ReportResult:
     report: Path  # report.html
     labels: dict | None = None  # the labels file's counts and first problems; None without --labels
+    training: dict | None = None  # images the model saw, by role, and the rule (``summary.training_summary``)
 
 
 def build(
@@ -31,15 +32,17 @@ def build(
     *,
     slice_by: Sequence[str] = (),
     min_group: int = 30,
+    include_training: bool = False,
 ) -> ReportResult:
     """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
-    ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``)."""
+    ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``);
+    ``include_training``: keep the rows of images the model was trained on in the metrics."""
     frame = read_predictions(predictions)
     check_writable(report_dir, "--report")
     matched = None
     if labels is not None:
         matched = load_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
-    summary = summarize(frame, None if matched is None else matched.summary)
+    summary = summarize(frame, None if matched is None else matched.summary, include_training)
     html = write_report(frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group)
-    return ReportResult(html, summary["labels"])
+    return ReportResult(html, summary["labels"], summary["training"])

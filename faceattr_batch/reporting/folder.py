@@ -46,7 +46,9 @@ def write_report(
     if min_group < 2:
         raise FaceattrError(f"--min-group must be at least 2, not {min_group}")
     own_columns = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
-    labelled, extra = slicing.slice_frame(labelled_rows(frame), slice_by, known=own_columns)
+    # the metrics' rows: without those of images the model was trained on, unless the summary kept them
+    metric_rows = labelled_rows(frame, summary["training"]["included"])
+    labelled, extra = slicing.slice_frame(metric_rows, slice_by, known=own_columns)
     report_dir = Path(report_dir)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:
         "predictions": str(Path(predictions).resolve()),
         "tool_version": __version__,
         "models": models,
-        **{key: summary[key] for key in ("images", "predicted", "labelled", "errors", "labels")},
+        **{key: summary[key] for key in ("images", "predicted", "labelled", "errors", "labels", "training")},
         "pred_gender_counts": _counts(frame["pred_gender_label"]),
         "pred_race_counts": _counts(frame["pred_race_label"]),
     }

@@ -30,6 +30,7 @@ th{background:#f4f4f4} td.l,th.l{text-align:left}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:150px}
 .card b{display:block;font-size:20px}.muted{color:#777}
+.note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}
 img.plot{max-width:100%;display:block;margin:8px 0}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:150px;font-size:11px}
 .thumb span{overflow-wrap:anywhere}
@@ -61,6 +62,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
         ]
     parts.append("</div>")
+    parts += [f"<p class='note'>{esc(note)}</p>" for note in (summary.get("training") or {}).get("notes", [])]
     if summary["errors"]:
         rows = "".join(f"<tr><td class='l'>{esc(k)}</td><td>{v}</td></tr>" for k, v in summary["errors"].items())
         parts.append(
