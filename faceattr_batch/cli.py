@@ -318,19 +318,21 @@ def predict_command(
 
 @command("report")
 def report_command(
-    predictions: Annotated[Path, typer.Argument(help="A predictions Parquet written by `predict`.")],
+    predictions: Annotated[Path, typer.Argument(help="predict's Parquet, or another tool's CSV or Parquet.")],
     report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
     labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
+    compare: opt.Compare = None,
+    columns: opt.Columns = None,
+    gender_one_is: opt.GenderOneIs = "female",
     slice_by: opt.SliceBy = None,
     min_group: opt.MinGroup = 30,
     include_training: opt.IncludeTraining = False,
     json_out: opt.JsonOut = False,
 ) -> None:
-    """Rebuild the report (metrics.json, breakdown.parquet, plots, report.html) from a predictions Parquet."""
+    """Rebuild the report from predictions: ours, another tool's (docs/other-models.md), or two runs (--compare)."""
     from faceattr_batch.pipelines import report
 
-    slices, keep = opt.slice_specs(slice_by), include_training
-    result = report.build(predictions, report_dir, labels, slice_by=slices, min_group=min_group, include_training=keep)
+    result = report.build(predictions, report_dir, labels, **opt.report_options(locals()))
     show(summaries.report, result, json_data=dataclasses.asdict(result) if json_out else None)
 
 

@@ -80,9 +80,45 @@ IncludeTraining = Annotated[
 ]
 
 
+Compare = Annotated[
+    Path | None,
+    typer.Option(
+        "--compare",
+        metavar="B",
+        help="A second run to compare with (predict's Parquet or another tool's table, same --labels): B - A for "
+        "every metric and slice, paired intervals and disagreements where the images are the same.",
+    ),
+]
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        show_default="found by their common names",
+        help="Another tool's table: ours=its column, comma-separated (path=img,gender=sex,age=apparent_age); "
+        "race= (nothing) leaves race out.",
+    ),
+]
+GenderOneIs = Annotated[
+    str,
+    typer.Option(
+        "--gender-one-is", help="female | male: what a gender of 1 means in another tool's table (insightface: male)."
+    ),
+]
+
+
 def slice_specs(text: str | None) -> tuple[str, ...]:
     """--slice-by's comma-separated specs."""
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def report_options(params: dict) -> dict:
+    """report.build's keyword options from the report command's parameters (``locals()``), --slice-by and
+    --columns parsed."""
+    from faceattr_batch.data.foreign_predictions import parse_columns  # defer import: polars, for one command
+
+    names = ("min_group", "include_training", "gender_one_is", "compare")
+    columns = None if params["columns"] is None else parse_columns(params["columns"])
+    return {name: params[name] for name in names} | {"slice_by": slice_specs(params["slice_by"]), "columns": columns}
 
 
 MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]

@@ -284,9 +284,79 @@ def training_notes(out: Console, training: dict | None) -> None:
 
 def report(result) -> None:
     out = console()
+    foreign_table(out, result.foreign)
     label_file(out, result.labels)
     training_notes(out, result.training)
+    if result.compare:
+        compared_runs(out, result.compare)
     out.print(f"report: {result.report}")
+
+
+def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
+    """Another tool's table as read: the columns behind ours, what it predicts, the races mapped, problems."""
+    if not foreign:
+        return
+    columns = ", ".join(f"{ours} <- {theirs}" for ours, theirs in foreign["columns"].items())
+    missing = [a for a in ("gender", "race", "age") if a not in foreign["attributes"]]
+    not_reported = f"; {', '.join(missing)} not predicted: not reported" if missing else ""
+    out.print(
+        f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {foreign['rows']} rows): "
+        f"{columns}{not_reported}"
+    )
+    if foreign.get("race_mapping"):
+        mapped = ", ".join(f"{k} -> {v}" for k, v in foreign["race_mapping"].items() if k != v.lower())
+        out.print(f"  races mapped to ours: {mapped}")
+    if foreign["problem_count"]:
+        where = "row" if foreign["format"] == "parquet" else "line"
+        out.print(Text.assemble((f"  {foreign['problem_count']} values not read", "yellow"), " (left empty):"))
+        for column, entry in foreign["problems_by_column"].items():
+            lines = ", ".join(map(str, entry["lines"])) + (", ..." if entry["count"] > len(entry["lines"]) else "")
+            out.print(f"    {column}: {entry['count']} ({where} {lines})")
+
+
+def compared_runs(out: Console, compare: dict) -> None:
+    """Run B against A: the images they share, the headline metrics with B - A and its paired interval, the
+    disagreements."""
+    a, b, shared = compare["a"], compare["b"], compare["shared"]
+    foreign_table(out, b["foreign"], "B: ")
+    out.print(f"compared: A {a['name']} ({a['images']} images), B {b['name']} ({b['images']} images)")
+    if shared["paired"]:
+        out.print(
+            f"{shared['images']} images in both runs, {shared['pairs']} pairs ({shared['labelled_pairs']} labelled); "
+            f"paired bootstrap, {compare['resamples']} resamples, seed {compare['seed']}"
+        )
+    else:
+        out.print(Text(f"{shared['images']} images in both runs: {shared['reason']}", "yellow"))
+    table = Table(title="B - A", show_edge=False)
+    for column in ("metric", "A", "B", "B - A", "95% paired interval"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    headline = {"gender_accuracy": "gender accuracy", "race_accuracy": "race accuracy", "age_mae": "age MAE"}
+    for name, label in headline.items():
+        entry, percent = compare["overall"][name], compare["metrics"][name]["unit"] == "share"
+        paired = entry["paired"] or {}
+        low, high = paired.get("low"), paired.get("high")
+        if low is None:
+            interval = paired.get("reason") or "no pairs"
+        else:
+            interval = f"{_shown(low, percent, True)} to {_shown(high, percent, True)}"
+        values = (_shown(entry["a"], percent), _shown(entry["b"], percent), _shown(entry["diff"], percent, True))
+        table.add_row(label, *values, interval)
+    out.print(table)
+    counts = compare["disagreements"]
+    words = {"gender": "gender", "race": "race", "age": f"age (> {counts['age_threshold']} y)"}
+    out.print(
+        "disagreements: "
+        + ", ".join(f"{words[k]} {counts[k]['disagree']} of {counts[k]['compared']}" for k in ("gender", "race", "age"))
+    )
+
+
+def _shown(value: float | None, percent: bool, signed: bool = False) -> str:
+    """A share in % (a difference of shares in points), years with two decimals."""
+    if value is None:
+        return "-"
+    if percent:
+        return f"{100 * value:+.1f} pts" if signed else f"{100 * value:.1f}%"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def crop(summary: dict) -> None:

@@ -1,21 +1,33 @@
-"""`faceattr-batch report`: a predictions Parquet -> a report folder (metrics.json, breakdown.parquet, PNG plots and
-one self-contained report.html; ``reporting.folder``), without a model.
+"""`faceattr-batch report`: predictions -> a report folder (metrics.json, breakdown.parquet, PNG plots and one
+self-contained report.html; ``reporting.folder``), without a model.
 
 `predict --report` writes the same folder right after predicting, from the frame it has read for its summary;
 this command rebuilds it later from the file alone, or with the labels of a labels file (``--labels``:
-``data.label_files``, joined by path; they replace the Parquet's own and add their extra columns).
+``data.label_files``, joined by path; they replace the file's own and add their extra columns).
+
+The predictions are a Parquet written by `predict`, or a table written by another tool (deepface, insightface, a
+model of your own: ``data.foreign_predictions``, read as told by ``columns`` and ``gender_one_is`` or by its
+columns' common spellings); ``is_own_predictions`` tells them apart. An attribute the table does not predict is
+not reported. With ``compare``, a second run B (ours or another tool's; the same labels file applying to both) is
+compared with A (``reporting.compare``): the folder is A's report, with metrics.json's ``compare`` and the page's
+comparison section.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
+from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
 from faceattr_batch.data.label_files import attach_labels, load_labels
+from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report
-from faceattr_batch.reporting.summary import read_predictions, summarize
+from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,8 @@ class ReportResult:
     report: Path  # report.html
     labels: dict | None = None  # the labels file's counts and first problems; None without --labels
     training: dict | None = None  # images the model saw, by role, and the rule (``summary.training_summary``)
+    foreign: dict | None = None  # another tool's table: columns read, conventions, problems; None for predict's own
+    compare: dict | None = None  # with ``compare``: metrics.json's "compare" (``reporting.compare``)
 
 
 def build(
@@ -33,16 +47,73 @@ def build(
     slice_by: Sequence[str] = (),
     min_group: int = 30,
     include_training: bool = False,
+    columns: Mapping[str, str | None] | None = None,
+    gender_one_is: str = "female",
+    compare: Path | str | None = None,
+    seed: int = 0,
 ) -> ReportResult:
     """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
     ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``);
-    ``include_training``: keep the rows of images the model was trained on in the metrics."""
-    frame = read_predictions(predictions)
+    ``include_training``: keep the rows of images the model was trained on in the metrics. Another tool's table is
+    read with ``columns`` (ours -> its column; None leaves an attribute out) and ``gender_one_is`` ("male": its
+    gender 1 is male). ``compare``: a second run compared with this one (paired intervals seeded by ``seed``)."""
+    runs = [read_run(path, labels, columns, gender_one_is) for path in (predictions, compare) if path is not None]
+    if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
+        raise FaceattrError(
+            f"--columns and --gender-one-is read another tool's table; {predictions} is a `predict` Parquet"
+            + (f", and so is {compare}" if compare is not None else "")
+        )
     check_writable(report_dir, "--report")
+    run = runs[0]
+    summary = summarize(run.frame, run.labels, include_training) | {"foreign": run.foreign}
+    comparison = None
+    if compare is not None:
+        comparison = compare_runs(*runs, slice_by=slice_by, include_training=include_training, seed=seed)
+    html = write_report(
+        run.frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group,
+        compare=comparison,
+    )  # fmt: skip
+    contents = None if comparison is None else comparison.contents
+    return ReportResult(html, summary["labels"], summary["training"], run.foreign, contents)
+
+
+def compare(a: Path | str, b: Path | str, report_dir: Path | str, labels: Path | str | None = None, **options):
+    """The report of run ``a`` compared with run ``b`` (each ``predict``'s Parquet or another tool's table, the
+    labels file ``labels`` applying to both): ``build(a, report_dir, labels, compare=b, **options)``."""
+    return build(a, report_dir, labels, compare=b, **options)
+
+
+def read_run(
+    predictions: Path | str,
+    labels: Path | str | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    gender_one_is: str = "female",
+) -> Run:
+    """One run: ``predict``'s Parquet or another tool's table, in the predictions schema (``READ_COLUMNS``), with the
+    labels of the file ``labels`` attached when given."""
+    foreign = None
+    if is_own_predictions(predictions):
+        frame = read_predictions(predictions)
+    else:
+        try:
+            table = read_foreign_predictions(predictions, columns, gender_one_is=gender_one_is)
+        except FaceattrError as err:
+            missing = _own_columns_missing(predictions)
+            if missing is None:
+                raise
+            raise FaceattrError(f"{err}; not a `predict` output either (missing columns: {missing})") from None
+        frame, foreign = table.frame.select(READ_COLUMNS), table.summary
     matched = None
     if labels is not None:
         matched = load_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
-    summary = summarize(frame, None if matched is None else matched.summary, include_training)
-    html = write_report(frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group)
-    return ReportResult(html, summary["labels"], summary["training"])
+    return Run(Path(predictions), frame, foreign, None if matched is None else matched.summary)
+
+
+def _own_columns_missing(path: Path | str) -> str | None:
+    """The columns of ``predict``'s output that the Parquet ``path`` lacks (None when it is no readable Parquet)."""
+    try:
+        names = pl.read_parquet_schema(path)
+    except Exception:  # polars raises several types for non-Parquet bytes
+        return None
+    return ", ".join(c for c in OWN_COLUMNS if c not in names)

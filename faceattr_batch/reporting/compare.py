@@ -19,8 +19,8 @@ sure, and different); a pair without probabilities comes last, then by path.
 
 ``compare_runs`` returns metrics.json's ``compare``::
 
-    {"a": run, "b": run,  # run: predictions, name, models, foreign (another tool's summary or None), images,
-                          #      predicted, metric_rows, attributes (those it predicts)
+    {"a": run, "b": run,  # run: predictions, name, models, foreign (another tool's summary or None), labels (the
+                          #      labels file's counts), images, predicted, metric_rows, attributes (those it predicts)
      "shared": {"matched_by": "path", "images": int, "only_a": int, "only_b": int, "pairs": int,
                 "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
      "resamples": int, "seed": int, "level": float,
@@ -95,12 +95,14 @@ _WITHIN_GROUP = {
 
 @dataclass(frozen=True)
 class Run:
-    """One run: its predictions file, the frame read from it with the true labels attached (``report.build``'s),
-    and another tool's table summary (``ForeignPredictions.summary``; None for ``predict``'s own)."""
+    """One run: its predictions file, the frame read from it with the true labels attached (``report.read_run``),
+    another tool's table summary (``ForeignPredictions.summary``; None for ``predict``'s own) and the labels file's
+    (``MatchedLabels.summary``; None without one)."""
 
     predictions: Path
     frame: pl.DataFrame
     foreign: dict | None = None
+    labels: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -313,13 +315,14 @@ def _pair_index(paths_a: np.ndarray, paths_b: np.ndarray, pairs: pl.Series) -> t
 def _run_summary(run: Run, rows: _Rows) -> dict:
     frame = run.frame
     models = frame.select("model_name", "model_version").unique().drop_nulls("model_name").sort("model_name")
-    names = ", ".join(f"{m} {v}" for m, v in models.iter_rows())
+    names = ", ".join(m if v in (None, "unknown") else f"{m} {v}" for m, v in models.iter_rows())
     predicted = frame.filter(pl.col("error").is_null())
     return {
         "predictions": str(Path(run.predictions).resolve()),
         "name": names or Path(run.predictions).stem,
         "models": models.to_dicts(),
         "foreign": run.foreign,
+        "labels": run.labels,
         "images": frame["path"].n_unique(),
         "predicted": predicted.height,
         "metric_rows": len(rows.paths),

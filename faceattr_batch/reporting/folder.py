@@ -20,6 +20,7 @@ from faceattr_batch.io.atomic import replacing, write_json
 from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.reporting import figures, page
+from faceattr_batch.reporting.compare import Comparison
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import OUTPUT_COLUMNS
 
@@ -39,10 +40,12 @@ def write_report(
     *,
     slice_by: Sequence[str] = (),
     min_group: int = 30,
+    compare: Comparison | None = None,
 ) -> Path:
     """Write the report files into ``report_dir``; returns the path of ``report.html``. ``slice_by``: columns of
     ``frame`` to slice by besides race, gender and age band (``name`` or ``name:k`` for k quantile bins);
-    ``min_group``: the fewest images of a group compared in the fairness summary and ranked among the weakest."""
+    ``min_group``: the fewest images of a group compared in the fairness summary and ranked among the weakest;
+    ``compare``: another run compared with this one (metrics.json's ``compare``, and its section of the page)."""
     if min_group < 2:
         raise FaceattrError(f"--min-group must be at least 2, not {min_group}")
     own_columns = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
@@ -85,6 +88,9 @@ def write_report(
         }
         plots = figures.draw(labelled, contents, by, metrics.calibration(labelled), report_dir)
         sections = {"crossed": crossed, "worst": worst}
+    if compare is not None:
+        contents["compare"] = compare.contents
+        sections["compare"] = compare.gallery
     write_json(report_dir / "metrics.json", contents)  # ratios over zero cases (NaN, inf) become null
     target = report_dir / "report.html"
     with replacing(target) as tmp:
@@ -145,6 +151,7 @@ def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:
         "tool_version": __version__,
         "models": models,
         **{key: summary[key] for key in ("images", "predicted", "labelled", "errors", "labels", "training")},
+        "foreign": summary.get("foreign"),  # another tool's table (``ForeignPredictions.summary``)
         "pred_gender_counts": _counts(frame["pred_gender_label"]),
         "pred_race_counts": _counts(frame["pred_race_label"]),
     }

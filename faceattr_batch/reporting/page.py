@@ -16,7 +16,7 @@ from PIL import Image
 from faceattr_batch import __version__
 from faceattr_batch.data.decode import DecodeError, read_rgb
 from faceattr_batch.faces.load import FRAMING_ALIGNED
-from faceattr_batch.reporting import fairness_page, html_table
+from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
@@ -45,22 +45,24 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     models = ", ".join(f"{m['model_name']} {m['model_version']}" for m in summary["models"] if m["model_name"])
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>faceattr-batch report</title>",
-        f"<style>{CSS}{html_table.CSS}{fairness_page.CSS}</style></head><body>",
+        f"<style>{CSS}{html_table.CSS}{fairness_page.CSS}{foreign_page.CSS}{compare_page.CSS}</style></head><body>",
         "<h1>faceattr-batch predictions report</h1>",
         f"<p class='muted'>{esc(summary['predictions'])}<br>model: {esc(models or '-')} · "
         f"faceattr-batch {esc(__version__)}</p>",
+        foreign_page.foreign_html(summary.get("foreign")),
         "<div class='cards'>",
         _card("images", summary["images"]),
         _card("predicted", summary["predicted"]),
         _card("errors", sum(summary["errors"].values())),
     ]
     overall = summary.get("overall")
-    if overall:
-        parts += [
-            _card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
-            _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
-            _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
-        ]
+    if overall:  # an attribute without labels or predictions (another tool's table) is not reported
+        cards = {
+            "gender": _card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
+            "race": _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
+            "age": _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
+        }
+        parts += [card for key, card in cards.items() if overall[f"n_{key}"]]
     parts.append("</div>")
     parts += [f"<p class='note'>{esc(note)}</p>" for note in (summary.get("training") or {}).get("notes", [])]
     if summary["errors"]:
@@ -68,6 +70,8 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         parts.append(
             f"<h2>Errors (no predictions)</h2><table><tr><th class='l'>reason</th><th>images</th></tr>{rows}</table>"
         )
+    if "compare" in summary:
+        parts.append(compare_page.compare_html(summary["compare"], sections["compare"], _thumbnail))
     if not overall:
         parts.append(
             "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
@@ -89,7 +93,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             parts.append(f"<h2>{title}</h2><img class='plot' alt='{name}' src='data:image/png;base64,{data}'>")
     parts.append(fairness_page.weakest_html(summary["weakest"]))
     parts.append(fairness_page.groups_html(summary))
-    parts.append(_html_worst(sections["worst"]))
+    parts.append(_html_worst(sections["worst"], overall))
     parts.append(_html_slices(sections["crossed"]))
     return "".join(parts) + html_table.SORT_SCRIPT + "</body></html>"
 
@@ -133,7 +137,7 @@ def _html_metrics(summary: dict) -> str:
         ("age", o["n_age"], f"MAE {num(o['age_mae'], ' y')}", age),
     ]
     body = "".join(
-        f"<tr><td class='l'>{a}</td><td>{n}</td><td>{h}</td><td class='l'>{m}</td></tr>" for a, n, h, m in rows
+        f"<tr><td class='l'>{a}</td><td>{n}</td><td>{h}</td><td class='l'>{m}</td></tr>" for a, n, h, m in rows if n
     )
     return (
         "<h2>Metrics</h2><table><tr><th class='l'>attribute</th><th>n</th><th>headline</th>"
@@ -141,13 +145,15 @@ def _html_metrics(summary: dict) -> str:
     )
 
 
-def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
+def _html_worst(worst: dict[str, pl.DataFrame], overall: dict) -> str:
     parts = ["<h2>Worst errors</h2>"]
     for key, title in (
         ("age", "largest age errors"),
         ("gender", "most confident wrong gender"),
         ("race", "most confident wrong race"),
     ):
+        if not overall[f"n_{key}"]:  # not predicted, or no labels: not reported
+            continue
         table = worst[key]
         parts.append(f"<h3>{title}</h3>")
         if table.is_empty():
@@ -161,10 +167,14 @@ def _html_worst(worst: dict[str, pl.DataFrame]) -> str:
 
 
 def _caption(key: str, row: dict) -> str:
+    # another tool's table may have no age interval and no probabilities: those parts are left out
     if key == "age":
-        text = f"true {row['true_age']} · predicted {row['pred_age']:.1f} ({row['age_low']:.0f}–{row['age_high']:.0f})"
+        low, high = row["age_low"], row["age_high"]
+        spread = "" if low is None or high is None else f" ({low:.0f}–{high:.0f})"
+        text = f"true {row['true_age']} · predicted {row['pred_age']:.1f}{spread}"
     else:
-        text = f"true {row[f'true_{key}_label']} · predicted {row[f'pred_{key}_label']} ({row['confidence']:.0%})"
+        confidence = "" if row["confidence"] is None else f" ({row['confidence']:.0%})"
+        text = f"true {row[f'true_{key}_label']} · predicted {row[f'pred_{key}_label']}{confidence}"
     path = html.escape(row["path"])
     name = html.escape(os.path.basename(row["path"]))
     return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"

@@ -1,0 +1,219 @@
+"""Two runs compared (report.compare, reporting.compare): metrics side by side with B − A equal to a computation by
+hand, paired bootstrap intervals (seeded, holding the point difference) over the images both runs share, the
+disagreements and their gallery, the page with both runs; disjoint runs get no paired interval and say so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.metrics import attributes
+from faceattr_batch.pipelines import report
+from faceattr_batch.reporting.compare import AGE_DISAGREEMENT, Run, compare_runs
+from faceattr_batch.reporting.summary import READ_COLUMNS
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
+
+TRUE_GENDER = [0, 1, 0, 1, 0, 1, 0, 1]
+TRUE_RACE = [0, 1, 2, 3, 4, 0, 1, 2]
+TRUE_AGE = [20, 30, 40, 50, 60, 25, 35, 45]
+# run A: gender wrong on image 1, race wrong on image 2, age errors summing to 12 (MAE 1.5)
+A_GENDER = [0, 0, 0, 1, 0, 1, 0, 1]
+A_RACE = [0, 1, 0, 3, 4, 0, 1, 2]
+A_AGE_ERROR = [1, -1, 2, -2, 0, 0, 3, -3]
+# run B: gender wrong on 1, 3 and 5, race wrong on 0, age errors summing to 41 (MAE 5.125); image 4 is 20 y off A
+B_GENDER = [0, 0, 0, 0, 0, 0, 0, 1]
+B_RACE = [1, 1, 2, 3, 4, 0, 1, 2]
+B_AGE_ERROR = [5, 5, -5, 5, 20, 0, 0, 1]
+
+
+def _frame(paths, gender, race, age_error, model, true=True) -> pl.DataFrame:
+    """A predictions frame in the schema (READ_COLUMNS), the true labels of the module's images where ``true``."""
+    n = len(paths)
+    probs = np.full((n, 5), 0.1)
+    probs[np.arange(n), race] = 0.6
+    rows = {
+        "path": paths,
+        "pred_gender": gender,
+        "p_female": [0.9 if g else 0.2 for g in gender],
+        "pred_race": race,
+        **{name: probs[:, i] for i, name in enumerate(RACE_PROB_COLUMNS)},
+        "pred_age": [t + e for t, e in zip(TRUE_AGE, age_error, strict=True)],
+        "true_gender": TRUE_GENDER if true else [None] * n,
+        "true_race": TRUE_RACE if true else [None] * n,
+        "true_age": TRUE_AGE if true else [None] * n,
+        "model_name": [model] * n,
+        "model_version": ["test-1"] * n,
+        "source": ["lab", "web"] * (n // 2),
+    }
+    frame = pl.DataFrame(rows).with_columns(
+        pl.col(c).cast(PREDICTION_FIELDS[c]) for c in rows if c in PREDICTION_FIELDS
+    )
+    frame = frame.with_columns(pl.lit(None, PREDICTION_FIELDS[c]).alias(c) for c in READ_COLUMNS if c not in rows)
+    return frame.with_columns(derived_columns())
+
+
+def _paths(prefix: str = "p") -> list[str]:
+    return [f"/nowhere/{prefix}{i}.jpg" for i in range(8)]
+
+
+def _runs(b_paths=None, **options):
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))
+    b = Run(Path("b.parquet"), _frame(b_paths or _paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs"))
+    return compare_runs(a, b, **options)
+
+
+@pytest.fixture(scope="module")
+def compared():
+    return _runs(slice_by=["source"]).contents
+
+
+def test_differences_are_b_minus_a_computed_by_hand(compared):
+    overall = compared["overall"]
+    assert overall["gender_accuracy"] | {"paired": None} == {
+        "a": 7 / 8, "b": 5 / 8, "diff": pytest.approx(-0.25), "n_a": 8, "n_b": 8, "paired": None
+    }  # fmt: skip
+    assert overall["race_accuracy"]["diff"] == pytest.approx(0.0)
+    assert (overall["age_mae"]["a"], overall["age_mae"]["b"]) == pytest.approx((1.5, 5.125))
+    assert overall["age_mae"]["diff"] == pytest.approx(3.625)
+    # every compared metric the report's own table has equals attributes.overall on each run
+    same_as = {"gender_recall_female": "gender_recall"}
+    for run, key in (("ours", "a"), ("theirs", "b")):
+        frame = _frame(
+            _paths(), *((A_GENDER, A_RACE, A_AGE_ERROR) if key == "a" else (B_GENDER, B_RACE, B_AGE_ERROR)), run
+        )
+        own = attributes.overall(frame)
+        for name in ("gender_precision", "gender_recall_female", "gender_f1", "race_macro_f1", "age_rmse", "age_cs5",
+                     "age_gross_rate", "age_bias"):  # fmt: skip
+            assert overall[name][key] == pytest.approx(own[same_as.get(name, name)]), name
+    # per slice: true women, A right on 3 of 4, B on 1; true men's MAE 6 / 4 and 30 / 4
+    by_gender = {g["group"]: g["metrics"] for g in compared["slices"]["gender"]["groups"]}
+    assert by_gender["female"]["gender_accuracy"]["diff"] == pytest.approx(1 / 4 - 3 / 4)
+    assert by_gender["male"]["age_mae"]["diff"] == pytest.approx(30 / 4 - 6 / 4)
+    assert "gender_precision" not in by_gender["male"]  # one true class: meaningless inside the group
+    by_source = {g["group"]: g for g in compared["slices"]["source"]["groups"]}
+    lab = [i for i in range(8) if i % 2 == 0]
+    hand = np.mean([abs(B_AGE_ERROR[i]) for i in lab]) - np.mean([abs(A_AGE_ERROR[i]) for i in lab])
+    assert by_source["lab"]["metrics"]["age_mae"]["diff"] == pytest.approx(hand)
+    assert by_source["lab"]["n_a"] == by_source["lab"]["pairs"] == 4
+
+
+def test_paired_intervals_hold_the_point_difference_and_are_seeded(compared):
+    assert compared["shared"] | {"reason": None} == {
+        "matched_by": "path", "images": 8, "only_a": 0, "only_b": 0, "pairs": 8, "labelled_pairs": 8,
+        "several_faces": 0, "paired": True, "reason": None,
+    }  # fmt: skip
+    assert compared["resamples"] >= 1000
+    for name in ("gender_accuracy", "age_mae", "age_bias", "race_macro_f1"):
+        paired = compared["overall"][name]["paired"]
+        assert paired["n"] == 8 and paired["diff"] == pytest.approx(compared["overall"][name]["diff"])
+        assert paired["low"] <= paired["diff"] <= paired["high"], name
+    # the age errors' paired differences |eB| - |eA| lie in [-3, 20]: so does every resample's mean
+    mae = compared["overall"]["age_mae"]["paired"]
+    assert -3 <= mae["low"] < 3.625 < mae["high"] <= 20
+    assert _runs(slice_by=["source"]).contents == compared  # the same seed: the same intervals
+    other = _runs(slice_by=["source"], seed=1).contents["overall"]["age_mae"]["paired"]
+    assert (other["low"], other["high"]) != (mae["low"], mae["high"])
+
+
+def test_disagreements_and_the_gallery_of_the_largest(compared):
+    assert compared["disagreements"] == {
+        "pairs": 8, "age_threshold": AGE_DISAGREEMENT,
+        "gender": {"compared": 8, "disagree": 2, "share": 0.25},  # images 3 and 5
+        "race": {"compared": 8, "disagree": 2, "share": 0.25},  # images 0 and 2
+        "age": {"compared": 8, "disagree": 1, "share": 0.125},  # image 4: 60 against 80
+    }  # fmt: skip
+    (age,) = compared["gallery"]["age"]
+    assert age | {"a_p_female": None, "b_p_female": None, "a_race_confidence": None, "b_race_confidence": None} == {
+        "path": "/nowhere/p4.jpg", "true_age": 60, "true_gender": "male", "true_race": "Others",
+        "a_gender": "male", "a_race": "Others", "a_age": 60.0, "b_gender": "male", "b_race": "Others", "b_age": 80.0,
+        "difference": 20.0, "a_p_female": None, "b_p_female": None, "a_race_confidence": None,
+        "b_race_confidence": None,
+    }  # fmt: skip
+    assert [row["path"] for row in compared["gallery"]["gender"]] == ["/nowhere/p3.jpg", "/nowhere/p5.jpg"]
+
+
+def test_partly_shared_images_are_counted_and_paired_on_the_shared_ones():
+    b_paths = _paths()[4:] + _paths("q")[:4]
+    contents = _runs(b_paths).contents
+    assert contents["shared"] | {"reason": None} == {
+        "matched_by": "path", "images": 4, "only_a": 4, "only_b": 4, "pairs": 4, "labelled_pairs": 4,
+        "several_faces": 0, "paired": True, "reason": None,
+    }  # fmt: skip
+    # on the pairs (A's images 4-7 against B's rows 0-3, the same files): B's age errors 5, 5, -5, 5
+    paired = contents["overall"]["age_mae"]["paired"]
+    assert paired["diff"] == pytest.approx(5 - np.mean(np.abs(A_AGE_ERROR[4:])))
+
+
+def test_disjoint_runs_get_no_paired_interval_and_say_so(tmp_path):
+    contents = _runs(_paths("q")).contents
+    assert contents["shared"]["images"] == 0 and contents["shared"]["paired"] is False
+    assert "no image is in both runs" in contents["shared"]["reason"]
+    assert all(entry["paired"] is None for entry in contents["overall"].values())
+    assert contents["overall"]["age_mae"]["diff"] == pytest.approx(3.625)  # still compared, unpaired
+    assert contents["disagreements"]["pairs"] == 0 and contents["gallery"]["age"] == []
+    a, b = _write_own(tmp_path, "a", _paths()), _write_own(tmp_path, "b", _paths("q"), B_GENDER, B_RACE, B_AGE_ERROR)
+    page = report.compare(a, b, tmp_path / "rep").report.read_text()
+    assert "no paired interval: no image is in both runs" in page
+
+
+def _write_own(tmp_path, name, paths, gender=A_GENDER, race=A_RACE, error=A_AGE_ERROR) -> Path:
+    """A Parquet as predict writes it (every schema column), without the true labels (--labels brings them)."""
+    frame = _frame(paths, gender, race, error, name, true=False).drop("source")
+    frame = frame.with_columns(pl.lit(None, PREDICTION_FIELDS[c]).alias(c) for c in PREDICTION_FIELDS if c not in frame)
+    path = tmp_path / f"{name}.parquet"
+    frame.select(list(PREDICTION_FIELDS)).write_parquet(path)
+    return path
+
+
+@pytest.fixture
+def ours_and_deepface(tmp_path):
+    """Our Parquet (A) and a deepface CSV of the same images (B: dominant_gender, dominant_race, age), and a
+    labels CSV with a source column."""
+    ours = _write_own(tmp_path, "ours", _paths())
+    words = {0: "Man", 1: "Woman"}
+    races = ["white", "black", "asian", "indian", "middle eastern"]
+    deepface = pl.DataFrame({
+        "img_path": _paths(), "dominant_gender": [words[g] for g in B_GENDER],
+        "dominant_race": [races[r] for r in B_RACE], "age": [t + e for t, e in zip(TRUE_AGE, B_AGE_ERROR, strict=True)],
+    })  # fmt: skip
+    deepface.write_csv(tmp_path / "deepface.csv")
+    labels = pl.DataFrame({
+        "path": _paths(), "gender": [("male", "female")[g] for g in TRUE_GENDER], "race": TRUE_RACE,
+        "age": TRUE_AGE, "source": ["lab", "web"] * 4,
+    })  # fmt: skip
+    labels.write_csv(tmp_path / "labels.csv")
+    return ours, tmp_path / "deepface.csv", tmp_path / "labels.csv"
+
+
+def test_compare_report_of_ours_and_a_foreign_table_shows_both(ours_and_deepface, tmp_path):
+    ours, deepface, labels = ours_and_deepface
+    result = report.compare(ours, deepface, tmp_path / "rep", labels, slice_by=["source"])
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    compare = saved["compare"]
+    assert compare["a"]["name"] == "ours test-1" and compare["b"]["name"] == "deepface"
+    assert compare["b"]["foreign"]["columns"]["gender"] == "dominant_gender" and compare["a"]["foreign"] is None
+    assert compare["b"]["attributes"] == ["gender", "race", "age"]
+    assert compare["overall"]["age_mae"]["diff"] == pytest.approx(3.625)
+    assert compare["overall"]["gender_accuracy"]["diff"] == pytest.approx(-0.25)
+    assert compare["shared"]["pairs"] == 8 and compare["disagreements"]["age"]["disagree"] == 1
+    assert result.compare["shared"] == compare["shared"]
+    assert saved["overall"]["age_mae"] == pytest.approx(1.5)  # the rest of the report is A's
+    page = result.report.read_text()
+    assert "Two runs compared" in page and "A: ours test-1" in page and "B: deepface" in page
+    assert "another tool's predictions" in page and "by source" in page
+    assert page.count("class='thumb'") >= 1 + 2 + 2 + 1  # the gallery (age 1, gender 2, race 2) and A's worst
+
+
+def test_compare_through_the_cli(ours_and_deepface, tmp_path):
+    ours, deepface, labels = ours_and_deepface
+    args = ["report", str(ours), "--compare", str(deepface), "--report", str(tmp_path / "rep"), "--labels", str(labels)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "8 images in both runs" in result.output and "age MAE" in result.output
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]["shared"]["pairs"] == 8

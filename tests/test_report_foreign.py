@@ -1,0 +1,110 @@
+"""Another tool's predictions in `report` (issue 19, any model's predictions): a deepface-like CSV with a labels CSV
+-> the same report, its table's summary in metrics.json, on the page and in the terminal, metrics equal to a
+computation by hand; an attribute it does not predict is not reported; --columns and --gender-one-is on the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.data.foreign_predictions import parse_columns, read_foreign_predictions
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.pipelines import report
+from faceattr_batch.schema import PREDICTION_FIELDS
+
+PATHS = [f"/nowhere/f{i}.jpg" for i in range(6)]
+TRUE_GENDER = ["female", "male", "female", "male", "female", "male"]
+TRUE_RACE = ["White", "Black", "Asian", "Indian", "Others", "White"]
+TRUE_AGE = [21, 32, 43, 54, 65, 76]
+
+
+@pytest.fixture
+def labels(tmp_path):
+    path = tmp_path / "labels.csv"
+    pl.DataFrame({"path": PATHS, "gender": TRUE_GENDER, "race": TRUE_RACE, "age": TRUE_AGE}).write_csv(path)
+    return path
+
+
+@pytest.fixture
+def deepface(tmp_path):
+    """deepface's words, no age column; line 4 (the third row) has an unreadable gender."""
+    path = tmp_path / "deepface.csv"
+    pl.DataFrame({
+        "img_path": PATHS,
+        "dominant_gender": ["Woman", "Woman", "x", "Man", "Woman", "Man"],  # right: 0, 3, 4, 5 of 5 read
+        "dominant_race": ["white", "black", "asian", "white", "middle eastern", "latino hispanic"],  # right: 0-2, 4
+    }).write_csv(path)  # fmt: skip
+    return path
+
+
+def test_a_foreign_table_reports_with_labels_and_without_ages(deepface, labels, tmp_path):
+    result = report.build(deepface, tmp_path / "rep", labels)
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["foreign"] == result.foreign == read_foreign_predictions(deepface).summary
+    assert saved["foreign"]["columns"] == {"path": "img_path", "gender": "dominant_gender", "race": "dominant_race"}
+    assert saved["foreign"]["problems_by_column"] == {"dominant_gender": {"count": 1, "lines": [4]}}
+    overall = saved["overall"]
+    assert (overall["n_gender"], overall["gender_accuracy"]) == (5, pytest.approx(4 / 5))
+    assert (overall["n_race"], overall["race_accuracy"]) == (6, pytest.approx(4 / 6))
+    assert overall["n_age"] == 0 and overall["age_mae"] is None
+    assert saved["models"] == [{"model_name": "deepface", "model_version": "unknown"}]
+    page = result.report.read_text()
+    assert "another tool's predictions" in page and "predicts gender, race (not age: not reported)" in page
+    assert "middle eastern → Others" in page and "1 values not read" in page
+    assert "age MAE" not in page.split("<h2>")[0]  # no age card
+    assert "most confident wrong race" in page  # the worst-errors gallery, without probabilities or ages
+
+
+def test_report_prints_the_foreign_summary(deepface, labels, tmp_path):
+    result = CliRunner().invoke(
+        app, ["report", str(deepface), "--report", str(tmp_path / "rep"), "--labels", str(labels)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "another tool's predictions" in result.output and "gender <- dominant_gender" in result.output
+    assert "1 values not read" in result.output and "line 4" in result.output
+
+
+def test_columns_and_gender_one_is_through_the_cli(labels, tmp_path):
+    table = tmp_path / "mine.csv"
+    pl.DataFrame({
+        "image_file": PATHS,
+        "is_male": [0, 1, 1, 1, 0, 0],  # 1 male (insightface's way): right on 0, 1, 3, 4
+        "years": [20, 30, 40, 50, 60, 70],
+        "race": ["White"] * 6,  # left out with race=
+    }).write_csv(table)  # fmt: skip
+    args = ["report", str(table), "--report", str(tmp_path / "rep"), "--labels", str(labels)]
+    result = CliRunner().invoke(app, [*args, "--columns", "path=image_file,gender=is_male,age=years,race=",
+                                      "--gender-one-is", "male"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["foreign"]["columns"] == {"path": "image_file", "gender": "is_male", "age": "years"}
+    assert saved["foreign"]["gender_one_is"] == "male" and saved["overall"]["n_race"] == 0
+    assert saved["overall"]["gender_accuracy"] == pytest.approx(4 / 6)
+    mae = sum(abs(t - p) for t, p in zip(TRUE_AGE, [20, 30, 40, 50, 60, 70], strict=True)) / 6
+    assert saved["overall"]["age_mae"] == pytest.approx(mae)
+    for bad, message in (
+        (["--columns", "path"], "'path' is not ours=theirs"),
+        (["--columns", "path=image_file,colour=x"], "unknown key 'colour'"),
+        (["--gender-one-is", "woman"], "is not one of female, male"),
+    ):
+        result = CliRunner().invoke(app, [*args, *bad])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_column_options_with_our_own_parquet_are_refused(tmp_path):
+    own = tmp_path / "own.parquet"
+    pl.DataFrame(schema=PREDICTION_FIELDS).write_parquet(own)
+    with pytest.raises(FaceattrError, match="another tool's table"):
+        report.build(own, tmp_path / "rep", columns={"path": "img"})
+
+
+def test_parse_columns():
+    assert parse_columns("path=img, Gender=Sex,race=") == {"path": "img", "gender": "Sex", "race": None}
+    for spec, message in (("path=a,path=b", "given twice"), ("path=", "cannot be left out"), ("", "not ours=theirs")):
+        with pytest.raises(FaceattrError, match=message):
+            parse_columns(spec)
