@@ -223,21 +223,23 @@ def test_r2_by_hand_and_where_it_is_undefined():
     assert groups["same"]["age_r2"]["value"] is None and "SS_tot = 0" in groups["same"]["age_r2"]["reason"]
     assert groups["one"]["age_r2"]["value"] is None and "2 or more" in groups["one"]["age_r2"]["reason"]
     assert groups["one"]["age_mae"] | {"reason": None} == {
-        "value": 4.0, "n": 1, "low": None, "high": None, "interval": "bootstrap", "reason": None
+        "value": 4.0, "n": 1, "low": None, "high": None, "interval": "t", "reason": None
     }  # fmt: skip
     assert "no interval" in groups["one"]["age_mae"]["reason"]
     assert groups["four"]["gender_accuracy"]["value"] is None and groups["four"]["gender_accuracy"]["reason"]
 
 
-def test_mae_interval_at_n_2_stays_between_the_two_errors():
+def test_mae_and_bias_intervals_at_n_2_are_students_t():
     frame = _age_frame(
         {"two": ([20, 50], [23.0, 39.0]), "many": (list(range(20, 60)), [a + 2.0 for a in range(20, 60)])}
     )
     mae = next(g for g in fairness_summary(frame, "slice", min_group=2)["groups"] if g["group"] == "two")["metrics"]
-    # errors +3 and -11: MAE 7, bias -4; the normal approximation 7 +- 1.96 * 5.66 / sqrt(2) would give (-0.8, 14.8)
+    # errors +3 and -11: MAE 7 (sd of |e| 5.657), bias -4 (sd 9.899); t(0.975, 1 df) = 12.706, so the half-widths
+    # are 12.706 sd / sqrt(2): 50.82 and 88.94 (MAE's low end clipped at 0). The normal approximation
+    # 7 +- 1.96 * 5.66 / sqrt(2) would claim (-0.8, 14.8), and a bootstrap of two rows (3, 11).
     assert mae["age_mae"]["value"] == pytest.approx(7.0)
-    assert 3.0 <= mae["age_mae"]["low"] <= 7.0 <= mae["age_mae"]["high"] <= 11.0
-    assert -11.0 <= mae["age_bias"]["low"] <= -4.0 <= mae["age_bias"]["high"] <= 3.0
+    assert (mae["age_mae"]["low"], mae["age_mae"]["high"]) == pytest.approx((0.0, 57.82), abs=0.01)
+    assert (mae["age_bias"]["low"], mae["age_bias"]["high"]) == pytest.approx((-92.94, 84.94), abs=0.01)
 
 
 def test_weakest_slices_rank_by_the_pessimistic_bound():

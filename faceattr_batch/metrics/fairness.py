@@ -13,8 +13,10 @@ called female / true males), ``gender_fnr`` (females called male / true females)
 ``race_ece``; ``age_mae``, ``age_bias`` (mean of pred - true), ``age_r2`` (1 - SS_res / SS_tot within the group).
 ECE is ``attributes.expected_calibration_error`` on the predicted class's probability.
 
-Intervals per group: Wilson for proportions; a bootstrap percentile interval (rows resampled within the group) for
-MAE, bias, R² and ECE: at n = 2 it stays between the two rows' values, never a normal approximation. Between groups,
+Intervals per group: Wilson for proportions; Student's t for MAE and bias (means of |error| and error: mean +- t(n-1)
+sd/sqrt(n), MAE's low end clipped at 0, as ``attributes.with_intervals`` gives the breakdown's MAE: at n = 2 the width
+two errors really leave, never a normal approximation); a bootstrap percentile interval (rows resampled within the
+group) for R² and ECE. Between groups,
 for each metric over the groups in which its count (``n``: rows, true females, predicted Asians...) is at least
 ``min_group``: the gap (max - min) and the ratio (min / max, only for non-negative values, bias excluded), with
 percentile intervals of that same max group's value minus (over) that same min group's value in each resample, so
@@ -29,10 +31,10 @@ ECE (noise looks like miscalibration), so a well-calibrated group's point ECE ca
     {"by": str, "min_group": int, "resamples": int, "seed": int, "level": 0.95, "positive_class": "female",
      "n": int, "n_unsliced": int,
      "metrics": {name: {"attribute": "gender"|"race"|"age", "counts": str, "better": "higher"|"lower"|"zero",
-                        "interval": "wilson"|"bootstrap"}},
+                        "interval": "wilson"|"t"|"bootstrap"}},
      "groups": [{"group": value, "n": int,
                  "metrics": {name: {"value": float|None, "n": int, "low": float|None, "high": float|None,
-                                    "interval": "wilson"|"bootstrap", "reason": str|None}}}],
+                                    "interval": "wilson"|"t"|"bootstrap", "reason": str|None}}}],
      "too_few": [{"group": value, "n": int}],                     # fewer than min_group rows: never ranked
      "gaps": {name: {"gap": float|None, "gap_low", "gap_high", "significant": bool|None,
                      "ratio": float|None, "ratio_low", "ratio_high", "ratio_reason": str|None,
@@ -59,6 +61,7 @@ from faceattr_batch.metrics.attributes import (
     _has,
     calibration_columns,
     expected_calibration_error,
+    t_quantile,
     wilson_interval,
 )
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
@@ -86,7 +89,7 @@ class Metric:
     count: str  # the row column whose sum is its count (its denominator)
     counts: str  # that count in words, for reasons: "true females"
     better: str  # "higher", "lower" or "zero" (signed: the nearer 0 the better)
-    interval: str  # "wilson" or "bootstrap"
+    interval: str  # "wilson", "t" or "bootstrap"
 
 
 def _metrics() -> tuple[Metric, ...]:
@@ -105,8 +108,8 @@ def _metrics() -> tuple[Metric, ...]:
     ]
     race.append(Metric("race_ece", "race", "race_calibrated", "rows with race probabilities", "lower", "bootstrap"))
     age = [
-        Metric("age_mae", "age", "age_known", "ages known", "lower", "bootstrap"),
-        Metric("age_bias", "age", "age_known", "ages known", "zero", "bootstrap"),
+        Metric("age_mae", "age", "age_known", "ages known", "lower", "t"),
+        Metric("age_bias", "age", "age_known", "ages known", "zero", "t"),
         Metric("age_r2", "age", "age_known", "ages known", "higher", "bootstrap"),
     ]
     return tuple(gender + race + age)
@@ -250,8 +253,16 @@ def _undefined(metric: Metric, n: int) -> str:
     return f"undefined over {n} {metric.counts}"
 
 
+def _t_bounds(mean: float, mean_square: float, n: int, level: float) -> tuple[float, float]:
+    """Student's t interval of a mean from the mean and the mean square of ``n`` (>= 2) values."""
+    sd = np.sqrt(max(mean_square - mean**2, 0.0) * n / (n - 1))
+    half = float(t_quantile((1 + level) / 2, n - 1)) * sd / np.sqrt(n)
+    return mean - half, mean + half
+
+
 def _group_metrics(point: dict, counts: dict, draws: dict, level: float) -> dict[str, dict]:
-    """One group's metrics: value, count, interval (Wilson or bootstrap percentile) or the reason there is none."""
+    """One group's metrics: value, count, interval (Wilson, t or bootstrap percentile) or the reason there is
+    none. ``point["age_mse"]``: the mean squared age error (|error| and error share it)."""
     z = NormalDist().inv_cdf((1 + level) / 2)
     proportions = [m.name for m in METRICS if m.interval == "wilson"]
     table = pl.DataFrame({"p": [_number(point[name]) for name in proportions], "n": [counts[n] for n in proportions]})
@@ -268,6 +279,9 @@ def _group_metrics(point: dict, counts: dict, draws: dict, level: float) -> dict
             entry["low"], entry["high"] = bounds[metric.name]
         elif n < 2:
             entry["reason"] = f"no interval from {n} of {metric.counts}"
+        elif metric.interval == "t":
+            low, high = _t_bounds(value, point["age_mse"], n, level)
+            entry["low"], entry["high"] = (max(low, 0.0) if metric.name == "age_mae" else low), high
         else:
             entry["low"], entry["high"], entry["reason"] = percentile_interval(draws[metric.name], level)
         result[metric.name] = entry
@@ -393,6 +407,7 @@ def fairness_summary(
         rows = part.select(list(column)).to_numpy().astype(np.float64)
         point_sums = rows.sum(axis=0)
         point = metric_values(point_sums, column) | group_eces(part, bins)
+        point["age_mse"] = float(_ratio(point_sums[column["error2"]], point_sums[column["age_known"]]))
         counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
         draws.append(_bootstrap(part, rows, column, rng, resamples, bins))
         metrics = _group_metrics(point, counts, draws[-1], level)
