@@ -159,9 +159,10 @@ def groups_html(contents: dict) -> str:
     """Each slicing attribute's groups, one sortable table each, and the per-group confusion matrices."""
     parts = [
         "<h2>Groups of each slicing attribute</h2><p class='muted'>Click a header to sort. Under each value its 95% "
-        "interval (Wilson for proportions, Student's t for MAE and bias, bootstrap percentile otherwise) or why there is none: a group too few "
-        "to rank shows no bootstrap interval (with a handful of rows it stays between their values, far too "
-        "narrow; metrics.json keeps it). Per-class race recall and precision are in metrics.json "
+        "interval (Wilson for proportions, Student's t for MAE and bias, bootstrap percentile otherwise) or why "
+        "there is none: a group too few to rank shows no bootstrap interval (with a handful of rows it stays "
+        "between their values, far too narrow; metrics.json keeps it). Per-class race recall and precision are in "
+        "metrics.json "
         "(<code>fairness.&lt;attribute&gt;.groups</code>).</p>"
     ]
     headers = ["group", "n", *(_SHORT.get(name, label(name)) for name in GROUP_COLUMNS)]
