@@ -57,6 +57,8 @@ def test_a_foreign_table_reports_with_labels_and_without_ages(deepface, labels, 
     assert "middle eastern → Others" in page and "1 values not read" in page
     assert "age MAE" not in page.split("<h2>")[0]  # no age card
     assert "most confident wrong race" in page  # the worst-errors gallery, without probabilities or ages
+    # no plot of what is not there: ages, probabilities
+    assert {p.name for p in (tmp_path / "rep").glob("*.png")} == {"confusion.png", "error_by_race.png"}
 
 
 def test_report_prints_the_foreign_summary(deepface, labels, tmp_path):

@@ -11,15 +11,22 @@ from collections.abc import Callable
 
 import polars as pl
 
-from faceattr_batch.reporting.fairness_page import label
+from faceattr_batch.reporting import fairness_page
 from faceattr_batch.reporting.foreign_page import foreign_html
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 HEADLINE = ("gender_accuracy", "race_accuracy", "age_mae")
+_NAMES = {"gender_f1": "gender F1", "race_macro_f1": "race macro-F1", "age_rmse": "age RMSE", "age_cs5": "age CS@5",
+          "age_gross_rate": "age gross (> 10 y)", "gender_precision": "gender precision (female)"}  # fmt: skip
 CSS = """
 .runs td{text-align:left;vertical-align:top} .diff{white-space:nowrap}
 .better{color:#1b7f3b;font-weight:600} .worse{color:#b3261e;font-weight:600}
 """
+
+
+def label(name: str) -> str:
+    """A compared metric's name for people (``fairness_page.label``, and the few it does not spell)."""
+    return _NAMES.get(name) or fairness_page.label(name)
 
 
 def _value(unit: str) -> Callable:
@@ -211,4 +218,5 @@ def compare_html(compare: dict, gallery: dict[str, pl.DataFrame], thumbnail: Cal
     parts += [_slice_tables(attribute, table, compare) for attribute, table in compare["slices"].items()]
     parts.append(_disagreements(compare))
     parts.append(_gallery(compare, gallery, thumbnail))
+    parts.append(f"<hr><p><b>Run A alone</b> ({html.escape(compare['a']['name'])}): the sections below.</p>")
     return "".join(parts)

@@ -27,11 +27,17 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
         plt.close(fig)
         made[name] = path
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.6]})
-    _confusion(axes[0], summary["gender_confusion"], GENDERS, "gender")
-    _confusion(axes[1], summary["race_confusion"], RACES, "race")
-    fig.tight_layout()
-    save(fig, "confusion")
+    # an attribute without labels or predictions (another tool's table) gets no panel
+    reported = {key for key in ("gender", "race", "age") if summary["overall"][f"n_{key}"]}
+    matrices = [(key, names) for key, names in (("gender", GENDERS), ("race", RACES)) if key in reported]
+    if matrices:
+        ratios = [len(names) for _, names in matrices]
+        fig, axes = plt.subplots(1, len(matrices), figsize=(4.4 * sum(ratios) / 3.5, 4.4), squeeze=False,
+                                 gridspec_kw={"width_ratios": ratios})  # fmt: skip
+        for ax, (key, names) in zip(axes[0], matrices, strict=True):
+            _confusion(ax, summary[f"{key}_confusion"], names, key)
+        fig.tight_layout()
+        save(fig, "confusion")
 
     ages = labelled.filter(pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null())
     if ages.height:
@@ -50,22 +56,32 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
         save(fig, "age_pred_vs_true")
 
     table = by["age_band"]
-    if table.height:
+    if table.height and "age" in reported:
         fig, ax = plt.subplots(figsize=(8, 3.8))
         _bars(ax, table, "age_band", "age_mae", "age MAE (years)")
         ax.set_title("age error by true age band (95% CI)")
         save(fig, "error_by_age_band")
 
     table = by["race"]
-    if table.height:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        _bars(axes[0], table, "race", "gender_accuracy", "gender accuracy")
-        _bars(axes[1], table, "race", "race_accuracy", "race accuracy")
-        _bars(axes[2], table, "race", "age_mae", "age MAE (years)")
+    panels = [
+        (value, label)
+        for key, value, label in (
+            ("gender", "gender_accuracy", "gender accuracy"),
+            ("race", "race_accuracy", "race accuracy"),
+            ("age", "age_mae", "age MAE (years)"),
+        )
+        if key in reported
+    ]
+    if table.height and panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(13 * len(panels) / 3, 3.8), squeeze=False)
+        for ax, (value, label) in zip(axes[0], panels, strict=True):
+            _bars(ax, table, "race", value, label)
         fig.suptitle("errors by true race (95% CI)")
         fig.tight_layout()
         save(fig, "error_by_race")
 
+    if not (calibration["gender"].height or calibration["race"].height):  # no probabilities: nothing to plot
+        return made
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, key, label in ((axes[0], "gender", "P(female)"), (axes[1], "race", "top race probability")):
         data = calibration[key]

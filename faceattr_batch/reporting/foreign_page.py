@@ -30,8 +30,8 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
     if foreign["problem_count"]:
         where = "row" if foreign["format"] == "parquet" else "line"
         problems = "; ".join(
-            f"{esc(column)}: {entry['count']} ({where}s {', '.join(map(str, entry['lines']))}"
-            f"{', …' if entry['count'] > len(entry['lines']) else ''})"
+            f"{esc(column)}: {entry['count']} ({where}{'s' * (entry['count'] > 1)} "
+            f"{', '.join(map(str, entry['lines']))}{', …' if entry['count'] > len(entry['lines']) else ''})"
             for column, entry in foreign["problems_by_column"].items()
         )
         lines.append(f"<span class='tag'>{foreign['problem_count']} values not read (left empty)</span> {problems}")
