@@ -304,8 +304,7 @@ def predict_command(
     max_faces: opt.MaxFaces = 50,
     json_out: opt.JsonOut = False,
 ) -> None:
-    """Predict gender, race and age for every face: one Parquet row per face, or per chip (bad files get an error
-    row)."""
+    """Predict gender, race and age for every face: one Parquet row per face or chip (a bad file: an error row)."""
     from faceattr_batch.pipelines import predict
 
     given = {"inputs": tuple(inputs), "progress": not json_out, "slice_by": opt.slice_specs(slice_by)}
