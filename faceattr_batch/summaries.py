@@ -229,7 +229,7 @@ def headline_metrics(metrics: dict) -> Table:
         value = metrics.get(key)
         return "-" if value is None else (f"{100 * value:.1f}%" if percent else f"{value:.2f}")
 
-    counts = {metrics["n_gender"], metrics["n_race"], metrics["n_age"]}
+    counts = {metrics["n_gender"], metrics["n_race"], metrics["n_age"] + metrics.get("n_age_bin", 0)}
     title = f"metrics over {counts.pop()} labelled faces" if len(counts) == 1 else "metrics over labelled faces"
     table = Table(title=title, show_edge=False)
     for column in ("attribute", "n", "headline", "more"):
@@ -243,12 +243,21 @@ def headline_metrics(metrics: dict) -> Table:
     table.add_row(
         "race", str(metrics["n_race"]), f"acc {show('race_accuracy', True)}", f"macro-F1 {show('race_macro_f1', True)}"
     )
-    table.add_row(
-        "age",
-        str(metrics["n_age"]),
-        f"MAE {show('age_mae', False)} y",
-        f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
-    )
+    if metrics["n_age"] or not metrics.get("n_age_bin"):
+        table.add_row(
+            "age",
+            str(metrics["n_age"]),
+            f"MAE {show('age_mae', False)} y",
+            f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
+        )
+    if metrics.get("n_age_bin"):  # ages labelled as bins (FairFace): the share predicted inside the bin
+        low, high = show("age_bin_accuracy_low", True), show("age_bin_accuracy_high", True)
+        table.add_row(
+            "age bin",
+            str(metrics["n_age_bin"]),
+            f"in bin {show('age_bin_accuracy', True)}",
+            f"95% CI {low}-{high}  (predicted age rounded to whole years, inside the labelled bin)",
+        )
     return table
 
 
@@ -287,6 +296,8 @@ def report(result) -> None:
     foreign_table(out, result.foreign)
     label_file(out, result.labels)
     training_notes(out, result.training)
+    if result.metrics:
+        out.print(headline_metrics(result.metrics))
     if result.compare:
         compared_runs(out, result.compare)
     out.print(f"report: {result.report}")

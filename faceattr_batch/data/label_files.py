@@ -34,6 +34,7 @@ from faceattr_batch.data.labels import (
     FAIRFACE_RACES,
     MAX_AGE,
     OTHER_RACES,
+    age_band_expr,
     gender_code,
     other_race_code,
     race_code,
@@ -84,15 +85,22 @@ def load_labels(path: str | os.PathLike, inputs: Sequence[str]) -> MatchedLabels
 
 def attach_labels(predictions: pl.DataFrame, labels: MatchedLabels) -> pl.DataFrame:
     """``predictions`` with the labels file's codes (replacing theirs), age bin and extra columns, joined by
-    ``path``; the readable true labels recomputed. The faces of a photo with several get no labels (a label
-    describes one person), only the photo's extra columns."""
+    ``path``; the readable true labels recomputed (an age bin inside one report band gives ``true_age_band``:
+    FairFace's "20-29" is our 20-29, its "more than 70" spans two bands and gives none). The faces of a photo with
+    several get no labels (a label describes one person), only the photo's extra columns."""
     added = [c for c in labels.frame.columns if c != "path"]
     joined = predictions.drop([c for c in added if c in predictions.columns]).join(
         labels.frame, on="path", how="left", maintain_order="left"
     )
     one_face = pl.len().over("path") == 1
     joined = joined.with_columns(pl.when(one_face).then(pl.col(c)).alias(c) for c in (*LABEL_COLUMNS, *AGE_BIN_FIELDS))
-    derived = [expr for expr in derived_columns() if expr.meta.output_name() in predictions.columns]
+    low, high = (age_band_expr(pl.col(c)) for c in AGE_BIN_FIELDS)
+    band = pl.coalesce(age_band_expr(pl.col("true_age")), pl.when(low == high).then(low)).alias("true_age_band")
+    derived = [
+        band if expr.meta.output_name() == "true_age_band" else expr
+        for expr in derived_columns()
+        if expr.meta.output_name() in predictions.columns
+    ]
     return joined.with_columns(derived).select(
         *predictions.columns, *(c for c in added if c not in predictions.columns)
     )

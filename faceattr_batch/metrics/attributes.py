@@ -4,6 +4,10 @@ Input columns (any frame of predictions beside labels, as ``schema.py`` names th
 ``true_gender``, ``pred_gender``, ``true_race``, ``pred_race`` and the ages ``true_age``, ``pred_age``; ``breakdown``
 also reads the true labels' Enum columns to slice by. ``metric_exprs`` are aggregations: use them in ``select`` for
 the whole frame or in ``group_by(...).agg`` for slices (``breakdown``).
+
+An age labelled as a bin (FairFace's "20-29": ``true_age_low``/``true_age_high`` known, ``true_age`` null; see
+``data.label_files``) has no error in years: such rows are measured by FairFace's own protocol instead of MAE,
+``age_bin_accuracy``, the share of predicted ages inside the labelled bin (``age_in_bin``), over ``n_age_bin`` rows.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 
+from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.schema import RACE_PROB_COLUMNS
 
@@ -77,12 +82,40 @@ def age_exprs() -> list[pl.Expr]:
     ]
 
 
+def age_bin_known() -> pl.Expr:
+    """A row whose age label is a bin only (``true_age`` null, both ends known) and whose age was predicted."""
+    ends = pl.col("true_age_low").is_not_null() & pl.col("true_age_high").is_not_null()
+    return pl.col("true_age").is_null() & ends & pl.col("pred_age").is_not_null()
+
+
+def age_in_bin() -> pl.Expr:
+    """Whether the predicted age lies in the labelled bin (null where ``age_bin_known`` is not): the predicted
+    expected age rounded to the nearest whole year, halves up (29.5 -> 30: the labels are whole years), then
+    ``true_age_low <= years <= true_age_high``, both ends included ("20-29" holds 19.5 to 29.49; "more than 70",
+    70..120, holds 69.5 and above)."""
+    years = (pl.col("pred_age").cast(pl.Float64) + 0.5).floor()
+    return pl.when(age_bin_known()).then(years.is_between(pl.col("true_age_low"), pl.col("true_age_high")))
+
+
+def age_bin_exprs() -> list[pl.Expr]:
+    return [age_bin_known().sum().alias("n_age_bin"), age_in_bin().mean().alias("age_bin_accuracy")]
+
+
 def metric_exprs() -> list[pl.Expr]:
-    return gender_exprs() + race_exprs() + age_exprs()
+    """Every metric; the frame needs the age bin columns (``with_age_bins``)."""
+    return gender_exprs() + race_exprs() + age_exprs() + age_bin_exprs()
+
+
+def with_age_bins(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the age bin columns, all null where it has none (no labels file gave bins)."""
+    return frame.with_columns(
+        pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in frame.columns
+    )
 
 
 def overall(frame: pl.DataFrame, intervals: bool = False) -> dict:
     """Whole-frame metrics; ``intervals`` adds 95% intervals (see ``with_intervals``)."""
+    frame = with_age_bins(frame)
     if not intervals:
         return frame.select(metric_exprs()).row(0, named=True)
     return with_intervals(frame.select(*metric_exprs(), *_interval_inputs())).row(0, named=True)
@@ -94,7 +127,7 @@ def breakdown(frame: pl.DataFrame, by: list[str], intervals: bool = False) -> pl
     labels file's ``source``), with counts; rows with a null slice value are in no slice. ``intervals`` adds 95%
     intervals (see ``with_intervals``). The metrics of ``WITHIN_SLICE_MEANINGLESS`` are left out where their
     attribute is one of ``by``."""
-    sliced = frame.with_columns(pl.col(SLICE_COLUMNS.get(key, key)).alias(key) for key in by)
+    sliced = with_age_bins(frame).with_columns(pl.col(SLICE_COLUMNS.get(key, key)).alias(key) for key in by)
     sliced = sliced.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in by]))
     extra = _interval_inputs() if intervals else []
     table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
@@ -153,12 +186,18 @@ def t_quantile(p: float, df) -> np.ndarray:
 
 
 def with_intervals(table: pl.DataFrame, z: float = Z95) -> pl.DataFrame:
-    """Add ``*_low``/``*_high``: Wilson for the accuracies and CS@5; for MAE Student's t interval, mean +- t(n-1)
-    sd/sqrt(n) (at n = 2 a half-width of 12.7 sd/sqrt(2), not the normal approximation's 1.96: the width two
-    errors really leave), null under 2 ages (``age_mae_interval``: why, or null where there is one)."""
+    """Add ``*_low``/``*_high``: Wilson for the accuracies, CS@5 and the age bin accuracy; for MAE Student's t
+    interval, mean +- t(n-1) sd/sqrt(n) (at n = 2 a half-width of 12.7 sd/sqrt(2), not the normal approximation's
+    1.96: the width two errors really leave), null under 2 ages (``age_mae_interval``: why, or null where there is
+    one)."""
     exprs = []
-    for name in ("gender_accuracy", "race_accuracy", "age_cs5"):
-        count = "n_gender" if name.startswith("gender") else "n_race" if name.startswith("race") else "n_age"
+    counts = {
+        "gender_accuracy": "n_gender",
+        "race_accuracy": "n_race",
+        "age_cs5": "n_age",
+        "age_bin_accuracy": "n_age_bin",
+    }
+    for name, count in counts.items():
         low, high = wilson_interval(pl.col(name), pl.col(count), z)
         exprs += [low.alias(f"{name}_low"), high.alias(f"{name}_high")]
     n_age = table["n_age"].cast(pl.Float64).to_numpy()

@@ -10,7 +10,8 @@ Metrics (``METRICS``; female is the positive class of gender, as ``gender_precis
 ``attributes.py``): ``gender_accuracy``, ``gender_recall_female``, ``gender_recall_male``, ``gender_fpr`` (males
 called female / true males), ``gender_fnr`` (females called male / true females), ``gender_ece``;
 ``race_accuracy``, ``race_recall_<race>`` and ``race_precision_<race>`` for white, black, asian, indian, others,
-``race_ece``; ``age_mae``, ``age_bias`` (mean of pred - true), ``age_r2`` (1 - SS_res / SS_tot within the group).
+``race_ece``; ``age_mae``, ``age_bias`` (mean of pred - true), ``age_r2`` (1 - SS_res / SS_tot within the group);
+``age_bin_accuracy`` over the rows whose age label is a bin (FairFace's protocol: ``attributes.age_in_bin``).
 ECE is ``attributes.expected_calibration_error`` on the predicted class's probability.
 
 Intervals per group: Wilson for proportions; Student's t for MAE and bias (means of |error| and error: mean +- t(n-1)
@@ -59,26 +60,21 @@ from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.attributes import (
     _has,
+    age_bin_known,
+    age_in_bin,
     calibration_columns,
     expected_calibration_error,
     t_quantile,
     wilson_interval,
+    with_age_bins,
 )
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
 MIN_RESAMPLES = 1000
 MAX_UNDEFINED_SHARE = 0.05  # a bootstrap interval is withheld when the statistic is undefined in more resamples
 _CHUNK_CELLS = 1 << 22  # resamples x rows drawn at once (bounds the memory of a large group's draws)
-_INPUTS = (
-    "true_gender",
-    "pred_gender",
-    "p_female",
-    "true_race",
-    "pred_race",
-    *RACE_PROB_COLUMNS,
-    "true_age",
-    "pred_age",
-)
+_INPUTS = ("true_gender", "pred_gender", "p_female", "true_race", "pred_race", *RACE_PROB_COLUMNS,
+           "true_age", "pred_age")  # fmt: skip
 _RACE_NAMES = tuple(race.lower() for race in RACES)
 
 
@@ -111,6 +107,7 @@ def _metrics() -> tuple[Metric, ...]:
         Metric("age_mae", "age", "age_known", "ages known", "lower", "t"),
         Metric("age_bias", "age", "age_known", "ages known", "zero", "t"),
         Metric("age_r2", "age", "age_known", "ages known", "higher", "bootstrap"),
+        Metric("age_bin_accuracy", "age", "age_binned", "age bins known", "higher", "wilson"),
     ]
     return tuple(gender + race + age)
 
@@ -123,7 +120,7 @@ _BY_NAME = {m.name: m for m in METRICS}
 def with_inputs(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with every column ``row_columns`` and ``group_eces`` read: a missing input all null, and the
     ``calibration_columns``."""
-    frame = frame.with_columns(
+    frame = with_age_bins(frame).with_columns(
         pl.lit(None, dtype=PREDICTION_FIELDS[name]).alias(name) for name in _INPUTS if name not in frame.columns
     )
     return frame.with_columns(calibration_columns())
@@ -153,6 +150,8 @@ def row_columns(age_centre: float) -> list[pl.Expr]:
         "age2": pl.when(age).then(centred.pow(2)),
         "gender_calibrated": pl.col("gender_confidence").is_not_null(),
         "race_calibrated": pl.col("race_confidence").is_not_null(),
+        "age_binned": age_bin_known(),
+        "age_bin_hit": age_in_bin(),
     }
     for code, name in enumerate(_RACE_NAMES):
         columns[f"true_{name}"] = race & (true_r == code)
@@ -186,6 +185,7 @@ def metric_values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndar
         "age_mae": _ratio(s("abs_error"), n_age),
         "age_bias": _ratio(s("error"), n_age),
         "age_r2": np.where(defined, 1 - _ratio(s("error2"), np.where(defined, ss_tot, 0.0)), np.nan),
+        "age_bin_accuracy": _ratio(s("age_bin_hit"), s("age_binned")),
     }
     for name in _RACE_NAMES:
         values[f"race_recall_{name}"] = _ratio(s(f"hit_{name}"), s(f"true_{name}"))

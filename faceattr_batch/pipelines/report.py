@@ -37,6 +37,7 @@ class ReportResult:
     training: dict | None = None  # images the model saw, by role, and the rule (``summary.training_summary``)
     foreign: dict | None = None  # another tool's table: columns read, conventions, problems; None for predict's own
     compare: dict | None = None  # with ``compare``: metrics.json's "compare" (``reporting.compare``)
+    metrics: dict | None = None  # the overall metrics with their intervals (metrics.json's "overall"); None unlabelled
 
 
 def build(
@@ -74,7 +75,7 @@ def build(
         compare=comparison,
     )  # fmt: skip
     contents = None if comparison is None else comparison.contents
-    return ReportResult(html, summary["labels"], summary["training"], run.foreign, contents)
+    return ReportResult(html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"])
 
 
 def compare(a: Path | str, b: Path | str, report_dir: Path | str, labels: Path | str | None = None, **options):

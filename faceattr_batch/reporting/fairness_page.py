@@ -12,17 +12,24 @@ from faceattr_batch.reporting.html_table import interval, num, pct, sortable_tab
 # the per-group table's columns (every metric, per-class race recall and precision included, is in metrics.json)
 GROUP_COLUMNS = (
     "gender_accuracy", "gender_recall_female", "gender_recall_male", "gender_fpr", "gender_fnr", "gender_ece",
-    "race_accuracy", "race_ece", "age_mae", "age_bias", "age_r2",
+    "race_accuracy", "race_ece", "age_mae", "age_bias", "age_r2", "age_bin_accuracy",
 )  # fmt: skip
 _WORDS = {"mae": "MAE", "r2": "R²", "ece": "ECE", "fpr": "FPR", "fnr": "FNR"}
 _SHORT = {"gender_recall_female": "recall female", "gender_recall_male": "recall male", "gender_fpr": "FPR",
-          "gender_fnr": "FNR", "gender_accuracy": "gender acc", "race_accuracy": "race acc"}  # fmt: skip
+          "gender_fnr": "FNR", "gender_accuracy": "gender acc", "race_accuracy": "race acc",
+          "age_bin_accuracy": "age in bin"}  # fmt: skip
 CSS = ".cm[hidden]{display:none} table.cm td{min-width:34px} .sigs li{margin:2px 0}"
 _PICK_SCRIPT = """<script>
 document.getElementById('cm-pick').addEventListener('change', function (event) {
   document.querySelectorAll('div.cm').forEach(function (div) { div.hidden = div.id !== event.target.value; });
 });
 </script>"""
+
+
+def measured(summary: dict, name: str) -> bool:
+    """Whether any group has a row for the metric (the age bin accuracy needs ages labelled as bins): one that
+    none has is left off the page, not listed as too few."""
+    return any(group["metrics"][name]["n"] for group in summary["groups"])
 
 
 def label(name: str) -> str:
@@ -98,6 +105,8 @@ def _attribute_gaps(attribute: str, summary: dict) -> str:
     ]
     rows, too_few, not_compared = [], [], []
     for name, gap in summary["gaps"].items():
+        if not measured(summary, name):
+            continue
         if gap["gap"] is None:
             if gap["reason"].startswith("fewer than 2 groups"):
                 too_few.append(label(name))
@@ -165,13 +174,14 @@ def groups_html(contents: dict) -> str:
         "metrics.json "
         "(<code>fairness.&lt;attribute&gt;.groups</code>).</p>"
     ]
-    headers = ["group", "n", *(_SHORT.get(name, label(name)) for name in GROUP_COLUMNS)]
     for attribute, summary in contents["fairness"].items():
+        columns = [name for name in GROUP_COLUMNS if measured(summary, name)]
+        headers = ["group", "n", *(_SHORT.get(name, label(name)) for name in columns)]
         rows = []
         for index, group in enumerate(summary["groups"]):
             tag = " <span class='tag'>too few</span>" if group["n"] < summary["min_group"] else ""
             row = [(html.escape(str(group["group"])) + tag, index), (str(group["n"]), group["n"])]
-            for name in GROUP_COLUMNS:
+            for name in columns:
                 entry, show = group["metrics"][name], _value_format(name, summary["metrics"][name])
                 low, high, reason = entry["low"], entry["high"], entry["reason"]
                 if tag and entry["interval"] == "bootstrap" and entry["value"] is not None:

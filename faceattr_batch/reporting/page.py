@@ -20,6 +20,11 @@ from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, 
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
+# how an age labelled as a bin is measured (``metrics.attributes.age_in_bin``)
+AGE_BIN_RULE = (
+    "ages labelled as bins (FairFace's 20-29): the share of predicted ages inside the bin, the prediction rounded to "
+    "whole years (halves up), both ends included; Wilson interval; no MAE without an age in years"
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -61,6 +66,9 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             "gender": _card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
             "race": _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
             "age": _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
+            "age_bin": _card(
+                "age inside its labelled bin", pct(overall["age_bin_accuracy"]), _ci(overall, "age_bin_accuracy", True)
+            ),
         }
         parts += [card for key, card in cards.items() if overall[f"n_{key}"]]
     parts.append("</div>")
@@ -135,6 +143,7 @@ def _html_metrics(summary: dict) -> str:
         ("gender", o["n_gender"], f"accuracy {pct(o['gender_accuracy'])}", gender),
         ("race", o["n_race"], f"accuracy {pct(o['race_accuracy'])}", race),
         ("age", o["n_age"], f"MAE {num(o['age_mae'], ' y')}", age),
+        ("age bin", o["n_age_bin"], f"inside {pct(o['age_bin_accuracy'])}", AGE_BIN_RULE),
     ]
     body = "".join(
         f"<tr><td class='l'>{a}</td><td>{n}</td><td>{h}</td><td class='l'>{m}</td></tr>" for a, n, h, m in rows if n
@@ -200,6 +209,16 @@ def _thumbnail(row: dict) -> str:
     return f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
+# a slice table's metric columns: header, count column, format (each only where its count is not all 0: the age
+# bin column where ages were labelled as bins)
+SLICE_METRICS = {
+    "gender_accuracy": ("gender acc", "n_gender", pct),
+    "race_accuracy": ("race acc", "n_race", pct),
+    "age_mae": ("age MAE", "n_age", num),
+    "age_bin_accuracy": ("age in bin", "n_age_bin", pct),
+}
+
+
 def _html_slices(crossed: dict[str, pl.DataFrame]) -> str:
     """Every crossed table (race × gender × age band first, then each extra attribute crossed with them), sortable,
     in vocabulary order until a header is clicked; an interval that cannot be computed says why."""
@@ -207,15 +226,16 @@ def _html_slices(crossed: dict[str, pl.DataFrame]) -> str:
              "metrics.json (<code>slices</code>); MAE intervals: Student's t, none under 2 ages</p>"]  # fmt: skip
     for index, (name, table) in enumerate(crossed.items()):
         keys = name.split(",")
-        headers = [*(key.replace("_", " ") for key in keys), "n", "gender acc", "race acc", "age MAE"]
+        shown = [key for key, (_, count, _) in SLICE_METRICS.items() if table[count].sum()]  # measured ones
+        headers = [*(key.replace("_", " ") for key in keys), "n", *(SLICE_METRICS[key][0] for key in shown)]
         # an Enum slice sorts in its vocabulary order (3-9 before 10-19), any other by its values
         order = {key: table[key].dtype.categories.to_list() for key in keys if isinstance(table[key].dtype, pl.Enum)}
         rows = []
         for r in table.to_dicts():  # Enum slices: in vocabulary order
             cells = [(html.escape(str(r[key])), order[key].index(r[key]) if key in order else r[key]) for key in keys]
             cells.append((str(r["n"]), r["n"]))
-            for key, show in (("gender_accuracy", pct), ("race_accuracy", pct), ("age_mae", num)):
-                count = {"gender": "n_gender", "race": "n_race", "age": "n_age"}[key.split("_")[0]]
+            for key in shown:
+                _, count, show = SLICE_METRICS[key]
                 reason = r.get(f"{key}_interval") or f"n = {r[count]}"
                 text = f"{show(r[key])}<small>{interval(r[f'{key}_low'], r[f'{key}_high'], show, reason)}</small>"
                 cells.append((text, r[key]))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import attributes as metrics
@@ -46,7 +47,8 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
 def labelled_rows(frame: pl.DataFrame, include_training: bool = False) -> pl.DataFrame:
     """The rows the metrics read: at least one true label, and not of an image the model was trained on (unless
     ``include_training``)."""
-    keep = pl.any_horizontal([pl.col(c).is_not_null() for c in LABEL_COLUMNS])
+    labels = [*LABEL_COLUMNS, *(c for c in AGE_BIN_FIELDS if c in frame.columns)]  # a bin is a label too
+    keep = pl.any_horizontal([pl.col(c).is_not_null() for c in labels])
     if not include_training and "training_role" in frame.columns:
         keep &= pl.col("training_role").ne_missing(pl.lit("train", TRAINING_ROLE))
     return frame.filter(keep)
@@ -104,10 +106,10 @@ def _training_notes(training: dict) -> list[str]:
         note = f"{training['validation']} images chose its checkpoints and temperatures (validation role): kept"
         alone = training["validation_metrics"]
         if alone:
-            note += (
-                f"; alone: gender {_shown(alone, 'gender_accuracy')}, race {_shown(alone, 'race_accuracy')}, "
-                f"age MAE {_shown(alone, 'age_mae', percent=False)}"
-            )
+            age = f"age MAE {_shown(alone, 'age_mae', percent=False)}"
+            if alone.get("n_age_bin") and not alone["n_age"]:  # ages labelled as bins only (FairFace)
+                age = f"age inside its bin {_shown(alone, 'age_bin_accuracy')}"
+            note += f"; alone: gender {_shown(alone, 'gender_accuracy')}, race {_shown(alone, 'race_accuracy')}, {age}"
         notes.append(note)
     return notes
 

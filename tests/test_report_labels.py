@@ -1,0 +1,170 @@
+"""The report with a FairFace-like labels file: the age bins measured by the share of predicted ages inside them
+(overall, per slice, in the fairness summary, on the page and in the terminal), the labels file's block on the page,
+and the per-group calibration curves (metrics.json's bins and the figures drawn from them). Every expected value is
+worked out here by hand, in plain Python over the rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+from rich.console import Console
+
+from faceattr_batch.data.label_files import attach_labels, load_labels
+from faceattr_batch.metrics import attributes
+from faceattr_batch.metrics.fairness import fairness_summary
+from faceattr_batch.reporting.folder import write_report
+from faceattr_batch.reporting.summary import summarize
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
+from faceattr_batch.summaries import headline_metrics
+
+Z95 = 1.959963984540054
+MIN_GROUP = 8
+BINS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 120))
+FAIRFACE_RACES = ("White", "Black", "East Asian", "Southeast Asian", "Indian", "Latino_Hispanic", "Middle Eastern")
+OURS = {"White": 0, "Black": 1, "East Asian": 2, "Southeast Asian": 2, "Indian": 3}  # the others: Others, 4
+N = 90
+
+
+def _bin_text(low: int, high: int) -> str:
+    return "more than 70" if low == 70 else f"{low}-{high}"
+
+
+def _inside(pred_age: float, low: int, high: int) -> bool:
+    """The documented rule: the predicted age rounded to whole years, halves up, inside [low, high]."""
+    return low <= math.floor(pred_age + 0.5) <= high
+
+
+@pytest.fixture(scope="module")
+def fairface(tmp_path_factory):
+    """A FairFace labels CSV (3 unreadable values, 1 row for no input) and predictions for its images: (rows by
+    hand, the predictions with the labels attached, the labels summary)."""
+    folder = tmp_path_factory.mktemp("fairface")
+    rng = np.random.default_rng(11)
+    rows = []
+    for i in range(N):
+        low, high = BINS[int(rng.integers(0, len(BINS)))]
+        centre = (low + min(high, 80)) / 2
+        rows.append({
+            "file": f"ff{i:03d}.jpg", "low": low, "high": high, "race7": FAIRFACE_RACES[i % 7],
+            "gender": int(rng.integers(0, 2)), "service_test": bool(i % 3),
+            "pred_age": float(centre + rng.normal(0, 6)), "p_female": float(rng.uniform()),
+        })  # fmt: skip
+    rows[0]["pred_age"], rows[0]["low"], rows[0]["high"] = 29.5, 20, 29  # rounds to 30: outside 20-29
+    rows[1]["pred_age"], rows[1]["low"], rows[1]["high"] = 19.5, 20, 29  # rounds to 20: inside
+    rows[2]["pred_age"], rows[2]["low"], rows[2]["high"] = 69.5, 70, 120  # "more than 70": inside
+    lines = ["file,age,gender,race,service_test"]
+    for r in rows:
+        gender = ("Male", "Female")[r["gender"]]
+        lines.append(f"{r['file']},{_bin_text(r['low'], r['high'])},{gender},{r['race7']},{r['service_test']}")
+    lines[4] = "ff003.jpg,abc,Male,White,True"  # line 5: no age
+    lines[6] = lines[6].replace(",Male,", ",x,").replace(",Female,", ",x,")  # line 7: no gender
+    lines[8] = lines[8].replace(f",{rows[7]['race7']},", ",martian,")  # line 9: no race
+    lines.append("elsewhere.jpg,20-29,Male,White,True")
+    csv = folder / "fairface_label_val.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    rows[3]["low"] = rows[3]["high"] = None
+    rows[5]["gender"] = None
+    rows[7]["race7"] = None
+    probs = rng.dirichlet(np.ones(5), N)
+    predictions = pl.DataFrame({
+        "path": [f"/nowhere/{r['file']}" for r in rows],
+        "pred_gender": [int(r["p_female"] >= 0.5) for r in rows], "p_female": [r["p_female"] for r in rows],
+        "pred_race": probs.argmax(axis=1).tolist(),
+        **{name: probs[:, i].tolist() for i, name in enumerate(RACE_PROB_COLUMNS)},
+        "pred_age": [r["pred_age"] for r in rows], "age_low": [r["pred_age"] - 5 for r in rows],
+        "age_high": [r["pred_age"] + 5 for r in rows], "true_age": [None] * N, "true_gender": [None] * N,
+        "true_race": [None] * N, "error": [None] * N, "model_name": ["test"] * N, "model_version": ["1"] * N,
+    }, schema_overrides={"error": pl.String})  # fmt: skip
+    codes = ("true_age", "true_gender", "true_race", "pred_gender", "pred_race")
+    predictions = predictions.with_columns(pl.col(c).cast(PREDICTION_FIELDS[c]) for c in codes)
+    predictions = predictions.with_columns(derived_columns())
+    matched = load_labels(csv, predictions["path"].to_list())
+    return rows, attach_labels(predictions, matched), matched.summary
+
+
+@pytest.fixture(scope="module")
+def report(fairface, tmp_path_factory):
+    rows, frame, labels = fairface
+    folder = tmp_path_factory.mktemp("report") / "rep"
+    page = write_report(frame, summarize(frame, labels), folder / "p.parquet", folder, slice_by=["service_test"],
+                        min_group=MIN_GROUP)  # fmt: skip
+    return json.loads((folder / "metrics.json").read_text()), page.read_text(), folder
+
+
+def _wilson(hits: int, n: int) -> tuple[float, float]:
+    p = hits / n
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 / (1 + Z95**2 / n) * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))
+    return centre - half, centre + half
+
+
+def _binned(rows: list[dict], keep=lambda r: True) -> tuple[int, int]:
+    """(inside, rows with a bin) over the rows ``keep`` picks."""
+    known = [r for r in rows if r["low"] is not None and keep(r)]
+    return sum(_inside(r["pred_age"], r["low"], r["high"]) for r in known), len(known)
+
+
+def test_the_rounding_rule_at_the_edges():
+    frame = pl.DataFrame(
+        {"true_age": [None, None, None, None, 31], "true_age_low": [20, 20, 70, 3, None],
+         "true_age_high": [29, 29, 120, 9, None], "pred_age": [29.5, 19.5, 69.5, 2.49, 30.0]},
+        schema_overrides={"true_age": pl.Int16, "true_age_low": pl.Int16, "true_age_high": pl.Int16},
+    )  # fmt: skip
+    assert frame.select(attributes.age_in_bin()).to_series().to_list() == [False, True, True, False, None]
+
+
+def test_the_age_bin_share_overall_by_hand(report, fairface):
+    rows, _, _ = fairface
+    saved, _, _ = report
+    hits, n = _binned(rows)
+    overall = saved["overall"]
+    assert n == N - 1 and overall["n_age_bin"] == n and overall["n_age"] == 0 and overall["age_mae"] is None
+    assert overall["age_bin_accuracy"] == pytest.approx(hits / n)
+    low, high = _wilson(hits, n)
+    assert (overall["age_bin_accuracy_low"], overall["age_bin_accuracy_high"]) == pytest.approx((low, high))
+
+
+def test_the_age_bin_share_per_slice_and_in_the_fairness_summary(report, fairface):
+    rows, frame, _ = fairface
+    saved, _, _ = report
+    race_of = {r["file"]: OURS.get(r["race7"], 4) if r["race7"] else None for r in rows}
+    races = ("White", "Black", "Asian", "Indian", "Others")
+    for entry in saved["by_race"]:
+        code = races.index(entry["race"])
+        hits, n = _binned(rows, lambda r, c=code: race_of[r["file"]] == c)
+        assert (entry["n_age_bin"], entry["age_bin_accuracy"]) == (n, pytest.approx(hits / n))
+        assert (entry["age_bin_accuracy_low"], entry["age_bin_accuracy_high"]) == pytest.approx(_wilson(hits, n))
+    for entry in saved["by_service_test"]:
+        hits, n = _binned(rows, lambda r, s=entry["service_test"]: r["service_test"] == s)
+        assert (entry["n_age_bin"], entry["age_bin_accuracy"]) == (n, pytest.approx(hits / n))
+    # a bin inside one report band slices by it; "more than 70" spans two bands and gives none
+    bands = {entry["age_band"]: entry["n_age_bin"] for entry in saved["by_age_band"]}
+    assert bands["20-29"] == sum(r["low"] == 20 for r in rows) and "80+" not in bands
+    fairness = saved["fairness"]["service_test"]
+    assert fairness == json.loads(json.dumps(fairness_summary(frame, "service_test", min_group=MIN_GROUP)))
+    for group in fairness["groups"]:
+        metric = group["metrics"]["age_bin_accuracy"]
+        hits, n = _binned(rows, lambda r, s=group["group"]: r["service_test"] == s)
+        assert (metric["n"], metric["value"], metric["interval"]) == (n, pytest.approx(hits / n), "wilson")
+        assert (metric["low"], metric["high"]) == pytest.approx(_wilson(hits, n))
+    gap = fairness["gaps"]["age_bin_accuracy"]
+    values = [g["metrics"]["age_bin_accuracy"]["value"] for g in fairness["groups"]]
+    assert gap["gap"] == pytest.approx(max(values) - min(values)) and gap["gap_low"] is not None
+
+
+def test_the_page_and_the_terminal_show_the_age_bin_share(report, fairface):
+    saved, page, _ = report
+    share = f"{100 * saved['overall']['age_bin_accuracy']:.1f}%"
+    card = re.search(r"age inside its labelled bin</span><b>([^<]+)</b>", page)
+    assert card and card.group(1) == share and "age MAE</span>" not in page  # no MAE card without ages in years
+    assert "rounded to whole years" in page and ">age in bin<" in page  # the rule, the slice tables' column
+    assert "<th>age MAE</th>" not in page  # no ages in years: no MAE column
+    out = Console(record=True, width=200)
+    out.print(headline_metrics(saved["overall"]))
+    text = out.export_text()
+    assert f"in bin {share}" in text and re.search(rf"age bin\s+│\s+{N - 1}\s", text)
