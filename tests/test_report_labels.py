@@ -14,10 +14,11 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from faceattr_batch.data.label_files import attach_labels, load_labels
+from faceattr_batch.data.label_files import PROBLEMS_KEPT, attach_labels, load_labels
 from faceattr_batch.metrics import attributes
 from faceattr_batch.metrics.fairness import fairness_summary
 from faceattr_batch.reporting.folder import write_report
+from faceattr_batch.reporting.labels_page import labels_html
 from faceattr_batch.reporting.summary import summarize
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
 from faceattr_batch.summaries import headline_metrics
@@ -168,3 +169,27 @@ def test_the_page_and_the_terminal_show_the_age_bin_share(report, fairface):
     out.print(headline_metrics(saved["overall"]))
     text = out.export_text()
     assert f"in bin {share}" in text and re.search(rf"age bin\s+│\s+{N - 1}\s", text)
+
+
+def test_the_labels_block_on_the_page(report, fairface):
+    _, _, labels = fairface
+    _, page, _ = report
+    block = page[page.index("<h2>Labels file</h2>") : page.index("<h2>Fairness summary</h2>")]
+    counts = re.findall(r"<td>(\d+)</td>", block.split("</table>")[0])
+    assert counts == ["91", "90", "0", "1", "3"]  # rows read, matched, without labels, naming no input, problems
+    assert "fairface_label_val.csv" in block and "East Asian → Asian" in block and "Middle Eastern → Others" in block
+    problems = re.findall(r"<tr><td>(\d+)</td><td class='l'>(\w+)</td><td class='value'>([^<]*)</td>", block)
+    assert problems == [("5", "age", "abc"), ("7", "gender", "x"), ("9", "race", "martian")]
+    assert "not a number of years" in block and "(3; their labels left empty)" in block
+    assert labels["problem_count"] == 3 and "service_test" in block
+
+
+def test_the_labels_block_counts_problems_beyond_the_first(tmp_path):
+    lines = ["path,age,gender"] + [f"/p/{i}.jpg,{-i - 1},male" for i in range(PROBLEMS_KEPT + 5)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    summary = load_labels(tmp_path / "l.csv", ["/p/0.jpg", "/p/1.jpg", "/p/other.jpg"]).summary
+    block = labels_html(summary)
+    assert f"the first {PROBLEMS_KEPT} of {PROBLEMS_KEPT + 5}" in block and "negative age" in block
+    assert len(re.findall(r"<td class='reason'>", block)) == PROBLEMS_KEPT
+    assert "Races mapped" not in block  # no mapping applied: none stated
+    assert labels_html(None) == ""

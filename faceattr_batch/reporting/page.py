@@ -16,7 +16,7 @@ from PIL import Image
 from faceattr_batch import __version__
 from faceattr_batch.data.decode import DecodeError, read_rgb
 from faceattr_batch.faces.load import FRAMING_ALIGNED
-from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table
+from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table, labels_page
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
@@ -50,7 +50,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     models = ", ".join(f"{m['model_name']} {m['model_version']}" for m in summary["models"] if m["model_name"])
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>faceattr-batch report</title>",
-        f"<style>{CSS}{html_table.CSS}{fairness_page.CSS}{foreign_page.CSS}{compare_page.CSS}</style></head><body>",
+        f"<style>{CSS}{html_table.CSS}{fairness_page.CSS}{foreign_page.CSS}{compare_page.CSS}{labels_page.CSS}</style></head><body>",
         "<h1>faceattr-batch predictions report</h1>",
         f"<p class='muted'>{esc(summary['predictions'])}<br>model: {esc(models or '-')} · "
         f"faceattr-batch {esc(__version__)}</p>",
@@ -73,6 +73,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         parts += [card for key, card in cards.items() if overall[f"n_{key}"]]
     parts.append("</div>")
     parts += [f"<p class='note'>{esc(note)}</p>" for note in (summary.get("training") or {}).get("notes", [])]
+    parts.append(labels_page.labels_html(summary.get("labels")))
     if summary["errors"]:
         rows = "".join(f"<tr><td class='l'>{esc(k)}</td><td>{v}</td></tr>" for k, v in summary["errors"].items())
         parts.append(
