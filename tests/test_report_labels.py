@@ -193,3 +193,48 @@ def test_the_labels_block_counts_problems_beyond_the_first(tmp_path):
     assert len(re.findall(r"<td class='reason'>", block)) == PROBLEMS_KEPT
     assert "Races mapped" not in block  # no mapping applied: none stated
     assert labels_html(None) == ""
+
+
+def _reliability(rows: list[dict], key: str, bins: int = 10) -> list[dict]:
+    """Reliability bins by hand: (bin, n, mean confidence, observed share), sorted by confidence."""
+    found: dict[int, list] = {}
+    for r in rows:
+        confidence, hit = r[key]
+        found.setdefault(min(int(confidence * bins), bins - 1), []).append((confidence, hit))
+    table = [
+        {"bin": b, "n": len(v), "confidence": sum(c for c, _ in v) / len(v), "observed": sum(h for _, h in v) / len(v)}
+        for b, v in found.items()
+    ]
+    return sorted(table, key=lambda row: row["confidence"])
+
+
+def test_per_group_calibration_bins_and_figures(report, fairface):
+    _, frame, _ = fairface
+    saved, page, folder = report
+    calibration = saved["group_calibration"]
+    assert set(calibration) == {"race", "gender", "age_band", "service_test"}
+    entry = calibration["service_test"]
+    assert entry["attributes"] == ["gender", "race"] and entry["bins"] == 10 and entry["min_group"] == MIN_GROUP
+    top = [max(row) for row in frame.select(RACE_PROB_COLUMNS).rows()]
+    rows = [
+        {"service_test": s, "gender": None if g is None else (p, g == 1), "race": None if t is None else (c, t == r)}
+        for s, p, g, c, t, r in zip(frame["service_test"], frame["p_female"], frame["true_gender"], top,
+                                    frame["true_race"], frame["pred_race"], strict=True)
+    ]  # fmt: skip
+    for group in entry["groups"]:
+        mine = [r for r in rows if r["service_test"] == group["group"]]
+        assert group["n"] == len(mine)
+        for key in ("gender", "race"):
+            expected = _reliability([r for r in mine if r[key] is not None], key)
+            assert [b["bin"] for b in group[key]] == [b["bin"] for b in expected]
+            for ours, theirs in zip(group[key], expected, strict=True):
+                assert ours == pytest.approx(theirs)
+    # slicing by gender draws no gender curve; groups under min_group are listed, not drawn
+    assert calibration["gender"]["attributes"] == ["race"] and "share female is 0 or 1" in calibration["gender"]["note"]
+    assert all(g["n"] >= MIN_GROUP for g in calibration["age_band"]["groups"])
+    assert calibration["age_band"]["too_few"] and all(g["n"] < MIN_GROUP for g in calibration["age_band"]["too_few"])
+    for attribute in calibration:
+        name = calibration[attribute]["figure"]
+        assert name == f"calibration_by_{attribute}.png" and (folder / name).stat().st_size > 0
+        assert re.search(rf"<img class='plot' alt='calibration_by_{attribute}' src='data:image/png;base64,", page)
+    assert "<h2>Calibration per group</h2>" in page and "<select id='cal-pick'>" in page

@@ -1,6 +1,7 @@
-"""The report page's fairness parts, from metrics.json's ``fairness``, ``weakest`` and ``group_confusion``
-(``reporting.folder``): the summary of gaps at the top, the weakest slices, each slicing attribute's groups in a
-sortable table, and per-group confusion matrices behind a <select>."""
+"""The report page's fairness parts, from metrics.json's ``fairness``, ``weakest``, ``group_confusion`` and
+``group_calibration`` (``reporting.folder``): the summary of gaps at the top, the weakest slices, each slicing
+attribute's groups in a sortable table, and per-group confusion matrices and calibration figures behind a
+<select>."""
 
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ _WORDS = {"mae": "MAE", "r2": "R²", "ece": "ECE", "fpr": "FPR", "fnr": "FNR"}
 _SHORT = {"gender_recall_female": "recall female", "gender_recall_male": "recall male", "gender_fpr": "FPR",
           "gender_fnr": "FNR", "gender_accuracy": "gender acc", "race_accuracy": "race acc",
           "age_bin_accuracy": "age in bin"}  # fmt: skip
-CSS = ".cm[hidden]{display:none} table.cm td{min-width:34px} .sigs li{margin:2px 0}"
-_PICK_SCRIPT = """<script>
-document.getElementById('cm-pick').addEventListener('change', function (event) {
-  document.querySelectorAll('div.cm').forEach(function (div) { div.hidden = div.id !== event.target.value; });
-});
+CSS = ".cm[hidden],.cal[hidden]{display:none} table.cm td{min-width:34px} .sigs li{margin:2px 0}"
+
+
+def _pick_script(select: str, blocks: str) -> str:
+    """The <select> ``select`` shows the div of class ``blocks`` whose id is its value and hides the others."""
+    return f"""<script>
+document.getElementById('{select}').addEventListener('change', function (event) {{
+  document.querySelectorAll('div.{blocks}').forEach(function (div) {{ div.hidden = div.id !== event.target.value; }});
+}});
 </script>"""
 
 
@@ -220,5 +225,32 @@ def _confusion_html(confusion: dict) -> str:
     return (
         "<h2>Confusion matrices per group</h2><p>slicing attribute: "
         f"<select id='cm-pick'>{options}</select> <span class='muted'>(rows: true class; shade: share of the "
-        f"row)</span></p>{''.join(blocks)}{_PICK_SCRIPT}"
+        f"row)</span></p>{''.join(blocks)}{_pick_script('cm-pick', 'cm')}"
+    )
+
+
+def group_calibration_html(calibration: dict, images: dict[str, str]) -> str:
+    """Per slicing attribute (a <select>), its figure of one reliability line per group (``images``: slicing
+    attribute -> its <img>, absent without probabilities) and the groups too few to draw."""
+    first = next(iter(calibration.values()))
+    options = "".join(
+        f"<option value='cal-{index}'>{html.escape(attribute)}</option>" for index, attribute in enumerate(calibration)
+    )
+    blocks = []
+    for index, (attribute, entry) in enumerate(calibration.items()):
+        parts = [images.get(attribute, "<p class='muted'>no probabilities to calibrate</p>")]
+        if entry["note"]:
+            parts.append(f"<p class='muted'>{html.escape(entry['note'])}</p>")
+        if entry["too_few"]:
+            names = ", ".join(f"{html.escape(str(g['group']))} (n = {g['n']})" for g in entry["too_few"])
+            parts.append(
+                f"<p><span class='tag'>too few</span> under {entry['min_group']} images, not drawn: {names}</p>"
+            )
+        blocks.append(f"<div class='cal' id='cal-{index}'{' hidden' if index else ''}>{''.join(parts)}</div>")
+    return (
+        "<h2>Calibration per group</h2><p class='muted'>One reliability line per group with at least "
+        f"{first['min_group']} images ({first['bins']} equal-width probability bins, a dot's area growing with "
+        "its bin's images; on the dashed diagonal a probability is what it says; the bins are in metrics.json's "
+        "<code>group_calibration</code>). Slicing "
+        f"attribute: <select id='cal-pick'>{options}</select></p>{''.join(blocks)}{_pick_script('cal-pick', 'cal')}"
     )

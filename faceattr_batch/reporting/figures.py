@@ -1,9 +1,11 @@
 """The report's plots (matplotlib, an optional heavy import made when a report is drawn): confusion matrices,
-predicted vs true age, errors by age band and by race with 95% intervals, calibration."""
+predicted vs true age, errors by age band and by race with 95% intervals, calibration (overall, and per group of
+each slicing attribute)."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,50 @@ def _bars(ax, table: pl.DataFrame, key: str, value: str, label: str) -> None:
             ax.annotate(f"n={n}", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
     ax.set_ylabel(label)
     ax.tick_params(axis="x", rotation=30)
+
+
+def draw_group_calibration(group_calibration: dict[str, dict], folder: Path) -> dict[str, Path]:
+    """Slicing attribute -> ``calibration_by_<attribute>.png`` (the name made safe for a file): a panel per
+    calibrated attribute (gender: P(female) vs the share female; race: top probability vs accuracy), one
+    reliability line per group drawn from metrics.json's ``group_calibration`` bins themselves
+    (``folder.group_calibration``). An attribute without any bin (no probabilities, or no group of ``min_group``
+    rows) gets no figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    made = {}
+    for attribute, entry in group_calibration.items():
+        panels = [key for key in entry["attributes"] if any(group[key] for group in entry["groups"])]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 4.2), squeeze=False)
+        for ax, key in zip(axes[0], panels, strict=True):
+            ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+            drawn = [group for group in entry["groups"] if group[key]]
+            largest = max(b["n"] for group in drawn for b in group[key])
+            for group in drawn:
+                x, y, n = ([b[field] for b in group[key]] for field in ("confidence", "observed", "n"))
+                (line,) = ax.plot(x, y, lw=1.2, label=f"{group['group']} (n={group['n']})")
+                # a dot grows with its bin's rows (the panel's largest bin the largest): a jump made by 2 faces
+                # reads as small
+                sizes = [6 + 90 * math.sqrt(count / largest) for count in n]
+                ax.scatter(x, y, s=sizes, color=line.get_color(), zorder=3)
+            label = "P(female)" if key == "gender" else "top race probability"
+            ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"mean {label} in bin")
+            ax.set_title(f"{key} calibration by {attribute}")
+            ax.set_ylabel("share female" if key == "gender" else "accuracy")
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+        fig.tight_layout()
+        path = folder / f"calibration_by_{_file_safe(attribute)}.png"
+        if path in made.values():  # two names made alike by _file_safe
+            path = path.with_stem(f"{path.stem}_{len(made)}")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made[attribute] = path
+    return made
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "_"

@@ -3,8 +3,9 @@ predictions frame read once (``summary.read_predictions``) and its summary (``su
 
 Slicing attributes: race, gender and age band (``metrics.SLICE_BY``) and the frame's own columns named by
 ``slice_by`` (``metrics.slicing``: ``source``, ``brightness:4``). Each gets a table alone (``by_<attribute>``), a
-fairness summary (``fairness``: gaps between its groups, ``metrics.fairness``) and per-group confusion matrices; each
-extra one is also crossed with race × gender × age band (``slices``, and its rows in breakdown.parquet).
+fairness summary (``fairness``: gaps between its groups, ``metrics.fairness``), per-group confusion matrices and
+calibration curves (``group_calibration``, one figure per attribute); each extra one is also crossed with race ×
+gender × age band (``slices``, and its rows in breakdown.parquet).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ WORST_FIELDS = ("path", "true_age", "pred_age", "age_low", "age_high", "abs_age_
 WEAKEST_K = 5
 WEAKEST_METRICS = ("age_mae", "gender_accuracy", "race_accuracy")
 CROSS = " · "  # between the labels of a race × gender × age band slice's name
+CALIBRATION_BINS = 10  # equal-width probability bins of the per-group reliability curves
 
 
 def write_report(
@@ -87,6 +89,9 @@ def write_report(
             "worst": {key: worst_rows(table) for key, table in worst.items()},
         }
         plots = figures.draw(labelled, contents, by, metrics.calibration(labelled), report_dir)
+        for attribute, path in figures.draw_group_calibration(contents["group_calibration"], report_dir).items():
+            contents["group_calibration"][attribute]["figure"] = path.name
+            plots[path.stem] = path
         sections = {"crossed": crossed, "worst": worst}
     if compare is not None:
         contents["compare"] = compare.contents
@@ -109,7 +114,8 @@ def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
 
 def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: int) -> dict:
     """metrics.json's ``fairness`` (attribute -> ``fairness.fairness_summary``), ``weakest`` (the race × gender ×
-    age band slices ranked by the pessimistic bound, ``WEAKEST_METRICS``) and ``group_confusion``."""
+    age band slices ranked by the pessimistic bound, ``WEAKEST_METRICS``), ``group_confusion`` and
+    ``group_calibration`` (``group_calibration``)."""
     columns = {key: metrics.SLICE_COLUMNS.get(key, key) for key in attributes}
     summaries = {key: fairness.fairness_summary(labelled, col, min_group=min_group) for key, col in columns.items()}
     name = pl.concat_str([pl.col(c).cast(pl.String) for c in metrics.SLICE_COLUMNS.values()], separator=CROSS)
@@ -127,9 +133,10 @@ def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: 
             for metric, rows in ranked.items()
         },
     }
-    confusion = {}
+    confusion, calibration = {}, {}
     for key, column in columns.items():
         sliced = labelled.filter(pl.col(column).is_not_null()).sort(column, maintain_order=True)
+        groups = list(zip(summaries[key]["groups"], sliced.partition_by(column, maintain_order=True), strict=True))
         confusion[key] = [
             {
                 "group": summary["group"],
@@ -137,11 +144,32 @@ def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: 
                 "gender": metrics.confusion_matrix(part, "gender"),
                 "race": metrics.confusion_matrix(part, "race"),
             }
-            for summary, part in zip(
-                summaries[key]["groups"], sliced.partition_by(column, maintain_order=True), strict=True
-            )
+            for summary, part in groups
         ]
-    return {"fairness": summaries, "weakest": weakest, "group_confusion": confusion}
+        calibration[key] = group_calibration(groups, min_group, ("race",) if key == "gender" else ("gender", "race"))
+    return {"fairness": summaries, "weakest": weakest, "group_confusion": confusion, "group_calibration": calibration}
+
+
+def group_calibration(groups: list[tuple[dict, pl.DataFrame]], min_group: int, attributes: tuple[str, ...]) -> dict:
+    """metrics.json's ``group_calibration.<slicing attribute>``: for each group (its fairness summary entry and its
+    rows) with at least ``min_group`` rows, the reliability bins of ``metrics.calibration`` (``bin``, ``n``, mean
+    ``confidence``, ``observed`` share) of each of ``attributes``: gender (P(female) vs the share female) and race
+    (the top race probability vs accuracy); the smaller groups in ``too_few``. Slicing by gender draws no gender
+    curve: inside one gender the share female is 0 or 1."""
+    drawn, too_few = [], []
+    for summary, part in groups:
+        if part.height < min_group:
+            too_few.append({"group": summary["group"], "n": part.height})
+            continue
+        tables = metrics.calibration(part, CALIBRATION_BINS)
+        drawn.append(
+            {"group": summary["group"], "n": part.height} | {key: tables[key].to_dicts() for key in attributes}
+        )
+    note = None if "gender" in attributes else "no gender curve: inside one gender the share female is 0 or 1"
+    return {
+        "bins": CALIBRATION_BINS, "min_group": min_group, "attributes": list(attributes), "note": note,
+        "groups": drawn, "too_few": too_few, "figure": None,  # its PNG's file name, once drawn
+    }  # fmt: skip
 
 
 def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:

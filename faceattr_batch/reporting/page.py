@@ -98,13 +98,21 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         ("calibration", "Calibration"),
     ):
         if name in plots:
-            data = base64.b64encode(plots[name].read_bytes()).decode()
-            parts.append(f"<h2>{title}</h2><img class='plot' alt='{name}' src='data:image/png;base64,{data}'>")
+            parts.append(f"<h2>{title}</h2>{_png(plots[name], name)}")
     parts.append(fairness_page.weakest_html(summary["weakest"]))
     parts.append(fairness_page.groups_html(summary))
+    figures = {key: entry["figure"] for key, entry in summary["group_calibration"].items() if entry["figure"]}
+    images = {key: _png(plots[Path(name).stem], Path(name).stem) for key, name in figures.items()}
+    parts.append(fairness_page.group_calibration_html(summary["group_calibration"], images))
     parts.append(_html_worst(sections["worst"], overall))
     parts.append(_html_slices(sections["crossed"]))
     return "".join(parts) + html_table.SORT_SCRIPT + "</body></html>"
+
+
+def _png(path: Path, alt: str) -> str:
+    """A plot embedded as a data URI."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img class='plot' alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
 
 
 def _card(title: str, value, note: str = "") -> str:
