@@ -274,3 +274,15 @@ def test_bad_arguments_are_refused_with_the_allowed_values():
         fairness_summary(_frame(), "source", resamples=200)
     with pytest.raises(FaceattrError, match="min_group must be at least 2"):
         fairness_summary(_frame(), "source", min_group=1)
+
+
+def test_race_precision_is_not_compared_across_slices_of_the_true_race():
+    """Inside a true race's group a class's precision is 0 (another race) or 1 (its own) whatever the model does:
+    no gap, no ranking; the other slicings keep it."""
+    by_race = fairness_summary(_frame(), "true_race_label", min_group=MIN_GROUP)
+    for name in ("white", "black", "asian", "indian", "others"):
+        gap = by_race["gaps"][f"race_precision_{name}"]
+        assert gap["gap"] is None and gap["significant"] is None and "by design" in gap["reason"]
+        assert f"race_precision_{name}" not in by_race["weakest"]
+    assert by_race["gaps"]["race_accuracy"]["gap"] is not None  # per-race accuracy is each race's recall: compared
+    assert _summary()["gaps"]["race_precision_white"]["gap"] is not None

@@ -17,15 +17,14 @@ ECE is ``attributes.expected_calibration_error`` on the predicted class's probab
 Intervals per group: Wilson for proportions; Student's t for MAE and bias (means of |error| and error: mean +- t(n-1)
 sd/sqrt(n), MAE's low end clipped at 0, as ``attributes.with_intervals`` gives the breakdown's MAE: at n = 2 the width
 two errors really leave, never a normal approximation); a bootstrap percentile interval (rows resampled within the
-group) for R² and ECE. Between groups,
-for each metric over the groups in which its count (``n``: rows, true females, predicted Asians...) is at least
-``min_group``: the gap (max - min) and the ratio (min / max, only for non-negative values, bias excluded), with
-percentile intervals of that same max group's value minus (over) that same min group's value in each resample, so
-that an interval can reach across 0 (the max - min of each resample never goes below 0). A gap is ``significant``
-when its interval excludes 0 (``gap_low`` > 0); the pair is picked on the same data, so with many groups that test
-leans optimistic. Bootstrap: ``resamples`` (>= 1,000) resamples, rows drawn with
-replacement within each group (stratified), one seeded numpy generator, groups in sorted order. Resampling inflates
-ECE (noise looks like miscalibration), so a well-calibrated group's point ECE can lie under its percentile interval.
+group) for R² and ECE. Between groups, for each metric over the groups in which its count (``n``: rows, true
+females, predicted Asians...) is at least ``min_group``: the gap (max - min) and the ratio (min / max, only for
+non-negative values, bias excluded), with percentile intervals of that same max group's value minus (over) that
+same min group's value in each resample, so that an interval can reach across 0 (the max - min of each resample
+never goes below 0). A gap is ``significant`` when its interval excludes 0 (``gap_low`` > 0); the pair is picked
+on the same data, so with many groups that test leans optimistic. Bootstrap: ``resamples`` (>= 1,000) resamples,
+rows drawn with replacement within each group (stratified), one seeded numpy generator, groups in sorted order.
+Resampling inflates ECE (noise looks like miscalibration): a calibrated group's ECE can lie under its interval.
 
 ``fairness_summary`` returns one JSON-ready dict (no NaN or inf: None with a ``reason`` instead)::
 
@@ -402,10 +401,11 @@ def fairness_summary(
         by, *row_exprs, *(e.meta.output_name() for e in calibration_columns())
     )
     rng = np.random.default_rng(seed)
-    groups, draws = [], []
+    groups, draws, true_races = [], [], []
     for part in sliced.sort(by, maintain_order=True).partition_by(by, maintain_order=True):
         rows = part.select(list(column)).to_numpy().astype(np.float64)
         point_sums = rows.sum(axis=0)
+        true_races.append(sum(point_sums[column[f"true_{name}"]] > 0 for name in _RACE_NAMES))
         point = metric_values(point_sums, column) | group_eces(part, bins)
         point["age_mse"] = float(_ratio(point_sums[column["error2"]], point_sums[column["age_known"]]))
         counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
@@ -423,7 +423,13 @@ def fairness_summary(
         "too_few": [{"group": g["group"], "n": g["n"]} for g in groups if g["n"] < min_group],
         "gaps": {m.name: _gap(m, groups, draws, min_group, level) for m in METRICS},
     }  # fmt: skip
-    summary["weakest"] = weakest_slices(summary)
+    # slices of the true race itself: a class's precision is 0 or 1 there by design, so it is compared nowhere
+    by_design = {f"race_precision_{n}" for n in _RACE_NAMES} if max(true_races, default=0) <= 1 else set()
+    for name in by_design:
+        gap = summary["gaps"][name]
+        gap |= {key: None for key in gap if key not in ("groups", "left_out")}
+        gap["reason"] = gap["ratio_reason"] = "each group holds one true race: its precision is 0 or 1 by design"
+    summary["weakest"] = weakest_slices(summary, [name for name in METRIC_NAMES if name not in by_design])
     return summary
 
 
