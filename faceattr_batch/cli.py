@@ -26,8 +26,7 @@ app = typer.Typer(
     context_settings={"max_content_width": 100},
     add_completion=False,
     pretty_exceptions_enable=False,
-    # plain help: typer's rich help prints a type beside every flag ("--hash <bool>", "--help <bool>")
-    rich_markup_mode=None,
+    rich_markup_mode=None,  # plain help: typer's rich help prints a type beside every flag ("--hash <bool>")
 )
 
 
@@ -318,7 +317,8 @@ def predict_command(
 @command("report")
 def report_command(
     predictions: Annotated[Path, typer.Argument(help="predict's Parquet, or another tool's CSV or Parquet.")],
-    report_dir: Annotated[Path, typer.Option("--report", help="Folder to write the report into.")],
+    report_dir: opt.ReportDir = None,
+    suspects: opt.SuspectsList = None,
     labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
     compare: opt.Compare = None,
     columns: opt.Columns = None,

@@ -104,6 +104,19 @@ GenderOneIs = Annotated[
         "--gender-one-is", help="female | male: what a gender of 1 means in another tool's table (insightface: male)."
     ),
 ]
+ReportDir = Annotated[
+    Path | None,
+    typer.Option("--report", show_default="none: --suspects alone", help="Folder to write the report into."),
+]
+SuspectsList = Annotated[
+    Path | None,
+    typer.Option(
+        "--suspects",
+        metavar="FILE",
+        help="Also write the ranked suspect labels (likely wrong labels, with a suggested one) to FILE: .parquet or "
+        ".csv; without --report, only that.",
+    ),
+]
 
 
 def slice_specs(text: str | None) -> tuple[str, ...]:
@@ -116,7 +129,7 @@ def report_options(params: dict) -> dict:
     --columns parsed."""
     from faceattr_batch.data.foreign_predictions import parse_columns  # defer import: polars, for one command
 
-    names = ("min_group", "include_training", "gender_one_is", "compare")
+    names = ("min_group", "include_training", "gender_one_is", "compare", "suspects")
     columns = None if params["columns"] is None else parse_columns(params["columns"])
     return {name: params[name] for name in names} | {"slice_by": slice_specs(params["slice_by"]), "columns": columns}
 

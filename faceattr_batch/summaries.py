@@ -300,7 +300,11 @@ def report(result) -> None:
         out.print(headline_metrics(result.metrics))
     if result.compare:
         compared_runs(out, result.compare)
-    out.print(f"report: {result.report}")
+    if result.suspects is not None:
+        counts = ", ".join(f"{attribute} {n}" for attribute, n in result.suspect_counts.items())
+        out.print(f"suspect labels ({counts}): {result.suspects}")
+    if result.report is not None:
+        out.print(f"report: {result.report}")
 
 
 def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:

@@ -28,21 +28,24 @@ from faceattr_batch.io.atomic import check_writable
 from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
+from faceattr_batch.reporting.suspects_list import find_suspects, list_format, write_suspects
 
 
 @dataclass(frozen=True)
 class ReportResult:
-    report: Path  # report.html
+    report: Path | None  # report.html; None with ``suspects`` alone
     labels: dict | None = None  # the labels file's counts and first problems; None without --labels
     training: dict | None = None  # images the model saw, by role, and the rule (``summary.training_summary``)
     foreign: dict | None = None  # another tool's table: columns read, conventions, problems; None for predict's own
     compare: dict | None = None  # with ``compare``: metrics.json's "compare" (``reporting.compare``)
     metrics: dict | None = None  # the overall metrics with their intervals (metrics.json's "overall"); None unlabelled
+    suspects: Path | None = None  # with ``suspects``: the ranked list written
+    suspect_counts: dict | None = None  # with ``suspects``: flagged rows per attribute
 
 
 def build(
     predictions: Path | str,
-    report_dir: Path | str,
+    report_dir: Path | str | None,
     labels: Path | str | None = None,
     *,
     slice_by: Sequence[str] = (),
@@ -52,20 +55,35 @@ def build(
     gender_one_is: str = "female",
     compare: Path | str | None = None,
     seed: int = 0,
+    suspects: Path | str | None = None,
 ) -> ReportResult:
     """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
     ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``);
     ``include_training``: keep the rows of images the model was trained on in the metrics. Another tool's table is
     read with ``columns`` (ours -> its column; None leaves an attribute out) and ``gender_one_is`` ("male": its
-    gender 1 is male). ``compare``: a second run compared with this one (paired intervals seeded by ``seed``)."""
+    gender 1 is male). ``compare``: a second run compared with this one (paired intervals seeded by ``seed``).
+    ``suspects``: also write the ranked suspect labels to this .parquet or .csv; with ``report_dir`` None, only
+    that (the report's suspects.parquet, without the rest of the report)."""
     runs = [read_run(path, labels, columns, gender_one_is) for path in (predictions, compare) if path is not None]
     if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
         raise FaceattrError(
             f"--columns and --gender-one-is read another tool's table; {predictions} is a `predict` Parquet"
             + (f", and so is {compare}" if compare is not None else "")
         )
-    check_writable(report_dir, "--report")
+    if report_dir is None and suspects is None:
+        raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
+    if suspects is not None:
+        list_format(suspects)
+    for target, flag in ((report_dir, "--report"), (suspects, "--suspects")):
+        if target is not None:
+            check_writable(target, flag)
     run = runs[0]
+    listed = {}
+    if suspects is not None:
+        found = find_suspects(run.frame)
+        listed = {"suspects": write_suspects(found.table, Path(suspects)), "suspect_counts": found.contents["counts"]}
+    if report_dir is None:
+        return ReportResult(None, run.labels, foreign=run.foreign, **listed)
     summary = summarize(run.frame, run.labels, include_training) | {"foreign": run.foreign}
     comparison = None
     if compare is not None:
@@ -75,7 +93,9 @@ def build(
         compare=comparison,
     )  # fmt: skip
     contents = None if comparison is None else comparison.contents
-    return ReportResult(html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"])
+    return ReportResult(
+        html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"], **listed
+    )
 
 
 def compare(a: Path | str, b: Path | str, report_dir: Path | str, labels: Path | str | None = None, **options):

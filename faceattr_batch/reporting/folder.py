@@ -5,7 +5,8 @@ Slicing attributes: race, gender and age band (``metrics.SLICE_BY``) and the fra
 ``slice_by`` (``metrics.slicing``: ``source``, ``brightness:4``). Each gets a table alone (``by_<attribute>``), a
 fairness summary (``fairness``: gaps between its groups, ``metrics.fairness``), per-group confusion matrices and
 calibration curves (``group_calibration``, one figure per attribute); each extra one is also crossed with race ×
-gender × age band (``slices``, and its rows in breakdown.parquet).
+gender × age band (``slices``, and its rows in breakdown.parquet). Wherever rows are labelled, the suspect
+labels (``suspects_list``): suspects.parquet, metrics.json's ``suspects`` and the page's section.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.reporting import figures, page
 from faceattr_batch.reporting.compare import Comparison
 from faceattr_batch.reporting.summary import labelled_rows
+from faceattr_batch.reporting.suspects_list import find_suspects
 from faceattr_batch.schema import OUTPUT_COLUMNS
 
 WORST_K = 12
@@ -93,6 +95,10 @@ def write_report(
             contents["group_calibration"][attribute]["figure"] = path.name
             plots[path.stem] = path
         sections = {"crossed": crossed, "worst": worst}
+    if labelled_rows(frame, include_training=True).height:  # suspect labels: suspects.parquet and their section
+        suspects = find_suspects(frame)
+        suspects.table.write_parquet(report_dir / "suspects.parquet")
+        contents["suspects"], sections["suspects"] = suspects.contents, suspects.gallery
     if compare is not None:
         contents["compare"] = compare.contents
         sections["compare"] = compare.gallery

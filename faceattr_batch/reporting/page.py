@@ -16,7 +16,7 @@ from PIL import Image
 from faceattr_batch import __version__
 from faceattr_batch.data.decode import DecodeError, read_rgb
 from faceattr_batch.faces.load import FRAMING_ALIGNED
-from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table, labels_page
+from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table, labels_page, suspects_page
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
@@ -86,6 +86,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
             "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
         )
+        parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
         parts.append(_html_counts(summary))
         return "".join(parts) + "</body></html>"
     parts.append(fairness_page.summary_html(summary))
@@ -105,6 +106,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     images = {key: _png(plots[Path(name).stem], Path(name).stem) for key, name in figures.items()}
     parts.append(fairness_page.group_calibration_html(summary["group_calibration"], images))
     parts.append(_html_worst(sections["worst"], overall))
+    parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
     parts.append(_html_slices(sections["crossed"]))
     return "".join(parts) + html_table.SORT_SCRIPT + "</body></html>"
 

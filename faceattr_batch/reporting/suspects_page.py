@@ -1,0 +1,62 @@
+"""The report page's "Suspect labels" section, from metrics.json's ``suspects`` (``reporting.suspects_list``): the
+counts per attribute, why an attribute was not examined, the rows not ranked because the model saw them, and a
+gallery of the top suspects per attribute (thumbnails made by the page's own ``thumbnail``)."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Callable
+
+import polars as pl
+
+TITLES = {"gender": "gender", "race": "race", "age": "age (years)"}
+METHOD = (
+    "Gender and race: confident learning, a label is suspect when another class passes its own threshold (the mean "
+    "probability of its class over the rows labelled with it) and the given label does not; scored by the margin. "
+    "Age: the label's position under the predicted age distribution, re-centred and re-scaled per age band so the "
+    "model's own bias flags no band; suspect past a robust z of {threshold:g}. All of them in suspects.parquet."
+)
+
+
+def suspects_html(suspects: dict | None, gallery: dict[str, pl.DataFrame], thumbnail: Callable[[dict], str]) -> str:
+    """The section; nothing without ``suspects`` (no labelled row)."""
+    if not suspects:
+        return ""
+    esc = html.escape
+    parts = [
+        "<h2>Suspect labels</h2>",
+        f"<p class='muted'>{esc(METHOD.format(threshold=suspects['age_threshold']))}</p>",
+    ]
+    if suspects["note"]:
+        parts.append(f"<p class='note'>{esc(suspects['note'])}</p>")
+    rows = []
+    for attribute, title in TITLES.items():
+        entry = suspects[attribute]
+        reason = entry["reason"] or ""
+        rows.append(
+            f"<tr><td class='l'>{title}</td><td>{entry['labelled']}</td><td>{entry['examined']}</td>"
+            f"<td>{entry['flagged']}</td><td class='l'>{esc(reason)}</td></tr>"
+        )
+    parts.append(
+        "<table><tr><th class='l'>attribute</th><th>labelled</th><th>examined</th><th>suspect</th>"
+        f"<th class='l'>not examined because</th></tr>{''.join(rows)}</table>"
+    )
+    for attribute, title in TITLES.items():
+        if suspects[attribute]["reason"]:  # not examined: the table above says why
+            continue
+        top = suspects["top"][attribute]
+        shown = "".join(
+            f"<div class='thumb'>{thumbnail(face)}{_caption(row)}</div>"
+            for face, row in zip(gallery[attribute].to_dicts(), top, strict=True)
+        )
+        heading = f"<h3>{title} <span class='muted'>(top {len(top)} of {suspects['counts'][attribute]})</span></h3>"
+        parts.append(heading + (f"<div class='thumbs'>{shown}</div>" if top else "<p class='muted'>none</p>"))
+    return "".join(parts)
+
+
+def _caption(row: dict) -> str:
+    text = f"#{row['rank']} given {row['given']} · suggested {row['suggested']} · score {row['score']:.2f}"
+    path = html.escape(row["path"])
+    name = html.escape(os.path.basename(row["path"]))
+    return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"
