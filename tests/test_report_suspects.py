@@ -22,7 +22,7 @@ from faceattr_batch.reporting.summary import read_predictions, summarize
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, TRAINING_ROLE, derived_columns
 
 N_ROWS = 400
-SEEN = 40  # rows marked in_training in the frame of ``test_rows_the_model_saw_are_counted_not_ranked``
+SEEN = 40  # rows marked in_training in the frame of ``test_rows_the_model_was_trained_on_are_counted_not_ranked``
 
 
 def _frame(seed: int = 3, one_gender: bool = False) -> tuple[pl.DataFrame, dict[str, np.ndarray], dict]:
@@ -98,11 +98,11 @@ def test_suspects_parquet_lists_the_flagged_rows_ranked_with_labels_by_name(nois
 def test_metrics_json_holds_the_summary_and_the_counts(noisy):
     _, _, _, listed, saved, _ = noisy
     suspects = saved["suspects"]
-    assert set(suspects) >= {"min_per_class", "age_threshold", "gender", "race", "age", "counts", "in_training"}
+    assert set(suspects) >= {"min_per_class", "age_threshold", "gender", "race", "age", "counts", "trained_on"}
     counts = dict(listed.group_by("attribute").len().iter_rows())
     assert suspects["counts"] == {a: counts.get(a, 0) for a in ("gender", "race", "age")}
     assert all(suspects[a]["flagged"] == suspects["counts"][a] for a in ("gender", "race", "age"))
-    assert suspects["in_training"] == 0 and suspects["note"] is None
+    assert suspects["trained_on"] == 0 and suspects["note"] is None
     assert [row["rank"] for row in suspects["top"]["race"]] == list(range(1, 13))
 
 
@@ -123,7 +123,7 @@ def test_one_gender_class_says_why_gender_is_not_examined(tmp_path):
     assert reason.split("(")[0] in section and "<h3>gender" not in section and "<h3>race" in section
 
 
-def test_rows_the_model_saw_are_counted_not_ranked(tmp_path):
+def test_rows_the_model_was_trained_on_are_counted_not_ranked(tmp_path):
     frame, _, _ = _frame()
     role = ["train"] * (SEEN // 2) + ["validation"] * (SEEN // 2) + [None] * (N_ROWS - SEEN)
     frame = frame.with_columns(
@@ -131,10 +131,11 @@ def test_rows_the_model_saw_are_counted_not_ranked(tmp_path):
         in_training=pl.Series([True] * SEEN + [None] * (N_ROWS - SEEN)),
     )
     listed, saved, page = _report(frame, tmp_path)
-    assert not set(listed["path"]) & set(frame["path"][:SEEN])
-    note = f"{SEEN} rows are images this model saw: not ranked (their labels look right to it)"
-    assert saved["suspects"]["in_training"] == SEEN and saved["suspects"]["note"] == note
-    assert saved["suspects"]["gender"]["labelled"] == N_ROWS - SEEN and note in page
+    trained = SEEN // 2  # the validation role's labels were never fitted: those rows are ranked
+    assert not set(listed["path"]) & set(frame["path"][:trained])
+    note = f"{trained} rows are images this model was trained on: not ranked (their labels look right to it)"
+    assert saved["suspects"]["trained_on"] == trained and saved["suspects"]["note"] == note
+    assert saved["suspects"]["gender"]["labelled"] == N_ROWS - trained and note in page
 
 
 def _predictions(tmp_path) -> pl.DataFrame:

@@ -2,8 +2,9 @@
 model did not see, as one ranked list (suspects.parquet, or ``--suspects FILE``), metrics.json's ``suspects`` and
 the rows behind the page's gallery.
 
-Out-of-sample only: a model is too sure of the labels of the images it learned from or chose its checkpoints with
-(``in_training``: ``training_role`` train or validation), so those rows are counted, not ranked.
+Out-of-sample only: a model is too sure of the labels it learned, so the rows of images it was trained on
+(``training_role`` train) are counted, not ranked. The validation role's images only chose its checkpoints and
+temperatures: their labels were never fitted, so they are ranked (the issue's own measurement is on them).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ class Suspects:
 
 def find_suspects(frame: pl.DataFrame) -> Suspects:
     """The suspects among ``frame``'s labelled rows that are not in training. ``contents``: the summary of
-    ``suspect_labels`` and ``counts`` (flagged per attribute), ``in_training`` (labelled rows not ranked) and its
+    ``suspect_labels`` and ``counts`` (flagged per attribute), ``trained_on`` (labelled rows not ranked) and its
     ``note``, and ``top``: the gallery's rows as listed."""
     labelled = labelled_rows(frame, include_training=True)
-    seen = pl.col("in_training").fill_null(False) if "in_training" in labelled.columns else pl.lit(False)
-    in_training = labelled.filter(seen).height
+    has_role = "training_role" in labelled.columns
+    seen = (pl.col("training_role") == "train").fill_null(False) if has_role else pl.lit(False)
+    trained_on = labelled.filter(seen).height
     rows = labelled.filter(~seen)
     flags, summary = suspect_labels(rows)
     table = _ranked(rows, flags)
@@ -49,11 +51,11 @@ def find_suspects(frame: pl.DataFrame) -> Suspects:
         gallery[attribute] = rows[shown["_row"].to_list()]
         top[attribute] = shown.drop("_row").to_dicts()
     note = None
-    if in_training:
-        note = f"{in_training} rows are images this model saw: not ranked (their labels look right to it)"
+    if trained_on:
+        note = f"{trained_on} rows are images this model was trained on: not ranked (their labels look right to it)"
     contents = summary | {
         "counts": {a: summary[a]["flagged"] for a in ATTRIBUTES},
-        "in_training": in_training,
+        "trained_on": trained_on,
         "note": note,
         "top": top,
     }
