@@ -203,3 +203,19 @@ def test_bad_options_are_refused():
         suspect_labels(pl.DataFrame(), min_per_class=1)
     with pytest.raises(FaceattrError, match="age_threshold must be a positive"):
         suspect_labels(pl.DataFrame(), age_threshold=0)
+
+
+def test_an_age_within_five_years_of_the_prediction_is_never_suspect():
+    """At 0-2 the predicted interval is under a year wide: a baby labelled 1 and read 2.4 sits many sigmas out,
+    yet a label within CS@5's 5 years is no suspect (score 0); 30 years off still is."""
+    rng = np.random.default_rng(3)
+    true = np.concatenate([rng.integers(20, 60, 60), np.ones(30, dtype=int), [40]])
+    pred = np.concatenate([true[:60] + rng.normal(0, 3, 60), rng.uniform(0.5, 1.5, 30), [10.0]])
+    pred[60:65] = 2.4  # five babies read 1.4 years older than labelled, far outside their narrow interval
+    width = np.concatenate([np.full(60, 4.0), np.full(30, 0.3), [4.0]])
+    frame = pl.DataFrame({"true_age": true, "pred_age": pred, "age_low": pred - width, "age_high": pred + width}).cast(
+        {"true_age": pl.Int16, "pred_age": pl.Float32, "age_low": pl.Float32, "age_high": pl.Float32}
+    )
+    flags, summary = suspect_labels(frame)
+    assert not flags["age_suspect"][60:90].any() and (flags["age_score"][60:65] == 0).all()
+    assert flags["age_suspect"][90] and summary["age"]["flagged"] == 1

@@ -28,7 +28,8 @@ younger) would make every old face's e large, so e is re-centred and re-scaled w
 themselves): z = (e - median) / scale. A band with fewer than ``min_per_class`` examined rows uses the global
 median and MAD (listed in the summary's ``fallback_bands``); a scale is at least ``MIN_SCALE``. A row is suspect
 when |z| > ``age_threshold`` (default 4: under a normal, a two-sided tail of 6e-5, about one correct label in
-16,000, while a label 30 years off on a face read +-5 years sits near z = 8); score |z|, ``age_tail_p`` the
+16,000, while a label 30 years off on a face read +-5 years sits near z = 8) and the label is more than
+``attributes.CS_TOLERANCE`` (5) years from ``pred_age`` (within it z is set to 0); score |z|, ``age_tail_p`` the
 two-sided normal tail 2 (1 - Phi(|z|)), suggested label round(pred_age). Fewer than ``min_per_class`` rows in all:
 age is not examined.
 
@@ -57,6 +58,7 @@ import polars as pl
 
 from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.metrics.attributes import CS_TOLERANCE
 from faceattr_batch.schema import RACE_PROB_COLUMNS
 
 DEFAULT_MIN_PER_CLASS = 20
@@ -256,10 +258,14 @@ def _age_suspects(frame: pl.DataFrame, min_per_class: int, age_threshold: float)
                 summary["fallback_bands"].append(name)
             centre[in_band], scale[in_band] = median, band_scale
     z = np.abs(np.nan_to_num(position) - centre) / scale
+    pred = np.nan_to_num(_floats(frame, "pred_age"))
+    # within CS@5's tolerance of the prediction a label is never suspect: at 0-2 the interval is under a year wide,
+    # and a baby labelled 1 and read 2 reached z = 4.7 (the first look at the validation faces' top 15)
+    beyond = np.abs(np.nan_to_num(truth) - pred) > CS_TOLERANCE
+    z = np.where(beyond, z, 0.0)
     suspect = examined & (z > age_threshold)
     summary["flagged"] = int(suspect.sum())
     tail = np.array([math.erfc(value / math.sqrt(2)) for value in z])
-    pred = np.nan_to_num(_floats(frame, "pred_age"))
     columns = [
         _masked("age_suspect", suspect, examined, pl.Boolean),
         _masked("age_score", z, examined, pl.Float64),
