@@ -34,12 +34,13 @@ WITHIN_SLICE_MEANINGLESS = {
 }
 
 
-def _has(column: str) -> pl.Expr:
+def both_known(column: str) -> pl.Expr:
+    """The rows where ``column`` (a ``true_`` label) and its ``pred_`` prediction are both known."""
     return pl.col(column).is_not_null() & pl.col(column.replace("true_", "pred_")).is_not_null()
 
 
 def gender_exprs() -> list[pl.Expr]:
-    known = _has("true_gender")
+    known = both_known("true_gender")
     truth, pred = pl.col("true_gender").filter(known), pl.col("pred_gender").filter(known)
     tp = ((truth == 1) & (pred == 1)).sum()
     fp = ((truth == 0) & (pred == 1)).sum()
@@ -54,7 +55,7 @@ def gender_exprs() -> list[pl.Expr]:
 
 
 def race_exprs() -> list[pl.Expr]:
-    known = _has("true_race")
+    known = both_known("true_race")
     truth, pred = pl.col("true_race").filter(known), pl.col("pred_race").filter(known)
     f1s = []
     for code in range(len(RACES)):
@@ -70,7 +71,7 @@ def race_exprs() -> list[pl.Expr]:
 
 
 def age_exprs() -> list[pl.Expr]:
-    known = _has("true_age")
+    known = both_known("true_age")
     error = (pl.col("pred_age") - pl.col("true_age")).filter(known).cast(pl.Float64)
     return [
         known.sum().alias("n_age"),
@@ -139,7 +140,7 @@ def confusion_matrix(frame: pl.DataFrame, attribute: str = "race") -> list[list[
     """Confusion counts of ``attribute`` (race or gender), rows = true class, columns = predicted class."""
     classes = {"race": RACES, "gender": GENDERS}[attribute]
     truth, pred = f"true_{attribute}", f"pred_{attribute}"
-    counts = frame.filter(_has(truth)).group_by(truth, pred).len().iter_rows()
+    counts = frame.filter(both_known(truth)).group_by(truth, pred).len().iter_rows()
     matrix = [[0] * len(classes) for _ in classes]
     for truth, pred, n in counts:
         matrix[truth][pred] = n
@@ -152,7 +153,7 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def _interval_inputs() -> list[pl.Expr]:
-    known = _has("true_age")
+    known = both_known("true_age")
     error = (pl.col("pred_age") - pl.col("true_age")).filter(known).cast(pl.Float64)
     return [error.abs().std().alias("_age_abs_error_std")]
 
@@ -220,7 +221,7 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
         return (p * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
 
     gender = (
-        frame.filter(_has("true_gender") & pl.col("p_female").is_not_null())
+        frame.filter(both_known("true_gender") & pl.col("p_female").is_not_null())
         .group_by(bin_of(pl.col("p_female")))
         .agg(
             pl.len().alias("n"),
@@ -231,7 +232,7 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
     )
     top = pl.max_horizontal(RACE_PROB_COLUMNS)
     race = (
-        frame.filter(_has("true_race") & top.is_not_null())
+        frame.filter(both_known("true_race") & top.is_not_null())
         .group_by(bin_of(top))
         .agg(
             pl.len().alias("n"),
@@ -270,9 +271,9 @@ def calibration_columns() -> list[pl.Expr]:
     (max(P(female), P(male))) and ``gender_confident_correct`` (the likelier gender is the true one),
     ``race_confidence`` (the top race probability) and ``race_confident_correct`` (``pred_race`` is the true race)."""
     p_female = pl.col("p_female")
-    gender_known = _has("true_gender") & p_female.is_not_null()
+    gender_known = both_known("true_gender") & p_female.is_not_null()
     top = pl.max_horizontal(RACE_PROB_COLUMNS)
-    race_known = _has("true_race") & top.is_not_null()
+    race_known = both_known("true_race") & top.is_not_null()
     return [
         pl.when(gender_known).then(pl.max_horizontal(p_female, 1 - p_female)).alias("gender_confidence"),
         pl.when(gender_known).then((p_female >= 0.5) == (pl.col("true_gender") == 1)).alias("gender_confident_correct"),
@@ -294,7 +295,7 @@ def calibration_errors(frame: pl.DataFrame) -> dict[str, float | None]:
 
 def age_interval_coverage(frame: pl.DataFrame) -> float | None:
     """Share of true ages inside [age_low, age_high] (the model's 80% interval: ~0.8 when calibrated)."""
-    known = frame.filter(_has("true_age") & pl.col("age_low").is_not_null())
+    known = frame.filter(both_known("true_age") & pl.col("age_low").is_not_null())
     if known.is_empty():
         return None
     return known.select(pl.col("true_age").is_between(pl.col("age_low"), pl.col("age_high")).mean()).item()
@@ -303,20 +304,20 @@ def age_interval_coverage(frame: pl.DataFrame) -> float | None:
 def worst_errors(frame: pl.DataFrame, k: int = 12) -> dict[str, pl.DataFrame]:
     """The ``k`` largest age errors and the ``k`` most confident wrong genders and races, with their paths."""
     age = (
-        frame.filter(_has("true_age"))
+        frame.filter(both_known("true_age"))
         .with_columns((pl.col("pred_age") - pl.col("true_age")).abs().alias("abs_age_error"))
         .sort("abs_age_error", "path", descending=[True, False])
         .head(k)
     )
     confidence = pl.when(pl.col("pred_gender") == 1).then(pl.col("p_female")).otherwise(1 - pl.col("p_female"))
     gender = (
-        frame.filter(_has("true_gender") & (pl.col("true_gender") != pl.col("pred_gender")))
+        frame.filter(both_known("true_gender") & (pl.col("true_gender") != pl.col("pred_gender")))
         .with_columns(confidence.alias("confidence"))
         .sort("confidence", "path", descending=[True, False])
         .head(k)
     )
     race = (
-        frame.filter(_has("true_race") & (pl.col("true_race") != pl.col("pred_race")))
+        frame.filter(both_known("true_race") & (pl.col("true_race") != pl.col("pred_race")))
         .with_columns(pl.max_horizontal(RACE_PROB_COLUMNS).alias("confidence"))
         .sort("confidence", "path", descending=[True, False])
         .head(k)

@@ -58,9 +58,9 @@ import polars as pl
 from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.attributes import (
-    _has,
     age_bin_known,
     age_in_bin,
+    both_known,
     calibration_columns,
     expected_calibration_error,
     t_quantile,
@@ -129,7 +129,7 @@ def row_columns(age_centre: float) -> list[pl.Expr]:
     """Per row, the quantities whose sums give every metric (0 where unknown): sums of a resample are the draw
     counts times these, so one matrix product gives all metrics of all resamples."""
     true_g, pred_g, true_r, pred_r = (pl.col(c) for c in ("true_gender", "pred_gender", "true_race", "pred_race"))
-    gender, race, age = _has("true_gender"), _has("true_race"), _has("true_age")
+    gender, race, age = both_known("true_gender"), both_known("true_race"), both_known("true_age")
     error = pl.col("pred_age").cast(pl.Float64) - pl.col("true_age").cast(pl.Float64)
     centred = pl.col("true_age").cast(pl.Float64) - age_centre  # SS_tot from sums, with less cancellation
     columns = {
@@ -394,7 +394,7 @@ def fairness_summary(
     with FP a male called female. ``level``: the intervals' coverage; ``bins``: ECE's bins."""
     _validate(frame, by, min_group, resamples, level)
     frame = with_inputs(frame)
-    centre = frame.filter(_has("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
+    centre = frame.filter(both_known("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
     row_exprs = row_columns(centre)
     column = {expr.meta.output_name(): index for index, expr in enumerate(row_exprs)}
     sliced = frame.filter(pl.col(by).is_not_null()).select(

@@ -22,10 +22,9 @@ TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds opt
 DEFAULT_ATTR_WEIGHTS = "attr_default.pt"
 # shipped attribute models by name: --model fast trades accuracy for speed (MODEL_CARD.md)
 SHIPPED_ATTR_MODELS = {"default": DEFAULT_ATTR_WEIGHTS, "fast": "attr_fast.pt"}
-# the images each shipped model saw, and in which role (models.seen_images): both trained on the one split of
-# MODEL_CARD.md, so one file (scripts/seen_images.py); their .onnx graphs share their model's
-SEEN_IMAGES_FILE = "seen_images.parquet"  # also what `train` writes in its RUN_DIR
-SHIPPED_SEEN_IMAGES = {"default": SEEN_IMAGES_FILE, "fast": SEEN_IMAGES_FILE}
+# the images a model saw, and in which role (models.seen_images), in this file beside the model: the shipped
+# models were all trained on the one split of MODEL_CARD.md, so one file in weights/ (scripts/seen_images.py)
+SEEN_IMAGES_FILE = "seen_images.parquet"
 GEN_FORMAT = "faceattr-gen-v1"  # a shippable generator: config + EMA state_dict + meta
 GEN_TRAIN_FORMAT = "faceattr-gen-train-v1"  # a train-gen checkpoint (G, D, EMA, optimizers)
 DEFAULT_GEN_WEIGHTS = "gen_default.pt"
@@ -121,21 +120,16 @@ def resolve_attr_source(source: str | Path | None) -> Path:
 
 
 def seen_images_path(model_path: Path) -> Path | None:
-    """The seen-images file of the model at ``model_path`` (as ``resolve_attr_source`` gives it): a shipped model's
-    (its .pt or its .onnx) from ``SHIPPED_SEEN_IMAGES``; any other model's ``seen_images.parquet`` beside it (a
-    ``train`` RUN_DIR's); None when it has none."""
+    """The ``seen_images.parquet`` beside the model at ``model_path`` (as ``resolve_attr_source`` gives it: a
+    shipped model's .pt or .onnx, a RUN_DIR's model, a file), or None when it has none; a shipped model's must be
+    there."""
     model_path = Path(model_path).resolve()
-    for name, file_name in SHIPPED_SEEN_IMAGES.items():
-        shipped = default_weights_path(SHIPPED_ATTR_MODELS[name]).resolve()
-        if model_path in (shipped, shipped.with_suffix(".onnx")):
-            path = default_weights_path(file_name)
-            if not path.is_file():
-                raise FaceattrError(
-                    f"the {name} model's seen-images file is missing from the installed package ({path})"
-                )
-            return path
     beside = model_path.parent / SEEN_IMAGES_FILE
-    return beside if beside.is_file() else None
+    if beside.is_file():
+        return beside
+    if model_path.parent == default_weights_path().resolve().parent:
+        raise FaceattrError(f"the seen-images file is missing from the installed package ({beside})")
+    return None
 
 
 def storage_state(model, int8: bool = False) -> dict:

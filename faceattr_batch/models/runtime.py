@@ -158,14 +158,14 @@ def _matching_export(candidate: Path, threads: int, digest: str) -> OnnxAttrMode
 
 
 def file_digest(path: Path) -> str:
-    """12 hex digits of the file's sha256: a model's version when its file names none."""
+    """12 hex digits of the file's sha256: a model's version when its file names none, a seen-images file's."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as err:
-        raise FaceattrError(f"{path}: cannot read the model file ({err.strerror or err})") from None
+        raise FaceattrError(f"{path}: cannot read the file ({err.strerror or err})") from None
     return digest.hexdigest()[:12]
 
 

@@ -18,13 +18,13 @@ row that matches (``in_training``, ``training_role``: ``schema.py``) and the met
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.models.runtime import file_digest
 from faceattr_batch.schema import TRAINING_ROLE, TRAINING_ROLES
 
 SPLIT_ROLES = {"train": "train", "val": "validation"}  # a split.parquet's ``split`` value -> the role
@@ -75,7 +75,7 @@ class SeenImages:
         if unknown:
             raise FaceattrError(f"{path}: roles {sorted(unknown)}: expected {', '.join(TRAINING_ROLES)}")
         roles = dict(zip(frame["sha256"].to_list(), frame["role"].cast(pl.String).to_list(), strict=True))
-        return cls(path, roles, hashlib.sha256(path.read_bytes()).hexdigest()[:12])
+        return cls(path, roles, file_digest(path))
 
     def marks(self, digests: list[str | None]) -> dict[str, list]:
         """``in_training`` (None where the file could not be read) and ``training_role`` for each digest."""

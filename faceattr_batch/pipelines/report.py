@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
-from faceattr_batch.data.label_files import attach_labels, load_labels
+from faceattr_batch.data.label_files import LabelTable, attach_labels, match_labels, read_label_file
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable
 from faceattr_batch.reporting.compare import Run, compare_runs
@@ -64,12 +64,6 @@ def build(
     gender 1 is male). ``compare``: a second run compared with this one (paired intervals seeded by ``seed``).
     ``suspects``: also write the ranked suspect labels to this .parquet or .csv; with ``report_dir`` None, only
     that (the report's suspects.parquet, without the rest of the report)."""
-    runs = [read_run(path, labels, columns, gender_one_is) for path in (predictions, compare) if path is not None]
-    if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
-        raise FaceattrError(
-            f"--columns and --gender-one-is read another tool's table; {predictions} is a `predict` Parquet"
-            + (f", and so is {compare}" if compare is not None else "")
-        )
     if report_dir is None and suspects is None:
         raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
     if suspects is not None:
@@ -77,10 +71,17 @@ def build(
     for target, flag in ((report_dir, "--report"), (suspects, "--suspects")):
         if target is not None:
             check_writable(target, flag)
+    table = None if labels is None else read_label_file(labels)  # once, for both runs
+    runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]
+    if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
+        raise FaceattrError(
+            f"--columns and --gender-one-is read another tool's table; {predictions} is a `predict` Parquet"
+            + (f", and so is {compare}" if compare is not None else "")
+        )
     run = runs[0]
-    listed = {}
+    listed, found = {}, None
     if suspects is not None:
-        found = find_suspects(run.frame)
+        found = find_suspects(run.frame)  # once: the report's suspects.parquet is the same list
         listed = {"suspects": write_suspects(found.table, Path(suspects)), "suspect_counts": found.contents["counts"]}
     if report_dir is None:
         return ReportResult(None, run.labels, foreign=run.foreign, **listed)
@@ -90,7 +91,7 @@ def build(
         comparison = compare_runs(*runs, slice_by=slice_by, include_training=include_training, seed=seed)
     html = write_report(
         run.frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group,
-        compare=comparison,
+        compare=comparison, suspects=found,
     )  # fmt: skip
     contents = None if comparison is None else comparison.contents
     return ReportResult(
@@ -106,12 +107,12 @@ def compare(a: Path | str, b: Path | str, report_dir: Path | str, labels: Path |
 
 def read_run(
     predictions: Path | str,
-    labels: Path | str | None = None,
+    labels: LabelTable | None = None,
     columns: Mapping[str, str | None] | None = None,
     gender_one_is: str = "female",
 ) -> Run:
     """One run: ``predict``'s Parquet or another tool's table, in the predictions schema (``READ_COLUMNS``), with the
-    labels of the file ``labels`` attached when given."""
+    labels of ``labels`` (a labels file as ``read_label_file`` reads it) attached when given."""
     foreign = None
     if is_own_predictions(predictions):
         frame = read_predictions(predictions)
@@ -126,7 +127,7 @@ def read_run(
         frame, foreign = table.frame.select(READ_COLUMNS), table.summary
     matched = None
     if labels is not None:
-        matched = load_labels(labels, frame["path"].unique(maintain_order=True).to_list())
+        matched = match_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
     return Run(Path(predictions), frame, foreign, None if matched is None else matched.summary)
 

@@ -24,7 +24,7 @@ from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.reporting import figures, page
 from faceattr_batch.reporting.compare import Comparison
 from faceattr_batch.reporting.summary import labelled_rows
-from faceattr_batch.reporting.suspects_list import find_suspects
+from faceattr_batch.reporting.suspects_list import Suspects, find_suspects, write_suspects
 from faceattr_batch.schema import OUTPUT_COLUMNS
 
 WORST_K = 12
@@ -45,11 +45,13 @@ def write_report(
     slice_by: Sequence[str] = (),
     min_group: int = 30,
     compare: Comparison | None = None,
+    suspects: Suspects | None = None,
 ) -> Path:
     """Write the report files into ``report_dir``; returns the path of ``report.html``. ``slice_by``: columns of
     ``frame`` to slice by besides race, gender and age band (``name`` or ``name:k`` for k quantile bins);
     ``min_group``: the fewest images of a group compared in the fairness summary and ranked among the weakest;
-    ``compare``: another run compared with this one (metrics.json's ``compare``, and its section of the page)."""
+    ``compare``: another run compared with this one (metrics.json's ``compare``, and its section of the page);
+    ``suspects``: the suspect labels when the caller has found them already (else found here)."""
     if min_group < 2:
         raise FaceattrError(f"--min-group must be at least 2, not {min_group}")
     own_columns = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
@@ -96,8 +98,9 @@ def write_report(
             plots[path.stem] = path
         sections = {"crossed": crossed, "worst": worst}
     if labelled_rows(frame, include_training=True).height:  # suspect labels: suspects.parquet and their section
-        suspects = find_suspects(frame)
-        suspects.table.write_parquet(report_dir / "suspects.parquet")
+        if suspects is None:
+            suspects = find_suspects(frame)
+        write_suspects(suspects.table, report_dir / "suspects.parquet")
         contents["suspects"], sections["suspects"] = suspects.contents, suspects.gallery
     if compare is not None:
         contents["compare"] = compare.contents

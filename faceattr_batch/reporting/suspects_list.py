@@ -23,13 +23,12 @@ from faceattr_batch.reporting.summary import labelled_rows
 ATTRIBUTES = ("gender", "race", "age")
 GALLERY_K = 12  # suspects shown per attribute on the page
 NAMES = {"gender": GENDERS, "race": RACES}
-# suspects.parquet's columns (face_index after path where the frame has it)
-LIST_COLUMNS = ("path", "attribute", "given", "suggested", "score", "rank")
 
 
 @dataclass(frozen=True)
 class Suspects:
-    table: pl.DataFrame  # every flagged (row, attribute), ranked by score within attribute (``LIST_COLUMNS``)
+    table: pl.DataFrame  # every flagged (row, attribute), ranked by score within attribute (path,
+    # face_index where the frame has it, attribute, given, suggested, score, rank)
     contents: dict  # metrics.json's ``suspects``
     gallery: dict[str, pl.DataFrame]  # attribute -> the frame rows of its top ``GALLERY_K`` (paths, face boxes)
 
