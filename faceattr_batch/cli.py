@@ -99,32 +99,12 @@ def train_command(
     out: Annotated[Path, opt.out_option("RUN_DIR for checkpoints, metrics and the model.")],
     root: opt.Root = None,
     input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
-    backbone: Annotated[
-        str,
-        typer.Option(
-            help="resnet | inception. resnet: a small CNN trained from scratch (--widths/--depths); inception: the "
-            "first blocks of the ImageNet Inception-v3 that `fid` uses (needs the [fid] extra), fine-tuned at a "
-            "quarter of --lr."
-        ),
-    ] = "resnet",
+    backbone: opt.Backbone = "resnet",
     widths: Annotated[str, typer.Option(help="resnet: channels per stage, comma-separated.")] = "32,64,128,256",
     depths: Annotated[str, typer.Option(help="resnet: residual blocks per stage, comma-separated.")] = "1,2,2,1",
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before the output layer.")] = 0.1,
-    init_from: Annotated[
-        str | None,
-        typer.Option(
-            help="Start from this attribute model's weights: default | fast | a model file | a RUN_DIR. Its "
-            "architecture is kept (--backbone/--widths/--depths are ignored), --input-size may differ (e.g. "
-            "fine-tune at a larger size); the trunk learns at a quarter of --lr; calibration is refitted."
-        ),
-    ] = None,
-    teacher: Annotated[
-        str | None,
-        typer.Option(
-            help="Also learn this model's calibrated predictions on the training faces (knowledge distillation): "
-            "default | fast | a model file (an ensemble too) | a RUN_DIR. Computed once, kept in RUN_DIR."
-        ),
-    ] = None,
+    init_from: opt.InitFrom = None,
+    teacher: opt.Teacher = None,
     distill_weight: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="With --teacher: the teacher's share of the loss.")
     ] = 0.5,
@@ -133,6 +113,7 @@ def train_command(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of duplicate groups held out.")] = 0.1,
+    folds: opt.Folds = 1,
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better score.")] = 12,
     seed: opt.Seed = 0,
     workers: opt.Workers = 2,
@@ -150,7 +131,8 @@ def train_command(
     widths, depths = int_tuple(widths, "--widths"), int_tuple(depths, "--depths")
     options = options_of(train.TrainOptions, locals(), out_dir=out)
     result = train.run(options, resume=resume)
-    show(summaries.train, result, json_data=result.report if json_out else None)
+    summary = summaries.cross_fit if folds > 1 else summaries.train
+    show(summary, result, json_data=result.report if json_out else None)
 
 
 @command("ensemble")

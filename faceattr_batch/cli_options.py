@@ -117,6 +117,43 @@ SuspectsList = Annotated[
         ".csv; without --report, only that.",
     ),
 ]
+Backbone = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        help="resnet | inception. resnet: a small CNN trained from scratch (--widths/--depths); inception: the "
+        "first blocks of the ImageNet Inception-v3 that `fid` uses (needs the [fid] extra), fine-tuned at a "
+        "quarter of --lr.",
+    ),
+]
+InitFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--init-from",
+        help="Start from this attribute model's weights: default | fast | a model file | a RUN_DIR. Its "
+        "architecture is kept (--backbone/--widths/--depths are ignored), --input-size may differ (e.g. "
+        "fine-tune at a larger size); the trunk learns at a quarter of --lr; calibration is refitted.",
+    ),
+]
+Teacher = Annotated[
+    str | None,
+    typer.Option(
+        "--teacher",
+        help="Also learn this model's calibrated predictions on the training faces (knowledge distillation): "
+        "default | fast | a model file (an ensemble too) | a RUN_DIR. Computed once, kept in RUN_DIR.",
+    ),
+]
+Folds = Annotated[
+    int,
+    typer.Option(
+        "--folds",
+        min=1,
+        metavar="K",
+        help="Cross-fit K models instead of one, each holding out a K-th of the duplicate groups (its validation "
+        "side) and predicting it: RUN_DIR/oof.parquet holds every labelled image's out-of-fold prediction, for "
+        "`report oof.parquet --suspects FILE`. Replaces --val-fraction.",
+    ),
+]
 
 
 def slice_specs(text: str | None) -> tuple[str, ...]:

@@ -99,6 +99,24 @@ def derived_columns() -> list[pl.Expr]:
     ]
 
 
+def predictions_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (``path``, the model's ``FLOAT_OUTPUTS``, true label codes, any other prediction fields) as a whole
+    predictions table: ``pred_gender`` / ``pred_race`` from the probabilities, the derived columns, every field it
+    lacks null, in ``OUTPUT_COLUMNS`` order and types (a predictions Parquet that ``report`` reads)."""
+    races = pl.concat_list(RACE_PROB_COLUMNS)
+    codes = {
+        "pred_gender": (pl.col("p_female") >= 0.5).cast(pl.Int8),
+        "pred_race": races.list.arg_max().cast(pl.Int8),
+    }
+    filled = frame.with_columns(**{name: expr for name, expr in codes.items() if name not in frame.columns})
+    filled = filled.with_columns(
+        **{name: pl.lit(None, dtype) for name, dtype in PREDICTION_FIELDS.items() if name not in filled.columns}
+    )
+    return filled.with_columns(derived_columns()).select(
+        pl.col(name).cast(dtype) for name, dtype in PREDICTION_FIELDS.items()
+    )
+
+
 def error_kind(error: pl.Expr) -> pl.Expr:
     """The reason without its details ("unreadable image: image file is truncated" -> "unreadable image")."""
     return error.str.split(": ").list.first()

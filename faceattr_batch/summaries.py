@@ -115,9 +115,7 @@ def train(result) -> None:
     """The validation table per slice, the calibration and the model file (train and ensemble)."""
     out = console()
     report = result.report
-    table = Table(title=f"validation ({report['n_train_val']['val']} faces never trained on)")
-    for column in ("slice", "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
-        table.add_column(column, justify="right")
+    table = _validation_table(f"validation ({report['n_train_val']['val']} faces never trained on)", "slice")
     table.add_row(*_validation_cells("all", report["overall"]))
     for key, column in (("by_race", "race"), ("by_gender", "gender"), ("by_age_band", "age_band")):
         for row in report[key]:
@@ -130,6 +128,27 @@ def train(result) -> None:
         f" -> {calibration['gender_ece_after']:.3f}; test-time mirror: {report['tta_flip']}"
     )
     out.print(f"model: {result.model_path}")
+
+
+def cross_fit(result) -> None:
+    """Each fold's validation figures, the out-of-fold ones over every labelled image, and what to run next."""
+    out = console()
+    report = result.report
+    title = f"cross-fitting: {len(report['folds'])} folds, each predicting the faces it did not train on"
+    table = _validation_table(title, "fold")
+    for fold in report["folds"]:
+        table.add_row(*_validation_cells(str(fold["fold"]), {**fold["validation"], "n": fold["n"]}))
+    table.add_row(*_validation_cells("out of fold", report["out_of_fold"]))
+    out.print(table)
+    out.print(f"out-of-fold predictions: {result.predictions_path}")
+    out.print(f"suspect labels: faceattr-batch report {result.predictions_path} --suspects suspects.csv")
+
+
+def _validation_table(title: str, first: str) -> Table:
+    table = Table(title=title)
+    for column in (first, "n", "gender acc", "gender F1", "race acc", "race macro-F1", "age MAE", "CS@5"):
+        table.add_column(column, justify="right")
+    return table
 
 
 def _validation_cells(name: str, row: dict, sliced_by: str | None = None) -> list[str]:

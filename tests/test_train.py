@@ -18,6 +18,7 @@ from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.pipelines import train as train_module
 from faceattr_batch.pipelines.train import TrainOptions, run
+from faceattr_batch.training import warm_start
 from faceattr_batch.training.calibration import fit_temperatures
 from faceattr_batch.training.data import split_by_group
 from faceattr_batch.training.losses import race_loss_weights, soft_age_targets
@@ -215,7 +216,7 @@ def test_inception_backbone_starts_from_the_imagenet_weights_and_fine_tunes_slow
     from faceattr_batch.models.inception import load_inception
 
     model = AttrNet(AttrNetConfig(input_size=64, backbone="inception"))
-    train_module.initialise_from_inception(model)
+    warm_start.initialise_from_inception(model)
     imagenet = load_inception().state_dict()
     trunk = model.trunk.state_dict()
     assert set(trunk) < set(imagenet)  # a prefix of the network: Mixed_7* left out
@@ -275,7 +276,7 @@ def test_init_from_keeps_the_architecture_and_weights_but_not_the_calibration(fa
         source.temperatures.fill_(2.0)
         source.race_bias.fill_(0.5)
     target = AttrNet(AttrNetConfig(input_size=48, widths=(8, 16), depths=(1, 2)))
-    train_module.initialise_from_model(target, source)
+    warm_start.initialise_from_model(target, source)
     for name, tensor in source.state_dict().items():
         if name not in ("temperatures", "race_bias"):
             assert torch.equal(target.state_dict()[name], tensor), name

@@ -47,9 +47,19 @@ from faceattr_batch.training.calibration import (
     validation_report,
     validation_score,
 )
-from faceattr_batch.training.data import augment, decode_cache, label_tensors, load_labelled, split_by_group
+from faceattr_batch.training.data import (
+    augment,
+    decode_cache,
+    label_tensors,
+    load_labelled,
+    pixel_cache_name,
+    split_by_fold,
+    split_by_group,
+)
+from faceattr_batch.training.folds import cross_fit
 from faceattr_batch.training.losses import distillation_loss, multitask_loss, race_loss_weights
 from faceattr_batch.training.teacher import teacher_targets
+from faceattr_batch.training.warm_start import initialise_from_inception, initialise_from_model
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,10 @@ class TrainOptions:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     val_fraction: float = 0.1
+    # cross-fitting (``training.folds``): K models, each validated on and predicting one K-th of the duplicate
+    # groups; ``fold`` is the one a fold's run holds out (its val side) instead of --val-fraction's random share
+    folds: int = 1
+    fold: int | None = None
     patience: int = 12  # epochs without a better validation score before stopping early
     seed: int = 0
     workers: int = 2
@@ -146,7 +160,15 @@ class _Targets:
     race_adjustment: object = None
 
 
-def run(options: TrainOptions, resume: bool = False) -> TrainResult:
+def run(options: TrainOptions, resume: bool = False):
+    """Train one model (a ``TrainResult``) or, with ``folds`` > 1, cross-fit K of them and write their out-of-fold
+    predictions (a ``training.folds.CrossFitResult``)."""
+    if options.folds > 1 and options.fold is None:
+        return cross_fit(options, _train_one, resume, checkpoint=CHECKPOINT_LAST, model_file=MODEL_FILE)
+    return _train_one(options, resume)
+
+
+def _train_one(options: TrainOptions, resume: bool) -> TrainResult:
     import torch  # heavy: loaded when a training starts, not when the CLI does
 
     options, init_model = _start(options, resume)
@@ -186,9 +208,13 @@ def _start(options: TrainOptions, resume: bool):
 def _load_split(options: TrainOptions, out: Path) -> _Split:
     """Labelled rows split by duplicate group (``split.parquet``), chips decoded once into the RUN_DIR cache."""
     table = load_labelled(options.source, options.root, options.workers, options.limit)
-    table = split_by_group(table, options.val_fraction, options.seed)
+    if options.fold is None:
+        table = split_by_group(table, options.val_fraction, options.seed)
+    else:
+        table = split_by_fold(table, options.folds, options.fold, options.seed)
     table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
-    cache = out / f"pixels_{options.input_size}.npy"
+    # the folds of a cross-fitting run read the same rows: one cache beside them
+    cache = (out if options.fold is None else out.parent) / pixel_cache_name(options.input_size)
     pixels = decode_cache(table, options.input_size, cache, options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"
     split = _Split(table.filter(~pl.Series(is_val)), table.filter(pl.Series(is_val)), pixels[~is_val], pixels[is_val])
@@ -223,7 +249,7 @@ def _build_session(options: TrainOptions, split: _Split, init_model, device, res
         initialise_from_model(model, init_model)
     elif pretrained and checkpoint is None:
         initialise_from_inception(model)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=memory_format(config))
     steps_per_epoch = math.ceil(len(split.train_rows) / options.batch_size)
     if options.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, options.steps_per_epoch)
@@ -247,6 +273,16 @@ def _build_session(options: TrainOptions, split: _Split, init_model, device, res
     if checkpoint is not None:
         _restore(session, checkpoint, resume_from)
     return session
+
+
+def memory_format(config):
+    """Channels-last (faster on CPU and GPU), except for a resnet stem under 8 channels: torch 2.13's CPU backward
+    of a 4-channel channels-last convolution corrupts memory at odd batch sizes (measured: --widths 8,16 with
+    batches of 7, 9, 15 abort the process; 16,32 and the shipped widths do not)."""
+    import torch
+
+    narrow = config.backbone == "resnet" and config.widths[0] // 2 < 8
+    return torch.contiguous_format if narrow else torch.channels_last
 
 
 def _restore(session: _Session, checkpoint: dict, path: Path) -> None:
@@ -297,7 +333,7 @@ def _train_epoch(session: _Session, targets: _Targets, options: TrainOptions, de
     for step in bar:
         index = order[step * options.batch_size : (step + 1) * options.batch_size]
         x = augment(targets.pixels[index], generator).to(device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format(session.config))
         labels = [targets.labels[k][index].to(device) for k in ("gender", "race", "age")]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
@@ -373,23 +409,6 @@ def _write_model(session: _Session, split: _Split, race_weights, options: TrainO
     model_path = save_attr_model(final_model, out / MODEL_FILE, meta)
     write_json(out / "report.json", report)
     return TrainResult(out, model_path, report)
-
-
-def initialise_from_inception(model) -> None:
-    """Copy the ImageNet Inception-v3 weights (the ones `fid` uses) into the model's Inception trunk."""
-    from faceattr_batch.models.inception import load_inception  # torch-backed
-
-    full = load_inception().state_dict()
-    model.trunk.load_state_dict({name: full[name] for name in model.trunk.state_dict()})
-
-
-def initialise_from_model(model, source) -> None:
-    """Copy another attribute model's trunk and head (same architecture; the input size may differ). Its
-    calibration is not carried over: this run refits the temperatures and race bias on its own validation."""
-    state = source.state_dict()
-    state["temperatures"] = state["temperatures"].new_ones(state["temperatures"].shape)
-    state["race_bias"] = state["race_bias"].new_zeros(state["race_bias"].shape)
-    model.load_state_dict(state)
 
 
 def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:

@@ -76,6 +76,29 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
     )
 
 
+def split_by_fold(table: pl.DataFrame, folds: int, fold: int, seed: int) -> pl.DataFrame:
+    """Add ``split``: ``val`` for fold ``fold`` of ``folds``, ``train`` for the others. Whole duplicate groups are
+    dealt round-robin to the folds in a seeded shuffle, so every image is in exactly one fold and no face in two."""
+    if not 0 <= fold < folds:
+        raise FaceattrError(f"fold {fold} is not one of the {folds} folds")
+    groups = table.get_column("dup_group").unique().sort()
+    if groups.len() < folds:
+        raise FaceattrError(f"{groups.len()} duplicate groups cannot fill {folds} folds")
+    order = np.random.default_rng(seed).permutation(groups.len())
+    held_out = groups.gather(order[fold::folds])
+    return table.with_columns(
+        pl.when(pl.col("dup_group").is_in(held_out.implode()))
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    )
+
+
+def pixel_cache_name(size: int) -> str:
+    """The file in a RUN_DIR holding its chips decoded at ``size`` (``decode_cache``)."""
+    return f"pixels_{size}.npy"
+
+
 def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:
     """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
     only in memory when ``cache`` is None."""

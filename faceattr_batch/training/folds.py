@@ -1,0 +1,107 @@
+"""Cross-fitting (``train --folds K``): out-of-fold predictions for every labelled image of a set, so that its
+suspect labels (``metrics.suspects``) come from models that never learned those labels.
+
+The duplicate groups are dealt to K folds (``training.data.split_by_fold``). Fold k's model trains on the other
+K - 1 folds and holds fold k out as its validation side (checkpoint choice, temperatures), then predicts it. Each
+fold is an ordinary training RUN_DIR (``fold_<k>``, resumed on its own), its chips decoded once beside them.
+``oof.parquet`` holds each image's prediction by the one model that did not train on it, in the predictions schema,
+marked ``in_training`` true with ``training_role`` validation (the fold's model chose its checkpoint and
+temperatures on those rows, never fitted their labels), so that ``report oof.parquet --suspects FILE`` ranks them.
+``report.json``: each fold's validation figures and the out-of-fold figures over every image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from faceattr_batch import __version__
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.atomic import write_json, write_parquet_atomically
+from faceattr_batch.io.rundir import start_run
+from faceattr_batch.metrics.attributes import overall
+from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.registry import load_attr_model
+from faceattr_batch.schema import RACE_PROB_COLUMNS, predictions_table
+from faceattr_batch.training.calibration import collect_logits
+from faceattr_batch.training.data import load_labelled, pixel_cache_name, split_by_fold
+
+PREDICTIONS_FILE = "oof.parquet"
+OPTIONS_FILE = "options.json"
+
+
+@dataclass
+class CrossFitResult:
+    out_dir: Path
+    predictions_path: Path
+    report: dict
+
+
+def fold_dir(out_dir: Path, fold: int) -> Path:
+    return Path(out_dir) / f"fold_{fold}"
+
+
+def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, model_file: str) -> CrossFitResult:
+    """Train ``options.folds`` models with ``train_one(fold_options, resume)`` (``pipelines.train``'s one-model
+    run; ``checkpoint`` and ``model_file`` name its files in a RUN_DIR), then write their out-of-fold predictions.
+    ``resume``: finished folds are kept, an interrupted one continues from its ``checkpoint``."""
+    if options.folds < 2:
+        raise FaceattrError(f"--folds {options.folds}: cross-fitting needs at least 2 folds")
+    options = start_run(options, OPTIONS_FILE, "cross-fitting", resume)
+    out = Path(options.out_dir)
+    for fold in range(options.folds):
+        run_dir = fold_dir(out, fold)
+        if not (run_dir / model_file).is_file():
+            train_one(replace(options, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
+    table = load_labelled(options.source, options.root, options.workers, options.limit)
+    pixels = np.load(out / pixel_cache_name(options.input_size), mmap_mode="r")
+    if len(pixels) != table.height:
+        raise FaceattrError(f"{out}: its decoded chips ({len(pixels)}) do not match the {table.height} labelled rows")
+    device = resolve_device(options.device)
+    parts, folds = [], []
+    for fold in range(options.folds):
+        held_out = split_by_fold(table, options.folds, fold, options.seed)["split"].to_numpy() == "val"
+        rows = table.filter(pl.Series(held_out))
+        parts.append(_fold_predictions(fold_dir(out, fold), model_file, pixels[held_out], rows, device, options))
+        validation = json.loads((fold_dir(out, fold) / "report.json").read_text())["overall"]
+        folds.append({"fold": fold, "n": rows.height, "validation": validation})
+    frame = predictions_table(pl.concat(parts).sort("path"))
+    path = out / PREDICTIONS_FILE
+    write_parquet_atomically(frame, path)
+    report = {"tool_version": __version__, "folds": folds, "out_of_fold": overall(frame), "predictions": str(path)}
+    write_json(out / "report.json", report)
+    return CrossFitResult(out, path, report)
+
+
+def _fold_predictions(run_dir: Path, model_file: str, pixels: np.ndarray, rows: pl.DataFrame, device, options):
+    """Fold model's calibrated predictions on the rows it held out, with their labels, as predictions columns."""
+    import torch
+
+    from faceattr_batch.models.attr_net import AttrLogits, calibrated_outputs  # torch-backed
+
+    model = load_attr_model(run_dir / model_file)[0].to(device)
+    logits = AttrLogits(*collect_logits(model, np.ascontiguousarray(pixels), device))
+    with torch.inference_mode():
+        outputs = calibrated_outputs(logits, model.temperatures.cpu(), model.age_values.cpu())
+    races = outputs.race_probs.numpy()
+    return rows.select(
+        pl.col("file").alias("path"),
+        pl.col("age").alias("true_age"),
+        pl.col("gender").alias("true_gender"),
+        pl.col("race").alias("true_race"),
+    ).with_columns(
+        pl.Series("p_female", outputs.p_female.numpy()),
+        *(pl.Series(name, races[:, i]) for i, name in enumerate(RACE_PROB_COLUMNS)),
+        pl.Series("pred_age", outputs.age_mean.numpy()),
+        pl.Series("age_low", outputs.age_low.numpy()),
+        pl.Series("age_high", outputs.age_high.numpy()),
+        model_name=pl.lit(f"{run_dir.name} of {options.folds} (cross-fitted)"),
+        model_version=pl.lit(__version__),
+        in_training=pl.lit(True),
+        training_role=pl.lit("validation"),
+    )
