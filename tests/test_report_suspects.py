@@ -103,6 +103,8 @@ def test_metrics_json_holds_the_summary_and_the_counts(noisy):
     assert suspects["counts"] == {a: counts.get(a, 0) for a in ("gender", "race", "age")}
     assert all(suspects[a]["flagged"] == suspects["counts"][a] for a in ("gender", "race", "age"))
     assert suspects["trained_on"] == 0 and suspects["note"] is None
+    for attribute in ("gender", "race"):  # the pruned candidates hold every flagged row
+        assert suspects[attribute]["flagged"] <= suspects[attribute]["estimated_errors"]
     assert [row["rank"] for row in suspects["top"]["race"]] == list(range(1, 13))
 
 
@@ -111,6 +113,7 @@ def test_page_shows_counts_and_a_gallery_of_the_top_suspects(noisy):
     section = page[page.index("<h2>Suspect labels</h2>") :].split("<h2>", 2)[1]
     assert section.count("class='thumb'") == 36  # 12 per attribute
     assert "#1 given" in section and "suggested" in section and "not examined because" in section
+    assert "estimated wrong" in section and "under 0.1 of the mean probability" in section
 
 
 def test_one_gender_class_says_why_gender_is_not_examined(tmp_path):

@@ -16,13 +16,14 @@ FLIP_SHARE = 0.05
 
 
 def _class_probs(rng: np.random.Generator, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """A model right on 90% of rows, confident when right (0.8-0.99 on the truth) and unsure when wrong (0.4-0.6 on
-    a wrong class, 0.25-0.35 left on the truth); the rest spread over the other classes."""
+    """A model right on 90% of rows, confident when right (1 - Beta(1, 40) on the truth: mean 0.976, like a good
+    model on its easy faces) and unsure when wrong (0.4-0.6 on a wrong class, 0.25-0.35 left on the truth); the rest
+    spread over the other classes."""
     n = len(truth)
     right = rng.random(n) < 0.9
     wrong_class = (truth + rng.integers(1, n_classes, n)) % n_classes
     top = np.where(right, truth, wrong_class)
-    p_top = np.where(right, rng.uniform(0.8, 0.99, n), rng.uniform(0.4, 0.6, n))
+    p_top = np.where(right, 1 - rng.beta(1, 40, n), rng.uniform(0.4, 0.6, n))
     p_truth = np.where(right, p_top, rng.uniform(0.25, 0.35, n))
     probs = rng.dirichlet(np.ones(n_classes), n)
     probs[np.arange(n), top] = 0
@@ -81,10 +82,10 @@ def test_flipped_labels_are_found_with_their_original_label_suggested(noisy_clas
 
 
 def _ages(rng: np.random.Generator, n: int) -> pl.DataFrame:
-    """A model whose 10th-90th interval is honest (+-1.28 sd of 3 years) but which reads faces of 60 and over
-    10 years younger."""
+    """A model whose 10th-90th interval is honest (+-1.28 sd of 3 years) but which reads faces over 40 younger, the
+    older the more: 10 years at 65, 20 at 90."""
     truth = rng.integers(1, 91, n)
-    pred = truth - np.where(truth >= 60, 10.0, 0.0) + rng.normal(0, 3, n)
+    pred = truth - np.clip(truth - 40, 0, None) * 0.4 + rng.normal(0, 3, n)
     half = 1.2816 * 3
     return pl.DataFrame(
         {
@@ -123,23 +124,31 @@ def test_a_band_wide_age_bias_flags_few_old_faces_while_a_label_moved_30_years_i
 
 def test_a_sparse_age_band_falls_back_to_the_global_median_and_mad():
     rng = np.random.default_rng(22)
-    frame = _ages(rng, 400).filter(pl.col("true_age") < 80)
-    frame = pl.concat([frame, frame.head(3).with_columns(true_age=pl.lit(85, pl.Int16))])
+    frame = _ages(rng, 400).filter(pl.col("pred_age") < 80)
+    old = {"true_age": pl.lit(85, pl.Int16), "pred_age": pl.lit(84.0, pl.Float32)}
+    frame = pl.concat(
+        [frame, frame.head(3).with_columns(**old, age_low=pl.lit(80.0, pl.Float32), age_high=pl.lit(88.0, pl.Float32))]
+    )
     _, summary = suspect_labels(frame)
     bands = summary["age"]["bands"]
     assert "80+" in summary["age"]["fallback_bands"] and "30-39" not in summary["age"]["fallback_bands"]
     assert bands["80+"]["n"] == 3 and bands["80+"]["median"] == summary["age"]["global"]["median"]
 
 
-def test_thresholds_match_a_hand_computation():
-    frame = pl.DataFrame({"true_gender": [0, 0, 1, 1], "p_female": [0.2, 0.85, 0.9, 0.7]})
+def test_thresholds_and_the_pruned_joint_match_a_hand_computation():
+    frame = pl.DataFrame({"true_gender": [0, 0, 0, 1, 1], "p_female": [0.2, 0.98, 0.1, 0.9, 0.7]})
     result, summary = suspect_labels(frame, min_per_class=2)
-    # t_male = mean(0.8, 0.15) = 0.475; t_female = mean(0.9, 0.7) = 0.8
-    assert summary["gender"]["thresholds"] == pytest.approx({"male": 0.475, "female": 0.8})
-    # row 1: labelled male, p_male 0.15 < 0.475 and p_female 0.85 >= 0.8 -> suspect, female, margin 0.7
-    assert result["gender_suspect"].to_list() == [False, True, False, False]
-    assert result["gender_suggested"].to_list() == [0, 1, 1, 1]
-    assert result["gender_score"].to_list() == pytest.approx([-0.6, 0.7, -0.8, -0.4])
+    # t_male = mean(0.8, 0.02, 0.9) = 0.5733; t_female = mean(0.9, 0.7) = 0.8
+    assert summary["gender"]["thresholds"] == pytest.approx({"male": (0.8 + 0.02 + 0.9) / 3, "female": 0.8})
+    # confident joint: rows 0, 2 (male, male); row 1 (male -> female: p_female 0.98 >= 0.8); row 3 (female,
+    # female); row 4 passes neither threshold. Calibrated: [[2, 1], [0, 2]]: one male label estimated wrong, the one
+    # with the largest p_female - p_male (row 1); p_male 0.02 < 0.1 x 0.5733 and female is the top class: suspect
+    assert summary["gender"]["estimated_errors"] == 1
+    assert result["gender_suspect"].to_list() == [False, True, False, False, False]
+    assert result["gender_suggested"].to_list() == [0, 1, 0, 1, 1]
+    assert result["gender_score"].to_list() == pytest.approx([0.2, 0.98, 0.1, 0.1, 0.3])  # 1 - p(given label)
+    strict, _ = suspect_labels(frame, min_per_class=2, given_ratio=0.01)  # 0.02 is not under 0.0057
+    assert not strict["gender_suspect"].any()
     probs = np.array([[0.8, 0.2], [0.15, 0.85], [0.1, 0.9], [0.3, 0.7]])
     thresholds, counts = class_thresholds(np.array([0.0, 0.0, 1.0, 1.0]), probs, 2)
     assert thresholds.tolist() == pytest.approx([0.475, 0.8]) and counts.tolist() == [2, 2]
@@ -203,6 +212,8 @@ def test_bad_options_are_refused():
         suspect_labels(pl.DataFrame(), min_per_class=1)
     with pytest.raises(FaceattrError, match="age_threshold must be a positive"):
         suspect_labels(pl.DataFrame(), age_threshold=0)
+    with pytest.raises(FaceattrError, match=r"given_ratio must be in \(0, 1\]"):
+        suspect_labels(pl.DataFrame(), given_ratio=0)
 
 
 def test_an_age_within_five_years_of_the_prediction_is_never_suspect():

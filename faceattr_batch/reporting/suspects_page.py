@@ -12,10 +12,13 @@ import polars as pl
 
 TITLES = {"gender": "gender", "race": "race", "age": "age (years)"}
 METHOD = (
-    "Gender and race: confident learning, a label is suspect when another class passes its own threshold (the mean "
-    "probability of its class over the rows labelled with it) and the given label does not; scored by the margin. "
-    "Age: the label's position under the predicted age distribution, re-centred and re-scaled per age band so the "
-    "model's own bias flags no band; suspect past a robust z of {threshold:g}. All of them in suspects.parquet."
+    "Gender and race: confident learning (its estimate of how many labels of each class are another class, then "
+    "that many labels with the largest margin against it); of those, a label is suspect where the model's top class "
+    "is another one and gives the label under {ratio:g} of the mean probability it gives that class on its own "
+    "rows; scored by 1 - the label's probability. Estimated wrong: confident learning's count, before that last "
+    "rule. Age: the label's position under the predicted age distribution, re-centred and re-scaled per band of "
+    "the predicted age so the model's own bias flags no band; suspect past a robust z of {threshold:g} and more "
+    "than 5 years from the prediction. All of them in suspects.parquet."
 )
 
 
@@ -24,23 +27,22 @@ def suspects_html(suspects: dict | None, gallery: dict[str, pl.DataFrame], thumb
     if not suspects:
         return ""
     esc = html.escape
-    parts = [
-        "<h2>Suspect labels</h2>",
-        f"<p class='muted'>{esc(METHOD.format(threshold=suspects['age_threshold']))}</p>",
-    ]
+    method = METHOD.format(threshold=suspects["age_threshold"], ratio=suspects["given_ratio"])
+    parts = ["<h2>Suspect labels</h2>", f"<p class='muted'>{esc(method)}</p>"]
     if suspects["note"]:
         parts.append(f"<p class='note'>{esc(suspects['note'])}</p>")
     rows = []
     for attribute, title in TITLES.items():
         entry = suspects[attribute]
         reason = entry["reason"] or ""
+        estimate = entry.get("estimated_errors", "–")  # age has no confident-learning estimate
         rows.append(
             f"<tr><td class='l'>{title}</td><td>{entry['labelled']}</td><td>{entry['examined']}</td>"
-            f"<td>{entry['flagged']}</td><td class='l'>{esc(reason)}</td></tr>"
+            f"<td>{estimate}</td><td>{entry['flagged']}</td><td class='l'>{esc(reason)}</td></tr>"
         )
     parts.append(
-        "<table><tr><th class='l'>attribute</th><th>labelled</th><th>examined</th><th>suspect</th>"
-        f"<th class='l'>not examined because</th></tr>{''.join(rows)}</table>"
+        "<table><tr><th class='l'>attribute</th><th>labelled</th><th>examined</th><th>estimated wrong</th>"
+        f"<th>suspect</th><th class='l'>not examined because</th></tr>{''.join(rows)}</table>"
     )
     for attribute, title in TITLES.items():
         if suspects[attribute]["reason"]:  # not examined: the table above says why
