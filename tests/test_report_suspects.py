@@ -4,6 +4,7 @@ rows of images the model saw left unranked, and ``report --suspects FILE`` alone
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -19,7 +20,13 @@ from faceattr_batch.metrics.suspects import suspect_labels
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import read_predictions, summarize
-from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, TRAINING_ROLE, derived_columns
+from faceattr_batch.schema import (
+    PREDICTION_FIELDS,
+    RACE_PROB_COLUMNS,
+    TRAINING_ROLE,
+    derived_columns,
+    predictions_table,
+)
 
 N_ROWS = 400
 SEEN = 40  # rows marked in_training in the frame of ``test_rows_the_model_was_trained_on_are_counted_not_ranked``
@@ -72,7 +79,8 @@ def noisy(tmp_path_factory):
 
 def test_suspects_parquet_lists_the_flagged_rows_ranked_with_labels_by_name(noisy):
     frame, wrong, truth, listed, _, _ = noisy
-    assert listed.columns == ["path", "attribute", "given", "suggested", "score", "rank"]
+    assert listed.columns == ["path", "attribute", "given", "suggested", "score", "rank", "dup_group", "group_labels"]
+    assert listed["dup_group"].null_count() == listed.height  # no duplicate groups in these predictions
     flags, _ = suspect_labels(frame)
     for attribute in ("gender", "race", "age"):
         part = listed.filter(pl.col("attribute") == attribute)
@@ -170,3 +178,43 @@ def test_suspects_option_refuses_other_formats_and_nothing_to_write(tmp_path):
     result = report.build(tmp_path / "p.parquet", tmp_path / "rep", suspects=tmp_path / "s.parquet")
     assert result.report.name == "report.html" and result.suspect_counts["gender"] > 0
     assert pl.read_parquet(tmp_path / "s.parquet").equals(pl.read_parquet(tmp_path / "rep" / "suspects.parquet"))
+
+
+def test_conflicting_duplicate_groups_of_an_index_are_listed_with_their_group(tmp_path):
+    from conftest import make_faces
+
+    folder = tmp_path / "faces"
+    paths = make_faces(folder, 30)  # the first: 4 years old, male, White
+    copy = folder / "100_1_0_20170112215240346.jpg.chip.jpg"  # the same picture labelled 100, female
+    shutil.copy(paths[0], copy)
+    runner = CliRunner()
+    indexed = runner.invoke(app, ["index", str(folder), "--hash", "-o", str(tmp_path / "index.parquet")])
+    assert indexed.exit_code == 0, indexed.output
+    files = sorted(str(p) for p in folder.iterdir())
+    n = len(files)
+    predictions = pl.DataFrame(
+        {
+            "path": files,
+            "p_female": [0.9 if f in (str(paths[0]), str(copy)) else 0.5 for f in files],
+            **{name: [0.2] * n for name in RACE_PROB_COLUMNS},
+            "pred_age": [95.0 if f in (str(paths[0]), str(copy)) else 30.0 for f in files],
+            "age_low": [90.0] * n,
+            "age_high": [99.0] * n,
+            # the copy is an image the model was trained on: a conflict needs no model, so it is still listed
+            "training_role": ["train" if f == str(copy) else None for f in files],
+        }
+    )
+    predictions_table(predictions).write_parquet(tmp_path / "p.parquet")
+    args = ["report", str(tmp_path / "p.parquet"), "--labels", str(tmp_path / "index.parquet")]
+    result = runner.invoke(app, [*args, "--suspects", str(tmp_path / "s.csv"), "--report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    listed = pl.read_csv(tmp_path / "s.csv")
+    group = listed.filter(pl.col("dup_group").is_not_null())
+    rows = {(r["attribute"], r["given"], r["suggested"], r["group_labels"]) for r in group.iter_rows(named=True)}
+    # the group's mean P(female) 0.9 and mean age 95 favour the copy's labels: the original's are listed
+    assert rows == {("gender", "male", "female", "male, female"), ("age", "4", "100", "4, 100")}
+    assert set(group["path"]) == {str(paths[0])} and group["dup_group"].n_unique() == 1
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())["suspects"]
+    assert saved["duplicates"] == {"groups": 1, "rows": {"gender": 1, "race": 0, "age": 1}}
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "duplicate group" in page and "4, 100" in page

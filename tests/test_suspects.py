@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.metrics.suspects import class_thresholds, suspect_labels
+from faceattr_batch.metrics.suspects import class_thresholds, duplicate_conflicts, suspect_labels
 from faceattr_batch.schema import RACE_PROB_COLUMNS
 
 N_ROWS = 2000
@@ -230,3 +230,39 @@ def test_an_age_within_five_years_of_the_prediction_is_never_suspect():
     flags, summary = suspect_labels(frame)
     assert not flags["age_suspect"][60:90].any() and (flags["age_score"][60:65] == 0).all()
     assert flags["age_suspect"][90] and summary["age"]["flagged"] == 1
+
+
+def test_duplicate_conflicts_suggest_the_group_label_its_mean_prediction_favours():
+    frame = pl.DataFrame(
+        {
+            "dup_group": [1, 1, 2, 2, 3],
+            "true_gender": [0, 1, 0, 0, 1],
+            "p_female": [0.9, 0.8, 0.1, 0.2, 0.5],
+            "true_race": [4, 1, 2, 2, None],
+            "p_white": [0.1, 0.1, 0.0, 0.0, 0.2],
+            "p_black": [0.7, 0.5, 0.0, 0.0, 0.2],
+            "p_asian": [0.0, 0.0, 1.0, 1.0, 0.2],
+            "p_indian": [0.0, 0.0, 0.0, 0.0, 0.2],
+            "p_others": [0.2, 0.4, 0.0, 0.0, 0.2],
+            "true_age": [86, 100, 10, 13, 5],
+            "pred_age": [95.0, 93.0, 12.0, 12.0, 5.0],
+        },
+        schema_overrides={"true_gender": pl.Int8, "true_race": pl.Int8, "true_age": pl.Int16},
+    )
+    found = duplicate_conflicts(frame)
+    # group 1: mean P(female) 0.85 -> female; mean P(Black) 0.6 > P(Others) 0.3 -> Black; mean age 94 -> 100
+    assert found.row(0, named=True) == {
+        "gender_group_labels": "male, female",
+        "gender_group_suggested": 1,
+        "race_group_labels": "Black, Others",
+        "race_group_suggested": 1,
+        "age_group_labels": "86, 100",
+        "age_group_suggested": 100,
+    }
+    assert found["age_group_labels"].to_list() == ["86, 100", "86, 100", "10, 13", "10, 13", None]
+    assert found["age_group_suggested"].to_list() == [100, 100, 13, 13, None]  # mean 12: 13 is nearer than 10
+    assert found["gender_group_labels"].to_list()[2:] == [None, None, None]  # group 2 agrees on gender
+    without_predictions = duplicate_conflicts(frame.drop("pred_age"))
+    assert without_predictions["age_group_labels"].to_list()[:2] == ["86, 100"] * 2
+    assert without_predictions["age_group_suggested"].null_count() == 5
+    assert duplicate_conflicts(frame.drop("dup_group")).null_count().row(0) == (5,) * 6

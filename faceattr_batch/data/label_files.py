@@ -159,9 +159,13 @@ def detect_format(path: Path) -> str:
 
 
 def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A Parquet table, its rows numbered from 1; an index's codes beside its absolute paths."""
+    """A Parquet table, its rows numbered from 1; an index's codes (and duplicate groups, with ``--hash``) beside
+    its absolute paths."""
     try:
-        frame = pl.read_parquet(path, columns=["age", "gender", "race"] if index else None)
+        columns = None
+        if index:  # the rest of an index is about the files, not labels
+            columns = ["age", "gender", "race", *(["dup_group"] if "dup_group" in pl.read_parquet_schema(path) else [])]
+        frame = pl.read_parquet(path, columns=columns)
     except Exception as err:  # polars raises several types for a corrupt file
         raise FaceattrError(f"--labels {path}: not a readable Parquet file ({first_line(err)})") from None
     if index:

@@ -64,10 +64,10 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES
+from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, code_label
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.attributes import CS_TOLERANCE
-from faceattr_batch.schema import RACE_PROB_COLUMNS
+from faceattr_batch.schema import LABEL_FIELDS, RACE_PROB_COLUMNS
 
 DEFAULT_MIN_PER_CLASS = 20
 DEFAULT_AGE_THRESHOLD = 3.0
@@ -331,6 +331,54 @@ def _age_suspects(frame: pl.DataFrame, min_per_class: int, age_threshold: float)
         _masked("age_tail_p", tail, examined, pl.Float64),
     ]
     return columns, summary
+
+
+def duplicate_conflicts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per row of ``frame`` and attribute a of gender, race, age: where the row's duplicate group (``dup_group``,
+    from ``index --hash``) holds more than one distinct label of a, ``a_group_labels`` (the group's labels, sorted,
+    as text: "86, 100", "male, female") and ``a_group_suggested``: of the group's labels, the one the model's
+    predictions averaged over the group favour (gender and race: the highest mean probability; age: the nearest to
+    the mean ``pred_age``), null without them. Both null outside a conflicting group; no ``dup_group``: all null."""
+    columns = []
+    for attribute in ("gender", "race", "age"):
+        truth = f"true_{attribute}"
+        names = (f"{attribute}_group_labels", f"{attribute}_group_suggested")
+        if "dup_group" not in frame.columns or truth not in frame.columns:
+            columns += [pl.lit(None, pl.String).alias(names[0]), pl.lit(None, LABEL_FIELDS[truth]).alias(names[1])]
+            continue
+        group = pl.col("dup_group")
+        label = pl.col(truth)
+        conflict = label.drop_nulls().n_unique().over(group) > 1
+        support = _label_support(frame, attribute)
+        vocabulary = {"gender": GENDERS, "race": RACES}.get(attribute)
+        readable = label if vocabulary is None else code_label(label, vocabulary)  # sorts in code order
+        labels = readable.drop_nulls().unique().sort().cast(pl.String).str.join(", ").over(group)
+        suggested = label.sort_by(support, descending=True, nulls_last=True).first().over(group)
+        best_known = support.max().over(group).is_not_null()
+        in_conflict = conflict & label.is_not_null()
+        columns += [
+            pl.when(in_conflict).then(labels).alias(names[0]),
+            pl.when(in_conflict & best_known).then(suggested).cast(LABEL_FIELDS[truth]).alias(names[1]),
+        ]
+    return frame.with_columns(columns).select(column.meta.output_name() for column in columns)
+
+
+def _label_support(frame: pl.DataFrame, attribute: str) -> pl.Expr:
+    """How much the group's mean prediction favours this row's label (higher = more); null without predictions."""
+    group = pl.col("dup_group")
+    if attribute == "gender":
+        if "p_female" not in frame.columns:
+            return pl.lit(None, pl.Float64)
+        mean_female = pl.col("p_female").mean().over(group)
+        return pl.when(pl.col("true_gender") == 1).then(mean_female).otherwise(1 - mean_female)
+    if attribute == "race":
+        if not set(RACE_PROB_COLUMNS) <= set(frame.columns):
+            return pl.lit(None, pl.Float64)
+        means = [pl.col(name).mean().over(group) for name in RACE_PROB_COLUMNS]
+        return pl.coalesce(pl.when(pl.col("true_race") == code).then(mean) for code, mean in enumerate(means))
+    if "pred_age" not in frame.columns:
+        return pl.lit(None, pl.Float64)
+    return -(pl.col("true_age").cast(pl.Float64) - pl.col("pred_age").mean().over(group)).abs()
 
 
 def _band_index(ages: np.ndarray) -> np.ndarray:

@@ -44,8 +44,16 @@ def suspects_html(suspects: dict | None, gallery: dict[str, pl.DataFrame], thumb
         "<table><tr><th class='l'>attribute</th><th>labelled</th><th>examined</th><th>estimated wrong</th>"
         f"<th>suspect</th><th class='l'>not examined because</th></tr>{''.join(rows)}</table>"
     )
+    duplicates = suspects["duplicates"]
+    if duplicates["groups"]:
+        rows_listed = ", ".join(f"{TITLES[a]} {n}" for a, n in duplicates["rows"].items())
+        parts.append(
+            f"<p>{duplicates['groups']} duplicate groups hold disagreeing labels: their members whose label is not "
+            f"the one the group's mean prediction favours are listed too ({esc(rows_listed)} rows), images the model "
+            "was trained on included: a conflict needs no model.</p>"
+        )
     for attribute, title in TITLES.items():
-        if suspects[attribute]["reason"]:  # not examined: the table above says why
+        if suspects[attribute]["reason"] and not suspects["counts"][attribute]:  # the table above says why
             continue
         top = suspects["top"][attribute]
         shown = "".join(
@@ -58,7 +66,10 @@ def suspects_html(suspects: dict | None, gallery: dict[str, pl.DataFrame], thumb
 
 
 def _caption(row: dict) -> str:
-    text = f"#{row['rank']} given {row['given']} · suggested {row['suggested']} · score {row['score']:.2f}"
+    score = "–" if row["score"] is None else f"{row['score']:.2f}"  # a conflict the model did not examine
+    text = f"#{row['rank']} given {row['given']} · suggested {row['suggested']} · score {score}"
+    if row["dup_group"] is not None:
+        text += f" · duplicate group {row['dup_group']} ({row['group_labels']})"
     path = html.escape(row["path"])
     name = html.escape(os.path.basename(row["path"]))
     return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"
