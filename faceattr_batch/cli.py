@@ -102,6 +102,9 @@ def train_command(
     backbone: opt.Backbone = "resnet",
     widths: Annotated[str, typer.Option(help="resnet: channels per stage, comma-separated.")] = "32,64,128,256",
     depths: Annotated[str, typer.Option(help="resnet: residual blocks per stage, comma-separated.")] = "1,2,2,1",
+    inception_block: Annotated[
+        str, typer.Option(help="inception: the last Inception-v3 block kept, Mixed_5b ... Mixed_6e (earlier = faster).")
+    ] = "Mixed_6e",
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before the output layer.")] = 0.1,
     init_from: opt.InitFrom = None,
     teacher: opt.Teacher = None,

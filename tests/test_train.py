@@ -228,6 +228,7 @@ def test_inception_backbone_starts_from_the_imagenet_weights_and_fine_tunes_slow
         epochs=1,
         steps_per_epoch=2,
         backbone="inception",
+        inception_block="Mixed_5d",
         **{**TINY, "input_size": 64},
     )
     run(options)
@@ -235,7 +236,8 @@ def test_inception_backbone_starts_from_the_imagenet_weights_and_fine_tunes_slow
     trunk_group, head_group = checkpoint["optimizer"]["param_groups"]
     assert trunk_group["initial_lr"] == pytest.approx(head_group["initial_lr"] * train_module.PRETRAINED_LR_SCALE)
     loaded, _ = load_attr_model(tmp_path / "inc")
-    assert loaded.config.backbone == "inception"
+    assert loaded.config.backbone == "inception" and loaded.config.inception_last_block == "Mixed_5d"
+    assert not any(name.startswith("Mixed_6") for name in loaded.trunk.state_dict())  # cut after Mixed_5d
     first_conv = "Conv2d_1a_3x3.conv.weight"
     moved = (loaded.trunk.state_dict()[first_conv] - imagenet[first_conv]).abs().max().item()
     assert 0 < moved < 0.05  # trained, but still the ImageNet filters
@@ -246,6 +248,8 @@ def test_inception_backbone_refuses_small_inputs_and_unknown_backbones(faces: Pa
         run(TrainOptions(source=faces, out_dir=tmp_path / "a", backbone="inception", **TINY))
     with pytest.raises(FaceattrError, match="--backbone vgg: not one of resnet, inception"):
         run(TrainOptions(source=faces, out_dir=tmp_path / "b", backbone="vgg", **TINY))
+    with pytest.raises(FaceattrError, match="--inception-block Mixed_7c: not one of Mixed_5b ... Mixed_6e"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "c", inception_block="Mixed_7c", **TINY))
 
 
 def test_model_files_keep_large_weights_in_half_precision(tmp_path: Path):

@@ -82,6 +82,7 @@ class TrainOptions:
     backbone: str = "resnet"  # "resnet" (from scratch) or "inception" (ImageNet-initialised, models/attr_net.py)
     widths: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 2, 2, 1)
+    inception_block: str = "Mixed_6e"  # inception: the last Inception-v3 block kept (earlier = faster)
     dropout: float = 0.1
     # Start from this attribute model (a shipped name, a model file or a RUN_DIR): its architecture, any input size
     init_from: str | None = None
@@ -188,6 +189,7 @@ def _train_one(options: TrainOptions, resume: bool) -> TrainResult:
 def _start(options: TrainOptions, resume: bool):
     """Check the options, read --init-from's model (its architecture replaces the options'), start the RUN_DIR."""
     from faceattr_batch.models.attr_net import BACKBONES, AttrNet  # torch-backed
+    from faceattr_batch.models.inception import INCEPTION_BLOCKS
 
     init_model = None
     if options.init_from and not resume:
@@ -197,9 +199,17 @@ def _start(options: TrainOptions, resume: bool):
                 f"--init-from {options.init_from}: an ensemble or ONNX file; start from one network (a member's file)"
             )
         arch = init_model.config  # recorded in options.json, so the run says what it trained
-        options = replace(options, backbone=arch.backbone, widths=arch.widths, depths=arch.depths)
+        options = replace(
+            options,
+            backbone=arch.backbone,
+            widths=arch.widths,
+            depths=arch.depths,
+            inception_block=arch.inception_last_block,
+        )
     if options.backbone not in BACKBONES:
         raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
+    if options.inception_block not in INCEPTION_BLOCKS[: INCEPTION_BLOCKS.index("Mixed_6e") + 1]:
+        raise FaceattrError(f"--inception-block {options.inception_block}: not one of Mixed_5b ... Mixed_6e")
     if options.backbone == "inception" and options.input_size < MIN_INCEPTION_INPUT:
         raise FaceattrError(f"the inception backbone needs --input-size {MIN_INCEPTION_INPUT} or more")
     return start_run(options, CHECKPOINT_LAST, "training", resume), init_model
@@ -235,6 +245,7 @@ def _build_session(options: TrainOptions, split: _Split, init_model, device, res
         backbone=options.backbone,
         widths=options.widths,
         depths=options.depths,
+        inception_last_block=options.inception_block,
         dropout=options.dropout,
     )
     if init_model is not None:
