@@ -151,6 +151,9 @@ def ensemble_command(
     int8: Annotated[
         bool, typer.Option("--int8", help="Store the members' large weights as int8 (half the fp16 size).")
     ] = False,
+    no_mirror: Annotated[
+        bool, typer.Option("--no-mirror", help="Drop the members' test-time mirror: one view each, half the cost.")
+    ] = False,
     workers: opt.Workers = 2,
     json_out: opt.JsonOut = False,
 ) -> None:

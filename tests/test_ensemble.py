@@ -167,3 +167,19 @@ def test_cli_ensemble(members, faces: Path, tmp_path: Path):
     assert "member" in shown.output and "race" in shown.output
     alone = runner.invoke(app, ["ensemble", str(faces), str(members[0]), "-o", str(tmp_path / "h.pt")])
     assert alone.exit_code == 2
+
+
+def test_no_mirror_drops_the_members_mirror_in_the_file(members, faces: Path, tmp_path: Path):
+    runner = CliRunner()
+    args = ["ensemble", str(faces), *map(str, members), "--val-fraction", "0.3", "-w", "0", "--json"]
+    mirrored = runner.invoke(app, [*args, "-o", str(tmp_path / "m.pt")])
+    single = runner.invoke(app, [*args, "-o", str(tmp_path / "s.pt"), "--no-mirror"])
+    assert mirrored.exit_code == 0 and single.exit_code == 0, single.output
+    assert json.loads(mirrored.stdout)["tta_flip"] == [False, True]
+    assert json.loads(single.stdout)["tta_flip"] == [False, False]
+    model, _ = load_attr_model(tmp_path / "s.pt")
+    assert [member.config.tta_flip for member in model.members] == [False, False]
+    pixels = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    large = model.members[1]
+    with torch.inference_mode():  # the member reads one view: its logits are those of the image alone
+        assert torch.allclose(large.logits(pixels).race, large(pixels).race + large.race_bias)

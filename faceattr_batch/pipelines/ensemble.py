@@ -10,7 +10,7 @@ weights.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class EnsembleOptions:
     val_fraction: float = 0.1  # as the members' runs had it
     seed: int = 0  # as the members' runs had it
     int8: bool = False  # store the members' large weights as int8 (half the size of fp16)
+    no_mirror: bool = False  # drop the members' test-time mirror: one view each, half the cost
     workers: int = 2
     progress: bool = True
 
@@ -65,6 +66,8 @@ def run(options: EnsembleOptions) -> EnsembleResult:
                 f"{source}: not a trained attribute network (ONNX files and ensembles can't be members)"
             )
         net.load_state_dict(restore_state(storage_state(net, int8=options.int8)))  # evaluate what the file holds
+        if options.no_mirror:
+            net.config = replace(net.config, tta_flip=False)
         members.append(net)
     try:
         ensemble = AttrEnsemble(members).eval()
