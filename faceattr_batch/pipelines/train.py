@@ -199,13 +199,8 @@ def _start(options: TrainOptions, resume: bool):
                 f"--init-from {options.init_from}: an ensemble or ONNX file; start from one network (a member's file)"
             )
         arch = init_model.config  # recorded in options.json, so the run says what it trained
-        options = replace(
-            options,
-            backbone=arch.backbone,
-            widths=arch.widths,
-            depths=arch.depths,
-            inception_block=arch.inception_last_block,
-        )
+        layout = {"backbone": arch.backbone, "widths": arch.widths, "depths": arch.depths}
+        options = replace(options, **layout, inception_block=arch.inception_last_block)
     if options.backbone not in BACKBONES:
         raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
     if options.inception_block not in INCEPTION_BLOCKS[: INCEPTION_BLOCKS.index("Mixed_6e") + 1]:
@@ -287,9 +282,8 @@ def _build_session(options: TrainOptions, split: _Split, init_model, device, res
 
 
 def memory_format(config):
-    """Channels-last (faster on CPU and GPU), except for a resnet stem under 8 channels: torch 2.13's CPU backward
-    of a 4-channel channels-last convolution corrupts memory at odd batch sizes (measured: --widths 8,16 with
-    batches of 7, 9, 15 abort the process; 16,32 and the shipped widths do not)."""
+    """Channels-last, but for a resnet stem under 8 channels: torch 2.13's CPU backward of a 4-channel channels-last
+    conv corrupts memory at odd batch sizes (--widths 8,16, batches 7, 9, 15 abort; 16,32 and ours do not)."""
     import torch
 
     narrow = config.backbone == "resnet" and config.widths[0] // 2 < 8
