@@ -99,6 +99,19 @@ def derived_columns() -> list[pl.Expr]:
     ]
 
 
+def float_outputs(outputs: dict) -> dict:
+    """A model's outputs (arrays p_female, race_probs N x 5, age_mean, age_low, age_high: ``ModelRunner.infer``'s
+    keys, ``AttrOutputs``' fields) as the predictions' ``FLOAT_OUTPUTS`` columns."""
+    races = outputs["race_probs"]
+    return {
+        "p_female": outputs["p_female"],
+        **{name: races[:, i] for i, name in enumerate(RACE_PROB_COLUMNS)},
+        "pred_age": outputs["age_mean"],
+        "age_low": outputs["age_low"],
+        "age_high": outputs["age_high"],
+    }
+
+
 def predictions_table(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (``path``, the model's ``FLOAT_OUTPUTS``, true label codes, any other prediction fields) as a whole
     predictions table: ``pred_gender`` / ``pred_race`` from the probabilities, the derived columns, every field it

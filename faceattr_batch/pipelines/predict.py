@@ -57,9 +57,9 @@ from faceattr_batch.schema import (
     LABEL_COLUMNS,
     LABEL_FIELDS,
     OUTPUT_COLUMNS,
-    RACE_PROB_COLUMNS,
     TRAINING_ROLE,
     derived_columns,
+    float_outputs,
     output_schema,
 )
 
@@ -350,16 +350,11 @@ def batch_table(
         },
     ).hstack(truth)
     if outputs is not None:
-        races = outputs["race_probs"]
         preds = pl.DataFrame(
             {
                 "_row": np.asarray(batch.ok, dtype=np.int32),
-                "p_female": outputs["p_female"],
-                "pred_race": races.argmax(axis=1).astype(np.int8),
-                **{column: races[:, i] for i, column in enumerate(RACE_PROB_COLUMNS)},
-                "pred_age": outputs["age_mean"],
-                "age_low": outputs["age_low"],
-                "age_high": outputs["age_high"],
+                "pred_race": outputs["race_probs"].argmax(axis=1).astype(np.int8),
+                **float_outputs(outputs),
             }
         )
         rows = rows.join(preds, on="_row", how="left", maintain_order="left")

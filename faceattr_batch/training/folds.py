@@ -22,17 +22,19 @@ import polars as pl
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.index.build import IndexOptions, build_index, write_index
 from faceattr_batch.io.atomic import write_json, write_parquet_atomically
 from faceattr_batch.io.rundir import start_run
 from faceattr_batch.metrics.attributes import overall
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import load_attr_model
-from faceattr_batch.schema import RACE_PROB_COLUMNS, predictions_table
+from faceattr_batch.schema import float_outputs, predictions_table
 from faceattr_batch.training.calibration import collect_logits
 from faceattr_batch.training.data import load_labelled, pixel_cache_name, split_by_fold
 
 PREDICTIONS_FILE = "oof.parquet"
 OPTIONS_FILE = "options.json"
+INDEX_FILE = "index.parquet"  # a folder given as the source, indexed once
 
 
 @dataclass
@@ -54,11 +56,12 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
         raise FaceattrError(f"--folds {options.folds}: cross-fitting needs at least 2 folds")
     options = start_run(options, OPTIONS_FILE, "cross-fitting", resume)
     out = Path(options.out_dir)
+    indexed = _indexed(options, out)
     for fold in range(options.folds):
         run_dir = fold_dir(out, fold)
         if not (run_dir / model_file).is_file():
-            train_one(replace(options, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
-    table = load_labelled(options.source, options.root, options.workers, options.limit)
+            train_one(replace(indexed, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
+    table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
     pixels = np.load(out / pixel_cache_name(options.input_size), mmap_mode="r")
     if len(pixels) != table.height:
         raise FaceattrError(f"{out}: its decoded chips ({len(pixels)}) do not match the {table.height} labelled rows")
@@ -78,6 +81,18 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
     return CrossFitResult(out, path, report)
 
 
+def _indexed(options, out: Path):
+    """``options`` reading an index Parquet: a folder is indexed (with hashes) once, into ``INDEX_FILE`` beside the
+    folds, not once per fold and again for the predictions."""
+    folder = Path(options.source)
+    if not folder.is_dir():
+        return options
+    index = out / INDEX_FILE
+    if not index.is_file():
+        write_index(build_index(IndexOptions(root=folder, hash=True, workers=options.workers)), index)
+    return replace(options, source=index, root=None)
+
+
 def _fold_predictions(run_dir: Path, model_file: str, pixels: np.ndarray, rows: pl.DataFrame, device, options):
     """Fold model's calibrated predictions on the rows it held out, with their labels, as predictions columns."""
     import torch
@@ -88,18 +103,14 @@ def _fold_predictions(run_dir: Path, model_file: str, pixels: np.ndarray, rows: 
     logits = AttrLogits(*collect_logits(model, np.ascontiguousarray(pixels), device))
     with torch.inference_mode():
         outputs = calibrated_outputs(logits, model.temperatures.cpu(), model.age_values.cpu())
-    races = outputs.race_probs.numpy()
+    columns = float_outputs({name: value.numpy() for name, value in outputs._asdict().items()})
     return rows.select(
         pl.col("file").alias("path"),
         pl.col("age").alias("true_age"),
         pl.col("gender").alias("true_gender"),
         pl.col("race").alias("true_race"),
     ).with_columns(
-        pl.Series("p_female", outputs.p_female.numpy()),
-        *(pl.Series(name, races[:, i]) for i, name in enumerate(RACE_PROB_COLUMNS)),
-        pl.Series("pred_age", outputs.age_mean.numpy()),
-        pl.Series("age_low", outputs.age_low.numpy()),
-        pl.Series("age_high", outputs.age_high.numpy()),
+        *(pl.Series(name, values) for name, values in columns.items()),
         model_name=pl.lit(f"{run_dir.name} of {options.folds} (cross-fitted)"),
         model_version=pl.lit(__version__),
         in_training=pl.lit(True),
