@@ -358,6 +358,16 @@ def train_gen_command(
     d_width: Annotated[
         int, typer.Option(min=4, help="Discriminator channels after its first layer (doubled per halving).")
     ] = 32,
+    upsample: Annotated[
+        str, typer.Option(help="Generator upsampling: resize (x2 then 3x3 conv) or transposed (v1, checkerboard).")
+    ] = "resize",
+    age_bins: Annotated[
+        int, typer.Option(min=0, help="Discriminator reads age as a distribution over N bins; 0: regression (v1).")
+    ] = 32,
+    balance: Annotated[
+        float, typer.Option(min=0, max=1, help="Draw rows by count(gender, race, age band)^-B: 0 natural, 1 even.")
+    ] = 0.5,
+    r1_gamma: Annotated[float, typer.Option(min=0, help="R1 penalty weight on real faces (lazy); 0 = off.")] = 0.01,
     count: Annotated[
         int | None,
         typer.Option(

@@ -3,6 +3,7 @@ same samples) and the command end to end on generated fixtures. A tiny network s
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,13 +20,13 @@ from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.fid_stats import ALL, load_stats
 from faceattr_batch.models import inception
-from faceattr_batch.models.generator import Generator, GeneratorConfig, diff_augment
+from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, age_distribution, diff_augment
 from faceattr_batch.models.registry import load_generator, read_generator_checkpoint
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.predict import PredictOptions
 from faceattr_batch.pipelines.predict import run as predict
-from faceattr_batch.pipelines.train_gen import TrainGenOptions, evaluate
+from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.data import load_labelled
 
@@ -64,10 +65,69 @@ def test_diff_augment_keeps_shape_and_is_seeded():
     assert not torch.equal(a, x)
 
 
-def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
+def test_age_distribution_peaks_at_the_age_and_widens_with_it():
+    target = age_distribution(torch.tensor([0, 3, 30, 60, 100]), 32)
+    assert target.shape == (5, 32) and torch.allclose(target.sum(dim=1), torch.ones(5))
+    peaks = target.argmax(dim=1).tolist()
+    assert peaks[0] == 0 and peaks[-1] == 31 and peaks == sorted(peaks) and len(set(peaks)) == 5
+    centres = torch.expm1(torch.linspace(0, 1, 32) * math.log1p(100.0))
+    spread = [float((target[i] * (centres - (target[i] * centres).sum()) ** 2).sum().sqrt()) for i in (1, 3)]
+    assert spread[0] < 1.5 < 4 < spread[1] < 10  # about a year wide at 3, several at 60
+
+
+def test_condition_weights_trade_the_data_mix_for_even_conditions():
+    # three 20-somethings (White men), one 85-year-old (Others woman)
+    table = pl.DataFrame({"gender": [0, 0, 0, 1], "race": [0, 0, 0, 4], "age": [25, 26, 29, 85]})
+    assert condition_weights(table, 0.0).tolist() == [0.25] * 4
+    even = condition_weights(table, 1.0)
+    assert even[:3].sum() == pytest.approx(0.5) and even[3] == pytest.approx(0.5)
+    half = condition_weights(table, 0.5)
+    assert half.sum() == pytest.approx(1) and 0.25 < half[3] < 0.5
+
+
+def test_discriminator_reads_age_as_a_distribution_or_a_regression():
+    gender, race, age = torch.tensor([0, 1]), torch.tensor([0, 3]), torch.tensor([5, 70])
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    for bins, width in ((32, 1 + 5 + 32), (0, 1 + 5 + 1)):
+        torch.manual_seed(0)
+        discriminator = Discriminator(GeneratorConfig(resolution=32, d_width=8, age_bins=bins))
+        score, aux = discriminator(images, gender, race, age)
+        assert score.shape == (2,) and aux.shape == (2, width)
+        assert math.isfinite(discriminator.aux_loss(aux, gender, race, age).item())
+
+
+def test_generators_upsample_as_their_config_says():
+    assert GeneratorConfig.from_dict({"resolution": 32}).upsample == "transposed"  # files written before v2
+    for upsample, layer in (("transposed", torch.nn.ConvTranspose2d), ("resize", torch.nn.Upsample)):
+        generator = Generator(GeneratorConfig(resolution=32, g_width=8, upsample=upsample)).eval()
+        assert any(isinstance(m, layer) for m in generator.modules())
+        with torch.no_grad():
+            out = generator(torch.zeros(2, 128), torch.tensor([0, 1]), torch.tensor([0, 4]), torch.tensor([3, 80]))
+        assert out.shape == (2, 3, 32, 32)
+
+
+def test_r1_penalty_changes_the_discriminator_step_only_every_r1_every_iterations(tmp_path: Path):
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = [torch.randint(0, 2, (16,)), torch.randint(0, 5, (16,)), torch.randint(0, 90, (16,))]
+
+    def discriminator_after(iteration: int, r1_gamma: float) -> list:
+        options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, r1_gamma=r1_gamma, r1_every=4, **TINY_RUN)
+        gan, _ = train_gen_module._build_gan(options, torch.device("cpu"), None)
+        train_gen_module._train_step(gan, pixels, labels, None, iteration, options, torch.device("cpu"))
+        return list(gan.discriminator.state_dict().values())
+
+    for iteration, differs in ((4, True), (5, False)):
+        with_r1, without = discriminator_after(iteration, 10.0), discriminator_after(iteration, 0.0)
+        assert any(not torch.equal(a, b) for a, b in zip(with_r1, without, strict=True)) == differs
+
+
+@pytest.mark.parametrize(
+    "generation", [{}, dict(upsample="transposed", age_bins=0, balance=0.0, r1_gamma=0.0)], ids=["v2", "v1"]
+)
+def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch, generation: dict):
     faces = tmp_path / "faces"
     make_faces(faces, 40)
-    options = dict(source=faces, iterations=6, **TINY_RUN)
+    options = dict(source=faces, iterations=6, **TINY_RUN, **generation)
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     assert (tmp_path / "whole" / "grid_000006.png").is_file()
 
@@ -167,8 +227,12 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     args = ["train-gen", str(faces), "-o", str(run_dir), "--resolution", "32", "--g-width", "32", "--d-width", "16"]
     args += ["--iterations", "2", "--batch-size", "8", "--sample-every", "2", "--checkpoint-every", "2"]
     args += ["--eval-every", "2", "--eval-samples", "6", "--attr-model", str(tiny_attr_model), "--workers", "0"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--upsample", "bilinear"])
+    assert result.exit_code == 2 and "--upsample bilinear: use transposed or resize" in result.output
+    result = CliRunner().invoke(app, [*args, "--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5"])
     assert result.exit_code == 0, result.output
+    saved = json.loads((run_dir / "options.json").read_text())
+    assert (saved["upsample"], saved["age_bins"], saved["balance"], saved["r1_gamma"]) == ("resize", 16, 1.0, 0.5)
 
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
     assert metrics["iteration"].to_list() == [2]
@@ -177,6 +241,7 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
         assert math.isfinite(row[name]), name
     assert 0 <= row["gender_agreement"] <= 1 and 0 <= row["race_agreement"] <= 1
     checkpoint = read_generator_checkpoint(run_dir / "last.pt")
+    assert checkpoint["config"]["upsample"] == "resize" and checkpoint["config"]["age_bins"] == 16
     assert checkpoint["iteration"] == 2 and {"generator", "discriminator", "ema", "opt_g", "opt_d"} <= set(checkpoint)
     generator, meta = load_generator(run_dir)
     assert meta["iterations"] == 2 and generator.config.resolution == 32

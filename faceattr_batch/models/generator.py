@@ -5,6 +5,10 @@ only at the input, because earlier attempts that fed labels once were ignored by
 discriminator is a projection discriminator (spectral norm, one embedding per attribute, age continuous)
 with an auxiliary head that classifies real faces, so the generator is also pushed towards faces whose
 attributes a classifier can read.
+
+Two generations share this module, chosen by the config (a file's config says which it is): v1 upsamples with
+transposed convolutions and reads age back as a regression in decades; v2 upsamples by resizing then a 3x3
+convolution (no checkerboard) and its discriminator reads age as a distribution over log-spaced bins.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class GeneratorConfig:
     cond_dim: int = 128
     g_width: int = 16  # generator channels at the output resolution; doubled per halving (max 512)
     d_width: int = 32  # discriminator channels after its first layer; doubled per halving (max 512)
+    # v1 defaults, so that files written before these fields load as what they are
+    upsample: str = "transposed"  # or "resize": nearest-neighbour x2 then a 3x3 convolution
+    age_bins: int = 0  # 0: the auxiliary head regresses age in decades; N: a distribution over N log-spaced bins
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,13 +93,22 @@ class ConditionalBatchNorm(nn.Module):
         return self.norm(x) * self.gain(cond)[:, :, None, None] + self.bias(cond)[:, :, None, None]
 
 
-class UpBlock(nn.Module):
-    """Transposed-conv upsampling (DCGAN: 2.25x cheaper than resize + 3x3 conv), conditional BN, ReLU; at low
-    resolutions, where pose and identity form, a residual 3x3 refinement as well."""
+UPSAMPLERS = ("transposed", "resize")
 
-    def __init__(self, cin: int, cout: int, cond_dim: int, refine: bool):
+
+class UpBlock(nn.Module):
+    """x2 upsampling, conditional BN, ReLU; at low resolutions, where pose and identity form, a residual 3x3
+    refinement as well. Transposed convolutions (DCGAN) are 2.25x cheaper than resize + 3x3 convolution but
+    leave a checkerboard in flat regions."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, refine: bool, upsample: str = "transposed"):
         super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+        if upsample == "transposed":
+            self.up = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+        elif upsample == "resize":
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1))
+        else:
+            raise ValueError(f"upsample {upsample!r}: use one of {UPSAMPLERS}")
         self.bn = ConditionalBatchNorm(cout, cond_dim)
         self.refine = nn.Conv2d(cout, cout, 3, 1, 1) if refine else None
         self.refine_bn = ConditionalBatchNorm(cout, cond_dim) if refine else None
@@ -114,7 +130,7 @@ class Generator(nn.Module):
         self.fc = nn.Linear(joint, 4 * 4 * channels[0])
         self.fc_bn = ConditionalBatchNorm(channels[0], joint)
         self.blocks = nn.ModuleList(
-            UpBlock(a, b, joint, refine=4 * 2 ** (i + 1) <= 16)
+            UpBlock(a, b, joint, refine=4 * 2 ** (i + 1) <= 16, upsample=config.upsample)
             for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True))
         )
         self.out = nn.Conv2d(channels[-1], 3, 3, 1, 1)
@@ -143,8 +159,9 @@ class Discriminator(nn.Module):
         width = channels[-1]
         self.linear = spectral_norm(nn.Linear(width, 1))
         self.embed = ConditionEmbedding(width, wrap=spectral_norm)
-        # Auxiliary classifier (gender logit, race logits, age in decades), trained on real faces only.
-        self.aux = nn.Linear(width, 1 + len(RACES) + 1)
+        # Auxiliary classifier (gender logit, race logits, age), trained on real faces only.
+        self.age_bins = config.age_bins
+        self.aux = nn.Linear(width, 1 + len(RACES) + max(1, config.age_bins))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).sum(dim=(2, 3))
@@ -155,15 +172,30 @@ class Discriminator(nn.Module):
         score = self.linear(phi).squeeze(1) + (self.embed(gender, race, age) * phi).sum(dim=1)
         return score, self.aux(phi)
 
+    def aux_loss(self, aux: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Loss of the auxiliary head: gender BCE + race CE + age, either smooth L1 in decades (v1) or the cross
+        entropy against a Gaussian over the age bins (label-distribution learning, v2: a regression head shrinks
+        rare old ages towards the mean, which then asks the generator for too little age)."""
+        n_races = len(RACES)
+        age_out = aux[:, 1 + n_races :]
+        if self.age_bins:
+            age_loss = F.cross_entropy(age_out, age_distribution(age, self.age_bins))
+        else:
+            age_loss = F.smooth_l1_loss(age_out[:, 0], age.float() / 10.0)
+        return (
+            F.binary_cross_entropy_with_logits(aux[:, 0], gender.float())
+            + F.cross_entropy(aux[:, 1 : 1 + n_races], race)
+            + age_loss
+        )
 
-def aux_loss(aux: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-    """Classification loss of the auxiliary head: gender BCE + race CE + age (decades) smooth L1."""
-    n_races = len(RACES)
-    return (
-        F.binary_cross_entropy_with_logits(aux[:, 0], gender.float())
-        + F.cross_entropy(aux[:, 1 : 1 + n_races], race)
-        + F.smooth_l1_loss(aux[:, 1 + n_races], age.float() / 10.0)
-    )
+
+def age_distribution(age: torch.Tensor, bins: int) -> torch.Tensor:
+    """Soft targets over ``bins`` bins evenly spaced in log1p(age) from 0 to 100 years: a Gaussian one bin wide
+    around each age (about 1 year at 3, 7 years at 60), normalised; N x bins."""
+    centres = torch.linspace(0, 1, bins, device=age.device)
+    position = torch.log1p(age.float().clamp(min=0)) / AGE_SCALE
+    weights = torch.exp(-0.5 * ((position[:, None] - centres[None, :]) * (bins - 1)) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
-from faceattr_batch.data.labels import GENDERS, RACES
+from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.rundir import append_metrics, start_run
@@ -57,6 +57,13 @@ class TrainGenOptions:
     resolution: int = 64
     g_width: int = 16
     d_width: int = 32
+    upsample: str = "resize"  # "transposed": v1's DCGAN upsampling (models.generator)
+    age_bins: int = 32  # 0: v1's age regression in the discriminator's auxiliary head
+    # Rows (real and fake conditions alike) are drawn with weight count(gender, race, age band) ** -balance:
+    # 0 draws the data's own mix, 1 every condition as often; rare conditions (old women, Others) collapsed in v1.
+    balance: float = 0.5
+    r1_gamma: float = 0.01  # R1 penalty on real faces (lazy: every r1_every iterations, scaled up by it); 0 = off
+    r1_every: int = 16
     iterations: int = 40_000
     batch_size: int = 64
     lr_g: float = 2e-4
@@ -105,14 +112,23 @@ class _Gan:
 class _Standing:
     """The EMA with standing statistics at one iteration, made once and shared by grid, evaluation and save."""
 
-    def __init__(self, ema, labels: list, seed: int):
-        self.ema, self.labels, self.seed = ema, labels, seed
+    def __init__(self, ema, labels: list, weights, seed: int):
+        self.ema, self.labels, self.weights, self.seed = ema, labels, weights, seed
         self.iteration, self.model = None, None
 
     def at(self, iteration: int):
         if iteration != self.iteration:
-            self.iteration, self.model = iteration, with_standing_stats(self.ema, self.labels, self.seed)
+            standing = with_standing_stats(self.ema, self.labels, self.seed, weights=self.weights)
+            self.iteration, self.model = iteration, standing
         return self.model
+
+
+def condition_weights(table: pl.DataFrame, balance: float) -> np.ndarray:
+    """Each row's drawing weight, count(its gender x race x age band) ** -balance (float64, summing to 1)."""
+    cell = pl.struct("gender", "race", age_band_expr(pl.col("age").clip(0, GEN_MAX_AGE)))
+    counts = table.select(cell.alias("cell")).select(pl.len().over("cell")).to_series().to_numpy()
+    weights = counts.astype(np.float64) ** -balance
+    return weights / weights.sum()
 
 
 def grid_conditions(n_cols: int = len(GRID_AGES)):
@@ -141,13 +157,14 @@ def save_grid(images, n_rows: int, path: Path) -> None:
         Image.fromarray(canvas).save(tmp)
 
 
-def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: int = 64):
+def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: int = 64, weights=None):
     """A copy of the EMA generator with BatchNorm statistics of its own weights (BigGAN's "standing statistics").
 
     The running statistics the EMA carries are the training generator's, whose weights the average lags behind:
     measured at 8,500 iterations (1,000 samples against the 2,000-face real subset) FID 78.3 with the carried
-    statistics, 64.9 with standing ones (the training generator itself: 73.0). Conditions follow the training
-    labels' joint distribution; noise and picks are seeded, so the copy is deterministic.
+    statistics, 64.9 with standing ones (the training generator itself: 73.0). Conditions are drawn as in
+    training (``weights`` per row; None = the labels' joint distribution); noise and picks are seeded, so the
+    copy is deterministic.
     """
     import copy
 
@@ -163,7 +180,7 @@ def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: 
     rng = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _ in range(batches):
-            index = torch.randint(0, len(labels[0]), (batch,), generator=rng)
+            index = draw_rows(len(labels[0]), batch, weights, rng)
             z = torch.randn(batch, standing.config.z_dim, generator=rng)
             standing(z.to(device), *[t[index].to(device) for t in labels])
     return standing.eval()
@@ -176,6 +193,10 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
     if options.resolution not in RESOLUTIONS:
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
+    from faceattr_batch.models.generator import UPSAMPLERS  # torch-backed
+
+    if options.upsample not in UPSAMPLERS:
+        raise FaceattrError(f"--upsample {options.upsample}: use {' or '.join(UPSAMPLERS)}")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
@@ -186,8 +207,9 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
+    weights = torch.from_numpy(condition_weights(table, options.balance))
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
-    standing = _Standing(gan.ema, labels, options.seed)
+    standing = _Standing(gan.ema, labels, weights, options.seed)
     draw_grid = _grid_drawer(gan.config.z_dim, device, out)
     bar = progress_bar(
         range(start, options.iterations),
@@ -198,7 +220,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     )
     started, losses = time.perf_counter(), []
     for iteration in bar:
-        losses.append(_train_step(gan, pixels, labels, iteration, options, device))
+        losses.append(_train_step(gan, pixels, labels, weights, iteration, options, device))
         done = iteration + 1
         if done % 50 == 0:
             recent = np.mean(losses[-50:], axis=0)
@@ -237,7 +259,12 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
 
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig  # torch-backed
 
-    config = GeneratorConfig(resolution=options.resolution, g_width=options.g_width, d_width=options.d_width)
+    checkpoint = read_generator_checkpoint(resume_from) if resume_from is not None else None
+    if checkpoint is not None:  # the networks the run was started with, whatever today's defaults
+        config = GeneratorConfig.from_dict(checkpoint["config"])
+    else:
+        fields = ("resolution", "g_width", "d_width", "upsample", "age_bins")
+        config = GeneratorConfig(**{name: getattr(options, name) for name in fields})
     torch.manual_seed(options.seed)
     layout = torch.channels_last  # 10-20% faster convolutions on this CPU (measured side by side)
     generator = Generator(config).to(device, memory_format=layout)
@@ -247,9 +274,8 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
     gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d)
-    if resume_from is None:
+    if checkpoint is None:
         return gan, 0
-    checkpoint = read_generator_checkpoint(resume_from)
     for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
         getattr(gan, name).load_state_dict(checkpoint[name])
     start = checkpoint["iteration"]
@@ -259,34 +285,52 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     return gan, start
 
 
-def _train_step(gan: _Gan, pixels, labels: list, iteration: int, options: TrainGenOptions, device):
+def draw_rows(n: int, batch: int, weights, rng):
+    """``batch`` row numbers out of ``n``: uniform, or by ``weights`` (a tensor of n, summing to 1), seeded."""
+    import torch
+
+    if weights is None:
+        return torch.randint(0, n, (batch,), generator=rng)
+    return torch.multinomial(weights, batch, replacement=True, generator=rng)
+
+
+def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, options: TrainGenOptions, device):
     """One discriminator and one generator update, then the EMA; batch, noise and augmentation seeded by
-    (seed, iteration). Returns the two losses."""
+    (seed, iteration). Real rows and fake conditions are drawn alike (``weights``), so the discriminator cannot
+    tell them apart by their labels. Returns the two losses."""
     import torch
     from torch.nn import functional as F
 
-    from faceattr_batch.models.generator import aux_loss, diff_augment  # torch-backed
+    from faceattr_batch.models.generator import diff_augment  # torch-backed
 
     n = len(pixels)
     batch = min(options.batch_size, n)
     rng = torch.Generator().manual_seed(options.seed * 1_000_003 + iteration)
-    real_index = torch.randint(0, n, (batch,), generator=rng)
-    cond_index = torch.randint(0, n, (batch,), generator=rng)  # fake labels follow the real joint distribution
+    real_index = draw_rows(n, batch, weights, rng)
+    cond_index = draw_rows(n, batch, weights, rng)
     real = (pixels[real_index].float() / 127.5 - 1).to(device, memory_format=torch.channels_last)
     real_cond = [t[real_index].to(device) for t in labels]
     fake_cond = [t[cond_index].to(device) for t in labels]
     z = torch.randn(batch, gan.config.z_dim, generator=rng).to(device)
+    discriminator = gan.discriminator
 
     fake = gan.generator(z, *fake_cond)
-    real_score, real_aux = gan.discriminator(diff_augment(real, rng), *real_cond)
-    fake_score, _ = gan.discriminator(diff_augment(fake.detach(), rng), *fake_cond)
-    loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + aux_loss(real_aux, *real_cond)
+    r1 = options.r1_gamma > 0 and iteration % options.r1_every == 0
+    real_seen = diff_augment(real, rng).requires_grad_(r1)
+    real_score, real_aux = discriminator(real_seen, *real_cond)
+    fake_score, _ = discriminator(diff_augment(fake.detach(), rng), *fake_cond)
+    loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
+    loss_d = loss_d + discriminator.aux_loss(real_aux, *real_cond)
+    if r1:  # StyleGAN2's lazy R1: gamma / 2 * |grad D(real)|^2, applied every r1_every steps at that many times
+        (grad,) = torch.autograd.grad(real_score.sum(), real_seen, create_graph=True)
+        penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+        loss_d = loss_d + options.r1_gamma / 2 * options.r1_every * penalty
     gan.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     gan.opt_d.step()
 
-    fake_score, fake_aux = gan.discriminator(diff_augment(fake, rng), *fake_cond)
-    loss_g = -fake_score.mean() + options.aux_weight * aux_loss(fake_aux, *fake_cond)
+    fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
+    loss_g = -fake_score.mean() + options.aux_weight * discriminator.aux_loss(fake_aux, *fake_cond)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()
