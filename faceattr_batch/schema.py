@@ -99,6 +99,16 @@ def derived_columns() -> list[pl.Expr]:
     ]
 
 
+def prediction_codes() -> dict[str, pl.Expr]:
+    """``pred_gender`` and ``pred_race`` from ``p_female`` and the race probability columns: female where
+    P(female) >= 0.5, the most probable race; null where the probabilities are (an image that failed)."""
+    decided = pl.col("p_female").is_not_null()
+    return {
+        "pred_gender": pl.when(decided).then((pl.col("p_female") >= 0.5).cast(pl.Int8)),
+        "pred_race": pl.when(decided).then(pl.concat_list(RACE_PROB_COLUMNS).list.arg_max().cast(pl.Int8)),
+    }
+
+
 def float_outputs(outputs: dict) -> dict:
     """A model's outputs (arrays p_female, race_probs N x 5, age_mean, age_low, age_high: ``ModelRunner.infer``'s
     keys, ``AttrOutputs``' fields) as the predictions' ``FLOAT_OUTPUTS`` columns."""
@@ -116,12 +126,8 @@ def predictions_table(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (``path``, the model's ``FLOAT_OUTPUTS``, true label codes, any other prediction fields) as a whole
     predictions table: ``pred_gender`` / ``pred_race`` from the probabilities, the derived columns, every field it
     lacks null, in ``OUTPUT_COLUMNS`` order and types (a predictions Parquet that ``report`` reads)."""
-    races = pl.concat_list(RACE_PROB_COLUMNS)
-    codes = {
-        "pred_gender": (pl.col("p_female") >= 0.5).cast(pl.Int8),
-        "pred_race": races.list.arg_max().cast(pl.Int8),
-    }
-    filled = frame.with_columns(**{name: expr for name, expr in codes.items() if name not in frame.columns})
+    codes = {name: expr for name, expr in prediction_codes().items() if name not in frame.columns}
+    filled = frame.with_columns(**codes)
     filled = filled.with_columns(
         **{name: pl.lit(None, dtype) for name, dtype in PREDICTION_FIELDS.items() if name not in filled.columns}
     )

@@ -61,6 +61,7 @@ from faceattr_batch.schema import (
     derived_columns,
     float_outputs,
     output_schema,
+    prediction_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -350,20 +351,12 @@ def batch_table(
         },
     ).hstack(truth)
     if outputs is not None:
-        preds = pl.DataFrame(
-            {
-                "_row": np.asarray(batch.ok, dtype=np.int32),
-                "pred_race": outputs["race_probs"].argmax(axis=1).astype(np.int8),
-                **float_outputs(outputs),
-            }
-        )
+        preds = pl.DataFrame({"_row": np.asarray(batch.ok, dtype=np.int32), **float_outputs(outputs)})
         rows = rows.join(preds, on="_row", how="left", maintain_order="left")
     else:
-        nulls = {column: pl.lit(None, pl.Float32) for column in FLOAT_OUTPUTS}
-        rows = rows.with_columns(pred_race=pl.lit(None, pl.Int8), **nulls)
-    p_female = pl.col("p_female")
+        rows = rows.with_columns(**{column: pl.lit(None, pl.Float32) for column in FLOAT_OUTPUTS})
     rows = rows.with_columns(
-        pred_gender=pl.when(p_female.is_not_null()).then((p_female >= 0.5).cast(pl.Int8)),
+        **prediction_codes(),
         model_name=pl.lit(meta["name"], pl.String),
         model_version=pl.lit(meta["version"], pl.String),
     ).with_columns(derived_columns())

@@ -10,7 +10,7 @@ import polars as pl
 
 from faceattr_batch.metrics import attributes as m
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.schema import derived_columns
+from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns, prediction_codes
 
 HEADS = ("gender", "race", "age")
 UNCALIBRATED = (1.0, 1.0, 1.0)  # temperatures that leave the logits as they are
@@ -37,20 +37,25 @@ def predictions_frame(logits, temperatures, labels: pl.DataFrame) -> pl.DataFram
 
     t_gender, t_race, t_age = temperatures
     gender, race, age = logits
+    race_probs = torch.softmax(race / t_race, dim=1)
     age_probs = torch.softmax(age / t_age, dim=1)
     expected = (age_probs * torch.arange(age.shape[1])).sum(dim=1)
-    return labels.select(
-        pl.col("path"),
-        pl.col("gender").alias("true_gender"),
-        pl.col("race").alias("true_race"),
-        pl.col("age").alias("true_age"),
-    ).with_columns(
-        pl.Series("p_female", torch.sigmoid(gender / t_gender).numpy()),
-        pl.Series("pred_gender", (gender > 0).long().numpy()),
-        pl.Series("pred_race", race.argmax(dim=1).numpy()),
-        pl.Series("race_confidence", torch.softmax(race / t_race, dim=1).max(dim=1).values.numpy()),
-        pl.Series("pred_age", expected.numpy()),
-    ).with_columns(derived_columns())
+    return (
+        labels.select(
+            pl.col("path"),
+            pl.col("gender").alias("true_gender"),
+            pl.col("race").alias("true_race"),
+            pl.col("age").alias("true_age"),
+        )
+        .with_columns(
+            pl.Series("p_female", torch.sigmoid(gender / t_gender).numpy()),
+            *(pl.Series(name, race_probs[:, i].numpy()) for i, name in enumerate(RACE_PROB_COLUMNS)),
+            pl.Series("race_confidence", race_probs.max(dim=1).values.numpy()),
+            pl.Series("pred_age", expected.numpy()),
+        )
+        .with_columns(**prediction_codes())
+        .with_columns(derived_columns())
+    )
 
 
 def overall_metrics(model, pixels: np.ndarray, rows: pl.DataFrame, device) -> dict:
