@@ -52,7 +52,7 @@ from faceattr_batch.training.data import (
     decode_cache,
     label_tensors,
     load_labelled,
-    pixel_cache_name,
+    pixel_cache,
     split_by_fold,
     split_by_group,
 )
@@ -218,9 +218,7 @@ def _load_split(options: TrainOptions, out: Path) -> _Split:
     else:
         table = split_by_fold(table, options.folds, options.fold, options.seed)
     table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
-    # the folds of a cross-fitting run read the same rows: one cache beside them
-    cache = (out if options.fold is None else out.parent) / pixel_cache_name(options.input_size)
-    pixels = decode_cache(table, options.input_size, cache, options.workers, options.progress)
+    pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"
     split = _Split(table.filter(~pl.Series(is_val)), table.filter(pl.Series(is_val)), pixels[~is_val], pixels[is_val])
     held_out = split.val_rows["dup_group"].n_unique()

@@ -94,9 +94,11 @@ def split_by_fold(table: pl.DataFrame, folds: int, fold: int, seed: int) -> pl.D
     )
 
 
-def pixel_cache_name(size: int) -> str:
-    """The file in a RUN_DIR holding its chips decoded at ``size`` (``decode_cache``)."""
-    return f"pixels_{size}.npy"
+def pixel_cache(options) -> Path:
+    """The file holding a training run's chips decoded at its input size (``decode_cache``): in its RUN_DIR, or
+    for a fold of a cross-fitting run (``options.fold`` set) in the cross-fit's folder, which all folds read."""
+    run_dir = Path(options.out_dir)
+    return (run_dir if options.fold is None else run_dir.parent) / f"pixels_{options.input_size}.npy"
 
 
 def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:

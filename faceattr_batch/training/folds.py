@@ -30,7 +30,7 @@ from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.schema import float_outputs, predictions_table
 from faceattr_batch.training.calibration import collect_logits
-from faceattr_batch.training.data import load_labelled, pixel_cache_name, split_by_fold
+from faceattr_batch.training.data import load_labelled, pixel_cache, split_by_fold
 
 PREDICTIONS_FILE = "oof.parquet"
 OPTIONS_FILE = "options.json"
@@ -62,7 +62,7 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
         if not (run_dir / model_file).is_file():
             train_one(replace(indexed, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
     table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
-    pixels = np.load(out / pixel_cache_name(options.input_size), mmap_mode="r")
+    pixels = np.load(pixel_cache(options), mmap_mode="r")
     if len(pixels) != table.height:
         raise FaceattrError(f"{out}: its decoded chips ({len(pixels)}) do not match the {table.height} labelled rows")
     device = resolve_device(options.device)
