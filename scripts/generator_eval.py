@@ -1,12 +1,14 @@
 """The generator's diversity and age figures of issue 21, against real faces of the same conditions.
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
-        [--per-condition 64] [-o /tmp/geneval]
+        [--per-condition 64] [--worst N --of OLD/diversity.csv] [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
    seeded sample of that many real faces and as many samples drawn at their (gender, race, age); the mean pairwise
    Euclidean distance of their Inception pool3 features (the FID network, both sides area-resized to 64 px as
    ``fid --resize-to 64``), and the ratio fake / real. 1 = as varied as the real faces; the issue's floor 0.8.
+   Every cell costs 2 x 64 Inception passes at 299 px (about 12 a second on 2 cores): ``--worst N --of CSV``
+   measures only the N worst cells of an earlier run's diversity.csv, to follow them through a training.
 2. Age and agreement: with ``--split`` (a ``train`` RUN_DIR's split.parquet: the shipped attribute models' own
    validation faces, which they never trained on), the validation faces of ages 40 and over and one sample per
    face at its (gender, race, age); the default attribute model reads both. Per band: its mean read age of the
@@ -59,11 +61,16 @@ def draw(generator, wanted: pl.DataFrame, folder: Path, seed: int) -> list[str]:
     return [str(folder / name) for name in samples["file"]]
 
 
-def diversity(table: pl.DataFrame, generator, per_condition: int, out: Path, seed: int) -> pl.DataFrame:
+def diversity(
+    table: pl.DataFrame, generator, per_condition: int, out: Path, seed: int, only: set[str] | None = None
+) -> pl.DataFrame:
+    """The diversity table, worst first; ``only``: the condition names to measure (None = every cell)."""
     cells = table.group_by("gender", "race", "band").len().filter(pl.col("len") >= per_condition).sort("gender", "race")
     real_paths, fake_paths, keys = [], [], []
     for gender, race, band, _ in cells.iter_rows():
         key = f"{GENDERS[gender]} {RACES[race]} {band}"
+        if only is not None and key not in only:
+            continue
         real = table.filter((pl.col("gender") == gender) & (pl.col("race") == race) & (pl.col("band") == band))
         real = real.sample(per_condition, seed=seed)
         real_paths += real["file"].to_list()
@@ -116,6 +123,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, help="a train RUN_DIR's split.parquet: the age gap on its val faces")
     parser.add_argument("--model", help="generator file or train-gen RUN_DIR (default: the shipped one)")
     parser.add_argument("--per-condition", type=int, default=64)
+    parser.add_argument("--worst", type=int, help="measure diversity only in the N worst conditions of --of")
+    parser.add_argument("--of", type=Path, help="an earlier run's diversity.csv (with --worst)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
@@ -125,7 +134,10 @@ def main() -> None:
     table = labelled_index(args.index)
     generator, meta = load_generator(args.model)
     print(f"generator: {meta.get('source')}")
-    ratios = diversity(table, generator, args.per_condition, args.out, args.seed)
+    if (args.worst is None) != (args.of is None):
+        parser.error("--worst and --of go together")
+    only = None if args.of is None else set(pl.read_csv(args.of).sort("ratio").head(args.worst)["condition"])
+    ratios = diversity(table, generator, args.per_condition, args.out, args.seed, only)
     ratios.write_csv(args.out / "diversity.csv")
     with pl.Config(tbl_rows=200, float_precision=3):
         print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
