@@ -15,7 +15,8 @@
    samples minus that of the real faces (the issue's gap; goal within +-2 years), and over all samples the share
    read as the requested gender and race.
 
-Prints both tables and writes them as ``diversity.csv`` and ``age_gap.csv`` under ``-o`` (samples kept there).
+Prints both tables and writes them as ``diversity.csv`` and ``age_gap.csv`` under ``-o`` (samples kept there), with
+a contact sheet per measured condition, ``sheets/<condition>.png``: its 64 real faces (left) beside its 64 samples.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from faceattr_batch.data.inputs import index_paths
 from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
@@ -61,6 +63,19 @@ def draw(generator, wanted: pl.DataFrame, folder: Path, seed: int) -> list[str]:
     return [str(folder / name) for name in samples["file"]]
 
 
+def contact_sheet(real: list[str], fake: list[str], path: Path, size: int = 64, columns: int = 8) -> None:
+    """Real faces in a grid on the left, samples on the right, ``size`` px each, a white gutter between."""
+    rows = -(-max(len(real), len(fake)) // columns)
+    sheet = Image.new("RGB", ((2 * columns) * size + size // 2, rows * size), "white")
+    for side, paths in enumerate((real, fake)):
+        left = side * (columns * size + size // 2)
+        for i, file in enumerate(paths):
+            face = Image.open(file).convert("RGB").resize((size, size), Image.Resampling.BOX)
+            sheet.paste(face, (left + (i % columns) * size, (i // columns) * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
 def diversity(
     table: pl.DataFrame, generator, per_condition: int, out: Path, seed: int, only: set[str] | None = None
 ) -> pl.DataFrame:
@@ -73,8 +88,10 @@ def diversity(
             continue
         real = table.filter((pl.col("gender") == gender) & (pl.col("race") == race) & (pl.col("band") == band))
         real = real.sample(per_condition, seed=seed)
+        fake = draw(generator, real, out / "diversity" / key.replace(" ", "_"), seed)
+        contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"{key.replace(' ', '_')}.png")
         real_paths += real["file"].to_list()
-        fake_paths += draw(generator, real, out / "diversity" / key.replace(" ", "_"), seed)
+        fake_paths += fake
         keys += [key] * per_condition
     network = load_inception()
     sides = {}
