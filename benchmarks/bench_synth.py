@@ -1,16 +1,18 @@
 """Generator speed: `synth` images/s (files written) beside the generator alone, and `train-gen` iterations/s.
 
-    python benchmarks/bench_synth.py [--n 10000] [--model RUN_DIR_OR_FILE] [--threads 2]
+    python benchmarks/bench_synth.py [--n 10000] [--model shipped RUN_DIR_OR_FILE ...] [--threads 2]
 
 synth: the whole command (`synth.run`: conditions, generation, JPEG encoding, manifest) on N faces at the
-generator's own size, beside the generator's forward pass alone on the same batches; goal: 10,000 64-px faces
-in <= 30 s. train-gen: two runs of the default architecture on the synthesized faces that differ only in their
-iteration count, so the difference of their wall times is the training alone (decoding and set-up cancel).
+generator's own size, beside the generator's forward pass alone on the same batches, for each ``--model`` in
+turn (``shipped``: the packaged one); goal: 10,000 64-px faces in <= 30 s. train-gen: for v1's recipe and v2's
+(today's defaults), two runs on the synthesized faces that differ only in their iteration count, so the
+difference of their wall times is the training alone (decoding and set-up cancel).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +38,11 @@ def generator_only(model: str | None, n: int, batch_size: int = 256) -> float:
     return n / (time.perf_counter() - start)
 
 
-def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, threads: int) -> float:
+# train-gen's options that make v1 (the shipped generator's recipe); v2 is the defaults
+RECIPES = {"v1": dict(upsample="transposed", age_bins=0, balance=0.0, r1_gamma=0.0), "v2": {}}
+
+
+def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, threads: int, recipe: dict) -> float:
     start = time.perf_counter()
     train_gen_run(
         TrainGenOptions(
@@ -50,6 +56,7 @@ def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, thre
             threads=threads,
             workers=1,
             progress=False,
+            **recipe,
         )
     )
     return time.perf_counter() - start
@@ -58,7 +65,7 @@ def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, thre
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="faces to synthesize")
-    parser.add_argument("--model", default=None, help="generator file or train-gen RUN_DIR (default: shipped)")
+    parser.add_argument("--model", nargs="+", default=["shipped"], help="generator files or train-gen RUN_DIRs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=30, help="train-gen iterations timed (beyond 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="train-gen batch")
@@ -66,29 +73,33 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        faces = Path(tmp) / "synth"
-        start = time.perf_counter()
-        result = synth_run(SynthOptions(n=args.n, out_dir=faces, model=args.model, progress=False))
-        synth_s = time.perf_counter() - start
-        forward = generator_only(args.model, args.n)
-        resolution = load_generator(args.model)[0].config.resolution
-        print(
-            f"synth {result['images']} faces at {resolution} px, files written: {synth_s:.1f} s "
-            f"= {args.n / synth_s:,.0f} img/s"
-        )
-        print(f"generator forward alone ({args.threads} threads): {forward:,.0f} img/s")
-        print(
-            f"synth / forward-only: {args.n / synth_s / forward:.2f}x; goal 10,000 faces <= 30 s: "
-            f"{'met' if synth_s * 10_000 / args.n <= 30 else 'not met'} ({synth_s * 10_000 / args.n:.1f} s per 10,000)"
-        )
+        for name in args.model:
+            model = None if name == "shipped" else name
+            faces = Path(tmp) / "synth"
+            shutil.rmtree(faces, ignore_errors=True)
+            start = time.perf_counter()
+            result = synth_run(SynthOptions(n=args.n, out_dir=faces, model=model, progress=False))
+            synth_s = time.perf_counter() - start
+            forward = generator_only(model, args.n)
+            resolution = load_generator(model)[0].config.resolution
+            print(
+                f"{name}: synth {result['images']} faces at {resolution} px, files written: {synth_s:.1f} s "
+                f"= {args.n / synth_s:,.0f} img/s; generator forward alone ({args.threads} threads): "
+                f"{forward:,.0f} img/s; synth / forward-only {args.n / synth_s / forward:.2f}x; goal 10,000 faces "
+                f"<= 30 s: {'met' if synth_s * 10_000 / args.n <= 30 else 'not met'} "
+                f"({synth_s * 10_000 / args.n:.1f} s per 10,000)"
+            )
 
-        short = train_seconds(faces, Path(tmp) / "short", 10, args.batch_size, args.threads)
-        long = train_seconds(faces, Path(tmp) / "long", 10 + args.iterations, args.batch_size, args.threads)
-        per_iteration = (long - short) / args.iterations
-        print(
-            f"train-gen (default G/D, batch {args.batch_size}, {args.threads} threads): {1 / per_iteration:.2f} it/s "
-            f"= {args.batch_size / per_iteration:,.0f} real images/s"
-        )
+        for recipe, options in RECIPES.items():
+            short = train_seconds(faces, Path(tmp) / f"{recipe}-short", 10, args.batch_size, args.threads, options)
+            long = train_seconds(
+                faces, Path(tmp) / f"{recipe}-long", 10 + args.iterations, args.batch_size, args.threads, options
+            )
+            per_iteration = (long - short) / args.iterations
+            print(
+                f"train-gen {recipe} (batch {args.batch_size}, {args.threads} threads): {1 / per_iteration:.2f} it/s "
+                f"= {args.batch_size / per_iteration:,.0f} real images/s"
+            )
 
 
 if __name__ == "__main__":

@@ -123,8 +123,11 @@ class _Standing:
         return self.model
 
 
-def condition_weights(table: pl.DataFrame, balance: float) -> np.ndarray:
-    """Each row's drawing weight, count(its gender x race x age band) ** -balance (float64, summing to 1)."""
+def condition_weights(table: pl.DataFrame, balance: float) -> np.ndarray | None:
+    """Each row's drawing weight, count(its gender x race x age band) ** -balance (float64, summing to 1); None
+    for balance 0: rows drawn uniformly, as v1 drew them."""
+    if balance == 0:
+        return None
     cell = pl.struct("gender", "race", age_band_expr(pl.col("age").clip(0, GEN_MAX_AGE)))
     counts = table.select(cell.alias("cell")).select(pl.len().over("cell")).to_series().to_numpy()
     weights = counts.astype(np.float64) ** -balance
@@ -197,6 +200,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
     if options.upsample not in UPSAMPLERS:
         raise FaceattrError(f"--upsample {options.upsample}: use {' or '.join(UPSAMPLERS)}")
+    if options.age_bins == 1:
+        raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
@@ -207,7 +212,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
-    weights = torch.from_numpy(condition_weights(table, options.balance))
+    weights = condition_weights(table, options.balance)
+    weights = None if weights is None else torch.from_numpy(weights)
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
     standing = _Standing(gan.ema, labels, weights, options.seed)
     draw_grid = _grid_drawer(gan.config.z_dim, device, out)
