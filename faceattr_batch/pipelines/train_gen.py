@@ -268,9 +268,8 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     checkpoint = read_generator_checkpoint(resume_from) if resume_from is not None else None
     if checkpoint is not None:  # the networks the run was started with, whatever today's defaults
         config = GeneratorConfig.from_dict(checkpoint["config"])
-    else:
-        fields = ("resolution", "g_width", "d_width", "upsample", "age_bins")
-        config = GeneratorConfig(**{name: getattr(options, name) for name in fields})
+    else:  # the options that are config fields (resolution, widths, upsample, age_bins)
+        config = GeneratorConfig.from_dict(vars(options))
     torch.manual_seed(options.seed)
     layout = torch.channels_last  # 10-20% faster convolutions on this CPU (measured side by side)
     generator = Generator(config).to(device, memory_format=layout)
