@@ -95,6 +95,27 @@ class ConditionalBatchNorm(nn.Module):
 
 UPSAMPLERS = ("transposed", "resize")
 
+# Nearest x2 then a 3x3 convolution, per axis: the output at 2i reads x[i-1] through tap 0 and x[i] through taps
+# 1 + 2; at 2i+1, x[i] through taps 0 + 1 and x[i+1] through tap 2. That is a stride-2 transposed convolution
+# whose 4-tap kernel is this matrix times the 3 taps (kernel index k reads x[j] at output 2j + k - 1).
+_RESIZE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+class ResizeConv(nn.Module):
+    """Nearest-neighbour x2 upsampling then a 3x3 convolution (no checkerboard: every output pixel sees the same
+    number of taps), computed exactly as one transposed convolution with a folded 4x4 kernel: 4/9 of the
+    multiply-adds and no 4x larger intermediate, in training and in ``synth``."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = _RESIZE_TAPS.to(x.dtype)
+        # a conv weight is (out, in, 3, 3); a transposed conv's is (in, out, 4, 4)
+        kernel = torch.einsum("ka,lb,oiab->iokl", taps, taps, self.conv.weight)
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
+
 
 class UpBlock(nn.Module):
     """x2 upsampling, conditional BN, ReLU; at low resolutions, where pose and identity form, a residual 3x3
@@ -106,7 +127,7 @@ class UpBlock(nn.Module):
         if upsample == "transposed":
             self.up = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
         elif upsample == "resize":
-            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1))
+            self.up = ResizeConv(cin, cout)
         else:
             raise ValueError(f"upsample {upsample!r}: use one of {UPSAMPLERS}")
         self.bn = ConditionalBatchNorm(cout, cond_dim)
