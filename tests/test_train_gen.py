@@ -20,13 +20,20 @@ from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.fid_stats import ALL, load_stats
 from faceattr_batch.models import inception
-from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig, age_distribution, diff_augment
+from faceattr_batch.models.generator import (
+    Discriminator,
+    Generator,
+    GeneratorConfig,
+    ResizeConv,
+    age_distribution,
+    diff_augment,
+)
 from faceattr_batch.models.registry import load_generator, read_generator_checkpoint
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.predict import PredictOptions
 from faceattr_batch.pipelines.predict import run as predict
-from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate
+from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate, mode_seeking_loss
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.data import load_labelled
 
@@ -98,12 +105,63 @@ def test_discriminator_reads_age_as_a_distribution_or_a_regression():
 
 def test_generators_upsample_as_their_config_says():
     assert GeneratorConfig.from_dict({"resolution": 32}).upsample == "transposed"  # files written before v2
-    for upsample, layer in (("transposed", torch.nn.ConvTranspose2d), ("resize", torch.nn.Upsample)):
+    for upsample, layer in (("transposed", torch.nn.ConvTranspose2d), ("resize", ResizeConv)):
         generator = Generator(GeneratorConfig(resolution=32, g_width=8, upsample=upsample)).eval()
         assert any(isinstance(m, layer) for m in generator.modules())
         with torch.no_grad():
             out = generator(torch.zeros(2, 128), torch.tensor([0, 1]), torch.tensor([0, 4]), torch.tensor([3, 80]))
         assert out.shape == (2, 3, 32, 32)
+
+
+def test_resize_conv_is_nearest_upsampling_then_a_3x3_convolution_values_and_gradients():
+    torch.manual_seed(0)
+    layer = ResizeConv(5, 7).double()
+    x = torch.randn(3, 5, 6, 9, dtype=torch.double, requires_grad=True)
+    expected = layer.conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    got = layer(x)
+    assert got.shape == (3, 7, 12, 18)
+    torch.testing.assert_close(got, expected)
+    upstream = torch.randn_like(expected)
+    inputs = [x, layer.conv.weight, layer.conv.bias]
+    for a, b in zip(
+        torch.autograd.grad((got * upstream).sum(), inputs),
+        torch.autograd.grad((expected * upstream).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def test_mode_seeking_loss_falls_as_faces_of_one_condition_differ_more():
+    z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    same = torch.zeros(8, 3, 4, 4)
+    apart = torch.cat([torch.zeros(4, 3, 4, 4), torch.ones(4, 3, 4, 4)])
+    noise_distance = (z[:4] - z[4:]).abs().mean()
+    assert mode_seeking_loss(apart, z, 4).item() == pytest.approx(noise_distance.item(), rel=1e-4)  # 1 / (1 / d)
+    assert mode_seeking_loss(same, z, 4).item() > 1e4  # one face for all noise: the largest push
+
+
+def test_mode_seeking_pairs_conditions_with_new_noise_and_moves_the_generator(tmp_path: Path, monkeypatch):
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = [torch.randint(0, 2, (16,)), torch.randint(0, 5, (16,)), torch.randint(0, 90, (16,))]
+    calls = []
+    monkeypatch.setattr(train_gen_module, "mode_seeking_loss", lambda *a: calls.append(a[2]) or torch.tensor(0.0))
+
+    def step(mode_seeking: float):
+        options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, mode_seeking=mode_seeking, **TINY_RUN)
+        gan, _ = train_gen_module._build_gan(options, torch.device("cpu"), None)
+        inputs = []
+        gan.generator.register_forward_hook(lambda module, args, output: inputs.append(args))
+        train_gen_module._train_step(gan, pixels, labels, None, 1, options, torch.device("cpu"))
+        return inputs[0]
+
+    pairs = TINY_RUN["batch_size"] // 2
+    z, *conditions = step(1.0)
+    assert calls == [pairs]
+    assert all(torch.equal(c[:pairs], c[pairs:]) for c in conditions)
+    assert not torch.equal(z[:pairs], z[pairs:])
+    _, *conditions = step(0.0)
+    assert calls == [pairs]  # off: no term, and the conditions are drawn independently
+    assert not all(torch.equal(c[:pairs], c[pairs:]) for c in conditions)
 
 
 def test_r1_penalty_changes_the_discriminator_step_only_every_r1_every_iterations(tmp_path: Path):
@@ -231,10 +289,14 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     assert result.exit_code == 2 and "--upsample bilinear: use transposed or resize" in result.output
     result = CliRunner().invoke(app, [*args, "--age-bins", "1"])
     assert result.exit_code == 2 and "--age-bins 1 carries no age" in result.output
-    result = CliRunner().invoke(app, [*args, "--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5"])
+    result = CliRunner().invoke(app, [*args, "--mode-seeking", "-1"])
+    assert result.exit_code == 2 and "--mode-seeking" in result.output
+    v2_options = ["--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5", "--mode-seeking", "0.25"]
+    result = CliRunner().invoke(app, [*args, *v2_options])
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "options.json").read_text())
-    assert (saved["upsample"], saved["age_bins"], saved["balance"], saved["r1_gamma"]) == ("resize", 16, 1.0, 0.5)
+    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking")
+    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25]
 
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
     assert metrics["iteration"].to_list() == [2]

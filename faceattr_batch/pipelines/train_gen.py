@@ -64,6 +64,9 @@ class TrainGenOptions:
     balance: float = 0.5
     r1_gamma: float = 0.01  # R1 penalty on real faces (lazy: every r1_every iterations, scaled up by it); 0 = off
     r1_every: int = 16
+    # Mode seeking (MSGAN, Mao et al. 2019): half the batch repeats the other half's conditions with new noise, and
+    # the generator is pushed by this weight / (image distance / noise distance); 0 = off.
+    mode_seeking: float = 0.0
     iterations: int = 40_000
     batch_size: int = 64
     lr_g: float = 2e-4
@@ -299,6 +302,14 @@ def draw_rows(n: int, batch: int, weights, rng):
     return torch.multinomial(weights, batch, replacement=True, generator=rng)
 
 
+def mode_seeking_loss(fake, z, pairs: int):
+    """MSGAN's term: 1 / (mean |G(c, z1) - G(c, z2)| / mean |z1 - z2|) over the batch's first ``pairs`` rows and
+    the next ``pairs`` (same conditions, other noise). Small when different noise gives different faces."""
+    image_distance = (fake[:pairs] - fake[pairs : 2 * pairs]).abs().mean()
+    noise_distance = (z[:pairs] - z[pairs : 2 * pairs]).abs().mean()
+    return 1 / (image_distance / noise_distance + 1e-5)
+
+
 def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, options: TrainGenOptions, device):
     """One discriminator and one generator update, then the EMA; batch, noise and augmentation seeded by
     (seed, iteration). Real rows and fake conditions are drawn alike (``weights``), so the discriminator cannot
@@ -313,6 +324,9 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     rng = torch.Generator().manual_seed(options.seed * 1_000_003 + iteration)
     real_index = draw_rows(n, batch, weights, rng)
     cond_index = draw_rows(n, batch, weights, rng)
+    pairs = batch // 2 if options.mode_seeking > 0 else 0
+    if pairs:  # rows pairs..2*pairs-1 repeat the first pairs conditions (the noise stays independent)
+        cond_index = torch.cat([cond_index[:pairs], cond_index[:pairs], cond_index[2 * pairs :]])
     real = (pixels[real_index].float() / 127.5 - 1).to(device, memory_format=torch.channels_last)
     real_cond = [t[real_index].to(device) for t in labels]
     fake_cond = [t[cond_index].to(device) for t in labels]
@@ -336,6 +350,8 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
 
     fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
     loss_g = -fake_score.mean() + options.aux_weight * discriminator.aux_loss(fake_aux, *fake_cond)
+    if pairs:
+        loss_g = loss_g + options.mode_seeking * mode_seeking_loss(fake, z, pairs)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()
