@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.fid_stats import ALL, load_stats
+from faceattr_batch.models import generator as generator_module
 from faceattr_batch.models import inception
 from faceattr_batch.models.generator import (
     Discriminator,
@@ -27,13 +28,14 @@ from faceattr_batch.models.generator import (
     ResizeConv,
     age_distribution,
     diff_augment,
+    mode_seeking_loss,
 )
 from faceattr_batch.models.registry import load_generator, read_generator_checkpoint
 from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.predict import PredictOptions
 from faceattr_batch.pipelines.predict import run as predict
-from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate, mode_seeking_loss
+from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.data import load_labelled
 
@@ -144,7 +146,7 @@ def test_mode_seeking_pairs_conditions_with_new_noise_and_moves_the_generator(tm
     pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = [torch.randint(0, 2, (16,)), torch.randint(0, 5, (16,)), torch.randint(0, 90, (16,))]
     calls = []
-    monkeypatch.setattr(train_gen_module, "mode_seeking_loss", lambda *a: calls.append(a[2]) or torch.tensor(0.0))
+    monkeypatch.setattr(generator_module, "mode_seeking_loss", lambda *a: calls.append(a[2]) or torch.tensor(0.0))
 
     def step(mode_seeking: float):
         options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, mode_seeking=mode_seeking, **TINY_RUN)

@@ -219,6 +219,14 @@ def age_distribution(age: torch.Tensor, bins: int) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, pairs: int) -> torch.Tensor:
+    """MSGAN's term: 1 / (mean |G(c, z1) - G(c, z2)| / mean |z1 - z2|) over the batch's first ``pairs`` rows and
+    the next ``pairs`` (same conditions, other noise). Small when different noise gives different faces."""
+    image_distance = (fake[:pairs] - fake[pairs : 2 * pairs]).abs().mean()
+    noise_distance = (z[:pairs] - z[pairs : 2 * pairs]).abs().mean()
+    return 1 / (image_distance / noise_distance + 1e-5)
+
+
 def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """DiffAugment (Zhao et al. 2020): colour, translation (1/8) and cutout (1/2), differentiable."""
     n, _, h, w = x.shape

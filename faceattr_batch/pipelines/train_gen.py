@@ -302,14 +302,6 @@ def draw_rows(n: int, batch: int, weights, rng):
     return torch.multinomial(weights, batch, replacement=True, generator=rng)
 
 
-def mode_seeking_loss(fake, z, pairs: int):
-    """MSGAN's term: 1 / (mean |G(c, z1) - G(c, z2)| / mean |z1 - z2|) over the batch's first ``pairs`` rows and
-    the next ``pairs`` (same conditions, other noise). Small when different noise gives different faces."""
-    image_distance = (fake[:pairs] - fake[pairs : 2 * pairs]).abs().mean()
-    noise_distance = (z[:pairs] - z[pairs : 2 * pairs]).abs().mean()
-    return 1 / (image_distance / noise_distance + 1e-5)
-
-
 def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, options: TrainGenOptions, device):
     """One discriminator and one generator update, then the EMA; batch, noise and augmentation seeded by
     (seed, iteration). Real rows and fake conditions are drawn alike (``weights``), so the discriminator cannot
@@ -317,7 +309,7 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     import torch
     from torch.nn import functional as F
 
-    from faceattr_batch.models.generator import diff_augment  # torch-backed
+    from faceattr_batch.models.generator import diff_augment, mode_seeking_loss  # torch-backed
 
     n = len(pixels)
     batch = min(options.batch_size, n)
