@@ -68,6 +68,13 @@ OUTPUT_COLUMNS: tuple[str, ...] = tuple(PREDICTION_FIELDS)
 FACE_COLUMNS: tuple[str, ...] = tuple(FACE_FIELDS)
 LABEL_COLUMNS: tuple[str, ...] = ("true_age", "true_gender", "true_race")  # the true labels, as codes
 LABEL_FIELDS: dict[str, pl.DataType] = {name: PREDICTION_FIELDS[name] for name in LABEL_COLUMNS}
+
+
+def true_label_codes() -> list[pl.Expr]:
+    """An index's or a parsed name's ``age``, ``gender``, ``race`` as the ``LABEL_COLUMNS`` codes."""
+    return [pl.col(name.removeprefix("true_")).cast(dtype).alias(name) for name, dtype in LABEL_FIELDS.items()]
+
+
 FLOAT_OUTPUTS: tuple[str, ...] = ("p_female", *RACE_PROB_COLUMNS, "pred_age", "age_low", "age_high")
 # computed from the codes by ``derived_columns``
 DERIVED_COLUMNS: tuple[str, ...] = (

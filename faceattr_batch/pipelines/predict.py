@@ -62,6 +62,7 @@ from faceattr_batch.schema import (
     float_outputs,
     output_schema,
     prediction_codes,
+    true_label_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -277,14 +278,7 @@ def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.Dat
 def labels_from_names(paths: list[str]) -> pl.DataFrame:
     """True labels parsed from UTKFace-style file names (nulls where a name does not say)."""
     names = pl.DataFrame({"name": [os.path.basename(display_path(p)) for p in paths]}, schema={"name": pl.String})
-    return _label_codes(parse_frame(names, "name"))
-
-
-def _label_codes(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(
-        pl.col(source).cast(dtype).alias(name)
-        for source, (name, dtype) in zip(("age", "gender", "race"), LABEL_FIELDS.items(), strict=True)
-    )
+    return parse_frame(names, "name").select(true_label_codes())
 
 
 # --- the batch worker: the local loop and each Ray actor run it -------------------------------------------

@@ -10,7 +10,7 @@ import polars as pl
 
 from faceattr_batch.metrics import attributes as m
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns, prediction_codes
+from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns, prediction_codes, true_label_codes
 
 HEADS = ("gender", "race", "age")
 UNCALIBRATED = (1.0, 1.0, 1.0)  # temperatures that leave the logits as they are
@@ -41,12 +41,7 @@ def predictions_frame(logits, temperatures, labels: pl.DataFrame) -> pl.DataFram
     age_probs = torch.softmax(age / t_age, dim=1)
     expected = (age_probs * torch.arange(age.shape[1])).sum(dim=1)
     return (
-        labels.select(
-            pl.col("path"),
-            pl.col("gender").alias("true_gender"),
-            pl.col("race").alias("true_race"),
-            pl.col("age").alias("true_age"),
-        )
+        labels.select(pl.col("path"), *true_label_codes())
         .with_columns(
             pl.Series("p_female", torch.sigmoid(gender / t_gender).numpy()),
             *(pl.Series(name, race_probs[:, i].numpy()) for i, name in enumerate(RACE_PROB_COLUMNS)),

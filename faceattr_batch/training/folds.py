@@ -28,7 +28,7 @@ from faceattr_batch.io.rundir import start_run
 from faceattr_batch.metrics.attributes import overall
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import load_attr_model
-from faceattr_batch.schema import float_outputs, predictions_table
+from faceattr_batch.schema import float_outputs, predictions_table, true_label_codes
 from faceattr_batch.training.calibration import collect_logits
 from faceattr_batch.training.data import load_labelled, pixel_cache, split_by_fold
 
@@ -104,12 +104,7 @@ def _fold_predictions(run_dir: Path, model_file: str, pixels: np.ndarray, rows: 
     with torch.inference_mode():
         outputs = calibrated_outputs(logits, model.temperatures.cpu(), model.age_values.cpu())
     columns = float_outputs({name: value.numpy() for name, value in outputs._asdict().items()})
-    return rows.select(
-        pl.col("file").alias("path"),
-        pl.col("age").alias("true_age"),
-        pl.col("gender").alias("true_gender"),
-        pl.col("race").alias("true_race"),
-    ).with_columns(
+    return rows.select(pl.col("file").alias("path"), *true_label_codes()).with_columns(
         *(pl.Series(name, values) for name, values in columns.items()),
         model_name=pl.lit(f"{run_dir.name} of {options.folds} (cross-fitted)"),
         model_version=pl.lit(__version__),
