@@ -368,9 +368,7 @@ def train_gen_command(
         float, typer.Option(min=0, max=1, help="Draw rows by count(gender, race, age band)^-B: 0 natural, 1 even.")
     ] = 0.5,
     r1_gamma: Annotated[float, typer.Option(min=0, help="R1 penalty weight on real faces (lazy); 0 = off.")] = 0.01,
-    mode_seeking: Annotated[
-        float, typer.Option(min=0, help="Mode-seeking weight (MSGAN: other noise, other face); 0 = off.")
-    ] = 0.0,
+    mode_seeking: Annotated[float, typer.Option(min=0, help="Mode-seeking weight (MSGAN, diversity); 0 = off.")] = 0.0,
     count: Annotated[
         int | None,
         typer.Option(
