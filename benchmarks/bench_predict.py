@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "utkface"))
     parser.add_argument("--n", type=int, default=0, help="images to use (0 = all)")
-    parser.add_argument("--naive", type=int, default=300, help="images for the naive per-image loop")
+    parser.add_argument("--naive", type=int, default=300, help="images for the naive per-image loop (0: skip it)")
     parser.add_argument("--model-images", type=int, default=2048, help="pre-decoded images for the model alone")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=None)
@@ -189,9 +189,11 @@ def main() -> None:
             sample = [load_chip(p, size) for p in paths[: args.model_images]]
             batches = [np.stack(sample[i : i + args.batch_size]) for i in range(0, len(sample), args.batch_size)]
             print(f"{first['model']} model alone in torch: {bench_model(torch_runner, batches):.1f} images/s")
-        naive = bench_naive(first["path"], paths[: args.naive], size, threads)
-        print(f"{first['model']} naive per-image loop: {naive:.1f} images/s ({min(args.naive, len(paths))} images); "
-              f"predict / naive {first['predict'] / naive:.1f}x")  # fmt: skip
+        if args.naive:  # 0 skips the naive loop
+            naive = bench_naive(first["path"], paths[: args.naive], size, threads)
+            count = min(args.naive, len(paths))
+            print(f"{first['model']} naive per-image loop: {naive:.1f} images/s ({count} images); "
+                  f"predict / naive {first['predict'] / naive:.1f}x")  # fmt: skip
         folder = tmp / "inputs"
         for split in filter(None, args.splits.split(",")):
             w, t = (int(v) for v in split.split("x"))
