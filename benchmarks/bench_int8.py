@@ -51,7 +51,7 @@ def evaluate(model: OnnxAttrModel, pixels: np.ndarray, labels: pl.DataFrame, bat
     frame = labels.with_columns(
         pred_gender=pl.Series(np.concatenate([(o.p_female >= 0.5).numpy() for o in outputs]).astype(np.int64)),
         pred_race=pl.Series(np.concatenate([o.race_probs.argmax(1).numpy() for o in outputs]).astype(np.int64)),
-        pred_age=pl.Series(np.concatenate([o.age_mean.numpy() for o in outputs])),
+        pred_age=pl.Series(np.concatenate([o.age_median.numpy() for o in outputs])),
     )
     return {**overall(frame), "images_per_s": len(pixels) / seconds}
 

@@ -80,7 +80,7 @@ def bench_naive(model_path: Path, paths: list[str], size: int, threads: int) -> 
             pixels = np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
         with torch.no_grad():
             out = model.infer(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
-        rows.append({"path": path, "p_female": float(out.p_female[0]), "age": float(out.age_mean[0])})
+        rows.append({"path": path, "p_female": float(out.p_female[0]), "age": float(out.age_median[0])})
     return len(rows) / (time.perf_counter() - start)
 
 

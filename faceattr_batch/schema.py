@@ -117,13 +117,13 @@ def prediction_codes() -> dict[str, pl.Expr]:
 
 
 def float_outputs(outputs: dict) -> dict:
-    """A model's outputs (arrays p_female, race_probs N x 5, age_mean, age_low, age_high: ``ModelRunner.infer``'s
+    """A model's outputs (arrays p_female, race_probs N x 5, age_median, age_low, age_high: ``ModelRunner.infer``'s
     keys, ``AttrOutputs``' fields) as the predictions' ``FLOAT_OUTPUTS`` columns."""
     races = outputs["race_probs"]
     return {
         "p_female": outputs["p_female"],
         **{name: races[:, i] for i, name in enumerate(RACE_PROB_COLUMNS)},
-        "pred_age": outputs["age_mean"],
+        "pred_age": outputs["age_median"],
         "age_low": outputs["age_low"],
         "age_high": outputs["age_high"],
     }

@@ -119,6 +119,33 @@ def test_export_is_cached_and_a_bad_cache_file_is_made_again(checkpoint: Path, t
     assert not np.array_equal(_load_with_onnxruntime(other).infer(pixels)["p_female"], expected["p_female"])
 
 
+def test_an_export_from_before_the_median_age_is_refused_or_made_again(checkpoint: Path, tmp_path: Path, monkeypatch):
+    import onnx
+
+    from faceattr_batch import __version__
+    from faceattr_batch.models import runtime
+
+    old = onnx.load(str(export_onnx(checkpoint, tmp_path / "old.onnx")["path"]))
+    for node in old.graph.node:  # the graph as earlier versions named it: age_mean
+        node.output[:] = ["age_mean" if name == "age_median" else name for name in node.output]
+    next(o for o in old.graph.output if o.name == "age_median").name = "age_mean"
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    with pytest.raises(FaceattrError, match="older faceattr-batch.*export it again"):
+        runtime.load_onnx_model(tmp_path / "old.onnx")
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "onnx" / f"model-{runtime.file_digest(checkpoint)}-{__version__}.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes((tmp_path / "old.onnx").read_bytes())  # a cache file left by the older version
+    pixels = face_like_batch(4, 40)
+    got = _load_with_onnxruntime(checkpoint).infer(pixels.transpose(0, 2, 3, 1))
+    model, _ = load_attr_model(checkpoint)
+    with torch.inference_mode():
+        want = model.infer(torch.from_numpy(pixels)).age_median.numpy()
+    assert np.abs(got["age_median"] - want).max() <= 1e-4
+    names = [o.name for o in onnx.load(str(cached)).graph.output]
+    assert "age_median" in names and "age_mean" not in names  # exported again over it
+
+
 def test_an_unwritable_cache_still_predicts(checkpoint: Path, tmp_path: Path, monkeypatch, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -175,9 +202,14 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     model, _ = load_attr_model(checkpoint)
     with torch.inference_mode():
         want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.infer(torch.from_numpy(pixels))), strict=True))
+    graph = proto.graph
+    after_quantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    tail_ops = {"Sigmoid", "Softmax", "CumSum"}  # the calibrated outputs are computed in float
+    assert {n.op_type for n in graph.node if after_quantized.intersection(n.input)}.isdisjoint(tail_ops)
+    assert tail_ops <= {n.op_type for n in graph.node}
     moved = np.abs(int8["p_female"] - want["p_female"]).max()
     assert 0 < moved < 0.1  # rounded, not another model
-    assert np.abs(int8["age_mean"] - want["age_mean"]).max() < 5
+    assert np.abs(int8["age_median"] - want["age_median"]).max() < 5
     runner = _load_with_onnxruntime(checkpoint)  # the int8 file beside the .pt, made from its weights
     assert runner.model.properties[QUANTIZATION] and runner.model.properties[SOURCE_DIGEST] == fp32[SOURCE_DIGEST]
     assert runner.meta["precision"] == "int8"  # predict's summary and resume check say so

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig, age_quantiles
 from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.pipelines import train as train_module
@@ -52,12 +52,33 @@ def test_tiny_run_writes_model_report_and_metrics(faces: Path, tmp_path: Path):
     with torch.inference_mode():
         outputs = model.infer(torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
     assert outputs.race_probs.sum(dim=1).allclose(torch.ones(3))
-    assert bool(((outputs.age_low <= outputs.age_mean) & (outputs.age_mean <= outputs.age_high)).all())
+    assert bool(((outputs.age_low <= outputs.age_median) & (outputs.age_median <= outputs.age_high)).all())
     assert result.model_path == out / "model.pt"
     # the shipped race bias undoes the training class weights exactly
     bias = torch.tensor(report["race_adjustment"]["bias"])
     assert torch.allclose(model.race_bias, bias)
     assert float(bias.exp().reciprocal().mean()) == pytest.approx(1.0, abs=1e-5)  # weights have mean 1
+
+
+def test_age_quantiles_spread_each_bin_over_its_year():
+    uniform = torch.zeros(1, 117)
+    uniform[0, 20:30] = 0.1  # ages 20..29 each 10%: evenly over 19.5..29.5
+    assert [float(q) for q in age_quantiles(uniform, (0.5, 0.1, 0.9))] == pytest.approx([24.5, 20.5, 28.5])
+    newborn = torch.zeros(1, 117)
+    newborn[0, 0] = 1.0
+    assert [float(q) for q in age_quantiles(newborn, (0.5, 0.1))] == pytest.approx([0.0, 0.0])  # never below 0
+    # a skewed distribution: the quantiles match those of samples drawn from it, and the median sits below the mean
+    ages = torch.arange(117, dtype=torch.float64)
+    probs = torch.where(ages >= 30, torch.exp(-(ages - 30) / 10), 0.0)  # from 30 on, a long tail towards old
+    probs = (probs / probs.sum())[None]
+    rng = np.random.default_rng(0)
+    drawn = rng.choice(117, size=400_000, p=probs[0].numpy()) + rng.uniform(-0.5, 0.5, 400_000)
+    got = [float(q) for q in age_quantiles(probs, (0.5, 0.1, 0.9))]
+    assert got == pytest.approx(np.quantile(drawn, [0.5, 0.1, 0.9]).tolist(), abs=0.1)
+    mean = float((probs * ages).sum())
+    assert got[0] < mean - 1
+    # the median is what minimises the expected absolute error, the quantity MAE scores
+    assert np.abs(drawn - got[0]).mean() < np.abs(drawn - mean).mean()
 
 
 def test_race_loss_weights_and_logit_adjustment():
@@ -269,7 +290,7 @@ def test_model_files_keep_large_weights_in_half_precision(tmp_path: Path):
     pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         before, after = model.infer(pixels), loaded.infer(pixels)
-    assert (before.age_mean - after.age_mean).abs().max() < 0.05
+    assert (before.age_median - after.age_median).abs().max() < 0.05
     assert (before.race_probs - after.race_probs).abs().max() < 1e-3
 
 

@@ -91,7 +91,7 @@ def age_bin_known() -> pl.Expr:
 
 def age_in_bin() -> pl.Expr:
     """Whether the predicted age lies in the labelled bin (null where ``age_bin_known`` is not): the predicted
-    expected age rounded to the nearest whole year, halves up (29.5 -> 30: the labels are whole years), then
+    age (the median) rounded to the nearest whole year, halves up (29.5 -> 30: the labels are whole years), then
     ``true_age_low <= years <= true_age_high``, both ends included ("20-29" holds 19.5 to 29.49; "more than 70",
     70..120, holds 69.5 and above)."""
     years = (pl.col("pred_age").cast(pl.Float64) + 0.5).floor()

@@ -23,7 +23,7 @@ margin did). Gender's two probabilities are 1 - p_female and p_female. Fewer tha
 the attribute is not examined, and the summary says why. Rows labelled with a class that has no threshold are not
 examined either (their own threshold is unknown).
 
-Age: predictions keep only ``pred_age`` (the expected age) and the 10th / 90th percentiles of the model's age
+Age: predictions keep only ``pred_age`` (the median age) and the 10th / 90th percentiles of the model's age
 distribution, so each row's distribution is approximated by a two-piece normal: its mode at ``pred_age``, a left
 sigma of (pred_age - age_low) / z90 and a right sigma of (age_high - pred_age) / z90 (z90 = 1.2816, the standard
 normal's 90th percentile), each at least ``MIN_SIGMA`` years (a degenerate or skewed interval). It matches both

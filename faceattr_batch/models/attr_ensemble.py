@@ -54,11 +54,14 @@ class AttrEnsemble(nn.Module):
             members=tuple(net.config.to_dict() for net in members),
         )
         self.register_buffer("temperatures", torch.ones(3))  # fitted on validation for the mean logits
-        self.register_buffer("age_values", members[0].age_values.clone())
         size = self.config.input_size
         for i, net in enumerate(members):  # not saved: rebuilt from the sizes on load; buffers follow .to(device)
             matrix = None if net.config.input_size == size else resize_matrix(size, net.config.input_size)
             self.register_buffer(f"resize_{i}", matrix, persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "age_values", None)  # files written before ages were read as quantiles held it
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def member_pixels(self, i: int, pixels: torch.Tensor) -> torch.Tensor:
         """The chips at member ``i``'s input size (unchanged where it is the ensemble's)."""
@@ -70,4 +73,4 @@ class AttrEnsemble(nn.Module):
         return AttrLogits(*(torch.stack(head).mean(dim=0) for head in zip(*parts, strict=True)))
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:
-        return calibrated_outputs(self.logits(pixels), self.temperatures, self.age_values)
+        return calibrated_outputs(self.logits(pixels), self.temperatures)

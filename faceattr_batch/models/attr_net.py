@@ -54,7 +54,7 @@ class AttrLogits(NamedTuple):
 class AttrOutputs(NamedTuple):
     p_female: torch.Tensor  # N
     race_probs: torch.Tensor  # N x 5
-    age_mean: torch.Tensor  # N, expected age in years
+    age_median: torch.Tensor  # N, median of the age distribution, in years
     age_low: torch.Tensor  # N, 10th percentile of the age distribution
     age_high: torch.Tensor  # N, 90th percentile
 
@@ -158,21 +158,32 @@ class AttrNet(nn.Module):
         return out._replace(race=out.race + self.race_bias)
 
     def infer(self, pixels: torch.Tensor) -> AttrOutputs:
-        """Calibrated probabilities, expected age and its 80% interval."""
-        return calibrated_outputs(self.logits(pixels), self.temperatures, self.age_values)
+        """Calibrated probabilities, the median age and its 80% interval."""
+        return calibrated_outputs(self.logits(pixels), self.temperatures)
 
 
-def calibrated_outputs(logits: AttrLogits, temperatures: torch.Tensor, age_values: torch.Tensor) -> AttrOutputs:
-    """Temperature-scaled probabilities, the expected age and its ``AGE_INTERVAL`` from inference logits."""
+def calibrated_outputs(logits: AttrLogits, temperatures: torch.Tensor) -> AttrOutputs:
+    """Temperature-scaled probabilities, the median age and its ``AGE_INTERVAL`` from inference logits."""
     t_gender, t_race, t_age = temperatures[0], temperatures[1], temperatures[2]
     age_probs = torch.softmax(logits.age / t_age, dim=1)
-    cdf = torch.cumsum(age_probs, dim=1)
-    low = (cdf < AGE_INTERVAL[0]).sum(dim=1).float()
-    high = (cdf < AGE_INTERVAL[1]).sum(dim=1).float()
     return AttrOutputs(
         torch.sigmoid(logits.gender / t_gender),
         torch.softmax(logits.race / t_race, dim=1),
-        (age_probs * age_values).sum(dim=1),
-        low,
-        high,
+        *age_quantiles(age_probs, (0.5, *AGE_INTERVAL)),
     )
+
+
+def age_quantiles(age_probs: torch.Tensor, levels: tuple[float, ...]) -> list[torch.Tensor]:
+    """Quantiles (in years) of one-year age distributions N x bins, each bin's mass spread evenly over
+    [age - 0.5, age + 0.5]. The median is the age that minimises the expected absolute error, which MAE scores
+    (the mean read 0.015 years more on the default's validation faces: MODEL_CARD)."""
+    cdf = torch.cumsum(age_probs, dim=1)
+    last = age_probs.shape[1] - 1
+    quantiles = []
+    for level in levels:
+        bin_index = (cdf < level).sum(dim=1, keepdim=True).clamp(max=last)  # the bin holding the quantile
+        mass = age_probs.gather(1, bin_index)
+        below = cdf.gather(1, bin_index) - mass
+        within = ((level - below) / mass.clamp(min=1e-12)).clamp(0, 1)
+        quantiles.append((bin_index.float() - 0.5 + within).clamp(0, last).squeeze(1))
+    return quantiles

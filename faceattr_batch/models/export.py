@@ -20,7 +20,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.models.registry import load_attr_model
 
-OUTPUT_NAMES = ("p_female", "race_probs", "age_mean", "age_low", "age_high")
+OUTPUT_NAMES = ("p_female", "race_probs", "age_median", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
 QUANTIZATION = "quantization"  # how an int8 graph was quantized (models.quantize); absent in an fp32 export
 INPUT_NAME = "pixels"
@@ -76,7 +76,7 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
                 SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
                 "config": json.dumps(model.config.to_dict()),
                 "preprocessing": preprocessing_text(size),
-                "outputs": "p_female: P(female); race_probs: softmax over races; age_mean: expected age (years); "
+                "outputs": "p_female: P(female); race_probs: softmax over races; age_median: median age (years); "
                 "age_low/age_high: 10th/90th percentile of the age distribution",
                 "genders": json.dumps(GENDERS),
                 "races": json.dumps(RACES),

@@ -100,7 +100,7 @@ class ModelRunner:
         return cls(model, meta, chosen, device)
 
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """``pixels``: N x S x S x 3 uint8 -> p_female, race_probs, age_mean, age_low, age_high as numpy."""
+        """``pixels``: N x S x S x 3 uint8 -> p_female, race_probs, age_median, age_low, age_high as numpy."""
         if self.runtime == "onnxruntime":
             outputs = self.model.infer(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         else:
@@ -192,6 +192,8 @@ class OnnxAttrModel:
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             raise FaceattrError(f"{shown}: not a loadable ONNX model ({first_line(err, 160)})") from None
         names = [o.name for o in self.session.get_outputs()]
+        if "age_mean" in names:  # exports before the age became the distribution's median
+            raise FaceattrError(f"{shown}: exported by an older faceattr-batch (age_mean output): export it again")
         if sorted(names) != sorted(AttrOutputs._fields):
             raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
         graph_input = self.session.get_inputs()[0]

@@ -441,5 +441,5 @@ def agreement(paths: list[str], labels: pl.DataFrame, options: TrainGenOptions) 
     return {
         "gender_agreement": float(np.mean((outputs["p_female"] >= 0.5) == (gender == 1))),
         "race_agreement": float(np.mean(outputs["race_probs"].argmax(axis=1) == race)),
-        "age_mae_vs_requested": float(np.mean(np.abs(outputs["age_mean"] - age))),
+        "age_mae_vs_requested": float(np.mean(np.abs(outputs["age_median"] - age))),
     }

@@ -35,18 +35,16 @@ def predictions_frame(logits, temperatures, labels: pl.DataFrame) -> pl.DataFram
     labels named as in the predictions Parquet (``schema``), which ``metrics.attributes`` reads."""
     import torch
 
-    t_gender, t_race, t_age = temperatures
-    gender, race, age = logits
-    race_probs = torch.softmax(race / t_race, dim=1)
-    age_probs = torch.softmax(age / t_age, dim=1)
-    expected = (age_probs * torch.arange(age.shape[1])).sum(dim=1)
+    from faceattr_batch.models.attr_net import AttrLogits, calibrated_outputs  # torch-backed
+
+    outputs = calibrated_outputs(AttrLogits(*logits), torch.tensor(temperatures))
     return (
         labels.select(pl.col("path"), *true_label_codes())
         .with_columns(
-            pl.Series("p_female", torch.sigmoid(gender / t_gender).numpy()),
-            *(pl.Series(name, race_probs[:, i].numpy()) for i, name in enumerate(RACE_PROB_COLUMNS)),
-            pl.Series("race_confidence", race_probs.max(dim=1).values.numpy()),
-            pl.Series("pred_age", expected.numpy()),
+            pl.Series("p_female", outputs.p_female.numpy()),
+            *(pl.Series(name, outputs.race_probs[:, i].numpy()) for i, name in enumerate(RACE_PROB_COLUMNS)),
+            pl.Series("race_confidence", outputs.race_probs.max(dim=1).values.numpy()),
+            pl.Series("pred_age", outputs.age_median.numpy()),
         )
         .with_columns(**prediction_codes())
         .with_columns(derived_columns())

@@ -102,7 +102,7 @@ def _fold_predictions(run_dir: Path, model_file: str, pixels: np.ndarray, rows: 
     model = load_attr_model(run_dir / model_file)[0].to(device)
     logits = AttrLogits(*collect_logits(model, np.ascontiguousarray(pixels), device))
     with torch.inference_mode():
-        outputs = calibrated_outputs(logits, model.temperatures.cpu(), model.age_values.cpu())
+        outputs = calibrated_outputs(logits, model.temperatures.cpu())
     columns = float_outputs({name: value.numpy() for name, value in outputs._asdict().items()})
     return rows.select(pl.col("file").alias("path"), *true_label_codes()).with_columns(
         *(pl.Series(name, values) for name, values in columns.items()),
