@@ -102,7 +102,12 @@ def test_discriminator_reads_age_as_a_distribution_or_a_regression():
         discriminator = Discriminator(GeneratorConfig(resolution=32, d_width=8, age_bins=bins))
         score, aux = discriminator(images, gender, race, age)
         assert score.shape == (2,) and aux.shape == (2, width)
-        assert math.isfinite(discriminator.aux_loss(aux, gender, race, age).item())
+        loss = discriminator.aux_loss(aux, gender, race, age)
+        assert math.isfinite(loss.item())
+        without_age = discriminator.aux_loss(aux, gender, race, age, age_weight=0.0)
+        heavier = discriminator.aux_loss(aux, gender, race, age, age_weight=3.0)
+        assert 0 < without_age.item() < loss.item()
+        assert heavier.item() == pytest.approx(without_age.item() + 3 * (loss - without_age).item(), rel=1e-5)
 
 
 def test_generators_upsample_as_their_config_says():
@@ -164,6 +169,23 @@ def test_mode_seeking_pairs_conditions_with_new_noise_and_moves_the_generator(tm
     _, *conditions = step(0.0)
     assert calls == [pairs]  # off: no term, and the conditions are drawn independently
     assert not all(torch.equal(c[:pairs], c[pairs:]) for c in conditions)
+
+
+def test_age_weight_reaches_the_generator_side_of_the_auxiliary_loss_only(tmp_path: Path, monkeypatch):
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = [torch.randint(0, 2, (16,)), torch.randint(0, 5, (16,)), torch.randint(0, 90, (16,))]
+    weights = []
+    real_aux_loss = Discriminator.aux_loss
+
+    def recording(*args, **kwargs):
+        weights.append(kwargs.get("age_weight"))
+        return real_aux_loss(*args, **kwargs)
+
+    monkeypatch.setattr(Discriminator, "aux_loss", recording)
+    options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, age_weight=3.0, **TINY_RUN)
+    gan, _ = train_gen_module._build_gan(options, torch.device("cpu"), None)
+    train_gen_module._train_step(gan, pixels, labels, None, 1, options, torch.device("cpu"))
+    assert weights == [None, 3.0]  # the discriminator learns age as gender and race; the generator is asked more
 
 
 def test_r1_penalty_changes_the_discriminator_step_only_every_r1_every_iterations(tmp_path: Path):
@@ -294,11 +316,12 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     result = CliRunner().invoke(app, [*args, "--mode-seeking", "-1"])
     assert result.exit_code == 2 and "--mode-seeking" in result.output
     v2_options = ["--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5", "--mode-seeking", "0.25"]
+    v2_options += ["--age-weight", "2"]
     result = CliRunner().invoke(app, [*args, *v2_options])
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "options.json").read_text())
-    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking")
-    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25]
+    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking", "age_weight")
+    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25, 2.0]
 
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
     assert metrics["iteration"].to_list() == [2]

@@ -193,10 +193,10 @@ class Discriminator(nn.Module):
         score = self.linear(phi).squeeze(1) + (self.embed(gender, race, age) * phi).sum(dim=1)
         return score, self.aux(phi)
 
-    def aux_loss(self, aux: torch.Tensor, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        """Loss of the auxiliary head: gender BCE + race CE + age, either smooth L1 in decades (v1) or the cross
-        entropy against a Gaussian over the age bins (label-distribution learning, v2: a regression head shrinks
-        rare old ages towards the mean, which then asks the generator for too little age)."""
+    def aux_loss(self, aux, gender, race, age, age_weight: float = 1.0) -> torch.Tensor:
+        """Loss of the auxiliary head: gender BCE + race CE + ``age_weight`` x age, either smooth L1 in decades (v1)
+        or the cross entropy against a Gaussian over the age bins (label-distribution learning, v2: a regression head
+        shrinks rare old ages towards the mean, which then asks the generator for too little age)."""
         n_races = len(RACES)
         age_out = aux[:, 1 + n_races :]
         if self.age_bins:
@@ -206,7 +206,7 @@ class Discriminator(nn.Module):
         return (
             F.binary_cross_entropy_with_logits(aux[:, 0], gender.float())
             + F.cross_entropy(aux[:, 1 : 1 + n_races], race)
-            + age_loss
+            + age_weight * age_loss
         )
 
 

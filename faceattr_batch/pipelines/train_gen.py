@@ -73,6 +73,7 @@ class TrainGenOptions:
     lr_d: float = 2e-4
     ema_decay: float = 0.999
     aux_weight: float = 0.5  # weight of the auxiliary classification loss on generated faces (generator side)
+    age_weight: float = 1.0  # age's weight within it, beside gender's and race's 1 (mode seeking cost age)
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_every: int = 2_500
@@ -341,7 +342,8 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     gan.opt_d.step()
 
     fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
-    loss_g = -fake_score.mean() + options.aux_weight * discriminator.aux_loss(fake_aux, *fake_cond)
+    aux_g = discriminator.aux_loss(fake_aux, *fake_cond, age_weight=options.age_weight)
+    loss_g = -fake_score.mean() + options.aux_weight * aux_g
     if pairs:
         loss_g = loss_g + options.mode_seeking * mode_seeking_loss(fake, z, pairs)
     gan.opt_g.zero_grad(set_to_none=True)
