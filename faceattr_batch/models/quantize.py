@@ -37,8 +37,8 @@ def calibration_chips(paths: Sequence[str], size: int, count: int, seed: int = 0
     return np.stack([load_chip(paths[i], size) for i in picked]).transpose(0, 3, 1, 2).copy()
 
 
-def split_at_heads(prepared: Path, network: Path, tail: Path) -> list[str]:
-    """Cut the exported graph at its heads' logits (the ``Gemm`` outputs, returned): ``network`` computes them from
+def split_at_heads(prepared: Path, network: Path, tail: Path) -> None:
+    """Cut the exported graph at its heads' logits (the ``Gemm`` outputs): ``network`` computes them from
     the pixels, ``tail`` the outputs from them (and the pixels' batch size). Only the network is quantized: the
     tail (mirror and member averages, temperatures, softmaxes, age quantiles) costs nothing beside it, uint8
     rounding of the age distribution moved ages by 0.46 years on average (0.12 in float: MODEL_CARD), and the
@@ -51,7 +51,6 @@ def split_at_heads(prepared: Path, network: Path, tail: Path) -> list[str]:
     cut.metadata_props.extend(onnx.load(str(prepared)).metadata_props)  # quant_pre_process's mark, which it checks
     onnx.save(cut, str(network))
     onnx.utils.extract_model(str(prepared), str(tail), [INPUT_NAME, *logits], list(OUTPUT_NAMES))
-    return logits
 
 
 def with_float_tail(int8: Path, tail: Path):
