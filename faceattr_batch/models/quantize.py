@@ -45,10 +45,11 @@ def split_at_heads(prepared: Path, network: Path, tail: Path) -> None:
     calibrator cannot bin its narrow ranges."""
     import onnx
 
-    logits = [name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Gemm" for name in node.output]
+    whole = onnx.load(str(prepared))
+    logits = [name for node in whole.graph.node if node.op_type == "Gemm" for name in node.output]
     onnx.utils.extract_model(str(prepared), str(network), [INPUT_NAME], logits)
     cut = onnx.load(str(network))
-    cut.metadata_props.extend(onnx.load(str(prepared)).metadata_props)  # quant_pre_process's mark, which it checks
+    cut.metadata_props.extend(whole.metadata_props)  # quant_pre_process's mark, which quantize_static checks
     onnx.save(cut, str(network))
     onnx.utils.extract_model(str(prepared), str(tail), [INPUT_NAME, *logits], list(OUTPUT_NAMES))
 

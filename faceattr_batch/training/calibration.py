@@ -10,7 +10,7 @@ import polars as pl
 
 from faceattr_batch.metrics import attributes as m
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns, prediction_codes, true_label_codes
+from faceattr_batch.schema import derived_columns, float_outputs, prediction_codes, true_label_codes
 
 HEADS = ("gender", "race", "age")
 UNCALIBRATED = (1.0, 1.0, 1.0)  # temperatures that leave the logits as they are
@@ -38,13 +38,12 @@ def predictions_frame(logits, temperatures, labels: pl.DataFrame) -> pl.DataFram
     from faceattr_batch.models.attr_net import AttrLogits, calibrated_outputs  # torch-backed
 
     outputs = calibrated_outputs(AttrLogits(*logits), torch.tensor(temperatures))
+    columns = float_outputs({name: value.numpy() for name, value in outputs._asdict().items()})
     return (
         labels.select(pl.col("path"), *true_label_codes())
         .with_columns(
-            pl.Series("p_female", outputs.p_female.numpy()),
-            *(pl.Series(name, outputs.race_probs[:, i].numpy()) for i, name in enumerate(RACE_PROB_COLUMNS)),
+            *(pl.Series(name, values) for name, values in columns.items()),
             pl.Series("race_confidence", outputs.race_probs.max(dim=1).values.numpy()),
-            pl.Series("pred_age", outputs.age_median.numpy()),
         )
         .with_columns(**prediction_codes())
         .with_columns(derived_columns())
