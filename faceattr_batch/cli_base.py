@@ -65,6 +65,19 @@ def os_error_line(err: OSError) -> str:
     return first_line(err)
 
 
+def command_registrar(app: typer.Typer):
+    """The decorator that registers a function as one of ``app``'s commands, with the plain help and one-line
+    errors: ``command = command_registrar(app)``, then ``@command("index")``."""
+
+    def command(name: str):
+        def register(func):
+            return app.command(name, cls=PlainHelpCommand)(one_line_errors(func))
+
+        return register
+
+    return command
+
+
 def one_line_errors(func):
     """Run a command body; a user error becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
 

@@ -1,5 +1,5 @@
 """The flags two or more commands share, each declared once (``Annotated`` aliases and option factories for the
-ones whose shown default differs by command); ``cli`` uses them."""
+ones whose shown default differs by command); ``cli`` and ``cli_train`` use them."""
 
 from __future__ import annotations
 
@@ -143,6 +143,8 @@ Teacher = Annotated[
         "default | fast | a model file (an ensemble too) | a RUN_DIR. Computed once, kept in RUN_DIR.",
     ),
 ]
+TrainThreads = Annotated[int | None, threads_option("all cores")]
+TrainLimit = Annotated[int | None, typer.Option("--limit", min=2, help="Train on the first N labelled images only.")]
 Folds = Annotated[
     int,
     typer.Option(
