@@ -26,6 +26,14 @@ def train_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index --hash`, or an image folder.")],
     out: Annotated[Path, opt.out_option("RUN_DIR for checkpoints, metrics and the model.")],
     root: opt.Root = None,
+    extra: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="SOURCE",
+            help="Labelled faces (index Parquet or folder, e.g. synth's output) added to the training side only: "
+            "never validated on, the split unchanged. Repeatable.",
+        ),
+    ] = None,
     input_size: Annotated[int, typer.Option(min=16, help="Chip size the network sees (pixels).")] = 80,
     backbone: opt.Backbone = "resnet",
     widths: Annotated[str, typer.Option(help="resnet: channels per stage, comma-separated.")] = "32,64,128,256",
@@ -60,7 +68,7 @@ def train_command(
 
     log_progress()
     widths, depths = int_tuple(widths, "--widths"), int_tuple(depths, "--depths")
-    options = options_of(train.TrainOptions, locals(), out_dir=out)
+    options = options_of(train.TrainOptions, locals(), out_dir=out, extra=tuple(extra or ()))
     result = train.run(options, resume=resume)
     summary = summaries.cross_fit if folds > 1 else summaries.train
     show(summary, result, json_data=result.report if json_out else None)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from conftest import make_faces
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.rundir import start_run
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig, age_quantiles
 from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
@@ -204,6 +206,35 @@ def test_cli_train_smoke_and_bad_values(faces: Path, tmp_path: Path):
     assert "--widths '8,a'" in bad.output
     missing = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")])
     assert missing.exit_code == 2
+
+
+def test_extra_sources_train_only_and_leave_the_split_alone(faces: Path, tmp_path: Path, caplog):
+    """--extra: 20 more faces, all Others, join the training side: the split (split.parquet, the validation faces)
+    is the source's alone and unchanged, the chips cache holds all 80, Others' share of training rises (its logit
+    adjustment with it), and options.json keeps the source for --resume."""
+    extra = tmp_path / "others"
+    for path in make_faces(extra, 20, seed=1):
+        age, gender, _race, stamp = path.name.split("_", 3)
+        path.rename(path.with_name(f"{age}_{gender}_4_{stamp}"))
+    quick = dict(epochs=1, steps_per_epoch=1, **TINY)
+    run(TrainOptions(source=faces, out_dir=tmp_path / "plain", **quick))
+    with caplog.at_level("INFO", logger="faceattr_batch.pipelines.train"):
+        run(TrainOptions(source=faces, extra=(extra,), out_dir=tmp_path / "more", **quick))
+    plain, more = tmp_path / "plain", tmp_path / "more"
+    assert pl.read_parquet(more / "split.parquet").equals(pl.read_parquet(plain / "split.parquet"))
+    n_val = pl.read_parquet(plain / "split.parquet").filter(pl.col("split") == "val").height
+    assert f"train {80 - n_val} / val {n_val} images" in caplog.text
+    assert np.load(more / "pixels_32.npy").shape == (80, 32, 32, 3)
+    reports = [json.loads((run_dir / "report.json").read_text()) for run_dir in (plain, more)]
+    assert reports[0]["n_train_val"] == reports[1]["n_train_val"] == {"val": n_val}
+    others_bias = [report["race_adjustment"]["bias"][4] for report in reports]
+    assert others_bias[1] > others_bias[0] + 0.3  # a fifth of training is Others without, 40% with
+    assert json.loads((more / "options.json").read_text())["extra"] == [str(extra)]
+    assert start_run(  # --resume reads the tuple of paths back
+        TrainOptions(source=faces, out_dir=more), "last.pt", "training", resume=True
+    ).extra == (extra,)
+    missing = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--extra", str(tmp_path / "no")])
+    assert missing.exit_code == 2 and "no such index file or folder" in missing.output
 
 
 def test_train_on_a_slice_of_the_shared_faces(shared_utkface: Path, tmp_path: Path):

@@ -35,7 +35,7 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     elif (out / checkpoint).is_file():
         raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "options.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()})
+    write_json(out / "options.json", {key: _to_json(value) for key, value in vars(options).items()})
     return options
 
 
@@ -46,9 +46,17 @@ def _from_json(options, saved: dict) -> dict:
         if field.name not in saved:
             continue
         value = saved[field.name]
-        if value is not None and "Path" in str(field.type):
+        is_path = "Path" in str(field.type)
+        if isinstance(value, list):
+            value = tuple(Path(item) for item in value) if is_path else tuple(value)
+        elif value is not None and is_path:
             value = Path(value)
-        elif isinstance(value, list):
-            value = tuple(value)
         restored[field.name] = value
     return restored
+
+
+def _to_json(value):
+    """An option's value as JSON: paths as strings, in tuples too."""
+    if isinstance(value, tuple | list):
+        return [_to_json(item) for item in value]
+    return str(value) if isinstance(value, Path) else value

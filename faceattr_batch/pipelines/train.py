@@ -55,6 +55,7 @@ from faceattr_batch.training.data import (
     pixel_cache,
     split_by_fold,
     split_by_group,
+    with_training_only_rows,
 )
 from faceattr_batch.training.folds import cross_fit
 from faceattr_batch.training.losses import distillation_loss, multitask_loss, race_loss_weights
@@ -78,6 +79,7 @@ class TrainOptions:
     source: Path  # an index Parquet from `index`, or a folder (indexed with --hash first)
     out_dir: Path
     root: Path | None = None  # image folder for an index Parquet; default: the root recorded in it
+    extra: tuple[Path, ...] = ()  # labelled sources added to the training side only (synthetic faces, say)
     input_size: int = 80
     backbone: str = "resnet"  # "resnet" (from scratch) or "inception" (ImageNet-initialised, models/attr_net.py)
     widths: tuple[int, ...] = (32, 64, 128, 256)
@@ -218,6 +220,7 @@ def _load_split(options: TrainOptions, out: Path) -> _Split:
     else:
         table = split_by_fold(table, options.folds, options.fold, options.seed)
     table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
+    table = with_training_only_rows(table, options.extra, options.workers)  # after: split.parquet is the source's
     pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"
     split = _Split(table.filter(~pl.Series(is_val)), table.filter(pl.Series(is_val)), pixels[~is_val], pixels[is_val])

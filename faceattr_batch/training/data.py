@@ -76,6 +76,13 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
     )
 
 
+def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], workers: int) -> pl.DataFrame:
+    """``table`` (split) and after it the labelled rows of each source (an index Parquet or a folder, such as
+    synth's output) on the train side: learned from, never validated on, and the split of ``table`` unchanged."""
+    extra = [load_labelled(source, None, workers).with_columns(split=pl.lit("train")) for source in sources]
+    return pl.concat([table, *extra], how="vertical_relaxed") if extra else table
+
+
 def split_by_fold(table: pl.DataFrame, folds: int, fold: int, seed: int) -> pl.DataFrame:
     """Add ``split``: ``val`` for fold ``fold`` of ``folds``, ``train`` for the others. Whole duplicate groups are
     dealt round-robin to the folds in a seeded shuffle, so every image is in exactly one fold and no face in two."""
