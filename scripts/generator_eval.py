@@ -1,7 +1,7 @@
 """The generator's diversity and age figures of issue 21, against real faces of the same conditions.
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
-        [--per-condition 64] [--worst N --of OLD/diversity.csv] [-o /tmp/geneval]
+        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.0] [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
    seeded sample of that many real faces and as many samples drawn at their (gender, race, age); the mean pairwise
@@ -55,11 +55,11 @@ def labelled_index(index: Path) -> pl.DataFrame:
     return table.with_columns(band=age_band_expr(pl.col("age")).cast(pl.String))
 
 
-def draw(generator, wanted: pl.DataFrame, folder: Path, seed: int) -> list[str]:
+def draw(generator, wanted: pl.DataFrame, folder: Path, seed: int, truncation: float) -> list[str]:
     """One sample per row of ``wanted`` (gender, race, age), written under ``folder``; their paths in order."""
     folder.mkdir(parents=True, exist_ok=True)
     conditions = wanted.select(pl.col("gender", "race").cast(pl.Int64), pl.col("age").clip(0, 100).cast(pl.Int64))
-    samples = write_samples(generator, conditions, folder, seed, None, 1.0, 256, 95, False)
+    samples = write_samples(generator, conditions, folder, seed, None, truncation, 256, 95, False)
     return [str(folder / name) for name in samples["file"]]
 
 
@@ -77,7 +77,13 @@ def contact_sheet(real: list[str], fake: list[str], path: Path, size: int = 64, 
 
 
 def diversity(
-    table: pl.DataFrame, generator, per_condition: int, out: Path, seed: int, only: set[str] | None = None
+    table: pl.DataFrame,
+    generator,
+    per_condition: int,
+    out: Path,
+    seed: int,
+    truncation: float,
+    only: set[str] | None = None,
 ) -> pl.DataFrame:
     """The diversity table, worst first; ``only``: the condition names to measure (None = every cell)."""
     cells = table.group_by("gender", "race", "band").len().filter(pl.col("len") >= per_condition).sort("gender", "race")
@@ -88,7 +94,7 @@ def diversity(
             continue
         real = table.filter((pl.col("gender") == gender) & (pl.col("race") == race) & (pl.col("band") == band))
         real = real.sample(per_condition, seed=seed)
-        fake = draw(generator, real, out / "diversity" / key.replace(" ", "_"), seed)
+        fake = draw(generator, real, out / "diversity" / key.replace(" ", "_"), seed, truncation)
         contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"{key.replace(' ', '_')}.png")
         real_paths += real["file"].to_list()
         fake_paths += fake
@@ -106,10 +112,12 @@ def diversity(
     return pl.DataFrame(rows).sort("ratio")
 
 
-def age_gap(table: pl.DataFrame, split: Path, generator, out: Path, seed: int) -> tuple[pl.DataFrame, dict]:
+def age_gap(
+    table: pl.DataFrame, split: Path, generator, out: Path, seed: int, truncation: float
+) -> tuple[pl.DataFrame, dict]:
     val = pl.read_parquet(split).filter(pl.col("split") == "val").select("path")
     real = table.join(val, on="path").filter(pl.col("band").is_in(OLD_BANDS)).sort("path")
-    fake_paths = draw(generator, real, out / "age", seed)
+    fake_paths = draw(generator, real, out / "age", seed, truncation)
     read = {}
     for side, paths in (("real", real["file"].to_list()), ("fake", fake_paths)):
         output = out / f"{side}.parquet"
@@ -143,6 +151,7 @@ def main() -> None:
     parser.add_argument("--worst", type=int, help="measure diversity only in the N worst conditions of --of")
     parser.add_argument("--of", type=Path, help="an earlier run's diversity.csv (with --worst)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truncation", type=float, default=1.0, help="noise scale, as synth --truncation")
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
 
@@ -154,13 +163,13 @@ def main() -> None:
     if (args.worst is None) != (args.of is None):
         parser.error("--worst and --of go together")
     only = None if args.of is None else set(pl.read_csv(args.of).sort("ratio").head(args.worst)["condition"])
-    ratios = diversity(table, generator, args.per_condition, args.out, args.seed, only)
+    ratios = diversity(table, generator, args.per_condition, args.out, args.seed, args.truncation, only)
     ratios.write_csv(args.out / "diversity.csv")
     with pl.Config(tbl_rows=200, float_precision=3):
         print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
         print(ratios)
     if args.split:
-        gaps, agreement = age_gap(table, args.split, generator, args.out, args.seed)
+        gaps, agreement = age_gap(table, args.split, generator, args.out, args.seed, args.truncation)
         gaps.write_csv(args.out / "age_gap.csv")
         with pl.Config(float_precision=2):
             print("age: the default model's mean read age of samples minus of real validation faces, per band")

@@ -209,7 +209,7 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     assert tail_ops <= {n.op_type for n in graph.node}
     moved = np.abs(int8["p_female"] - want["p_female"]).max()
     assert 0 < moved < 0.1  # rounded, not another model
-    assert np.abs(int8["age_median"] - want["age_median"]).max() < 5
+    assert np.abs(int8["age_median"] - want["age_median"]).max() < 0.5  # measured 0.009 with the float tail
     runner = _load_with_onnxruntime(checkpoint)  # the int8 file beside the .pt, made from its weights
     assert runner.model.properties[QUANTIZATION] and runner.model.properties[SOURCE_DIGEST] == fp32[SOURCE_DIGEST]
     assert runner.meta["precision"] == "int8"  # predict's summary and resume check say so
