@@ -1,14 +1,16 @@
 """The generator's diversity and age figures of issue 21, against real faces of the same conditions.
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
-        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.0] [-o /tmp/geneval]
+        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.0] [--real-features FILE.npz] \
+        [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
    seeded sample of that many real faces and as many samples drawn at their (gender, race, age); the mean pairwise
    Euclidean distance of their Inception pool3 features (the FID network, both sides area-resized to 64 px as
    ``fid --resize-to 64``), and the ratio fake / real. 1 = as varied as the real faces; the issue's floor 0.8.
    Every cell costs 2 x 64 Inception passes at 299 px (about 12 a second on 2 cores): ``--worst N --of CSV``
-   measures only the N worst cells of an earlier run's diversity.csv, to follow them through a training.
+   measures only the N worst cells of an earlier run's diversity.csv, to follow them through a training;
+   ``--real-features FILE.npz`` keeps the real side's features for the next run (half the passes).
 2. Age and agreement: with ``--split`` (a ``train`` RUN_DIR's split.parquet: the shipped attribute models' own
    validation faces, which they never trained on), the validation faces of ages 40 and over and one sample per
    face at its (gender, race, age); the default attribute model reads both. Per band: its mean read age of the
@@ -84,8 +86,10 @@ def diversity(
     seed: int,
     truncation: float,
     only: set[str] | None = None,
+    real_cache: Path | None = None,
 ) -> pl.DataFrame:
-    """The diversity table, worst first; ``only``: the condition names to measure (None = every cell)."""
+    """The diversity table, worst first; ``only``: the condition names to measure (None = every cell);
+    ``real_cache``: an .npz keeping the real faces' features between runs (``cached_features``)."""
     cells = table.group_by("gender", "race", "band").len().filter(pl.col("len") >= per_condition).sort("gender", "race")
     real_paths, fake_paths, keys = [], [], []
     for gender, race, band, _ in cells.iter_rows():
@@ -100,16 +104,34 @@ def diversity(
         fake_paths += fake
         keys += [key] * per_condition
     network = load_inception()
-    sides = {}
-    for side, paths in (("real", real_paths), ("fake", fake_paths)):
-        sides[side], errors = extract(paths, network, resize_to=64, labels=keys, workers=1, progress=True, desc=side)
-        if errors:
-            raise SystemExit(f"{side}: {sum(errors.values())} images could not be decoded: {errors}")
+    sides = {"real": cached_features(real_paths, keys, network, real_cache)}
+    sides["fake"] = features(fake_paths, keys, network)
     rows = []
     for key in dict.fromkeys(keys):
-        real, fake = (mean_pairwise_distance(sides[s][key].reservoir) for s in ("real", "fake"))
+        real, fake = (mean_pairwise_distance(sides[s][key]) for s in ("real", "fake"))
         rows.append({"condition": key, "real": real, "fake": fake, "ratio": fake / real})
     return pl.DataFrame(rows).sort("ratio")
+
+
+def features(paths: list[str], keys: list[str], network) -> dict[str, np.ndarray]:
+    """Pool3 features of ``paths`` at 64 px, grouped by their ``keys``."""
+    stats, errors = extract(paths, network, resize_to=64, labels=keys, workers=1, progress=True)
+    if errors:
+        raise SystemExit(f"{sum(errors.values())} images could not be decoded: {errors}")
+    return {key: stats[key].reservoir for key in dict.fromkeys(keys)}
+
+
+def cached_features(paths: list[str], keys: list[str], network, cache: Path | None) -> dict[str, np.ndarray]:
+    """``features``, read from ``cache`` when it holds these very paths (the real side is the same in every run
+    with the same index, seed and --per-condition: half of a full run's Inception passes), else computed into it."""
+    if cache is not None and cache.is_file():
+        saved = np.load(cache)
+        if saved["paths"].tolist() == paths:
+            return {key: saved[f"cell:{key}"] for key in dict.fromkeys(keys)}
+    found = features(paths, keys, network)
+    if cache is not None:
+        np.savez(cache, paths=np.array(paths), **{f"cell:{key}": value for key, value in found.items()})
+    return found
 
 
 def age_gap(
@@ -152,6 +174,7 @@ def main() -> None:
     parser.add_argument("--of", type=Path, help="an earlier run's diversity.csv (with --worst)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncation", type=float, default=1.0, help="noise scale, as synth --truncation")
+    parser.add_argument("--real-features", type=Path, help="an .npz keeping the real side's features between runs")
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
 
@@ -163,7 +186,9 @@ def main() -> None:
     if (args.worst is None) != (args.of is None):
         parser.error("--worst and --of go together")
     only = None if args.of is None else set(pl.read_csv(args.of).sort("ratio").head(args.worst)["condition"])
-    ratios = diversity(table, generator, args.per_condition, args.out, args.seed, args.truncation, only)
+    ratios = diversity(
+        table, generator, args.per_condition, args.out, args.seed, args.truncation, only, args.real_features
+    )
     ratios.write_csv(args.out / "diversity.csv")
     with pl.Config(tbl_rows=200, float_precision=3):
         print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
