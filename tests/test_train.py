@@ -235,6 +235,8 @@ def test_extra_sources_train_only_and_leave_the_split_alone(faces: Path, tmp_pat
     ).extra == (extra,)
     missing = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--extra", str(tmp_path / "no")])
     assert missing.exit_code == 2 and "no such index file or folder" in missing.output
+    itself = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "y"), "--extra", str(faces)])
+    assert itself.exit_code == 2 and "60 of its files are the source's own" in itself.output
 
 
 def test_train_on_a_slice_of_the_shared_faces(shared_utkface: Path, tmp_path: Path):

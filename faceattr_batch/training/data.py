@@ -78,8 +78,16 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
 
 def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], workers: int) -> pl.DataFrame:
     """``table`` (split) and after it the labelled rows of each source (an index Parquet or a folder, such as
-    synth's output) on the train side: learned from, never validated on, and the split of ``table`` unchanged."""
-    extra = [load_labelled(source, None, workers).with_columns(split=pl.lit("train")) for source in sources]
+    synth's output) on the train side: learned from, never validated on, and the split of ``table`` unchanged.
+    A file that is also one of ``table``'s is refused (it could be a validation face); copies are not looked for."""
+    extra = []
+    for source in sources:
+        rows = load_labelled(source, None, workers)
+        shared = rows.join(table, on="file", how="semi")
+        if shared.height:
+            first = shared["file"][0]
+            raise FaceattrError(f"--extra {source}: {shared.height} of its files are the source's own ({first})")
+        extra.append(rows.with_columns(split=pl.lit("train")))
     return pl.concat([table, *extra], how="vertical_relaxed") if extra else table
 
 
