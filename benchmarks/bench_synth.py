@@ -26,8 +26,7 @@ from faceattr_batch.pipelines.train_gen import TrainGenOptions
 from faceattr_batch.pipelines.train_gen import run as train_gen_run
 
 
-def generator_only(model: str | None, n: int, batch_size: int = 256) -> float:
-    generator, _ = load_generator(model)
+def generator_only(generator, n: int, batch_size: int = 256) -> float:
     wanted = conditions(SynthOptions(n=n, out_dir=Path("unused")))
     labels = [torch.tensor(wanted.get_column(k).to_list()) for k in ("gender", "race", "age")]
     z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(0))
@@ -80,8 +79,8 @@ def main() -> None:
             start = time.perf_counter()
             result = synth_run(SynthOptions(n=args.n, out_dir=faces, model=model, progress=False))
             synth_s = time.perf_counter() - start
-            forward = generator_only(model, args.n)
-            resolution = load_generator(model)[0].config.resolution
+            generator = load_generator(model)[0]
+            forward, resolution = generator_only(generator, args.n), generator.config.resolution
             print(
                 f"{name}: synth {result['images']} faces at {resolution} px, files written: {synth_s:.1f} s "
                 f"= {args.n / synth_s:,.0f} img/s; generator forward alone ({args.threads} threads): "
