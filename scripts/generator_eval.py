@@ -24,6 +24,7 @@ a contact sheet per measured condition, ``sheets/<condition>.png``: its 64 real 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -57,8 +58,9 @@ def labelled_index(index: Path) -> pl.DataFrame:
     return table.with_columns(band=age_band_expr(pl.col("age")).cast(pl.String))
 
 
-def draw(generator, wanted: pl.DataFrame, folder: Path, seed: int, truncation: float) -> list[str]:
-    """One sample per row of ``wanted`` (gender, race, age), written under ``folder``; their paths in order."""
+def draw(generator, wanted: pl.DataFrame, folder: Path, *, seed: int, truncation: float) -> list[str]:
+    """One sample per row of ``wanted`` (gender, race, age), written under ``folder``; their paths in order.
+    ``main`` binds the generator, seed and truncation once (``sample``), and the measurements call that."""
     folder.mkdir(parents=True, exist_ok=True)
     conditions = wanted.select(pl.col("gender", "race").cast(pl.Int64), pl.col("age").clip(0, 100).cast(pl.Int64))
     samples = write_samples(generator, conditions, folder, seed, None, truncation, 256, 95, False)
@@ -80,11 +82,10 @@ def contact_sheet(real: list[str], fake: list[str], path: Path, size: int = 64, 
 
 def diversity(
     table: pl.DataFrame,
-    generator,
+    sample,
     per_condition: int,
     out: Path,
     seed: int,
-    truncation: float,
     only: set[str] | None = None,
     real_cache: Path | None = None,
 ) -> pl.DataFrame:
@@ -98,7 +99,7 @@ def diversity(
             continue
         real = table.filter((pl.col("gender") == gender) & (pl.col("race") == race) & (pl.col("band") == band))
         real = real.sample(per_condition, seed=seed)
-        fake = draw(generator, real, out / "diversity" / key.replace(" ", "_"), seed, truncation)
+        fake = sample(real, out / "diversity" / key.replace(" ", "_"))
         contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"{key.replace(' ', '_')}.png")
         real_paths += real["file"].to_list()
         fake_paths += fake
@@ -134,12 +135,10 @@ def cached_features(paths: list[str], keys: list[str], network, cache: Path | No
     return found
 
 
-def age_gap(
-    table: pl.DataFrame, split: Path, generator, out: Path, seed: int, truncation: float
-) -> tuple[pl.DataFrame, dict]:
+def age_gap(table: pl.DataFrame, split: Path, sample, out: Path) -> tuple[pl.DataFrame, dict]:
     val = pl.read_parquet(split).filter(pl.col("split") == "val").select("path")
     real = table.join(val, on="path").filter(pl.col("band").is_in(OLD_BANDS)).sort("path")
-    fake_paths = draw(generator, real, out / "age", seed, truncation)
+    fake_paths = sample(real, out / "age")
     read = {}
     for side, paths in (("real", real["file"].to_list()), ("fake", fake_paths)):
         output = out / f"{side}.parquet"
@@ -186,15 +185,14 @@ def main() -> None:
     if (args.worst is None) != (args.of is None):
         parser.error("--worst and --of go together")
     only = None if args.of is None else set(pl.read_csv(args.of).sort("ratio").head(args.worst)["condition"])
-    ratios = diversity(
-        table, generator, args.per_condition, args.out, args.seed, args.truncation, only, args.real_features
-    )
+    sample = functools.partial(draw, generator, seed=args.seed, truncation=args.truncation)
+    ratios = diversity(table, sample, args.per_condition, args.out, args.seed, only, args.real_features)
     ratios.write_csv(args.out / "diversity.csv")
     with pl.Config(tbl_rows=200, float_precision=3):
         print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
         print(ratios)
     if args.split:
-        gaps, agreement = age_gap(table, args.split, generator, args.out, args.seed, args.truncation)
+        gaps, agreement = age_gap(table, args.split, sample, args.out)
         gaps.write_csv(args.out / "age_gap.csv")
         with pl.Config(float_precision=2):
             print("age: the default model's mean read age of samples minus of real validation faces, per band")
