@@ -47,6 +47,13 @@ def train_command(
     distill_weight: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="With --teacher: the teacher's share of the loss.")
     ] = 0.5,
+    extra_teacher_only: Annotated[
+        bool,
+        typer.Option(
+            help="With --teacher and --extra: the extra faces learn from the teacher alone, their own labels "
+            "unused (a generator's requested labels, not read off the faces)."
+        ),
+    ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
     batch_size: opt.BatchSize = 128,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,

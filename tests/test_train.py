@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.rundir import start_run
-from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig, age_quantiles
+from faceattr_batch.models.attr_net import AttrLogits, AttrNet, AttrNetConfig, age_quantiles
 from faceattr_batch.models.inception import helper_weights_path
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.pipelines import train as train_module
@@ -23,7 +23,13 @@ from faceattr_batch.pipelines.train import TrainOptions, run
 from faceattr_batch.training import warm_start
 from faceattr_batch.training.calibration import fit_temperatures
 from faceattr_batch.training.data import split_by_group
-from faceattr_batch.training.losses import race_loss_weights, soft_age_targets
+from faceattr_batch.training.losses import (
+    TrainingTargets,
+    distillation_loss,
+    multitask_loss,
+    race_loss_weights,
+    soft_age_targets,
+)
 
 TINY = dict(input_size=32, widths=(8, 16), depths=(1, 1), batch_size=16, workers=0, progress=False)
 
@@ -233,10 +239,58 @@ def test_extra_sources_train_only_and_leave_the_split_alone(faces: Path, tmp_pat
     assert start_run(  # --resume reads the tuple of paths back
         TrainOptions(source=faces, out_dir=more), "last.pt", "training", resume=True
     ).extra == (extra,)
+    # --extra-teacher-only: the extra rows' race labels no longer count in the class weights
+    run(
+        TrainOptions(
+            source=faces, extra=(extra,), out_dir=tmp_path / "soft", teacher="fast", extra_teacher_only=True, **quick
+        )
+    )
+    soft_bias = json.loads((tmp_path / "soft" / "report.json").read_text())["race_adjustment"]["bias"]
+    assert soft_bias == pytest.approx(reports[0]["race_adjustment"]["bias"])
+    alone = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "z"), "--extra-teacher-only"])
+    assert alone.exit_code == 2 and "--extra-teacher-only needs --teacher and at least one --extra" in alone.output
     missing = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--extra", str(tmp_path / "no")])
     assert missing.exit_code == 2 and "no such index file or folder" in missing.output
     itself = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "y"), "--extra", str(faces)])
     assert itself.exit_code == 2 and "60 of its files are the source's own" in itself.output
+
+
+def test_rows_without_own_labels_learn_from_the_teacher_alone():
+    """TrainingTargets.batch_loss: all rows labelled reads as the plain loss; the labels of teacher-only rows change
+    nothing, the labelled rows' loss is scaled by their share of the batch; a batch of teacher-only rows is the
+    teacher's part alone, with finite gradients."""
+    torch.manual_seed(0)
+    n, bins = 8, 121
+    logits = AttrLogits(torch.randn(n, requires_grad=True), torch.randn(n, 5), torch.randn(n, bins))
+    labels = {"gender": torch.randint(0, 2, (n,)), "race": torch.randint(0, 5, (n,)), "age": torch.randint(0, 90, (n,))}
+    soft = {
+        "p_female": torch.rand(n),
+        "race": torch.softmax(torch.randn(n, 5), 1),
+        "age": torch.softmax(torch.randn(n, bins), 1),
+    }
+    common = dict(pixels=None, race_weights=torch.ones(5), soft=soft, race_adjustment=torch.zeros(5))
+    age_values, index = torch.arange(bins, dtype=torch.float32), torch.arange(n)
+    plain = TrainingTargets(labels=labels, **common).batch_loss(logits, index, 0.5, age_values)
+    every = TrainingTargets(labels=labels, labelled=torch.ones(n, dtype=torch.bool), **common)
+    assert torch.allclose(every.batch_loss(logits, index, 0.5, age_values), plain)
+
+    half = torch.arange(n) < 4
+    relabelled = {key: torch.where(half, value, value.flip(0)) for key, value in labels.items()}
+    losses = [
+        TrainingTargets(labels=these, labelled=half, **common).batch_loss(logits, index, 0.5, age_values)
+        for these in (labels, relabelled)
+    ]
+    assert torch.allclose(losses[0], losses[1])
+    mine = AttrLogits(*(part[:4] for part in logits))
+    own = multitask_loss(mine, *(labels[key][:4] for key in ("gender", "race", "age")), torch.ones(5), age_values)
+    teacher_part = distillation_loss(logits, soft, torch.zeros(5))
+    assert torch.allclose(losses[0], 0.5 * 0.5 * own + 0.5 * teacher_part)
+
+    none = TrainingTargets(labels=labels, labelled=torch.zeros(n, dtype=torch.bool), **common)
+    alone = none.batch_loss(logits, index, 0.7, age_values)
+    assert torch.allclose(alone, 0.7 * teacher_part)
+    alone.backward()
+    assert torch.isfinite(logits.gender.grad).all() and logits.gender.grad.abs().sum() > 0
 
 
 def test_train_on_a_slice_of_the_shared_faces(shared_utkface: Path, tmp_path: Path):

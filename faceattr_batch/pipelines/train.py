@@ -58,7 +58,7 @@ from faceattr_batch.training.data import (
     with_training_only_rows,
 )
 from faceattr_batch.training.folds import cross_fit
-from faceattr_batch.training.losses import distillation_loss, multitask_loss, race_loss_weights
+from faceattr_batch.training.losses import TrainingTargets, race_loss_weights
 from faceattr_batch.training.teacher import teacher_targets
 from faceattr_batch.training.warm_start import initialise_from_inception, initialise_from_model
 
@@ -92,6 +92,7 @@ class TrainOptions:
     # faces (knowledge distillation); the loss is (1 - distill_weight) x labels + distill_weight x the teacher's
     teacher: str | None = None
     distill_weight: float = 0.5
+    extra_teacher_only: bool = False  # the --extra rows learn from the teacher alone, their own labels unused
     epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
@@ -151,18 +152,6 @@ class _Session:
         }
 
 
-@dataclass
-class _Targets:
-    """The training side as tensors: chips (N x 3 x S x S uint8), labels, race loss weights and, with --teacher,
-    the teacher's probabilities and the race logit adjustment they are compared after."""
-
-    pixels: object
-    labels: dict
-    race_weights: object
-    soft: dict | None = None
-    race_adjustment: object = None
-
-
 def run(options: TrainOptions, resume: bool = False):
     """Train one model (a ``TrainResult``) or, with ``folds`` > 1, cross-fit K of them and write their out-of-fold
     predictions (a ``training.folds.CrossFitResult``)."""
@@ -203,6 +192,8 @@ def _start(options: TrainOptions, resume: bool):
         arch = init_model.config  # recorded in options.json, so the run says what it trained
         layout = {"backbone": arch.backbone, "widths": arch.widths, "depths": arch.depths}
         options = replace(options, **layout, inception_block=arch.inception_last_block)
+    if options.extra_teacher_only and not (options.teacher and options.extra):
+        raise FaceattrError("--extra-teacher-only needs --teacher and at least one --extra source")
     if options.backbone not in BACKBONES:
         raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
     if options.inception_block not in INCEPTION_BLOCKS[: INCEPTION_BLOCKS.index("Mixed_6e") + 1]:
@@ -302,11 +293,16 @@ def _restore(session: _Session, checkpoint: dict, path: Path) -> None:
     log.info("resuming after epoch %d", session.state["epoch"])
 
 
-def _training_targets(options: TrainOptions, split: _Split, config, device, out: Path) -> _Targets:
+def _training_targets(options: TrainOptions, split: _Split, config, device, out: Path) -> TrainingTargets:
     import torch
 
-    race_weights = torch.from_numpy(race_loss_weights(split.train_rows)).float().to(device)  # finalize reuses them
-    targets = _Targets(
+    labelled = None
+    if options.extra_teacher_only:  # their labels were asked of a generator, not read off the faces
+        labelled = torch.from_numpy(~split.train_rows.get_column("extra").to_numpy())
+    own_labels = split.train_rows if labelled is None else split.train_rows.filter(~pl.col("extra"))
+    race_weights = torch.from_numpy(race_loss_weights(own_labels)).float().to(device)  # finalize reuses them
+    targets = TrainingTargets(
+        labelled=labelled,
         pixels=torch.from_numpy(split.train_pixels).permute(0, 3, 1, 2),
         labels=label_tensors(split.train_rows, MAX_AGE),
         race_weights=race_weights,
@@ -322,7 +318,7 @@ def _training_targets(options: TrainOptions, split: _Split, config, device, out:
     return targets
 
 
-def _train_epoch(session: _Session, targets: _Targets, options: TrainOptions, device) -> tuple[float, int]:
+def _train_epoch(session: _Session, targets: TrainingTargets, options: TrainOptions, device) -> tuple[float, int]:
     """One epoch of augmented batches; its shuffle, augmentation and dropout seeded by (seed, epoch).
     Returns the mean loss and the number of images seen."""
     import torch
@@ -340,14 +336,9 @@ def _train_epoch(session: _Session, targets: _Targets, options: TrainOptions, de
         index = order[step * options.batch_size : (step + 1) * options.batch_size]
         x = augment(targets.pixels[index], generator).to(device, non_blocking=True)
         x = x.contiguous(memory_format=memory_format(session.config))
-        labels = [targets.labels[k][index].to(device) for k in ("gender", "race", "age")]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
-        loss = multitask_loss(logits, *labels, targets.race_weights, model.age_values)
-        if targets.soft is not None:
-            soft = {key: value[index].to(device) for key, value in targets.soft.items()}
-            alpha = options.distill_weight
-            loss = (1 - alpha) * loss + alpha * distillation_loss(logits, soft, targets.race_adjustment)
+        loss = targets.batch_loss(logits, index, options.distill_weight, model.age_values)
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         session.optimizer.step()

@@ -79,6 +79,7 @@ def split_by_group(table: pl.DataFrame, val_fraction: float, seed: int) -> pl.Da
 def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], workers: int) -> pl.DataFrame:
     """``table`` (split) and after it the labelled rows of each source (an index Parquet or a folder, such as
     synth's output) on the train side: learned from, never validated on, and the split of ``table`` unchanged.
+    With sources, a column ``extra`` tells their rows (True) from ``table``'s.
     A file that is also one of ``table``'s is refused (it could be a validation face); copies are not looked for."""
     extra = []
     for source in sources:
@@ -87,8 +88,8 @@ def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], work
         if shared.height:
             first = shared["file"][0]
             raise FaceattrError(f"--extra {source}: {shared.height} of its files are the source's own ({first})")
-        extra.append(rows.with_columns(split=pl.lit("train")))
-    return pl.concat([table, *extra], how="vertical_relaxed") if extra else table
+        extra.append(rows.with_columns(split=pl.lit("train"), extra=True))
+    return pl.concat([table.with_columns(extra=False), *extra], how="vertical_relaxed") if extra else table
 
 
 def split_by_fold(table: pl.DataFrame, folds: int, fold: int, seed: int) -> pl.DataFrame:

@@ -3,6 +3,8 @@ race class weights they share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
@@ -51,3 +53,37 @@ def distillation_loss(logits, soft: dict, race_bias):
     race_loss = -(soft["race"] * torch.log_softmax(logits.race.float() + race_bias, dim=1)).sum(dim=1).mean()
     age_loss = -(soft["age"] * torch.log_softmax(logits.age.float(), dim=1)).sum(dim=1).mean()
     return gender_loss + race_loss + age_loss
+
+
+@dataclass
+class TrainingTargets:
+    """The training side as tensors: chips (N x 3 x S x S uint8), labels, race loss weights and, with --teacher,
+    the teacher's probabilities and the race logit adjustment they are compared after. ``labelled``: None where
+    every row's own labels count, else a bool per row (False: a row that learns from the teacher alone)."""
+
+    pixels: object
+    labels: dict
+    race_weights: object
+    soft: dict | None = None
+    race_adjustment: object = None
+    labelled: object = None
+
+    def batch_loss(self, logits, index, distill_weight: float, age_values):
+        """The loss of the rows ``index``: labels, or (1 - distill_weight) x labels + distill_weight x the
+        teacher's. Rows without own labels add nothing to the labels' part (its mean over the labelled rows, scaled
+        by their share of the batch) and all of their weight to the teacher's."""
+        device = logits.gender.device
+        labels = [self.labels[key][index].to(device) for key in ("gender", "race", "age")]
+        if self.labelled is None:
+            loss = multitask_loss(logits, *labels, self.race_weights, age_values)
+        elif (keep := self.labelled[index].to(device)).any():
+            mine = type(logits)(*(part[keep] for part in logits))
+            loss = keep.float().mean() * multitask_loss(
+                mine, *(part[keep] for part in labels), self.race_weights, age_values
+            )
+        else:  # a batch of teacher-only rows
+            loss = logits.gender.new_zeros(())
+        if self.soft is None:
+            return loss
+        soft = {key: value[index].to(device) for key, value in self.soft.items()}
+        return (1 - distill_weight) * loss + distill_weight * distillation_loss(logits, soft, self.race_adjustment)
