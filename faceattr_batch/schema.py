@@ -83,6 +83,23 @@ DERIVED_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+MODEL_KEY = "faceattr_batch.model"  # the predictions Parquet's key-value metadata: the model that made them (JSON)
+
+
+def recorded_model(predictions) -> dict:
+    """The model metadata a predictions Parquet records under ``MODEL_KEY`` (name, version, source file...);
+    {} for a file without it (another tool's, or unreadable: its reader says why)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        saved = (pq.read_schema(predictions).metadata or {}).get(MODEL_KEY.encode())
+        return json.loads(saved) if saved else {}
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return {}
+
+
 @functools.cache
 def output_schema():
     """The Arrow schema of the predictions Parquet (polars' own conversion: its Enum columns read back as Enums)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -17,7 +18,7 @@ from faceattr_batch.metrics import attributes
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.compare import AGE_DISAGREEMENT, Run, compare_runs
 from faceattr_batch.reporting.summary import READ_COLUMNS
-from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
+from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded_model
 
 TRUE_GENDER = [0, 1, 0, 1, 0, 1, 0, 1]
 TRUE_RACE = [0, 1, 2, 3, 4, 0, 1, 2]
@@ -162,13 +163,31 @@ def test_disjoint_runs_get_no_paired_interval_and_say_so(tmp_path):
     assert "no paired interval: no image is in both runs" in page
 
 
-def _write_own(tmp_path, name, paths, gender=A_GENDER, race=A_RACE, error=A_AGE_ERROR) -> Path:
-    """A Parquet as predict writes it (every schema column), without the true labels (--labels brings them)."""
-    frame = _frame(paths, gender, race, error, name, true=False).drop("source")
+def _write_own(tmp_path, name, paths, gender=A_GENDER, race=A_RACE, error=A_AGE_ERROR, model=None) -> Path:
+    """A Parquet as predict writes it (every schema column; with ``model``, its model metadata too), without the true
+    labels (--labels brings them)."""
+    frame = _frame(paths, gender, race, error, model["name"] if model else name, true=False).drop("source")
     frame = frame.with_columns(pl.lit(None, PREDICTION_FIELDS[c]).alias(c) for c in PREDICTION_FIELDS if c not in frame)
     path = tmp_path / f"{name}.parquet"
-    frame.select(list(PREDICTION_FIELDS)).write_parquet(path)
+    table = frame.select(list(PREDICTION_FIELDS)).to_arrow()
+    pq.write_table(table.replace_schema_metadata({MODEL_KEY: json.dumps(model)} if model else None), path)
     return path
+
+
+def test_two_runs_of_one_model_name_are_told_apart_by_their_model_files(tmp_path):
+    """Two trainings of one version name the same model ("faceattr-attr 0.1.0"): each run's name then carries the
+    model file predict recorded in its Parquet."""
+    files = {}
+    for name, errors in (("a", A_AGE_ERROR), ("b", B_AGE_ERROR)):
+        model = {"name": "faceattr-attr", "version": "0.1.0", "source": f"/runs/{name}/model.pt"}
+        files[name] = _write_own(tmp_path, name, _paths(), error=errors, model=model)
+    assert recorded_model(files["a"])["source"] == "/runs/a/model.pt"
+    result = report.compare(files["a"], files["b"], tmp_path / "rep")
+    compare = json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]
+    assert compare["a"]["name"] == "faceattr-attr test-1 (/runs/a/model.pt)"
+    assert compare["b"]["name"] == "faceattr-attr test-1 (/runs/b/model.pt)"
+    assert compare["b"]["model_source"] == "/runs/b/model.pt"
+    assert "A: faceattr-attr test-1 (/runs/a/model.pt)" in result.report.read_text()
 
 
 @pytest.fixture

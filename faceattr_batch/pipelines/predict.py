@@ -56,6 +56,7 @@ from faceattr_batch.schema import (
     FLOAT_OUTPUTS,
     LABEL_COLUMNS,
     LABEL_FIELDS,
+    MODEL_KEY,
     OUTPUT_COLUMNS,
     TRAINING_ROLE,
     derived_columns,
@@ -254,7 +255,7 @@ def _write_output(options, paths, truth, model, faces, fingerprint, settings) ->
     metadata = {
         "faceattr_batch.version": __version__,
         "faceattr_batch.options": json.dumps({**asdict(options), **settings}, default=str),
-        "faceattr_batch.model": json.dumps(runner.meta, default=str),
+        MODEL_KEY: json.dumps(runner.meta, default=str),
     }
     writer.finalize(space, output_schema(), metadata)
     return processed, len(space.shards) - len(pending)

@@ -19,8 +19,10 @@ sure, and different); a pair without probabilities comes last, then by path.
 
 ``compare_runs`` returns metrics.json's ``compare``::
 
-    {"a": run, "b": run,  # run: predictions, name, models, foreign (another tool's summary or None), labels (the
-                          #      labels file's counts), images, predicted, metric_rows, attributes (those it predicts)
+    {"a": run, "b": run,  # run: predictions, name (with the model file where both names are alike), models,
+                          #      model_source (the model file predict recorded), foreign (another tool's summary
+                          #      or None), labels (the labels file's counts), images, predicted, metric_rows,
+                          #      attributes (those it predicts)
      "shared": {"matched_by": "path", "images": int, "only_a": int, "only_b": int, "pairs": int,
                 "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
      "resamples": int, "seed": int, "level": float,
@@ -54,7 +56,7 @@ from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.reporting.summary import labelled_rows
-from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS
+from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded_model
 
 AGE_DISAGREEMENT = 10  # years between the two predicted ages that count as a disagreement
 GALLERY_K = 12
@@ -265,8 +267,12 @@ def compare_runs(
         bins_of = next((spec.bins for spec in extra if spec.name == key), None)
         slices[key] = {"column": col, "bins": bins_of, "groups": groups}
     disagreements, gallery = _disagreements(a.frame, b.frame, pairs)
+    run_a, run_b = _run_summary(a, rows_a), _run_summary(b, rows_b)
+    if run_a["name"] == run_b["name"]:  # e.g. two trainings of one version: the model files tell them apart
+        for run in (run_a, run_b):
+            run["name"] += f" ({run['model_source']})" if run["model_source"] else ""
     contents = {
-        "a": _run_summary(a, rows_a), "b": _run_summary(b, rows_b), "shared": shared,
+        "a": run_a, "b": run_b, "shared": shared,
         "resamples": resamples, "seed": seed, "level": level,
         "metrics": {m.name: {"attribute": m.attribute, "better": m.better, "unit": m.unit} for m in COMPARED},
         "overall": overall, "slices": slices, "disagreements": disagreements,
@@ -321,6 +327,7 @@ def _run_summary(run: Run, rows: _Rows) -> dict:
         "predictions": str(Path(run.predictions).resolve()),
         "name": names or Path(run.predictions).stem,
         "models": models.to_dicts(),
+        "model_source": None if run.foreign else recorded_model(run.predictions).get("source"),
         "foreign": run.foreign,
         "labels": run.labels,
         "images": frame["path"].n_unique(),
