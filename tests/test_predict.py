@@ -192,6 +192,25 @@ def test_an_exported_onnx_file_is_a_model_source(tmp_path, tiny_attr_model):
         _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="torch")
 
 
+def test_on_cpus_half_the_cores_decode_and_the_model_threads_use_all_without_spinning(
+    tmp_path, tiny_attr_model, monkeypatch
+):
+    """split_cores: decode workers cores // 2 and model threads every core on the CPU (a GPU: every core decodes,
+    one thread feeds it); given values pass through. The onnxruntime session's idle threads do not spin."""
+    from faceattr_batch.models import runtime
+    from faceattr_batch.models.export import export_onnx
+
+    for cores, cpu in ((1, (1, 1)), (2, (1, 2)), (8, (4, 8))):
+        monkeypatch.setattr(runtime, "available_cores", lambda cores=cores: cores)
+        assert runtime.split_cores("cpu", None, None) == cpu
+        assert runtime.split_cores("cuda", None, None) == (cores, 1)
+        assert runtime.split_cores("cpu", 0, 3) == (0, 3)
+    export_onnx(tiny_attr_model, tmp_path / "tiny.onnx")
+    session = runtime.OnnxAttrModel(tmp_path / "tiny.onnx", 2).session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session.get_session_options().intra_op_num_threads == 2
+
+
 def test_bad_options_fail_before_work(tmp_path, tiny_attr_model):
     make_faces(tmp_path / "in", 2)
     with pytest.raises(FaceattrError, match="must be a .parquet"):

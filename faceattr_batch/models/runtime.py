@@ -35,13 +35,16 @@ log = logging.getLogger(__name__)
 
 
 def split_cores(device_type: str, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """Decode workers and model threads. On a GPU decoding is the ceiling: every core decodes. On the CPU the
-    two share the cores; half each measured best on 2 cores (see benchmarks/bench_predict.py)."""
+    """Decode workers and model threads. On a GPU decoding is the ceiling: every core decodes. On the CPU half the
+    cores decode and the model's threads take them all: decoding a chip costs far less than the model does, so
+    the decode workers sleep most of the time and the model runs on every core they leave idle (2 cores, whole
+    predict against 1 worker + 1 thread: the default ensemble +45%, a two-network ensemble +9%; see
+    benchmarks/bench_predict.py --splits)."""
     cores = available_cores()
     if workers is None:
         workers = cores if device_type == "cuda" else max(1, cores // 2)
     if threads is None:
-        threads = max(1, cores - workers) if device_type == "cpu" else 1
+        threads = cores if device_type == "cpu" else 1
     return workers, threads
 
 
@@ -185,6 +188,9 @@ class OnnxAttrModel:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = threads  # 0 = onnxruntime's own choice
         session_options.inter_op_num_threads = 1
+        # threads that spin while waiting take the cores the decode workers share with them (2 cores, J's int8
+        # graph, a decode load beside it: 410 -> 452 images/s)
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         shown = "<bytes>" if isinstance(path, bytes) else str(path)
         try:
             source = path if isinstance(path, bytes) else str(path)

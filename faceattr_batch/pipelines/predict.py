@@ -414,7 +414,7 @@ def _predict_on_ray(paths, columns: pl.DataFrame, model, faces, options, setting
         columns=arrays,
         device_type=runner.device.type,
         threads=threads,
-        decode_share=0.5,  # on CPUs decoding a chip costs about what the model does (split_cores): half each
+        decode_share=0.5,  # on CPUs half the cores decode, as split_cores gives the local decode workers
         item_bytes=item_bytes,
         address=options.ray_address,
         concurrency=options.concurrency,
