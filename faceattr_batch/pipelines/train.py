@@ -296,10 +296,10 @@ def _restore(session: _Session, checkpoint: dict, path: Path) -> None:
 def _training_targets(options: TrainOptions, split: _Split, config, device, out: Path) -> TrainingTargets:
     import torch
 
-    labelled = None
+    labelled, own_labels = None, split.train_rows
     if options.extra_teacher_only:  # their labels were asked of a generator, not read off the faces
-        labelled = torch.from_numpy(~split.train_rows.get_column("extra").to_numpy())
-    own_labels = split.train_rows if labelled is None else split.train_rows.filter(~pl.col("extra"))
+        own = ~split.train_rows.get_column("extra")
+        labelled, own_labels = torch.from_numpy(own.to_numpy()), split.train_rows.filter(own)
     race_weights = torch.from_numpy(race_loss_weights(own_labels)).float().to(device)  # finalize reuses them
     targets = TrainingTargets(
         labelled=labelled,
