@@ -26,6 +26,12 @@ def read_rgb(path: str | os.PathLike, draft_to: int | None = None, max_pixels: i
     ``draft_to``: the caller will shrink the image to about this many pixels on its short side, so a JPEG may
     be decoded at 1/2, 1/4 or 1/8 scale as long as its short side stays >= ``draft_to``.
     """
+    return read_rgb_scaled(path, draft_to, max_pixels)[0]
+
+
+def read_rgb_scaled(path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """``read_rgb``'s pixels and the file's full-size pixels per returned pixel, (x, y): (1, 1) unless a JPEG was
+    DCT-scaled, so coordinates found in the pixels map back to the full image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -39,8 +45,11 @@ def read_rgb(path: str | os.PathLike, draft_to: int | None = None, max_pixels: i
                     # draft keeps both sides >= the requested size; ask by aspect so the short side stays >= target
                     scale = draft_to / min(width, height)
                     im.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
+                factors = (width / im.size[0], height / im.size[1])
+                turned = ImageOps.exif_transpose(im)
+                if turned.size != im.size:  # a quarter turn swaps the axes
+                    factors = factors[::-1]
+                return _to_rgb(turned), factors
     except DecodeError:
         raise
     except FileNotFoundError:
