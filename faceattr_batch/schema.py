@@ -83,7 +83,11 @@ DERIVED_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-MODEL_KEY = "faceattr_batch.model"  # the predictions Parquet's key-value metadata: the model that made them (JSON)
+# the predictions Parquet's key-value metadata: the tool version, the run's options (JSON), the model that made them
+# (JSON)
+VERSION_KEY = "faceattr_batch.version"
+OPTIONS_KEY = "faceattr_batch.options"
+MODEL_KEY = "faceattr_batch.model"
 
 
 def recorded_model(predictions) -> dict:

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, make_faces
 from PIL import Image
 from typer.testing import CliRunner
 
+from faceattr_batch import __version__
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.registry import default_weights_path
 from faceattr_batch.models.runtime import ModelRunner
 from faceattr_batch.pipelines import predict as predict_module
 from faceattr_batch.pipelines.predict import PredictOptions, run
-from faceattr_batch.schema import OUTPUT_COLUMNS
+from faceattr_batch.schema import MODEL_KEY, OPTIONS_KEY, OUTPUT_COLUMNS, VERSION_KEY
 
 FAST = {"workers": 1, "threads": 1, "runtime": "torch", "progress": False}
 
@@ -188,6 +190,11 @@ def test_an_exported_onnx_file_is_a_model_source(tmp_path, tiny_attr_model):
     export_onnx(tiny_attr_model, onnx_file)
     result = _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="auto")
     assert result.model["runtime"] == "onnxruntime" and result.predicted == 5
+    # the Parquet records the tool, the run's options and the model (the graph's exporter among its metadata)
+    saved = {key.decode(): value.decode() for key, value in pq.read_schema(tmp_path / "o.parquet").metadata.items()}
+    assert saved[VERSION_KEY] == __version__
+    assert json.loads(saved[OPTIONS_KEY])["runtime"] == "auto"
+    assert json.loads(saved[MODEL_KEY])["exported_by"] == __version__
     with pytest.raises(FaceattrError, match="runs with onnxruntime"):
         _run([tmp_path / "in"], tmp_path / "o.parquet", onnx_file, runtime="torch")
 

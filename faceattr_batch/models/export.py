@@ -22,6 +22,7 @@ from faceattr_batch.models.registry import load_attr_model
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_median", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
+EXPORTED_BY = "faceattr_batch.version"  # the tool version that exported the graph
 QUANTIZATION = "quantization"  # how an int8 graph was quantized (models.quantize); absent in an fp32 export
 INPUT_NAME = "pixels"
 
@@ -71,7 +72,7 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
                 )
             proto = onnx.load(str(tmp))
             properties = {
-                "faceattr_batch.version": __version__,
+                EXPORTED_BY: __version__,
                 "model_name": str(meta.get("name", "faceattr-attr")),
                 SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
                 "config": json.dumps(model.config.to_dict()),

@@ -27,7 +27,7 @@ from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
 from faceattr_batch.models.device import available_cores
-from faceattr_batch.models.export import QUANTIZATION, SOURCE_DIGEST, export_onnx
+from faceattr_batch.models.export import EXPORTED_BY, QUANTIZATION, SOURCE_DIGEST, export_onnx
 
 ONNX_HINT = "pip install 'faceattr-batch[onnx]' (or onnxruntime)"
 CACHE_ENV = "FACEATTR_CACHE_DIR"  # overrides the platform's cache folder (tests, shared machines)
@@ -228,6 +228,6 @@ def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxAttrModel, 
         raise FaceattrError(f"{path}: no such ONNX file")
     model = OnnxAttrModel(path, threads)
     meta = {"name": model.properties.get("model_name", path.stem), "source": str(path), "runtime": "onnxruntime"}
-    if "faceattr_batch.version" in model.properties:
-        meta["exported_by"] = model.properties["faceattr_batch.version"]
+    if EXPORTED_BY in model.properties:
+        meta["exported_by"] = model.properties[EXPORTED_BY]
     return model, meta

@@ -57,8 +57,10 @@ from faceattr_batch.schema import (
     LABEL_COLUMNS,
     LABEL_FIELDS,
     MODEL_KEY,
+    OPTIONS_KEY,
     OUTPUT_COLUMNS,
     TRAINING_ROLE,
+    VERSION_KEY,
     derived_columns,
     float_outputs,
     output_schema,
@@ -253,8 +255,8 @@ def _write_output(options, paths, truth, model, faces, fingerprint, settings) ->
         writer.write_shards(space, pending, output_schema(), tables)
         processed = len(todo)
     metadata = {
-        "faceattr_batch.version": __version__,
-        "faceattr_batch.options": json.dumps({**asdict(options), **settings}, default=str),
+        VERSION_KEY: __version__,
+        OPTIONS_KEY: json.dumps({**asdict(options), **settings}, default=str),
         MODEL_KEY: json.dumps(runner.meta, default=str),
     }
     writer.finalize(space, output_schema(), metadata)
