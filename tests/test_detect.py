@@ -576,8 +576,8 @@ def test_the_chip_check_reads_one_decode_and_answers_in_full_image_pixels(shared
     the chip is load_chip's exactly, and the face's landmarks, mapped back to the 200 px image, sit within 3 px of
     those the check finds in the full decode (measured on all 18,967 shared chips at 80 px: the same 18,950
     confirmed, landmarks 0.56 px apart at the median, 2.8 at most); a 32 px model's check reads 64 px or more."""
-    from faceattr_batch.data.decode import load_chip, read_rgb
-    from faceattr_batch.faces.load import FRAMING_CHIP, chip_face, confirmed_chip, shared_detector
+    from faceattr_batch.data.decode import load_chip, read_rgb, read_rgb_scaled
+    from faceattr_batch.faces.load import CHECK_SIDE, FRAMING_CHIP, chip_face, confirmed_chip, shared_detector
 
     detector = shared_detector()
     names = sorted(os.listdir(shared_utkface))[:40]
@@ -585,7 +585,8 @@ def test_the_chip_check_reads_one_decode_and_answers_in_full_image_pixels(shared
         path = str(shared_utkface / name)
         full = chip_face(read_rgb(path), detector)
         for size in (80, 128, 32):
-            found = confirmed_chip(path, size, detector)
+            pixels, factors = read_rgb_scaled(path, draft_to=max(size, CHECK_SIDE))
+            found = confirmed_chip(path, pixels, factors, size, detector)
             assert (found is None) == (full is None), name
             if found is None:
                 continue

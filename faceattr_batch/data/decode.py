@@ -114,4 +114,9 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def load_chip(path: str | os.PathLike, size: int) -> np.ndarray:
     """The attribute model's input pixels: centre square, ``size`` x ``size`` x 3 uint8 (training and predict)."""
-    return resize(center_square(read_rgb(path, draft_to=size)), size)
+    return chip_pixels(read_rgb(path, draft_to=size), size)
+
+
+def chip_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``load_chip`` from pixels already decoded (with ``draft_to=size``, for the same values)."""
+    return resize(center_square(pixels), size)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceattr_batch.data.decode import center_square, load_chip, read_rgb, read_rgb_scaled, resize
+from faceattr_batch.data.decode import chip_pixels, load_chip, read_rgb, read_rgb_scaled, resize
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.align import CHIP_SIZE, align_face, fills_frame
 from faceattr_batch.faces.detect import Detections, MtcnnDetector, find_faces, rescore_boxes
@@ -83,10 +83,14 @@ def load_faces(path: str, options: FaceOptions, size: int) -> FoundFaces:
     resized as ``load_chip`` resizes a chip). Raises ``DecodeError`` for bad files."""
     detector = shared_detector()
     if options.mode == "auto":
-        chip = confirmed_chip(path, size, detector)
+        pixels, factors = read_rgb_scaled(path, draft_to=max(size, CHECK_SIDE))
+        chip = confirmed_chip(path, pixels, factors, size, detector)
         if chip is not None:
             return chip
-    pixels = read_rgb(path)
+        if factors != (1.0, 1.0):  # the search needs every pixel; an image decoded whole is not decoded again
+            pixels = read_rgb(path)
+    else:
+        pixels = read_rgb(path)
     found = find_faces(pixels, detector, options.min_face, options.min_score, options.max_faces)
     if not len(found) and options.mode == "auto" and chip_shaped(*pixels.shape[:2]):
         return FoundFaces(FRAMING_CHIP_UNCONFIRMED, load_chip(path, size)[None], _undetected())
@@ -95,16 +99,15 @@ def load_faces(path: str, options: FaceOptions, size: int) -> FoundFaces:
     return FoundFaces(FRAMING_ALIGNED, stacked, found)
 
 
-def confirmed_chip(path: str, size: int, detector) -> FoundFaces | None:
-    """The image as one chip if ``chip_face`` confirms it is one, else None. One decode serves the check and the
-    chip: at the model's size (DCT-scaled where the JPEG allows), which is ``load_chip``'s decode, or
-    ``CHECK_SIDE`` for smaller models (their chip is then decoded again). Boxes and landmarks come back in the
-    full image's pixels."""
-    pixels, factors = read_rgb_scaled(path, draft_to=max(size, CHECK_SIDE))
+def confirmed_chip(path: str, pixels: np.ndarray, factors, size: int, detector) -> FoundFaces | None:
+    """The image at ``path`` as one chip if ``chip_face`` confirms it is one, else None. ``pixels``, ``factors``:
+    ``read_rgb_scaled(path, draft_to=max(size, CHECK_SIDE))``. One decode serves the check and the chip: at the
+    model's size (DCT-scaled where the JPEG allows), which is ``load_chip``'s decode, or ``CHECK_SIDE`` for smaller
+    models (their chip is then decoded again). Boxes and landmarks come back in the full image's pixels."""
     face = chip_face(pixels, detector)
     if face is None:
         return None
-    chip = resize(center_square(pixels), size) if size >= CHECK_SIDE else load_chip(path, size)
+    chip = chip_pixels(pixels, size) if size >= CHECK_SIDE else load_chip(path, size)
     return FoundFaces(FRAMING_CHIP, chip[None], face.scaled(*factors))
 
 
