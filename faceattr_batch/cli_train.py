@@ -160,6 +160,9 @@ def train_gen_command(
     age_bins: Annotated[
         int, typer.Option(min=0, help="Discriminator reads age as a distribution over N bins; 0: regression (v1).")
     ] = 32,
+    age_scale: Annotated[
+        str, typer.Option(help="Age scale of the conditioning and the age bins: log (v1) or sqrt (finer when old).")
+    ] = "log",
     balance: Annotated[
         float, typer.Option(min=0, max=1, help="Draw rows by count(gender, race, age band)^-B: 0 natural, 1 even.")
     ] = 0.5,

@@ -27,6 +27,8 @@ from faceattr_batch.models.generator import (
     GeneratorConfig,
     ResizeConv,
     age_distribution,
+    age_features,
+    age_position,
     diff_augment,
     mode_seeking_loss,
 )
@@ -84,6 +86,28 @@ def test_age_distribution_peaks_at_the_age_and_widens_with_it():
     assert spread[0] < 1.5 < 4 < spread[1] < 10  # about a year wide at 3, several at 60
 
 
+def test_the_sqrt_age_scale_gives_old_ages_finer_bins_and_codes():
+    ages = torch.tensor([3, 60, 85])
+    spreads = {}
+    expected = {"log": lambda a: torch.log1p(a) / math.log1p(100.0), "sqrt": lambda a: (a / 100).sqrt()}
+    for scale, position in expected.items():
+        assert torch.allclose(age_position(ages, scale), position(ages.float()))
+        target = age_distribution(ages, 32, scale)
+        centres = torch.linspace(0, 1, 32)
+        # the targets' centres in years: invert the scale
+        years = torch.expm1(centres * math.log1p(100.0)) if scale == "log" else centres**2 * 100
+        mean = (target * years).sum(dim=1, keepdim=True)
+        spreads[scale] = (target * (years - mean) ** 2).sum(dim=1).sqrt()
+        assert mean[:, 0].tolist() == pytest.approx([3, 60, 85], abs=2.5)
+    assert spreads["sqrt"][1] < 0.7 * spreads["log"][1] and spreads["sqrt"][2] < 0.6 * spreads["log"][2]
+    assert spreads["sqrt"][0] < 1.5  # still about a year wide at 3
+    # the conditioning code tells 70 from 85 by more on the sqrt scale
+    gap = {s: (age_features(torch.tensor([70]), s) - age_features(torch.tensor([85]), s)).norm() for s in expected}
+    assert gap["sqrt"] > 1.5 * gap["log"]
+    with pytest.raises(ValueError, match="age scale 'linear'"):
+        age_position(ages, "linear")
+
+
 def test_condition_weights_trade_the_data_mix_for_even_conditions():
     # three 20-somethings (White men), one 85-year-old (Others woman)
     table = pl.DataFrame({"gender": [0, 0, 0, 1], "race": [0, 0, 0, 4], "age": [25, 26, 29, 85]})
@@ -112,6 +136,7 @@ def test_discriminator_reads_age_as_a_distribution_or_a_regression():
 
 def test_generators_upsample_as_their_config_says():
     assert GeneratorConfig.from_dict({"resolution": 32}).upsample == "transposed"  # files written before v2
+    assert GeneratorConfig.from_dict({"resolution": 32}).age_scale == "log"
     for upsample, layer in (("transposed", torch.nn.ConvTranspose2d), ("resize", ResizeConv)):
         generator = Generator(GeneratorConfig(resolution=32, g_width=8, upsample=upsample)).eval()
         assert any(isinstance(m, layer) for m in generator.modules())
@@ -313,15 +338,17 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     assert result.exit_code == 2 and "--upsample bilinear: use transposed or resize" in result.output
     result = CliRunner().invoke(app, [*args, "--age-bins", "1"])
     assert result.exit_code == 2 and "--age-bins 1 carries no age" in result.output
+    result = CliRunner().invoke(app, [*args, "--age-scale", "linear"])
+    assert result.exit_code == 2 and "--age-scale linear: use log or sqrt" in result.output
     result = CliRunner().invoke(app, [*args, "--mode-seeking", "-1"])
     assert result.exit_code == 2 and "--mode-seeking" in result.output
     v2_options = ["--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5", "--mode-seeking", "0.25"]
-    v2_options += ["--age-weight", "2"]
+    v2_options += ["--age-weight", "2", "--age-scale", "sqrt"]
     result = CliRunner().invoke(app, [*args, *v2_options])
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "options.json").read_text())
-    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking", "age_weight")
-    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25, 2.0]
+    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking", "age_weight", "age_scale")
+    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25, 2.0, "sqrt"]
 
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
     assert metrics["iteration"].to_list() == [2]
@@ -331,9 +358,11 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     assert 0 <= row["gender_agreement"] <= 1 and 0 <= row["race_agreement"] <= 1
     checkpoint = read_generator_checkpoint(run_dir / "last.pt")
     assert checkpoint["config"]["upsample"] == "resize" and checkpoint["config"]["age_bins"] == 16
+    assert checkpoint["config"]["age_scale"] == "sqrt"
     assert checkpoint["iteration"] == 2 and {"generator", "discriminator", "ema", "opt_g", "opt_d"} <= set(checkpoint)
     generator, meta = load_generator(run_dir)
-    assert meta["iterations"] == 2 and generator.config.resolution == 32
+    assert meta["iterations"] == 2 and generator.config.resolution == 32 and generator.config.age_scale == "sqrt"
+    assert generator.embed.age_scale == "sqrt"
     with torch.no_grad():
         faces_out = generator(
             torch.zeros(2, TINY.z_dim), torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([20, 60])

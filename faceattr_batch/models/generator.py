@@ -8,7 +8,8 @@ attributes a classifier can read.
 
 Two generations share this module, chosen by the config (a file's config says which it is): v1 upsamples with
 transposed convolutions and reads age back as a regression in decades; v2 upsamples by resizing then a 3x3
-convolution (no checkerboard) and its discriminator reads age as a distribution over log-spaced bins.
+convolution (no checkerboard) and its discriminator reads age as a distribution over bins. Where ages sit on the
+unit scale that both the conditioning and those bins use is the config's ``age_scale``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from torch.nn.utils import spectral_norm
 
 from faceattr_batch.data.labels import RACES
 
-AGE_SCALE = math.log1p(100.0)  # ages are embedded as log1p(age) / log1p(100): fine steps for children
+MAX_AGE = 100.0
+# Where an age sits on [0, 1], for the generator's conditioning code and the discriminator's age bins. "log"
+# (v1, v2's first runs): log1p(age) / log1p(100), fine steps for children but ages 40-100 squeezed into a fifth
+# of the scale (a bin 9 years wide at 60, 13 at 85); "sqrt": sqrt(age / 100), 40-100 over 37% of it (5-6 years a
+# bin there), a year a bin at 3.
+AGE_SCALES = ("log", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,8 @@ class GeneratorConfig:
     d_width: int = 32  # discriminator channels after its first layer; doubled per halving (max 512)
     # v1 defaults, so that files written before these fields load as what they are
     upsample: str = "transposed"  # or "resize": nearest-neighbour x2 then a 3x3 convolution
-    age_bins: int = 0  # 0: the auxiliary head regresses age in decades; N: a distribution over N log-spaced bins
+    age_bins: int = 0  # 0: the auxiliary head regresses age in decades; N: a distribution over N bins
+    age_scale: str = "log"  # one of AGE_SCALES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +62,19 @@ class GeneratorConfig:
         return [min(512, self.d_width * 2**i) for i in range(steps)]
 
 
-def age_features(age: torch.Tensor) -> torch.Tensor:
-    """A smooth code for a continuous age: log-scaled value plus a few sinusoids of it."""
-    a = torch.log1p(age.float().clamp(min=0)) / AGE_SCALE
+def age_position(age: torch.Tensor, scale: str) -> torch.Tensor:
+    """Ages (years) on the unit scale ``scale`` (AGE_SCALES)."""
+    age = age.float().clamp(min=0)
+    if scale == "log":
+        return torch.log1p(age) / math.log1p(MAX_AGE)
+    if scale == "sqrt":
+        return torch.sqrt(age / MAX_AGE)
+    raise ValueError(f"age scale {scale!r}: use one of {AGE_SCALES}")
+
+
+def age_features(age: torch.Tensor, scale: str = "log") -> torch.Tensor:
+    """A smooth code for a continuous age: its position on the scale plus a few sinusoids of it."""
+    a = age_position(age, scale)
     k = torch.arange(1, 5, device=age.device, dtype=torch.float32)
     return torch.cat([a[:, None], torch.sin(math.pi * k * a[:, None]), torch.cos(math.pi * k * a[:, None])], 1)
 
@@ -68,14 +85,15 @@ AGE_FEATURES = 9
 class ConditionEmbedding(nn.Module):
     """(gender, race, age) -> one vector: learnt tables for the codes, a small MLP for age."""
 
-    def __init__(self, dim: int, wrap=lambda m: m):
+    def __init__(self, dim: int, wrap=lambda m: m, age_scale: str = "log"):
         super().__init__()
+        self.age_scale = age_scale
         self.gender = wrap(nn.Embedding(2, dim))
         self.race = wrap(nn.Embedding(len(RACES), dim))
         self.age = nn.Sequential(wrap(nn.Linear(AGE_FEATURES, dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(dim, dim)))
 
     def forward(self, gender: torch.Tensor, race: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        return self.gender(gender) + self.race(race) + self.age(age_features(age))
+        return self.gender(gender) + self.race(race) + self.age(age_features(age, self.age_scale))
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -146,7 +164,7 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         channels = config.g_channels()
-        self.embed = ConditionEmbedding(config.cond_dim)
+        self.embed = ConditionEmbedding(config.cond_dim, age_scale=config.age_scale)
         joint = config.z_dim + config.cond_dim
         self.fc = nn.Linear(joint, 4 * 4 * channels[0])
         self.fc_bn = ConditionalBatchNorm(channels[0], joint)
@@ -179,9 +197,9 @@ class Discriminator(nn.Module):
         self.blocks = nn.Sequential(*layers)
         width = channels[-1]
         self.linear = spectral_norm(nn.Linear(width, 1))
-        self.embed = ConditionEmbedding(width, wrap=spectral_norm)
+        self.embed = ConditionEmbedding(width, wrap=spectral_norm, age_scale=config.age_scale)
         # Auxiliary classifier (gender logit, race logits, age), trained on real faces only.
-        self.age_bins = config.age_bins
+        self.age_bins, self.age_scale = config.age_bins, config.age_scale
         self.aux = nn.Linear(width, 1 + len(RACES) + max(1, config.age_bins))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +218,7 @@ class Discriminator(nn.Module):
         n_races = len(RACES)
         age_out = aux[:, 1 + n_races :]
         if self.age_bins:
-            age_loss = F.cross_entropy(age_out, age_distribution(age, self.age_bins))
+            age_loss = F.cross_entropy(age_out, age_distribution(age, self.age_bins, self.age_scale))
         else:
             age_loss = F.smooth_l1_loss(age_out[:, 0], age.float() / 10.0)
         return (
@@ -210,11 +228,12 @@ class Discriminator(nn.Module):
         )
 
 
-def age_distribution(age: torch.Tensor, bins: int) -> torch.Tensor:
-    """Soft targets over ``bins`` bins evenly spaced in log1p(age) from 0 to 100 years: a Gaussian one bin wide
-    around each age (about 1 year at 3, 7 years at 60), normalised; N x bins."""
+def age_distribution(age: torch.Tensor, bins: int, scale: str = "log") -> torch.Tensor:
+    """Soft targets over ``bins`` bins evenly spaced on the age scale from 0 to 100 years: a Gaussian one bin wide
+    around each age (with 32 bins on "log" about 1 year at 3, 7 at 60; on "sqrt" 1 at 3, 5 at 60), normalised;
+    N x bins."""
     centres = torch.linspace(0, 1, bins, device=age.device)
-    position = torch.log1p(age.float().clamp(min=0)) / AGE_SCALE
+    position = age_position(age, scale)
     weights = torch.exp(-0.5 * ((position[:, None] - centres[None, :]) * (bins - 1)) ** 2)
     return weights / weights.sum(dim=1, keepdim=True)
 

@@ -59,6 +59,7 @@ class TrainGenOptions:
     d_width: int = 32
     upsample: str = "resize"  # "transposed": v1's DCGAN upsampling (models.generator)
     age_bins: int = 32  # 0: v1's age regression in the discriminator's auxiliary head
+    age_scale: str = "log"  # where ages sit for the conditioning and the age bins (models.generator.AGE_SCALES)
     # Rows (real and fake conditions alike) are drawn with weight count(gender, race, age band) ** -balance:
     # 0 draws the data's own mix, 1 every condition as often; rare conditions (old women, Others) collapsed in v1.
     balance: float = 0.5
@@ -200,10 +201,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
 
     if options.resolution not in RESOLUTIONS:
         raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
-    from faceattr_batch.models.generator import UPSAMPLERS  # torch-backed
+    from faceattr_batch.models.generator import AGE_SCALES, UPSAMPLERS  # torch-backed
 
     if options.upsample not in UPSAMPLERS:
         raise FaceattrError(f"--upsample {options.upsample}: use {' or '.join(UPSAMPLERS)}")
+    if options.age_scale not in AGE_SCALES:
+        raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
