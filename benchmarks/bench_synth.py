@@ -1,12 +1,15 @@
 """Generator speed: `synth` images/s (files written) beside the generator alone, and `train-gen` iterations/s.
 
-    python benchmarks/bench_synth.py [--n 10000] [--model shipped RUN_DIR_OR_FILE ...] [--threads 2]
+    python benchmarks/bench_synth.py [--n 10000] [--model shipped untrained-128 RUN_DIR_OR_FILE ...] [--threads 2]
+        [--train-resolution 64]
 
 synth: the whole command (`synth.run`: conditions, generation, JPEG encoding, manifest) on N faces at the
 generator's own size, beside the generator's forward pass alone on the same batches, for each ``--model`` in
-turn (``shipped``: the packaged one); goal: 10,000 64-px faces in <= 30 s. train-gen: for v1's recipe and v2's
-(today's defaults), two runs on the synthesized faces that differ only in their iteration count, so the
-difference of their wall times is the training alone (decoding and set-up cancel).
+turn (``shipped``: the packaged one; ``untrained-R``: a fresh generator of train-gen's defaults at R px, which costs
+what a trained one does: the speed of a size before any run of it exists); goal: 10,000 64-px faces in <= 30 s.
+train-gen: for v1's recipe and v2's (today's defaults) at ``--train-resolution``, two runs on the synthesized faces
+that differ only in their iteration count, so the difference of their wall times is the training alone (decoding
+and set-up cancel).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from faceattr_batch.models.registry import load_generator
+from faceattr_batch.models.generator import Generator, GeneratorConfig
+from faceattr_batch.models.registry import load_generator, save_generator
 from faceattr_batch.pipelines.synth import SynthOptions, conditions
 from faceattr_batch.pipelines.synth import run as synth_run
 from faceattr_batch.pipelines.train_gen import TrainGenOptions
@@ -41,18 +45,26 @@ def generator_only(generator, n: int, batch_size: int = 256) -> float:
 RECIPES = {"v1": dict(upsample="transposed", age_bins=0, balance=0.0, r1_gamma=0.0), "v2": {}}
 
 
-def train_seconds(faces: Path, out: Path, iterations: int, batch_size: int, threads: int, recipe: dict) -> float:
+def untrained_generator(resolution: int, folder: Path) -> Path:
+    """A fresh generator of train-gen's default networks at ``resolution``, saved as synth reads it."""
+    options = TrainGenOptions(source=folder, out_dir=folder, resolution=resolution)
+    config = GeneratorConfig.from_dict(vars(options))
+    return save_generator(Generator(config).eval(), folder / f"untrained_{resolution}.pt", {"name": "untrained"})
+
+
+def train_seconds(faces: Path, out: Path, iterations: int, recipe: dict, args) -> float:
     start = time.perf_counter()
     train_gen_run(
         TrainGenOptions(
             source=faces,
             out_dir=out,
             iterations=iterations,
-            batch_size=batch_size,
+            batch_size=args.batch_size,
+            resolution=args.train_resolution,
             sample_every=10**9,
             checkpoint_every=10**9,
             evaluate=False,
-            threads=threads,
+            threads=args.threads,
             workers=1,
             progress=False,
             **recipe,
@@ -68,12 +80,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=30, help="train-gen iterations timed (beyond 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="train-gen batch")
+    parser.add_argument("--train-resolution", type=int, default=64, help="train-gen's --resolution")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.model:
-            model = None if name == "shipped" else name
+            if name.startswith("untrained-"):
+                model = str(untrained_generator(int(name.removeprefix("untrained-")), Path(tmp)))
+            else:
+                model = None if name == "shipped" else name
             faces = Path(tmp) / "synth"
             shutil.rmtree(faces, ignore_errors=True)
             start = time.perf_counter()
@@ -90,13 +106,12 @@ def main() -> None:
             )
 
         for recipe, options in RECIPES.items():
-            short = train_seconds(faces, Path(tmp) / f"{recipe}-short", 10, args.batch_size, args.threads, options)
-            long = train_seconds(
-                faces, Path(tmp) / f"{recipe}-long", 10 + args.iterations, args.batch_size, args.threads, options
-            )
+            short = train_seconds(faces, Path(tmp) / f"{recipe}-short", 10, options, args)
+            long = train_seconds(faces, Path(tmp) / f"{recipe}-long", 10 + args.iterations, options, args)
             per_iteration = (long - short) / args.iterations
             print(
-                f"train-gen {recipe} (batch {args.batch_size}, {args.threads} threads): {1 / per_iteration:.2f} it/s "
+                f"train-gen {recipe} at {args.train_resolution} px (batch {args.batch_size}, {args.threads} threads): "
+                f"{1 / per_iteration:.2f} it/s "
                 f"= {args.batch_size / per_iteration:,.0f} real images/s"
             )
 
