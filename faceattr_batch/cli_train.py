@@ -161,13 +161,13 @@ def train_gen_command(
         int, typer.Option(min=0, help="Discriminator reads age as a distribution over N bins; 0: regression (v1).")
     ] = 32,
     age_scale: Annotated[
-        str, typer.Option(help="Age scale of the conditioning and the age bins: log (v1) or sqrt (finer when old).")
-    ] = "log",
+        str, typer.Option(help="Age scale of the conditioning and the age bins: sqrt (finer when old) or log (v1).")
+    ] = "sqrt",
     balance: Annotated[
         float, typer.Option(min=0, max=1, help="Draw rows by count(gender, race, age band)^-B: 0 natural, 1 even.")
     ] = 0.5,
     r1_gamma: Annotated[float, typer.Option(min=0, help="R1 penalty weight on real faces (lazy); 0 = off.")] = 0.01,
-    mode_seeking: Annotated[float, typer.Option(min=0, help="Mode-seeking weight (MSGAN, diversity); 0 = off.")] = 0.0,
+    mode_seeking: Annotated[float, typer.Option(min=0, help="Mode-seeking weight (MSGAN, diversity); 0 = off.")] = 0.1,
     age_weight: Annotated[float, typer.Option(min=0, help="Age's weight in G's auxiliary loss (gender's: 1).")] = 1.0,
     count: Annotated[
         int | None,

@@ -59,7 +59,7 @@ class TrainGenOptions:
     d_width: int = 32
     upsample: str = "resize"  # "transposed": v1's DCGAN upsampling (models.generator)
     age_bins: int = 32  # 0: v1's age regression in the discriminator's auxiliary head
-    age_scale: str = "log"  # where ages sit for the conditioning and the age bins (models.generator.AGE_SCALES)
+    age_scale: str = "sqrt"  # where ages sit for the conditioning and the age bins (models.generator.AGE_SCALES)
     # Rows (real and fake conditions alike) are drawn with weight count(gender, race, age band) ** -balance:
     # 0 draws the data's own mix, 1 every condition as often; rare conditions (old women, Others) collapsed in v1.
     balance: float = 0.5
@@ -67,7 +67,7 @@ class TrainGenOptions:
     r1_every: int = 16
     # Mode seeking (MSGAN, Mao et al. 2019): half the batch repeats the other half's conditions with new noise, and
     # the generator is pushed by this weight / (image distance / noise distance); 0 = off.
-    mode_seeking: float = 0.0
+    mode_seeking: float = 0.1
     iterations: int = 40_000
     batch_size: int = 64
     lr_g: float = 2e-4
