@@ -163,6 +163,24 @@ def test_resize_conv_is_nearest_upsampling_then_a_3x3_convolution_values_and_gra
         torch.testing.assert_close(a, b)
 
 
+def test_resize_conv_folds_its_kernel_on_the_device_of_its_input(monkeypatch):
+    # The folded taps followed x's dtype but stayed on the CPU: every CUDA run of a v2 generator (train-gen
+    # --device cuda, synth on a GPU) failed in its first forward. Without a GPU: the meta device, whose mixing
+    # with CPU tensors torch allows, so the test looks at where einsum's operands are.
+    devices = []
+    einsum = torch.einsum
+
+    def spy(equation, *operands):
+        devices.extend(t.device.type for t in operands)
+        return einsum(equation, *operands)
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    layer = ResizeConv(5, 7).to("meta")
+    out = layer(torch.zeros(3, 5, 6, 9, device="meta"))
+    assert out.device.type == "meta" and out.shape == (3, 7, 12, 18)
+    assert devices == ["meta"] * 3
+
+
 def test_mode_seeking_loss_falls_as_faces_of_one_condition_differ_more():
     z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
     same = torch.zeros(8, 3, 4, 4)

@@ -129,7 +129,7 @@ class ResizeConv(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = _RESIZE_TAPS.to(x.dtype)
+        taps = _RESIZE_TAPS.to(device=x.device, dtype=x.dtype)
         # a conv weight is (out, in, 3, 3); a transposed conv's is (in, out, 4, 4)
         kernel = torch.einsum("ka,lb,oiab->iokl", taps, taps, self.conv.weight)
         return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
