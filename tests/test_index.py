@@ -333,6 +333,9 @@ def test_run_checks_the_output_place_before_indexing(duplicates: Path, tmp_path:
     result = run(IndexOptions(root=duplicates), tmp_path / "out" / "index.parquet")
     assert result.summary["output"] == str(tmp_path / "out" / "index.parquet")
     assert pl.read_parquet(result.summary["output"]).equals(result.table)
+    # a file output without a suffix is a file: the check probes its folder, it does not make the path a folder
+    plain = run(IndexOptions(root=duplicates), tmp_path / "out" / "index")
+    assert (tmp_path / "out" / "index").is_file() and pl.read_parquet(plain.summary["output"]).equals(result.table)
 
 
 def test_cli_index_writes_parquet_and_json(duplicates: Path, tmp_path: Path):

@@ -104,6 +104,15 @@ def test_unwritable_output_fails_before_any_work(generator_file: Path, tmp_path:
     assert loaded == []
 
 
+def test_an_output_folder_with_a_dot_in_its_name_is_a_folder(generator_file: Path, tmp_path: Path):
+    """`synth -o synth-1.2` failed ("No such file or directory"): the writability check took the suffix ".2" for a
+    file's and probed the parent instead of creating the folder. Each caller now says folder or file."""
+    out = tmp_path / "synth-1.2"
+    result = CliRunner().invoke(app, ["synth", "--n", "3", "-m", str(generator_file), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.chip.jpg")) == sorted(pl.read_parquet(out / "manifest.parquet")["file"])
+
+
 def test_fixed_values_and_ranges(generator_file: Path, tmp_path: Path):
     options = SynthOptions(
         n=25,

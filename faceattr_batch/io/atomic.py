@@ -51,11 +51,13 @@ def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
         frame.write_parquet(tmp)
 
 
-def check_writable(path: Path | str, what: str) -> None:
-    """Fail now, before any work, when ``path`` (a file or a folder to be written) cannot be written: its folder is
-    created if missing and a probe file written and removed there. ``what`` names the option, e.g. ``-o``."""
+def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None:
+    """Fail now, before any work, when ``path`` (a file to be written; with ``folder``, a folder to write into) cannot
+    be written: that folder (the file's own) is created if missing and a probe file written and removed there.
+    ``what`` names the option, e.g. ``-o``. Said by the caller, not guessed from a suffix: ``-o synth-1.2`` is a
+    folder."""
     path = Path(path)
-    folder = path if path.is_dir() or not path.suffix else path.parent
+    folder = path if folder else path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".faceattr-probe-", dir=folder)

@@ -103,7 +103,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FaceattrError(f"-o {out}: cannot create the folder ({err.strerror or err})") from None
-    check_writable(out, "-o")
+    check_writable(out, "-o", folder=True)
     if any(out.iterdir()):
         if not overwrite:
             raise FaceattrError(f"{out} is not empty: add --overwrite to replace the chips of an earlier crop run")

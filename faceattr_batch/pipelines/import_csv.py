@@ -66,7 +66,7 @@ def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     if not Path(options.csv).is_file():
         raise FaceattrError(f"{options.csv}: no such file")
     out_dir = Path(options.out_dir)
-    check_writable(out_dir, "-o")  # before reading the CSV: an unwritable output fails at once
+    check_writable(out_dir, "-o", folder=True)  # before reading the CSV: an unwritable output fails at once
     frame = _read(Path(options.csv))
     result = ImportCsvResult(out_dir=out_dir, rows=frame.height, written=0)
     used: set[str] = set()

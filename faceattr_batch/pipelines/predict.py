@@ -186,7 +186,7 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--labels {options.labels}: no such file")
     check_writable(options.output, "-o")
     if options.report_dir is not None:
-        check_writable(options.report_dir, "--report")
+        check_writable(options.report_dir, "--report", folder=True)
     if options.slice_by and options.report_dir is None:
         raise FaceattrError("--slice-by shapes the report: add --report DIR")
     if options.min_group < 2:

@@ -176,7 +176,7 @@ def _check_options(options: SynthOptions) -> Path:
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
         raise FaceattrError(f"{out}: exists and is not a folder")
-    check_writable(out, "-o")
+    check_writable(out, "-o", folder=True)
     if any(out.iterdir()):
         if not options.overwrite:
             raise FaceattrError(f"{out} is not empty: add --overwrite to replace its synthesized images")
