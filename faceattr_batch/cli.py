@@ -246,7 +246,9 @@ def synth_command(
     resolution: Annotated[
         int | None, typer.Option("--resolution", min=1, show_default="the generator's", help="Written size in pixels.")
     ] = None,
-    truncation: Annotated[float, typer.Option(help="Noise scale in (0, 2]; below 1 favours typical faces.")] = 1.0,
+    truncation: Annotated[
+        float, typer.Option(help="Noise scale in (0, 2]; below 1 favours typical faces, above 1 varied ones.")
+    ] = 1.2,
     model: Annotated[
         str | None,
         typer.Option(

@@ -1,7 +1,7 @@
 """The generator's diversity and age figures of issue 21, against real faces of the same conditions.
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
-        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.0] [--real-features FILE.npz] \
+        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.2] [--real-features FILE.npz] \
         [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
@@ -40,6 +40,7 @@ from faceattr_batch.models.registry import load_generator
 from faceattr_batch.models.sampling import write_samples
 from faceattr_batch.pipelines.predict import PredictOptions
 from faceattr_batch.pipelines.predict import run as predict
+from faceattr_batch.pipelines.synth import SynthOptions
 
 OLD_BANDS = ("40-49", "50-59", "60-69", "70-79", "80+")
 
@@ -172,7 +173,9 @@ def main() -> None:
     parser.add_argument("--worst", type=int, help="measure diversity only in the N worst conditions of --of")
     parser.add_argument("--of", type=Path, help="an earlier run's diversity.csv (with --worst)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truncation", type=float, default=1.0, help="noise scale, as synth --truncation")
+    parser.add_argument(
+        "--truncation", type=float, default=SynthOptions.truncation, help="noise scale, as synth --truncation"
+    )
     parser.add_argument("--real-features", type=Path, help="an .npz keeping the real side's features between runs")
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
