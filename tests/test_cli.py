@@ -3,6 +3,7 @@ its pipeline. The pipelines are replaced by stand-ins that record their options,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -18,8 +19,9 @@ from typer.testing import CliRunner
 
 from faceattr_batch import progress, summaries
 from faceattr_batch.cli import app
+from faceattr_batch.cli_base import int_tuple
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.pipelines import fid, index, predict, synth, train_gen
+from faceattr_batch.pipelines import crop, ensemble, fid, import_csv, index, predict, synth, train, train_gen
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)  # cli_train's commands are merged in: not registered_commands
@@ -74,6 +76,40 @@ def test_help_names_arguments_and_shows_defaults():
     assert "--file-sizes / --no-file-sizes" in _help("index")
     assert "--resize-to INTEGER" in _help("fid")
     assert "--resolution INTEGER" in _help("synth")
+
+
+# Each command's options dataclass; the CLI repeats its defaults as literals (importing a pipeline at start would
+# load torch), so a default changed on one side only would make the API and the CLI disagree.
+OPTIONS_OF_COMMAND = {
+    "index": index.IndexOptions,
+    "import-csv": import_csv.ImportCsvOptions,
+    "fid": fid.FidOptions,
+    "predict": predict.PredictOptions,
+    "crop": crop.CropOptions,
+    "synth": synth.SynthOptions,
+    "train": train.TrainOptions,
+    "ensemble": ensemble.EnsembleOptions,
+    "train-gen": train_gen.TrainGenOptions,
+}
+CLI_ONLY_DEFAULTS = {("predict", "faces")}  # the CLI detects faces in photos (auto); the API reads chips unless asked
+
+
+def test_cli_defaults_match_the_options_dataclasses():
+    commands = typer.main.get_command(app).commands
+    compared = 0
+    for name, options in OPTIONS_OF_COMMAND.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+        for param in commands[name].params:
+            if param.name not in defaults or (name, param.name) in CLI_ONLY_DEFAULTS:
+                continue
+            cli_default = param.default
+            if isinstance(cli_default, str) and isinstance(defaults[param.name], tuple):  # --widths 32,64,128,256
+                cli_default = int_tuple(cli_default, param.name)
+            elif cli_default is None and defaults[param.name] == ():  # a repeatable flag not given
+                cli_default = ()
+            assert cli_default == defaults[param.name], f"{name} --{param.name}"
+            compared += 1
+    assert compared > 60  # the map above reaches every command's flags, not a handful
 
 
 def test_predict_help_quotes_no_speed_ratio():
