@@ -140,8 +140,6 @@ def export_onnx_command(
     show(summaries.export_onnx, summary)
 
 
-
-
 @command("train-gen")
 def train_gen_command(
     source: Annotated[Path, typer.Argument(help="Index Parquet from `index`, or an image folder.")],

@@ -38,9 +38,7 @@ def read_rgb_scaled(path: str | os.PathLike, draft_to: int | None = None, max_pi
             with Image.open(path) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise DecodeError(
-                        f"decompression bomb guard: {width}x{height} exceeds {max_pixels} pixels"
-                    )
+                    raise DecodeError(f"decompression bomb guard: {width}x{height} exceeds {max_pixels} pixels")
                 if draft_to is not None and im.format == "JPEG":
                     # draft keeps both sides >= the requested size; ask by aspect so the short side stays >= target
                     scale = draft_to / min(width, height)
@@ -60,9 +58,7 @@ def read_rgb_scaled(path: str | os.PathLike, draft_to: int | None = None, max_pi
         raise DecodeError("permission denied") from None
     except UnidentifiedImageError:
         size = _size_or_none(path)
-        raise DecodeError(
-            "empty file (0 bytes)" if size == 0 else "not an image (unidentified format)"
-        ) from None
+        raise DecodeError("empty file (0 bytes)" if size == 0 else "not an image (unidentified format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"decompression bomb guard: {err}".split(". ")[0]) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:

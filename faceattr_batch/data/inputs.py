@@ -125,6 +125,7 @@ def _parquet_metadata(path: str) -> dict[str, str]:
         raise FaceattrError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
+
 def display_path(path: str) -> str:
     """``path`` as valid UTF-8 text for an output column (undecodable bytes shown as ``\\xNN``)."""
     try:

@@ -9,6 +9,7 @@ from faceattr_batch.errors import FaceattrError
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'faceattr-batch[ray]'"
 
+
 def check_options(engine: str, address: str | None, concurrency: int | None) -> None:
     """Validate the engine flags before any work (no Ray import)."""
     if engine not in ENGINES:

@@ -44,11 +44,7 @@ def add_dup_groups(
     roots = _find_all(parent)
     # group id = rank of the group's smallest path: the same ids whatever order the rows come in
     first_path = pl.col("path").min().over("_root")
-    group = (
-        table.select("path", _root=pl.Series(roots))
-        .select(first_path.rank("dense").cast(pl.Int64) - 1)
-        .to_series()
-    )
+    group = table.select("path", _root=pl.Series(roots)).select(first_path.rank("dense").cast(pl.Int64) - 1).to_series()
     out = table.with_columns(dup_group=group)
     labels = pl.struct("age", "gender", "race")
     return out.with_columns(

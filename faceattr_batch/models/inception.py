@@ -117,7 +117,6 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if not key.startswith(("fc.", "AuxLogits."))}
 
 
-
 # --- pytorch-fid's FID Inception-v3 (torchvision Inception3 names, FID patches), up to pool3 --------------------
 
 
