@@ -99,11 +99,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
     """The output folder, created and checked writable before any work; an earlier crop run's chips removed."""
     if out.exists() and not out.is_dir():
         raise FaceattrError(f"-o {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FaceattrError(f"-o {out}: cannot create the folder ({err.strerror or err})") from None
-    check_writable(out, "-o", folder=True)
+    check_writable(out, "-o", folder=True)  # creates it
     if any(out.iterdir()):
         if not overwrite:
             raise FaceattrError(f"{out} is not empty: add --overwrite to replace the chips of an earlier crop run")
