@@ -68,9 +68,10 @@ def build(
         raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
     if suspects is not None:
         list_format(suspects)
-    for target, flag, is_folder in ((report_dir, "--report", True), (suspects, "--suspects", False)):
-        if target is not None:
-            check_writable(target, flag, folder=is_folder)
+    if report_dir is not None:
+        check_writable(report_dir, "--report", folder=True)
+    if suspects is not None:
+        check_writable(suspects, "--suspects")
     table = None if labels is None else read_label_file(labels)  # once, for both runs
     runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]
     if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
