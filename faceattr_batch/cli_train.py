@@ -167,6 +167,9 @@ def train_gen_command(
     r1_gamma: Annotated[float, typer.Option(min=0, help="R1 penalty weight on real faces (lazy); 0 = off.")] = 0.01,
     mode_seeking: Annotated[float, typer.Option(min=0, help="Mode-seeking weight (MSGAN, diversity); 0 = off.")] = 0.1,
     age_weight: Annotated[float, typer.Option(min=0, help="Age's weight in G's auxiliary loss (gender's: 1).")] = 1.0,
+    d_age_weight: Annotated[
+        float, typer.Option(min=0, help="Age's weight in D's auxiliary loss on real faces (gender's: 1).")
+    ] = 1.0,
     count: Annotated[
         int | None,
         typer.Option(

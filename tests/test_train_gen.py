@@ -214,7 +214,7 @@ def test_mode_seeking_pairs_conditions_with_new_noise_and_moves_the_generator(tm
     assert not all(torch.equal(c[:pairs], c[pairs:]) for c in conditions)
 
 
-def test_age_weight_reaches_the_generator_side_of_the_auxiliary_loss_only(tmp_path: Path, monkeypatch):
+def test_each_side_of_the_auxiliary_loss_gets_its_own_age_weight(tmp_path: Path, monkeypatch):
     pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = [torch.randint(0, 2, (16,)), torch.randint(0, 5, (16,)), torch.randint(0, 90, (16,))]
     weights = []
@@ -225,10 +225,10 @@ def test_age_weight_reaches_the_generator_side_of_the_auxiliary_loss_only(tmp_pa
         return real_aux_loss(*args, **kwargs)
 
     monkeypatch.setattr(Discriminator, "aux_loss", recording)
-    options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, age_weight=3.0, **TINY_RUN)
+    options = TrainGenOptions(source=tmp_path, out_dir=tmp_path, age_weight=3.0, d_age_weight=2.0, **TINY_RUN)
     gan, _ = train_gen_module._build_gan(options, torch.device("cpu"), None)
     train_gen_module._train_step(gan, pixels, labels, None, 1, options, torch.device("cpu"))
-    assert weights == [None, 3.0]  # the discriminator learns age as gender and race; the generator is asked more
+    assert weights == [2.0, 3.0]  # the discriminator's loss on real faces first, then the generator's on its own
 
 
 def test_r1_penalty_changes_the_discriminator_step_only_every_r1_every_iterations(tmp_path: Path):
@@ -361,12 +361,12 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     result = CliRunner().invoke(app, [*args, "--mode-seeking", "-1"])
     assert result.exit_code == 2 and "--mode-seeking" in result.output
     v2_options = ["--age-bins", "16", "--balance", "1", "--r1-gamma", "0.5", "--mode-seeking", "0.25"]
-    v2_options += ["--age-weight", "2", "--age-scale", "sqrt"]
+    v2_options += ["--age-weight", "2", "--d-age-weight", "3", "--age-scale", "sqrt"]
     result = CliRunner().invoke(app, [*args, *v2_options])
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "options.json").read_text())
-    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking", "age_weight", "age_scale")
-    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25, 2.0, "sqrt"]
+    chosen = ("upsample", "age_bins", "balance", "r1_gamma", "mode_seeking", "age_weight", "d_age_weight", "age_scale")
+    assert [saved[key] for key in chosen] == ["resize", 16, 1.0, 0.5, 0.25, 2.0, 3.0, "sqrt"]
 
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
     assert metrics["iteration"].to_list() == [2]

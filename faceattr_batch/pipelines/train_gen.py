@@ -75,6 +75,7 @@ class TrainGenOptions:
     ema_decay: float = 0.999
     aux_weight: float = 0.5  # weight of the auxiliary classification loss on generated faces (generator side)
     age_weight: float = 1.0  # age's weight within it, beside gender's and race's 1 (mode seeking cost age)
+    d_age_weight: float = 1.0  # age's weight in the discriminator's auxiliary loss on real faces
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_every: int = 2_500
@@ -129,8 +130,7 @@ class _Standing:
 
 
 def condition_weights(table: pl.DataFrame, balance: float) -> np.ndarray | None:
-    """Each row's drawing weight, count(its gender x race x age band) ** -balance (float64, summing to 1); None
-    for balance 0: rows drawn uniformly, as v1 drew them."""
+    """Each row's drawing weight, count(gender x race x age band) ** -balance, summing to 1; None: uniform (0)."""
     if balance == 0:
         return None
     cell = pl.struct("gender", "race", age_band_expr(pl.col("age").clip(0, GEN_MAX_AGE)))
@@ -335,7 +335,7 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     real_score, real_aux = discriminator(real_seen, *real_cond)
     fake_score, _ = discriminator(diff_augment(fake.detach(), rng), *fake_cond)
     loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
-    loss_d = loss_d + discriminator.aux_loss(real_aux, *real_cond)
+    loss_d = loss_d + discriminator.aux_loss(real_aux, *real_cond, age_weight=options.d_age_weight)
     if r1:  # StyleGAN2's lazy R1: gamma / 2 * |grad D(real)|^2, applied every r1_every steps at that many times
         (grad,) = torch.autograd.grad(real_score.sum(), real_seen, create_graph=True)
         penalty = grad.square().sum(dim=(1, 2, 3)).mean()
