@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import inspect
 import io
 import os
 import re
@@ -21,7 +22,8 @@ from faceattr_batch import progress, summaries
 from faceattr_batch.cli import app
 from faceattr_batch.cli_base import int_tuple
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.pipelines import crop, ensemble, fid, import_csv, index, predict, synth, train, train_gen
+from faceattr_batch.models import export
+from faceattr_batch.pipelines import crop, ensemble, fid, import_csv, index, predict, report, synth, train, train_gen
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)  # cli_train's commands are merged in: not registered_commands
@@ -78,27 +80,38 @@ def test_help_names_arguments_and_shows_defaults():
     assert "--resolution INTEGER" in _help("synth")
 
 
-# Each command's options dataclass; the CLI repeats its defaults as literals (importing a pipeline at start would
-# load torch), so a default changed on one side only would make the API and the CLI disagree.
-OPTIONS_OF_COMMAND = {
+# What each command hands its work to: an options dataclass, or a function's keyword arguments. The CLI repeats the
+# defaults as literals (importing a pipeline at start would load torch), so a default changed on one side only would
+# make the API and the CLI disagree.
+DEFAULTS_OF_COMMAND = {
     "index": index.IndexOptions,
     "import-csv": import_csv.ImportCsvOptions,
     "fid": fid.FidOptions,
     "predict": predict.PredictOptions,
+    "report": report.build,
     "crop": crop.CropOptions,
     "synth": synth.SynthOptions,
     "train": train.TrainOptions,
     "ensemble": ensemble.EnsembleOptions,
+    "export-onnx": export.export_onnx,
     "train-gen": train_gen.TrainGenOptions,
 }
 CLI_ONLY_DEFAULTS = {("predict", "faces")}  # the CLI detects faces in photos (auto); the API reads chips unless asked
 
 
-def test_cli_defaults_match_the_options_dataclasses():
+def _api_defaults(target) -> dict:
+    if dataclasses.is_dataclass(target):
+        return {f.name: f.default for f in dataclasses.fields(target) if f.default is not dataclasses.MISSING}
+    parameters = inspect.signature(target).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def test_cli_defaults_match_the_api_defaults():
     commands = typer.main.get_command(app).commands
+    assert set(DEFAULTS_OF_COMMAND) == set(commands)  # a new command joins the map
     compared = 0
-    for name, options in OPTIONS_OF_COMMAND.items():
-        defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+    for name, target in DEFAULTS_OF_COMMAND.items():
+        defaults = _api_defaults(target)
         for param in commands[name].params:
             if param.name not in defaults or (name, param.name) in CLI_ONLY_DEFAULTS:
                 continue
@@ -109,7 +122,7 @@ def test_cli_defaults_match_the_options_dataclasses():
                 cli_default = ()
             assert cli_default == defaults[param.name], f"{name} --{param.name}"
             compared += 1
-    assert compared > 60  # the map above reaches every command's flags, not a handful
+    assert compared > 60  # the map reaches every command's flags, not a handful
 
 
 def test_predict_help_quotes_no_speed_ratio():
