@@ -37,9 +37,10 @@ from faceattr_batch.pipelines import fid
 from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.predict import PredictOptions
 from faceattr_batch.pipelines.predict import run as predict
-from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights, evaluate
+from faceattr_batch.pipelines.train_gen import TrainGenOptions, condition_weights
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.data import load_labelled
+from faceattr_batch.training.gen_eval import evaluate
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
 # a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations

@@ -2,9 +2,8 @@
 
 Spine: labelled index -> decode every chip once at the generator's resolution -> iterations of hinge-loss
 GAN training (DiffAugment on both sides of the discriminator, auxiliary classification on real faces,
-an EMA copy of the generator) -> at intervals: a sample grid PNG, a checkpoint, and an evaluation that writes
-samples to disk and scores them: FID / KID against a fixed real subset (``metrics.features``, the ``fid``
-command's statistics) and agreement with the attribute model (``models.runtime``, as ``predict`` reads chips).
+an EMA copy of the generator) -> at intervals: a sample grid PNG, a checkpoint, and an evaluation
+(``training.gen_eval``: FID / KID against a fixed real subset, agreement with the attribute model).
 
 Deterministic given the seed: iteration i draws its batch, noise and augmentation from generators seeded by
 (seed, i), so a run resumed from a checkpoint continues as the uninterrupted one would.
@@ -17,27 +16,21 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.batches import iter_batches
-from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.rundir import append_metrics, start_run
-from faceattr_batch.metrics.features import image_stats
-from faceattr_batch.metrics.fid_stats import ALL, frechet_distance, kid, load_stats, save_stats
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_atomically, save_generator
-from faceattr_batch.models.runtime import ModelRunner, split_cores
-from faceattr_batch.models.sampling import write_samples
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
+from faceattr_batch.training.gen_eval import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +39,6 @@ GEN_MODEL = "generator.pt"
 GRID_AGES = (3, 10, 20, 30, 45, 60, 75, 90)  # columns of the sample grid
 GEN_MAX_AGE = 100  # condition ages are clamped to this
 RESOLUTIONS = (32, 64, 128)
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the fid command's defaults
 
 
 @dataclass(frozen=True)
@@ -380,71 +372,3 @@ def _grid_drawer(z_dim: int, device, out: Path):
         shutil.copyfile(path, out / "grid_latest.png")
 
     return draw
-
-
-def evaluate(ema, config, table: pl.DataFrame, options: TrainGenOptions, out: Path, fid_network=None) -> dict:
-    """FID and KID (fixed real subset, both sides area-resized to the generator's resolution) and attribute
-    agreement of ``options.eval_samples`` EMA samples whose conditions follow the table's labels.
-    ``fid_network`` replaces the Inception network (tests pass a tiny one)."""
-    from faceattr_batch.models.inception import load_inception  # torch-backed
-
-    samples = out / "eval_samples"
-    shutil.rmtree(samples, ignore_errors=True)
-    conditions = table.sample(n=options.eval_samples, seed=options.seed + 1, with_replacement=True)
-    wanted = conditions.select("gender", "race", "age")
-    written = write_samples(ema, wanted, samples, seed=options.seed + 2, size=config.resolution, progress=False)
-    written = written.sort("file")  # the order `fid` reads a folder in: it seeds which rows KID draws
-    paths = [str(samples / name) for name in written.get_column("file")]
-    network = fid_network if fid_network is not None else load_inception(device=resolve_device(options.device))
-    real = _real_stats(network, config.resolution, table, options, out)
-    fake = image_stats(paths, network, resize_to=config.resolution, workers=options.workers, seed=1)
-    fid, _ = frechet_distance(*real.mean_cov(), *fake.mean_cov())
-    kid_mean, _, _ = kid(real.reservoir, fake.reservoir, KID_SUBSETS, KID_SUBSET_SIZE, seed=0)
-    result = {"fid": fid, "kid_mean": kid_mean}
-    try:
-        result.update(agreement(paths, written, options))
-    except FaceattrError as err:  # no attribute model yet: FID alone
-        log.warning("attribute agreement skipped: %s", err)
-    return result
-
-
-def _real_stats(network, resolution: int, table: pl.DataFrame, options: TrainGenOptions, out: Path):
-    """The real subset's feature stats, computed once into ``real_stats_<resolution>.npz`` (a stats file `fid`
-    reads too) and read back from it."""
-    path = out / f"real_stats_{resolution}.npz"
-    if not path.is_file():
-        subset = table.sample(n=min(options.real_subset, table.height), seed=options.seed, shuffle=True)
-        by_name: dict[str, str] = {}
-        for file in subset.get_column("file"):
-            by_name.setdefault(Path(file).name, file)  # one file per name, ordered by name as `fid` lists a folder
-        files = [by_name[name] for name in sorted(by_name)]
-        stats = image_stats(files, network, resize_to=resolution, workers=options.workers, seed=0)
-        meta = {"source": f"{options.source} (train-gen real subset)", "size": str(resolution), "by": ""}
-        save_stats(path, {ALL: stats}, meta)
-    return load_stats(path)[0][ALL]
-
-
-def agreement(paths: list[str], labels: pl.DataFrame, options: TrainGenOptions) -> dict:
-    """How far the attribute model reads back the requested labels (gender, race, age of ``labels``, aligned
-    with ``paths``): gender and race agreement, age MAE in years. The samples are read as chips, as `predict`
-    does by default."""
-    import torch
-
-    device = resolve_device(options.device)
-    threads = torch.get_num_threads()  # the torch runtime sets its own; training goes on with the run's
-    try:
-        runner = ModelRunner.load(options.attr_model, device, "auto", split_cores(device.type, None, None)[1])
-        parts = []
-        for batch in iter_batches(paths, partial(load_chip, size=runner.input_size), 256, options.workers):
-            if batch.errors:
-                raise FaceattrError(f"{len(batch.errors)} evaluation samples could not be read back")
-            parts.append(runner.infer(batch.items))
-    finally:
-        torch.set_num_threads(threads)
-    outputs = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    gender, race, age = (labels.get_column(k).to_numpy() for k in ("gender", "race", "age"))
-    return {
-        "gender_agreement": float(np.mean((outputs["p_female"] >= 0.5) == (gender == 1))),
-        "race_agreement": float(np.mean(outputs["race_probs"].argmax(axis=1) == race)),
-        "age_mae_vs_requested": float(np.mean(np.abs(outputs["age_median"] - age))),
-    }
