@@ -26,8 +26,6 @@ from faceattr_batch.models.sampling import write_samples
 
 log = logging.getLogger(__name__)
 
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the fid command's defaults
-
 
 def evaluate(ema, config, table: pl.DataFrame, options, out: Path, fid_network=None) -> dict:
     """FID and KID (fixed real subset, both sides area-resized to the generator's resolution) and attribute
@@ -46,7 +44,7 @@ def evaluate(ema, config, table: pl.DataFrame, options, out: Path, fid_network=N
     real = _real_stats(network, config.resolution, table, options, out)
     fake = image_stats(paths, network, resize_to=config.resolution, workers=options.workers, seed=1)
     fid, _ = frechet_distance(*real.mean_cov(), *fake.mean_cov())
-    kid_mean, _, _ = kid(real.reservoir, fake.reservoir, KID_SUBSETS, KID_SUBSET_SIZE, seed=0)
+    kid_mean, _, _ = kid(real.reservoir, fake.reservoir, seed=0)  # the fid command's subsets
     result = {"fid": fid, "kid_mean": kid_mean}
     try:
         result.update(agreement(paths, written, options))
