@@ -170,6 +170,19 @@ def train_gen_command(
     d_age_weight: Annotated[
         float, typer.Option(min=0, help="Age's weight in D's auxiliary loss on real faces (gender's: 1).")
     ] = 1.0,
+    init_generator: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start G and its EMA from this generator file or RUN_DIR (its config; D is new, of "
+            "--d-width)."
+        ),
+    ] = None,
+    d_warmup: Annotated[int, typer.Option(min=0, help="Train D alone for the first N iterations.")] = 0,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="A frozen attribute network (name, e.g. fast, or .pt) whose loss on G's faces joins G's."),
+    ] = None,
+    teacher_weight: Annotated[float, typer.Option(min=0, help="Weight of --teacher's loss in G's.")] = 1.0,
     count: Annotated[
         int | None,
         typer.Option(

@@ -1,8 +1,8 @@
 """The generator's diversity and age figures of issue 21, against real faces of the same conditions.
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
-        [--per-condition 64] [--worst N --of OLD/diversity.csv] [--truncation 1.2] [--real-features FILE.npz] \
-        [-o /tmp/geneval]
+        [--per-condition 64] [--worst N --of OLD/diversity.csv | --no-diversity] [--truncation 1.2] \
+        [--real-features FILE.npz] [--judge ATTR_MODEL] [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
    seeded sample of that many real faces and as many samples drawn at their (gender, race, age); the mean pairwise
@@ -13,9 +13,9 @@
    ``--real-features FILE.npz`` keeps the real side's features for the next run (half the passes).
 2. Age and agreement: with ``--split`` (a ``train`` RUN_DIR's split.parquet: the shipped attribute models' own
    validation faces, which they never trained on), the validation faces of ages 40 and over and one sample per
-   face at its (gender, race, age); the default attribute model reads both. Per band: its mean read age of the
-   samples minus that of the real faces (the issue's gap; goal within +-2 years), and over all samples the share
-   read as the requested gender and race.
+   face at its (gender, race, age); the default attribute model (or ``--judge``) reads both. Per band: its mean
+   read age of the samples minus that of the real faces (the issue's gap; goal within +-2 years), and over all
+   samples the share read as the requested gender and race.
 
 Prints both tables and writes them as ``diversity.csv`` and ``age_gap.csv`` under ``-o`` (samples kept there), with
 a contact sheet per measured condition, ``sheets/<condition>.png``: its 64 real faces (left) beside its 64 samples.
@@ -136,7 +136,7 @@ def cached_features(paths: list[str], keys: list[str], network, cache: Path | No
     return found
 
 
-def age_gap(table: pl.DataFrame, split: Path, sample, out: Path) -> tuple[pl.DataFrame, dict]:
+def age_gap(table: pl.DataFrame, split: Path, sample, out: Path, judge: str | None) -> tuple[pl.DataFrame, dict]:
     val = pl.read_parquet(split).filter(pl.col("split") == "val").select("path")
     real = table.join(val, on="path").filter(pl.col("band").is_in(OLD_BANDS)).sort("path")
     fake_paths = sample(real, out / "age")
@@ -144,7 +144,7 @@ def age_gap(table: pl.DataFrame, split: Path, sample, out: Path) -> tuple[pl.Dat
     for side, paths in (("real", real["file"].to_list()), ("fake", fake_paths)):
         output = out / f"{side}.parquet"
         output.unlink(missing_ok=True)
-        predict(PredictOptions(inputs=tuple(paths), output=output, faces="chips", progress=False))
+        predict(PredictOptions(inputs=tuple(paths), output=output, faces="chips", model=judge, progress=False))
         read[side] = pl.read_parquet(output).filter(pl.col("error").is_null())
     requested = real.select("band", "gender", "race", "age").with_columns(path=pl.Series(fake_paths))
     fake = read["fake"].join(requested.rename({"gender": "want_gender", "race": "want_race"}), on="path")
@@ -177,6 +177,8 @@ def main() -> None:
         "--truncation", type=float, default=SynthOptions.truncation, help="noise scale, as synth --truncation"
     )
     parser.add_argument("--real-features", type=Path, help="an .npz keeping the real side's features between runs")
+    parser.add_argument("--no-diversity", action="store_true", help="the age gap and agreement only")
+    parser.add_argument("--judge", help="attribute model that reads the ages (predict --model; default: the shipped)")
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
 
@@ -189,16 +191,17 @@ def main() -> None:
         parser.error("--worst and --of go together")
     only = None if args.of is None else set(pl.read_csv(args.of).sort("ratio").head(args.worst)["condition"])
     sample = functools.partial(draw, generator, seed=args.seed, truncation=args.truncation)
-    ratios = diversity(table, sample, args.per_condition, args.out, args.seed, only, args.real_features)
-    ratios.write_csv(args.out / "diversity.csv")
-    with pl.Config(tbl_rows=200, float_precision=3):
-        print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
-        print(ratios)
+    if not args.no_diversity:
+        ratios = diversity(table, sample, args.per_condition, args.out, args.seed, only, args.real_features)
+        ratios.write_csv(args.out / "diversity.csv")
+        with pl.Config(tbl_rows=200, float_precision=3):
+            print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
+            print(ratios)
     if args.split:
-        gaps, agreement = age_gap(table, args.split, sample, args.out)
+        gaps, agreement = age_gap(table, args.split, sample, args.out, args.judge)
         gaps.write_csv(args.out / "age_gap.csv")
         with pl.Config(float_precision=2):
-            print("age: the default model's mean read age of samples minus of real validation faces, per band")
+            print(f"age: {args.judge or 'the default model'}'s mean read age of samples minus of real validation faces")
             print(gaps)
         print(f"agreement on {agreement['n']} samples: gender {agreement['gender']:.1%}, race {agreement['race']:.1%}")
 

@@ -59,3 +59,19 @@ def make_faces(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[
         Image.fromarray(pixels).save(folder / name, quality=90)
         paths.append(folder / name)
     return paths
+
+
+def interrupt_at_second_grid(monkeypatch, train_gen_module):
+    """Make train-gen's second sample grid raise KeyboardInterrupt (with grids and checkpoints every 3 iterations:
+    after the iteration-3 checkpoint, before the next), as a user's Ctrl-C would; returns the function undoing it."""
+    real_save = train_gen_module.save_grid
+    calls = {"n": 0}
+
+    def crash_on_second_grid(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_save(*args)
+
+    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
+    return lambda: monkeypatch.setattr(train_gen_module, "save_grid", real_save)

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import make_faces
+from conftest import interrupt_at_second_grid, make_faces
 from PIL import Image
 from torch.nn import functional as F
 from typer.testing import CliRunner
@@ -257,19 +257,10 @@ def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch, ge
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     assert (tmp_path / "whole" / "grid_000006.png").is_file()
 
-    real_save = train_gen_module.save_grid
-    calls = {"n": 0}
-
-    def crash_on_second_grid(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # after the iteration-3 checkpoint, before the next
-        real_save(*args)
-
-    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
+    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
     with pytest.raises(KeyboardInterrupt):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
-    monkeypatch.setattr(train_gen_module, "save_grid", real_save)
+    restore()
     with pytest.raises(FaceattrError, match="already holds a generator run"):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
     train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)

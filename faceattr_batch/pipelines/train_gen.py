@@ -27,7 +27,14 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.rundir import append_metrics, start_run
 from faceattr_batch.models.device import resolve_device
-from faceattr_batch.models.registry import GEN_TRAIN_FORMAT, read_generator_checkpoint, save_atomically, save_generator
+from faceattr_batch.models.registry import (
+    GEN_TRAIN_FORMAT,
+    load_attr_model,
+    load_generator,
+    read_generator_checkpoint,
+    save_atomically,
+    save_generator,
+)
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
 from faceattr_batch.training.gen_eval import evaluate
@@ -68,6 +75,15 @@ class TrainGenOptions:
     aux_weight: float = 0.5  # weight of the auxiliary classification loss on generated faces (generator side)
     age_weight: float = 1.0  # age's weight within it, beside gender's and race's 1 (mode seeking cost age)
     d_age_weight: float = 1.0  # age's weight in the discriminator's auxiliary loss on real faces
+    # Fine-tuning: the generator and its EMA start from a generator file or RUN_DIR (its config, a fresh
+    # discriminator of d_width); the first d_warmup iterations train the discriminator alone.
+    init_generator: str | None = None
+    d_warmup: int = 0
+    # A frozen attribute network (a name such as fast, or a .pt file) whose training loss on the generated faces,
+    # times teacher_weight, joins the generator's: an age signal from a network that reads old faces as old (the
+    # discriminator's own head reads real faces of 80+ as 72). It is one of the default model's three members.
+    teacher: str | None = None
+    teacher_weight: float = 1.0
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_every: int = 2_500
@@ -93,6 +109,7 @@ class _Gan:
     ema: object  # the generator's exponential moving average: what is saved and sampled
     opt_g: object
     opt_d: object
+    teacher: object = None  # --teacher's frozen attribute network (not saved: it is loaded again on resume)
 
     def checkpoint(self, iteration: int) -> dict:
         return {
@@ -258,26 +275,35 @@ def _model_meta(options: TrainGenOptions, iteration: int) -> dict:
 
 
 def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tuple[_Gan, int]:
-    """Fresh networks seeded by ``seed`` (the EMA starts as the generator), or the checkpoint's; the iteration
-    to go on from."""
+    """Fresh networks seeded by ``seed`` (the EMA starts as the generator; with ``init_generator``, both start from
+    that file), or the checkpoint's; the iteration to go on from."""
+    import dataclasses
+
     import torch
 
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig  # torch-backed
 
     checkpoint = read_generator_checkpoint(resume_from) if resume_from is not None else None
+    start_from = None
     if checkpoint is not None:  # the networks the run was started with, whatever today's defaults
         config = GeneratorConfig.from_dict(checkpoint["config"])
+    elif options.init_generator is not None:  # its generator; the discriminator is new, of the asked width
+        start_from, _ = load_generator(options.init_generator)
+        config = dataclasses.replace(start_from.config, d_width=options.d_width)
     else:  # the options that are config fields (resolution, widths, upsample, age_bins)
         config = GeneratorConfig.from_dict(vars(options))
     torch.manual_seed(options.seed)
     layout = torch.channels_last  # 10-20% faster convolutions on this CPU (measured side by side)
-    generator = Generator(config).to(device, memory_format=layout)
+    generator = Generator(config)
+    if start_from is not None:
+        generator.load_state_dict(start_from.state_dict())
+    generator = generator.to(device, memory_format=layout)
     discriminator = Discriminator(config).to(device, memory_format=layout)
     ema = Generator(config).to(device, memory_format=layout).eval()
     ema.load_state_dict(generator.state_dict())
     opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
-    gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d)
+    gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d, _load_teacher(options.teacher, device))
     if checkpoint is None:
         return gan, 0
     for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
@@ -287,6 +313,18 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     if start >= options.iterations:
         log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
     return gan, start
+
+
+def _load_teacher(source: str | None, device):
+    """``--teacher``'s attribute network, frozen in eval mode, or None."""
+    if source is None:
+        return None
+    from faceattr_batch.models.attr_net import AttrNet  # torch-backed
+
+    model, _ = load_attr_model(source)
+    if not isinstance(model, AttrNet):
+        raise FaceattrError(f"--teacher {source}: an ensemble; give one attribute network (such as fast)")
+    return model.to(device).eval().requires_grad_(False)
 
 
 def draw_rows(n: int, batch: int, weights, rng):
@@ -306,6 +344,7 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     from torch.nn import functional as F
 
     from faceattr_batch.models.generator import diff_augment, mode_seeking_loss  # torch-backed
+    from faceattr_batch.training.losses import generated_faces_loss
 
     n = len(pixels)
     batch = min(options.batch_size, n)
@@ -321,7 +360,9 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     z = torch.randn(batch, gan.config.z_dim, generator=rng).to(device)
     discriminator = gan.discriminator
 
-    fake = gan.generator(z, *fake_cond)
+    warming_up = iteration < options.d_warmup  # a fresh discriminator learns before the generator moves
+    with torch.set_grad_enabled(not warming_up):
+        fake = gan.generator(z, *fake_cond)
     r1 = options.r1_gamma > 0 and iteration % options.r1_every == 0
     real_seen = diff_augment(real, rng).requires_grad_(r1)
     real_score, real_aux = discriminator(real_seen, *real_cond)
@@ -335,12 +376,16 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     gan.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     gan.opt_d.step()
+    if warming_up:
+        return loss_d.item(), 0.0
 
     fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
     aux_g = discriminator.aux_loss(fake_aux, *fake_cond, age_weight=options.age_weight)
     loss_g = -fake_score.mean() + options.aux_weight * aux_g
     if pairs:
         loss_g = loss_g + options.mode_seeking * mode_seeking_loss(fake, z, pairs)
+    if gan.teacher is not None:
+        loss_g = loss_g + options.teacher_weight * generated_faces_loss(gan.teacher, fake, *fake_cond)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()

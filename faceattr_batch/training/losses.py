@@ -1,5 +1,5 @@
-"""The attribute network's training losses: labels (multi-task), a teacher's predictions (distillation), and the
-race class weights they share."""
+"""The attribute network's training losses: labels (multi-task), a teacher's predictions (distillation), the
+race class weights they share, and a frozen attribute network's read of generated faces (train-gen's teacher)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,19 @@ def multitask_loss(logits, gender, race, age, race_weights, age_values):
     expected = (log_probs.exp() * age_values).sum(dim=1)
     age_l1 = (expected - age.float()).abs().mean()
     return gender_loss + race_loss + age_loss + 0.1 * age_l1
+
+
+def generated_faces_loss(model, images, gender, race, age):
+    """``multitask_loss`` of a frozen ``AttrNet`` reading generated ``images`` (N x 3 x S x S in [-1, 1]) against the
+    conditions they were drawn for; the images are resized to the model's input size (bilinear, antialiased), and
+    the gradient flows back to them. Its plain forward: no test-time mirror, no race adjustment, as in training."""
+    from torch.nn import functional as F
+
+    size = model.config.input_size
+    pixels = (images.float() + 1) * 127.5
+    if pixels.shape[-1] != size:
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return multitask_loss(model(pixels), gender, race, age, None, model.age_values)
 
 
 def distillation_loss(logits, soft: dict, race_bias):

@@ -1,0 +1,106 @@
+"""train-gen's fine-tuning options: --init-generator (start from a generator file, a fresh discriminator),
+--d-warmup (the discriminator alone at first) and --teacher (a frozen attribute network's loss on generated faces)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import interrupt_at_second_grid, make_faces
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.models.attr_ensemble import AttrEnsemble
+from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+from faceattr_batch.models.registry import load_generator, read_generator_checkpoint, save_attr_ensemble
+from faceattr_batch.pipelines import train_gen as train_gen_module
+from faceattr_batch.pipelines.train_gen import TrainGenOptions
+from faceattr_batch.pipelines.train_gen import run as train_gen
+from faceattr_batch.training.losses import generated_faces_loss
+
+TINY_RUN = dict(
+    resolution=32, g_width=32, d_width=16, batch_size=8, sample_every=3, checkpoint_every=3, evaluate=False, workers=0
+)
+TINY_RUN["progress"] = False
+
+
+def parameters(state: dict) -> dict:
+    """A generator state dict without its BatchNorm statistics (which standing statistics recompute on save)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny faces and a 3-iteration generator run trained on them: (faces folder, RUN_DIR)."""
+    root = tmp_path_factory.mktemp("finetune")
+    make_faces(root / "faces", 40)
+    train_gen(TrainGenOptions(source=root / "faces", out_dir=root / "base", iterations=3, **TINY_RUN))
+    return root / "faces", root / "base"
+
+
+def test_init_generator_starts_from_the_file_and_d_warmup_keeps_it_there(trained, tmp_path: Path):
+    faces, base = trained
+    start, _ = load_generator(base)
+    options = dict(source=faces, iterations=3, init_generator=str(base / "generator.pt"), **TINY_RUN)
+    options["d_width"] = 8  # the new discriminator's width is this run's choice; the generator's config is the file's
+    train_gen(TrainGenOptions(out_dir=tmp_path / "warm", d_warmup=3, **options))
+    checkpoint = read_generator_checkpoint(tmp_path / "warm" / "last.pt")
+    assert checkpoint["config"] == {**start.config.to_dict(), "d_width": 8}
+    for key in ("generator", "ema"):  # three iterations of the discriminator alone: the generator has not moved
+        for name, value in parameters(start.state_dict()).items():
+            assert torch.equal(checkpoint[key][name], value), (key, name)
+    first_conv = next(v for k, v in checkpoint["discriminator"].items() if k.endswith("weight_orig"))
+    assert first_conv.shape[0] == 8
+
+    train_gen(TrainGenOptions(out_dir=tmp_path / "joint", d_warmup=2, **options))
+    moved = read_generator_checkpoint(tmp_path / "joint" / "last.pt")["generator"]
+    assert any(not torch.equal(moved[name], value) for name, value in parameters(start.state_dict()).items())
+
+
+def test_generated_faces_loss_is_lowest_for_what_the_teacher_reads_and_reaches_the_images():
+    torch.manual_seed(0)
+    teacher = AttrNet(AttrNetConfig(input_size=40, widths=(8, 16), depths=(1, 1))).eval().requires_grad_(False)
+    images = (torch.rand(6, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    with torch.no_grad():  # what the teacher reads: the same 32 -> 40 px resize the loss makes
+        read = teacher(torch.nn.functional.interpolate((images + 1) * 127.5, size=(40, 40), mode="bilinear"))
+    gender, race, age = (read.gender > 0).long(), read.race.argmax(1), read.age.argmax(1)
+    agreeing = generated_faces_loss(teacher, images, gender, race, age)
+    assert agreeing < generated_faces_loss(teacher, images, 1 - gender, (race + 1) % 5, (age + 60) % 121)
+    agreeing.backward()
+    assert images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_moves_the_generator_and_resumes_to_the_same_generator(trained, tiny_attr_model, tmp_path, monkeypatch):
+    faces, base = trained
+    options = dict(
+        source=faces, iterations=6, init_generator=str(base), d_warmup=2, teacher=str(tiny_attr_model), **TINY_RUN
+    )
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "untaught", **{**options, "teacher": None}))
+    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
+    with pytest.raises(KeyboardInterrupt):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
+    restore()
+    train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
+    whole, cut, untaught = (load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught"))
+    for name, value in whole.items():
+        assert torch.equal(value, cut[name]), name
+    assert any(not torch.equal(value, untaught[name]) for name, value in parameters(whole).items())
+
+
+def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
+    faces, _ = trained
+    members = [AttrNet(AttrNetConfig(input_size=32, widths=(8,), depths=(1,))) for _ in range(2)]
+    ensemble = save_attr_ensemble(AttrEnsemble(members).eval(), tmp_path / "pair.pt", {"name": "pair"})
+    with pytest.raises(FaceattrError, match="an ensemble; give one attribute network"):
+        train_gen(TrainGenOptions(source=faces, out_dir=tmp_path / "run", teacher=str(ensemble), **TINY_RUN))
+
+    result = CliRunner().invoke(
+        app,
+        ["train-gen", str(faces), "-o", str(tmp_path / "cli"), "--teacher", str(tmp_path / "missing.pt"), "--no-eval"],
+    )
+    assert result.exit_code == 2
+    assert "missing.pt" in result.output and "Traceback" not in result.output
