@@ -366,7 +366,7 @@ def test_the_shipped_models_run_their_int8_graphs_on_cpus(name, chips):
     pytest.importorskip("onnxruntime")
     runner = ModelRunner.load(name, torch.device("cpu"), "auto", 1)
     assert runner.runtime == "onnxruntime" and runner.meta["precision"] == "int8"
-    described = f"int8 static QDQ, per-channel weights, {chips} calibration chips (percentile)"
+    described = f"int8 static QDQ, per-channel 7-bit weights, {chips} calibration chips (percentile)"
     assert runner.model.properties["quantization"] == described
     assert ModelRunner.load(name, torch.device("cpu"), "torch", 1).meta["precision"] == "fp32"
 
