@@ -61,6 +61,20 @@ def make_faces(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[
     return paths
 
 
+# a few-iteration train-gen run of a tiny generator (32 px), checkpoint and grid every 3 iterations
+TINY_RUN = dict(
+    resolution=32,
+    g_width=32,
+    d_width=16,
+    batch_size=8,
+    sample_every=3,
+    checkpoint_every=3,
+    evaluate=False,
+    workers=0,
+    progress=False,
+)
+
+
 def interrupt_at_second_grid(monkeypatch, train_gen_module):
     """Make train-gen's second sample grid raise KeyboardInterrupt (with grids and checkpoints every 3 iterations:
     after the iteration-3 checkpoint, before the next), as a user's Ctrl-C would; returns the function undoing it."""

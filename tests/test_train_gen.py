@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import interrupt_at_second_grid, make_faces
+from conftest import TINY_RUN, interrupt_at_second_grid, make_faces
 from PIL import Image
 from torch.nn import functional as F
 from typer.testing import CliRunner
@@ -43,18 +43,6 @@ from faceattr_batch.training.data import load_labelled
 from faceattr_batch.training.gen_eval import evaluate
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
-# a few-iteration train-gen run of the TINY generator, checkpoint and grid every 3 iterations
-TINY_RUN = dict(
-    resolution=32,
-    g_width=32,
-    d_width=16,
-    batch_size=8,
-    sample_every=3,
-    checkpoint_every=3,
-    evaluate=False,
-    workers=0,
-    progress=False,
-)
 
 
 class TinyFeatures(torch.nn.Module):

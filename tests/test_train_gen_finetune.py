@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_at_second_grid, make_faces
+from conftest import TINY_RUN, interrupt_at_second_grid, make_faces
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
@@ -19,11 +19,6 @@ from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.train_gen import TrainGenOptions
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.losses import generated_faces_loss
-
-TINY_RUN = dict(
-    resolution=32, g_width=32, d_width=16, batch_size=8, sample_every=3, checkpoint_every=3, evaluate=False, workers=0
-)
-TINY_RUN["progress"] = False
 
 
 def parameters(state: dict) -> dict:
