@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
@@ -32,8 +33,8 @@ from faceattr_batch.index.build import read_index_metadata
 from faceattr_batch.metrics.attributes import overall
 from faceattr_batch.models.export import export_onnx
 from faceattr_batch.models.quantize import quantize_onnx
-from faceattr_batch.models.registry import SHIPPED_ATTR_MODELS, resolve_attr_source
-from faceattr_batch.models.runtime import OnnxAttrModel
+from faceattr_batch.models.registry import SHIPPED_ATTR_MODELS
+from faceattr_batch.models.runtime import ModelRunner, OnnxAttrModel
 
 
 def decode_all(paths: list[str], size: int) -> np.ndarray:
@@ -86,11 +87,15 @@ def main() -> None:
             quantize_onnx(name, int8_path, train_paths, count=args.calibration)
             if size not in decoded:
                 decoded[size] = decode_all([str(root / p) for p in val["path"]], size)
-            graphs = [("fp32", fp32_path), ("int8", int8_path)]
-            if name in SHIPPED_ATTR_MODELS:
-                graphs.append(("int8 shipped", resolve_attr_source(name).with_suffix(".onnx")))
-            for precision, path in graphs:
-                result = evaluate(OnnxAttrModel(path, args.threads), decoded[size], labels, args.batch_size)
+            graphs = [
+                ("fp32", OnnxAttrModel(fp32_path, args.threads)),
+                ("int8", OnnxAttrModel(int8_path, args.threads)),
+            ]
+            if name in SHIPPED_ATTR_MODELS:  # the graph predict runs on CPUs: the int8 file beside the .pt
+                shipped = ModelRunner.load(name, torch.device("cpu"), "onnxruntime", args.threads)
+                graphs.append((f"{shipped.meta['precision']} shipped", shipped.model))
+            for precision, graph in graphs:
+                result = evaluate(graph, decoded[size], labels, args.batch_size)
                 rows.append({"model": name, "input": size, "precision": precision, **result})
                 print(f"  {name} {precision}: done", flush=True)
     table = pl.DataFrame(rows).select(

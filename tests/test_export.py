@@ -261,21 +261,20 @@ def test_shipped_int8_graphs_read_real_faces_as_their_weights_do_on_this_cpu(sha
     on whatever CPU runs the tests, on real faces of every age."""
     from faceattr_batch.data.decode import load_chip
     from faceattr_batch.data.labels import parse_names
-    from faceattr_batch.models.registry import resolve_attr_source
-    from faceattr_batch.models.runtime import OnnxAttrModel
+    from faceattr_batch.models.runtime import ModelRunner
 
     names = sorted(p.name for p in shared_utkface.iterdir())
     ages = parse_names(names)["age"].fill_null(0).to_numpy()
     rng = np.random.default_rng(0)
     chosen = [names[i] for i in rng.choice(np.flatnonzero(ages >= 40), 48, replace=False)]
     chosen += [names[i] for i in rng.choice(np.flatnonzero(ages < 40), 48, replace=False)]
-    weights, _ = load_attr_model(name)
-    size = weights.config.input_size
-    pixels = np.stack([load_chip(shared_utkface / n, size) for n in chosen]).transpose(0, 3, 1, 2).copy()
-    with torch.no_grad():
-        want = weights.infer(torch.from_numpy(pixels))
-    int8 = OnnxAttrModel(resolve_attr_source(name).with_suffix(".onnx")).infer(pixels)
-    age_moved = (int8.age_median - want.age_median).numpy()
+    cpu = torch.device("cpu")
+    int8_runner = ModelRunner.load(name, cpu, "onnxruntime", 2)  # what predict runs on CPUs
+    assert int8_runner.meta["precision"] == "int8"
+    pixels = np.stack([load_chip(shared_utkface / n, int8_runner.input_size) for n in chosen])
+    want = ModelRunner.load(name, cpu, "torch", 2).infer(pixels)
+    int8 = int8_runner.infer(pixels)
+    age_moved = int8["age_median"] - want["age_median"]
     assert abs(age_moved.mean()) < 0.5 and np.abs(age_moved).mean() < 1.0, age_moved
-    assert np.abs((int8.p_female - want.p_female).numpy()).max() < 0.2
-    assert (int8.race_probs.argmax(1) == want.race_probs.argmax(1)).float().mean() >= 0.95
+    assert np.abs(int8["p_female"] - want["p_female"]).max() < 0.2
+    assert (int8["race_probs"].argmax(1) == want["race_probs"].argmax(1)).mean() >= 0.95
