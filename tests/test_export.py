@@ -216,6 +216,54 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     assert not (tmp_path / "cache").exists()  # nothing exported
 
 
+OLD_INT8 = "int8 static QDQ, per-channel weights, 512 calibration chips (percentile)"  # files before 2026-12-05
+NEW_INT8 = "int8 static QDQ, per-channel 7-bit weights, 512 calibration chips (percentile)"
+
+
+@pytest.mark.parametrize(
+    ("quantization", "cpu_lacks_vnni", "warned"),
+    [(OLD_INT8, True, True), (OLD_INT8, False, False), (NEW_INT8, True, False), (None, True, False)],
+)
+def test_a_full_range_int8_file_is_named_on_a_cpu_where_it_saturates(
+    checkpoint: Path, tmp_path: Path, monkeypatch, caplog, quantization, cpu_lacks_vnni, warned
+):
+    from faceattr_batch.models import runtime
+    from faceattr_batch.models.export import QUANTIZATION
+
+    path = tmp_path / "user.onnx"
+    export_onnx(checkpoint, path)
+    if quantization:
+        proto = onnx.load(str(path))
+        proto.metadata_props.add(key=QUANTIZATION, value=quantization)
+        onnx.save(proto, str(path))
+    monkeypatch.setattr(runtime, "lacks_vnni", lambda: cpu_lacks_vnni)
+    with caplog.at_level("WARNING", logger=runtime.__name__):
+        model, _ = runtime.load_onnx_model(path)
+    assert model.config.input_size == 40  # loaded and used either way: a warning, not an error
+    expected = [f"{path}: int8 with full-range weights, which saturate on this CPU (no VNNI)"] if warned else []
+    assert [record.getMessage().split(" and read")[0] for record in caplog.records] == expected
+
+
+@pytest.mark.parametrize(
+    ("machine", "cpuinfo", "lacking"),
+    [
+        ("x86_64", "flags\t\t: fpu sse2 avx2 fma avx512f\n", True),
+        ("x86_64", "flags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
+        ("AMD64", "flags\t\t: avx2 avx_vnni\n", False),
+        ("aarch64", "Features\t: fp asimd\n", False),  # onnxruntime's ARM kernels do not saturate so
+        ("x86_64", None, False),  # no /proc/cpuinfo (not Linux): not known to lack it
+    ],
+)
+def test_lacks_vnni_reads_the_cpu_flags(tmp_path: Path, monkeypatch, machine, cpuinfo, lacking):
+    from faceattr_batch.models import device
+
+    monkeypatch.setattr(device.platform, "machine", lambda: machine)
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(f"processor\t: 0\n{cpuinfo}")
+    assert device.lacks_vnni(path) is lacking
+
+
 def test_calibration_chips_sample_the_images(tmp_path: Path):
     from conftest import make_faces
 

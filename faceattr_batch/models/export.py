@@ -24,6 +24,7 @@ OUTPUT_NAMES = ("p_female", "race_probs", "age_median", "age_low", "age_high")
 SOURCE_DIGEST = "source_sha256"  # of the checkpoint the graph was exported from (predict reuses a matching export)
 EXPORTED_BY = "faceattr_batch.version"  # the tool version that exported the graph
 QUANTIZATION = "quantization"  # how an int8 graph was quantized (models.quantize); absent in an fp32 export
+SEVEN_BIT_WEIGHTS = "7-bit weights"  # in QUANTIZATION's text since 2026-12-05; earlier int8 files saturate
 INPUT_NAME = "pixels"
 
 

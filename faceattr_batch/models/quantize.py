@@ -29,7 +29,7 @@ import numpy as np
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
-from faceattr_batch.models.export import INPUT_NAME, OUTPUT_NAMES, QUANTIZATION, export_onnx
+from faceattr_batch.models.export import INPUT_NAME, OUTPUT_NAMES, QUANTIZATION, SEVEN_BIT_WEIGHTS, export_onnx
 
 CALIBRATION_BATCH = 16
 
@@ -126,7 +126,9 @@ def quantize_onnx(source: str | Path | None, out: Path, images: Sequence[str], c
             proto = with_float_tail(int8, tail)
         except Exception as err:  # onnxruntime's tools raise plain Exceptions of many kinds
             raise FaceattrError(f"int8 quantization failed: {first_line(err, 200)}") from None
-        described = f"int8 static QDQ, per-channel 7-bit weights, {len(calibration)} calibration chips (percentile)"
+        described = (
+            f"int8 static QDQ, per-channel {SEVEN_BIT_WEIGHTS}, {len(calibration)} calibration chips (percentile)"
+        )
         del proto.metadata_props[:]
         proto.metadata_props.extend(onnx.load(str(fp32)).metadata_props)
         proto.metadata_props.add(key=QUANTIZATION, value=described)

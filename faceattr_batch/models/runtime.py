@@ -26,8 +26,14 @@ from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
-from faceattr_batch.models.device import available_cores
-from faceattr_batch.models.export import EXPORTED_BY, QUANTIZATION, SOURCE_DIGEST, export_onnx
+from faceattr_batch.models.device import available_cores, lacks_vnni
+from faceattr_batch.models.export import (
+    EXPORTED_BY,
+    QUANTIZATION,
+    SEVEN_BIT_WEIGHTS,
+    SOURCE_DIGEST,
+    export_onnx,
+)
 
 ONNX_HINT = "pip install 'faceattr-batch[onnx]' (or onnxruntime)"
 CACHE_ENV = "FACEATTR_CACHE_DIR"  # overrides the platform's cache folder (tests, shared machines)
@@ -209,6 +215,13 @@ class OnnxAttrModel:
             self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
         else:
             self.config = AttrNetConfig(input_size=int(graph_input.shape[-1]))
+        quantization = self.properties.get(QUANTIZATION, "")
+        if quantization and SEVEN_BIT_WEIGHTS not in quantization and lacks_vnni():
+            log.warning(
+                "%s: int8 with full-range weights, which saturate on this CPU (no VNNI) and read faces wrong "
+                "(ages years young): export it again with export-onnx --int8",
+                shown,
+            )
 
     def eval(self) -> OnnxAttrModel:
         return self

@@ -50,7 +50,7 @@ def generated_faces_loss(model, images, gender, race, age):
 
     size = model.config.input_size
     pixels = (images.float() + 1) * 127.5
-    if pixels.shape[-1] != size:
+    if pixels.shape[-1] != size:  # not attr_ensemble.resize_chips: its rounding passes no gradient
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return multitask_loss(model(pixels), gender, race, age, None, model.age_values)
 
