@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
 
+    args.out = args.out.resolve()  # predict writes absolute paths; the samples are joined to their conditions on them
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_MININTERVAL", "5")
     table = labelled_index(args.index)
