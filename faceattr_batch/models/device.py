@@ -34,7 +34,7 @@ def lacks_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        flags = cpuinfo.read_text()
+        described = cpuinfo.read_text()
     except OSError:
         return False
-    return "flags" in flags and "vnni" not in flags
+    return "flags" in described and "vnni" not in described
