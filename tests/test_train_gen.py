@@ -237,6 +237,13 @@ def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch, ge
     with pytest.raises(KeyboardInterrupt):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
     restore()
+    # mid-run, the RUN_DIR's generator is its last checkpoint's EMA with standing statistics, as a 3-iteration run's
+    midway, meta = load_generator(tmp_path / "cut")
+    assert meta["iterations"] == 3 and meta["source"].endswith("generator.pt")
+    train_gen(TrainGenOptions(out_dir=tmp_path / "three", **{**options, "iterations": 3}))
+    three, _ = load_generator(tmp_path / "three")
+    for (name, a), b in zip(three.state_dict().items(), midway.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
     with pytest.raises(FaceattrError, match="already holds a generator run"):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
     train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)

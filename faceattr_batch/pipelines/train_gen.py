@@ -252,6 +252,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             draw_grid(standing.at(done), done)
         if done % options.checkpoint_every == 0 or last:
             save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
+            # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA carries the training generator's statistics
+            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))
         if options.evaluate and (done % options.eval_every == 0 or last):
             row = {
                 "iteration": done,
@@ -261,7 +263,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
                 **evaluate(standing.at(done), gan.config, table, options, out),
             }
             append_metrics(out / "metrics.parquet", row, key="iteration")
-            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))  # for synth -m
+            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
