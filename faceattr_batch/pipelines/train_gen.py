@@ -250,11 +250,14 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         last = done == options.iterations
         if done % options.sample_every == 0 or last:
             draw_grid(standing.at(done), done)
-        if done % options.checkpoint_every == 0 or last:
+        checkpoint = done % options.checkpoint_every == 0 or last
+        evaluation = options.evaluate and (done % options.eval_every == 0 or last)
+        if checkpoint:
             save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
+        if checkpoint or evaluation:
             # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA carries the training generator's statistics
             save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))
-        if options.evaluate and (done % options.eval_every == 0 or last):
+        if evaluation:
             row = {
                 "iteration": done,
                 "loss_d": float(np.mean([d for d, _ in losses])),
@@ -263,12 +266,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
                 **evaluate(standing.at(done), gan.config, table, options, out),
             }
             append_metrics(out / "metrics.parquet", row, key="iteration")
-            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
-    reached = max(start, options.iterations)
-    model_path = save_generator(standing.at(reached), out / GEN_MODEL, _model_meta(options, reached))
+    model_path = out / GEN_MODEL
+    if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint
+        save_generator(standing.at(start), model_path, _model_meta(options, start))
     return {"model": str(model_path), "out_dir": str(out)}
 
 
