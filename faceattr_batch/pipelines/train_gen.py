@@ -271,6 +271,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     bar.close()
     model_path = out / GEN_MODEL
     if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint
+        log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
         save_generator(standing.at(start), model_path, _model_meta(options, start))
     return {"model": str(model_path), "out_dir": str(out)}
 
@@ -315,8 +316,6 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
         getattr(gan, name).load_state_dict(checkpoint[name])
     start = checkpoint["iteration"]
     log.info("resuming after iteration %d", start)
-    if start >= options.iterations:
-        log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
     return gan, start
 
 
