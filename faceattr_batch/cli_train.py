@@ -183,6 +183,9 @@ def train_gen_command(
         typer.Option(help="A frozen attribute network (name, e.g. fast, or .pt) whose loss on G's faces joins G's."),
     ] = None,
     teacher_weight: Annotated[float, typer.Option(min=0, help="Weight of --teacher's loss in G's.")] = 1.0,
+    teacher_age_only: Annotated[
+        bool, typer.Option("--teacher-age-only", help="With --teacher: its age loss alone (not gender's, race's).")
+    ] = False,
     count: Annotated[
         int | None,
         typer.Option(

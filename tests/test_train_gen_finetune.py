@@ -68,6 +68,19 @@ def test_generated_faces_loss_is_lowest_for_what_the_teacher_reads_and_reaches_t
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_the_teacher_age_only_reads_the_age_and_not_gender_or_race():
+    torch.manual_seed(0)
+    teacher = AttrNet(AttrNetConfig(input_size=40, widths=(8, 16), depths=(1, 1))).eval().requires_grad_(False)
+    images = torch.rand(6, 3, 32, 32) * 2 - 1
+    gender, race, age = torch.randint(0, 2, (6,)), torch.randint(0, 5, (6,)), torch.randint(0, 100, (6,))
+    age_only = generated_faces_loss(teacher, images, gender, race, age, age_only=True)
+    assert torch.equal(age_only, generated_faces_loss(teacher, images, 1 - gender, (race + 1) % 5, age, age_only=True))
+    assert age_only != generated_faces_loss(teacher, images, gender, race, (age + 60) % 121, age_only=True)
+    whole = generated_faces_loss(teacher, images, gender, race, age)
+    assert whole != generated_faces_loss(teacher, images, 1 - gender, (race + 1) % 5, age)
+    assert age_only < whole  # the whole loss is the age part plus the gender and race terms
+
+
 def test_teacher_moves_the_generator_and_resumes_to_the_same_generator(trained, tiny_attr_model, tmp_path, monkeypatch):
     faces, base = trained
     options = dict(
@@ -75,15 +88,20 @@ def test_teacher_moves_the_generator_and_resumes_to_the_same_generator(trained, 
     )
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     train_gen(TrainGenOptions(out_dir=tmp_path / "untaught", **{**options, "teacher": None}))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "age", teacher_age_only=True, **options))
     restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
     with pytest.raises(KeyboardInterrupt):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
     restore()
     train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
-    whole, cut, untaught = (load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught"))
+    whole, cut, untaught, age = (
+        load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught", "age")
+    )
     for name, value in whole.items():
         assert torch.equal(value, cut[name]), name
-    assert any(not torch.equal(value, untaught[name]) for name, value in parameters(whole).items())
+    for other in (untaught, age):  # the teacher's gender and race terms moved it too
+        assert any(not torch.equal(value, other[name]) for name, value in parameters(whole).items())
+    assert any(not torch.equal(value, untaught[name]) for name, value in parameters(age).items())
 
 
 def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
@@ -99,3 +117,6 @@ def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
     )
     assert result.exit_code == 2
     assert "missing.pt" in result.output and "Traceback" not in result.output
+
+    alone = CliRunner().invoke(app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only"])
+    assert alone.exit_code == 2 and "--teacher-age-only needs --teacher" in alone.output

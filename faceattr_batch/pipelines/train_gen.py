@@ -84,6 +84,8 @@ class TrainGenOptions:
     # discriminator's own head reads real faces of 80+ as 72). It is one of the default model's three members.
     teacher: str | None = None
     teacher_weight: float = 1.0
+    # Its age loss alone: its gender and race terms pulled the rarest conditions towards one face (gen13, gen14).
+    teacher_age_only: bool = False
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_every: int = 2_500
@@ -218,6 +220,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
+    if options.teacher_age_only and options.teacher is None:
+        raise FaceattrError("--teacher-age-only needs --teacher")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
@@ -389,7 +393,8 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     if pairs:
         loss_g = loss_g + options.mode_seeking * mode_seeking_loss(fake, z, pairs)
     if gan.teacher is not None:
-        loss_g = loss_g + options.teacher_weight * generated_faces_loss(gan.teacher, fake, *fake_cond)
+        taught = generated_faces_loss(gan.teacher, fake, *fake_cond, age_only=options.teacher_age_only)
+        loss_g = loss_g + options.teacher_weight * taught
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()

@@ -30,29 +30,38 @@ def soft_age_targets(age, bins: int):
 
 def multitask_loss(logits, gender, race, age, race_weights, age_values):
     """Gender BCE + class-weighted, smoothed race CE + soft-label age CE + a tenth of the expected age's L1."""
-    import torch
     from torch.nn import functional as F
 
     gender_loss = F.binary_cross_entropy_with_logits(logits.gender.float(), gender.float())
     race_loss = F.cross_entropy(logits.race.float(), race, weight=race_weights, label_smoothing=0.05)
-    log_probs = torch.log_softmax(logits.age.float(), dim=1)
-    age_loss = -(soft_age_targets(age, log_probs.shape[1]) * log_probs).sum(dim=1).mean()
+    return gender_loss + race_loss + age_loss(logits.age, age, age_values)
+
+
+def age_loss(age_logits, age, age_values):
+    """``multitask_loss``'s age part: soft-label CE over the age bins + a tenth of the expected age's L1."""
+    import torch
+
+    log_probs = torch.log_softmax(age_logits.float(), dim=1)
+    soft_ce = -(soft_age_targets(age, log_probs.shape[1]) * log_probs).sum(dim=1).mean()
     expected = (log_probs.exp() * age_values).sum(dim=1)
-    age_l1 = (expected - age.float()).abs().mean()
-    return gender_loss + race_loss + age_loss + 0.1 * age_l1
+    return soft_ce + 0.1 * (expected - age.float()).abs().mean()
 
 
-def generated_faces_loss(model, images, gender, race, age):
+def generated_faces_loss(model, images, gender, race, age, *, age_only: bool = False):
     """``multitask_loss`` of a frozen ``AttrNet`` reading generated ``images`` (N x 3 x S x S in [-1, 1]) against the
-    conditions they were drawn for; the images are resized to the model's input size (bilinear, antialiased), and
-    the gradient flows back to them. Its plain forward: no test-time mirror, no race adjustment, as in training."""
+    conditions they were drawn for, or with ``age_only`` its age part alone; the images are resized to the model's
+    input size (bilinear, antialiased), and the gradient flows back to them. Its plain forward: no test-time mirror,
+    no race adjustment, as in training."""
     from torch.nn import functional as F
 
     size = model.config.input_size
     pixels = (images.float() + 1) * 127.5
     if pixels.shape[-1] != size:  # not attr_ensemble.resize_chips: its rounding passes no gradient
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return multitask_loss(model(pixels), gender, race, age, None, model.age_values)
+    logits = model(pixels)
+    if age_only:
+        return age_loss(logits.age, age, model.age_values)
+    return multitask_loss(logits, gender, race, age, None, model.age_values)
 
 
 def distillation_loss(logits, soft: dict, race_bias):
