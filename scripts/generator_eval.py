@@ -2,7 +2,7 @@
 
     python scripts/generator_eval.py --index utk.parquet [--split RUN_DIR/split.parquet] [--model GEN] \
         [--per-condition 64] [--worst N --of OLD/diversity.csv | --no-diversity] [--truncation 1.2] \
-        [--real-features FILE.npz] [--judge ATTR_MODEL] [-o /tmp/geneval]
+        [--real-features FILE.npz] [--judge ATTR_MODEL] [--rare "female Indian 70+" ...] [-o /tmp/geneval]
 
 1. Diversity: for every gender x race x age band cell with at least ``--per-condition`` real faces in the index, a
    seeded sample of that many real faces and as many samples drawn at their (gender, race, age); the mean pairwise
@@ -17,8 +17,15 @@
    read age of the samples minus that of the real faces (the issue's gap; goal within +-2 years), and over all
    samples the share read as the requested gender and race.
 
-Prints both tables and writes them as ``diversity.csv`` and ``age_gap.csv`` under ``-o`` (samples kept there), with
-a contact sheet per measured condition, ``sheets/<condition>.png``: its 64 real faces (left) beside its 64 samples.
+3. Rare conditions (``--rare "GENDER RACE AGES"``, repeatable; AGES as ``70+`` or ``70-79``): conditions with fewer
+   real faces than a diversity cell needs (issue 21's old women of rare races, for one). Every real face of the
+   condition in the index against ``--rare-samples`` samples drawn at ages taken from those faces (seeded): the same
+   mean pairwise distance and ratio. With few real faces the real side is noisy; two generators measured with the
+   same index and seed share it, so their ratios compare exactly as their samples' variety does.
+
+Prints the tables and writes them as ``diversity.csv``, ``age_gap.csv`` and ``rare.csv`` under ``-o`` (samples kept
+there), with a contact sheet per measured condition, ``sheets/<condition>.png``: its real faces (left) beside its
+samples.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import polars as pl
 from PIL import Image
 
 from faceattr_batch.data.inputs import index_paths
-from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
+from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr, gender_code, race_code
 from faceattr_batch.metrics.features import extract
 from faceattr_batch.models.inception import load_inception
 from faceattr_batch.models.registry import load_generator
@@ -115,6 +122,44 @@ def diversity(
     return pl.DataFrame(rows).sort("ratio")
 
 
+def parse_condition(text: str) -> tuple[int, int, int, int]:
+    """'female Indian 70+' -> (1, 3, 70, 200); 'male Asian 80-89' -> (0, 2, 80, 89)."""
+    try:
+        gender, race, ages = text.split()
+        low, _, high = ages.removesuffix("+").partition("-")
+        return gender_code(gender), race_code(race), int(low), int(high) if high else 200
+    except ValueError as err:
+        expected = "expected GENDER RACE AGES, as 'female Indian 70+' or 'male Asian 80-89'"
+        raise SystemExit(f"--rare {text!r}: {expected} ({err})") from None
+
+
+def rare_diversity(table: pl.DataFrame, sample, conditions: list[str], n_samples: int, out: Path, seed: int):
+    """``diversity`` for conditions too rare for a cell: all their real faces against ``n_samples`` samples."""
+    real_paths, fake_paths, real_keys, fake_keys = [], [], [], []
+    for key in conditions:
+        gender, race, low, high = parse_condition(key)
+        real = table.filter(
+            (pl.col("gender") == gender) & (pl.col("race") == race) & pl.col("age").is_between(low, high)
+        )
+        if real.height < 2:
+            raise SystemExit(f"--rare {key!r}: {real.height} real face(s) in the index; a distance needs 2")
+        wanted = real.sample(n_samples, with_replacement=True, seed=seed)
+        fake = sample(wanted, out / "rare" / key.replace(" ", "_"))
+        contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"rare_{key.replace(' ', '_')}.png")
+        real_paths += real["file"].to_list()
+        fake_paths += fake
+        real_keys += [key] * real.height
+        fake_keys += [key] * n_samples
+    network = load_inception()
+    sides = {"real": features(real_paths, real_keys, network), "fake": features(fake_paths, fake_keys, network)}
+    rows = []
+    for key in conditions:
+        real, fake = (mean_pairwise_distance(sides[s][key]) for s in ("real", "fake"))
+        n_real = len(sides["real"][key])
+        rows.append({"condition": key, "n_real": n_real, "real": real, "fake": fake, "ratio": fake / real})
+    return pl.DataFrame(rows)
+
+
 def features(paths: list[str], keys: list[str], network) -> dict[str, np.ndarray]:
     """Pool3 features of ``paths`` at 64 px, grouped by their ``keys``."""
     stats, errors = extract(paths, network, resize_to=64, labels=keys, workers=1, progress=True)
@@ -179,6 +224,8 @@ def main() -> None:
     parser.add_argument("--real-features", type=Path, help="an .npz keeping the real side's features between runs")
     parser.add_argument("--no-diversity", action="store_true", help="the age gap and agreement only")
     parser.add_argument("--judge", help="attribute model that reads the ages (predict --model; default: the shipped)")
+    parser.add_argument("--rare", action="append", default=[], help="a rare condition, as 'female Indian 70+'")
+    parser.add_argument("--rare-samples", type=int, default=32, help="samples per --rare condition")
     parser.add_argument("-o", "--out", type=Path, default=Path("/tmp/geneval"))
     args = parser.parse_args()
 
@@ -198,6 +245,12 @@ def main() -> None:
         with pl.Config(tbl_rows=200, float_precision=3):
             print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
             print(ratios)
+    if args.rare:
+        rare = rare_diversity(table, sample, args.rare, args.rare_samples, args.out, args.seed)
+        rare.write_csv(args.out / "rare.csv")
+        with pl.Config(tbl_rows=200, float_precision=3):
+            print(f"rare conditions: every real face of each against {args.rare_samples} samples")
+            print(rare)
     if args.split:
         gaps, agreement = age_gap(table, args.split, sample, args.out, args.judge)
         gaps.write_csv(args.out / "age_gap.csv")
