@@ -120,3 +120,8 @@ def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
 
     alone = CliRunner().invoke(app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only"])
     assert alone.exit_code == 2 and "--teacher-age-only needs --teacher" in alone.output
+    # --resume replaces the command line's options with the run's: there the flag alone is not an error to report
+    resumed = CliRunner().invoke(
+        app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only", "--resume"]
+    )
+    assert resumed.exit_code == 2 and "nothing to resume" in resumed.output

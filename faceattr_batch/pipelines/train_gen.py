@@ -220,7 +220,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
-    if options.teacher_age_only and options.teacher is None:
+    if options.teacher_age_only and options.teacher is None and not resume:  # a resume takes the run's own options
         raise FaceattrError("--teacher-age-only needs --teacher")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
