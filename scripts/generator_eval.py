@@ -115,11 +115,17 @@ def diversity(
     network = load_inception()
     sides = {"real": cached_features(real_paths, keys, network, real_cache)}
     sides["fake"] = features(fake_paths, keys, network)
+    return ratio_table(sides, list(dict.fromkeys(keys))).drop("n_real").sort("ratio")
+
+
+def ratio_table(sides: dict, conditions: list[str]) -> pl.DataFrame:
+    """Per condition: its real and fake features' mean pairwise distances and their ratio fake / real."""
     rows = []
-    for key in dict.fromkeys(keys):
+    for key in conditions:
         real, fake = (mean_pairwise_distance(sides[s][key]) for s in ("real", "fake"))
-        rows.append({"condition": key, "real": real, "fake": fake, "ratio": fake / real})
-    return pl.DataFrame(rows).sort("ratio")
+        n_real = len(sides["real"][key])
+        rows.append({"condition": key, "n_real": n_real, "real": real, "fake": fake, "ratio": fake / real})
+    return pl.DataFrame(rows)
 
 
 def parse_condition(text: str) -> tuple[int, int, int, int]:
@@ -152,12 +158,7 @@ def rare_diversity(table: pl.DataFrame, sample, conditions: list[str], n_samples
         fake_keys += [key] * n_samples
     network = load_inception()
     sides = {"real": features(real_paths, real_keys, network), "fake": features(fake_paths, fake_keys, network)}
-    rows = []
-    for key in conditions:
-        real, fake = (mean_pairwise_distance(sides[s][key]) for s in ("real", "fake"))
-        n_real = len(sides["real"][key])
-        rows.append({"condition": key, "n_real": n_real, "real": real, "fake": fake, "ratio": fake / real})
-    return pl.DataFrame(rows)
+    return ratio_table(sides, conditions)
 
 
 def features(paths: list[str], keys: list[str], network) -> dict[str, np.ndarray]:
