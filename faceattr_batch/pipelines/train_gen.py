@@ -111,7 +111,7 @@ class _Gan:
     ema: object  # the generator's exponential moving average: what is saved and sampled
     opt_g: object
     opt_d: object
-    teacher: object = None  # --teacher's frozen attribute network (not saved: it is loaded again on resume)
+    teacher: object = None  # --teacher's frozen attribute network (not saved: run loads it again on resume)
 
     def checkpoint(self, iteration: int) -> dict:
         return {
@@ -228,14 +228,20 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     device = resolve_device(options.device)
     table = load_labelled(options.source, options.root, options.workers, options.limit)
-    cache = out / f"pixels_{options.resolution}.npy"
-    pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
-    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
     weights = condition_weights(table, options.balance)
     weights = None if weights is None else torch.from_numpy(weights)
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
     standing = _Standing(gan.ema, labels, weights, options.seed)
+    model_path = out / GEN_MODEL
+    if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint, without pixels or teacher
+        log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
+        save_generator(standing.at(start), model_path, _model_meta(options, start))
+        return {"model": str(model_path), "out_dir": str(out)}
+    gan.teacher = _load_teacher(options.teacher, device)  # before the decode: a wrong --teacher fails in seconds
+    cache = out / f"pixels_{options.resolution}.npy"
+    pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     draw_grid = _grid_drawer(gan.config.z_dim, device, out)
     bar = progress_bar(
         range(start, options.iterations),
@@ -273,10 +279,6 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
-    model_path = out / GEN_MODEL
-    if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint
-        log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
-        save_generator(standing.at(start), model_path, _model_meta(options, start))
     return {"model": str(model_path), "out_dir": str(out)}
 
 
@@ -313,7 +315,7 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     ema.load_state_dict(generator.state_dict())
     opt_g = torch.optim.Adam(generator.parameters(), lr=options.lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=options.lr_d, betas=(0.0, 0.99))
-    gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d, _load_teacher(options.teacher, device))
+    gan = _Gan(config, generator, discriminator, ema, opt_g, opt_d)
     if checkpoint is None:
         return gan, 0
     for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
