@@ -111,7 +111,7 @@ class _Gan:
     ema: object  # the generator's exponential moving average: what is saved and sampled
     opt_g: object
     opt_d: object
-    teacher: object = None  # --teacher's frozen attribute network (not saved: run loads it again on resume)
+    teacher: object = None  # --teacher's frozen attribute network (not saved: run loads it after the checkpoint)
 
     def checkpoint(self, iteration: int) -> dict:
         return {
@@ -233,11 +233,11 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     weights = None if weights is None else torch.from_numpy(weights)
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
     standing = _Standing(gan.ema, labels, weights, options.seed)
-    model_path = out / GEN_MODEL
+    result = {"model": str(out / GEN_MODEL), "out_dir": str(out)}
     if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint, without pixels or teacher
         log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
-        save_generator(standing.at(start), model_path, _model_meta(options, start))
-        return {"model": str(model_path), "out_dir": str(out)}
+        save_generator(standing.at(start), out / GEN_MODEL, _model_meta(options, start))
+        return result
     gan.teacher = _load_teacher(options.teacher, device)  # before the decode: a wrong --teacher fails in seconds
     cache = out / f"pixels_{options.resolution}.npy"
     pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
@@ -279,7 +279,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
-    return {"model": str(model_path), "out_dir": str(out)}
+    return result
 
 
 def _model_meta(options: TrainGenOptions, iteration: int) -> dict:
