@@ -233,10 +233,11 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     weights = None if weights is None else torch.from_numpy(weights)
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
     standing = _Standing(gan.ema, labels, weights, options.seed)
-    result = {"model": str(out / GEN_MODEL), "out_dir": str(out)}
+    model_path = out / GEN_MODEL
+    result = {"model": str(model_path), "out_dir": str(out)}
     if start >= options.iterations:  # nothing left to train: the run ends at its checkpoint, without pixels or teacher
         log.info("the checkpoint is at iteration %d >= %d: writing its generator", start, options.iterations)
-        save_generator(standing.at(start), out / GEN_MODEL, _model_meta(options, start))
+        save_generator(standing.at(start), model_path, _model_meta(options, start))
         return result
     gan.teacher = _load_teacher(options.teacher, device)  # before the decode: a wrong --teacher fails in seconds
     cache = out / f"pixels_{options.resolution}.npy"
@@ -266,7 +267,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
         if checkpoint or evaluation:
             # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA carries the training generator's statistics
-            save_generator(standing.at(done), out / GEN_MODEL, _model_meta(options, done))
+            save_generator(standing.at(done), model_path, _model_meta(options, done))
         if evaluation:
             row = {
                 "iteration": done,
