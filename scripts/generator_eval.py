@@ -23,6 +23,12 @@
    mean pairwise distance and ratio. With few real faces the real side is noisy; two generators measured with the
    same index and seed share it, so their ratios compare exactly as their samples' variety does.
 
+Diversity cells and rare conditions also get their colour: per face, the mean HSV saturation of its central 32 x 32
+at 64 px (mostly skin), averaged over the condition's real faces and its samples, and the share of faces under 0.2
+(a grey or washed-out face; 2-8% of real UTKFace faces per race, old ones no more than young). Issue 21's oldest
+samples were drawn paler than the real faces of their condition; ``saturation_fake`` beside ``saturation_real`` and
+``grey_fake`` beside ``grey_real`` say by how much.
+
 Prints the tables and writes them as ``diversity.csv``, ``age_gap.csv`` and ``rare.csv`` under ``-o`` (samples kept
 there), with a contact sheet per measured condition, ``sheets/<condition>.png``: its real faces (left) beside its
 samples.
@@ -50,6 +56,7 @@ from faceattr_batch.pipelines.predict import run as predict
 from faceattr_batch.pipelines.synth import SynthOptions
 
 OLD_BANDS = ("40-49", "50-59", "60-69", "70-79", "80+")
+GREY = 0.2  # central saturation under which a face reads grey (2-8% of real UTKFace faces per race)
 
 
 def mean_pairwise_distance(features: np.ndarray) -> float:
@@ -58,6 +65,30 @@ def mean_pairwise_distance(features: np.ndarray) -> float:
     distances = np.sqrt(np.maximum(squares[:, None] + squares[None, :] - 2 * features @ features.T, 0))
     upper = np.triu_indices(len(features), k=1)
     return float(distances[upper].mean())
+
+
+def central_saturation(paths: list[str], size: int = 64) -> np.ndarray:
+    """Per image, area-resized to ``size`` px: the mean HSV saturation (0-1) of its central half-width square, where
+    a chip's skin is: a face drawn grey or pale reads low, and its background does not count."""
+    low, high = size // 4, size - size // 4
+    values = []
+    for file in paths:
+        face = Image.open(file).convert("RGB").resize((size, size), Image.Resampling.BOX).convert("HSV")
+        values.append(np.asarray(face, dtype=np.float32)[low:high, low:high, 1].mean() / 255)
+    return np.array(values)
+
+
+def colour_table(drawn: dict[str, tuple[list[str], list[str]]]) -> pl.DataFrame:
+    """Per condition (real paths, sample paths): both sides' mean central saturation and share of grey faces."""
+    rows = []
+    for key, (real, fake) in drawn.items():
+        row = {"condition": key}
+        for side, paths in (("real", real), ("fake", fake)):
+            saturation = central_saturation(paths)
+            row[f"saturation_{side}"] = float(saturation.mean())
+            row[f"grey_{side}"] = float((saturation < GREY).mean())
+        rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def labelled_index(index: Path) -> pl.DataFrame:
@@ -100,7 +131,7 @@ def diversity(
     """The diversity table, worst first; ``only``: the condition names to measure (None = every cell);
     ``real_cache``: an .npz keeping the real faces' features between runs (``cached_features``)."""
     cells = table.group_by("gender", "race", "band").len().filter(pl.col("len") >= per_condition).sort("gender", "race")
-    real_paths, fake_paths, keys = [], [], []
+    drawn = {}
     for gender, race, band, _ in cells.iter_rows():
         key = f"{GENDERS[gender]} {RACES[race]} {band}"
         if only is not None and key not in only:
@@ -109,13 +140,18 @@ def diversity(
         real = real.sample(per_condition, seed=seed)
         fake = sample(real, out / "diversity" / key.replace(" ", "_"))
         contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"{key.replace(' ', '_')}.png")
-        real_paths += real["file"].to_list()
-        fake_paths += fake
-        keys += [key] * per_condition
+        drawn[key] = (real["file"].to_list(), fake)
     network = load_inception()
-    sides = {"real": cached_features(real_paths, keys, network, real_cache)}
-    sides["fake"] = features(fake_paths, keys, network)
-    return ratio_table(sides, list(dict.fromkeys(keys))).drop("n_real").sort("ratio")
+    sides = {"real": cached_features(*side_paths(drawn, 0), network, real_cache)}
+    sides["fake"] = features(*side_paths(drawn, 1), network)
+    ratios = ratio_table(sides, list(drawn)).drop("n_real")
+    return ratios.join(colour_table(drawn), on="condition").sort("ratio")
+
+
+def side_paths(drawn: dict[str, tuple[list[str], list[str]]], side: int) -> tuple[list[str], list[str]]:
+    """One side's paths of every condition (side 0: real, 1: samples) in order, and the condition of each path."""
+    pairs = [(file, key) for key, both in drawn.items() for file in both[side]]
+    return [file for file, _ in pairs], [key for _, key in pairs]
 
 
 def ratio_table(sides: dict, conditions: list[str]) -> pl.DataFrame:
@@ -141,7 +177,7 @@ def parse_condition(text: str) -> tuple[int, int, int, int]:
 
 def rare_diversity(table: pl.DataFrame, sample, conditions: list[str], n_samples: int, out: Path, seed: int):
     """``diversity`` for conditions too rare for a cell: all their real faces against ``n_samples`` samples."""
-    real_paths, fake_paths, real_keys, fake_keys = [], [], [], []
+    drawn = {}
     for key in conditions:
         gender, race, low, high = parse_condition(key)
         real = table.filter(
@@ -152,13 +188,10 @@ def rare_diversity(table: pl.DataFrame, sample, conditions: list[str], n_samples
         wanted = real.sample(n_samples, with_replacement=True, seed=seed)
         fake = sample(wanted, out / "rare" / key.replace(" ", "_"))
         contact_sheet(real["file"].to_list(), fake, out / "sheets" / f"rare_{key.replace(' ', '_')}.png")
-        real_paths += real["file"].to_list()
-        fake_paths += fake
-        real_keys += [key] * real.height
-        fake_keys += [key] * n_samples
+        drawn[key] = (real["file"].to_list(), fake)
     network = load_inception()
-    sides = {"real": features(real_paths, real_keys, network), "fake": features(fake_paths, fake_keys, network)}
-    return ratio_table(sides, conditions)
+    sides = {"real": features(*side_paths(drawn, 0), network), "fake": features(*side_paths(drawn, 1), network)}
+    return ratio_table(sides, conditions).join(colour_table(drawn), on="condition", maintain_order="left")
 
 
 def features(paths: list[str], keys: list[str], network) -> dict[str, np.ndarray]:
@@ -243,13 +276,13 @@ def main() -> None:
     if not args.no_diversity:
         ratios = diversity(table, sample, args.per_condition, args.out, args.seed, only, args.real_features)
         ratios.write_csv(args.out / "diversity.csv")
-        with pl.Config(tbl_rows=200, float_precision=3):
+        with pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=200, float_precision=3):
             print(f"diversity, {args.per_condition} faces a side, mean pairwise pool3 distance (worst first)")
             print(ratios)
     if args.rare:
         rare = rare_diversity(table, sample, args.rare, args.rare_samples, args.out, args.seed)
         rare.write_csv(args.out / "rare.csv")
-        with pl.Config(tbl_rows=200, float_precision=3):
+        with pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=200, float_precision=3):
             print(f"rare conditions: every real face of each against {args.rare_samples} samples")
             print(rare)
     if args.split:

@@ -79,6 +79,10 @@ def test_rare_diversity_draws_at_the_conditions_and_compares_with_every_real_fac
     network = TinyFeatures().eval()
     two = geneval.features(table["file"].to_list()[4:], ["m"] * 2, network)["m"]
     assert men["real"] == pytest.approx(float(np.linalg.norm(two[0] - two[1])), rel=1e-5)
+    # the colour columns are each side's own faces: the real side every face of the condition, in order
+    men_real = geneval.central_saturation(table["file"].to_list()[4:])
+    assert men["saturation_real"] == pytest.approx(float(men_real.mean()))
+    assert women["grey_fake"] in (0.0, 1.0)  # one face drawn six times is grey or not, all together
     sheet = Image.open(tmp_path / "o" / "sheets" / "rare_female_Indian_70+.png")
     assert sheet.size == (16 * 64 + 32, 64)  # one row: 3 real faces left, 6 samples right
 
@@ -87,3 +91,31 @@ def test_rare_diversity_refuses_a_condition_with_fewer_than_two_faces(geneval, t
     table = pl.DataFrame({"gender": [0], "race": [2], "age": [81], "file": ["x.png"]})
     with pytest.raises(SystemExit, match="1 real face"):
         geneval.rare_diversity(table, None, ["male Asian 80+"], 4, tmp_path, 0)
+
+
+def _framed(path: Path, centre: tuple[int, int, int], frame=(0, 0, 255)) -> str:
+    """A 128 px image: a ``centre`` colour square over its central half, a saturated ``frame`` around it."""
+    pixels = np.zeros((128, 128, 3), np.uint8)
+    pixels[:] = frame
+    pixels[32:96, 32:96] = centre
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_central_saturation_reads_only_the_middle_of_the_face(geneval, tmp_path):
+    grey = _framed(tmp_path / "grey.png", (120, 120, 120))
+    red = _framed(tmp_path / "red.png", (200, 0, 0), frame=(128, 128, 128))
+    pale = _framed(tmp_path / "pale.png", (200, 150, 150))  # HSV saturation (200 - 150) / 200 = 0.25
+    saturation = geneval.central_saturation([grey, red, pale])
+    assert saturation == pytest.approx([0.0, 1.0, 0.25], abs=0.01)
+
+
+def test_colour_table_compares_each_conditions_sides(geneval, tmp_path):
+    grey = [_framed(tmp_path / f"g{i}.png", (100 + i, 100 + i, 100 + i)) for i in range(3)]
+    skin = [_framed(tmp_path / f"s{i}.png", (200, 150, 100)) for i in range(3)]  # saturation 0.5
+    table = geneval.colour_table({"male Black 80+": (skin, grey[:1] + skin[:1]), "female White 3-9": (skin, skin)})
+    assert table["condition"].to_list() == ["male Black 80+", "female White 3-9"]
+    old, young = table.iter_rows(named=True)
+    assert old["saturation_real"] == pytest.approx(0.5, abs=0.01) and old["grey_real"] == 0
+    assert old["saturation_fake"] == pytest.approx(0.25, abs=0.01) and old["grey_fake"] == 0.5
+    assert young["saturation_fake"] == pytest.approx(young["saturation_real"]) and young["grey_fake"] == 0
