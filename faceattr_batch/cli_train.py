@@ -186,6 +186,14 @@ def train_gen_command(
     teacher_age_only: Annotated[
         bool, typer.Option("--teacher-age-only", help="With --teacher: its age loss alone (not gender's, race's).")
     ] = False,
+    teacher_moments: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="With --teacher: weight of matching its mean features of G's faces to the real faces', per gender x "
+            "race x age band (0: off; with --teacher-weight 0, in place of its loss).",
+        ),
+    ] = 0.0,
     count: Annotated[
         int | None,
         typer.Option(

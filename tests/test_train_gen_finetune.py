@@ -26,6 +26,15 @@ def parameters(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
+def cut_and_resumed(options: dict, out: Path, monkeypatch) -> None:
+    """A run interrupted at its second sample grid, then resumed to its end."""
+    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
+    with pytest.raises(KeyboardInterrupt):
+        train_gen(TrainGenOptions(out_dir=out, **options))
+    restore()
+    train_gen(TrainGenOptions(out_dir=out, **options), resume=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """Tiny faces and a 3-iteration generator run trained on them: (faces folder, RUN_DIR)."""
@@ -89,11 +98,7 @@ def test_teacher_moves_the_generator_and_resumes_to_the_same_generator(trained, 
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     train_gen(TrainGenOptions(out_dir=tmp_path / "untaught", **{**options, "teacher": None}))
     train_gen(TrainGenOptions(out_dir=tmp_path / "age", teacher_age_only=True, **options))
-    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
-    with pytest.raises(KeyboardInterrupt):
-        train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
-    restore()
-    train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options), resume=True)
+    cut_and_resumed(options, tmp_path / "cut", monkeypatch)
     whole, cut, untaught, age = (
         load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught", "age")
     )
@@ -102,6 +107,29 @@ def test_teacher_moves_the_generator_and_resumes_to_the_same_generator(trained, 
     for other in (untaught, age):  # the teacher's gender and race terms moved it too
         assert any(not torch.equal(value, other[name]) for name, value in parameters(whole).items())
     assert any(not torch.equal(value, untaught[name]) for name, value in parameters(age).items())
+
+
+def test_teacher_moments_alone_move_the_generator_and_resume_to_the_same_generator(
+    trained, tiny_attr_model, tmp_path, monkeypatch
+):
+    faces, base = trained
+    options = dict(source=faces, iterations=6, init_generator=str(base), teacher=str(tiny_attr_model), **TINY_RUN)
+    moments = {**options, "teacher_weight": 0.0, "teacher_moments": 1.0}
+    train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **moments))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "untaught", **{**options, "teacher": None}))
+    train_gen(TrainGenOptions(out_dir=tmp_path / "silent", **{**options, "teacher_weight": 0.0}))
+    cut_and_resumed(moments, tmp_path / "cut", monkeypatch)
+    whole, cut, untaught, silent = (
+        load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught", "silent")
+    )
+    for name, value in whole.items():  # the running fake means travel in the checkpoint
+        assert torch.equal(value, cut[name]), name
+    assert any(not torch.equal(value, untaught[name]) for name, value in parameters(whole).items())
+    for name, value in silent.items():  # a teacher weighted 0 with no moments adds nothing
+        assert torch.equal(value, untaught[name]), name
+    state = read_generator_checkpoint(tmp_path / "whole" / "last.pt")["teacher_moments"]
+    assert state["seen"].any() and torch.isfinite(state["fake_mean"]).all()
+    assert "teacher_moments" not in read_generator_checkpoint(tmp_path / "untaught" / "last.pt")
 
 
 def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
@@ -120,6 +148,10 @@ def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
 
     alone = CliRunner().invoke(app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only"])
     assert alone.exit_code == 2 and "--teacher-age-only needs --teacher" in alone.output
+    moments = CliRunner().invoke(
+        app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-moments", "0.5"]
+    )
+    assert moments.exit_code == 2 and "--teacher-moments needs --teacher" in moments.output
     # --resume replaces the command line's options with the run's: there the flag alone is not an error to report
     resumed = CliRunner().invoke(
         app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only", "--resume"]

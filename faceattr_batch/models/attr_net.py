@@ -139,11 +139,14 @@ class AttrNet(nn.Module):
             state_dict[prefix + "trunk." + key[len(prefix) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The trunk's features averaged over the image (N x channels): what the head reads."""
+        x = self.trunk((pixels.float() - 127.5) / self.trunk.input_scale)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
     def forward(self, pixels: torch.Tensor) -> AttrLogits:
         """``pixels``: N x 3 x S x S, uint8 (0..255) or float on the same scale."""
-        x = self.trunk((pixels.float() - 127.5) / self.trunk.input_scale)
-        x = self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        out = self.head(x)
+        out = self.head(self.dropout(self.pooled(pixels)))
         n_races = len(RACES)
         return AttrLogits(out[:, 0], out[:, 1 : 1 + n_races], out[:, 1 + n_races :])
 

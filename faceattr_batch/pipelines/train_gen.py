@@ -37,6 +37,7 @@ from faceattr_batch.models.registry import (
 )
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
+from faceattr_batch.training.feature_moments import FeatureMoments
 from faceattr_batch.training.gen_eval import evaluate
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class TrainGenOptions:
     teacher_weight: float = 1.0
     # Its age loss alone: its gender and race terms pulled the rarest conditions towards one face (gen13, gen14).
     teacher_age_only: bool = False
+    # Weight of matching, per gender x race x age band, the mean of the teacher's features of generated faces to
+    # that of real ones (training.feature_moments); 0 = off. teacher_weight 0 leaves it alone in the teacher's place.
+    teacher_moments: float = 0.0
     sample_every: int = 500
     checkpoint_every: int = 500
     eval_every: int = 2_500
@@ -112,6 +116,7 @@ class _Gan:
     opt_g: object
     opt_d: object
     teacher: object = None  # --teacher's frozen attribute network (not saved: run loads it after the checkpoint)
+    moments: object = None  # --teacher-moments' FeatureMoments (saved: its running means are training state)
 
     def checkpoint(self, iteration: int) -> dict:
         return {
@@ -123,6 +128,7 @@ class _Gan:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "iteration": iteration,
+            **({} if self.moments is None else {"teacher_moments": self.moments.state_dict()}),
         }
 
 
@@ -220,8 +226,11 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
-    if options.teacher_age_only and options.teacher is None and not resume:  # a resume takes the run's own options
-        raise FaceattrError("--teacher-age-only needs --teacher")
+    if options.teacher is None and not resume:  # a resume takes the run's own options
+        if options.teacher_age_only:
+            raise FaceattrError("--teacher-age-only needs --teacher")
+        if options.teacher_moments > 0:
+            raise FaceattrError("--teacher-moments needs --teacher")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
@@ -243,6 +252,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     cache = out / f"pixels_{options.resolution}.npy"
     pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    if options.teacher_moments > 0 and gan.moments is None:
+        gan.moments = FeatureMoments.of_real(gan.teacher, pixels, labels, device, options.progress)
     draw_grid = _grid_drawer(gan.config.z_dim, device, out)
     bar = progress_bar(
         range(start, options.iterations),
@@ -321,6 +332,8 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
         return gan, 0
     for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
         getattr(gan, name).load_state_dict(checkpoint[name])
+    if "teacher_moments" in checkpoint:
+        gan.moments = FeatureMoments.from_state(checkpoint["teacher_moments"], device)
     start = checkpoint["iteration"]
     log.info("resuming after iteration %d", start)
     return gan, start
@@ -395,9 +408,11 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     loss_g = -fake_score.mean() + options.aux_weight * aux_g
     if pairs:
         loss_g = loss_g + options.mode_seeking * mode_seeking_loss(fake, z, pairs)
-    if gan.teacher is not None:
+    if gan.teacher is not None and options.teacher_weight > 0:
         taught = generated_faces_loss(gan.teacher, fake, *fake_cond, age_only=options.teacher_age_only)
         loss_g = loss_g + options.teacher_weight * taught
+    if gan.moments is not None:
+        loss_g = loss_g + options.teacher_moments * gan.moments.loss(gan.teacher, fake, *fake_cond)
     gan.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gan.opt_g.step()

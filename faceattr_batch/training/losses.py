@@ -47,18 +47,23 @@ def age_loss(age_logits, age, age_values):
     return soft_ce + 0.1 * (expected - age.float()).abs().mean()
 
 
-def generated_faces_loss(model, images, gender, race, age, *, age_only: bool = False):
-    """``multitask_loss`` of a frozen ``AttrNet`` reading generated ``images`` (N x 3 x S x S in [-1, 1]) against the
-    conditions they were drawn for, or with ``age_only`` its age part alone; the images are resized to the model's
-    input size (bilinear, antialiased), and the gradient flows back to them. Its plain forward: no test-time mirror,
-    no race adjustment, as in training."""
+def teacher_pixels(model, images):
+    """Generated ``images`` (N x 3 x S x S in [-1, 1]) as an ``AttrNet`` reads them: 0..255, resized to its input
+    size (bilinear, antialiased), the gradient flowing back to them."""
     from torch.nn import functional as F
 
     size = model.config.input_size
     pixels = (images.float() + 1) * 127.5
     if pixels.shape[-1] != size:  # not attr_ensemble.resize_chips: its rounding passes no gradient
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    logits = model(pixels)
+    return pixels
+
+
+def generated_faces_loss(model, images, gender, race, age, *, age_only: bool = False):
+    """``multitask_loss`` of a frozen ``AttrNet`` reading generated ``images`` (``teacher_pixels``) against the
+    conditions they were drawn for, or with ``age_only`` its age part alone. Its plain forward: no test-time mirror,
+    no race adjustment, as in training."""
+    logits = model(teacher_pixels(model, images))
     if age_only:
         return age_loss(logits.age, age, model.age_values)
     return multitask_loss(logits, gender, race, age, None, model.age_values)
