@@ -87,11 +87,11 @@ def test_the_sqrt_age_scale_gives_old_ages_finer_bins_and_codes():
 
 def test_condition_weights_trade_the_data_mix_for_even_conditions():
     # three 20-somethings (White men), one 85-year-old (Others woman)
-    table = pl.DataFrame({"gender": [0, 0, 0, 1], "race": [0, 0, 0, 4], "age": [25, 26, 29, 85]})
-    assert condition_weights(table, 0.0) is None  # uniform draws, as v1 made them
-    even = condition_weights(table, 1.0)
+    labels = [torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 4]), torch.tensor([25, 26, 29, 85])]
+    assert condition_weights(labels, 0.0) is None  # uniform draws, as v1 made them
+    even = condition_weights(labels, 1.0)
     assert even[:3].sum() == pytest.approx(0.5) and even[3] == pytest.approx(0.5)
-    half = condition_weights(table, 0.5)
+    half = condition_weights(labels, 0.5)
     assert half.sum() == pytest.approx(1) and 0.25 < half[3] < 0.5
 
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.labels import GENDERS, RACES, age_band_expr
+from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.rundir import append_metrics, start_run
@@ -37,7 +36,7 @@ from faceattr_batch.models.registry import (
 )
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
-from faceattr_batch.training.feature_moments import FeatureMoments
+from faceattr_batch.training.feature_moments import FeatureMoments, condition_cells
 from faceattr_batch.training.gen_eval import evaluate
 
 log = logging.getLogger(__name__)
@@ -146,13 +145,13 @@ class _Standing:
         return self.model
 
 
-def condition_weights(table: pl.DataFrame, balance: float) -> np.ndarray | None:
-    """Each row's drawing weight, count(gender x race x age band) ** -balance, summing to 1; None: uniform (0)."""
+def condition_weights(labels: list, balance: float):
+    """Each row's drawing weight, count(gender x race x age band) ** -balance, summing to 1 (a float64 tensor;
+    the cells are the teacher moments' own); None: uniform (0)."""
     if balance == 0:
         return None
-    cell = pl.struct("gender", "race", age_band_expr(pl.col("age").clip(0, GEN_MAX_AGE)))
-    counts = table.select(cell.alias("cell")).select(pl.len().over("cell")).to_series().to_numpy()
-    weights = counts.astype(np.float64) ** -balance
+    cells = condition_cells(*labels)
+    weights = cells.bincount()[cells].double() ** -balance
     return weights / weights.sum()
 
 
@@ -238,8 +237,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     device = resolve_device(options.device)
     table = load_labelled(options.source, options.root, options.workers, options.limit)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
-    weights = condition_weights(table, options.balance)
-    weights = None if weights is None else torch.from_numpy(weights)
+    weights = condition_weights(labels, options.balance)
     gan, start = _build_gan(options, device, out / GEN_CHECKPOINT if resume else None)
     standing = _Standing(gan.ema, labels, weights, options.seed)
     model_path = out / GEN_MODEL
