@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def tiny_attr_model(tmp_path_factory) -> Path:
     model = AttrNet(AttrNetConfig(input_size=32, widths=(8, 16), depths=(1, 1))).eval()
     path = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
     return save_attr_model(model, path, {"name": "tiny", "version": "test-1"})
+
+
+def load_script(name: str):
+    """``scripts/NAME.py`` as a module (the scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_faces(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:

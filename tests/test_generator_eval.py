@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import load_script
 from fakes import TinyFeatures
 from PIL import Image
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generator_eval.py"
 
 
 @pytest.fixture(scope="module")
 def geneval():
-    spec = importlib.util.spec_from_file_location("generator_eval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("generator_eval")
 
 
 def _face(path: Path, seed: int) -> str:
