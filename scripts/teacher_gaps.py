@@ -104,7 +104,6 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("teacher_gaps.csv"))
     args = parser.parse_args()
 
-    torch.manual_seed(args.seed)
     table = load_labelled(args.source, args.root, 1)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())
     generator, _ = load_generator(args.model)
