@@ -29,8 +29,8 @@ from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES
 from faceattr_batch.models.registry import load_attr_model, load_generator
 from faceattr_batch.pipelines.train_gen import GEN_MAX_AGE, condition_weights, draw_rows
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
-from faceattr_batch.training.feature_moments import N_CELLS, FeatureMoments, condition_cells
-from faceattr_batch.training.losses import generated_faces_loss, teacher_pixels
+from faceattr_batch.training.feature_moments import N_CELLS, FeatureMoments, cell_feature_sums, condition_cells
+from faceattr_batch.training.losses import generated_faces_loss
 
 BATCH = 64
 
@@ -48,14 +48,7 @@ def draw_batches(generator, labels: list, weights, *, batches: int, truncation: 
 
 def cell_means(teacher, drawn: list) -> tuple:
     """The teacher's mean pooled features of the drawn images per cell (N_CELLS x D) and each cell's count."""
-    sums, counts = None, torch.zeros(N_CELLS)
-    for images, gender, race, age in drawn:
-        with torch.no_grad():
-            features = teacher.pooled(teacher_pixels(teacher, images)).double()
-        sums = features.new_zeros(N_CELLS, features.shape[1]) if sums is None else sums
-        cells = condition_cells(gender, race, age)
-        sums.index_add_(0, cells, features)
-        counts += torch.bincount(cells, minlength=N_CELLS)
+    sums, _, counts = cell_feature_sums(teacher, ((images, condition_cells(*labels)) for images, *labels in drawn))
     return (sums / counts.clamp(min=1).unsqueeze(1)).float(), counts
 
 

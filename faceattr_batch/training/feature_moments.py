@@ -31,6 +31,24 @@ def condition_cells(gender, race, age):
     return (gender * len(RACES) + race) * len(AGE_BANDS) + band
 
 
+def cell_feature_sums(teacher, batches) -> tuple:
+    """Over ``batches`` of (images in [-1, 1], their cell numbers): the teacher's pooled features summed per cell
+    (N_CELLS x D), their squares summed over all images (D) and each cell's count, all float64."""
+    import torch
+
+    sums = squares = counts = None
+    with torch.no_grad():
+        for images, cells in batches:
+            features = teacher.pooled(teacher_pixels(teacher, images)).double()
+            if sums is None:
+                sums, squares = features.new_zeros(N_CELLS, features.shape[1]), features.new_zeros(features.shape[1])
+                counts = features.new_zeros(N_CELLS)
+            sums.index_add_(0, cells, features)
+            squares += features.square().sum(dim=0)
+            counts += torch.bincount(cells, minlength=N_CELLS)
+    return sums, squares, counts
+
+
 @dataclass
 class FeatureMoments:
     """The real faces' mean features per cell and each feature's spread over all of them (fixed); the generated
@@ -48,20 +66,12 @@ class FeatureMoments:
         import torch
 
         cells = condition_cells(*labels).to(device)
-        sums = None
-        squares = 0.0
-        with torch.no_grad():
-            for start in progress_bar(range(0, len(pixels), batch), desc="teacher features", enabled=progress):
-                images = pixels[start : start + batch].to(device).float() / 127.5 - 1
-                features = teacher.pooled(teacher_pixels(teacher, images)).double()
-                if sums is None:
-                    sums = features.new_zeros(N_CELLS, features.shape[1])
-                sums.index_add_(0, cells[start : start + batch], features)
-                squares = squares + features.square().sum(dim=0)
-        counts = torch.bincount(cells, minlength=N_CELLS).double().unsqueeze(1)
+        starts = progress_bar(range(0, len(pixels), batch), desc="teacher features", enabled=progress)
+        batches = ((pixels[i : i + batch].to(device).float() / 127.5 - 1, cells[i : i + batch]) for i in starts)
+        sums, squares, counts = cell_feature_sums(teacher, batches)
         overall = sums.sum(dim=0) / len(pixels)
         variance = squares / len(pixels) - overall.square()
-        real_mean = (sums / counts.clamp(min=1)).float()
+        real_mean = (sums / counts.clamp(min=1).unsqueeze(1)).float()
         scale = variance.clamp(min=1e-12).sqrt().float()
         return cls(real_mean, scale, torch.zeros_like(real_mean), torch.zeros(N_CELLS, dtype=torch.bool, device=device))
 
