@@ -41,7 +41,7 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Image
 Workers = Annotated[int, workers_option()]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are deterministic given it).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are deterministic given it).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run in OUT.")]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run (same command, same output) where it stopped.")

@@ -176,6 +176,54 @@ def test_resolution_and_overwrite(generator_file: Path, tmp_path: Path):
     assert (out / "mine.txt").read_text() == "the user's own file"  # never someone else's
 
 
+def test_overwrite_keeps_the_earlier_set_until_the_new_one_can_be_made(generator_file: Path, tmp_path: Path):
+    out = tmp_path / "o"
+    run(SynthOptions(n=3, out_dir=out, model=str(generator_file), progress=False))
+    before = digests(out)
+    with pytest.raises(FaceattrError, match="no such checkpoint"):
+        run(SynthOptions(n=2, out_dir=out, model=str(tmp_path / "nope.pt"), progress=False, overwrite=True))
+    bad_match = tmp_path / "bad.parquet"
+    pl.DataFrame({"gender": ["female"], "race": [0], "age": [30]}).write_parquet(bad_match)
+    with pytest.raises(FaceattrError, match="gender must hold codes 0..1"):
+        run(SynthOptions(n=2, out_dir=out, model=str(generator_file), match=bad_match, progress=False, overwrite=True))
+    assert digests(out) == before and (out / "manifest.parquet").is_file()
+
+
+def test_a_killed_run_leaves_a_list_that_the_next_overwrite_clears(generator_file: Path, tmp_path: Path, monkeypatch):
+    out = tmp_path / "o"
+    real_write = synth_module.write_samples
+
+    def killed(generator, wanted, *args):
+        real_write(generator, wanted.head(3), *args)  # the first 3 of 6 written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_module, "write_samples", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(SynthOptions(n=6, out_dir=out, model=str(generator_file), progress=False))
+    assert len(digests(out)) == 3 and not (out / "manifest.parquet").exists()
+    monkeypatch.undo()
+    with pytest.raises(FaceattrError, match="not empty: add --overwrite"):
+        run(SynthOptions(n=2, out_dir=out, model=str(generator_file), progress=False, seed=1))
+    run(SynthOptions(n=2, out_dir=out, model=str(generator_file), progress=False, seed=1, overwrite=True))
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*manifest["file"], "manifest.parquet"])
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ({"gender": [2], "race": [0], "age": [30]}, "gender must hold codes 0..1"),
+        ({"gender": [0], "race": [7], "age": [30]}, "race must hold codes 0..4"),
+        ({"gender": [0], "race": [1], "age": ["old"]}, "age must be a number of years"),
+    ],
+)
+def test_a_match_file_with_codes_out_of_range_is_one_line(tmp_path: Path, frame: dict, message: str):
+    pl.DataFrame(frame).write_parquet(tmp_path / "m.parquet")
+    options = SynthOptions(n=2, out_dir=tmp_path / "o", match=tmp_path / "m.parquet")
+    with pytest.raises(FaceattrError, match=f"^--match .*m.parquet: {message}"):
+        conditions(options)
+
+
 def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):
     runner = CliRunner()
     result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--race", "martian"])
@@ -183,6 +231,8 @@ def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):
     assert "White, Black, Asian, Indian, Others" in result.output
     result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--age", "40..30"])
     assert result.exit_code == 2 and "--age '40..30'" in result.output
+    result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--seed", "-1"])
+    assert result.exit_code == 2 and "--seed" in result.output and not (tmp_path / "x").exists()
     result = runner.invoke(app, ["synth", "--n", "3", "-o", str(tmp_path / "ok"), "-m", str(generator_file), "--json"])
     assert result.exit_code == 0, result.output
     with pytest.raises(FaceattrError, match="no such checkpoint"):

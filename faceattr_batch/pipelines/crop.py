@@ -26,7 +26,8 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.align import CHIP_SIZE
 from faceattr_batch.faces.detect import require_detection
 from faceattr_batch.faces.load import FaceOptions, face_rows, load_faces
-from faceattr_batch.io.atomic import check_writable, write_parquet_atomically
+from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.io.manifest_folder import check_output_folder, listed_files, remove_files
 from faceattr_batch.models.device import available_cores
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.schema import FACE_FIELDS, error_counts
@@ -65,7 +66,8 @@ def run(options: CropOptions) -> dict:
     require_detection()
     paths = list_images(options.inputs)
     out = Path(options.out_dir)
-    _prepare(out, options.overwrite)
+    check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
+    remove_files(listed_files(out, MANIFEST, "chip") if options.overwrite else [])
     workers = available_cores() if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
     frames = []
@@ -93,21 +95,6 @@ def run(options: CropOptions) -> dict:
         "manifest": str(out / MANIFEST),
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _prepare(out: Path, overwrite: bool) -> None:
-    """The output folder, created and checked writable before any work; an earlier crop run's chips removed."""
-    if out.exists() and not out.is_dir():
-        raise FaceattrError(f"-o {out}: exists and is not a folder")
-    check_writable(out, "-o", folder=True)  # creates it
-    if any(out.iterdir()):
-        if not overwrite:
-            raise FaceattrError(f"{out} is not empty: add --overwrite to replace the chips of an earlier crop run")
-        manifest = out / MANIFEST
-        if manifest.is_file():
-            for name in pl.read_parquet(manifest, columns=["chip"])["chip"].drop_nulls():
-                (out / name).unlink(missing_ok=True)
-            manifest.unlink()
 
 
 def _chip_name(source: str, face: int) -> str:

@@ -19,9 +19,16 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, gender_code, label_exprs, race_code
 from faceattr_batch.errors import FaceattrError, first_line
-from faceattr_batch.io.atomic import check_writable, write_parquet_atomically
+from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.io.manifest_folder import (
+    check_output_folder,
+    finish_pending,
+    listed_files,
+    remove_files,
+    write_pending,
+)
 from faceattr_batch.models.registry import load_generator
-from faceattr_batch.models.sampling import write_samples
+from faceattr_batch.models.sampling import sample_names, write_samples
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = (
@@ -132,6 +139,11 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
         raise FaceattrError(f"--match {index}: not a readable index Parquet ({first_line(err)})") from None
     if real.height == 0:
         raise FaceattrError(f"--match {index}: no labelled rows")
+    for column, count in (("gender", len(GENDERS)), ("race", len(RACES))):
+        if not real[column].dtype.is_integer() or not real[column].is_between(0, count - 1).all():
+            raise FaceattrError(f"--match {index}: {column} must hold codes 0..{count - 1}, as index writes them")
+    if not real["age"].dtype.is_numeric():
+        raise FaceattrError(f"--match {index}: age must be a number of years")
     picked = real[rng.integers(0, real.height, n)]
     return picked.select(
         pl.col("gender").cast(pl.Int64),
@@ -143,9 +155,13 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
 def run(options: SynthOptions) -> dict:
     out = _check_options(options)
     generator, meta = load_generator(options.model)
+    wanted = conditions(options)
+    # an earlier set goes only now, when the model and the conditions are known good
+    remove_files(listed_files(out, MANIFEST, "file") if options.overwrite else [])
+    write_pending(out, sample_names(wanted.to_dict(as_series=False), options.seed, 0, wanted.height), "file")
     samples = write_samples(
         generator,
-        conditions(options),
+        wanted,
         out,
         options.seed,
         options.resolution,
@@ -163,12 +179,13 @@ def run(options: SynthOptions) -> dict:
         pl.lit(options.resolution or generator.config.resolution).alias("resolution"),
     ).select(*MANIFEST_COLUMNS)  # the one label convention (as index writes it): integer codes plus Enum labels
     write_parquet_atomically(manifest, out / MANIFEST)
+    finish_pending(out)
     counts = manifest.group_by("gender", "race").len().sort("gender", "race")
     return {"out_dir": str(out), "images": manifest.height, "model": meta.get("source"), "cells": counts.to_dicts()}
 
 
 def _check_options(options: SynthOptions) -> Path:
-    """Every user error before any work: values, then the output folder (writable, empty or ours to replace)."""
+    """The values, then the output folder (writable, empty unless --overwrite), before any work."""
     if options.n < 1:
         raise FaceattrError(f"--n {options.n}: must be at least 1")
     if not 0 < options.truncation <= 2:
@@ -176,21 +193,5 @@ def _check_options(options: SynthOptions) -> Path:
     if options.resolution is not None and not 16 <= options.resolution <= 1024:
         raise FaceattrError(f"--resolution {options.resolution}: use 16..1024")
     out = Path(options.out_dir)
-    if out.exists() and not out.is_dir():
-        raise FaceattrError(f"{out}: exists and is not a folder")
-    check_writable(out, "-o", folder=True)
-    if any(out.iterdir()):
-        if not options.overwrite:
-            raise FaceattrError(f"{out} is not empty: add --overwrite to replace its synthesized images")
-        _remove_previous(out)
+    check_output_folder(out, options.overwrite, "its synthesized images")
     return out
-
-
-def _remove_previous(out: Path) -> None:
-    """--overwrite removes what an earlier synth run wrote (its manifest's files), never other files."""
-    manifest = out / MANIFEST
-    if not manifest.is_file():
-        return  # nothing of ours to remove; new files are written beside the others
-    for name in pl.read_parquet(manifest, columns=["file"]).get_column("file"):
-        (out / name).unlink(missing_ok=True)
-    manifest.unlink()

@@ -1,0 +1,52 @@
+"""The output folder of synth and crop: an earlier run's listed files replaced on --overwrite, nothing else."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.manifest_folder import PENDING, check_output_folder, listed_files, remove_files, write_pending
+
+
+def test_listed_files_are_the_manifests_and_the_pending_lists_names_then_the_lists(tmp_path):
+    pl.DataFrame({"file": ["a.jpg", None, "b.jpg"]}).write_parquet(tmp_path / "manifest.parquet")
+    write_pending(tmp_path, ["c.jpg"], "file")
+    for name in ("a.jpg", "b.jpg", "c.jpg", "mine.txt"):
+        (tmp_path / name).write_text(name)
+    files = listed_files(tmp_path, "manifest.parquet", "file")
+    names = ["a.jpg", "b.jpg", "c.jpg", "manifest.parquet", PENDING]
+    assert files == [tmp_path / name for name in names]
+    remove_files(files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "sub/x.jpg", ".."])
+def test_a_manifest_naming_a_file_outside_the_folder_removes_nothing(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("the user's")
+    pl.DataFrame({"file": ["ok.jpg", name]}).write_parquet(out / "manifest.parquet")
+    with pytest.raises(FaceattrError, match=r"manifest.parquet: lists .*, not a file of .*out; nothing removed"):
+        listed_files(out, "manifest.parquet", "file")
+    assert (tmp_path / "victim.txt").read_text() == "the user's" and (out / "manifest.parquet").is_file()
+
+
+def test_another_commands_manifest_is_refused_in_one_line(tmp_path):
+    pl.DataFrame({"chip": ["a.jpg"]}).write_parquet(tmp_path / "manifest.parquet")
+    with pytest.raises(FaceattrError, match=r"^\S+manifest.parquet: not a manifest this command wrote \(.*\); move"):
+        listed_files(tmp_path, "manifest.parquet", "file")
+    (tmp_path / "manifest.parquet").write_bytes(b"not parquet")
+    with pytest.raises(FaceattrError, match="not a manifest this command wrote"):
+        listed_files(tmp_path, "manifest.parquet", "file")
+
+
+def test_check_output_folder(tmp_path):
+    check_output_folder(tmp_path / "new", False, "x")
+    assert (tmp_path / "new").is_dir()
+    (tmp_path / "new" / "f").write_text("")
+    with pytest.raises(FaceattrError, match="new is not empty: add --overwrite to replace the things"):
+        check_output_folder(tmp_path / "new", False, "the things")
+    check_output_folder(tmp_path / "new", True, "the things")
+    with pytest.raises(FaceattrError, match="exists and is not a folder"):
+        check_output_folder(tmp_path / "new" / "f", True, "x")
