@@ -175,6 +175,13 @@ def test_suspects_option_refuses_other_formats_and_nothing_to_write(tmp_path):
         report.build(tmp_path / "p.parquet", None, suspects=tmp_path / "list.txt")
     with pytest.raises(FaceattrError, match="nothing to write: give --report DIR, --suspects FILE or both"):
         report.build(tmp_path / "p.parquet", None)
+    before = (tmp_path / "p.parquet").read_bytes()
+    with pytest.raises(FaceattrError, match=r"^--suspects .*p.parquet is the predictions: the list would replace it"):
+        report.build(tmp_path / "p.parquet", None, suspects=tmp_path / "." / "p.parquet")
+    (tmp_path / "labels.csv").write_text("path,age\n")
+    with pytest.raises(FaceattrError, match=r"^--suspects .*labels.csv is --labels"):
+        report.build(tmp_path / "p.parquet", None, tmp_path / "labels.csv", suspects=tmp_path / "labels.csv")
+    assert (tmp_path / "p.parquet").read_bytes() == before and (tmp_path / "labels.csv").read_text() == "path,age\n"
     result = report.build(tmp_path / "p.parquet", tmp_path / "rep", suspects=tmp_path / "s.parquet")
     assert result.report.name == "report.html" and result.suspect_counts["gender"] > 0
     assert pl.read_parquet(tmp_path / "s.parquet").equals(pl.read_parquet(tmp_path / "rep" / "suspects.parquet"))

@@ -71,6 +71,10 @@ def build(
     if report_dir is not None:
         check_writable(report_dir, "--report", folder=True)
     if suspects is not None:
+        inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
+        for what, path in inputs.items():
+            if path is not None and Path(suspects).resolve() == Path(path).resolve():
+                raise FaceattrError(f"--suspects {suspects} is {what}: the list would replace it; name another file")
         check_writable(suspects, "--suspects")
     table = None if labels is None else read_label_file(labels)  # once, for both runs
     runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]
