@@ -238,3 +238,11 @@ def test_per_group_calibration_bins_and_figures(report, fairface):
         assert name == f"calibration_by_{attribute}.png" and (folder / name).stat().st_size > 0
         assert re.search(rf"<img class='plot' alt='calibration_by_{attribute}' src='data:image/png;base64,", page)
     assert "<h2>Calibration per group</h2>" in page and "<select id='cal-pick'>" in page
+
+
+def test_a_label_column_named_like_markup_is_escaped_on_the_page(fairface, tmp_path):
+    _, frame, labels = fairface
+    frame = frame.rename({"service_test": "cam<b>&x"})
+    page = write_report(frame, summarize(frame, labels), tmp_path / "p.parquet", tmp_path / "rep",
+                        slice_by=["cam<b>&x"], min_group=MIN_GROUP).read_text()  # fmt: skip
+    assert "<th class='l'>cam&lt;b&gt;&amp;x</th>" in page and "cam<b>" not in page

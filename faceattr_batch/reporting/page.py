@@ -238,7 +238,11 @@ def _html_slices(crossed: dict[str, pl.DataFrame]) -> str:
     for index, (name, table) in enumerate(crossed.items()):
         keys = name.split(",")
         shown = [key for key, (_, count, _) in SLICE_METRICS.items() if table[count].sum()]  # measured ones
-        headers = [*(key.replace("_", " ") for key in keys), "n", *(SLICE_METRICS[key][0] for key in shown)]
+        headers = [
+            *(html.escape(key.replace("_", " ")) for key in keys),
+            "n",
+            *(SLICE_METRICS[key][0] for key in shown),
+        ]
         # an Enum slice sorts in its vocabulary order (3-9 before 10-19), any other by its values
         order = {key: table[key].dtype.categories.to_list() for key in keys if isinstance(table[key].dtype, pl.Enum)}
         rows = []
