@@ -330,6 +330,9 @@ def test_run_checks_the_output_place_before_indexing(duplicates: Path, tmp_path:
     blocker = touch(tmp_path / "a-file")
     with pytest.raises(FaceattrError, match="cannot write there"):
         run(IndexOptions(root=duplicates), blocker / "index.parquet")
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(FaceattrError, match=r"^-o .*folder.parquet: is a folder; name the file to write"):
+        run(IndexOptions(root=duplicates), tmp_path / "folder.parquet")
     result = run(IndexOptions(root=duplicates), tmp_path / "out" / "index.parquet")
     assert result.summary["output"] == str(tmp_path / "out" / "index.parquet")
     assert pl.read_parquet(result.summary["output"]).equals(result.table)

@@ -57,6 +57,8 @@ def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None
     ``what`` names the option, e.g. ``-o``. Said by the caller, not guessed from a suffix: ``-o synth-1.2`` is a
     folder."""
     path = Path(path)
+    if not folder and path.is_dir():
+        raise FaceattrError(f"{what} {path}: is a folder; name the file to write")
     folder = path if folder else path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
