@@ -76,16 +76,23 @@ def _size_or_none(path) -> int | None:
         return None
 
 
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def wide_gray(im: Image.Image) -> np.ndarray:
+    """A 16-bit or 32-bit grayscale image (``WIDE_GRAY_MODES``) as H x W uint8: Pillow's ``convert`` clips these at
+    255 (a 16-bit photo turns white), so they are rescaled by hand."""
+    values = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    if im.mode == "F":
+        top = max(float(values.max(initial=0)), 1.0)
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and 32-bit grayscale: Pillow's convert("RGB") clips these at 255, so rescale by hand.
-        values = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        if mode == "F":
-            top = max(float(values.max(initial=0)), 1.0)
-        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in WIDE_GRAY_MODES:
+        return np.repeat(wide_gray(im)[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -55,8 +55,10 @@ def perceptual_hash(im) -> tuple[int, bytes]:
     """
     from PIL import Image
 
+    from faceattr_batch.data.decode import WIDE_GRAY_MODES, wide_gray
+
     im.draft("L", (64, 64))
-    gray = im.convert("L")
+    gray = Image.fromarray(wide_gray(im)) if im.mode in WIDE_GRAY_MODES else im.convert("L")
     px = gray.resize((9, 8), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
     thumb = gray.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
     bits = 0
