@@ -272,6 +272,7 @@ def synth_command(
         genders=synth.parse_choices(gender, "gender"),
         races=synth.parse_choices(race, "race"),
         ages=synth.parse_age_range(age),
+        progress=not json_out,
     )
     result = synth.run(options)
     show(summaries.synth, result, json_data=result if json_out else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import make_faces
 
@@ -24,3 +26,10 @@ def test_crop_checks_its_output_folder_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(FaceattrError, match="is not empty: add --overwrite"):
         crop.run(crop.CropOptions(inputs=(str(tmp_path / "in"),), out_dir=tmp_path / "out", progress=False))
     assert decoded == [] and (tmp_path / "out" / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("stem", ["é" * 120, "a" * 251, os.fsdecode(b"\xff" * 60 + b"x")])
+def test_a_chip_name_stays_under_255_bytes_and_unique_per_photo(stem):
+    name = crop._chip_name(f"/photos/{stem}.jpg", 3)
+    assert len(os.fsencode(name)) <= 255 and name.endswith("_3.jpg")
+    assert name != crop._chip_name(f"/elsewhere/{stem}.jpg", 3)

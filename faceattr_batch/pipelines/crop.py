@@ -99,7 +99,9 @@ def run(options: CropOptions) -> dict:
 
 def _chip_name(source: str, face: int) -> str:
     digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:8]  # photos of the same name in other folders differ
-    return f"{display_path(Path(source).stem)}_{digest}_{face}.jpg"
+    # the stem cut to 200 bytes keeps the name under most file systems' 255 (the digest keeps it unique)
+    stem = display_path(Path(source).stem).encode()[:200].decode("utf-8", errors="ignore")
+    return f"{stem}_{digest}_{face}.jpg"
 
 
 def _write_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
