@@ -57,7 +57,12 @@ RayAddress = Annotated[
 ]
 Concurrency = Annotated[
     int | None,
-    typer.Option("--concurrency", min=1, show_default="1 per GPU, or CPUs/2", help="With --engine ray: model actors."),
+    typer.Option(
+        "--concurrency",
+        min=1,
+        show_default="1 per GPU; else the CPUs not decoding: predict half, fid 15 in 16",
+        help="With --engine ray: model actors.",
+    ),
 ]
 SliceBy = Annotated[
     str | None,
