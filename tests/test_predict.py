@@ -265,7 +265,7 @@ def test_kill9_then_resume_gives_each_input_once_with_equal_values(tmp_path, tin
     done = _cli([*args, "--resume"])
     assert done.returncode == 0, done.stderr
     assert '"shards_skipped": 5' in done.stdout  # all five shards were finished before the finalize kill
-    assert not parts.exists() and not list(tmp_path.glob(".out.parquet.*"))
+    assert not parts.exists() and not list(tmp_path.glob(".out.*"))
     resumed, expected = pl.read_parquet(out), pl.read_parquet(reference.output)
     assert resumed["path"].is_unique().all() and resumed.height == 38
     assert resumed.equals(expected)

@@ -4,9 +4,9 @@ A run over N sorted inputs is cut into fixed shards (``shard_size`` consecutive 
 row groups into ``<out>.parts/part-NNNNN.parquet.tmp``; when the shard is complete the file is renamed with
 ``os.replace`` and a ``part-NNNNN.done.json`` marker is written last, so a marker always means a whole part.
 A rerun with ``resume=True`` checks ``manifest.json`` (inputs and value-affecting options) and skips marked
-shards; ``finalize`` copies the parts, in order, one at a time, into ``.<out>.<pid>.tmp`` and ``os.replace``s it
-onto the output name. Whatever kills the process (even ``kill -9``), the output name holds either nothing, the
-previous file, or the complete new one, and memory never holds more than one shard.
+shards; ``finalize`` copies the parts, in order, one at a time, into a temporary file (``atomic.replacing``),
+fsyncs it and renames it onto the output name. Whatever kills the process (even ``kill -9``), the output name
+holds either nothing, the previous file, or the complete new one, and memory never holds more than one shard.
 
 Test hook: ``FACEATTR_BATCH_TEST_KILL=shard:K`` SIGKILLs the process after shard K's marker, ``part:K`` after the
 first row group of shard K, ``finalize`` after the first part is copied into the final tmp file.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import write_json
+from faceattr_batch.io.atomic import replacing, write_json
 
 log = logging.getLogger(__name__)
 
@@ -218,20 +218,19 @@ def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -
         raise FaceattrError(f"cannot finalize {space.output}: shards {missing[:5]} are not finished")
     kv = {**(metadata or {}), MANIFEST_KEY: json.dumps(space.manifest)}
     schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in kv.items()}})
-    for stale in space.output.parent.glob(f".{space.output.name}.*.tmp"):
-        stale.unlink()  # a finalize that was killed
-    tmp = space.output.with_name(f".{space.output.name}.{os.getpid()}.tmp")
+    output = space.output
+    for stale in output.parent.glob(f".{output.stem}.*.tmp{output.suffix}"):
+        stale.unlink()  # a finalize that was killed (``replacing``'s name)
     try:
-        with pq.ParquetWriter(tmp, schema) as out:
+        with replacing(output) as tmp, pq.ParquetWriter(tmp, schema) as out:
             for shard in space.shards:
                 out.write_table(pq.read_table(space.part_path(shard)).cast(schema))  # one shard = one row group
                 if shard.index == 0:
                     _kill_hook("finalize")
-        os.replace(tmp, space.output)
+            out.close()
+            _fsync(tmp)  # the parts go next: the merged file is on disk before they do
     except OSError as err:
-        raise FaceattrError(f"cannot write {space.output}: {err.strerror or err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise FaceattrError(f"cannot write {output}: {err.strerror or err}") from None
     shutil.rmtree(space.parts)
     return space.output
 
