@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from faceattr_batch.data.labels import GENDERS, RACES
+from faceattr_batch.io.atomic import replacing
 
 
 def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, folder: Path) -> dict[str, Path]:
@@ -24,10 +25,7 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
     made = {}
 
     def save(fig, name: str) -> None:
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        made[name] = path
+        made[name] = _save(fig, folder / f"{name}.png")
 
     # an attribute without labels or predictions (another tool's table) gets no panel
     reported = {key for key in ("gender", "race", "age") if summary["overall"][f"n_{key}"]}
@@ -167,10 +165,17 @@ def draw_group_calibration(group_calibration: dict[str, dict], folder: Path) -> 
         path = folder / f"calibration_by_{_file_safe(attribute)}.png"
         if path in made.values():  # two names made alike by _file_safe
             path = path.with_stem(f"{path.stem}_{len(made)}")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        made[attribute] = path
+        made[attribute] = _save(fig, path)
     return made
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with replacing(path) as tmp:  # a rebuilt report never shows half a plot
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _file_safe(name: str) -> str:

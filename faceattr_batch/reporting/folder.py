@@ -18,7 +18,7 @@ import polars as pl
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import replacing, write_json
+from faceattr_batch.io.atomic import replacing, write_json, write_parquet_atomically
 from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.reporting import figures, page
@@ -76,7 +76,7 @@ def write_report(
             ",".join(by): metrics.breakdown(labelled, by, intervals=True)
             for by in [metrics.SLICE_BY, *([spec.name, *metrics.SLICE_BY] for spec in extra)]
         }
-        breakdown_rows(crossed).write_parquet(report_dir / "breakdown.parquet")
+        write_parquet_atomically(breakdown_rows(crossed), report_dir / "breakdown.parquet")
         by = {key: metrics.breakdown(labelled, [key], intervals=True) for key in attributes}
         worst = metrics.worst_errors(labelled, WORST_K)
         contents |= {
