@@ -452,3 +452,18 @@ def test_a_16_bit_image_hashes_as_its_8_bit_self(tmp_path: Path):
         assert dhash16 == dhash8 and thumb16 == thumb8  # not clipped white (dhash 0), as convert("L") made it
         hashes.append(dhash16)
     assert hashes[0] != hashes[1] and 0 not in hashes
+
+
+@pytest.mark.parametrize("real_dirs", [[""], ["", "sub"]])
+def test_rows_parse_while_the_walker_is_half_way_through_adding_a_folder(real_dirs):
+    import array
+
+    from faceattr_batch.data.inputs import Listing
+    from faceattr_batch.index.parse import _named_rows
+
+    # the walker appended "later" to dirs and is about to append it to real_dirs, as the parser thread reads
+    listing = Listing(dirs=[*real_dirs, "later"], real_dirs=real_dirs, names=["30_1_0_a.jpg", "31_0_2_b.jpg"])
+    listing.dir_of = array.array("I", [0, len(real_dirs) - 1])
+    frame = _named_rows(listing, 0, 2)
+    expected = ["30_1_0_a.jpg", "31_0_2_b.jpg"] if len(real_dirs) == 1 else ["30_1_0_a.jpg", "sub/31_0_2_b.jpg"]
+    assert frame["path"].to_list() == expected and frame["error"].null_count() == 2

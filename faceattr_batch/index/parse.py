@@ -104,12 +104,16 @@ def _named_rows(listing: Listing, start: int, end: int) -> pl.DataFrame:
         error = pl.when(pl.int_range(pl.len()).is_in(bad)).then(pl.lit(NON_UTF8)).otherwise(error)
     rows = pl.int_range(start, end, eager=True, dtype=pl.UInt32).alias("_row")
     frame = pl.DataFrame([names, rows]).with_columns(error=error)
-    if len(listing.dirs) == 1 and not listing.dirs[0]:  # one flat folder: the path is the name
+    # the walker may be appending a folder now, to dirs and then to real_dirs: read as many as real_dirs holds (every
+    # flushed row's folder is among them)
+    count = len(listing.real_dirs)
+    dirs, real_dirs = listing.dirs[:count], listing.real_dirs[:count]
+    if len(dirs) == 1 and not dirs[0]:  # one flat folder: the path is the name
         return frame.with_columns(path=pl.col("name"))
     dir_of = pl.Series(listing.dir_of[start:end], dtype=pl.UInt32)
-    folder = pl.Series(listing.dirs, dtype=pl.String).gather(dir_of)
+    folder = pl.Series(dirs, dtype=pl.String).gather(dir_of)
     frame = frame.with_columns(path=pl.when(folder == "").then("name").otherwise(folder + "/" + pl.col("name")))
-    bad_dirs = [i for i, (a, b) in enumerate(zip(listing.dirs, listing.real_dirs, strict=True)) if a != b]
+    bad_dirs = [i for i, (a, b) in enumerate(zip(dirs, real_dirs, strict=True)) if a != b]
     if bad_dirs:
         frame = frame.with_columns(error=pl.when(dir_of.is_in(bad_dirs)).then(pl.lit(NON_UTF8)).otherwise("error"))
     return frame
