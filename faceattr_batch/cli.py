@@ -244,7 +244,8 @@ def synth_command(
     age: Annotated[str | None, typer.Option(help="Fixed age or range, e.g. 35 or 30..40.")] = None,
     match: Annotated[Path | None, typer.Option(help="Index Parquet whose joint label distribution to follow.")] = None,
     resolution: Annotated[
-        int | None, typer.Option("--resolution", min=1, show_default="the generator's", help="Written size in pixels.")
+        int | None,
+        typer.Option("--resolution", min=16, max=1024, show_default="the generator's", help="Written size in pixels."),
     ] = None,
     truncation: Annotated[
         float, typer.Option(help="Noise scale in (0, 2]; below 1 favours typical faces, above 1 varied ones.")

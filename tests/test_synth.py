@@ -130,6 +130,15 @@ def test_fixed_values_and_ranges(generator_file: Path, tmp_path: Path):
     assert manifest["age"].min() >= 30 and manifest["age"].max() <= 40
 
 
+def test_option_text_parses_or_fails_in_one_line():
+    assert parse_choices("female", "gender") == (1,) and parse_choices("Black, asian", "race") == (1, 2)
+    assert parse_age_range("35") == (35, 35) and parse_age_range("30..40") == (30, 40)
+    with pytest.raises(FaceattrError, match=r"--gender ',': name at least one of male, female"):
+        parse_choices(",", "gender")
+    with pytest.raises(FaceattrError, match=r"--age '30\.\.': use an age \(35\) or a range \(30\.\.40\)"):
+        parse_age_range("30..")
+
+
 def test_match_follows_a_real_distribution(tmp_path: Path):
     index = tmp_path / "index.parquet"
     pl.DataFrame({"gender": [0] * 90 + [1] * 10, "race": [3] * 100, "age": [50] * 100}).write_parquet(index)

@@ -63,20 +63,23 @@ def parse_choices(text: str | None, kind: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     convert = gender_code if kind == "gender" else race_code
+    allowed = GENDERS if kind == "gender" else RACES
     try:
-        return tuple(sorted({convert(part) for part in text.split(",") if part.strip()}))
+        codes = tuple(sorted({convert(part) for part in text.split(",") if part.strip()}))
     except ValueError as err:
-        allowed = GENDERS if kind == "gender" else RACES
         raise FaceattrError(f"--{kind} {text!r}: {err}; allowed: {', '.join(allowed)}") from None
+    if not codes:  # an empty list is not "all of them": leave the option out for that
+        raise FaceattrError(f"--{kind} {text!r}: name at least one of {', '.join(allowed)}")
+    return codes
 
 
 def parse_age_range(text: str | None) -> tuple[int, int] | None:
     """'30..40' or '35' -> (low, high) inclusive."""
     if text is None:
         return None
-    low, _, high = text.partition("..")
+    low, dots, high = text.partition("..")
     try:
-        bounds = (int(low), int(high or low))
+        bounds = (int(low), int(high if dots else low))
     except ValueError:
         raise FaceattrError(f"--age {text!r}: use an age (35) or a range (30..40)") from None
     if not 0 <= bounds[0] <= bounds[1] <= MAX_SYNTH_AGE:
