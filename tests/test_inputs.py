@@ -105,3 +105,19 @@ def test_walk_tree_lists_broken_links_only_when_asked(tmp_path):
     assert kept.skipped == {"hidden folder": 1, "symlink to a folder (not followed)": 1}
     rows = {os.path.relpath(kept.real_path(root, row), root) for row in range(len(kept.names))}
     assert rows == {"a/1.jpg", "a/.dot.jpg", "a/deep/2.PNG", "b.webp", "c.bmp", "notes.txt", "broken.jpg"}
+
+
+def test_an_index_finds_a_file_whose_name_is_not_utf8(tmp_path):
+    from faceattr_batch.index.build import IndexOptions, build_index, write_index
+
+    root = tmp_path / "imgs"
+    (root / "caf\\xe9").mkdir(parents=True)  # a folder literally named with a backslash: kept as it is
+    names = [b"30_1_2_x\xff.jpg", b"31_0_0_ok.jpg", b"caf\\xe9/32_0_1_y.jpg"]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(os.path.join(os.fsencode(root), name), format="JPEG")
+    write_index(build_index(IndexOptions(root=root, workers=0)), tmp_path / "index.parquet")
+    shown = pl.read_parquet(tmp_path / "index.parquet")["path"].to_list()
+    assert "30_1_2_x\\xff.jpg" in shown
+    found = list_images([tmp_path / "index.parquet"])
+    assert sorted(found) == sorted(os.fsdecode(os.path.join(os.fsencode(root), n)) for n in names)
+    assert all(os.path.lexists(p) for p in found)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import glob
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,19 @@ def index_paths(path: str | os.PathLike) -> list[str]:
         relative = pl.read_parquet(path, columns=["path"])["path"]
     except Exception as err:  # polars raises several types for a foreign or corrupt file
         raise FaceattrError(f"{path}: cannot read the index's 'path' column ({first_line(err)})") from None
-    return [os.path.abspath(os.path.join(root, rel)) for rel in relative.to_list() if rel is not None]
+    paths = [os.path.abspath(os.path.join(root, rel)) for rel in relative.to_list() if rel is not None]
+    # the column holds display_path's text: a name that was not UTF-8 is found again by its bytes
+    return [_escaped_bytes_back(p) if "\\x" in p and not os.path.lexists(p) else p for p in paths]
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def _escaped_bytes_back(path: str) -> str:
+    """``display_path``'s ``\\xNN`` escapes back to their bytes, where the file system has that name; else ``path``."""
+    raw = _ESCAPED_BYTE.sub(lambda match: bytes([int(match[1], 16)]), os.fsencode(path))
+    real = os.fsdecode(raw)
+    return real if os.path.lexists(real) else path
 
 
 def _index_root(path: str | os.PathLike) -> str:
