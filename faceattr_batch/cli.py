@@ -156,7 +156,7 @@ def predict_command(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
     batch_size: opt.BatchSize = 256,
     workers: Annotated[int | None, opt.workers_option("half the cores; all with a GPU")] = None,
-    threads: Annotated[int | None, opt.threads_option("the cores the workers leave")] = None,
+    threads: Annotated[int | None, opt.threads_option("all cores on the CPU, 1 on a GPU")] = None,
     runtime: Annotated[
         str, typer.Option("--runtime", help="auto | torch | onnxruntime (auto: onnxruntime on the CPU).")
     ] = "auto",

@@ -409,6 +409,15 @@ def test_output_places_are_checked_before_any_work(tmp_path, tiny_attr_model, mo
     with pytest.raises(FaceattrError, match=r"^--report .*afile/rep: cannot write there"):
         _run([tmp_path / "in"], tmp_path / "out.parquet", tiny_attr_model, report_dir=tmp_path / "afile" / "rep")
     assert loaded == [] and not list(tmp_path.glob("out.parquet*"))
+    index = tmp_path / "index.parquet"
+    pl.DataFrame({"path": ["x.jpg"]}).write_parquet(index, metadata={"faceattr_batch.root": str(tmp_path / "in")})
+    with pytest.raises(FaceattrError, match=r"^-o .*index.parquet is the input .*index.parquet: the output would"):
+        _run([index], tmp_path / "." / "index.parquet", tiny_attr_model)
+    labels = tmp_path / "labels.parquet"
+    pl.DataFrame({"path": ["x.jpg"], "age": [30]}).write_parquet(labels)
+    with pytest.raises(FaceattrError, match=r"^-o .*labels.parquet is --labels: the output would replace it"):
+        _run([tmp_path / "in"], labels, tiny_attr_model, labels=labels)
+    assert loaded == [] and pl.read_parquet(labels).columns == ["path", "age"] and pl.read_parquet(index).height == 1
 
 
 def test_resume_with_nothing_to_resume_says_it_starts_afresh(tmp_path, tiny_attr_model, caplog):

@@ -176,7 +176,7 @@ def test_suspects_option_refuses_other_formats_and_nothing_to_write(tmp_path):
     with pytest.raises(FaceattrError, match="nothing to write: give --report DIR, --suspects FILE or both"):
         report.build(tmp_path / "p.parquet", None)
     before = (tmp_path / "p.parquet").read_bytes()
-    with pytest.raises(FaceattrError, match=r"^--suspects .*p.parquet is the predictions: the list would replace it"):
+    with pytest.raises(FaceattrError, match=r"^--suspects .*p.parquet is the predictions: the output would replace it"):
         report.build(tmp_path / "p.parquet", None, suspects=tmp_path / "." / "p.parquet")
     (tmp_path / "labels.csv").write_text("path,age\n")
     with pytest.raises(FaceattrError, match=r"^--suspects .*labels.csv is --labels"):

@@ -67,3 +67,11 @@ def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None
         os.unlink(probe)
     except OSError as err:
         raise FaceattrError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+
+
+def refuse_an_input(target: Path | str, what: str, inputs: dict) -> None:
+    """Fail when the output ``target`` (option ``what``) is one of ``inputs`` (their name in the message -> path or
+    None): writing it would replace what the run reads."""
+    for name, path in inputs.items():
+        if path is not None and Path(path).is_file() and Path(target).resolve() == Path(path).resolve():
+            raise FaceattrError(f"{what} {target} is {name}: the output would replace it; name another file")

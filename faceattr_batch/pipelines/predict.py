@@ -42,7 +42,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.detect import EXTRA_HINT, MtcnnDetector, detection_available, require_detection
 from faceattr_batch.faces.load import FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.io import writer
-from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.io.atomic import check_writable, refuse_an_input
 from faceattr_batch.metrics.slicing import slice_frame
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import seen_images_path
@@ -184,6 +184,8 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
     if options.labels is not None and not Path(options.labels).is_file():
         raise FaceattrError(f"--labels {options.labels}: no such file")
+    named = {f"the input {source}": source for source in options.inputs}
+    refuse_an_input(options.output, "-o", {**named, "--labels": options.labels})
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report", folder=True)

@@ -24,7 +24,7 @@ import polars as pl
 from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
 from faceattr_batch.data.label_files import LabelTable, attach_labels, match_labels, read_label_file
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.io.atomic import check_writable, refuse_an_input
 from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
@@ -72,9 +72,7 @@ def build(
         check_writable(report_dir, "--report", folder=True)
     if suspects is not None:
         inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
-        for what, path in inputs.items():
-            if path is not None and Path(suspects).resolve() == Path(path).resolve():
-                raise FaceattrError(f"--suspects {suspects} is {what}: the list would replace it; name another file")
+        refuse_an_input(suspects, "--suspects", inputs)
         check_writable(suspects, "--suspects")
     table = None if labels is None else read_label_file(labels)  # once, for both runs
     runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]
