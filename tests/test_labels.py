@@ -123,6 +123,9 @@ def test_quirk_datetimes_are_kept_to_the_second_when_digits_are_off():
         ("130_0_0_20170116174525125.jpg.chip.jpg", "age above"),
         ("30_2_0_20170116174525125.jpg.chip.jpg", "gender code"),
         ("30_1_7_20170116174525125.jpg.chip.jpg", "race code"),
+        ("99999999999999999999_0_0_20170116174525125.jpg.chip.jpg", "age above"),  # past Int64: not a null "ok"
+        ("30_99999999999999999999_0_20170116174525125.jpg.chip.jpg", "gender code"),
+        ("30_1_99999999999999999999_20170116174525125.jpg.chip.jpg", "race code"),
     ],
 )
 def test_bad_names_are_rejected_with_a_reason(name, reason):

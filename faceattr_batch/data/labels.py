@@ -188,6 +188,7 @@ def _typed_fields(parts: pl.Expr) -> dict[str, pl.Expr]:
         "age": field("age").cast(pl.Int64, strict=False),
         "gender": field("gender").cast(pl.Int64, strict=False),
         "race": field("race").cast(pl.Int64, strict=False),
+        "race_field": field("race"),
         "stamp": stamp,
         "digits": digits,
         "sep": field("sep"),
@@ -200,12 +201,13 @@ def _classify(f: dict[str, pl.Expr]) -> list[pl.Expr]:
         f[k] for k in ("age", "gender", "race", "stamp", "digits", "captured")
     )
     # First matching reason wins; rejections before recoverable quirks.
+    # a field of more digits than Int64 holds casts to null: too large, so rejected like any code out of range
     rejected = [
         (stamp.is_null(), "not a UTKFace name {age}_{gender}_{race}_{datetime}.{ext}"),
-        (race.is_null(), "no race field (age_gender_datetime): race unknown"),
-        (age > MAX_AGE, f"age above {MAX_AGE}"),
-        (~gender.is_in([0, 1]), "gender code not 0/1"),
-        (race >= len(RACES), f"race code not 0..{len(RACES) - 1}"),
+        (f["race_field"].is_null(), "no race field (age_gender_datetime): race unknown"),
+        (age.is_null() | (age > MAX_AGE), f"age above {MAX_AGE}"),
+        (gender.is_null() | ~gender.is_in([0, 1]), "gender code not 0/1"),
+        (race.is_null() | (race >= len(RACES)), f"race code not 0..{len(RACES) - 1}"),
     ]
     recovered = [
         (f["sep"].str.contains(r"\s"), "whitespace before the extension"),
