@@ -206,6 +206,8 @@ def test_user_errors_are_one_line(tmp_path):
         "nokey.csv": b"name,age\na,1\n",
         "array.json": b'[{"path": "a.jpg"}]',
         "empty.csv": b"\n\n",
+        "commas.csv": b",,,\n",
+        "twice.csv": b"Path,path,age\na.jpg,b.jpg,1\n",
     }
     for name, content in cases.items():
         if content is not None:
@@ -216,6 +218,8 @@ def test_user_errors_are_one_line(tmp_path):
         "nokey.csv": r"no 'path' or 'file' column \(columns: name, age\)",
         "array.json": "a JSON array; write JSON Lines",
         "empty.csv": "an empty file",
+        "commas.csv": "no header row",
+        "twice.csv": "columns Path, path are all 'path' here: keep one",
     }
     for name, message in expected.items():
         with pytest.raises(FaceattrError, match=message) as caught:
@@ -306,3 +310,14 @@ def test_predict_and_report_with_a_labels_csv(tmp_path, tiny_attr_model):
     assert saved["labels"]["format"] == "fairface" and saved["labels"]["race_mapping"] == FAIRFACE_RACE_MAP
     assert saved["labels"]["problems"][0]["line"] == 6 and saved["labelled"] == 5
     assert saved["overall"]["n_race"] == 4 and saved["overall"]["n_age"] == 0  # bins are not years
+
+
+def test_codes_written_as_whole_floats_and_a_column_named_pos(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("path,gender,race,age,pos\na.jpg,1.0,2.0,25.0,front\nb.jpg,0,,30,side\nc.jpg,1.5,0,30,up\n")
+    table = read_label_file(path)
+    assert _codes(table.frame) == {"a.jpg": (25, 1, 2), "b.jpg": (30, 0, None), "c.jpg": (30, None, 0)}
+    assert _problems(table) == [(4, "gender", "1.5", "'1.5' is not one of male, female (or 0..1)")]
+    assert table.extras == ("label_pos",)  # the matcher's own column name: kept under another
+    matched = match_labels(table, [str(tmp_path / n) for n in ("b.jpg", "a.jpg", "z.jpg")])
+    assert matched.frame["label_pos"].to_list() == ["side", "front", None]

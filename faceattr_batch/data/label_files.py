@@ -51,7 +51,7 @@ AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_hi
 KEY_COLUMNS = ("path", "file")
 PROBLEMS_KEPT = 20  # in the summary (and so metrics.json); the total beside them
 # an extra column of one of these names would shadow a predictions column: it is kept as label_<name>
-RESERVED = {*OUTPUT_COLUMNS, *AGE_BIN_FIELDS, "key", "line"}
+RESERVED = {*OUTPUT_COLUMNS, *AGE_BIN_FIELDS, "key", "line", "pos"}  # key, line, pos: this module's own
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,12 @@ def _read_celeba(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> LabelTable:
     """Raw rows -> key, line, codes, age bin, extras; unreadable values -> problems, their labels null."""
-    raw = raw.rename({c: c.lower() for c in raw.columns if c.lower() in (*KEY_COLUMNS, "age", "gender", "race")})
+    known = [c for c in raw.columns if c.lower() in (*KEY_COLUMNS, "age", "gender", "race")]
+    for name in dict.fromkeys(c.lower() for c in known):
+        spellings = [c for c in known if c.lower() == name]
+        if len(spellings) > 1:
+            raise FaceattrError(f"--labels {path}: columns {', '.join(spellings)} are all '{name}' here: keep one")
+    raw = raw.rename({c: c.lower() for c in known})
     key = next((c for c in KEY_COLUMNS if c in raw.columns), None)
     if key is None:
         shown = ", ".join(c for c in raw.columns if c != "line")

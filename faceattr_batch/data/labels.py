@@ -10,6 +10,7 @@ same code on one name, so there is exactly one grammar.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import polars as pl
@@ -95,8 +96,9 @@ def _code(value: str | int, names: tuple[str, ...], short: dict[str, int]) -> in
         return lowered.index(text)
     if text in short:
         return short[text]
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
+    number = re.fullmatch(r"(\d+)(?:\.0*)?", text)  # 1 or 1.0 (a code column with a gap, as pandas writes it)
+    if number and int(number[1]) < len(names):
+        return int(number[1])
     raise ValueError(f"{value!r} is not one of {', '.join(names)} (or 0..{len(names) - 1})")
 
 

@@ -59,6 +59,8 @@ def read_csv(path: Path, name: str, line_column: str = "line") -> tuple[pl.DataF
         else:
             bad.append((start, None, None, f"{len(record)} fields where the header has {len(header)}: row not read"))
         start = reader.line_num + 1
+    if header is None:
+        raise FaceattrError(f"{name}: no header row (every line holds only empty fields)")
     if len(set(header)) < len(header):
         raise FaceattrError(f"{name}: a column name repeats in the header ({', '.join(header)})")
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
