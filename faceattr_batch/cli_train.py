@@ -121,7 +121,7 @@ def export_onnx_command(
             "--model", "-m", show_default="the shipped ensemble", help="default | fast | RUN_DIR | .pt checkpoint."
         ),
     ] = None,
-    opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
+    opset: Annotated[int, typer.Option(min=13, max=23, help="ONNX opset version (torch 2.13 exports up to 23).")] = 17,
     int8: Annotated[
         Path | None, typer.Option(metavar="IMAGES", help="Quantize to int8, calibrated on chips of this folder.")
     ] = None,

@@ -278,6 +278,11 @@ def test_calibration_chips_sample_the_images(tmp_path: Path):
     assert calibration_chips(paths, 40, 100).shape[0] == 12
     with pytest.raises(FaceattrError, match="holds none"):
         calibration_chips([], 40, 5)
+    (tmp_path / "faces" / "broken.jpg").write_bytes(b"not an image")
+    with_broken = list_images(tmp_path / "faces")
+    assert calibration_chips(with_broken, 40, 100).shape[0] == 12  # the one that does not decode is left out
+    with pytest.raises(FaceattrError, match=r"none of the 1 sampled images decodes \(.*broken.jpg: not an image"):
+        calibration_chips([str(tmp_path / "faces" / "broken.jpg")], 40, 5)
 
 
 def test_cli_int8_export_and_a_folder_without_images(checkpoint: Path, tmp_path: Path):

@@ -37,7 +37,7 @@ def preprocessing_text(input_size: int) -> str:
 
 
 def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
-    """Write ``out`` atomically and return a summary (path, input size, opset, max |torch - onnx| check)."""
+    """Write ``out`` atomically and return a summary (path, input size, opset, source)."""
     import onnx  # heavy, and only export needs it
 
     model, meta = load_attr_model(source)

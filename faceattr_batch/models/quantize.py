@@ -20,27 +20,42 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from faceattr_batch.data.decode import load_chip
+from faceattr_batch.data.decode import DecodeError, load_chip
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.models.export import INPUT_NAME, OUTPUT_NAMES, QUANTIZATION, SEVEN_BIT_WEIGHTS, export_onnx
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 16
 
 
 def calibration_chips(paths: Sequence[str], size: int, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` of ``paths`` (a seeded sample, sorted) as uint8 N x 3 x S x S, the graph's input."""
+    """``count`` of ``paths`` (a seeded sample, sorted) as uint8 N x 3 x S x S, the graph's input; a sampled file
+    that does not decode is left out (logged), none decoding is an error."""
     if not paths:
         raise FaceattrError("int8 calibration needs images: the calibration source holds none")
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))
-    return np.stack([load_chip(paths[i], size) for i in picked]).transpose(0, 3, 1, 2).copy()
+    chips, skipped = [], {}
+    for i in picked:
+        try:
+            chips.append(load_chip(paths[i], size))
+        except DecodeError as err:
+            skipped[paths[i]] = str(err)
+    if skipped:
+        first = next(iter(skipped.items()))
+        log.warning("int8 calibration: %d of %d sampled images left out (%s: %s)", len(skipped), len(picked), *first)
+    if not chips:
+        raise FaceattrError(f"int8 calibration: none of the {len(picked)} sampled images decodes ({': '.join(first)})")
+    return np.stack(chips).transpose(0, 3, 1, 2).copy()
 
 
 def split_at_heads(prepared: Path, network: Path, tail: Path) -> None:
