@@ -153,6 +153,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(faces: Path, tmp_path:
     assert pl.read_parquet(tmp_path / "cut" / "metrics.parquet")["epoch"].to_list() == [1, 2, 3]
 
 
+def test_an_improved_epoch_writes_best_before_last(faces: Path, tmp_path: Path, monkeypatch):
+    """Killed between the two, a last.pt saying the epoch improved would point at a best.pt never written."""
+    written = []
+    real_save = train_module.save_atomically
+    monkeypatch.setattr(
+        train_module, "save_atomically", lambda path, data: written.append(path.name) or real_save(path, data)
+    )
+    run(TrainOptions(source=faces, out_dir=tmp_path / "run", epochs=1, **TINY))  # a first epoch always improves
+    assert written[:2] == ["best.pt", "last.pt"]
+
+
 def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,10 +24,10 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import MAX_AGE
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import write_json
+from faceattr_batch.io.atomic import write_json, write_parquet_atomically
 from faceattr_batch.io.rundir import append_metrics, start_run
 from faceattr_batch.metrics.attributes import overall
-from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     TRAIN_FORMAT,
     load_attr_model,
@@ -165,7 +164,7 @@ def _train_one(options: TrainOptions, resume: bool) -> TrainResult:
 
     options, init_model = _start(options, resume)
     out = Path(options.out_dir)
-    torch.set_num_threads(options.threads or os.cpu_count() or 1)
+    torch.set_num_threads(options.threads or available_cores())
     device = resolve_device(options.device)
     split = _load_split(options, out)
     session = _build_session(options, split, init_model, device, out / CHECKPOINT_LAST if resume else None)
@@ -210,7 +209,7 @@ def _load_split(options: TrainOptions, out: Path) -> _Split:
         table = split_by_group(table, options.val_fraction, options.seed)
     else:
         table = split_by_fold(table, options.folds, options.fold, options.seed)
-    table.select("path", "dup_group", "split").write_parquet(out / "split.parquet")
+    write_parquet_atomically(table.select("path", "dup_group", "split"), out / "split.parquet")
     table = with_training_only_rows(table, options.extra, options.workers)  # after: split.parquet is the source's
     pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"
@@ -376,9 +375,9 @@ def _end_epoch(session: _Session, split: _Split, device, out: Path, mean_loss: f
     append_metrics(out / "metrics.parquet", row)
     log.info("epoch %d: %s", state["epoch"], row)
     checkpoint = session.checkpoint()
-    save_atomically(out / CHECKPOINT_LAST, checkpoint)
-    if improved:
+    if improved:  # best first: a last.pt that says the epoch improved always has its best.pt
         save_atomically(out / CHECKPOINT_BEST, checkpoint)
+    save_atomically(out / CHECKPOINT_LAST, checkpoint)
 
 
 def _write_model(session: _Session, split: _Split, race_weights, options: TrainOptions, device, out: Path):

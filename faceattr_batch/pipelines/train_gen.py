@@ -12,7 +12,6 @@ Deterministic given the seed: iteration i draws its batch, noise and augmentatio
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.rundir import append_metrics, start_run
-from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     GEN_TRAIN_FORMAT,
     load_attr_model,
@@ -233,7 +232,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
-    torch.set_num_threads(options.threads or os.cpu_count() or 1)
+    torch.set_num_threads(options.threads or available_cores())
     device = resolve_device(options.device)
     table = load_labelled(options.source, options.root, options.workers, options.limit)
     labels = list(label_tensors(table, GEN_MAX_AGE).values())  # gender, race, age
