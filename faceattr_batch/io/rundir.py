@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
 
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_json, write_parquet_atomically
+
+log = logging.getLogger(__name__)
+# where a run runs, not what it computes: a resume takes these as given (a run moved to another machine)
+MACHINE_FIELDS = ("device", "threads", "workers", "progress")
 
 
 def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
@@ -21,8 +26,9 @@ def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
 
 
 def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict | None = None):
-    """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume`` (with
-    ``overrides`` applied, e.g. a new iteration count to extend or end a run).
+    """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume``, with
+    ``overrides`` applied (e.g. a new iteration count to extend or end a run) and the given ``MACHINE_FIELDS``
+    (where it runs, not what it computes). Another value given for a saved option is ignored, with a warning.
 
     Refuses to start over an existing run; writes ``options.json`` into ``options.out_dir`` either way.
     """
@@ -30,13 +36,29 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     if resume:
         if not (out / checkpoint).is_file():
             raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
-        saved = json.loads((out / "options.json").read_text())
-        options = dataclasses.replace(options, **{**_from_json(options, saved), "out_dir": out, **(overrides or {})})
+        saved = _from_json(options, json.loads((out / "options.json").read_text()))
+        kept = {**{name: getattr(options, name) for name in MACHINE_FIELDS if name in saved}, **(overrides or {})}
+        _warn_ignored(options, saved, kept)
+        options = dataclasses.replace(options, **{**saved, "out_dir": out, **kept})
     elif (out / checkpoint).is_file():
         raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "options.json", {key: _to_json(value) for key, value in vars(options).items()})
     return options
+
+
+def _warn_ignored(options, saved: dict, kept: dict) -> None:
+    """Say which options given (other than their defaults) differ from the run's own and so are not used."""
+    ignored = [
+        f"{field.name} {getattr(options, field.name)!r} (the run's: {saved[field.name]!r})"
+        for field in dataclasses.fields(options)
+        if field.name in saved
+        and field.name not in kept
+        and field.default is not dataclasses.MISSING
+        and getattr(options, field.name) not in (field.default, saved[field.name])
+    ]
+    if ignored:
+        log.warning("--resume goes on with the run's own options; ignored: %s", "; ".join(ignored))
 
 
 def _from_json(options, saved: dict) -> dict:
