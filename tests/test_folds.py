@@ -121,3 +121,22 @@ def test_cli_folds_prints_each_fold_and_refuses_too_many(faces: Path, tmp_path: 
     too_many = runner.invoke(app, args[:-1] + ["100", "-o", str(tmp_path / "many")])
     assert too_many.exit_code == 2
     assert "cannot fill 100 folds" in too_many.output
+
+
+def test_extra_sources_train_every_fold_and_the_predictions_cover_the_source_alone(faces: Path, tmp_path: Path):
+    extra = tmp_path / "extra"
+    make_faces(extra, 6, seed=3)
+    result = run(TrainOptions(source=faces, out_dir=tmp_path / "x", folds=2, extra=(extra,), steps_per_epoch=1, **TINY))
+    assert np.load(tmp_path / "x" / "pixels_32.npy").shape[0] == 45 + 6  # one chip cache, the extra rows after
+    predictions = pl.read_parquet(result.predictions_path)
+    assert predictions.height == 45 and predictions["path"].str.contains("/extra/").sum() == 0
+
+
+def test_a_single_run_is_neither_resumed_nor_overwritten_as_a_cross_fit(faces: Path, tmp_path: Path):
+    single = tmp_path / "single"
+    run(TrainOptions(source=faces, out_dir=single, steps_per_epoch=1, **TINY))
+    before = (single / "options.json").read_text()
+    for resume in (True, False):
+        with pytest.raises(FaceattrError, match=r"single holds a single training run \(last.pt\): cross-fit into"):
+            run(TrainOptions(source=faces, out_dir=single, folds=2, **TINY), resume=resume)
+    assert (single / "options.json").read_text() == before and not (single / "fold_0").exists()

@@ -164,6 +164,17 @@ def test_an_improved_epoch_writes_best_before_last(faces: Path, tmp_path: Path, 
     assert written[:2] == ["best.pt", "last.pt"]
 
 
+def test_a_resume_over_changed_rows_is_refused_before_it_trains(faces: Path, tmp_path: Path):
+    options = TrainOptions(source=faces, out_dir=tmp_path / "run", epochs=1, steps_per_epoch=1, **TINY)
+    run(options)
+    split = pl.read_parquet(tmp_path / "run" / "split.parquet")
+    for path in make_faces(tmp_path / "more", 6, seed=9):  # six more faces since: the seeded split moves
+        path.rename(faces / path.name.replace("_2017", "_2018"))
+    with pytest.raises(FaceattrError, match=r"run: the labelled rows changed since the run started.*start a new run"):
+        run(options, resume=True)
+    assert pl.read_parquet(tmp_path / "run" / "split.parquet").equals(split)
+
+
 def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")

@@ -166,7 +166,7 @@ def _train_one(options: TrainOptions, resume: bool) -> TrainResult:
     out = Path(options.out_dir)
     torch.set_num_threads(options.threads or available_cores())
     device = resolve_device(options.device)
-    split = _load_split(options, out)
+    split = _load_split(options, out, resume)
     session = _build_session(options, split, init_model, device, out / CHECKPOINT_LAST if resume else None)
     targets = _training_targets(options, split, session.config, device, out)
     while session.state["epoch"] < options.epochs and session.state["bad_epochs"] < options.patience:
@@ -202,14 +202,20 @@ def _start(options: TrainOptions, resume: bool):
     return start_run(options, CHECKPOINT_LAST, "training", resume), init_model
 
 
-def _load_split(options: TrainOptions, out: Path) -> _Split:
+def _load_split(options: TrainOptions, out: Path, resume: bool) -> _Split:
     """Labelled rows split by duplicate group (``split.parquet``), chips decoded once into the RUN_DIR cache."""
     table = load_labelled(options.source, options.root, options.workers, options.limit)
     if options.fold is None:
         table = split_by_group(table, options.val_fraction, options.seed)
     else:
         table = split_by_fold(table, options.folds, options.fold, options.seed)
-    write_parquet_atomically(table.select("path", "dup_group", "split"), out / "split.parquet")
+    sides = table.select("path", "dup_group", "split")
+    if resume and (out / "split.parquet").is_file() and not sides.equals(pl.read_parquet(out / "split.parquet")):
+        raise FaceattrError(
+            f"{out}: the labelled rows changed since the run started, and with them its split (split.parquet): "
+            "resumed, it would validate on faces it trained on; start a new run"
+        )
+    write_parquet_atomically(sides, out / "split.parquet")
     table = with_training_only_rows(table, options.extra, options.workers)  # after: split.parquet is the source's
     pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"

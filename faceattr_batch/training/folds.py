@@ -30,7 +30,7 @@ from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import load_attr_model
 from faceattr_batch.schema import float_outputs, predictions_table, true_label_codes
 from faceattr_batch.training.calibration import collect_logits
-from faceattr_batch.training.data import load_labelled, pixel_cache, split_by_fold
+from faceattr_batch.training.data import load_labelled, pixel_cache, split_by_fold, with_training_only_rows
 
 PREDICTIONS_FILE = "oof.parquet"
 OPTIONS_FILE = "options.json"
@@ -54,7 +54,11 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
     ``resume``: finished folds are kept, an interrupted one continues from its ``checkpoint``."""
     if options.folds < 2:
         raise FaceattrError(f"--folds {options.folds}: cross-fitting needs at least 2 folds")
+    if (Path(options.out_dir) / checkpoint).is_file():
+        raise FaceattrError(f"{options.out_dir} holds a single training run ({checkpoint}): cross-fit into another -o")
     options = start_run(options, OPTIONS_FILE, "cross-fitting", resume)
+    if options.folds < 2:  # the saved options of a run that was not a cross-fit
+        raise FaceattrError(f"{options.out_dir}: not a cross-fitting run (its options say --folds {options.folds})")
     out = Path(options.out_dir)
     indexed = _indexed(options, out)
     for fold in range(options.folds):
@@ -63,8 +67,11 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
             train_one(replace(indexed, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
     table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
     pixels = np.load(pixel_cache(options), mmap_mode="r")
-    if len(pixels) != table.height:
-        raise FaceattrError(f"{out}: its decoded chips ({len(pixels)}) do not match the {table.height} labelled rows")
+    # the folds' chips: the source's rows, then the --extra rows (as each fold's table has them)
+    cached = with_training_only_rows(split_by_fold(table, options.folds, 0, options.seed), options.extra, 0).height
+    if len(pixels) != cached:
+        raise FaceattrError(f"{out}: its decoded chips ({len(pixels)}) do not match the {cached} labelled rows")
+    pixels = pixels[: table.height]
     device = resolve_device(options.device)
     parts, folds = [], []
     for fold in range(options.folds):
