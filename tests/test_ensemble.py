@@ -183,3 +183,21 @@ def test_no_mirror_drops_the_members_mirror_in_the_file(members, faces: Path, tm
     large = model.members[1]
     with torch.inference_mode():  # the member reads one view: its logits are those of the image alone
         assert torch.allclose(large.logits(pixels).race, large(pixels).race + large.race_bias)
+
+
+def test_a_member_trained_on_the_ensembles_validation_faces_is_refused(members, faces: Path, tmp_path: Path):
+    import polars as pl
+
+    from faceattr_batch.training.data import load_labelled, split_by_group
+
+    table = load_labelled(faces, None, 0)
+    common = dict(source=faces, members=tuple(map(str, members)), workers=0, progress=False, val_fraction=0.3)
+    # the members' run folder holds the split they trained with: the ensemble's own (seed 0) passes
+    split_by_group(table, 0.3, 0).select("path", "dup_group", "split").write_parquet(tmp_path / "split.parquet")
+    run(EnsembleOptions(out=tmp_path / "same.pt", **common))
+    other = split_by_group(table, 0.3, 1)  # another seed: some of seed 0's validation faces were trained on
+    n_val = split_by_group(table, 0.3, 0).filter(pl.col("split") == "val").height
+    other.select("path", "dup_group", "split").write_parquet(tmp_path / "split.parquet")
+    with pytest.raises(FaceattrError, match=rf"small.pt: trained on \d+ of the ensemble's {n_val} validation faces"):
+        run(EnsembleOptions(out=tmp_path / "other.pt", **common))
+    assert not (tmp_path / "other.pt").exists()

@@ -2,9 +2,9 @@
 
 The members must have been trained on the same index with the same split (seed, validation share): the
 ensemble's temperatures are fitted, and its report computed, on that split's validation faces, which none of
-the members saw. Members' large weights are stored in fp16, or int8 with ``int8`` (``registry.storage_state``:
-two Inception members fit the 25 MB a shipped model may take only so); the figures are those of the stored
-weights.
+the members saw (a member's run folder with a ``split.parquet`` is checked). Members' large weights are stored
+in fp16, or int8 with ``int8`` (``registry.storage_state``: two Inception members fit the 25 MB a shipped model
+may take only so); the figures are those of the stored weights.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_json
-from faceattr_batch.models.registry import load_attr_model, restore_state, save_attr_ensemble, storage_state
+from faceattr_batch.models.registry import (
+    load_attr_model,
+    resolve_attr_source,
+    restore_state,
+    save_attr_ensemble,
+    storage_state,
+)
 from faceattr_batch.training.calibration import (
     collect_logits,
     fit_temperatures,
@@ -77,6 +83,8 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     table = load_labelled(options.source, options.root, options.workers)
     table = split_by_group(table, options.val_fraction, options.seed)
     val_rows = table.filter(pl.col("split") == "val")
+    for source in options.members:
+        _refuse_trained_on(source, val_rows)
     pixels = decode_cache(val_rows, ensemble.config.input_size, None, options.workers, options.progress)
     desc = "validation" if options.progress else None
     logits = collect_logits(ensemble, pixels, torch.device("cpu"), 128, desc)
@@ -111,6 +119,21 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     )
     write_json(out.with_suffix(".report.json"), report)
     return EnsembleResult(out.parent, out, report)
+
+
+def _refuse_trained_on(source: str, val_rows: pl.DataFrame) -> None:
+    """A member whose run (its ``split.parquet``, beside its model file) trained on any of the ensemble's validation
+    faces is refused: the temperatures and the report would be fitted on faces it learned."""
+    split_file = resolve_attr_source(source).parent / "split.parquet"
+    if not split_file.is_file():
+        return  # a shipped model or a file on its own: its split is not known here
+    trained = pl.read_parquet(split_file).filter(pl.col("split") == "train")
+    seen = val_rows.join(trained, on="path", how="semi").height
+    if seen:
+        raise FaceattrError(
+            f"{source}: trained on {seen} of the ensemble's {val_rows.height} validation faces (its split.parquet): "
+            "give the --seed and --val-fraction its run had, and members of one split"
+        )
 
 
 def _member_pixels(ensemble, i: int, pixels: np.ndarray) -> np.ndarray:
