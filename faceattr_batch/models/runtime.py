@@ -168,14 +168,11 @@ def _matching_export(candidate: Path, threads: int, digest: str) -> OnnxAttrMode
 
 def file_digest(path: Path) -> str:
     """12 hex digits of the file's sha256: a model's version when its file names none, a seen-images file's."""
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            return hashlib.file_digest(handle, "sha256").hexdigest()[:12]
     except OSError as err:
         raise FaceattrError(f"{path}: cannot read the file ({err.strerror or err})") from None
-    return digest.hexdigest()[:12]
 
 
 class OnnxAttrModel:

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.atomic import replacing
 from faceattr_batch.models.runtime import file_digest
 from faceattr_batch.schema import TRAINING_ROLE, TRAINING_ROLES
 
@@ -52,7 +53,8 @@ def seen_images_table(sha256: pl.Series, split: pl.Series) -> pl.DataFrame:
 
 def write_seen_images(table: pl.DataFrame, path: Path) -> Path:
     """``table`` (``seen_images_table``) as a Parquet file, zstd at its strongest (written once, read per run)."""
-    table.write_parquet(path, compression="zstd", compression_level=22)
+    with replacing(path) as tmp:
+        table.write_parquet(tmp, compression="zstd", compression_level=22)
     return Path(path)
 
 
