@@ -148,6 +148,8 @@ def test_bad_members_and_ensembles_as_a_start_give_one_line_errors(members, face
         run(EnsembleOptions(members=(str(members[0]),), **common))
     with pytest.raises(FaceattrError, match="nowhere.pt"):
         run(EnsembleOptions(members=(str(members[0]), str(tmp_path / "nowhere.pt")), **common))
+    with pytest.raises(FaceattrError, match=r"^-o .*faces: is a folder; name the file to write"):
+        run(EnsembleOptions(members=tuple(map(str, members)), **{**common, "out": faces}))
     run(EnsembleOptions(members=tuple(map(str, members)), val_fraction=0.3, **common))
     with pytest.raises(FaceattrError, match="can't be members"):
         run(EnsembleOptions(members=(str(members[0]), str(tmp_path / "e.pt")), **{**common, "out": tmp_path / "f.pt"}))

@@ -18,7 +18,7 @@ import polars as pl
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import write_json
+from faceattr_batch.io.atomic import check_writable, write_json
 from faceattr_batch.models.registry import (
     load_attr_model,
     resolve_attr_source,
@@ -64,6 +64,7 @@ def run(options: EnsembleOptions) -> EnsembleResult:
 
     if len(options.members) < 2:
         raise FaceattrError("an ensemble needs two or more members")
+    check_writable(options.out, "-o")  # before the validation faces are decoded and read
     members = []
     for source in options.members:
         net, _ = load_attr_model(source)
