@@ -179,6 +179,9 @@ def test_fairface_labels_csv(tmp_path):
     matched = match_labels(table, ["/d/fairface/val/1.jpg", "/d/fairface/train/1.jpg"])
     assert matched.summary["race_mapping"] == FAIRFACE_RACE_MAP and FAIRFACE_RACE_MAP["East Asian"] == "Asian"
     assert matched.frame.select("true_age_low", "fairface_race").row(0) == (3, "East Asian")
+    coded = tmp_path / "coded.csv"  # FairFace's columns holding race codes: a plain CSV, no FairFace mapping
+    coded.write_text("file,age,gender,race\nx.jpg,30,1,2\n")
+    assert detect_format(coded) == "csv" and read_label_file(coded).extras == ()
 
 
 def test_matching_counts_paths_and_ambiguous_names(tmp_path):
@@ -321,3 +324,12 @@ def test_codes_written_as_whole_floats_and_a_column_named_pos(tmp_path):
     assert table.extras == ("label_pos",)  # the matcher's own column name: kept under another
     matched = match_labels(table, [str(tmp_path / n) for n in ("b.jpg", "a.jpg", "z.jpg")])
     assert matched.frame["label_pos"].to_list() == ["side", "front", None]
+
+
+def test_a_key_climbing_out_of_the_folder_is_taken_from_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    labels = tmp_path / "work" / "labels.csv"
+    labels.write_text("path,age\n../faces/a.jpg,30\nfaces/../../faces/b.jpg,40\n")
+    matched = load_labels(labels, [str(tmp_path / "faces" / n) for n in ("a.jpg", "b.jpg")])
+    assert matched.frame["true_age"].to_list() == [30, 40] and matched.summary["labels_not_in_inputs"] == 0

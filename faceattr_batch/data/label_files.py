@@ -154,8 +154,13 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if lines[0].startswith("["):
         raise FaceattrError(f"--labels {path}: a JSON array; write JSON Lines (one object a line) instead")
-    header = {name.strip().lower() for name in next(csv.reader([lines[0]], delimiter=delimiter(lines[0])))}
-    return "fairface" if set(FAIRFACE_COLUMNS) <= header <= {*FAIRFACE_COLUMNS, "service_test"} else "csv"
+    rows = list(csv.reader(lines[:2], delimiter=delimiter(lines[0])))
+    header = [name.strip().lower() for name in rows[0]]
+    if not set(FAIRFACE_COLUMNS) <= set(header) <= {*FAIRFACE_COLUMNS, "service_test"}:
+        return "csv"
+    # FairFace names its races ("East Asian"); a table of these columns holding race codes is a plain CSV
+    first = rows[1] if len(rows) > 1 and len(rows[1]) == len(header) else None
+    return "csv" if first is not None and first[header.index("race")].strip().isdigit() else "fairface"
 
 
 def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -192,6 +197,13 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         {name: pl.Series([_json_text(r.get(name)) for r in records], dtype=pl.String) for name in names}
     )
     return frame.with_columns(line=pl.Series(lines, dtype=pl.Int64)), problem_frame(bad)
+
+
+def _key(text: str) -> str:
+    """A key as matched: normalised; one that climbs out (``../faces/a.jpg``) can end no input's path, so it is
+    taken from the working folder, as a shell would."""
+    key = os.path.normpath(text)
+    return os.path.abspath(key) if key == ".." or key.startswith("../") else key
 
 
 def _json_text(value) -> str | None:
@@ -255,7 +267,7 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
         raw.filter(keys.is_null()).select("line", column=pl.lit(key), value=pl.lit(None, pl.String), reason=no_key)
     ]
     raw = raw.filter(keys.is_not_null())
-    columns = {"key": pl.Series([os.path.normpath(k) for k in keys.drop_nulls()], dtype=pl.String), "line": raw["line"]}
+    columns = {"key": pl.Series([_key(k) for k in keys.drop_nulls()], dtype=pl.String), "line": raw["line"]}
     if "age" in raw.columns:
         ages, age_problems = _ages(as_text(raw["age"]), raw["line"])
         columns |= ages
