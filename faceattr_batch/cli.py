@@ -153,7 +153,9 @@ def predict_command(
     min_group: opt.MinGroup = 30,
     include_training: opt.IncludeTraining = False,
     resume: opt.Resume = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any image could not be read.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any row has an error (an image not read, or no face found).")
+    ] = False,
     batch_size: opt.BatchSize = 256,
     workers: Annotated[int | None, opt.workers_option("half the cores; all with a GPU")] = None,
     threads: Annotated[int | None, opt.threads_option("all cores on the CPU, 1 on a GPU")] = None,
