@@ -44,3 +44,10 @@ def test_resume_keeps_the_runs_options_takes_machine_fields_and_says_what_it_ign
     assert [r.getMessage() for r in caplog.records] == [
         "--resume goes on with the run's own options; ignored: epochs 7 (the run's: 5)"
     ]
+
+
+def test_a_damaged_options_file_is_one_line(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "options.json").write_text('{"epochs": 5,')
+    with pytest.raises(FaceattrError, match=r"options.json: cannot read the run's options \("):
+        start_run(Options(Path("faces"), tmp_path), "last.pt", "training", resume=True)

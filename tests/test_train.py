@@ -500,3 +500,14 @@ def test_the_calibration_report_uses_the_one_ece():
     race_correct = probs.argmax(axis=1) == truth["race"].numpy()
     assert calibration["race_ece_before"] == expected_calibration_error(probs.max(axis=1), race_correct)
     assert not hasattr(train_module, "expected_calibration_error")  # no second copy
+
+
+def test_a_damaged_chip_cache_is_decoded_again(faces: Path, tmp_path: Path):
+    from faceattr_batch.training.data import decode_cache, load_labelled
+
+    table = load_labelled(faces, None, 0)
+    cache = tmp_path / "pixels_32.npy"
+    fresh = decode_cache(table, 32, cache, 0, False)
+    cache.write_bytes(cache.read_bytes()[:1000])  # a run killed while the cache was copied elsewhere
+    assert np.array_equal(decode_cache(table, 32, cache, 0, False), fresh)
+    assert np.array_equal(np.load(cache), fresh)

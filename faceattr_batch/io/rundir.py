@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import write_json, write_parquet_atomically
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     if resume:
         if not (out / checkpoint).is_file():
             raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
-        saved = _from_json(options, json.loads((out / "options.json").read_text()))
+        try:
+            saved = _from_json(options, json.loads((out / "options.json").read_text()))
+        except (OSError, ValueError) as err:
+            raise FaceattrError(f"{out / 'options.json'}: cannot read the run's options ({first_line(err)})") from None
         kept = {**{name: getattr(options, name) for name in MACHINE_FIELDS if name in saved}, **(overrides or {})}
         _warn_ignored(options, saved, kept)
         options = dataclasses.replace(options, **{**saved, "out_dir": out, **kept})

@@ -121,8 +121,11 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: in
     """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
     only in memory when ``cache`` is None."""
     if cache is not None and cache.is_file():
-        pixels = np.load(cache)
-        if pixels.shape == (table.height, size, size, 3):
+        try:
+            pixels = np.load(cache)
+        except (OSError, ValueError, EOFError):  # a damaged cache is decoded again, as a missing one is
+            pixels = None
+        if pixels is not None and pixels.shape == (table.height, size, size, 3):
             return pixels
     files = table.get_column("file").to_list()
     pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
