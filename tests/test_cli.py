@@ -72,7 +72,7 @@ def test_help_names_arguments_and_shows_defaults():
     assert "Usage: faceattr-batch predict [OPTIONS] INPUTS... " in text
     assert "-m, --model TEXT" in text and "[default: (the shipped ensemble)]" in text
     assert "[default: (half the cores; all with a GPU); x>=0]" in text  # --workers
-    assert "[default: (the cores the workers leave); x>=1]" in text  # --threads
+    assert "[default: (all cores on the CPU, 1 on a GPU); x>=1]" in text  # --threads, as split_cores gives them
     assert "one face chip. The same on both engines. [default: auto]" in text  # --faces
     assert "--resume Continue" in text and "--hash" not in text
     assert "--file-sizes / --no-file-sizes" in _help("index")
