@@ -101,3 +101,19 @@ def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
     pl.DataFrame({"path": ["a"]}).write_parquet(other)
     with pytest.raises(FaceattrError, match="not a `predict` output"):
         report.build(other, tmp_path / "r3")
+
+
+def test_a_report_rebuilt_into_an_older_ones_folder_leaves_none_of_its_files(tmp_path, predictions):
+    folder = tmp_path / "rep"
+    report.build(predictions, folder)
+    assert (folder / "breakdown.parquet").is_file() and (folder / "suspects.parquet").is_file()
+    (folder / "calibration_by_skin_tone.png").write_bytes(b"a figure of an earlier --slice-by skin_tone")
+    (folder / "notes.txt").write_text("the user's")
+    unlabelled = tmp_path / "unlabelled.parquet"
+    pl.read_parquet(predictions).with_columns(
+        pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.Int8).alias("true_gender"),
+        pl.lit(None, pl.Int8).alias("true_race"),
+    ).write_parquet(unlabelled)  # fmt: skip
+    report.build(unlabelled, folder)
+    # no labels now: no breakdown, no suspects, none of the error plots; the earlier ones went with them
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "notes.txt", "report.html"]

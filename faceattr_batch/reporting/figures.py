@@ -14,6 +14,9 @@ import polars as pl
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.io.atomic import replacing
 
+# the files ``draw`` may write (``draw_group_calibration`` adds calibration_by_<attribute>.png)
+PLOT_NAMES = ("confusion.png", "age_pred_vs_true.png", "error_by_age_band.png", "error_by_race.png", "calibration.png")
+
 
 def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, folder: Path) -> dict[str, Path]:
     """The report's PNG plots into ``folder``: plot name -> path (a plot without data is left out)."""

@@ -109,7 +109,19 @@ def write_report(
     target = report_dir / "report.html"
     with replacing(target) as tmp:
         tmp.write_text(page.render(contents, plots, sections), encoding="utf-8")
+    written = {*plots.values(), *([report_dir / "breakdown.parquet"] if labelled.height else [])}
+    _remove_stale(report_dir, written | ({report_dir / "suspects.parquet"} if "suspects" in sections else set()))
     return target
+
+
+def _remove_stale(report_dir: Path, written: set[Path]) -> None:
+    """A report rebuilt into an earlier one's folder: the earlier files this one did not write (a plot without data
+    now, a breakdown of labels now absent) are removed, so the folder holds one report. Only the report's own names."""
+    names = [*figures.PLOT_NAMES, "breakdown.parquet", "suspects.parquet"]
+    earlier = [report_dir / name for name in names] + list(report_dir.glob("calibration_by_*.png"))
+    for path in earlier:
+        if path not in written:
+            path.unlink(missing_ok=True)
 
 
 def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
