@@ -98,3 +98,15 @@ def interrupt_at_second_grid(monkeypatch, train_gen_module):
 
     monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
     return lambda: monkeypatch.setattr(train_gen_module, "save_grid", real_save)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels and holds almost no data (a bomb as far as any header reader knows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

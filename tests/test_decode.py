@@ -1,21 +1,11 @@
-import struct
-import zlib
-
 import pytest
+from conftest import png_header_only as header_only
 
 from faceattr_batch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, read_rgb
 
 
 def png_header_only(path, width: int, height: int):
-    """A PNG that claims width x height pixels and holds almost no data: header readers see its size."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
+    path.write_bytes(header_only(width, height))
     return path
 
 

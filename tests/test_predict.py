@@ -6,18 +6,16 @@ import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, make_faces
+from conftest import REPO, make_faces, png_header_only
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -38,16 +36,6 @@ def _run(inputs, out, model, **kwargs):
     return run(PredictOptions(inputs=tuple(str(i) for i in inputs), output=out, model=str(model), **options))
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels (a decompression bomb as far as any header reader knows)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _bad_files(folder: Path, monkeypatch) -> dict[str, str]:
     """One file per bad case -> the start of its expected error reason."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +44,7 @@ def _bad_files(folder: Path, monkeypatch) -> dict[str, str]:
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     (folder / "text.png").write_text("this is not an image")
-    (folder / "bomb.png").write_bytes(_png_header_only(40_000, 40_000))
+    (folder / "bomb.png").write_bytes(png_header_only(40_000, 40_000))
     os.symlink(folder / "gone.jpg", folder / "broken_link.jpg")
     locked = folder / "locked.jpg"
     locked.write_bytes(good.getvalue())
