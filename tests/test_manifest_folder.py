@@ -6,18 +6,15 @@ import polars as pl
 import pytest
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.manifest_folder import PENDING, check_output_folder, listed_files, remove_files, write_pending
+from faceattr_batch.io.manifest_folder import check_output_folder, remove_earlier, write_pending
 
 
-def test_listed_files_are_the_manifests_and_the_pending_lists_names_then_the_lists(tmp_path):
-    pl.DataFrame({"file": ["a.jpg", None, "b.jpg"]}).write_parquet(tmp_path / "manifest.parquet")
+def test_remove_earlier_removes_the_manifests_and_the_pending_lists_names_then_the_lists(tmp_path):
+    pl.DataFrame({"file": ["a.jpg", None, "b.jpg", "gone.jpg"]}).write_parquet(tmp_path / "manifest.parquet")
     write_pending(tmp_path, ["c.jpg"], "file")
     for name in ("a.jpg", "b.jpg", "c.jpg", "mine.txt"):
         (tmp_path / name).write_text(name)
-    files = listed_files(tmp_path, "manifest.parquet", "file")
-    names = ["a.jpg", "b.jpg", "c.jpg", "manifest.parquet", PENDING]
-    assert files == [tmp_path / name for name in names]
-    remove_files(files)
+    remove_earlier(tmp_path, "manifest.parquet", "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
@@ -26,19 +23,26 @@ def test_a_manifest_naming_a_file_outside_the_folder_removes_nothing(tmp_path, n
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "victim.txt").write_text("the user's")
+    (out / "ok.jpg").write_text("ok")
     pl.DataFrame({"file": ["ok.jpg", name]}).write_parquet(out / "manifest.parquet")
     with pytest.raises(FaceattrError, match=r"manifest.parquet: lists .*, not a file of .*out; nothing removed"):
-        listed_files(out, "manifest.parquet", "file")
+        remove_earlier(out, "manifest.parquet", "file")
     assert (tmp_path / "victim.txt").read_text() == "the user's" and (out / "manifest.parquet").is_file()
+    # the manifest is good and the pending list is not: every list is read before anything goes
+    pl.DataFrame({"file": ["ok.jpg"]}).write_parquet(out / "manifest.parquet")
+    write_pending(out, [name], "file")
+    with pytest.raises(FaceattrError, match=r"pending.parquet: lists .*; nothing removed"):
+        remove_earlier(out, "manifest.parquet", "file")
+    assert sorted(p.name for p in out.iterdir()) == [".pending.parquet", "manifest.parquet", "ok.jpg"]
 
 
 def test_another_commands_manifest_is_refused_in_one_line(tmp_path):
     pl.DataFrame({"chip": ["a.jpg"]}).write_parquet(tmp_path / "manifest.parquet")
     with pytest.raises(FaceattrError, match=r"^\S+manifest.parquet: not a manifest this command wrote \(.*\); move"):
-        listed_files(tmp_path, "manifest.parquet", "file")
+        remove_earlier(tmp_path, "manifest.parquet", "file")
     (tmp_path / "manifest.parquet").write_bytes(b"not parquet")
     with pytest.raises(FaceattrError, match="not a manifest this command wrote"):
-        listed_files(tmp_path, "manifest.parquet", "file")
+        remove_earlier(tmp_path, "manifest.parquet", "file")
 
 
 def test_check_output_folder(tmp_path):

@@ -26,9 +26,9 @@ def check_output_folder(out: Path, overwrite: bool, what: str) -> None:
         raise FaceattrError(f"{out} is not empty: add --overwrite to replace {what}")
 
 
-def listed_files(out: Path, manifest: str, column: str) -> list[Path]:
-    """The files an earlier run listed in ``out / manifest`` or left in its pending list, then those lists: the
-    paths ``remove_files`` takes. Refuses a list that is not ours or names a file outside ``out``."""
+def remove_earlier(out: Path, manifest: str, column: str) -> None:
+    """Remove the files an earlier run listed in ``out / manifest`` or left in its pending list, then those lists.
+    Every list is read first: one that is not ours or names a file outside ``out`` is refused, nothing removed."""
     lists = [path for path in (out / manifest, out / PENDING) if path.is_file()]
     files = []
     for path in lists:
@@ -42,11 +42,7 @@ def listed_files(out: Path, manifest: str, column: str) -> list[Path]:
         if strays:
             raise FaceattrError(f"{path}: lists {strays[0]!r}, not a file of {out}; nothing removed")
         files += [out / name for name in names]
-    return files + lists
-
-
-def remove_files(files: list[Path]) -> None:
-    for path in files:
+    for path in files + lists:
         path.unlink(missing_ok=True)
 
 

@@ -27,7 +27,7 @@ from faceattr_batch.faces.align import CHIP_SIZE
 from faceattr_batch.faces.detect import require_detection
 from faceattr_batch.faces.load import FaceOptions, face_rows, load_faces
 from faceattr_batch.io.atomic import write_parquet_atomically
-from faceattr_batch.io.manifest_folder import check_output_folder, listed_files, remove_files
+from faceattr_batch.io.manifest_folder import check_output_folder, remove_earlier
 from faceattr_batch.models.device import available_cores
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.schema import FACE_FIELDS, error_counts
@@ -67,7 +67,8 @@ def run(options: CropOptions) -> dict:
     paths = list_images(options.inputs)
     out = Path(options.out_dir)
     check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
-    remove_files(listed_files(out, MANIFEST, "chip") if options.overwrite else [])
+    if options.overwrite:
+        remove_earlier(out, MANIFEST, "chip")
     workers = available_cores() if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
     frames = []
