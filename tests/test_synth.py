@@ -202,8 +202,8 @@ def test_a_killed_run_leaves_a_list_that_the_next_overwrite_clears(generator_fil
     out = tmp_path / "o"
     real_write = synth_module.write_samples
 
-    def killed(generator, wanted, *args):
-        real_write(generator, wanted.head(3), *args)  # the first 3 of 6 written, then Ctrl-C
+    def killed(generator, wanted, *args, names):
+        real_write(generator, wanted.head(3), *args, names=names[:3])  # the first 3 of 6 written, then Ctrl-C
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synth_module, "write_samples", killed)

@@ -33,8 +33,9 @@ def sample_noise(z_dim: int, seed: int, start: int, stop: int) -> torch.Tensor:
     )
 
 
-def sample_names(labels: dict[str, list[int]], seed: int, start: int, stop: int) -> list[str]:
-    """UTKFace names for rows start..stop-1 of ``labels`` (unique per (seed, row))."""
+def sample_names(wanted: pl.DataFrame, seed: int) -> list[str]:
+    """UTKFace names for the rows of ``wanted`` (gender, race, age), unique per (seed, row)."""
+    labels = wanted.to_dict(as_series=False)
     return [
         format_name(
             labels["age"][i],
@@ -42,7 +43,7 @@ def sample_names(labels: dict[str, list[int]], seed: int, start: int, stop: int)
             labels["race"][i],
             STAMP_BASE + dt.timedelta(days=seed % 3650, milliseconds=i),
         )
-        for i in range(start, stop)
+        for i in range(wanted.height)
     ]
 
 
@@ -56,17 +57,19 @@ def write_samples(
     batch_size: int = 256,
     quality: int = 95,
     progress: bool = True,
+    names: list[str] | None = None,
 ) -> pl.DataFrame:
     """Generate one image per row of ``wanted`` (gender, race, age) into ``out_dir``; returns the manifest rows.
 
-    ``size`` resizes the written images (None = the generator's resolution). The rows come back with ``file``
-    (the written name) and ``index`` (the row number, which seeds the image's noise).
+    ``size`` resizes the written images (None = the generator's resolution); ``names``: the files'
+    names (None = ``sample_names``). The rows come back with ``file`` (the written name) and ``index`` (the row
+    number, which seeds the image's noise).
     """
     import torch  # lazy, as above
 
     out_dir.mkdir(parents=True, exist_ok=True)
     z_dim = generator.config.z_dim
-    names: list[str] = []
+    names = sample_names(wanted, seed) if names is None else names
     labels = wanted.to_dict(as_series=False)
 
     def save(pixels: np.ndarray, name: str) -> None:
@@ -82,9 +85,7 @@ def write_samples(
             cond = [torch.tensor(labels[k][start:stop]) for k in ("gender", "race", "age")]
             images = generator(sample_noise(z_dim, seed, start, stop) * truncation, *cond)
             pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-            batch_names = sample_names(labels, seed, start, stop)
-            list(pool.map(save, pixels, batch_names))
-            names += batch_names
+            list(pool.map(save, pixels, names[start:stop]))
             bar.update(stop - start)
     bar.close()
     return wanted.with_columns(pl.Series("file", names), pl.Series("index", range(wanted.height)))

@@ -23,8 +23,7 @@ from faceattr_batch.io.atomic import write_parquet_atomically
 from faceattr_batch.io.manifest_folder import (
     check_output_folder,
     finish_pending,
-    listed_files,
-    remove_files,
+    remove_earlier,
     write_pending,
 )
 from faceattr_batch.models.registry import load_generator
@@ -160,8 +159,10 @@ def run(options: SynthOptions) -> dict:
     generator, meta = load_generator(options.model)
     wanted = conditions(options)
     # an earlier set goes only now, when the model and the conditions are known good
-    remove_files(listed_files(out, MANIFEST, "file") if options.overwrite else [])
-    write_pending(out, sample_names(wanted.to_dict(as_series=False), options.seed, 0, wanted.height), "file")
+    if options.overwrite:
+        remove_earlier(out, MANIFEST, "file")
+    names = sample_names(wanted, options.seed)
+    write_pending(out, names, "file")
     samples = write_samples(
         generator,
         wanted,
@@ -172,6 +173,7 @@ def run(options: SynthOptions) -> dict:
         options.batch_size,
         options.quality,
         options.progress,
+        names=names,
     )
     manifest = samples.with_columns(
         *label_exprs(),
