@@ -71,12 +71,14 @@ def write_report(
     contents["min_group"] = min_group
     plots: dict[str, Path] = {}
     sections: dict = {}
+    written: set[Path] = set()  # the files this report writes besides metrics.json and report.html
     if labelled.height:
         crossed = {
             ",".join(by): metrics.breakdown(labelled, by, intervals=True)
             for by in [metrics.SLICE_BY, *([spec.name, *metrics.SLICE_BY] for spec in extra)]
         }
         write_parquet_atomically(breakdown_rows(crossed), report_dir / "breakdown.parquet")
+        written.add(report_dir / "breakdown.parquet")
         by = {key: metrics.breakdown(labelled, [key], intervals=True) for key in attributes}
         worst = metrics.worst_errors(labelled, WORST_K)
         contents |= {
@@ -101,6 +103,7 @@ def write_report(
         if suspects is None:
             suspects = find_suspects(frame)
         write_suspects(suspects.table, report_dir / "suspects.parquet")
+        written.add(report_dir / "suspects.parquet")
         contents["suspects"], sections["suspects"] = suspects.contents, suspects.gallery
     if compare is not None:
         contents["compare"] = compare.contents
@@ -109,8 +112,7 @@ def write_report(
     target = report_dir / "report.html"
     with replacing(target) as tmp:
         tmp.write_text(page.render(contents, plots, sections), encoding="utf-8")
-    written = {*plots.values(), *([report_dir / "breakdown.parquet"] if labelled.height else [])}
-    _remove_stale(report_dir, written | ({report_dir / "suspects.parquet"} if "suspects" in sections else set()))
+    _remove_stale(report_dir, written | set(plots.values()))
     return target
 
 
