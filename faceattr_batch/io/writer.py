@@ -5,7 +5,7 @@ row groups into ``<out>.parts/part-NNNNN.parquet.tmp``; when the shard is comple
 ``os.replace`` and a ``part-NNNNN.done.json`` marker is written last, so a marker always means a whole part.
 A rerun with ``resume=True`` checks ``manifest.json`` (inputs and value-affecting options) and skips marked
 shards; ``finalize`` copies the parts, in order, one at a time, into a temporary file (``atomic.replacing``),
-fsyncs it and renames it onto the output name. Whatever kills the process (even ``kill -9``), the output name
+which fsyncs it and renames it onto the output name. Whatever kills the process (even ``kill -9``), the output name
 holds either nothing, the previous file, or the complete new one, and memory never holds more than one shard.
 
 Test hook: ``FACEATTR_BATCH_TEST_KILL=shard:K`` SIGKILLs the process after shard K's marker, ``part:K`` after the
@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import replacing, write_json
+from faceattr_batch.io.atomic import fsync, replacing, write_json
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ShardSink:
         self.writer.close()
         if self.inputs != self.shard.rows:
             raise FaceattrError(f"shard {self.shard.index}: wrote {self.inputs} inputs, expected {self.shard.rows}")
-        _fsync(self.tmp)
+        fsync(self.tmp)
         part = self.space.part_path(self.shard)
         os.replace(self.tmp, part)
         write_json(self.space.marker_path(self.shard), {"shard": self.shard.index, "rows": self.rows})
@@ -227,21 +227,10 @@ def finalize(space: Workspace, schema, metadata: dict[str, str] | None = None) -
                 out.write_table(pq.read_table(space.part_path(shard)).cast(schema))  # one shard = one row group
                 if shard.index == 0:
                     _kill_hook("finalize")
-            out.close()
-            _fsync(tmp)  # the parts go next: the merged file is on disk before they do
     except OSError as err:
         raise FaceattrError(f"cannot write {output}: {err.strerror or err}") from None
     shutil.rmtree(space.parts)
     return space.output
-
-
-def _fsync(path: Path) -> None:
-    # os.replace is atomic for a crash of this process; fsync also covers a power cut before the rename
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _kill_hook(point: str) -> None:
