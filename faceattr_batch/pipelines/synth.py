@@ -160,7 +160,7 @@ def run(options: SynthOptions) -> dict:
     wanted = conditions(options)
     # an earlier set goes only now, when the model and the conditions are known good
     if options.overwrite:
-        remove_earlier(out, MANIFEST, "file")
+        remove_earlier(out, MANIFEST, "file", MANIFEST_COLUMNS)
     names = sample_names(wanted, options.seed)
     write_pending(out, names, "file")
     samples = write_samples(
