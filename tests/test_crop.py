@@ -33,3 +33,31 @@ def test_a_chip_name_stays_under_255_bytes_and_unique_per_photo(stem):
     name = crop._chip_name(f"/photos/{stem}.jpg", 3)
     assert len(os.fsencode(name)) <= 255 and name.endswith("_3.jpg")
     assert name != crop._chip_name(f"/elsewhere/{stem}.jpg", 3)
+
+
+def test_a_dot_photo_gives_a_visible_chip_and_the_path_digest_is_64_bits():
+    name = crop._chip_name("/photos/.holiday.jpg", 0)
+    stem, digest, face = name.removesuffix(".jpg").rsplit("_", 2)
+    assert (stem, face, len(digest)) == ("holiday", "0", 16)
+
+
+def test_images_inside_the_output_folder_are_never_inputs(tmp_path):
+    make_faces(tmp_path / "photos", 2)
+    make_faces(tmp_path / "photos" / "chips", 3)  # an earlier run's chips, -o inside the input folder
+    photos = crop.list_images([str(tmp_path / "photos")])
+    kept = crop._outside(photos, (str(tmp_path / "photos"),), tmp_path / "photos" / "chips")
+    assert len(photos) == 5 and [os.path.dirname(path) for path in kept] == [str(tmp_path / "photos")] * 2
+    elsewhere = tmp_path / "out"
+    assert crop._outside(photos, (str(tmp_path / "photos"),), elsewhere) == photos
+    with pytest.raises(FaceattrError, match=r"^-o .*chips: every input image lies in the output folder"):
+        crop._outside(photos[2:], (str(tmp_path / "photos" / "chips"),), tmp_path / "photos" / "chips")
+
+
+def test_crop_over_its_own_output_with_overwrite_removes_nothing(tmp_path):
+    pytest.importorskip("cv2", reason="crop needs the [detect] extra")
+    out = tmp_path / "chips"
+    make_faces(out, 2)
+    before = sorted(out.iterdir())
+    with pytest.raises(FaceattrError, match="every input image lies in the output folder"):
+        crop.run(crop.CropOptions(inputs=(str(out),), out_dir=out, overwrite=True, progress=False))
+    assert sorted(out.iterdir()) == before

@@ -4,7 +4,8 @@ For building datasets from raw photos: ``faces.load_faces`` (decode, detect, ali
 chips are written as JPEGs named ``{photo stem}_{8 hex of the photo's path}_{face index}.jpg``; the manifest is
 written last, atomically, one row per face (source, face_index, box, det_score, landmarks, chip) plus a row with
 ``error`` for each photo without a face or that could not be read. An output folder that is not empty is refused
-unless ``overwrite``, which removes the chips an earlier crop run listed in its manifest and nothing else.
+unless ``overwrite``, which removes the chips an earlier crop run listed in its manifest and nothing else. Images
+inside the output folder are never inputs (an earlier run's chips, when ``-o`` lies in an input folder).
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ def run(options: CropOptions) -> dict:
     if options.batch_size < 1:
         raise FaceattrError(f"--batch-size {options.batch_size}: must be >= 1")
     require_detection()
-    paths = list_images(options.inputs)
     out = Path(options.out_dir)
+    paths = _outside(list_images(options.inputs), options.inputs, out)
     check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
     if options.overwrite:
-        remove_earlier(out, MANIFEST, "chip")
+        remove_earlier(out, MANIFEST, "chip", MANIFEST_SCHEMA)
     workers = available_cores() if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
     frames = []
@@ -98,10 +99,25 @@ def run(options: CropOptions) -> dict:
     }
 
 
+def _outside(paths: list[str], inputs: tuple[str, ...], out: Path) -> list[str]:
+    """``paths`` less those inside ``out``: with ``--overwrite`` they are the files about to be removed. Checked
+    path by path only when ``out`` and an input folder overlap."""
+    out_real = out.resolve()
+    given = [Path(source).resolve() for source in inputs]
+    if not any(out_real.is_relative_to(path) or path.is_relative_to(out_real) for path in given):
+        return paths
+    kept = [path for path in paths if not Path(path).resolve().is_relative_to(out_real)]
+    if not kept:
+        raise FaceattrError(f"-o {out}: every input image lies in the output folder; crop photos from outside it")
+    return kept
+
+
 def _chip_name(source: str, face: int) -> str:
-    digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:8]  # photos of the same name in other folders differ
-    # the stem cut to 200 bytes keeps the name under most file systems' 255 (the digest keeps it unique)
-    stem = display_path(Path(source).stem).encode()[:200].decode("utf-8", errors="ignore")
+    # 64 bits of the path: photos of the same name in other folders differ, with no collision in any real tree
+    digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:16]
+    # the stem cut to 200 bytes keeps the name under most file systems' 255; no leading dot (a hidden file that
+    # list_images, and so index and predict, would skip)
+    stem = display_path(Path(source).stem).encode()[:200].decode("utf-8", errors="ignore").lstrip(".")
     return f"{stem}_{digest}_{face}.jpg"
 
 
