@@ -74,13 +74,16 @@ def index_command(
 @command("import-csv")
 def import_csv_command(
     csv: Annotated[Path, typer.Argument(help="age_gender.csv: age,ethnicity,gender,img_name,pixels (48x48).")],
-    out: Annotated[Path, opt.out_option("Folder to write the PNG images into.")],
+    out: Annotated[Path, opt.out_option("Folder to write the PNG images into (empty unless --overwrite).")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into a folder that is not empty (same names are replaced).")
+    ] = False,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Write each row of the 48x48 UTKFace CSV as a PNG with a UTKFace name; bad rows are reported."""
     from faceattr_batch.pipelines import import_csv
 
-    result = import_csv.import_csv(import_csv.ImportCsvOptions(csv=csv, out_dir=out))
+    result = import_csv.import_csv(import_csv.ImportCsvOptions(csv=csv, out_dir=out, overwrite=overwrite))
     show(summaries.import_csv, result, json_data=result.summary if json_out else None)
 
 

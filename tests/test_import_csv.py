@@ -88,11 +88,31 @@ def test_imported_folder_indexes_cleanly(csv_file: Path, tmp_path: Path):
     assert set(result.table["width"]) == {48}
 
 
-def test_rerun_overwrites_the_same_names(csv_file: Path, tmp_path: Path):
+def test_a_folder_that_is_not_empty_is_refused_unless_overwrite(csv_file: Path, tmp_path: Path):
     out = tmp_path / "faces"
     import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
-    import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))
+    other = tmp_path / "other.csv"  # another CSV whose row gets the same name as the first's row 1
+    other.write_text("\n".join([HEADER, row(25, 2, 1, "20170116174525125.jpg.chip.jpg", pixels(9))]) + "\n")
+    with pytest.raises(FaceattrError, match=r"faces is not empty: add --overwrite to replace files of the same name"):
+        import_csv(ImportCsvOptions(csv=other, out_dir=out))
+    with Image.open(out / "25_1_2_20170116174525125.png") as im:
+        assert np.array_equal(np.asarray(im).ravel(), pixels(1))
+    import_csv(ImportCsvOptions(csv=other, out_dir=out, overwrite=True))
     assert len(list(out.iterdir())) == 3
+    with Image.open(out / "25_1_2_20170116174525125.png") as im:
+        assert np.array_equal(np.asarray(im).ravel(), pixels(9))
+
+
+def test_a_clash_at_the_last_datetime_falls_back_to_the_rows_synthetic_stamp(tmp_path: Path):
+    last = "99991231235959999.jpg"
+    csv = tmp_path / "max.csv"
+    csv.write_text("\n".join([HEADER, row(30, 0, 1, last, pixels(1)), row(30, 0, 1, last, pixels(2))]) + "\n")
+    result = import_csv(ImportCsvOptions(csv=csv, out_dir=tmp_path / "o"))
+    assert result.written == 2
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "30_1_0_20000101000000002.png",  # row 2: 2000-01-01 + 2 ms
+        "30_1_0_99991231235959999.png",
+    ]
 
 
 def test_missing_file_or_columns_is_an_error(tmp_path: Path):

@@ -23,7 +23,8 @@ from PIL import Image
 
 from faceattr_batch.data.labels import format_name
 from faceattr_batch.errors import FaceattrError, first_line
-from faceattr_batch.io.atomic import check_writable, replacing
+from faceattr_batch.io.atomic import replacing
+from faceattr_batch.io.manifest_folder import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ImportCsvOptions:
     csv: Path
     out_dir: Path
     side: int = SIDE  # image width = height; pixels per row must be side * side
+    overwrite: bool = False  # write into a folder that is not empty (files of the same name are replaced)
 
 
 @dataclass
@@ -66,7 +68,8 @@ def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     if not Path(options.csv).is_file():
         raise FaceattrError(f"{options.csv}: no such file")
     out_dir = Path(options.out_dir)
-    check_writable(out_dir, "-o", folder=True)  # before reading the CSV: an unwritable output fails at once
+    # before reading the CSV: an unwritable output fails at once, and another run's images are not replaced unasked
+    check_output_folder(out_dir, options.overwrite, "files of the same name")
     frame = _read(Path(options.csv))
     result = ImportCsvResult(out_dir=out_dir, rows=frame.height, written=0)
     used: set[str] = set()
@@ -160,7 +163,8 @@ def _stamp(img_name: str | None, row: int) -> dt.datetime:
 
 
 def _unique_name(row: tuple, number: int, used: set[str]) -> str:
-    """format_name of the row; a clash (same labels and stamp) moves the stamp on by 1 ms until unique."""
+    """format_name of the row; a clash (same labels and stamp) moves the stamp on by 1 ms until unique (from the
+    synthetic stamp when the row's own reaches the year 9999's end)."""
     age, race, gender, img_name = row
     stamp = _stamp(img_name, number)
     while True:
@@ -168,7 +172,10 @@ def _unique_name(row: tuple, number: int, used: set[str]) -> str:
         if name not in used:
             used.add(name)
             return name
-        stamp += dt.timedelta(milliseconds=1)
+        try:
+            stamp += dt.timedelta(milliseconds=1)
+        except OverflowError:
+            stamp = _stamp(None, number)
 
 
 def _write_png(path: Path, pixels, side: int) -> None:
