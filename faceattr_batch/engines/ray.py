@@ -79,9 +79,10 @@ def actor_plan(ray, device_type: str, concurrency: int | None, threads: int, dec
         decode_cpus = max(1, round(cpus * decode_share))
         size, per_actor = concurrency or max(1, (cpus - decode_cpus) // threads), {"num_cpus": threads}
     if size * per_actor["num_cpus"] >= cpus:
+        given = f"--concurrency {size}" if concurrency else f"--threads {threads}"  # the option that took them
         raise FaceattrError(
-            f"--concurrency {size}: {size} actors x {per_actor['num_cpus']} CPUs leave none of the cluster's "
-            f"{cpus} CPUs for decoding"
+            f"{given}: {size} actors x {per_actor['num_cpus']} CPUs leave none of the cluster's {cpus} CPUs for "
+            "decoding"
         )
     return size, per_actor
 
