@@ -77,6 +77,10 @@ def test_cli_export_and_missing_source(checkpoint: Path, tmp_path: Path):
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(FaceattrError):
         export_onnx(tmp_path / "none.pt", tmp_path / "y.onnx")
+    before = checkpoint.read_bytes()
+    onto_source = runner.invoke(app, ["export-onnx", "-m", str(checkpoint), "-o", str(checkpoint)])
+    assert onto_source.exit_code == 2 and "name the ONNX file .onnx" in onto_source.output
+    assert checkpoint.read_bytes() == before  # the trained weights are not replaced by their export
 
 
 # --- the per-user cache of exports: predict with onnxruntime exports a .pt model once, not at every start ---------
@@ -331,3 +335,23 @@ def test_shipped_int8_graphs_read_real_faces_as_their_weights_do_on_this_cpu(sha
     assert abs(age_moved.mean()) < 0.5 and np.abs(age_moved).mean() < 1.0, age_moved
     assert np.abs(int8["p_female"] - want["p_female"]).max() < 0.2
     assert (int8["race_probs"].argmax(1) == want["race_probs"].argmax(1)).mean() >= 0.95
+
+
+def test_an_onnx_file_whose_input_is_not_exports_is_refused_at_load(checkpoint: Path, tmp_path: Path):
+    import onnx
+
+    from faceattr_batch.models.runtime import OnnxAttrModel
+
+    export_onnx(checkpoint, tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    for axis, name in ((2, "H"), (3, "W")):  # a graph of any size: predict would not know what to feed it
+        proto.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save(proto, str(tmp_path / "any_size.onnx"))
+    with pytest.raises(FaceattrError, match=r"any_size.onnx: ONNX input pixels: tensor\(uint8\) \[.*'H', 'W'\] is not"):
+        OnnxAttrModel(tmp_path / "any_size.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    config = next(entry for entry in proto.metadata_props if entry.key == "config")
+    config.value = json.dumps({**json.loads(config.value), "input_size": 64})
+    onnx.save(proto, str(tmp_path / "other_size.onnx"))
+    with pytest.raises(FaceattrError, match="other_size.onnx: its metadata says 64 px, its graph takes 40"):
+        OnnxAttrModel(tmp_path / "other_size.onnx")

@@ -36,10 +36,18 @@ def preprocessing_text(input_size: int) -> str:
     )
 
 
+def check_onnx_name(out: Path | str) -> None:
+    """An export is named ``.onnx``: ``predict -m`` tells an ONNX model by its suffix, and so no checkpoint (the
+    export's own source among them) is ever replaced by one."""
+    if Path(out).suffix.lower() != ".onnx":
+        raise FaceattrError(f"-o {out}: name the ONNX file .onnx (predict -m tells an ONNX model by its suffix)")
+
+
 def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
-    """Write ``out`` atomically and return a summary (path, input size, opset, source)."""
+    """Write ``out`` (named ``.onnx``) atomically and return a summary (path, input size, opset, source)."""
     import onnx  # heavy, and only export needs it
 
+    check_onnx_name(out)
     model, meta = load_attr_model(source)
     size = model.config.input_size
 

@@ -30,7 +30,14 @@ import numpy as np
 from faceattr_batch.data.decode import DecodeError, load_chip
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
-from faceattr_batch.models.export import INPUT_NAME, OUTPUT_NAMES, QUANTIZATION, SEVEN_BIT_WEIGHTS, export_onnx
+from faceattr_batch.models.export import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    QUANTIZATION,
+    SEVEN_BIT_WEIGHTS,
+    check_onnx_name,
+    export_onnx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,7 @@ def quantize_onnx(source: str | Path | None, out: Path, images: Sequence[str], c
             return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
 
     out = Path(out)
+    check_onnx_name(out)
     with tempfile.TemporaryDirectory(prefix="faceattr-int8-") as folder:
         fp32, prepared, network, tail, int8 = (
             Path(folder) / f"{name}.onnx" for name in ("fp32", "prepared", "network", "tail", "int8")
