@@ -205,13 +205,20 @@ class OnnxAttrModel:
             raise FaceattrError(f"{shown}: exported by an older faceattr-batch (age_mean output): export it again")
         if sorted(names) != sorted(AttrOutputs._fields):
             raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
-        graph_input = self.session.get_inputs()[0]
-        self.input_name = graph_input.name
+        inputs = self.session.get_inputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        side = shape[-1] if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[-1] else None
+        if inputs[0].type != "tensor(uint8)" or not isinstance(side, int):
+            found = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
+            raise FaceattrError(f"{shown}: ONNX input {found} is not one uint8 N x 3 x S x S (S fixed), as exported")
+        self.input_name = inputs[0].name
         self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
         if "config" in self.properties:
             self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
         else:
-            self.config = AttrNetConfig(input_size=int(graph_input.shape[-1]))
+            self.config = AttrNetConfig(input_size=side)
+        if self.config.input_size != side:
+            raise FaceattrError(f"{shown}: its metadata says {self.config.input_size} px, its graph takes {side}")
         quantization = self.properties.get(QUANTIZATION, "")
         if quantization and SEVEN_BIT_WEIGHTS not in quantization and lacks_vnni():
             log.warning(
