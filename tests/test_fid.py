@@ -205,6 +205,14 @@ def test_save_and_load_stats_round_trip(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(FaceattrError, match="not a readable stats file"):
         fid_stats.load_stats(tmp_path / "bad.npz")
+    with np.load(path) as data:  # a file edited by hand: the whole side's mu gone, a slice's sigma of another size
+        arrays = {key: data[key] for key in data.files}
+    np.savez(tmp_path / "no_mu.npz", **{k: v for k, v in arrays.items() if k != "mu"})
+    with pytest.raises(FaceattrError, match=r"no_mu.npz: damaged stats file \(all images: 'mu'\)"):
+        fid_stats.load_stats(tmp_path / "no_mu.npz")
+    np.savez(tmp_path / "sigma.npz", **{**arrays, "slice.female.sigma": np.eye(4)})
+    with pytest.raises(FaceattrError, match=r"sigma.npz: damaged stats file \(female: operands could not be"):
+        fid_stats.load_stats(tmp_path / "sigma.npz")
 
 
 # --- preprocessing --------------------------------------------------------------------------------------------

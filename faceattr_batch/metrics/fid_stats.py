@@ -150,10 +150,12 @@ def load_stats(path: str | Path, seed: int = 0) -> tuple[dict[str, FeatureStats]
     for key in sorted(k for k in arrays if k.endswith("count")):
         prefix = key[: -len("count")]
         label = prefix[len("slice.") : -1] if prefix.startswith("slice.") else ALL
-        n = int(arrays[key])
-        bundle[label] = FeatureStats.from_mean_cov(
-            n, arrays[prefix + "mu"], arrays[prefix + "sigma"], arrays.get(prefix + "features"), seed
-        )
+        try:
+            bundle[label] = FeatureStats.from_mean_cov(
+                int(arrays[key]), arrays[prefix + "mu"], arrays[prefix + "sigma"], arrays.get(prefix + "features"), seed
+            )
+        except (KeyError, ValueError, TypeError) as err:  # a file edited or written by hand
+            raise FaceattrError(f"{path}: damaged stats file ({label or 'all images'}: {first_line(err)})") from None
     meta = {key[len("meta.") :]: str(value) for key, value in arrays.items() if key.startswith("meta.")}
     return bundle, meta
 
