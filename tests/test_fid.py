@@ -215,6 +215,23 @@ def test_save_and_load_stats_round_trip(tmp_path):
         fid_stats.load_stats(tmp_path / "sigma.npz")
 
 
+def test_the_ray_feature_actor_returns_the_chunks_features_not_moment_matrices():
+    from faceattr_batch.data.batches import Batch
+
+    network = TinyFeatures().eval()
+    items = np.random.default_rng(0).random((2, 3, 20, 20), dtype=np.float32)
+    batch = Batch(start=0, paths=["a.jpg", "b.jpg", "c.jpg"], items=items, ok=[0, 2], errors={1: "empty file"})
+    table = fid.FeatureActor(network, "cpu", 1)(batch, {"label": ["male", "female", "female"]})
+    row = table.to_pylist()[0]
+    assert (row["errors"], row["count"], row["labels"]) == (["empty file"], 2, ["male", "female"])
+    with torch.inference_mode():
+        want = network(torch.from_numpy(items)).numpy()
+    np.testing.assert_array_equal(np.frombuffer(row["features"], np.float32).reshape(2, -1), want)
+    assert table.nbytes < want.nbytes + 200  # a per-chunk bundle carried a dim x dim float64 matrix per slice
+    empty = fid.FeatureActor(network, "cpu", 1)(Batch(0, ["z.jpg"], items[:0], [], {0: "bad"}), {})
+    assert empty.to_pylist() == [{"errors": ["bad"], "count": 0, "features": b"", "labels": None}]
+
+
 # --- preprocessing --------------------------------------------------------------------------------------------
 
 

@@ -46,17 +46,31 @@ def add_batch(
 ) -> None:
     """A decoded batch's features into ``bundle``: ``ALL``, and with ``labels`` (one per path of the batch) each
     label's slice. The caller holds ``torch.inference_mode``."""
+    if batch.ok:
+        ok_labels = None if labels is None else [labels[i] for i in batch.ok]
+        add_features(bundle, batch_features(batch, network, device), ok_labels, capacity, seed)
+
+
+def batch_features(batch: Batch, network, device) -> np.ndarray:
+    """The pool3 features of a batch's decoded images (float32, one row per ``batch.ok``)."""
     import torch
 
-    if not batch.ok:
-        return
     inputs = torch.from_numpy(batch.items).to(device, non_blocking=True)
-    features = network(inputs).float().cpu().numpy()
+    return network(inputs).float().cpu().numpy()
+
+
+def add_features(
+    bundle: dict[str, FeatureStats],
+    features: np.ndarray,
+    labels: Sequence[str | None] | None,
+    capacity: int = DEFAULT_RESERVOIR,
+    seed: int = 0,
+) -> None:
+    """Rows of features into ``bundle``'s ``ALL`` and, with ``labels`` (one per row), each label's slice."""
     _add(bundle, ALL, features, capacity, seed)
     if labels is not None:
-        ok_labels = [labels[i] for i in batch.ok]
-        for label in sorted({x for x in ok_labels if x is not None}):
-            rows = [j for j, x in enumerate(ok_labels) if x == label]
+        for label in sorted({x for x in labels if x is not None}):
+            rows = [j for j, x in enumerate(labels) if x == label]
             _add(bundle, label, features[rows], capacity, seed)
 
 
