@@ -225,3 +225,18 @@ def test_conflicting_duplicate_groups_of_an_index_are_listed_with_their_group(tm
     assert saved["duplicates"] == {"groups": 1, "rows": {"gender": 1, "race": 0, "age": 1}}
     page = (tmp_path / "r" / "report.html").read_text()
     assert "duplicate group" in page and "4, 100" in page
+
+
+def test_the_list_names_the_face_of_a_photo_with_several(tmp_path):
+    frame, _, _ = _frame()
+    # two faces of each photo, as predict writes them for photos with detection
+    frame = frame.with_columns(path=pl.col("path").str.replace(r"\d\.jpg$", ".jpg"), face_index=pl.int_range(400) % 10)
+    empty = pl.DataFrame(schema=PREDICTION_FIELDS)
+    pl.concat([empty, frame], how="diagonal_relaxed").cast(PREDICTION_FIELDS).write_parquet(tmp_path / "p.parquet")
+    report.build(tmp_path / "p.parquet", None, suspects=tmp_path / "s.parquet")
+    listed = pl.read_parquet(tmp_path / "s.parquet")
+    assert listed.columns[:3] == ["path", "face_index", "attribute"]
+    faces = frame.select("path", "face_index", "true_gender").rows()
+    genders = listed.filter(pl.col("attribute") == "gender").select("path", "face_index", "given")
+    for path, face, given in genders.rows():
+        assert (path, face, GENDERS.index(given)) in faces  # the row is one face, its given label that face's

@@ -22,7 +22,7 @@ from faceattr_batch.schema import LABEL_COLUMNS, OUTPUT_COLUMNS, TRAINING_ROLE, 
 READ_COLUMNS = tuple(
     c
     for c in OUTPUT_COLUMNS
-    if c not in ("gender_correct", "race_correct", "age_error", "pred_age_band", "face_index", "det_score", "landmarks")
+    if c not in ("gender_correct", "race_correct", "age_error", "pred_age_band", "det_score", "landmarks")
 )
 
 
