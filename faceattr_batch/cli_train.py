@@ -128,6 +128,7 @@ def export_onnx_command(
     int8_chips: Annotated[
         int, typer.Option(min=1, help="--int8: chips sampled to calibrate (the ensemble needs ~60 MB each).")
     ] = 512,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""
     from faceattr_batch.data.inputs import list_images
@@ -137,7 +138,7 @@ def export_onnx_command(
         summary = export.export_onnx(model, out, opset)
     else:
         summary = quantize.quantize_onnx(model, out, list_images(int8), int8_chips, opset)
-    show(summaries.export_onnx, summary)
+    show(summaries.export_onnx, summary, json_data=summary if json_out else None)
 
 
 @command("train-gen")

@@ -68,8 +68,10 @@ def test_onnx_metadata_documents_preprocessing(checkpoint: Path, tmp_path: Path)
 
 def test_cli_export_and_missing_source(checkpoint: Path, tmp_path: Path):
     runner = CliRunner()
-    result = runner.invoke(app, ["export-onnx", "-m", str(checkpoint), "-o", str(tmp_path / "cli.onnx")])
+    result = runner.invoke(app, ["export-onnx", "-m", str(checkpoint), "-o", str(tmp_path / "cli.onnx"), "--json"])
     assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == {"path": str(tmp_path / "cli.onnx"), "input_size": 40, "opset": 17, "source": str(checkpoint)}
     assert (tmp_path / "cli.onnx").is_file()
     missing = runner.invoke(app, ["export-onnx", "-m", str(tmp_path / "none.pt"), "-o", str(tmp_path / "x.onnx")])
     assert missing.exit_code == 2
