@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,16 @@ def test_cli_train_smoke_and_bad_values(faces: Path, tmp_path: Path):
     assert "--widths '8,a'" in bad.output
     missing = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")])
     assert missing.exit_code == 2
+
+
+def test_a_source_of_one_duplicate_group_leaves_nothing_to_train_on(tmp_path: Path):
+    folder = tmp_path / "one"
+    first = make_faces(folder, 1)[0]
+    for i in range(3):  # copies of one picture: one duplicate group, which the validation side takes whole
+        shutil.copy(first, folder / first.name.replace("_2017", f"_201{i}"))
+    with pytest.raises(FaceattrError, match=r"one: its 4 labelled images form 1 duplicate group\(s\), all held out"):
+        run(TrainOptions(source=folder, out_dir=tmp_path / "run", epochs=1, **TINY))
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_extra_sources_train_only_and_leave_the_split_alone(faces: Path, tmp_path: Path, caplog):

@@ -217,6 +217,12 @@ def _load_split(options: TrainOptions, out: Path, resume: bool) -> _Split:
         )
     write_parquet_atomically(sides, out / "split.parquet")
     table = with_training_only_rows(table, options.extra, options.workers)  # after: split.parquet is the source's
+    if not (table.get_column("split") == "train").any():
+        groups = sides["dup_group"].n_unique()
+        raise FaceattrError(
+            f"{options.source}: its {sides.height} labelled images form {groups} duplicate group(s), all held out "
+            "for validation: none is left to train on (add faces, or --extra a training-only source)"
+        )
     pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
     is_val = table.get_column("split").to_numpy() == "val"
     split = _Split(table.filter(~pl.Series(is_val)), table.filter(pl.Series(is_val)), pixels[~is_val], pixels[is_val])
