@@ -69,7 +69,7 @@ SliceBy = Annotated[
     typer.Option(
         "--slice-by",
         show_default="race, gender, age band",
-        help="Columns of the --labels file to slice the report by as well, comma-separated; name:k cuts a numeric "
+        help="Columns of the --labels file to slice the --report by as well, comma-separated; name:k cuts a numeric "
         "one into k quantile bins (skin_tone,brightness:4).",
     ),
 ]

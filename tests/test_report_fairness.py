@@ -182,6 +182,12 @@ def test_weakest_slices_rank_by_the_pessimistic_bound(tmp_path):
         assert all(row["bound"] == (row["high"] if name == "age_mae" else row["low"]) for row in rows)
 
 
+def test_a_missing_slice_column_lists_the_labels_columns_not_the_age_bins_they_became(tmp_path):
+    frame = _frame().with_columns(true_age_low=pl.lit(None, pl.Int16), true_age_high=pl.lit(None, pl.Int16))
+    with pytest.raises(FaceattrError, match=r"the labels' columns are: source, brightness$"):
+        write_report(frame, summarize(frame), tmp_path / "p.parquet", tmp_path / "rep", slice_by=["nope"])
+
+
 @pytest.mark.parametrize(
     ("slice_by", "min_group", "match"),
     [
