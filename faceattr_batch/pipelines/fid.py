@@ -283,7 +283,7 @@ class FeatureActor:
         rows = b""
         if batch.ok:
             with torch.inference_mode():
-                rows = features.batch_features(batch, self.network, self.device).astype(np.float32).tobytes()
+                rows = features.batch_features(batch, self.network, self.device).tobytes()  # float32 already
         ok_labels = None if labels is None else [labels[i] for i in batch.ok]
         return pa.table(
             {
