@@ -408,6 +408,27 @@ def test_output_places_are_checked_before_any_work(tmp_path, tiny_attr_model, mo
     assert loaded == [] and pl.read_parquet(labels).columns == ["path", "age"] and pl.read_parquet(index).height == 1
 
 
+def test_a_report_folder_that_would_replace_or_read_the_inputs_is_refused(tmp_path, tiny_attr_model, monkeypatch):
+    """A reviewer's finding: `--report photos` wrote its plots over photos/confusion.png and removed
+    photos/calibration.png; `-o r/breakdown.parquet --report r` lost the predictions to the breakdown table; a
+    report inside the input folder was read as faces by the next run."""
+    make_faces(tmp_path / "photos", 2)
+    (tmp_path / "photos" / "confusion.png").write_bytes(b"the user's photo")
+    loaded = []
+    monkeypatch.setattr(ModelRunner, "load", classmethod(lambda cls, *args: loaded.append(args)))
+    photos, out = tmp_path / "photos", tmp_path / "out.parquet"
+    with pytest.raises(FaceattrError, match=r"^--report .*photos is inside the input .*photos: its plots would be"):
+        _run([photos], out, tiny_attr_model, report_dir=photos)
+    with pytest.raises(FaceattrError, match=r"^--report .*photos/report is inside the input .*photos"):
+        _run([photos], out, tiny_attr_model, report_dir=photos / "report")
+    with pytest.raises(FaceattrError, match=r"^--report .*rep would replace -o \(breakdown.parquet\)"):
+        _run([photos], tmp_path / "rep" / "breakdown.parquet", tiny_attr_model, report_dir=tmp_path / "rep")
+    with pytest.raises(FaceattrError, match=r"^--report .*photos would replace the input .*confusion.png"):
+        _run([photos / "confusion.png"], out, tiny_attr_model, report_dir=photos)
+    assert loaded == [] and (photos / "confusion.png").read_bytes() == b"the user's photo"
+    assert not (tmp_path / "rep").exists() and not (photos / "report").exists()
+
+
 def test_resume_with_nothing_to_resume_says_it_starts_afresh(tmp_path, tiny_attr_model, caplog):
     make_faces(tmp_path / "in", 3)
     with caplog.at_level("WARNING"):

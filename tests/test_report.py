@@ -107,13 +107,31 @@ def test_a_report_rebuilt_into_an_older_ones_folder_leaves_none_of_its_files(tmp
     folder = tmp_path / "rep"
     report.build(predictions, folder)
     assert (folder / "breakdown.parquet").is_file() and (folder / "suspects.parquet").is_file()
-    (folder / "calibration_by_skin_tone.png").write_bytes(b"a figure of an earlier --slice-by skin_tone")
+    (folder / "calibration_by_skin_tone.png").write_bytes(b"a figure of an earlier --slice-by skin_tone")  # not listed
     (folder / "notes.txt").write_text("the user's")
     unlabelled = tmp_path / "unlabelled.parquet"
     pl.read_parquet(predictions).with_columns(
         pl.lit(None, pl.Int16).alias("true_age"), pl.lit(None, pl.Int8).alias("true_gender"),
         pl.lit(None, pl.Int8).alias("true_race"),
     ).write_parquet(unlabelled)  # fmt: skip
+    listed = json.loads((folder / "metrics.json").read_text())["files"]
+    assert "breakdown.parquet" in listed and "suspects.parquet" in listed and "confusion.png" in listed
+    written = sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".parquet"))
+    assert sorted(listed) == [name for name in written if name != "calibration_by_skin_tone.png"]
     report.build(unlabelled, folder)
-    # no labels now: no breakdown, no suspects, none of the error plots; the earlier ones went with them
-    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "notes.txt", "report.html"]
+    # no labels now: no breakdown, no suspects, none of the error plots; the earlier ones went with them, and
+    # only they: a file the earlier report did not write stays, whatever its name
+    assert json.loads((folder / "metrics.json").read_text())["files"] == []
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "calibration_by_skin_tone.png", "metrics.json", "notes.txt", "report.html"
+    ]  # fmt: skip
+    assert (folder / "calibration_by_skin_tone.png").read_bytes() == b"a figure of an earlier --slice-by skin_tone"
+
+
+def test_report_refuses_a_folder_where_it_would_replace_its_inputs(tmp_path, predictions):
+    folder = tmp_path / "rep"
+    report.build(predictions, folder)
+    before = (folder / "breakdown.parquet").read_bytes()
+    with pytest.raises(FaceattrError, match=r"^--report .*rep would replace the predictions \(breakdown.parquet\)"):
+        report.build(folder / "breakdown.parquet", folder)
+    assert (folder / "breakdown.parquet").read_bytes() == before

@@ -49,7 +49,7 @@ from faceattr_batch.models.registry import seen_images_path
 from faceattr_batch.models.runtime import ModelRunner, split_cores
 from faceattr_batch.models.seen_images import SeenImages
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.reporting.folder import write_report
+from faceattr_batch.reporting.folder import check_report_folder, write_report
 from faceattr_batch.reporting.summary import read_predictions, summarize
 from faceattr_batch.schema import (
     FACE_FIELDS,
@@ -186,6 +186,8 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--labels {options.labels}: no such file")
     named = {f"the input {source}": source for source in options.inputs}
     refuse_an_input(options.output, "-o", {**named, "--labels": options.labels})
+    if options.report_dir is not None:
+        check_report_folder(options.report_dir, {**named, "-o": options.output, "--labels": options.labels})
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report", folder=True)

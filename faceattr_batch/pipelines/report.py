@@ -26,7 +26,7 @@ from faceattr_batch.data.label_files import LabelTable, attach_labels, match_lab
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable, refuse_an_input
 from faceattr_batch.reporting.compare import Run, compare_runs
-from faceattr_batch.reporting.folder import write_report
+from faceattr_batch.reporting.folder import check_report_folder, write_report
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
 from faceattr_batch.reporting.suspects_list import find_suspects, list_format, write_suspects
 
@@ -68,10 +68,11 @@ def build(
         raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
     if suspects is not None:
         list_format(suspects)
+    inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
     if report_dir is not None:
+        check_report_folder(report_dir, inputs)
         check_writable(report_dir, "--report", folder=True)
     if suspects is not None:
-        inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
         refuse_an_input(suspects, "--suspects", inputs)
         check_writable(suspects, "--suspects")
     table = None if labels is None else read_label_file(labels)  # once, for both runs

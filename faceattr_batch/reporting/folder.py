@@ -11,6 +11,7 @@ labels (``suspects_list``): suspects.parquet, metrics.json's ``suspects`` and th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,22 +109,51 @@ def write_report(
     if compare is not None:
         contents["compare"] = compare.contents
         sections["compare"] = compare.gallery
+    written |= set(plots.values())
+    earlier = _earlier_files(report_dir)  # read before metrics.json is replaced
+    contents["files"] = sorted(path.name for path in written)
     write_json(report_dir / "metrics.json", contents)  # ratios over zero cases (NaN, inf) become null
     target = report_dir / "report.html"
     with replacing(target) as tmp:
         tmp.write_text(page.render(contents, plots, sections), encoding="utf-8")
-    _remove_stale(report_dir, written | set(plots.values()))
+    for name in earlier - {path.name for path in written}:
+        (report_dir / name).unlink(missing_ok=True)
     return target
 
 
-def _remove_stale(report_dir: Path, written: set[Path]) -> None:
-    """A report rebuilt into an earlier one's folder: the earlier files this one did not write (a plot without data
-    now, a breakdown of labels now absent) are removed, so the folder holds one report. Only the report's own names."""
-    names = [*figures.PLOT_NAMES, "breakdown.parquet", "suspects.parquet"]
-    earlier = [report_dir / name for name in names] + list(report_dir.glob("calibration_by_*.png"))
-    for path in earlier:
-        if path not in written:
-            path.unlink(missing_ok=True)
+def _own_name(name: object) -> bool:
+    """A name this module writes besides metrics.json and report.html."""
+    own = (*figures.PLOT_NAMES, "breakdown.parquet", "suspects.parquet")
+    return isinstance(name, str) and (name in own or (name.startswith("calibration_by_") and name.endswith(".png")))
+
+
+def _earlier_files(report_dir: Path) -> set[str]:
+    """The files an earlier report in ``report_dir`` listed in its metrics.json (``files``), which this one removes
+    where it does not write them again (a plot without data now, a breakdown of labels now absent), so the folder
+    holds one report. Only names the earlier report wrote: a file of the user's with a report's name stays."""
+    try:
+        listed = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):  # none, not JSON, or not a report's object
+        return set()
+    return {name for name in listed if _own_name(name) and "/" not in name} if isinstance(listed, list) else set()
+
+
+def check_report_folder(report_dir: Path | str, inputs: dict) -> None:
+    """Fail before any work when the report in ``report_dir`` would replace or remove what the run reads: a file of
+    ``inputs`` (the name in the message -> a path or None) with one of the report's names there, or an input folder
+    that is ``report_dir`` or holds it (the report's PNG plots would replace its images, and be read as faces next
+    time)."""
+    folder = Path(report_dir).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        if path.is_dir() and (folder == path or path in folder.parents):
+            raise FaceattrError(
+                f"--report {report_dir} is inside {name}: its plots would be read as faces; put it elsewhere"
+            )
+        if path.parent == folder and (_own_name(path.name) or path.name in ("metrics.json", "report.html")):
+            raise FaceattrError(f"--report {report_dir} would replace {name} ({path.name}); name another folder")
 
 
 def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
