@@ -522,3 +522,24 @@ def test_a_damaged_chip_cache_is_decoded_again(faces: Path, tmp_path: Path):
     cache.write_bytes(cache.read_bytes()[:1000])  # a run killed while the cache was copied elsewhere
     assert np.array_equal(decode_cache(table, 32, cache, 0, False), fresh)
     assert np.array_equal(np.load(cache), fresh)
+
+
+def test_caches_of_other_files_or_another_teacher_are_computed_again(faces: Path, tmp_path: Path, tiny_attr_model):
+    """A reviewer's finding: a run killed before its first checkpoint left its caches in -o, and a new run there on
+    other faces (or with another --teacher) trained on them, because only their shapes were compared."""
+    from faceattr_batch.training.data import decode_cache, load_labelled
+    from faceattr_batch.training.teacher import teacher_targets
+
+    table = load_labelled(faces, None, 0)
+    cache = tmp_path / "pixels_32.npy"
+    first = decode_cache(table, 32, cache, 0, False)
+    assert np.array_equal(decode_cache(table.reverse(), 32, cache, 0, False), first[::-1])
+    assert np.array_equal(np.load(cache), first[::-1])
+
+    targets = tmp_path / "teacher_targets.npz"
+    mine = teacher_targets(str(tiny_attr_model), table, targets, 0, False, "cpu")
+    other = teacher_targets(str(tiny_attr_model), table.reverse(), targets, 0, False, "cpu")
+    assert np.allclose(other["p_female"], mine["p_female"][::-1], atol=1e-6)
+    assert set(other) == {"p_female", "race", "age"}
+    fast = teacher_targets("fast", table.reverse(), targets, 0, False, "cpu")
+    assert not np.allclose(fast["p_female"], other["p_female"], atol=1e-3)

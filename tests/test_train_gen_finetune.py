@@ -63,6 +63,16 @@ def test_init_generator_starts_from_the_file_and_d_warmup_keeps_it_there(trained
     assert any(not torch.equal(moved[name], value) for name, value in parameters(start.state_dict()).items())
 
 
+def test_init_generator_decodes_the_real_faces_at_the_files_resolution(trained, tmp_path: Path):
+    """A reviewer's finding: with --init-generator of a 32 px file and --resolution 64, the discriminator saw real
+    faces at 64 px and fakes at 32 px."""
+    faces, base = trained
+    options = {**TINY_RUN, "resolution": 64}
+    train_gen(TrainGenOptions(source=faces, out_dir=tmp_path / "r", iterations=1, init_generator=str(base), **options))
+    assert load_generator(base)[0].config.resolution == 32
+    assert [path.name for path in (tmp_path / "r").glob("pixels_*.npy")] == ["pixels_32.npy"]
+
+
 def test_generated_faces_loss_is_lowest_for_what_the_teacher_reads_and_reaches_the_images():
     torch.manual_seed(0)
     teacher = AttrNet(AttrNetConfig(input_size=40, widths=(8, 16), depths=(1, 1))).eval().requires_grad_(False)

@@ -246,8 +246,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         save_generator(standing.at(start), model_path, _model_meta(options, start))
         return result
     gan.teacher = _load_teacher(options.teacher, device)  # before the decode: a wrong --teacher fails in seconds
-    cache = out / f"pixels_{options.resolution}.npy"
-    pixels = decode_cache(table, options.resolution, cache, options.workers, options.progress)
+    size = gan.config.resolution  # --init-generator's file's own, whatever --resolution says
+    pixels = decode_cache(table, size, out / f"pixels_{size}.npy", options.workers, options.progress)
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     if options.teacher_moments > 0 and gan.moments is None:
         gan.moments = FeatureMoments.of_real(gan.teacher, pixels, labels, device, options.progress)

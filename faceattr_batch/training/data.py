@@ -5,6 +5,7 @@ Shared by `train`, `train-gen` and `ensemble` (the ensemble re-creates its membe
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from functools import partial
@@ -117,17 +118,25 @@ def pixel_cache(options) -> Path:
     return (run_dir if options.fold is None else run_dir.parent) / f"pixels_{options.input_size}.npy"
 
 
+def cache_key(files: list[str], *parts: str) -> str:
+    """What a cache in RUN_DIR was computed from (its files in order, and ``parts`` such as a teacher's path): a
+    cache with another key is another run's (one killed before its first checkpoint, in the same ``-o``) and is
+    computed again rather than trained on."""
+    return hashlib.sha256("\n".join([*files, "", *parts]).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: int, progress: bool) -> np.ndarray:
-    """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume);
-    only in memory when ``cache`` is None."""
-    if cache is not None and cache.is_file():
+    """N x S x S x 3 uint8 for the table's files, decoded once and kept in ``cache`` in RUN_DIR (reused on resume,
+    when its key file says it holds these files); only in memory when ``cache`` is None."""
+    files = table.get_column("file").to_list()
+    key, key_file = cache_key(files, str(size)), None if cache is None else cache.with_name(cache.name + ".key")
+    if cache is not None and cache.is_file() and key_file.is_file() and key_file.read_text() == key:
         try:
             pixels = np.load(cache)
         except (OSError, ValueError, EOFError):  # a damaged cache is decoded again, as a missing one is
             pixels = None
         if pixels is not None and pixels.shape == (table.height, size, size, 3):
             return pixels
-    files = table.get_column("file").to_list()
     pixels = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     failed = []
     bar = progress_bar(total=len(files), desc="decode", unit="img", enabled=progress)
@@ -142,6 +151,8 @@ def decode_cache(table: pl.DataFrame, size: int, cache: Path | None, workers: in
     if cache is not None:
         with replacing(cache) as tmp:
             np.save(tmp, pixels)
+        with replacing(key_file) as tmp:
+            tmp.write_text(key)
     return pixels
 
 
