@@ -286,6 +286,13 @@ def test_extra_sources_train_only_and_leave_the_split_alone(faces: Path, tmp_pat
     assert missing.exit_code == 2 and "no such index file or folder" in missing.output
     itself = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "y"), "--extra", str(faces)])
     assert itself.exit_code == 2 and "60 of its files are the source's own" in itself.output
+    copies = tmp_path / "copies"  # a reviewer's finding: byte-identical copies of validation faces were trained on
+    copies.mkdir()
+    val_files = pl.read_parquet(plain / "split.parquet").filter(pl.col("split") == "val")["path"]
+    for name in val_files[:2]:
+        (copies / name).write_bytes((faces / name).read_bytes())
+    copied = CliRunner().invoke(app, ["train", str(faces), "-o", str(tmp_path / "w"), "--extra", str(copies)])
+    assert copied.exit_code == 2 and "2 of its files are copies of validation faces" in copied.output
 
 
 def test_rows_without_own_labels_learn_from_the_teacher_alone():

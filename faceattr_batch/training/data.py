@@ -59,6 +59,7 @@ def load_labelled(source: Path, root: Path | None, workers: int, limit: int | No
         "gender",
         "race",
         "dup_group",
+        *(["sha256"] if "sha256" in table.columns else []),  # --extra's copies of validation faces are found by it
     ).sort("path")
     return table.head(limit) if limit else table
 
@@ -81,14 +82,23 @@ def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], work
     """``table`` (split) and after it the labelled rows of each source (an index Parquet or a folder, such as
     synth's output) on the train side: learned from, never validated on, and the split of ``table`` unchanged.
     With sources, a column ``extra`` tells their rows (True) from ``table``'s.
-    A file that is also one of ``table``'s is refused (it could be a validation face); copies are not looked for."""
+    A file that is also one of ``table``'s is refused (it could be a validation face), and so is a byte-identical
+    copy of a validation face (by ``sha256``, where both indexes have it); near-duplicates are not looked for."""
     extra = []
+    validation = table.filter(pl.col("split") == "val")
     for source in sources:
         rows = load_labelled(source, None, workers)
         shared = rows.join(table, on="file", how="semi")
         if shared.height:
             first = shared["file"][0]
             raise FaceattrError(f"--extra {source}: {shared.height} of its files are the source's own ({first})")
+        if "sha256" in rows.columns and "sha256" in validation.columns:
+            copies = rows.join(validation, on="sha256", how="semi")
+            if copies.height:
+                raise FaceattrError(
+                    f"--extra {source}: {copies.height} of its files are copies of validation faces "
+                    f"({copies['file'][0]}); remove them, or the validation figures count faces trained on"
+                )
         extra.append(rows.with_columns(split=pl.lit("train"), extra=True))
     return pl.concat([table.with_columns(extra=False), *extra], how="vertical_relaxed") if extra else table
 
