@@ -150,6 +150,15 @@ def test_bad_members_and_ensembles_as_a_start_give_one_line_errors(members, face
         run(EnsembleOptions(members=(str(members[0]), str(tmp_path / "nowhere.pt")), **common))
     with pytest.raises(FaceattrError, match=r"^-o .*faces: is a folder; name the file to write"):
         run(EnsembleOptions(members=tuple(map(str, members)), **{**common, "out": faces}))
+    before = members[0].read_bytes()  # a reviewer's finding: -o a member's file replaced its weights
+    with pytest.raises(FaceattrError, match=r"^-o .*small.pt is the member .*small.pt: the output would replace it"):
+        run(EnsembleOptions(members=tuple(map(str, members)), **{**common, "out": tmp_path / "." / "small.pt"}))
+    run_dir = tmp_path / "small_run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(before)
+    with pytest.raises(FaceattrError, match=r"^-o .*model.pt is inside the member's RUN_DIR .*small_run"):
+        run(EnsembleOptions(members=(str(run_dir), str(members[1])), **{**common, "out": run_dir / "model.pt"}))
+    assert members[0].read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["best.pt"]
     run(EnsembleOptions(members=tuple(map(str, members)), val_fraction=0.3, **common))
     with pytest.raises(FaceattrError, match="can't be members"):
         run(EnsembleOptions(members=(str(members[0]), str(tmp_path / "e.pt")), **{**common, "out": tmp_path / "f.pt"}))
