@@ -398,6 +398,12 @@ def test_inception_backbone_refuses_small_inputs_and_unknown_backbones(faces: Pa
         run(TrainOptions(source=faces, out_dir=tmp_path / "b", backbone="vgg", **TINY))
     with pytest.raises(FaceattrError, match="--inception-block Mixed_7c: not one of Mixed_5b ... Mixed_6e"):
         run(TrainOptions(source=faces, out_dir=tmp_path / "c", inception_block="Mixed_7c", **TINY))
+    # a reviewer's findings: a traceback after the whole decode; a weight without its teacher silently unused
+    with pytest.raises(FaceattrError, match="^--widths 8,16 and --depths 1,1,1: give one depth per width$"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "d", **{**TINY, "widths": (8, 16), "depths": (1, 1, 1)}))
+    with pytest.raises(FaceattrError, match="^--distill-weight weighs --teacher's targets: add --teacher$"):
+        run(TrainOptions(source=faces, out_dir=tmp_path / "e", distill_weight=0.9, **TINY))
+    assert not any((tmp_path / name).exists() for name in "de")
 
 
 def test_model_files_keep_large_weights_in_half_precision(tmp_path: Path):

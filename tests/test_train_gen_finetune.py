@@ -127,22 +127,20 @@ def test_teacher_moments_alone_move_the_generator_and_resume_to_the_same_generat
     moments = {**options, "teacher_weight": 0.0, "teacher_moments": 1.0}
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **moments))
     train_gen(TrainGenOptions(out_dir=tmp_path / "untaught", **{**options, "teacher": None}))
-    train_gen(TrainGenOptions(out_dir=tmp_path / "silent", **{**options, "teacher_weight": 0.0}))
+    with pytest.raises(FaceattrError, match=r"^--teacher .* with --teacher-weight 0 and no --teacher-moments: unused"):
+        train_gen(TrainGenOptions(out_dir=tmp_path / "silent", **{**options, "teacher_weight": 0.0}))
+    assert not (tmp_path / "silent").exists()  # a teacher weighted 0 with no moments adds nothing: refused
     cut_and_resumed(moments, tmp_path / "cut", monkeypatch)
-    whole, cut, untaught, silent = (
-        load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught", "silent")
-    )
+    whole, cut, untaught = (load_generator(tmp_path / name)[0].state_dict() for name in ("whole", "cut", "untaught"))
     for name, value in whole.items():  # the running fake means travel in the checkpoint
         assert torch.equal(value, cut[name]), name
     assert any(not torch.equal(value, untaught[name]) for name, value in parameters(whole).items())
-    for name, value in silent.items():  # a teacher weighted 0 with no moments adds nothing
-        assert torch.equal(value, untaught[name]), name
     state = read_generator_checkpoint(tmp_path / "whole" / "last.pt")["teacher_moments"]
     assert state["seen"].any() and torch.isfinite(state["fake_mean"]).all()
     assert "teacher_moments" not in read_generator_checkpoint(tmp_path / "untaught" / "last.pt")
 
 
-def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
+def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path, tiny_attr_model, caplog):
     faces, _ = trained
     members = [AttrNet(AttrNetConfig(input_size=32, widths=(8,), depths=(1,))) for _ in range(2)]
     ensemble = save_attr_ensemble(AttrEnsemble(members).eval(), tmp_path / "pair.pt", {"name": "pair"})
@@ -162,6 +160,11 @@ def test_teacher_must_be_one_attribute_network(trained, tmp_path: Path):
         app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-moments", "0.5"]
     )
     assert moments.exit_code == 2 and "--teacher-moments needs --teacher" in moments.output
+    moot = dict(teacher=str(tiny_attr_model), teacher_weight=0.0, teacher_moments=0.5, teacher_age_only=True)
+    with caplog.at_level("WARNING"), pytest.raises(FaceattrError, match="no such index file or folder"):
+        train_gen(TrainGenOptions(source=tmp_path / "none", out_dir=tmp_path / "moot", **moot))
+    # the age-only switch shapes a loss weighted 0 there: said, not silently ignored
+    assert "--teacher-age-only shapes --teacher-weight's loss, which is 0 here: it changes nothing" in caplog.text
     # --resume replaces the command line's options with the run's: there the flag alone is not an error to report
     resumed = CliRunner().invoke(
         app, ["train-gen", str(faces), "-o", str(tmp_path / "alone"), "--teacher-age-only", "--resume"]

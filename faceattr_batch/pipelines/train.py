@@ -85,10 +85,8 @@ class TrainOptions:
     depths: tuple[int, ...] = (1, 2, 2, 1)
     inception_block: str = "Mixed_6e"  # inception: the last Inception-v3 block kept (earlier = faster)
     dropout: float = 0.1
-    # Start from this attribute model (a shipped name, a model file or a RUN_DIR): its architecture, any input size
-    init_from: str | None = None
-    # Also learn the calibrated predictions of this model (any attribute model, an ensemble too) on the training
-    # faces (knowledge distillation); the loss is (1 - distill_weight) x labels + distill_weight x the teacher's
+    init_from: str | None = None  # start from this model (shipped name, file or RUN_DIR): its architecture
+    # distillation: also learn this model's (an ensemble too) calibrated predictions: (1 - w) x labels + w x its
     teacher: str | None = None
     distill_weight: float = 0.5
     extra_teacher_only: bool = False  # the --extra rows learn from the teacher alone, their own labels unused
@@ -98,8 +96,7 @@ class TrainOptions:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     val_fraction: float = 0.1
-    # cross-fitting (``training.folds``): K models, each validated on and predicting one K-th of the duplicate
-    # groups; ``fold`` is the one a fold's run holds out (its val side) instead of --val-fraction's random share
+    # cross-fitting (training.folds): K models, each validated on one K-th of the groups; fold: the one held out
     folds: int = 1
     fold: int | None = None
     patience: int = 12  # epochs without a better validation score before stopping early
@@ -120,9 +117,7 @@ class TrainResult:
 
 
 @dataclass
-class _Split:
-    """The labelled rows and their decoded chips, on either side of the duplicate-group split."""
-
+class _Split:  # the labelled rows and their decoded chips, on either side of the duplicate-group split
     train_rows: pl.DataFrame
     val_rows: pl.DataFrame
     train_pixels: np.ndarray
@@ -195,6 +190,11 @@ def _start(options: TrainOptions, resume: bool):
         raise FaceattrError("--extra-teacher-only needs --teacher and at least one --extra source")
     if options.backbone not in BACKBONES:
         raise FaceattrError(f"--backbone {options.backbone}: not one of {', '.join(BACKBONES)}")
+    if len(options.widths) != len(options.depths):  # checked before the decode, not at the network's build
+        shown = ",".join(map(str, options.widths)), ",".join(map(str, options.depths))
+        raise FaceattrError(f"--widths {shown[0]} and --depths {shown[1]}: give one depth per width")
+    if options.teacher is None and options.distill_weight != TrainOptions.distill_weight:
+        raise FaceattrError("--distill-weight weighs --teacher's targets: add --teacher")
     if options.inception_block not in INCEPTION_BLOCKS[: INCEPTION_BLOCKS.index("Mixed_6e") + 1]:
         raise FaceattrError(f"--inception-block {options.inception_block}: not one of Mixed_5b ... Mixed_6e")
     if options.backbone == "inception" and options.input_size < MIN_INCEPTION_INPUT:

@@ -224,11 +224,13 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
-    if options.teacher is None and not resume:  # a resume takes the run's own options
-        if options.teacher_age_only:
-            raise FaceattrError("--teacher-age-only needs --teacher")
-        if options.teacher_moments > 0:
-            raise FaceattrError("--teacher-moments needs --teacher")
+    if not resume:  # a resume takes the run's own options
+        if options.teacher is None and (options.teacher_age_only or options.teacher_moments > 0):
+            raise FaceattrError(f"--teacher-{'age-only' if options.teacher_age_only else 'moments'} needs --teacher")
+        if options.teacher is not None and options.teacher_weight == 0 and options.teacher_moments == 0:
+            raise FaceattrError(f"--teacher {options.teacher} with --teacher-weight 0 and no --teacher-moments: unused")
+        if options.teacher_age_only and options.teacher_weight == 0:
+            log.warning("--teacher-age-only shapes --teacher-weight's loss, which is 0 here: it changes nothing")
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     out = Path(options.out_dir)
