@@ -556,3 +556,34 @@ def test_caches_of_other_files_or_another_teacher_are_computed_again(faces: Path
     assert set(other) == {"p_female", "race", "age"}
     fast = teacher_targets("fast", table.reverse(), targets, 0, False, "cpu")
     assert not np.allclose(fast["p_female"], other["p_female"], atol=1e-3)
+
+
+def test_a_teacher_or_start_trained_on_this_runs_validation_faces_is_refused(
+    faces: Path, tmp_path: Path, tiny_attr_model
+):
+    """A reviewer's finding: --init-from and --teacher took a model that had trained on the run's validation faces
+    (another --seed), so the run was validated on faces it had learned from; `ensemble` refused that already."""
+    from faceattr_batch.training.data import load_labelled
+
+    run_dir = tmp_path / "teacher_run"
+    run_dir.mkdir()
+    (run_dir / "model.pt").write_bytes(tiny_attr_model.read_bytes())
+    table = load_labelled(faces, None, 0)
+    table.select("path", "dup_group", split=pl.lit("train")).write_parquet(run_dir / "split.parquet")
+    for option in ("teacher", "init_from"):
+        with pytest.raises(
+            FaceattrError, match=r"^--(teacher|init-from) .*teacher_run: trained on 6 of this run's 6 v"
+        ):
+            run(
+                TrainOptions(
+                    source=faces, out_dir=tmp_path / option, val_fraction=0.1, **{option: str(run_dir)}, **TINY
+                )
+            )
+        assert not (tmp_path / option / "split.parquet").exists()
+
+
+def test_a_shipped_teacher_is_refused_on_another_split_of_its_own_faces(shared_utkface: Path, tmp_path: Path):
+    with pytest.raises(
+        FaceattrError, match=r"^--teacher fast: trained on \d+ of this run's 1[0-9]{3} validation faces"
+    ):
+        run(TrainOptions(source=shared_utkface, out_dir=tmp_path / "s1", teacher="fast", seed=1, **TINY))

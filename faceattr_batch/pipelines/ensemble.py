@@ -32,7 +32,7 @@ from faceattr_batch.training.calibration import (
     predictions_frame,
     validation_report,
 )
-from faceattr_batch.training.data import decode_cache, load_labelled, split_by_group
+from faceattr_batch.training.data import decode_cache, load_labelled, refuse_trained_on, split_by_group
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     table = load_labelled(options.source, options.root, options.workers)
     table = split_by_group(table, options.val_fraction, options.seed)
     val_rows = table.filter(pl.col("split") == "val")
-    for source in options.members:
-        _refuse_trained_on(source, val_rows)
+    refuse_trained_on(table, {f"the member {source}": source for source in options.members})
     pixels = decode_cache(val_rows, ensemble.config.input_size, None, options.workers, options.progress)
     desc = "validation" if options.progress else None
     logits = collect_logits(ensemble, pixels, torch.device("cpu"), 128, desc)
@@ -124,21 +123,6 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     )
     write_json(out.with_suffix(".report.json"), report)
     return EnsembleResult(out.parent, out, report)
-
-
-def _refuse_trained_on(source: str, val_rows: pl.DataFrame) -> None:
-    """A member whose run (its ``split.parquet``, beside its model file) trained on any of the ensemble's validation
-    faces is refused: the temperatures and the report would be fitted on faces it learned."""
-    split_file = resolve_attr_source(source).parent / "split.parquet"
-    if not split_file.is_file():
-        return  # a shipped model or a file on its own: its split is not known here
-    trained = pl.read_parquet(split_file).filter(pl.col("split") == "train")
-    seen = val_rows.join(trained, on="path", how="semi").height
-    if seen:
-        raise FaceattrError(
-            f"{source}: trained on {seen} of the ensemble's {val_rows.height} validation faces (its split.parquet): "
-            "give the --seed and --val-fraction its run had, and members of one split"
-        )
 
 
 def _member_pixels(ensemble, i: int, pixels: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ from faceattr_batch.training.data import (
     label_tensors,
     load_labelled,
     pixel_cache,
+    refuse_trained_on,
     split_by_fold,
     split_by_group,
     with_training_only_rows,
@@ -215,12 +216,13 @@ def _load_split(options: TrainOptions, out: Path, resume: bool) -> _Split:
             f"{out}: the labelled rows changed since the run started, and with them its split (split.parquet): "
             "resumed, it would validate on faces it trained on; start a new run"
         )
+    refuse_trained_on(table, {"--init-from": options.init_from, "--teacher": options.teacher})
     write_parquet_atomically(sides, out / "split.parquet")
     table = with_training_only_rows(table, options.extra, options.workers)  # after: split.parquet is the source's
     if not (table.get_column("split") == "train").any():
-        groups = sides["dup_group"].n_unique()
         raise FaceattrError(
-            f"{options.source}: its {sides.height} labelled images form {groups} duplicate group(s), all held out "
+            f"{options.source}: its {sides.height} labelled images form {sides['dup_group'].n_unique()} duplicate "
+            "group(s), all held out "
             "for validation: none is left to train on (add faces, or --extra a training-only source)"
         )
     pixels = decode_cache(table, options.input_size, pixel_cache(options), options.workers, options.progress)
@@ -259,9 +261,7 @@ def _build_session(options: TrainOptions, split: _Split, init_model, device, res
     elif pretrained and checkpoint is None:
         initialise_from_inception(model)
     model = model.to(device).to(memory_format=memory_format(config))
-    steps_per_epoch = math.ceil(len(split.train_rows) / options.batch_size)
-    if options.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, options.steps_per_epoch)
+    steps_per_epoch = min(math.ceil(len(split.train_rows) / options.batch_size), options.steps_per_epoch or math.inf)
     optimizer = torch.optim.AdamW(
         [
             {"params": list(model.trunk.parameters()), "lr": options.lr * (PRETRAINED_LR_SCALE if pretrained else 1)},

@@ -20,6 +20,8 @@ from faceattr_batch.data.labels import STATUS_REJECTED
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.index.build import IndexOptions, build_index, read_index_metadata
 from faceattr_batch.io.atomic import replacing
+from faceattr_batch.models.registry import resolve_attr_source, seen_images_path
+from faceattr_batch.models.seen_images import SeenImages
 from faceattr_batch.progress import progress_bar
 
 LABELLED_COLUMNS = ("path", "age", "gender", "race", "status", "dup_group")
@@ -101,6 +103,31 @@ def with_training_only_rows(table: pl.DataFrame, sources: tuple[Path, ...], work
                 )
         extra.append(rows.with_columns(split=pl.lit("train"), extra=True))
     return pl.concat([table.with_columns(extra=False), *extra], how="vertical_relaxed") if extra else table
+
+
+def refuse_trained_on(table: pl.DataFrame, models: dict) -> None:
+    """Fail when a model of ``models`` (its option, e.g. ``--teacher`` -> a model source or None) was trained on
+    faces of ``table``'s validation side: learned from it (distilled or started from), the run would be validated on
+    faces it had seen. Known from its RUN_DIR's ``split.parquet`` (by path), or from its seen-images file (by
+    SHA-256, where ``table`` has it: the shipped models); a model file on its own is not checked."""
+    validation = table.filter(pl.col("split") == "val")
+    for option, source in models.items():
+        if source is None:
+            continue
+        model = resolve_attr_source(source)
+        if (model.parent / "split.parquet").is_file():
+            trained = pl.read_parquet(model.parent / "split.parquet").filter(pl.col("split") == "train")
+            seen = validation.join(trained, on="path", how="semi").height
+        elif (seen_file := seen_images_path(model)) is not None and "sha256" in validation.columns:
+            roles = SeenImages.load(seen_file).roles
+            seen = sum(roles.get(digest) == "train" for digest in validation["sha256"])
+        else:
+            continue
+        if seen:
+            raise FaceattrError(
+                f"{option} {source}: trained on {seen} of this run's {validation.height} validation faces; give the "
+                "--seed and --val-fraction its run had (the shipped models': 0 and 0.1), or another model"
+            )
 
 
 def split_by_fold(table: pl.DataFrame, folds: int, fold: int, seed: int) -> pl.DataFrame:
