@@ -24,6 +24,8 @@ from faceattr_batch.data.label_files import (
     read_label_file,
 )
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.pipelines.index import IndexOptions
+from faceattr_batch.pipelines.index import run as index_run
 
 CODES = ["true_age", "true_gender", "true_race"]
 GENDER_REASON = "'x' is not one of male, female (or 0..1)"
@@ -240,6 +242,15 @@ def test_problems_are_capped_with_their_total_and_the_source_follows_the_content
     assert first == label_source(read_label_file(path)) and first.startswith(f"csv:{path.resolve()} sha256:")
     path.write_text("file,gender\n0.jpg,f\n")
     assert label_source(read_label_file(path)) != first
+    # an index too (a reviewer's finding: by its path alone, a resume mixed its old and rewritten labels)
+    make_faces(tmp_path / "faces", 3)
+    index = tmp_path / "index.parquet"
+    index_run(IndexOptions(root=tmp_path / "faces"), index)
+    before = label_source(read_label_file(index))
+    assert before.startswith(f"index:{index.resolve()} sha256:")
+    metadata = pl.read_parquet_metadata(index)
+    pl.read_parquet(index).with_columns(pl.col("age") + 10).write_parquet(index, metadata=metadata)
+    assert label_source(read_label_file(index)) != before
 
 
 def test_attach_labels_replaces_codes_adds_extras_and_skips_group_photos(tmp_path):

@@ -59,7 +59,7 @@ def test_resume_skips_marked_shards_and_drops_unfinished_parts(tmp_path):
     [
         ({"model": "other"}, KEYS, 4, "model"),
         ({"model": "m"}, KEYS[:-1], 4, "inputs_sha256, n_inputs"),
-        ({"model": "m"}, KEYS, 5, "shard_size"),
+        ({"model": "m"}, KEYS, 5, "shard_size \\(--shard-size, rounded up to --batch-size's multiple\\)"),
     ],
 )
 def test_resume_refuses_other_inputs_or_options(tmp_path, options, keys, shard_size, named):
@@ -67,6 +67,36 @@ def test_resume_refuses_other_inputs_or_options(tmp_path, options, keys, shard_s
     writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
     with pytest.raises(FaceattrError, match=f"different inputs or options \\({named}\\)"):
         writer.open_workspace(out, options, keys, shard_size=shard_size, resume=True)
+
+
+def test_a_run_killed_while_its_parts_were_removed_resumes_to_the_same_file(tmp_path):
+    """A reviewer's finding: finalize wrote the output, then was killed while removing the parts: a marker without
+    its part made every later --resume fail ("cannot write ...part-00000.parquet")."""
+    out = tmp_path / "out.parquet"
+    space = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    for shard in writer.pending_shards(space):
+        _write(space, shard)
+    writer.finalize(space, SCHEMA)
+    whole = pq.read_table(out)
+    space.parts.mkdir()  # as the kill left it: the manifest and a marker, the part itself removed
+    (space.parts / writer.MANIFEST_NAME).write_text(json.dumps(space.manifest))
+    space.marker_path(space.shards[0]).write_text("{}")
+    again = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=True)
+    assert [s.index for s in writer.pending_shards(again)] == [0, 1, 2]
+    for shard in writer.pending_shards(again):
+        _write(again, shard)
+    writer.finalize(again, SCHEMA)
+    assert pq.read_table(out).equals(whole) and not space.parts.exists()
+
+
+def test_an_unreadable_manifest_is_one_line_on_resume(tmp_path):
+    out = tmp_path / "out.parquet"
+    writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    (writer.parts_dir(out) / writer.MANIFEST_NAME).write_text("")
+    with pytest.raises(
+        FaceattrError, match=r"^--resume: .*manifest.json is unreadable \(.*\); rerun without --resume$"
+    ):
+        writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=True)
 
 
 def test_a_shard_with_missing_rows_is_not_committed(tmp_path):

@@ -402,10 +402,8 @@ def _real_paths(paths: Sequence[str] | pl.Series) -> list[str]:
 
 
 def label_source(table: LabelTable) -> str:
-    """The label source a resumed run must match: an index by its path (as always), any other file by its
-    format, path and content digest."""
-    if table.format == "index":
-        return f"index:{table.path.resolve()}"
+    """The label source a resumed run must match: the file (an index too: its labels can be rewritten under the
+    same paths) by its format, path and content digest."""
     with open(table.path, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
     return f"{table.format}:{table.path.resolve()} sha256:{digest}"

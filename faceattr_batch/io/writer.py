@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import fsync, replacing, write_json
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,19 @@ def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size:
     manifest = build_manifest(options, keys, shard_size)
     parts = parts_dir(output)
     if resume and (parts / MANIFEST_NAME).is_file():
-        saved = json.loads((parts / MANIFEST_NAME).read_text())
+        try:
+            saved = json.loads((parts / MANIFEST_NAME).read_text())
+        except (OSError, ValueError) as err:  # damaged outside this tool (an atomic write leaves none half-written)
+            raise FaceattrError(
+                f"--resume: {parts / MANIFEST_NAME} is unreadable ({first_line(err)}); rerun without --resume"
+            ) from None
         differ = sorted(k for k in set(saved) | set(manifest) if saved.get(k) != manifest.get(k))
         if differ:
+            named = [
+                f"{k} (--shard-size, rounded up to --batch-size's multiple)" if k == "shard_size" else k for k in differ
+            ]
             raise FaceattrError(
-                f"--resume: {parts} was started with different inputs or options ({', '.join(differ)}); "
+                f"--resume: {parts} was started with different inputs or options ({', '.join(named)}); "
                 "rerun without --resume to start over"
             )
     else:
@@ -123,9 +131,13 @@ def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size:
 
 
 def pending_shards(space: Workspace) -> list[Shard]:
-    """Shards without a marker (stale ``.tmp`` files of a killed run are removed)."""
+    """Shards without a marker, or whose part is gone (a run killed while ``finalize`` removed the parts, after the
+    output was written); stale ``.tmp`` files of a killed run are removed."""
     for stale in space.parts.glob("*.tmp"):
         stale.unlink()
+    for shard in space.shards:
+        if space.marker_path(shard).is_file() and not space.part_path(shard).is_file():
+            space.marker_path(shard).unlink()
     return [shard for shard in space.shards if not space.marker_path(shard).is_file()]
 
 
