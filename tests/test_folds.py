@@ -4,6 +4,7 @@ and the suspect list they feed."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def test_an_interrupted_cross_fit_resumes_at_its_fold(faces: Path, tmp_path: Pat
     first_model = (tmp_path / "cut" / "fold_0" / "model.pt").stat().st_mtime_ns
     with pytest.raises(FaceattrError, match="already holds a cross-fitting run"):
         run(options)
-    result = run(options, resume=True)
+    # --resume without --folds continues the cross-fit (a reviewer's finding: "nothing to resume (no last.pt)")
+    result = run(replace(options, folds=1), resume=True)
     assert (tmp_path / "cut" / "fold_0" / "model.pt").stat().st_mtime_ns == first_model  # a finished fold is kept
     resumed = pl.read_parquet(result.predictions_path).drop("model_name")
     whole = pl.read_parquet(crossfit.predictions_path).drop("model_name")

@@ -57,7 +57,7 @@ from faceattr_batch.training.data import (
     split_by_group,
     with_training_only_rows,
 )
-from faceattr_batch.training.folds import cross_fit
+from faceattr_batch.training.folds import cross_fit, is_cross_fit
 from faceattr_batch.training.losses import TrainingTargets, race_loss_weights
 from faceattr_batch.training.teacher import teacher_targets
 from faceattr_batch.training.warm_start import initialise_from_inception, initialise_from_model
@@ -150,7 +150,7 @@ class _Session:
 def run(options: TrainOptions, resume: bool = False):
     """Train one model (a ``TrainResult``) or, with ``folds`` > 1, cross-fit K of them and write their out-of-fold
     predictions (a ``training.folds.CrossFitResult``)."""
-    if options.folds > 1 and options.fold is None:
+    if options.fold is None and (options.folds > 1 or resume and is_cross_fit(options.out_dir)):
         return cross_fit(options, _train_one, resume, checkpoint=CHECKPOINT_LAST, model_file=MODEL_FILE)
     return _train_one(options, resume)
 

@@ -48,11 +48,16 @@ def fold_dir(out_dir: Path, fold: int) -> Path:
     return Path(out_dir) / f"fold_{fold}"
 
 
+def is_cross_fit(out_dir: Path) -> bool:
+    """``out_dir`` holds a cross-fit's folds (so ``--resume`` without ``--folds`` continues it)."""
+    return fold_dir(out_dir, 0).is_dir()
+
+
 def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, model_file: str) -> CrossFitResult:
     """Train ``options.folds`` models with ``train_one(fold_options, resume)`` (``pipelines.train``'s one-model
     run; ``checkpoint`` and ``model_file`` name its files in a RUN_DIR), then write their out-of-fold predictions.
     ``resume``: finished folds are kept, an interrupted one continues from its ``checkpoint``."""
-    if options.folds < 2:
+    if options.folds < 2 and not resume:  # a resume reads the run's own --folds
         raise FaceattrError(f"--folds {options.folds}: cross-fitting needs at least 2 folds")
     if (Path(options.out_dir) / checkpoint).is_file():
         raise FaceattrError(f"{options.out_dir} holds a single training run ({checkpoint}): cross-fit into another -o")
