@@ -228,6 +228,33 @@ def test_exact_and_near_duplicates_share_a_group_and_unrelated_faces_do_not(dupl
     assert (good["width"], good["height"], good["mode"]) == (96, 96, "RGB")
 
 
+def test_broken_files_and_unlabelled_copies_make_no_duplicate_or_conflict(tmp_path: Path):
+    """A reviewer's findings: two empty files (a failed copy) were reported as a label conflict, and a byte copy
+    under a name with no labels counted as a conflict with its labelled original."""
+    root = tmp_path / "faces"
+    root.mkdir()
+    (root / "25_0_0_20170101000000001.jpg.chip.jpg").write_bytes(b"")
+    (root / "70_1_3_20170101000000002.jpg.chip.jpg").write_bytes(b"")
+    face_like(1).save(root / "30_0_0_20170101000000003.jpg.chip.jpg", quality=95)
+    shutil.copyfile(root / "30_0_0_20170101000000003.jpg.chip.jpg", root / "holiday.jpg")
+    result = build_index(IndexOptions(root=root, hash=True, workers=0))
+    groups = dict(result.table.select("path", "dup_group").iter_rows())
+    assert groups["25_0_0_20170101000000001.jpg.chip.jpg"] == groups["70_1_3_20170101000000002.jpg.chip.jpg"]
+    assert groups["30_0_0_20170101000000003.jpg.chip.jpg"] == groups["holiday.jpg"]  # byte copies stay grouped
+    assert not result.table["label_conflict"].any()
+    assert (result.summary["duplicates"]["groups"], result.summary["duplicates"]["conflict_groups"]) == (2, 0)
+
+
+def test_an_output_over_an_indexed_image_is_refused(duplicates: Path, tmp_path: Path):
+    image = duplicates / "30_0_0_20170101000000001.jpg.chip.jpg"
+    before = image.read_bytes()
+    with pytest.raises(FaceattrError, match=r"^-o .*000001.jpg.chip.jpg is one of the images under .*dups: the index"):
+        run(IndexOptions(root=duplicates), image)
+    assert image.read_bytes() == before
+    run(IndexOptions(root=duplicates), duplicates / "index.parquet")  # an index beside its images is fine, twice
+    assert run(IndexOptions(root=duplicates), duplicates / "index.parquet").table.height == 7
+
+
 def test_summary_lists_conflicting_groups(duplicates: Path):
     summary = build_index(IndexOptions(root=duplicates, hash=True, workers=0)).summary
     dups = summary["duplicates"]

@@ -47,9 +47,12 @@ def add_dup_groups(
     group = table.select("path", _root=pl.Series(roots)).select(first_path.rank("dense").cast(pl.Int64) - 1).to_series()
     out = table.with_columns(dup_group=group)
     labels = pl.struct("age", "gender", "race")
-    return out.with_columns(
+    labelled = pl.col("age").is_not_null() & pl.col("gender").is_not_null() & pl.col("race").is_not_null()
+    if "error" in out.columns:  # byte-identical files that are no picture (two empty ones) share no face to label
+        labelled = labelled & pl.col("error").is_null()
+    return out.with_columns(  # a conflict: two labelled pictures that disagree (an unlabelled copy is none)
         dup_size=pl.len().over("dup_group").cast(pl.Int32),
-        label_conflict=(labels.n_unique().over("dup_group") > 1),
+        label_conflict=(labels.filter(labelled).n_unique().over("dup_group") > 1),
     )
 
 

@@ -50,8 +50,8 @@ def perceptual_hash(im) -> tuple[int, bytes]:
 
     dHash: 9x8 grayscale, one bit per horizontal neighbour pair (left brighter than right). On aligned face
     chips dHash alone is weak (different faces collide at 0-2 bits), so candidate pairs are confirmed by the
-    thumbnails' mean absolute difference. JPEGs decode at 1/2..1/8 scale in the DCT (``draft``): a 200x200
-    chip costs a 50x50 decode.
+    thumbnails' mean absolute difference. JPEGs decode at 1/2..1/8 scale in the DCT (``draft``), the smallest
+    of at least 64 px: a 200x200 chip costs a 100x100 decode.
     """
     from PIL import Image
 
