@@ -236,3 +236,20 @@ def test_compare_through_the_cli(ours_and_deepface, tmp_path):
     assert result.exit_code == 0, result.output
     assert "8 images in both runs" in result.output and "age MAE" in result.output
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]["shared"]["pairs"] == 8
+
+
+def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():
+    """A reviewer's finding: B, a copy of A without ages on A's two worst, read as 'B better' with a paired interval
+    excluding 0: each side's MAE was over its own known rows, not over the same images."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))
+    b_frame = _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "theirs")
+    b_frame = b_frame.with_columns(pl.when(pl.int_range(pl.len()) < 6).then(pl.col("pred_age")).alias("pred_age"))
+    overall = compare_runs(a, Run(Path("b.parquet"), b_frame)).contents["overall"]
+    mae = overall["age_mae"]
+    assert (mae["n_a"], mae["n_b"]) == (8, 6) and mae["a"] == pytest.approx(1.5) and mae["b"] == pytest.approx(1.0)
+    assert mae["paired"] | {"low": None, "high": None, "reason": None} == {
+        "n": 6, "a": pytest.approx(1.0), "b": pytest.approx(1.0), "diff": pytest.approx(0.0),
+        "low": None, "high": None, "reason": None,
+    }  # fmt: skip
+    assert mae["paired"]["low"] == pytest.approx(0.0) and mae["paired"]["high"] == pytest.approx(0.0)
+    assert overall["gender_accuracy"]["paired"]["n"] == 8  # the genders of all eight are in both

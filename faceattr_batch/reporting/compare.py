@@ -179,15 +179,43 @@ def _entry(point_a, point_b, counts_a, counts_b, metric: Metric, paired) -> dict
     }  # fmt: skip
 
 
+def _attribute_of(name: str) -> str:
+    """The attribute a row column belongs to (``fairness.row_columns``, ``_extra_rows``): its ``<attribute>_known``
+    indicator says whether the row counts for it."""
+    if name.startswith("gender_") or name in ("female", "female_hit", "male", "male_hit"):
+        return "gender"
+    return "race" if name.startswith(("race_", "true_", "pred_", "hit_")) else "age"
+
+
+def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[str, int]):
+    """The pairs' rows with each attribute left out (its row columns 0, its confidence null) where either run does
+    not know it, so A and B are measured on the same images per attribute; and the pairs counted per attribute."""
+    ra, rb, counts = ra.copy(), rb.copy(), {}
+    cal_a, cal_b = cal_a.clone(), cal_b.clone()
+    for attribute, known in _COUNT.items():
+        indicators = [column[known], *([column["age_binned"]] if attribute == "age" else [])]  # ages as bins too
+        both = (ra[:, indicators] > 0).any(axis=1) & (rb[:, indicators] > 0).any(axis=1)
+        columns = [index for name, index in column.items() if _attribute_of(name) == attribute]
+        ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
+        counts[attribute] = int(both.sum())
+        if attribute != "age":
+            confidence = f"{attribute}_confidence"
+            calibrated = pl.Series(cal_a[confidence].is_not_null() & cal_b[confidence].is_not_null())
+            blank = pl.when(calibrated).then(pl.col(confidence))
+            cal_a, cal_b = cal_a.with_columns(blank), cal_b.with_columns(blank)
+    return ra, rb, cal_a, cal_b, counts
+
+
 def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, rng, resamples, level, bins) -> dict:
-    """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) and the percentile
-    interval of B − A over resamples of the pairs drawn jointly."""
-    n = ra.shape[0]
+    """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) where both runs know its
+    attribute (``_known_in_both``), and the percentile interval of B − A over resamples of the pairs drawn
+    jointly."""
+    ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column)
     point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
     diffs = {m.name: [] for m in COMPARED}
-    if n >= 2:
-        for counts in fairness.resample_counts(rng, n, resamples):
+    if ra.shape[0] >= 2:
+        for counts in fairness.resample_counts(rng, ra.shape[0], resamples):
             draw_a = _values(counts @ ra, column) | fairness.group_eces(cal_a, bins, counts)
             draw_b = _values(counts @ rb, column) | fairness.group_eces(cal_b, bins, counts)
             for name, values in diffs.items():
@@ -195,6 +223,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, rng, resamples
     result = {}
     for metric in COMPARED:
         a, b = (float(p[metric.name]) for p in (point_a, point_b))
+        n = known[metric.attribute]
         entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
         if n == 0:
             entry["reason"] = "no labelled image in both runs"
