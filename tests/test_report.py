@@ -103,6 +103,24 @@ def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
         report.build(other, tmp_path / "r3")
 
 
+def test_nan_probabilities_are_no_values_and_rank_last_among_the_worst(predictions, tmp_path):
+    """A reviewer's findings: NaN p_female (written by another program) gave a traceback in the calibration bins,
+    and a wrong gender without a probability ranked first among the 'most confident' wrong genders."""
+    frame = pl.read_parquet(predictions)
+    wrong = frame.filter(pl.col("true_gender") != pl.col("pred_gender"))["path"]
+    nan_path = wrong[0]
+    damaged = tmp_path / "nan.parquet"
+    metadata = pl.read_parquet_metadata(predictions)
+    frame.with_columns(
+        p_female=pl.when(pl.col("path") == nan_path).then(float("nan")).otherwise("p_female")
+    ).write_parquet(damaged, metadata=metadata)
+    report.build(damaged, tmp_path / "rep")
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    paths = [entry["path"] for entry in saved["worst"]["gender"]]
+    assert (paths[-1] == nan_path) if len(wrong) <= 12 else (nan_path not in paths)  # after every known one
+    assert saved["worst"]["gender"][0]["confidence"] is not None
+
+
 def test_a_report_rebuilt_into_an_older_ones_folder_leaves_none_of_its_files(tmp_path, predictions):
     folder = tmp_path / "rep"
     report.build(predictions, folder)

@@ -240,3 +240,14 @@ def test_report_and_predict_take_slice_by_and_min_group(tmp_path, tiny_attr_mode
     assert refused.exit_code == 2 and "--slice-by x: no such column" in refused.output and not out.exists()
     refused = runner.invoke(app, [*run, "--slice-by", "source"])
     assert refused.exit_code == 2 and "--slice-by shapes the report: add --report DIR" in refused.output
+
+
+def test_a_nan_in_a_slicing_column_is_in_no_group_and_moves_no_bin():
+    """A reviewer's finding: a CSV's NaN went into the top quantile bin (and shifted the quantiles), or unbinned
+    formed a group called 'nan'; the docs say an empty value is in no group."""
+    frame = pl.DataFrame({"brightness": [0.1, 0.2, 0.3, 0.4, float("nan"), float("nan")], "tone": [1.0, 2.0] * 3})
+    frame = frame.with_columns(tone=pl.when(pl.int_range(pl.len()) == 0).then(float("nan")).otherwise("tone"))
+    binned, _ = slicing.slice_frame(frame, ["brightness:2", "tone"])
+    assert binned["brightness"].cast(pl.String).to_list() == ["[0.1, 0.25]", "[0.1, 0.25]", "(0.25, 0.4]",
+                                                              "(0.25, 0.4]", None, None]  # fmt: skip
+    assert binned["tone"].to_list() == [None, 2.0, 1.0, 2.0, 1.0, 2.0]

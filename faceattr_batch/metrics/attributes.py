@@ -313,13 +313,13 @@ def worst_errors(frame: pl.DataFrame, k: int = 12) -> dict[str, pl.DataFrame]:
     gender = (
         frame.filter(both_known("true_gender") & (pl.col("true_gender") != pl.col("pred_gender")))
         .with_columns(confidence.alias("confidence"))
-        .sort("confidence", "path", descending=[True, False])
+        .sort("confidence", "path", descending=[True, False], nulls_last=True)
         .head(k)
     )
     race = (
         frame.filter(both_known("true_race") & (pl.col("true_race") != pl.col("pred_race")))
         .with_columns(pl.max_horizontal(RACE_PROB_COLUMNS).alias("confidence"))
-        .sort("confidence", "path", descending=[True, False])
+        .sort("confidence", "path", descending=[True, False], nulls_last=True)
         .head(k)
     )
     return {"age": age, "gender": gender, "race": race}

@@ -68,6 +68,9 @@ def slice_frame(frame: pl.DataFrame, specs: Sequence[str], known: Sequence[str] 
         if column.dtype == pl.String:  # an empty cell is no value (a CSV's empty field can read as "")
             column = column.str.strip_chars().replace("", None)
             frame = frame.with_columns(column)
+        elif column.dtype.is_float():  # a CSV's NaN is no value either: no group, and not the top bin
+            column = column.fill_nan(None)
+            frame = frame.with_columns(column)
         if spec.bins is not None:
             if not column.dtype.is_numeric():
                 raise FaceattrError(

@@ -41,7 +41,9 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
             f"{predictions}: not a `predict` output of this version (missing columns: {', '.join(missing)}); "
             "predict again"
         )
-    return pl.read_parquet(predictions, columns=list(READ_COLUMNS))
+    frame = pl.read_parquet(predictions, columns=list(READ_COLUMNS))
+    # a NaN written by another program into a float output is no value (a traceback in the calibration bins, else)
+    return frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
 
 
 def labelled_rows(frame: pl.DataFrame, include_training: bool = False) -> pl.DataFrame:
