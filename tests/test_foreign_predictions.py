@@ -94,11 +94,23 @@ def test_the_labels_come_from_derived_columns(deepface_file):
     assert frame["gender_correct"].null_count() == frame.height
 
 
+def test_percent_is_told_from_woman_and_man_together(tmp_path):
+    """A reviewer's finding: deepface rows of confident men (gender.Woman 0.2-0.9 %, gender.Man 99.1-99.8 %) were
+    read as P(female) 0.2-0.9, so most of them came out female."""
+    text = "img_path,gender.Woman,gender.Man\n" + "".join(
+        f"faces/{i}.jpg,{0.2 + 0.1 * i:.1f},{99.8 - 0.1 * i:.1f}\n" for i in range(8)
+    )
+    frame = read_foreign_predictions(_write(tmp_path, "men.csv", text)).frame
+    assert frame["p_female"].to_list() == pytest.approx([(0.2 + 0.1 * i) / 100 for i in range(8)])
+    assert frame["pred_gender_label"].cast(pl.String).to_list() == ["male"] * 8
+
+
 def test_the_summary_names_the_columns_read_and_the_race_mapping(deepface_file):
     summary = read_foreign_predictions(deepface_file).summary
     path_column = "img_path" if deepface_file.suffix == ".csv" else "identity"
     assert summary["columns"] == {
-        "path": path_column, "gender": "dominant_gender", "p_female": "gender.Woman", "race": "dominant_race",
+        "path": path_column, "gender": "dominant_gender", "p_female": "gender.Woman", "p_male": "gender.Man",
+        "race": "dominant_race",
         "age": "age", "p_white": "race.white", "p_black": "race.black", "p_asian": "race.asian",
         "p_indian": "race.indian", "p_others": "race.middle eastern + race.latino hispanic",
     }  # fmt: skip

@@ -11,8 +11,9 @@ Values, read as follows (anything else is a problem, that value null):
 - gender: ``male``/``female``, ``m``/``f``, ``man``/``woman`` (deepface's ``dominant_gender``), any case; the numbers
   0 and 1 in our convention, 0 male / 1 female, unless ``gender_one_is="male"`` says the tool writes 1 for male
   (insightface's ``gender``). Nothing guesses which: a numeric gender is read as ours until told otherwise.
-- p_female: P(female), 0..1, or in percent (deepface's ``gender.Woman``): a column whose largest value is above 1
-  is divided by 100 (a value above 100 is then a problem). Without one, ``1 - p_male`` (``gender.Man``); without
+- p_female: P(female), 0..1, or in percent (deepface's ``gender.Woman``): the gender probability columns (with
+  ``gender.Man`` where there is one) whose largest value is above 1 are divided by 100 (a value above 100 is then a
+  problem). Without one, ``1 - p_male`` (``gender.Man``); without
   a gender column, ``pred_gender`` is ``p_female >= 0.5``, as ``predict`` decides.
 - race: our five names (``data.labels.RACES``) or codes 0..4, or the classes of ``OTHER_RACES`` (deepface's six,
   FairFace's seven; ``_``/``-`` read as spaces), mapped to ours. Per-class probabilities, ``race.<class>`` or
@@ -206,7 +207,7 @@ def _find_columns(path: Path, raw: pl.DataFrame, given: dict[str, str | None]) -
                 raise FaceattrError(f"{path}: no column {given[ours]!r} (given for {ours}; columns: {shown})")
         else:
             name = next((lowered[s] for s in spellings if s in lowered), None)
-        if name is not None and not (ours == "p_male" and "p_female" in found):  # P(male) only as a fallback
+        if name is not None:  # P(male) beside P(female) sets their scale with it (percent or not), nothing else
             found[ours] = name
     if "path" not in found:
         accepted = ", ".join(COLUMN_SPELLINGS["path"])
