@@ -344,3 +344,12 @@ def test_a_key_climbing_out_of_the_folder_is_taken_from_the_working_folder(tmp_p
     labels.write_text("path,age\n../faces/a.jpg,30\nfaces/../../faces/b.jpg,40\n")
     matched = load_labels(labels, [str(tmp_path / "faces" / n) for n in ("a.jpg", "b.jpg")])
     assert matched.frame["true_age"].to_list() == [30, 40] and matched.summary["labels_not_in_inputs"] == 0
+
+
+def test_absolute_keys_against_no_inputs_match_nothing(tmp_path):
+    """A reviewer's finding: an empty predictions table with a labels file of absolute paths raised polars'
+    SchemaError (the inputs' column had no type)."""
+    path = tmp_path / "labels.csv"
+    path.write_text(f"path,age\n{tmp_path / 'a.jpg'},30\n")
+    matched = match_labels(read_label_file(path), [])
+    assert matched.frame.height == 0 and matched.summary["labels_not_in_inputs"] == 1

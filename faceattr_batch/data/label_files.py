@@ -347,7 +347,7 @@ def match_labels(table: LabelTable, inputs: Sequence[str]) -> MatchedLabels:
     pairs = [pl.DataFrame(schema={"line": pl.Int64, "pos": pl.Int64})]
     if absolute.any():
         given = labels.filter(absolute).select("line", real=pl.Series(_real_paths(labels.filter(absolute)["key"])))
-        wanted = pl.DataFrame({"real": _real_paths(inputs), "pos": positions})
+        wanted = pl.DataFrame({"real": pl.Series(_real_paths(inputs), dtype=pl.String), "pos": positions})
         pairs.append(given.join(wanted, on="real").select("line", "pos"))
     relative = labels.filter(~absolute).select("line", "key", depth=pl.col("key").str.count_matches("/") + 1)
     for depth in relative["depth"].unique().to_list():
