@@ -251,3 +251,17 @@ def test_a_nan_in_a_slicing_column_is_in_no_group_and_moves_no_bin():
     assert binned["brightness"].cast(pl.String).to_list() == ["[0.1, 0.25]", "[0.1, 0.25]", "(0.25, 0.4]",
                                                               "(0.25, 0.4]", None, None]  # fmt: skip
     assert binned["tone"].to_list() == [None, 2.0, 1.0, 2.0, 1.0, 2.0]
+
+
+def test_slicing_columns_named_like_the_tables_own_or_holding_dollars(tmp_path):
+    """A reviewer's findings: a labels column `n` with --slice-by n raised polars' DuplicateError, and group values
+    such as `$0_$10` a matplotlib mathtext ParseSyntaxException; both exited 1 with a traceback."""
+    frame = _frame()
+    clash = frame.with_columns(n=pl.col("source"))
+    with pytest.raises(FaceattrError, match="^--slice-by n: a name the report's tables use for their own columns"):
+        write_report(clash, summarize(clash), tmp_path / "p.parquet", tmp_path / "a", slice_by=["n"])
+    dollars = frame.with_columns(price=pl.col("source").replace({"lab": "$0_$10", "web": "$10_$20"}))
+    write_report(dollars, summarize(dollars), tmp_path / "p.parquet", tmp_path / "b", slice_by=["price"])
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert [group["group"] for group in saved["fairness"]["price"]["groups"]][:2] == ["$0_$10", "$10_$20"]
+    assert (tmp_path / "b" / "calibration_by_price.png").stat().st_size > 0

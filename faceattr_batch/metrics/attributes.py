@@ -19,6 +19,7 @@ import polars as pl
 
 from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.data.labels import GENDERS, RACES
+from faceattr_batch.errors import FaceattrError
 from faceattr_batch.schema import RACE_PROB_COLUMNS
 
 GROSS_AGE_ERROR = 10  # years; an age error above this is counted as gross
@@ -131,9 +132,16 @@ def breakdown(frame: pl.DataFrame, by: list[str], intervals: bool = False) -> pl
     sliced = with_age_bins(frame).with_columns(pl.col(SLICE_COLUMNS.get(key, key)).alias(key) for key in by)
     sliced = sliced.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in by]))
     extra = _interval_inputs() if intervals else []
-    table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
-    table = table.drop(name for key in by for name in WITHIN_SLICE_MEANINGLESS.get(key, ()))
-    return with_intervals(table) if intervals else table
+    try:
+        table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
+        table = table.drop(name for key in by for name in WITHIN_SLICE_MEANINGLESS.get(key, ()))
+        return with_intervals(table) if intervals else table
+    except pl.exceptions.DuplicateError:  # a labels column named like one of the table's own (n, age_mae, ...)
+        own = [key for key in by if key not in SLICE_COLUMNS]
+        raise FaceattrError(
+            f"--slice-by {', '.join(own)}: a name the report's tables use for their own columns; rename it in the "
+            "labels file"
+        ) from None
 
 
 def confusion_matrix(frame: pl.DataFrame, attribute: str = "race") -> list[list[int]]:

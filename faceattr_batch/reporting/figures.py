@@ -4,6 +4,7 @@ each slicing attribute)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -18,6 +19,21 @@ from faceattr_batch.io.atomic import replacing
 PLOT_NAMES = ("confusion.png", "age_pred_vs_true.png", "error_by_age_band.png", "error_by_race.png", "calibration.png")
 
 
+def _plain_text(function):
+    """Draw with mathtext off: a group or column whose name holds ``$`` signs (``$0_$10``) is text, not a formula
+    that fails to parse. Only while drawing: a Python user's own matplotlib settings are left as they were."""
+
+    @functools.wraps(function)
+    def drawn(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return function(*args, **kwargs)
+
+    return drawn
+
+
+@_plain_text
 def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, folder: Path) -> dict[str, Path]:
     """The report's PNG plots into ``folder``: plot name -> path (a plot without data is left out)."""
     import matplotlib
@@ -131,6 +147,7 @@ def _bars(ax, table: pl.DataFrame, key: str, value: str, label: str) -> None:
     ax.tick_params(axis="x", rotation=30)
 
 
+@_plain_text
 def draw_group_calibration(group_calibration: dict[str, dict], folder: Path) -> dict[str, Path]:
     """Slicing attribute -> ``calibration_by_<attribute>.png`` (the name made safe for a file): a panel per
     calibrated attribute (gender: P(female) vs the share female; race: top probability vs accuracy), one
