@@ -43,7 +43,7 @@ PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "pred_race": pl.Int8,
     "pred_race_label": RACE_LABEL,
     **{name: pl.Float32 for name in RACE_PROB_COLUMNS},
-    "pred_age": pl.Float32,  # expected age, years
+    "pred_age": pl.Float32,  # median of the predicted age distribution, years
     "age_low": pl.Float32,  # 10th percentile of the age distribution
     "age_high": pl.Float32,  # 90th percentile
     "pred_age_band": AGE_BAND,

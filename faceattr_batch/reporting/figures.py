@@ -69,7 +69,7 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
         else:
             ax.scatter(true_age, pred_age, s=8, alpha=0.5)
         ax.plot([0, top], [0, top], color="crimson", lw=1, label="perfect")
-        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true age", ylabel="predicted age (expected)")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true age", ylabel="predicted age (median)")
         ax.set_title(f"predicted vs true age (MAE {summary['overall']['age_mae']:.2f} y)")
         ax.legend(loc="upper left")
         save(fig, "age_pred_vs_true")
