@@ -224,6 +224,7 @@ def test_a_killed_run_leaves_a_list_that_the_next_overwrite_clears(generator_fil
         ({"gender": [2], "race": [0], "age": [30]}, "gender must hold codes 0..1"),
         ({"gender": [0], "race": [7], "age": [30]}, "race must hold codes 0..4"),
         ({"gender": [0], "race": [1], "age": ["old"]}, "age must be a number of years"),
+        ({"gender": [0], "race": [1], "age": [float("nan")]}, r"no labelled rows \(no finite age\)"),
     ],
 )
 def test_a_match_file_with_codes_out_of_range_is_one_line(tmp_path: Path, frame: dict, message: str):
@@ -231,6 +232,13 @@ def test_a_match_file_with_codes_out_of_range_is_one_line(tmp_path: Path, frame:
     options = SynthOptions(n=2, out_dir=tmp_path / "o", match=tmp_path / "m.parquet")
     with pytest.raises(FaceattrError, match=f"^--match .*m.parquet: {message}"):
         conditions(options)
+
+
+def test_a_nan_age_in_a_match_file_is_no_age(tmp_path: Path):
+    """A reviewer's finding: drop_nulls kept a NaN age, and its cast to whole years raised polars' error."""
+    pl.DataFrame({"gender": [0, 1], "race": [1, 2], "age": [30.0, float("nan")]}).write_parquet(tmp_path / "m.parquet")
+    wanted = conditions(SynthOptions(n=20, out_dir=tmp_path / "o", match=tmp_path / "m.parquet"))
+    assert wanted.select("gender", "race", "age").unique().rows() == [(0, 1, 30)]
 
 
 def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):

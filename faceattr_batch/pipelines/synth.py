@@ -146,6 +146,10 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
             raise FaceattrError(f"--match {index}: {column} must hold codes 0..{count - 1}, as index writes them")
     if not real["age"].dtype.is_numeric():
         raise FaceattrError(f"--match {index}: age must be a number of years")
+    if real["age"].dtype.is_float():  # a NaN or infinite age is no age, as a null is
+        real = real.filter(pl.col("age").is_finite())
+        if real.height == 0:
+            raise FaceattrError(f"--match {index}: no labelled rows (no finite age)")
     picked = real[rng.integers(0, real.height, n)]
     return picked.select(
         pl.col("gender").cast(pl.Int64),
