@@ -204,3 +204,13 @@ def test_years_before_1000_keep_four_digits():
     name = format_name(0, 0, 0, dt.datetime(1, 1, 10))
     assert name == "0_0_0_00010110000000000.jpg.chip.jpg"
     assert parse_name(name).captured_at == dt.datetime(1, 1, 10)
+
+
+def test_a_stamp_that_does_not_read_back_as_its_digits_is_no_date_and_other_digits_are_no_name():
+    """A reviewer's findings: second 60 rolled into the next year (status ok, 2018-01-01 00:00), and Arabic-Indic
+    digits were taken as digits (rejected as 'age above 120')."""
+    rolled = parse_name("25_0_0_20171231235960000.jpg.chip.jpg")
+    assert (rolled.status, rolled.captured_at, rolled.age) == (STATUS_RECOVERED, None, 25)
+    assert "not a valid date" in rolled.reason
+    arabic = parse_name("\u0662\u0665_0_0_20170116174525125.jpg.chip.jpg")
+    assert (arabic.status, arabic.age) == ("rejected", None) and arabic.reason.startswith("not a UTKFace name")

@@ -50,7 +50,7 @@ _EXT = r"(?:jpe?g|png|webp|bmp)"
 # Lenient on purpose: it also matches the quirks so each can be named. A missing race field makes the third
 # group absent; a missing dot or a space shows in `sep`.
 NAME_PATTERN = (
-    r"(?i)^(?P<age>\d+)_(?P<gender>\d+)_(?:(?P<race>\d+)_)?(?P<stamp>\d+)(?P<sep>\s*\.?)"
+    r"(?i)^(?P<age>[0-9]+)_(?P<gender>[0-9]+)_(?:(?P<race>[0-9]+)_)?(?P<stamp>[0-9]+)(?P<sep>\s*\.?)"
     rf"(?P<ext>{_EXT}(?:\.chip\.{_EXT})?)$"
 )
 
@@ -96,7 +96,7 @@ def _code(value: str | int, names: tuple[str, ...], short: dict[str, int]) -> in
         return lowered.index(text)
     if text in short:
         return short[text]
-    number = re.fullmatch(r"(\d+)(?:\.0*)?", text)  # 1 or 1.0 (a code column with a gap, as pandas writes it)
+    number = re.fullmatch(r"([0-9]+)(?:\.0*)?", text)  # 1 or 1.0 (a code column with a gap, as pandas writes it)
     if number and int(number[1]) < len(names):
         return int(number[1])
     raise ValueError(f"{value!r} is not one of {', '.join(names)} (or 0..{len(names) - 1})")
@@ -138,7 +138,7 @@ def parse_names(names: pl.Series | list[str]) -> pl.DataFrame:
 
 
 # Names in exactly the documented form skip the (slower) lenient regex: a split on "_" is enough for them.
-STRICT_PATTERN = r"^\d{1,3}_[01]_[0-4]_\d{17}\.jpg\.chip\.jpg$"
+STRICT_PATTERN = r"^[0-9]{1,3}_[01]_[0-4]_[0-9]{17}\.jpg\.chip\.jpg$"
 _PARSED = ("status", "reason", "age", "gender", "race", "captured_at")
 
 
@@ -183,8 +183,10 @@ def _typed_fields(parts: pl.Expr) -> dict[str, pl.Expr]:
     stamp = field("stamp")
     digits = stamp.str.len_chars()
     seconds = stamp.str.slice(0, 14).str.strptime(pl.Datetime("ms"), "%Y%m%d%H%M%S", strict=False)
-    # polars reads year 0000 as a date; Python's datetime (and so every reader of the Parquet in Python) cannot
-    seconds = pl.when(seconds.dt.year() >= 1).then(seconds)
+    # polars reads year 0000 as a date; Python's datetime (and so every reader of the Parquet in Python) cannot;
+    # and it rolls a second 60 into the next minute: a stamp is a date only when it reads back as its own digits
+    own_digits = seconds.dt.strftime("%Y%m%d%H%M%S") == stamp.str.slice(0, 14)
+    seconds = pl.when((seconds.dt.year() >= 1) & own_digits).then(seconds)
     millis = pl.when(digits == 17).then(stamp.str.slice(14, 3).cast(pl.Int64, strict=False)).otherwise(0)
     return {
         "age": field("age").cast(pl.Int64, strict=False),
