@@ -494,3 +494,22 @@ def test_rows_parse_while_the_walker_is_half_way_through_adding_a_folder(real_di
     frame = _named_rows(listing, 0, 2)
     expected = ["30_1_0_a.jpg", "31_0_2_b.jpg"] if len(real_dirs) == 1 else ["30_1_0_a.jpg", "sub/31_0_2_b.jpg"]
     assert frame["path"].to_list() == expected and frame["error"].null_count() == 2
+
+
+def test_a_root_and_an_output_with_undecodable_bytes_are_written_and_read_back(duplicates: Path, tmp_path: Path):
+    """A reviewer's finding: a root folder or -o whose name is not UTF-8 made polars raise while writing (exit 1)."""
+    from faceattr_batch.data.label_files import load_labels
+
+    root = tmp_path / os.fsdecode(b"r\xffoot")
+    shutil.copytree(duplicates, root)
+    out = tmp_path / os.fsdecode(b"o\xff.parquet")
+    run(IndexOptions(root=root), out)
+    plain = tmp_path / "plain.parquet"
+    run(IndexOptions(root=root), plain)
+    assert out.read_bytes()[:4] == b"PAR1" and pl.read_parquet(out.read_bytes()).equals(pl.read_parquet(plain))
+    assert read_index_metadata(plain)["faceattr_batch.root"] == str(tmp_path) + "/r\\xffoot"
+    files = inputs.index_paths(plain)
+    assert sorted(files) == sorted(str(path) for path in root.iterdir()) and all(os.path.exists(f) for f in files)
+    matched = load_labels(plain, files)  # predict over the index: its labels found again for its own files
+    assert matched.summary["matched_inputs"] == len(files) == 7 and matched.summary["labels_not_in_inputs"] == 0
+    assert matched.frame["true_age"].drop_nulls().len() > 0

@@ -73,7 +73,7 @@ class MatchedLabels:
     """A label file matched to inputs: ``frame`` has one row per input, in their order (``path`` as the
     predictions write it, the codes, the age bin, the extras); ``summary`` is what the summaries print."""
 
-    source: str  # the resume fingerprint's label source: the format, the file and (but for an index) its digest
+    source: str  # the resume fingerprint's label source: the format, the file and its digest
     frame: pl.DataFrame
     summary: dict
 
@@ -174,7 +174,7 @@ def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.Dat
     except Exception as err:  # polars raises several types for a corrupt file
         raise FaceattrError(f"--labels {path}: not a readable Parquet file ({first_line(err)})") from None
     if index:
-        frame = frame.with_columns(path=pl.Series(index_paths(path), dtype=pl.String))
+        frame = frame.with_columns(path=pl.Series([display_path(p) for p in index_paths(path)], dtype=pl.String))
     return frame.with_row_index("line", offset=1).cast({"line": pl.Int64}), problem_frame([])
 
 
@@ -347,7 +347,8 @@ def match_labels(table: LabelTable, inputs: Sequence[str]) -> MatchedLabels:
     pairs = [pl.DataFrame(schema={"line": pl.Int64, "pos": pl.Int64})]
     if absolute.any():
         given = labels.filter(absolute).select("line", real=pl.Series(_real_paths(labels.filter(absolute)["key"])))
-        wanted = pl.DataFrame({"real": pl.Series(_real_paths(inputs), dtype=pl.String), "pos": positions})
+        real_inputs = [display_path(p) for p in _real_paths(inputs)]  # as text, as the keys are
+        wanted = pl.DataFrame({"real": pl.Series(real_inputs, dtype=pl.String), "pos": positions})
         pairs.append(given.join(wanted, on="real").select("line", "pos"))
     relative = labels.filter(~absolute).select("line", "key", depth=pl.col("key").str.count_matches("/") + 1)
     for depth in relative["depth"].unique().to_list():

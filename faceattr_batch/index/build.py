@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.inputs import INDEX_ROOT_KEY, Listing, check_folder, no_image_files, walk_tree
+from faceattr_batch.data.inputs import INDEX_ROOT_KEY, Listing, check_folder, display_path, no_image_files, walk_tree
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, STATUS_OK, STATUS_RECOVERED, STATUS_REJECTED
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.index.duplicates import DEFAULT_MAX_THUMB_DIFF, DEFAULT_NEAR_BITS, add_dup_groups, duplicate_summary
@@ -96,15 +96,15 @@ def write_index(result: IndexResult, path: Path | str) -> Path:
     s = result.summary
     metadata = {
         METADATA_PREFIX + "version": __version__,
-        INDEX_ROOT_KEY: str(s.get("root", "")),
+        INDEX_ROOT_KEY: display_path(str(s.get("root", ""))),  # text; index_paths finds undecodable bytes again
         METADATA_PREFIX + "counts": json.dumps(_counts(s), default=str),
         METADATA_PREFIX + "options": json.dumps(s.get("options", {}), default=str),
     }
     try:
-        with replacing(path) as tmp:
+        with replacing(path) as tmp, open(tmp, "wb") as file:  # a handle: polars takes no undecodable path
             # polars writes the key-value metadata itself (importing pyarrow.parquet would add ~0.15 s to
             # start-up); lz4 writes a million rows in half zstd's time, for a ~20% larger file
-            result.table.write_parquet(tmp, metadata=metadata, statistics=False, compression="lz4")
+            result.table.write_parquet(file, metadata=metadata, statistics=False, compression="lz4")
     except OSError as err:
         raise FaceattrError(f"cannot write {path}: {err.strerror or err}") from None
     return path
