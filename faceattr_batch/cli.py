@@ -47,7 +47,8 @@ def main(quiet: opt.Quiet = False, version: opt.Version = False) -> None:
 
 @command("index")
 def index_command(
-    folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.")],
+    # readable=False: the pipeline's own check says an unreadable folder in one line, not click's usage error
+    folder: Annotated[Path, typer.Argument(help="Folder tree of UTKFace-style face images.", readable=False)],
     out: Annotated[Path, opt.out_option("Parquet file to write.")] = Path("index.parquet"),
     hash_: Annotated[
         bool, typer.Option("--hash", help="Content hash + perceptual hash: duplicate groups, label conflicts.")
