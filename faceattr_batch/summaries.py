@@ -286,7 +286,7 @@ def label_file(out: Console, labels: dict | None, most: int = 5) -> None:
         return
     out.print(
         f"labels {labels['file']} ({labels['format']}, by {labels['key']}): {labels['matched_inputs']} images "
-        f"labelled, {labels['inputs_without_labels']} without a label; {labels['labels_not_in_inputs']} of "
+        f"matched to a row, {labels['inputs_without_labels']} to none; {labels['labels_not_in_inputs']} of "
         f"{labels['rows']} rows name no input"
     )
     if "race_mapping" in labels:

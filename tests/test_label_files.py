@@ -310,6 +310,7 @@ def test_predict_and_report_with_a_labels_csv(tmp_path, tiny_attr_model):
     assert summary["labelled"] == 5 and summary["settings"]["labels"].startswith("csv:")
     shown = runner.invoke(app, [*args, "-o", str(tmp_path / "again.parquet")])
     assert "3 values not read" in shown.stdout and f"line 4, gender: {GENDER_REASON}" in shown.stdout
+    assert "5 images matched to a row, 1 to none; 1 of 6 rows name no input" in " ".join(shown.stdout.split())
 
     fairface = tmp_path / "fairface_label_val.csv"
     fairface.write_text(
