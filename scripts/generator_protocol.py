@@ -68,7 +68,7 @@ def write_rows(index: Path, keep: pl.Series, out: Path) -> None:
 
 
 def pair_judge(default: Path, out: Path) -> None:
-    """The default ensemble file less its ``fast`` member (the last), temperatures kept."""
+    """The default ensemble file less its ``fast`` member (by the name the ensemble recorded), temperatures kept."""
     bundle = torch.load(default, map_location="cpu", weights_only=True)
     names = json.loads(bundle["meta"]["members"])
     keep = [i for i, name in enumerate(names) if "fast" not in name]
