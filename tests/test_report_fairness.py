@@ -260,6 +260,11 @@ def test_slicing_columns_named_like_the_tables_own_or_holding_dollars(tmp_path):
     clash = frame.with_columns(n=pl.col("source"))
     with pytest.raises(FaceattrError, match="^--slice-by n: a name the report's tables use for their own columns"):
         write_report(clash, summarize(clash), tmp_path / "p.parquet", tmp_path / "a", slice_by=["n"])
+    interval = frame.with_columns(gender_accuracy_low=pl.col("source"))  # replaced by the interval's bound, once
+    with pytest.raises(FaceattrError, match="^--slice-by gender_accuracy_low: a name the report's tables use"):
+        write_report(
+            interval, summarize(interval), tmp_path / "p.parquet", tmp_path / "c", slice_by=["gender_accuracy_low"]
+        )
     dollars = frame.with_columns(price=pl.col("source").replace({"lab": "$0_$10", "web": "$10_$20"}))
     write_report(dollars, summarize(dollars), tmp_path / "p.parquet", tmp_path / "b", slice_by=["price"])
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())

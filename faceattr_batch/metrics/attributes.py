@@ -135,13 +135,16 @@ def breakdown(frame: pl.DataFrame, by: list[str], intervals: bool = False) -> pl
     try:
         table = sliced.group_by(by).agg(pl.len().alias("n"), *metric_exprs(), *extra).sort(by)
         table = table.drop(name for key in by for name in WITHIN_SLICE_MEANINGLESS.get(key, ()))
-        return with_intervals(table) if intervals else table
+        found = with_intervals(table) if intervals else table
+        if all(found[key].equals(table[key]) for key in by):  # an interval column named like a slice replaces it
+            return found
     except pl.exceptions.DuplicateError:  # a labels column named like one of the table's own (n, age_mae, ...)
-        own = [key for key in by if key not in SLICE_COLUMNS]
-        raise FaceattrError(
-            f"--slice-by {', '.join(own)}: a name the report's tables use for their own columns; rename it in the "
-            "labels file"
-        ) from None
+        pass
+    own = [key for key in by if key not in SLICE_COLUMNS]
+    raise FaceattrError(
+        f"--slice-by {', '.join(own)}: a name the report's tables use for their own columns; rename it in the labels "
+        "file"
+    )
 
 
 def confusion_matrix(frame: pl.DataFrame, attribute: str = "race") -> list[list[int]]:
