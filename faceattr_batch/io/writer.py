@@ -135,10 +135,12 @@ def pending_shards(space: Workspace) -> list[Shard]:
     output was written); stale ``.tmp`` files of a killed run are removed."""
     for stale in space.parts.glob("*.tmp"):
         stale.unlink()
+    pending = []
     for shard in space.shards:
-        if space.marker_path(shard).is_file() and not space.part_path(shard).is_file():
-            space.marker_path(shard).unlink()
-    return [shard for shard in space.shards if not space.marker_path(shard).is_file()]
+        if not (space.marker_path(shard).is_file() and space.part_path(shard).is_file()):
+            space.marker_path(shard).unlink(missing_ok=True)
+            pending.append(shard)
+    return pending
 
 
 def is_complete(output: Path, options: dict, keys: Sequence[str], shard_size: int) -> bool:

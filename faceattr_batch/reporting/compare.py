@@ -187,15 +187,21 @@ def _attribute_of(name: str) -> str:
     return "race" if name.startswith(("race_", "true_", "pred_", "hit_")) else "age"
 
 
-def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[str, int]):
-    """The pairs' rows with each attribute left out (its row columns 0, its confidence null) where either run does
-    not know it, so A and B are measured on the same images per attribute; and the pairs counted per attribute."""
+def _attribute_columns(column: dict[str, int]) -> dict[str, list[int]]:
+    """Each attribute's row-column indexes (``_attribute_of``), worked out once per comparison."""
+    return {attribute: [i for name, i in column.items() if _attribute_of(name) == attribute] for attribute in _COUNT}
+
+
+def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[str, int], owned: dict[str, list[int]]):
+    """The pairs' rows with each attribute left out (its row columns ``owned``: 0, its confidence null) where either
+    run does not know it, so A and B are measured on the same images per attribute; and the pairs counted per
+    attribute."""
     ra, rb, counts = ra.copy(), rb.copy(), {}
     cal_a, cal_b = cal_a.clone(), cal_b.clone()
     for attribute, known in _COUNT.items():
         indicators = [column[known], *([column["age_binned"]] if attribute == "age" else [])]  # ages as bins too
         both = (ra[:, indicators] > 0).any(axis=1) & (rb[:, indicators] > 0).any(axis=1)
-        columns = [index for name, index in column.items() if _attribute_of(name) == attribute]
+        columns = owned[attribute]
         ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
         counts[attribute] = int(both.sum())
         if attribute != "age":
@@ -206,11 +212,11 @@ def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[st
     return ra, rb, cal_a, cal_b, counts
 
 
-def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, rng, resamples, level, bins) -> dict:
+def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, resamples, level, bins) -> dict:
     """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) where both runs know its
     attribute (``_known_in_both``), and the percentile interval of B − A over resamples of the pairs drawn
     jointly."""
-    ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column)
+    ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
     point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
     diffs = {m.name: [] for m in COMPARED}
@@ -263,6 +269,7 @@ def compare_runs(
     centre = both.get_column("true_age").cast(pl.Float64).mean() or 0.0
     exprs = [*fairness.row_columns(centre), *_extra_rows()]
     column = {expr.meta.output_name(): index for index, expr in enumerate(exprs)}
+    owned = _attribute_columns(column)
     rows_a, rows_b = (_rows(both.filter(pl.col(_SIDE) == side), exprs, attributes) for side in ("a", "b"))
     shared, pairs = _shared(a.frame, b.frame)
     index_a, index_b = _pair_index(rows_a.paths, rows_b.paths, pairs)
@@ -276,7 +283,9 @@ def compare_runs(
         if shared["paired"]:
             ia, ib = index_a[pair_mask], index_b[pair_mask]
             cal_a, cal_b = rows_a.calibration[ia], rows_b.calibration[ib]
-            paired = _paired(rows_a.matrix[ia], rows_b.matrix[ib], cal_a, cal_b, column, rng, resamples, level, bins)
+            paired = _paired(
+                rows_a.matrix[ia], rows_b.matrix[ib], cal_a, cal_b, column, owned, rng, resamples, level, bins
+            )
         entries = {m.name: _entry(point_a, point_b, counts_a, counts_b, m, paired) for m in COMPARED}
         return entries, counts_a, counts_b
 

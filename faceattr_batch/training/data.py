@@ -119,8 +119,8 @@ def refuse_trained_on(table: pl.DataFrame, models: dict) -> None:
             trained = pl.read_parquet(model.parent / "split.parquet").filter(pl.col("split") == "train")
             seen = validation.join(trained, on="path", how="semi").height
         elif (seen_file := seen_images_path(model)) is not None and "sha256" in validation.columns:
-            roles = SeenImages.load(seen_file).roles
-            seen = sum(roles.get(digest) == "train" for digest in validation["sha256"])
+            roles = SeenImages.load(seen_file).marks(validation["sha256"].to_list())["training_role"]
+            seen = roles.count("train")
         else:
             continue
         if seen:
