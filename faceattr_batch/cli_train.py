@@ -179,6 +179,10 @@ def train_gen_command(
         ),
     ] = None,
     d_warmup: Annotated[int, typer.Option(min=0, help="Train D alone for the first N iterations.")] = 0,
+    lr_g: Annotated[
+        float, typer.Option(min=0, help="G's Adam learning rate (lower to fine-tune against a new D).")
+    ] = 2e-4,
+    lr_d: Annotated[float, typer.Option(min=0, help="D's Adam learning rate.")] = 2e-4,
     teacher: Annotated[
         str | None,
         typer.Option(help="A frozen attribute network (name, e.g. fast, or .pt) whose loss on G's faces joins G's."),

@@ -63,6 +63,21 @@ def test_init_generator_starts_from_the_file_and_d_warmup_keeps_it_there(trained
     assert any(not torch.equal(moved[name], value) for name, value in parameters(start.state_dict()).items())
 
 
+def test_lr_g_reaches_the_generators_optimizer_from_the_command_line(trained, tmp_path: Path):
+    """--lr-g 0 against a new discriminator: D learns, G and its EMA stay the file's (fine-tuning needs G slower)."""
+    faces, base = trained
+    start, _ = load_generator(base)
+    flags = ["--workers", "0", "--batch-size", "8", "--d-width", "16", "--no-eval", "--iterations", "2"]
+    args = ["train-gen", str(faces), "-o", str(tmp_path / "r"), "--init-generator", str(base), *flags]
+    result = CliRunner().invoke(app, [*args, "--lr-g", "0", "--lr-d", "1e-3"])
+    assert result.exit_code == 0, result.output
+    checkpoint = read_generator_checkpoint(tmp_path / "r" / "last.pt")
+    for key in ("generator", "ema"):
+        for name, value in parameters(start.state_dict()).items():
+            assert torch.equal(checkpoint[key][name], value), (key, name)
+    assert [group["lr"] for group in checkpoint["opt_d"]["param_groups"]] == [1e-3]
+
+
 def test_init_generator_decodes_the_real_faces_at_the_files_resolution(trained, tmp_path: Path):
     """A reviewer's finding: with --init-generator of a 32 px file and --resolution 64, the discriminator saw real
     faces at 64 px and fakes at 32 px."""
