@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -28,3 +29,28 @@ def test_an_error_in_the_block_leaves_the_old_file_and_no_temporary(tmp_path):
         tmp.write_text("half")
         raise RuntimeError
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_refuse_overlap_keeps_every_output_off_what_the_run_reads(tmp_path):
+    photos, labels = tmp_path / "photos", tmp_path / "labels.csv"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"a face")
+    labels.write_text("path,age\n")
+    inputs = {"the input photos": photos, "--labels": labels, "--compare": None}
+    refused = {
+        "is --labels: the output would replace it": (labels, {}),
+        "has an image's name under the input photos": (photos / "a.jpg", {}),
+        "has an image's name under the input photos: it would": (photos / "sub" / "new.PNG", {}),  # read next time
+        "is inside the input photos: what it writes would be read as faces": (photos, {"folder": True}),
+        "is inside the input photos: what": (photos / "report", {"folder": True}),
+        "would replace --labels (labels.csv); name another folder": (tmp_path, {"folder": True, "writes": True}),
+    }
+    for message, (target, how) in refused.items():
+        if "writes" in how:
+            how = {**how, "writes": lambda name: name == "labels.csv"}
+        with pytest.raises(atomic.FaceattrError, match="^" + re.escape(f"-o {target} {message}")):
+            atomic.refuse_overlap(target, "-o", inputs, **how)
+    atomic.refuse_overlap(photos / "index.parquet", "-o", inputs)  # beside the images, not one of them
+    atomic.refuse_overlap(tmp_path / "report", "-o", inputs, folder=True, writes=lambda name: name == "labels.csv")
+    atomic.refuse_overlap(tmp_path, "-o", inputs, folder=True, writes=lambda name: name == "report.html")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.jpg", "labels.csv", "photos"]  # nothing made

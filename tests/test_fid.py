@@ -321,7 +321,7 @@ def test_save_stats_must_be_npz_and_not_fake_itself(tmp_path):
         fid.compute(real, None, _options(save_stats=tmp_path / "realstats"), model=_NoFeatures())
     fake = tmp_path / "fake.npz"
     fake.write_bytes(b"FAKE's stats")
-    with pytest.raises(FaceattrError, match=r"^--save-stats .*fake\.npz is FAKE: REAL's stats would replace it"):
+    with pytest.raises(FaceattrError, match=r"^--save-stats .*fake\.npz is FAKE: the output would replace it"):
         fid.compute(real, fake, _options(save_stats=fake), model=_NoFeatures())
     assert fake.read_bytes() == b"FAKE's stats" and sorted(p.name for p in tmp_path.iterdir()) == ["fake.npz", "real"]
 

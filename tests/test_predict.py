@@ -417,7 +417,9 @@ def test_a_report_folder_that_would_replace_or_read_the_inputs_is_refused(tmp_pa
     loaded = []
     monkeypatch.setattr(ModelRunner, "load", classmethod(lambda cls, *args: loaded.append(args)))
     photos, out = tmp_path / "photos", tmp_path / "out.parquet"
-    with pytest.raises(FaceattrError, match=r"^--report .*photos is inside the input .*photos: its plots would be"):
+    with pytest.raises(
+        FaceattrError, match=r"^--report .*photos is inside the input .*photos: what it writes would be read as faces"
+    ):
         _run([photos], out, tiny_attr_model, report_dir=photos)
     with pytest.raises(FaceattrError, match=r"^--report .*photos/report is inside the input .*photos"):
         _run([photos], out, tiny_attr_model, report_dir=photos / "report")

@@ -6,12 +6,13 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 
+from faceattr_batch.data.labels import IMAGE_EXTENSIONS
 from faceattr_batch.errors import FaceattrError
 
 
@@ -80,9 +81,30 @@ def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None
         raise FaceattrError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
 
 
-def refuse_an_input(target: Path | str, what: str, inputs: dict) -> None:
-    """Fail when the output ``target`` (option ``what``) is one of ``inputs`` (their name in the message -> path or
-    None): writing it would replace what the run reads."""
+def refuse_overlap(
+    target: Path | str, what: str, inputs: dict, *, folder: bool = False, writes: Callable[[str], bool] | None = None
+) -> None:
+    """Fail before any work when writing ``target`` (option ``what``; with ``folder``, a folder written into) would
+    replace or remove what the run reads, or be read by the next run: ``inputs`` maps each input's name in the
+    message to its path (a file or a folder) or None. Refused: a file ``target`` that is an input file, or that has
+    an image's name inside an input folder (it would replace an image, or be read as one); a folder ``target`` that
+    is an input folder or inside one (what it holds would be read as faces), or that holds an input file under a
+    name it writes (``writes``, a test of file names). Call it for every output before ``check_writable``, which
+    creates folders."""
+    target_real = Path(target).resolve()
     for name, path in inputs.items():
-        if path is not None and Path(path).is_file() and Path(target).resolve() == Path(path).resolve():
+        if path is None:
+            continue
+        real = Path(path).resolve()
+        if real.is_dir():
+            if folder and (target_real == real or real in target_real.parents):
+                raise FaceattrError(f"{what} {target} is inside {name}: what it writes would be read as faces")
+            if not folder and real in target_real.parents and target_real.suffix.lower() in IMAGE_EXTENSIONS:
+                raise FaceattrError(
+                    f"{what} {target} has an image's name under {name}: it would replace or be read as one"
+                )
+        elif folder:
+            if writes is not None and real.parent == target_real and writes(real.name):
+                raise FaceattrError(f"{what} {target} would replace {name} ({real.name}); name another folder")
+        elif target_real == real:
             raise FaceattrError(f"{what} {target} is {name}: the output would replace it; name another file")

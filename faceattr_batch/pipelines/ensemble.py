@@ -18,7 +18,7 @@ import polars as pl
 
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import check_writable, refuse_an_input, write_json
+from faceattr_batch.io.atomic import check_writable, refuse_overlap, write_json
 from faceattr_batch.models.registry import (
     load_attr_model,
     resolve_attr_source,
@@ -65,7 +65,7 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     if len(options.members) < 2:
         raise FaceattrError("an ensemble needs two or more members")
     for source in options.members:  # the ensemble must not replace a member's weights, nor sit in its RUN_DIR
-        refuse_an_input(options.out, "-o", {f"the member {source}": resolve_attr_source(source)})
+        refuse_overlap(options.out, "-o", {f"the member {source}": resolve_attr_source(source)})
         if Path(source).is_dir() and Path(options.out).resolve().parent == Path(source).resolve():
             raise FaceattrError(f"-o {options.out} is inside the member's RUN_DIR {source}; name a file elsewhere")
     check_writable(options.out, "-o")  # before the validation faces are decoded and read

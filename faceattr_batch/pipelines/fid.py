@@ -24,7 +24,7 @@ from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exp
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.metrics import features
 from faceattr_batch.metrics.fid_stats import ALL, FeatureStats, frechet_distance, kid, load_stats, save_stats
 from faceattr_batch.metrics.resize import load_for_inception
@@ -186,8 +186,7 @@ def _validate(real, fake, options: FidOptions) -> None:
         target = Path(options.save_stats)
         if target.suffix.lower() != ".npz":
             raise FaceattrError(f"--save-stats {target}: name it *.npz (a stats file is known by that suffix)")
-        if fake is not None and target.resolve() == Path(fake).resolve():
-            raise FaceattrError(f"--save-stats {target} is FAKE: REAL's stats would replace it before it is read")
+        refuse_overlap(target, "--save-stats", {"FAKE": fake})
         check_writable(target, "--save-stats")  # not after minutes of features
 
 

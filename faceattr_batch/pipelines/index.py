@@ -7,21 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faceattr_batch.data.labels import IMAGE_EXTENSIONS
-from faceattr_batch.errors import FaceattrError
 from faceattr_batch.index.build import IndexOptions, IndexResult, build_index, write_index
-from faceattr_batch.io.atomic import check_writable
+from faceattr_batch.io.atomic import check_writable, refuse_overlap
 
 
 def run(options: IndexOptions, out: Path | str) -> IndexResult:
     """Check that ``out`` can be written, build the index and write it there; the summary gains ``output``."""
-    target = Path(out).resolve()
-    if (
-        target.is_file()
-        and target.suffix.lower() in IMAGE_EXTENSIONS
-        and Path(options.root).resolve() in target.parents
-    ):
-        raise FaceattrError(f"-o {out} is one of the images under {options.root}: the index would replace it")
+    refuse_overlap(out, "-o", {f"the indexed folder {options.root}": options.root})
     check_writable(out, "-o")
     result = build_index(options)
     result.summary["output"] = str(write_index(result, out))

@@ -42,14 +42,14 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.detect import EXTRA_HINT, MtcnnDetector, detection_available, require_detection
 from faceattr_batch.faces.load import FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.io import writer
-from faceattr_batch.io.atomic import check_writable, refuse_an_input
+from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.metrics.slicing import slice_frame
 from faceattr_batch.models.device import resolve_device
 from faceattr_batch.models.registry import seen_images_path
 from faceattr_batch.models.runtime import ModelRunner, split_cores
 from faceattr_batch.models.seen_images import SeenImages
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.reporting.folder import check_report_folder, write_report
+from faceattr_batch.reporting.folder import write_report, writes_file
 from faceattr_batch.reporting.summary import read_predictions, summarize
 from faceattr_batch.schema import (
     FACE_FIELDS,
@@ -185,9 +185,10 @@ def _validate(options: PredictOptions) -> None:
     if options.labels is not None and not Path(options.labels).is_file():
         raise FaceattrError(f"--labels {options.labels}: no such file")
     named = {f"the input {source}": source for source in options.inputs}
-    refuse_an_input(options.output, "-o", {**named, "--labels": options.labels})
+    refuse_overlap(options.output, "-o", {**named, "--labels": options.labels})
     if options.report_dir is not None:
-        check_report_folder(options.report_dir, {**named, "-o": options.output, "--labels": options.labels})
+        report_inputs = {**named, "-o": options.output, "--labels": options.labels}
+        refuse_overlap(options.report_dir, "--report", report_inputs, folder=True, writes=writes_file)
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report", folder=True)

@@ -24,9 +24,9 @@ import polars as pl
 from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
 from faceattr_batch.data.label_files import LabelTable, attach_labels, match_labels, read_label_file
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import check_writable, refuse_an_input
+from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.reporting.compare import Run, compare_runs
-from faceattr_batch.reporting.folder import check_report_folder, write_report
+from faceattr_batch.reporting.folder import write_report, writes_file
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
 from faceattr_batch.reporting.suspects_list import find_suspects, list_format, write_suspects
 
@@ -70,10 +70,10 @@ def build(
         list_format(suspects)
     inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
     if report_dir is not None:
-        check_report_folder(report_dir, inputs)
+        refuse_overlap(report_dir, "--report", inputs, folder=True, writes=writes_file)
         check_writable(report_dir, "--report", folder=True)
     if suspects is not None:
-        refuse_an_input(suspects, "--suspects", inputs)
+        refuse_overlap(suspects, "--suspects", inputs)
         check_writable(suspects, "--suspects")
     table = None if labels is None else read_label_file(labels)  # once, for both runs
     runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]

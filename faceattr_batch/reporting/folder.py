@@ -138,22 +138,10 @@ def _earlier_files(report_dir: Path) -> set[str]:
     return {name for name in listed if _own_name(name) and "/" not in name} if isinstance(listed, list) else set()
 
 
-def check_report_folder(report_dir: Path | str, inputs: dict) -> None:
-    """Fail before any work when the report in ``report_dir`` would replace or remove what the run reads: a file of
-    ``inputs`` (the name in the message -> a path or None) with one of the report's names there, or an input folder
-    that is ``report_dir`` or holds it (the report's PNG plots would replace its images, and be read as faces next
-    time)."""
-    folder = Path(report_dir).resolve()
-    for name, path in inputs.items():
-        if path is None:
-            continue
-        path = Path(path).resolve()
-        if path.is_dir() and (folder == path or path in folder.parents):
-            raise FaceattrError(
-                f"--report {report_dir} is inside {name}: its plots would be read as faces; put it elsewhere"
-            )
-        if path.parent == folder and (_own_name(path.name) or path.name in ("metrics.json", "report.html")):
-            raise FaceattrError(f"--report {report_dir} would replace {name} ({path.name}); name another folder")
+def writes_file(name: str) -> bool:
+    """Whether a report writes a file of this name into its folder (``atomic.refuse_overlap`` refuses a report folder
+    that holds an input file of such a name)."""
+    return _own_name(name) or name in ("metrics.json", "report.html")
 
 
 def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
