@@ -367,3 +367,18 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     assert grid.size == (8 * 34, 10 * 34)  # the grid's ages across, every gender x race down, 2-pixel gaps
     assert np.asarray(grid).std() > 0
     assert len(list((run_dir / "eval_samples").glob("*.jpg"))) == 6
+
+
+def test_metrics_log_the_losses_at_every_checkpoint_and_the_iterations_each_row_averages(tmp_path: Path):
+    """Rows were written at evaluations only: a --no-eval run logged no losses, and the first row after a resume
+    averaged fewer iterations without saying so."""
+    make_faces(tmp_path / "faces", 16)
+    options = dict(source=tmp_path / "faces", out_dir=tmp_path / "run", **TINY_RUN)  # checkpoints every 3
+    train_gen(TrainGenOptions(iterations=3, **options))
+    train_gen(TrainGenOptions(iterations=8, **options), resume=True, iterations=8)
+    metrics = pl.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert metrics["iteration"].to_list() == [3, 6, 8]
+    assert metrics["iterations_averaged"].to_list() == [3, 3, 2]
+    for name in ("loss_d", "loss_g", "iterations_per_s"):
+        assert metrics[name].is_finite().all() and metrics[name].null_count() == 0, name
+    assert "fid" not in metrics.columns

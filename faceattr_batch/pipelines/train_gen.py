@@ -278,16 +278,19 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         if checkpoint or evaluation:
             # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA carries the training generator's statistics
             save_generator(standing.at(done), model_path, _model_meta(options, done))
-        if evaluation:
+            # a row per checkpoint, so that a run without evaluations logs its losses too; after a resume the first
+            # row averages fewer iterations, and says how many
             row = {
                 "iteration": done,
                 "loss_d": float(np.mean([d for d, _ in losses])),
                 "loss_g": float(np.mean([g for _, g in losses])),
+                "iterations_averaged": len(losses),
                 "iterations_per_s": len(losses) / (time.perf_counter() - started),
-                **evaluate(standing.at(done), gan.config, table, options, out),
             }
+            if evaluation:
+                row |= evaluate(standing.at(done), gan.config, table, options, out)
+                log.info("iteration %d: %s", done, row)
             append_metrics(out / "metrics.parquet", row, key="iteration")
-            log.info("iteration %d: %s", done, row)
             losses, started = [], time.perf_counter()
     bar.close()
     return result
