@@ -42,15 +42,20 @@ def test_a_dot_photo_gives_a_visible_chip_and_the_path_digest_is_64_bits():
 
 
 def test_images_inside_the_output_folder_are_never_inputs(tmp_path):
+    """Checked path by path: a glob of the input folder (a reviewer's finding) took the earlier chips as photos,
+    which --overwrite then removed, and a user's image in the output folder was cropped again."""
     make_faces(tmp_path / "photos", 2)
     make_faces(tmp_path / "photos" / "chips", 3)  # an earlier run's chips, -o inside the input folder
-    photos = crop.list_images([str(tmp_path / "photos")])
-    kept = crop._outside(photos, (str(tmp_path / "photos"),), tmp_path / "photos" / "chips")
-    assert len(photos) == 5 and [os.path.dirname(path) for path in kept] == [str(tmp_path / "photos")] * 2
-    elsewhere = tmp_path / "out"
-    assert crop._outside(photos, (str(tmp_path / "photos"),), elsewhere) == photos
+    chips = tmp_path / "photos" / "chips"
+    for named in (str(tmp_path / "photos"), str(tmp_path / "photos" / "*")):  # a folder; a glob
+        photos = crop.list_images([named])
+        kept = crop._outside(photos, chips)
+        assert len(photos) == 5 and [os.path.dirname(path) for path in kept] == [str(tmp_path / "photos")] * 2
+    os.symlink(chips, tmp_path / "link")
+    assert len(crop._outside(photos, tmp_path / "link")) == 2  # the output folder named through a link
+    assert crop._outside(photos, tmp_path / "out") == photos
     with pytest.raises(FaceattrError, match=r"^-o .*chips: every input image lies in the output folder"):
-        crop._outside(photos[2:], (str(tmp_path / "photos" / "chips"),), tmp_path / "photos" / "chips")
+        crop._outside(photos[2:], chips)
 
 
 def test_crop_over_its_own_output_with_overwrite_removes_nothing(tmp_path):

@@ -593,3 +593,27 @@ def test_the_chip_check_reads_one_decode_and_answers_in_full_image_pixels(shared
             assert found.framing == FRAMING_CHIP and np.array_equal(found.chips[0], load_chip(path, size))
             assert np.abs(found.detections.landmarks - full.landmarks).max() < 3.0, name
             assert np.abs(found.detections.boxes - full.boxes).max() < 6.0, name
+
+
+def test_detection_that_cannot_start_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """A reviewer's finding: with OpenCV installed but failing to import (opencv-python on a slim container without
+    libGL), crop passed the check, removed an earlier run's chips with --overwrite, and exited 0 with every photo
+    an error row that named the detect extra as missing."""
+    (tmp_path / "cv2.py").write_text("raise ImportError('libGL.so.1: cannot open shared object file')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(detect, "detection_available", lambda: True)
+    monkeypatch.setattr(detect, "mtcnn_weights", lambda: ())
+    with pytest.raises(FaceattrError, match=r"^face detection cannot start: OpenCV does not import \(.*libGL\.so\.1"):
+        detect.require_detection()
+
+
+def test_a_run_level_error_inside_a_decode_stops_the_batch_instead_of_becoming_a_row(tmp_path):
+    from faceattr_batch.data.batches import decode_batch
+
+    def load(path):
+        raise FaceattrError("face detection cannot start")
+
+    with pytest.raises(FaceattrError, match="cannot start"):
+        decode_batch(load, 0, [str(tmp_path / "a.jpg")])
+    broken = decode_batch(lambda path: 1 / 0, 0, [str(tmp_path / "a.jpg")])  # an image's own failure: a row
+    assert broken.errors == {0: "decode failed: ZeroDivisionError: division by zero"}

@@ -66,6 +66,8 @@ def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str]
             ok.append(i)
         except DecodeError as err:
             errors[i] = str(err)
+        except FaceattrError:  # the run's fault (face detection cannot start), not this image's: stop it
+            raise
         except Exception as err:  # a decoder bug must not kill a million-image run: record it as the row's error
             errors[i] = f"decode failed: {type(err).__name__}: {err}"
     if arrays and not isinstance(arrays[0], np.ndarray):

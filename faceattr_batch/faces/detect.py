@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,8 +47,8 @@ def opencv():
     processes; and an OpenCV thread pool started before they fork deadlocks the forked workers (seen in CI)."""
     try:
         import cv2  # lazy: optional (the detect extra), and neither --help nor chip runs need it
-    except ImportError:
-        raise FaceattrError(EXTRA_HINT) from None
+    except ImportError as err:
+        raise FaceattrError(f"face detection cannot start: OpenCV does not import ({err})") from None
     cv2.setNumThreads(1)
     return cv2
 
@@ -98,9 +100,17 @@ def detection_available() -> bool:
 
 
 def require_detection() -> None:
-    """Raise the one-line install hint when detection cannot run."""
+    """Raise a one-line error, before any work, when detection cannot run: the install hint without the extra;
+    OpenCV's own error when it is installed but does not import (``opencv-python`` on a slim container without
+    libGL), which every photo would otherwise meet as its row's error. The import is tried in a child process:
+    cv2 imported here before the decode workers fork can deadlock them (``opencv``)."""
     if not detection_available():
         raise FaceattrError(EXTRA_HINT)
+    mtcnn_weights()
+    probe = subprocess.run([sys.executable, "-c", "import cv2"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        raise FaceattrError(f"face detection cannot start: OpenCV does not import ({reason})")
 
 
 def find_faces(

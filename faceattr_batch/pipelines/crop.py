@@ -1,7 +1,7 @@
 """`faceattr-batch crop`: photos -> every face aligned as a 200 x 200 chip (UTKFace framing) + ``manifest.parquet``.
 
 For building datasets from raw photos: ``faces.load_faces`` (decode, detect, align) runs in worker processes; the
-chips are written as JPEGs named ``{photo stem}_{8 hex of the photo's path}_{face index}.jpg``; the manifest is
+chips are written as JPEGs named ``{photo stem}_{16 hex of the photo's path}_{face index}.jpg``; the manifest is
 written last, atomically, one row per face (source, face_index, box, det_score, landmarks, chip) plus a row with
 ``error`` for each photo without a face or that could not be read. An output folder that is not empty is refused
 unless ``overwrite``, which removes the chips an earlier crop run listed in its manifest and nothing else. Images
@@ -66,7 +66,7 @@ def run(options: CropOptions) -> dict:
         raise FaceattrError(f"--batch-size {options.batch_size}: must be >= 1")
     require_detection()
     out = Path(options.out_dir)
-    paths = _outside(list_images(options.inputs), options.inputs, out)
+    paths = _outside(list_images(options.inputs), out)
     check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
     if options.overwrite:
         remove_earlier(out, MANIFEST, "chip", MANIFEST_SCHEMA)
@@ -99,14 +99,11 @@ def run(options: CropOptions) -> dict:
     }
 
 
-def _outside(paths: list[str], inputs: tuple[str, ...], out: Path) -> list[str]:
-    """``paths`` less those inside ``out``: with ``--overwrite`` they are the files about to be removed. Checked
-    path by path only when ``out`` and an input folder overlap."""
-    out_real = out.resolve()
-    given = [Path(source).resolve() for source in inputs]
-    if not any(out_real.is_relative_to(path) or path.is_relative_to(out_real) for path in given):
-        return paths
-    kept = [path for path in paths if not Path(path).resolve().is_relative_to(out_real)]
+def _outside(paths: list[str], out: Path) -> list[str]:
+    """``paths`` less those inside ``out``: with ``--overwrite`` they are the files about to be removed. Path by
+    path, whatever named them (a folder, a glob, an index Parquet); as text, without a system call per path."""
+    inside = tuple({os.path.abspath(out) + os.sep, os.path.realpath(out) + os.sep})
+    kept = [path for path in paths if not os.path.abspath(path).startswith(inside)]
     if not kept:
         raise FaceattrError(f"-o {out}: every input image lies in the output folder; crop photos from outside it")
     return kept
