@@ -41,7 +41,10 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Image
 Workers = Annotated[int, workers_option()]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts) instead of tables.")]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are deterministic given it).")]
+# the most numpy's seeding takes (models.sampling.MAX_SEED, which the CLI does not import)
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (results are deterministic given it).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run in OUT.")]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run (same command, same output) where it stopped.")

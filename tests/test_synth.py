@@ -276,3 +276,20 @@ def test_the_shipped_generator_draws_what_the_shipped_attribute_model_reads(tmp_
     old = read.filter(pl.col("true_age") >= 60)["pred_age"].mean()
     young = read.filter(pl.col("true_age").is_between(20, 39))["pred_age"].mean()
     assert old - young >= 20, (old, young)
+
+
+def test_a_seed_out_of_range_or_a_bad_match_leaves_the_output_as_it_was(generator_file: Path, tmp_path: Path):
+    """A reviewer's finding: --seed 20000000000000 with --overwrite removed the earlier set, then failed in a
+    traceback (torch's seed overflowed); a bad --match left an empty -o folder behind."""
+    run(SynthOptions(n=3, out_dir=tmp_path / "set", model=str(generator_file), progress=False))
+    before = digests(tmp_path / "set")
+    huge = SynthOptions(n=3, out_dir=tmp_path / "set", model=str(generator_file), seed=2**44, overwrite=True)
+    with pytest.raises(FaceattrError, match=r"^--seed 17592186044416: use 0\.\.4294967295$"):
+        run(huge)
+    assert digests(tmp_path / "set") == before
+    result = CliRunner().invoke(app, ["synth", "--n", "3", "-o", str(tmp_path / "cli"), "--seed", str(2**32)])
+    assert result.exit_code == 2 and "--seed" in result.output and not (tmp_path / "cli").exists()
+    missing = SynthOptions(n=3, out_dir=tmp_path / "m", model=str(generator_file), match=tmp_path / "nope.parquet")
+    with pytest.raises(FaceattrError, match="nope.parquet"):
+        run(missing)
+    assert not (tmp_path / "m").exists()

@@ -1,6 +1,7 @@
 """Writing a generator's samples as UTKFace-named JPEGs: shared by ``synth`` and ``train-gen``'s evaluation.
 
-Image i's noise depends only on (seed, i), so batch size and n never change an image.
+Image i's noise depends only on (seed, i), so batch size and n never change which face an image is (its last float
+digits, and so a pixel level here and there, may differ with the batch's size).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 STAMP_BASE = dt.datetime(2000, 1, 1)  # synthetic "capture" times: base + seed days + index milliseconds
+MAX_SEED = 2**32 - 1  # numpy's range; seed * 1_000_003 + i then fits torch's 64-bit seeds
 
 
 def sample_noise(z_dim: int, seed: int, start: int, stop: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from faceattr_batch.io.manifest_folder import (
     write_pending,
 )
 from faceattr_batch.models.registry import load_generator
-from faceattr_batch.models.sampling import sample_names, write_samples
+from faceattr_batch.models.sampling import MAX_SEED, sample_names, write_samples
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = (
@@ -159,9 +159,11 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
 
 
 def run(options: SynthOptions) -> dict:
-    out = _check_options(options)
+    _check_options(options)
     generator, meta = load_generator(options.model)
     wanted = conditions(options)
+    out = Path(options.out_dir)  # made only now: a bad --match or -m leaves no empty folder behind
+    check_output_folder(out, options.overwrite, "its synthesized images")
     # an earlier set goes only now, when the model and the conditions are known good
     if options.overwrite:
         remove_earlier(out, MANIFEST, "file", MANIFEST_COLUMNS)
@@ -193,14 +195,13 @@ def run(options: SynthOptions) -> dict:
     return {"out_dir": str(out), "images": manifest.height, "model": meta.get("source"), "cells": counts.to_dicts()}
 
 
-def _check_options(options: SynthOptions) -> Path:
-    """The values, then the output folder (writable, empty unless --overwrite), before any work."""
+def _check_options(options: SynthOptions) -> None:
+    """The values, before any work."""
+    if not 0 <= options.seed <= MAX_SEED:
+        raise FaceattrError(f"--seed {options.seed}: use 0..{MAX_SEED}")
     if options.n < 1:
         raise FaceattrError(f"--n {options.n}: must be at least 1")
     if not 0 < options.truncation <= 2:
         raise FaceattrError(f"--truncation {options.truncation}: use a value in (0, 2]")
     if options.resolution is not None and not 16 <= options.resolution <= 1024:
         raise FaceattrError(f"--resolution {options.resolution}: use 16..1024")
-    out = Path(options.out_dir)
-    check_output_folder(out, options.overwrite, "its synthesized images")
-    return out
