@@ -85,6 +85,17 @@ def test_cli_export_and_missing_source(checkpoint: Path, tmp_path: Path):
     assert checkpoint.read_bytes() == before  # the trained weights are not replaced by their export
 
 
+def test_an_unwritable_output_is_refused_before_the_export_and_the_calibration(checkpoint, tmp_path, monkeypatch):
+    """A reviewer's finding: `-o afile/x.onnx --int8` failed with "afile: File exists" after the whole calibration."""
+    from faceattr_batch.models import export, quantize
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    monkeypatch.setattr(export, "load_attr_model", lambda *args: pytest.fail("the model was loaded"))
+    for write in (export.export_onnx, lambda source, out: quantize.quantize_onnx(source, out, ["a.jpg"], count=1)):
+        with pytest.raises(FaceattrError, match=r"^-o .*afile/x.onnx: cannot write there"):
+            write(checkpoint, tmp_path / "afile" / "x.onnx")
+
+
 # --- the per-user cache of exports: predict with onnxruntime exports a .pt model once, not at every start ---------
 
 

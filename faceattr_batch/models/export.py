@@ -17,7 +17,7 @@ import torch
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import replacing
+from faceattr_batch.io.atomic import check_writable, replacing
 from faceattr_batch.models.registry import load_attr_model
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_median", "age_low", "age_high")
@@ -36,18 +36,20 @@ def preprocessing_text(input_size: int) -> str:
     )
 
 
-def check_onnx_name(out: Path | str) -> None:
-    """An export is named ``.onnx``: ``predict -m`` tells an ONNX model by its suffix, and so no checkpoint (the
-    export's own source among them) is ever replaced by one."""
+def check_onnx_output(out: Path | str) -> None:
+    """Before any work: an export is named ``.onnx`` (``predict -m`` tells an ONNX model by its suffix, and so no
+    checkpoint, the export's own source among them, is ever replaced by one), where it can be written (an int8
+    export calibrates for minutes first)."""
     if Path(out).suffix.lower() != ".onnx":
         raise FaceattrError(f"-o {out}: name the ONNX file .onnx (predict -m tells an ONNX model by its suffix)")
+    check_writable(out, "-o")
 
 
 def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
     """Write ``out`` (named ``.onnx``) atomically and return a summary (path, input size, opset, source)."""
     import onnx  # heavy, and only export needs it
 
-    check_onnx_name(out)
+    check_onnx_output(out)
     model, meta = load_attr_model(source)
     size = model.config.input_size
 

@@ -35,7 +35,7 @@ from faceattr_batch.models.export import (
     OUTPUT_NAMES,
     QUANTIZATION,
     SEVEN_BIT_WEIGHTS,
-    check_onnx_name,
+    check_onnx_output,
     export_onnx,
 )
 
@@ -124,7 +124,7 @@ def quantize_onnx(source: str | Path | None, out: Path, images: Sequence[str], c
             return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
 
     out = Path(out)
-    check_onnx_name(out)
+    check_onnx_output(out)
     with tempfile.TemporaryDirectory(prefix="faceattr-int8-") as folder:
         fp32, prepared, network, tail, int8 = (
             Path(folder) / f"{name}.onnx" for name in ("fp32", "prepared", "network", "tail", "int8")
