@@ -478,3 +478,16 @@ def test_fid_and_mmd2_equal_pytorch_fid(reference_features, case_name):
     value, _ = fid_stats.frechet_distance(*a.mean_cov(), *b.mean_cov())
     assert value == pytest.approx(case["fid"], abs=1e-3)
     assert fid_stats.mmd2_unbiased(a.reservoir, b.reservoir) == pytest.approx(case["kid_mmd2_all"], abs=1e-6)
+
+
+def test_saving_real_stats_alone_notes_the_files_it_skipped(tmp_path):
+    """A reviewer's finding: with --save-stats and no FAKE the undecodable files were in decode_errors only, not in
+    the notes the table prints."""
+    real = _faces(tmp_path / "real", 3, seed=0)
+    (real / "junk.jpg").write_bytes(b"not an image")
+    result = fid.compute(real, None, _options(save_stats=tmp_path / "real.npz"), model=TinyFeatures())
+    assert result.n_real == 3 and list(result.decode_errors) == ["real"]
+    assert sum(result.decode_errors["real"].values()) == 1
+    assert [note for note in result.notes if "decoded" in note] == [
+        f"REAL: 1 files could not be decoded and were skipped: {next(iter(result.decode_errors['real']))} (1)"
+    ]

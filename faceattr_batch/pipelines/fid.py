@@ -133,20 +133,13 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
         saved = str(save_stats(options.save_stats, real_side.bundle, real_side.meta))
     if fake is None:
         n = real_side.bundle[ALL].n
-        errors = {"real": real_side.errors} if real_side.errors else {}
-        return FidResult(None, None, None, n, None, _small_notes("REAL", n), saved_stats=saved, decode_errors=errors)
+        notes = _small_notes("REAL", n) + _decode_notes([real_side])
+        errors = _decode_errors([real_side])
+        return FidResult(None, None, None, n, None, notes, saved_stats=saved, decode_errors=errors)
     fake_side = _side("FAKE", Path(fake), options, network, seed_offset=1)
     overall = _compare(real_side.bundle[ALL], fake_side.bundle[ALL], options)
-    for side in (real_side, fake_side):
-        if side.errors:
-            count = sum(side.errors.values())
-            top = ", ".join(f"{reason} ({n})" for reason, n in Counter(side.errors).most_common(3))
-            overall.notes.append(f"{side.name}: {count} files could not be decoded and were skipped: {top}")
-    result = FidResult(
-        **asdict(overall),
-        saved_stats=saved,
-        decode_errors={s.name.lower(): s.errors for s in (real_side, fake_side) if s.errors},
-    )
+    overall.notes.extend(_decode_notes([real_side, fake_side]))
+    result = FidResult(**asdict(overall), saved_stats=saved, decode_errors=_decode_errors([real_side, fake_side]))
     if options.by:
         labels = sorted((set(real_side.bundle) | set(fake_side.bundle)) - {ALL}, key=_slice_order(options.by))
         for label in labels:
@@ -188,6 +181,21 @@ def _validate(real, fake, options: FidOptions) -> None:
             raise FaceattrError(f"--save-stats {target}: name it *.npz (a stats file is known by that suffix)")
         refuse_overlap(target, "--save-stats", {"FAKE": fake})
         check_writable(target, "--save-stats")  # not after minutes of features
+
+
+def _decode_notes(sides: list[_Side]) -> list[str]:
+    """A note per side with files skipped as undecodable: how many, and the three commonest reasons."""
+    notes = []
+    for side in sides:
+        if side.errors:
+            count = sum(side.errors.values())
+            top = ", ".join(f"{reason} ({n})" for reason, n in Counter(side.errors).most_common(3))
+            notes.append(f"{side.name}: {count} files could not be decoded and were skipped: {top}")
+    return notes
+
+
+def _decode_errors(sides: list[_Side]) -> dict[str, dict[str, int]]:
+    return {side.name.lower(): side.errors for side in sides if side.errors}
 
 
 def _is_stats_file(path: Path) -> bool:
