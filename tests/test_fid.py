@@ -491,3 +491,23 @@ def test_saving_real_stats_alone_notes_the_files_it_skipped(tmp_path):
     assert [note for note in result.notes if "decoded" in note] == [
         f"REAL: 1 files could not be decoded and were skipped: {next(iter(result.decode_errors['real']))} (1)"
     ]
+
+
+def test_files_are_decoded_as_pytorch_fid_decodes_them(tmp_path):
+    """A reviewer's finding: fid took the EXIF turn and composited transparency on white, where pytorch-fid reads
+    Pillow's convert("RGB"): a camera photo or a transparent PNG gave another number."""
+    from PIL import Image
+
+    from faceattr_batch.metrics.resize import bilinear_resize, load_for_inception
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 0], rgba[:, :10, 3] = 200, 255  # red everywhere, two thirds of it transparent
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn a quarter to be upright
+    photo.save(tmp_path / "turned.jpg", exif=exif)
+    for name in ("clear.png", "turned.jpg"):
+        pixels = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(np.float32) / 255
+        expected = bilinear_resize(pixels) * 2 - 1
+        np.testing.assert_allclose(load_for_inception(str(tmp_path / name)), expected, atol=1e-6)

@@ -20,16 +20,22 @@ class DecodeError(Exception):
     """The file cannot become pixels; ``str(err)`` is a short reason for the row's ``error`` column."""
 
 
-def read_rgb(path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Decode ``path`` to an H x W x 3 uint8 array, EXIF orientation applied.
+def read_rgb(
+    path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, as_stored: bool = False
+):
+    """Decode ``path`` to an H x W x 3 uint8 array, EXIF orientation applied, transparency composited on white.
 
     ``draft_to``: the caller will shrink the image to about this many pixels on its short side, so a JPEG may
-    be decoded at 1/2, 1/4 or 1/8 scale as long as its short side stays >= ``draft_to``.
+    be decoded at 1/2, 1/4 or 1/8 scale as long as its short side stays >= ``draft_to``. ``as_stored``: the pixels
+    as Pillow's ``convert("RGB")`` gives them, which is how pytorch-fid reads a file: no EXIF turn, transparency
+    dropped (the colour under it kept).
     """
-    return read_rgb_scaled(path, draft_to, max_pixels)[0]
+    return read_rgb_scaled(path, draft_to, max_pixels, as_stored)[0]
 
 
-def read_rgb_scaled(path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+def read_rgb_scaled(
+    path: str | os.PathLike, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, as_stored: bool = False
+):
     """``read_rgb``'s pixels and the file's full-size pixels per returned pixel, (x, y): (1, 1) unless a JPEG was
     DCT-scaled, so coordinates found in the pixels map back to the full image."""
     try:
@@ -46,10 +52,10 @@ def read_rgb_scaled(path: str | os.PathLike, draft_to: int | None = None, max_pi
                     scale = draft_to / min(width, height)
                     im.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
                 factors = (width / im.size[0], height / im.size[1])
-                turned = ImageOps.exif_transpose(im)
+                turned = im if as_stored else ImageOps.exif_transpose(im)
                 if turned.size != im.size:  # a quarter turn swaps the axes
                     factors = factors[::-1]
-                return _to_rgb(turned), factors
+                return _to_rgb(turned, composite=not as_stored), factors
     except DecodeError:
         raise
     except FileNotFoundError:
@@ -89,11 +95,11 @@ def wide_gray(im: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def _to_rgb(im: Image.Image, composite: bool = True) -> np.ndarray:
     mode = im.mode
     if mode in WIDE_GRAY_MODES:
         return np.repeat(wide_gray(im)[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+    if composite and (mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))

@@ -46,8 +46,9 @@ def area_resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_for_inception(path: str, resize_to: int | None = None) -> np.ndarray:
-    """One file -> the network's input, 3 x 299 x 299 float32 in [-1, 1] (runs in decode workers)."""
-    pixels = read_rgb(path)
+    """One file -> the network's input, 3 x 299 x 299 float32 in [-1, 1] (runs in decode workers); decoded as
+    pytorch-fid decodes it (``as_stored``), so a camera photo or a transparent PNG gives its number."""
+    pixels = read_rgb(path, as_stored=True)
     if resize_to:
         pixels = area_resize(pixels, resize_to)
     scaled = pixels.astype(np.float32) / np.float32(255)
