@@ -126,8 +126,13 @@ def export_onnx_command(
         Path | None, typer.Option(metavar="IMAGES", help="Quantize to int8, calibrated on chips of this folder.")
     ] = None,
     int8_chips: Annotated[
-        int, typer.Option(min=1, help="--int8: chips sampled to calibrate (the ensemble needs ~60 MB each).")
-    ] = 512,
+        int | None,
+        typer.Option(
+            min=1,
+            show_default="512; 128 for an ensemble",
+            help="--int8: chips sampled to calibrate (the shipped ensemble needs ~60 MB each).",
+        ),
+    ] = None,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Export the attribute model to ONNX (dynamic batch, uint8 chips in, calibrated outputs)."""

@@ -368,3 +368,18 @@ def test_an_onnx_file_whose_input_is_not_exports_is_refused_at_load(checkpoint: 
     onnx.save(proto, str(tmp_path / "other_size.onnx"))
     with pytest.raises(FaceattrError, match="other_size.onnx: its metadata says 64 px, its graph takes 40"):
         OnnxAttrModel(tmp_path / "other_size.onnx")
+
+
+def test_int8_calibrates_an_ensemble_on_fewer_chips_by_default(checkpoint: Path, tmp_path: Path):
+    """A reviewer's finding: the default 512 chips need about 28 GB for the shipped ensemble (60 MB a chip) and
+    the process was killed without a message; the shipped ensemble's own int8 file used 128."""
+    from faceattr_batch.models.quantize import default_chips
+
+    export_onnx(checkpoint, tmp_path / "one.onnx")
+    assert default_chips(onnx.load(str(tmp_path / "one.onnx"))) == 512
+    ensemble = onnx.ModelProto()
+    entry = ensemble.metadata_props.add()
+    entry.key, entry.value = "config", json.dumps({"input_size": 128, "backbone": "ensemble", "members": []})
+    assert default_chips(ensemble) == 128
+    help_text = CliRunner().invoke(app, ["export-onnx", "--help"], terminal_width=200).output
+    assert "512; 128 for an ensemble" in " ".join(help_text.split())
