@@ -617,3 +617,20 @@ def test_a_run_level_error_inside_a_decode_stops_the_batch_instead_of_becoming_a
         decode_batch(load, 0, [str(tmp_path / "a.jpg")])
     broken = decode_batch(lambda path: 1 / 0, 0, [str(tmp_path / "a.jpg")])  # an image's own failure: a row
     assert broken.errors == {0: "decode failed: ZeroDivisionError: division by zero"}
+
+
+def test_a_min_score_under_the_o_nets_threshold_reaches_it(monkeypatch):
+    """A reviewer's finding: the O-net kept no face under its own 0.7 whatever --min-score said (0..1 accepted)."""
+    pytest.importorskip("cv2", reason="detection needs the [detect] extra")
+    detector = detect.MtcnnDetector()
+    output, thresholds = detector._output, []
+
+    def recording(image, boxes, threshold):
+        thresholds.append(threshold)
+        return output(image, boxes, threshold)
+
+    monkeypatch.setattr(detector, "_output", recording)
+    grey = np.full((120, 160, 3), 128, np.uint8)
+    for min_score in (0.5, 0.9):
+        detect.find_faces(grey, detector, 20, min_score, 5)
+    assert thresholds == [0.5, 0.7]  # lowered when asked; never raised (find_faces filters the rest)

@@ -80,8 +80,9 @@ class Detections:
 class FaceDetector(Protocol):
     name: str  # recorded in the output's resume manifest: another detector gives other values
 
-    def detect(self, rgb: np.ndarray, min_face: int) -> Detections:
-        """Faces of at least ``min_face`` pixels (box side) in an H x W x 3 uint8 RGB image."""
+    def detect(self, rgb: np.ndarray, min_face: int, min_score: float) -> Detections:
+        """Faces of at least ``min_face`` pixels (box side) in an H x W x 3 uint8 RGB image, scoring at least
+        ``min_score`` (or the detector's own floor, where that is higher)."""
         ...
 
     def rescore(self, rgb: np.ndarray, boxes: np.ndarray, min_score: float) -> Detections:
@@ -125,7 +126,7 @@ def find_faces(
     right, then top to bottom). ``min_face`` is in original pixels; MTCNN's floor (12 px on the detection copy)
     makes it larger on photos bigger than ``long_side`` (30 px on a 4000 px photo)."""
     view = _DetectionView(rgb, long_side)
-    found = view.to_original(detector.detect(view.pixels, max(1, round(min_face * view.scale))))
+    found = view.to_original(detector.detect(view.pixels, max(1, round(min_face * view.scale)), min_score))
     keep = (found.scores >= min_score) & (np.minimum(found.boxes[:, 2], found.boxes[:, 3]) >= min_face)
     found = found.take(keep)
     found = found.take(np.argsort(-found.scores, kind="stable")[:max_faces])
@@ -214,7 +215,7 @@ class MtcnnDetector:
         self.thresholds = thresholds
         self.scale_factor = scale_factor
 
-    def detect(self, rgb: np.ndarray, min_face: int) -> Detections:
+    def detect(self, rgb: np.ndarray, min_face: int, min_score: float = 1.0) -> Detections:
         image = np.ascontiguousarray(rgb, dtype=np.float32)
         height, width = image.shape[:2]
         first = 12.0 / max(min_face, 12)  # 12 px is the P-net's window: never upscale the image
@@ -224,7 +225,8 @@ class MtcnnDetector:
         boxes = self._proposals(image, scales)
         if len(boxes):
             boxes = self._refine(image, boxes)
-        return self._output(image, boxes, self.thresholds[2])
+        # the O-net's own threshold, lowered to min_score when asked: --min-score 0.5 had kept no face under 0.7
+        return self._output(image, boxes, min(self.thresholds[2], min_score))
 
     def rescore(self, rgb: np.ndarray, boxes: np.ndarray, min_score: float) -> Detections:
         """R-net and O-net on the given boxes (N x 4: x, y, width, height): boxes the R-net scores under
