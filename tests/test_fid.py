@@ -511,3 +511,21 @@ def test_files_are_decoded_as_pytorch_fid_decodes_them(tmp_path):
         pixels = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(np.float32) / 255
         expected = bilinear_resize(pixels) * 2 - 1
         np.testing.assert_allclose(load_for_inception(str(tmp_path / name)), expected, atol=1e-6)
+
+
+def test_stats_are_matched_to_the_weights_by_their_bytes_not_their_file_name(tmp_path):
+    """A reviewer's finding: a byte-identical copy of the weights under another name was refused as another network
+    (docs/fid.md allows a copy of the helper's file)."""
+    real, fake = _faces(tmp_path / "real", 6, seed=0), _faces(tmp_path / "fake", 6, seed=1)
+    weights = tmp_path / "inception.pt"
+    weights.write_bytes(b"the network's bytes")
+    stats = tmp_path / "real.npz"
+    fid.compute(real, None, _options(save_stats=stats, weights=weights), model=TinyFeatures())
+    copy = tmp_path / "copy_of_it.pt"
+    copy.write_bytes(weights.read_bytes())
+    assert fid.compute(stats, fake, _options(weights=copy), model=TinyFeatures()).fid > 0
+    other = tmp_path / "elsewhere" / "inception.pt"  # the same name, other bytes: another network
+    other.parent.mkdir()
+    other.write_bytes(b"other bytes")
+    with pytest.raises(FaceattrError, match=r"saved with --weights .*inception.pt, but this run uses .*elsewhere"):
+        fid.compute(stats, fake, _options(weights=other), model=TinyFeatures())

