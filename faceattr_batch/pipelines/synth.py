@@ -9,6 +9,7 @@ Image i's noise depends only on (seed, i), so the same command writes the same f
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,17 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
 
 def run(options: SynthOptions) -> dict:
     _check_options(options)
-    generator, meta = load_generator(options.model)
-    wanted = conditions(options)
-    out = Path(options.out_dir)  # made only now: a bad --match or -m leaves no empty folder behind
-    check_output_folder(out, options.overwrite, "its synthesized images")
+    out = Path(options.out_dir)
+    made = not out.exists()
+    check_output_folder(out, options.overwrite, "its synthesized images")  # before the model: fail fast
+    try:
+        generator, meta = load_generator(options.model)
+        wanted = conditions(options)
+    except FaceattrError:
+        if made:  # a bad -m or --match leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     # an earlier set goes only now, when the model and the conditions are known good
     if options.overwrite:
         remove_earlier(out, MANIFEST, "file", MANIFEST_COLUMNS)
