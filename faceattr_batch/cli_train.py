@@ -173,9 +173,7 @@ def train_gen_command(
     r1_gamma: Annotated[float, typer.Option(min=0, help="R1 penalty weight on real faces (lazy); 0 = off.")] = 0.01,
     mode_seeking: Annotated[float, typer.Option(min=0, help="Mode-seeking weight (MSGAN, diversity); 0 = off.")] = 0.1,
     age_weight: Annotated[float, typer.Option(min=0, help="Age's weight in G's auxiliary loss (gender's: 1).")] = 1.0,
-    d_age_weight: Annotated[
-        float, typer.Option(min=0, help="Age's weight in D's auxiliary loss on real faces (gender's: 1).")
-    ] = 1.0,
+    d_age_weight: Annotated[float, typer.Option(min=0, help="Age's weight in D's aux. loss on real faces.")] = 1.0,
     init_generator: Annotated[
         str | None,
         typer.Option(
@@ -184,9 +182,7 @@ def train_gen_command(
         ),
     ] = None,
     d_warmup: Annotated[int, typer.Option(min=0, help="Train D alone for the first N iterations.")] = 0,
-    lr_g: Annotated[
-        float, typer.Option(min=0, help="G's Adam learning rate (lower to fine-tune against a new D).")
-    ] = 2e-4,
+    lr_g: Annotated[float, typer.Option(min=0, help="G's Adam learning rate (lower it to fine-tune).")] = 2e-4,
     lr_d: Annotated[float, typer.Option(min=0, help="D's Adam learning rate.")] = 2e-4,
     teacher: Annotated[
         str | None,
