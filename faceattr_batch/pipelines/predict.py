@@ -202,7 +202,7 @@ def _face_options(options: PredictOptions) -> FaceOptions:
     """The face options to run with: ``auto`` without the detect extra runs as ``chips`` (said in a warning)."""
     faces = FaceOptions(options.faces, options.min_face, options.min_score, options.max_faces)
     faces.validate()
-    if faces.mode == "detect" or (faces.mode == "auto" and detection_available()):
+    if faces.mode == "detect":  # not auto, the CLI's default: the probe costs a second; a failing cv2 stops the run
         require_detection()
     if faces.mode == "auto" and not detection_available():
         log.warning("--faces auto: every image is taken as a chip (%s)", EXTRA_HINT)
