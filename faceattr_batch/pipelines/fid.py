@@ -8,7 +8,6 @@ decode and the metric's resize in worker processes, then the 2015-12-05 Inceptio
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from faceattr_batch.data.batches import file_sha256
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exprs, parse_names
 from faceattr_batch.engines import check_options
@@ -128,7 +128,8 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
             loaded[0] = _load_inception(options)
         return loaded[0]
 
-    real_side = _side("REAL", Path(real), options, network, seed_offset=0)
+    digest = _weights_digest(options)  # once: both sides compare or record it
+    real_side = _side("REAL", Path(real), options, network, digest, seed_offset=0)
     saved = None
     if options.save_stats is not None:
         saved = str(save_stats(options.save_stats, real_side.bundle, real_side.meta))
@@ -137,7 +138,7 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
         notes = _small_notes("REAL", n) + _decode_notes([real_side])
         errors = _decode_errors([real_side])
         return FidResult(None, None, None, n, None, notes, saved_stats=saved, decode_errors=errors)
-    fake_side = _side("FAKE", Path(fake), options, network, seed_offset=1)
+    fake_side = _side("FAKE", Path(fake), options, network, digest, seed_offset=1)
     overall = _compare(real_side.bundle[ALL], fake_side.bundle[ALL], options)
     overall.notes.extend(_decode_notes([real_side, fake_side]))
     result = FidResult(**asdict(overall), saved_stats=saved, decode_errors=_decode_errors([real_side, fake_side]))
@@ -203,7 +204,8 @@ def _is_stats_file(path: Path) -> bool:
     return path.suffix.lower() == ".npz" and path.is_file()
 
 
-def _side(name: str, source: Path, options: FidOptions, network, seed_offset: int) -> _Side:
+def _side(name: str, source: Path, options: FidOptions, network, digest: str | None, seed_offset: int) -> _Side:
+    """One side's stats: a stats file's, checked against this run's options and weights ``digest``, or a folder's."""
     if _is_stats_file(source):
         bundle, meta = load_stats(source, options.seed + seed_offset)
         stored = int(meta.get("size", "0") or 0) or None  # the file's key predates the flag's rename
@@ -213,7 +215,7 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
                 f"but this run uses --resize-to {options.resize_to or 'none'}"
             )
         stored_weights, weights = meta.get("weights"), _weights_name(options)
-        stored_digest, digest = meta.get("weights_sha256"), _weights_digest(options)
+        stored_digest = meta.get("weights_sha256")
         if stored_digest and digest:  # the same network whatever the file is called
             other = stored_digest != digest
         else:  # a file saved before digests were kept, or weights not installed here: by file name
@@ -236,7 +238,7 @@ def _side(name: str, source: Path, options: FidOptions, network, seed_offset: in
         "size": str(options.resize_to or 0),
         "by": options.by or "",
         "weights": _weights_name(options),
-        "weights_sha256": _weights_digest(options) or "",
+        "weights_sha256": digest or "",
     }
     return _Side(name, bundle, errors, meta)
 
@@ -250,10 +252,7 @@ def _weights_digest(options: FidOptions) -> str | None:
     from faceattr_batch.models import inception  # torch-backed
 
     path = Path(options.weights) if options.weights else inception.helper_weights_path()
-    if path is None or not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return None if path is None else file_sha256(str(path))
 
 
 def _check_count(name: str, source: Path, n: int, decoded: bool = False) -> None:
