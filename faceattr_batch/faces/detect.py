@@ -215,7 +215,7 @@ class MtcnnDetector:
         self.thresholds = thresholds
         self.scale_factor = scale_factor
 
-    def detect(self, rgb: np.ndarray, min_face: int, min_score: float = 1.0) -> Detections:
+    def detect(self, rgb: np.ndarray, min_face: int, min_score: float) -> Detections:
         image = np.ascontiguousarray(rgb, dtype=np.float32)
         height, width = image.shape[:2]
         first = 12.0 / max(min_face, 12)  # 12 px is the P-net's window: never upscale the image
