@@ -337,6 +337,10 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
         f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {foreign['rows']} rows): "
         f"{columns}{not_reported}"
     )
+    if "gender" in foreign["columns"]:
+        out.print(f"  a numeric gender of 1 read as {foreign['gender_one_is']}")
+    if foreign.get("percent"):
+        out.print(f"  read in percent (divided by 100): {', '.join(foreign['percent'])}")
     if foreign.get("race_mapping"):
         mapped = ", ".join(f"{k} -> {v}" for k, v in foreign["race_mapping"].items() if k != v.lower())
         out.print(f"  races mapped to ours: {mapped}")

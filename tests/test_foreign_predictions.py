@@ -105,6 +105,24 @@ def test_percent_is_told_from_woman_and_man_together(tmp_path):
     assert frame["pred_gender_label"].cast(pl.String).to_list() == ["male"] * 8
 
 
+def test_a_float32_probability_just_over_one_is_one_not_percent(tmp_path):
+    """A reviewer's finding: one P(female) of 1.0000001 (float32 rounding) switched the whole column to percent,
+    so every face came out male."""
+    text = "path,p_female\n" + "".join(f"faces/{i}.jpg,{0.9 if i % 2 else 0.1}\n" for i in range(6))
+    read = read_foreign_predictions(_write(tmp_path, "probs.csv", text + "faces/6.jpg,1.0000001\n"))
+    assert read.frame["p_female"].to_list() == pytest.approx([0.1, 0.9, 0.1, 0.9, 0.1, 0.9, 1.0])
+    assert read.frame["pred_gender"].to_list() == [0, 1, 0, 1, 0, 1, 1]
+    assert read.problems.height == 0 and read.summary["percent"] == []
+    over = read_foreign_predictions(_write(tmp_path, "over.csv", text + "faces/6.jpg,1.2\n"))
+    assert over.problems.select("line", "value", "reason").rows() == [(8, "1.2", "not a probability (0..1)")]
+
+
+def test_the_summary_names_the_columns_read_in_percent(deepface_file):
+    summary = read_foreign_predictions(deepface_file).summary
+    races = [f"race.{name}" for name in ("white", "black", "asian", "indian", "middle eastern", "latino hispanic")]
+    assert summary["percent"] == ["gender.Woman", "gender.Man", *races]
+
+
 def test_the_summary_names_the_columns_read_and_the_race_mapping(deepface_file):
     summary = read_foreign_predictions(deepface_file).summary
     path_column = "img_path" if deepface_file.suffix == ".csv" else "identity"
@@ -143,9 +161,18 @@ def test_a_numeric_gender_is_read_in_our_convention_unless_told(tmp_path):
     assert read_foreign_predictions(path).frame["pred_gender"].to_list() == [1, 0, 0]
 
 
+def test_gender_one_is_male_flips_a_gender_written_as_a_float(tmp_path):
+    """A reviewer's finding: 1.0 / 0.0 (a CSV column with a gap, as pandas writes it) were read in our convention
+    whatever --gender-one-is said, so insightface's men came out women."""
+    text = "file,sex\nim/1.jpg,1.0\nim/2.jpg,0.0\nim/3.jpg,\nim/4.jpg,F\n"
+    read = read_foreign_predictions(_write(tmp_path, "floats.csv", text), gender_one_is="male")
+    assert read.frame["pred_gender"].to_list() == [0, 1, None, 1]  # F is a word: female whatever the convention
+    assert read.problems.height == 0
+
+
 def test_gender_one_is_takes_only_female_or_male(tmp_path):
     path = _write(tmp_path, "buffalo.csv", INSIGHTFACE_CSV)
-    with pytest.raises(FaceattrError, match=r"^gender_one_is: 'man' is not one of female, male$"):
+    with pytest.raises(FaceattrError, match=r"^--gender-one-is 'man': use female or male$"):
         read_foreign_predictions(path, gender_one_is="man")
 
 

@@ -70,6 +70,22 @@ def test_report_prints_the_foreign_summary(deepface, labels, tmp_path):
     assert "1 values not read" in result.output and "line 4" in result.output
 
 
+def test_report_says_which_columns_it_read_in_percent_and_what_a_numeric_1_is(labels, tmp_path):
+    """A reviewer's finding: the terminal never said what a numeric gender of 1 was read as, and neither it nor the
+    page said that probability columns were divided by 100."""
+    table = tmp_path / "percent.csv"
+    woman = [97.0, 2.0, 88.0, 10.0, 51.0, 0.5]  # every face right
+    pl.DataFrame({"img_path": PATHS, "sex": [1, 0, 1, 0, 1, 0], "gender.Woman": woman}).write_csv(table)
+    result = CliRunner().invoke(app, ["report", str(table), "--report", str(tmp_path / "rep"), "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    assert "a numeric gender of 1 read as female" in result.output
+    assert "read in percent (divided by 100): gender.Woman" in result.output
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["foreign"]["percent"] == ["gender.Woman"] and saved["overall"]["gender_accuracy"] == 1.0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "read in percent (divided by 100): gender.Woman" in page and "a numeric gender of 1 read as female" in page
+
+
 def test_columns_and_gender_one_is_through_the_cli(labels, tmp_path):
     table = tmp_path / "mine.csv"
     pl.DataFrame({
@@ -91,7 +107,7 @@ def test_columns_and_gender_one_is_through_the_cli(labels, tmp_path):
     for bad, message in (
         (["--columns", "path"], "'path' is not ours=theirs"),
         (["--columns", "path=image_file,colour=x"], "unknown key 'colour'"),
-        (["--gender-one-is", "woman"], "is not one of female, male"),
+        (["--gender-one-is", "woman"], "--gender-one-is 'woman': use female or male"),
     ):
         result = CliRunner().invoke(app, [*args, *bad])
         assert result.exit_code == 2, result.output

@@ -12,9 +12,10 @@ Values, read as follows (anything else is a problem, that value null):
   0 and 1 in our convention, 0 male / 1 female, unless ``gender_one_is="male"`` says the tool writes 1 for male
   (insightface's ``gender``). Nothing guesses which: a numeric gender is read as ours until told otherwise.
 - p_female: P(female), 0..1, or in percent (deepface's ``gender.Woman``): the gender probability columns (with
-  ``gender.Man`` where there is one) whose largest value is above 1 are divided by 100 (a value above 100 is then a
-  problem). Without one, ``1 - p_male`` (``gender.Man``); without
-  a gender column, ``pred_gender`` is ``p_female >= 0.5``, as ``predict`` decides.
+  ``gender.Man`` where there is one) whose largest value is above ``PERCENT_ABOVE`` are divided by 100 (a value above
+  100 is then a problem; the summary's ``percent`` names those columns); a value over 1 by float rounding is 1.
+  Without one, ``1 - p_male`` (``gender.Man``); without a gender column, ``pred_gender`` is ``p_female >= 0.5``, as
+  ``predict`` decides.
 - race: our five names (``data.labels.RACES``) or codes 0..4, or the classes of ``OTHER_RACES`` (deepface's six,
   FairFace's seven; ``_``/``-`` read as spaces), mapped to ours. Per-class probabilities, ``race.<class>`` or
   ``p_<class>`` (deepface's ``race.asian`` ... ``race.latino hispanic``, in percent when any is above 1), become
@@ -62,6 +63,11 @@ WHOLE_ROW = "(row)"  # the summary's key for problems of a whole row (wrong fiel
 LINE = "__line__"  # each row's line (CSV) or row number (Parquet), beside the file's own columns
 NO_PREDICTION = "no prediction: every predicted value empty or unreadable"
 RACE_PROB_PREFIXES = ("race.", "race_", "p_")
+# a probability group whose largest value is above this is in percent: a float32 1.0000001 is not (every value of
+# the group divided by 100 would flip its predictions), and no percent group tops out this low (P(female) and
+# P(male) together, or the race classes together, reach 50 somewhere)
+PERCENT_ABOVE = 1.5
+ROUNDING = 1e-6  # a probability this far over its scale is the scale (float rounding), not a problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class ForeignPredictions:
     attributes: tuple[str, ...]  # of ATTRIBUTES, those the table predicts
     rows: int  # data rows in the file, unread ones included
     gender_one_is: str
+    percent: tuple[str, ...] = ()  # the file's probability columns read in percent (divided by 100)
 
     @property
     def summary(self) -> dict:
@@ -95,6 +102,7 @@ class ForeignPredictions:
             "columns": dict(self.columns),
             "attributes": list(self.attributes),
             "gender_one_is": self.gender_one_is,
+            "percent": list(self.percent),
             "race_mapping": dict(OTHER_RACES) if "race" in self.columns else None,
             "problem_count": self.problems.height,
             "problems_by_column": {c: {"count": n, "lines": lines} for c, n, lines in per_column.iter_rows()},
@@ -147,7 +155,7 @@ def read_foreign_predictions(
     what a gender of 1 means, "female" (ours) or "male" (insightface)."""
     path = Path(path)
     if gender_one_is not in GENDER_ONE_IS:
-        raise FaceattrError(f"gender_one_is: {gender_one_is!r} is not one of {', '.join(GENDER_ONE_IS)}")
+        raise FaceattrError(f"--gender-one-is {gender_one_is!r}: use {' or '.join(GENDER_ONE_IS)}")
     if not path.is_file():
         raise FaceattrError(f"{path}: no such predictions file")
     fmt, raw, problems = _read_table(path)
@@ -161,12 +169,13 @@ def read_foreign_predictions(
         )
     )
     raw, paths = raw.filter(paths.is_not_null()), paths.drop_nulls()
-    values, read_problems = _predicted_values(raw, found, gender_one_is)
+    values, read_problems, percent = _predicted_values(raw, found, gender_one_is)
     problems += read_problems
     frame = _to_schema(pl.DataFrame({"path": paths, **values}), model_name or path.stem)
     problems_frame = pl.concat([pl.DataFrame(schema=PROBLEM_SCHEMA), *problems]).sort("line", "column")
     attributes = tuple(a for a in ATTRIBUTES if f"pred_{a}" in values)
-    return ForeignPredictions(path, fmt, frame, problems_frame, _sources(found), attributes, rows, gender_one_is)
+    sources = _sources(found)
+    return ForeignPredictions(path, fmt, frame, problems_frame, sources, attributes, rows, gender_one_is, percent)
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -242,16 +251,18 @@ def _sources(found: dict[str, str | list[str]]) -> dict[str, str]:
 
 def _predicted_values(
     raw: pl.DataFrame, found: dict, gender_one_is: str
-) -> tuple[dict[str, pl.Series], list[pl.DataFrame]]:
-    """The prediction columns of ours the table has, and the problems met reading them."""
+) -> tuple[dict[str, pl.Series], list[pl.DataFrame], tuple[str, ...]]:
+    """The prediction columns of ours the table has, the problems met reading them and the probability columns
+    read in percent."""
     lines, problems, values = raw[LINE], [], {}
-    probability = {}
+    probability, percent = {}, ()
     gender_probs = [found[k] for k in ("p_female", "p_male") if k in found]
     race_probs = [name for ours in RACE_PROB_COLUMNS for name in found.get(ours, [])]
     for group in (gender_probs, race_probs):
-        read, group_problems = _probabilities(raw, group)
+        read, group_problems, in_percent = _probabilities(raw, group)
         probability |= read
         problems += group_problems
+        percent += tuple(group) if in_percent else ()
     if gender_probs:
         p = probability[gender_probs[0]]
         values["p_female"] = p if "p_female" in found else 1 - p
@@ -280,27 +291,27 @@ def _predicted_values(
         )  # fmt: skip
         values["pred_age"], bad = _checked(ages, text, lines, found["age"], reason)
         problems.append(bad)
-    return {name: series.alias(name) for name, series in values.items()}, problems
+    return {name: series.alias(name) for name, series in values.items()}, problems, percent
 
 
-def _probabilities(raw: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Series], list[pl.DataFrame]]:
-    """Probability columns read together: in percent (all divided by 100) when the largest value is above 1; a
-    value outside 0..1 after that is a problem."""
+def _probabilities(raw: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Series], list[pl.DataFrame], bool]:
+    """Probability columns read together: in percent (all divided by 100) when the largest value is above
+    ``PERCENT_ABOVE``; a value outside 0..1 after that (beyond float rounding) is a problem. The bool: in percent."""
     read = {name: _numbers(raw[name]) for name in names}
     largest = max((numbers.max() or 0.0 for numbers, _ in read.values()), default=0.0)
-    scale = 100.0 if largest > 1.0 else 1.0
+    scale = 100.0 if largest > PERCENT_ABOVE else 1.0
     reason = (
         pl.when(pl.col("text").is_null()).then(None)
         .when(pl.col("number").is_null()).then(pl.lit("not a number"))
-        .when((pl.col("number") < 0) | (pl.col("number") > scale))
+        .when((pl.col("number") < 0) | (pl.col("number") > scale * (1 + ROUNDING)))
         .then(pl.lit(f"not a probability (0..{scale:g})"))
     )  # fmt: skip
     values, problems = {}, []
     for name, (numbers, text) in read.items():
         checked, bad = _checked(numbers, text, raw[LINE], name, reason)
-        values[name] = checked / scale
+        values[name] = checked.clip(upper_bound=scale) / scale
         problems.append(bad)
-    return values, problems
+    return values, problems, scale == 100.0
 
 
 def _numbers(series: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -324,12 +335,12 @@ def _checked(
 def _gender_reader(one_is: str) -> Callable[[str], int]:
     def read(value: str) -> int:
         text = value.strip().lower()
-        if text in ("0", "1") and one_is == "male":
-            return 1 - int(text)
         try:
-            return gender_code(GENDER_WORDS.get(text, text))
+            code = gender_code(GENDER_WORDS.get(text, text))
         except ValueError:
             raise ValueError(f"{value!r} is not one of {', '.join(GENDERS)}, m, f, man, woman, 0, 1") from None
+        # a number (1, 1.0: a CSV column with a gap, as pandas writes it) is the tool's convention; a word is not
+        return 1 - code if one_is == "male" and text[:1].isdigit() else code
 
     return read
 

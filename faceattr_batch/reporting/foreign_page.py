@@ -24,6 +24,8 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
     ]
     if "gender" in foreign["columns"]:
         lines.append(f"a numeric gender of 1 read as {esc(foreign['gender_one_is'])}")
+    if foreign.get("percent"):
+        lines.append(f"read in percent (divided by 100): {esc(', '.join(foreign['percent']))}")
     if foreign.get("race_mapping"):
         mapped = ", ".join(f"{esc(k)} → {esc(v)}" for k, v in foreign["race_mapping"].items() if k != v.lower())
         lines.append(f"races mapped to ours: {mapped}")
