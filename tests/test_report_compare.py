@@ -238,6 +238,24 @@ def test_compare_through_the_cli(ours_and_deepface, tmp_path):
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]["shared"]["pairs"] == 8
 
 
+def test_another_tools_relative_paths_pair_with_our_absolute_ones(tmp_path, monkeypatch):
+    """A reviewer's finding: deepface's rows name `faces/p0.jpg` as its snippet writes them, predict's the absolute
+    path, so the documented comparison found no image in both runs."""
+    monkeypatch.chdir(tmp_path)
+    relative = [f"faces/p{i}.jpg" for i in range(8)]
+    ours = _write_own(tmp_path, "ours", [str(tmp_path.resolve() / name) for name in relative])
+    pl.DataFrame({"img_path": relative, "age": [t + e for t, e in zip(TRUE_AGE, B_AGE_ERROR, strict=True)]}).write_csv(
+        tmp_path / "deepface.csv"
+    )
+    pl.DataFrame({"path": relative, "age": TRUE_AGE}).write_csv(tmp_path / "labels.csv")
+    result = report.compare(ours, tmp_path / "deepface.csv", tmp_path / "rep", tmp_path / "labels.csv")
+    assert result.compare["shared"] == {
+        "matched_by": "path", "images": 8, "only_a": 0, "only_b": 0, "pairs": 8, "several_faces": 0,
+        "paired": True, "reason": None, "labelled_pairs": 8,
+    }  # fmt: skip
+    assert result.compare["overall"]["age_mae"]["diff"] == pytest.approx(3.625)
+
+
 def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():
     """A reviewer's finding: B, a copy of A without ages on A's two worst, read as 'B better' with a paired interval
     excluding 0: each side's MAE was over its own known rows, not over the same images."""

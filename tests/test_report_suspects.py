@@ -187,6 +187,24 @@ def test_suspects_option_refuses_other_formats_and_nothing_to_write(tmp_path):
     assert pl.read_parquet(tmp_path / "s.parquet").equals(pl.read_parquet(tmp_path / "rep" / "suspects.parquet"))
 
 
+def test_suspects_is_refused_where_the_report_writes_and_waits_for_slice_by(tmp_path):
+    """Reviewer's findings: `--suspects rep/breakdown.parquet` printed its path while the report wrote its breakdown
+    over it; a misspelt --slice-by failed after the list was written (or replaced)."""
+    _predictions(tmp_path)
+    with pytest.raises(FaceattrError, match=r"^--suspects .*breakdown.parquet: the report writes that file into "):
+        report.build(tmp_path / "p.parquet", tmp_path / "rep", suspects=tmp_path / "rep" / "breakdown.parquet")
+    assert not (tmp_path / "rep").exists()
+    (tmp_path / "s.csv").write_text("an earlier list\n")
+    with pytest.raises(FaceattrError, match=r"^--slice-by nosuch: no such column; the labels' columns are: none"):
+        report.build(tmp_path / "p.parquet", tmp_path / "rep", suspects=tmp_path / "s.csv", slice_by=["nosuch"])
+    assert (tmp_path / "s.csv").read_text() == "an earlier list\n"
+    report.build(tmp_path / "p.parquet", tmp_path / "rep", suspects=tmp_path / "rep" / "mine.csv")  # not a report's
+    assert (
+        pl.read_csv(tmp_path / "rep" / "mine.csv").height
+        == pl.read_parquet(tmp_path / "rep" / "suspects.parquet").height
+    )
+
+
 def test_conflicting_duplicate_groups_of_an_index_are_listed_with_their_group(tmp_path):
     from conftest import make_faces
 

@@ -62,7 +62,7 @@ def slice_frame(frame: pl.DataFrame, specs: Sequence[str], known: Sequence[str] 
     extra = parse_slice_by(specs)
     for spec in extra:
         if spec.name not in frame.columns:
-            choices = ", ".join(c for c in known if c not in AGE_BIN_FIELDS) or "none (they come from a --labels file)"
+            choices = ", ".join(c for c in known if c not in AGE_BIN_FIELDS) or "none (beyond path and the labels)"
             raise FaceattrError(f"--slice-by {spec.name}: no such column; the labels' columns are: {choices}")
         column = frame.get_column(spec.name)
         if column.dtype == pl.String:  # an empty cell is no value (a CSV's empty field can read as "")

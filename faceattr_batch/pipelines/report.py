@@ -71,24 +71,27 @@ def build(
     inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
     if report_dir is not None:
         refuse_overlap(report_dir, "--report", inputs, folder=True, writes=writes_file)
-        check_writable(report_dir, "--report", folder=True)
     if suspects is not None:
         refuse_overlap(suspects, "--suspects", inputs)
-        check_writable(suspects, "--suspects")
+        if report_dir is not None and Path(suspects).resolve().parent == Path(report_dir).resolve():
+            if writes_file(Path(suspects).name):
+                raise FaceattrError(f"--suspects {suspects}: the report writes that file into {report_dir}")
+    for target, option, folder in ((report_dir, "--report", True), (suspects, "--suspects", False)):
+        if target is not None:
+            check_writable(target, option, folder=folder)
     table = None if labels is None else read_label_file(labels)  # once, for both runs
-    runs = [read_run(path, table, columns, gender_one_is) for path in (predictions, compare) if path is not None]
+    paired = compare is not None  # a comparison pairs the runs' images by path: another tool's made absolute
+    files = [path for path in (predictions, compare) if path is not None]
+    runs = [read_run(path, table, columns, gender_one_is, paired) for path in files]
     if (columns is not None or gender_one_is != "female") and all(run.foreign is None for run in runs):
         raise FaceattrError(
             f"--columns and --gender-one-is read another tool's table; {predictions} is a `predict` Parquet"
             + (f", and so is {compare}" if compare is not None else "")
         )
     run = runs[0]
-    listed, found = {}, None
-    if suspects is not None:
-        found = find_suspects(run.frame)  # once: the report's suspects.parquet is the same list
-        listed = {"suspects": write_suspects(found.table, Path(suspects)), "suspect_counts": found.contents["counts"]}
+    found = None if suspects is None else find_suspects(run.frame)  # once: the report's suspects.parquet is the same
     if report_dir is None:
-        return ReportResult(None, run.labels, foreign=run.foreign, **listed)
+        return ReportResult(None, run.labels, foreign=run.foreign, **_write_suspects(found, suspects))
     summary = summarize(run.frame, run.labels, include_training) | {"foreign": run.foreign}
     comparison = None
     if compare is not None:
@@ -97,6 +100,7 @@ def build(
         run.frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group,
         compare=comparison, suspects=found,
     )  # fmt: skip
+    listed = _write_suspects(found, suspects)  # after the report: a refused --slice-by writes nothing
     contents = None if comparison is None else comparison.contents
     return ReportResult(
         html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"], **listed
@@ -109,14 +113,24 @@ def compare(a: Path | str, b: Path | str, report_dir: Path | str, labels: Path |
     return build(a, report_dir, labels, compare=b, **options)
 
 
+def _write_suspects(found, suspects: Path | str | None) -> dict:
+    """``--suspects``' file written: what ``ReportResult`` says of it (nothing without one)."""
+    if suspects is None:
+        return {}
+    return {"suspects": write_suspects(found.table, Path(suspects)), "suspect_counts": found.contents["counts"]}
+
+
 def read_run(
     predictions: Path | str,
     labels: LabelTable | None = None,
     columns: Mapping[str, str | None] | None = None,
     gender_one_is: str = "female",
+    absolute_paths: bool = False,
 ) -> Run:
     """One run: ``predict``'s Parquet or another tool's table, in the predictions schema (``READ_COLUMNS``), with the
-    labels of ``labels`` (a labels file as ``read_label_file`` reads it) attached when given."""
+    labels of ``labels`` (a labels file as ``read_label_file`` reads it) attached when given. ``absolute_paths``:
+    another tool's paths resolved against the current folder, as ``predict`` writes its own (and as the report
+    reads the thumbnails)."""
     foreign = None
     if is_own_predictions(predictions):
         frame = read_predictions(predictions)
@@ -129,6 +143,10 @@ def read_run(
                 raise
             raise FaceattrError(f"{err}; not a `predict` output either (missing columns: {missing})") from None
         frame, foreign = table.frame.select(READ_COLUMNS), table.summary
+        if absolute_paths:
+            written = frame["path"].unique()
+            resolved = pl.Series([str(Path(p).resolve()) for p in written], dtype=pl.String)
+            frame = frame.with_columns(pl.col("path").replace_strict(written, resolved))
     matched = None
     if labels is not None:
         matched = match_labels(labels, frame["path"].unique(maintain_order=True).to_list())
