@@ -80,6 +80,17 @@ def test_bad_rows_are_reported_with_row_numbers(csv_file: Path, tmp_path: Path):
     assert {bad["line"] - bad["row"] for bad in result.bad_rows} == {1}  # line counts the header
 
 
+def test_blank_lines_are_no_rows_and_move_the_lines_on(tmp_path: Path):
+    """A reviewer's finding: blank lines (a trailing one, one in the middle) were counted as rows, each a bad row
+    "pixels: empty" at its line."""
+    lines = [HEADER, row(25, 2, 1, "x", pixels(1)), "", row(40, 7, 0, "x", pixels(2)), "", ""]
+    (tmp_path / "blank.csv").write_text("\n".join(lines) + "\n")
+    result = import_csv(ImportCsvOptions(csv=tmp_path / "blank.csv", out_dir=tmp_path / "faces"))
+    assert (result.rows, result.written) == (2, 1)
+    assert [(bad["row"], bad["line"]) for bad in result.bad_rows] == [(2, 4)]  # line 3 is blank
+    assert "race 7" in result.bad_rows[0]["reason"]
+
+
 def test_imported_folder_indexes_cleanly(csv_file: Path, tmp_path: Path):
     out = tmp_path / "faces"
     import_csv(ImportCsvOptions(csv=csv_file, out_dir=out))

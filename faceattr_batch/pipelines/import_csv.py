@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SIDE = 48
 COLUMNS = ("age", "ethnicity", "gender", "img_name", "pixels")
+LINE = "__line__"  # each row's line in the file (the header is line 1), beside the columns
 SUFFIX = ".png"
 SYNTHETIC_EPOCH = dt.datetime(2000, 1, 1)
 _STAMP = re.compile(r"(\d{14})(\d{0,3})")
@@ -76,15 +77,15 @@ def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     for start in range(0, frame.height, _BATCH):
         batch = frame.slice(start, _BATCH)
         pixels, pixel_errors = _decode_pixels(batch["pixels"], options.side)
-        for offset, row in enumerate(batch.select("age", "ethnicity", "gender", "img_name").iter_rows()):
-            number = start + offset + 1
+        for offset, row in enumerate(batch.select("age", "ethnicity", "gender", "img_name", LINE).iter_rows()):
+            number, line, row = start + offset + 1, row[-1], row[:-1]
             reason = pixel_errors[offset] or _label_error(*row[:3])
             if reason is None:
                 name = _unique_name(row, number, used)
                 _write_png(out_dir / name, pixels[offset], options.side)
                 result.written += 1
             else:
-                result.bad_rows.append({"row": number, "line": number + 1, "reason": reason})
+                result.bad_rows.append({"row": number, "line": line, "reason": reason})
     log.info("wrote %d images to %s; %d bad rows", result.written, out_dir, len(result.bad_rows))
     return result
 
@@ -101,7 +102,9 @@ def _read(path: Path) -> pl.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)} (found "
             f"{','.join(frame.columns) or 'none'})"
         )
-    return frame.select(COLUMNS)
+    # a blank line reads as a row of nulls: not a row (as the other CSV readers have it), but it moves the lines on
+    frame = frame.select(COLUMNS).with_row_index(LINE, offset=2).cast({LINE: pl.Int64})
+    return frame.filter(~pl.all_horizontal(pl.col(COLUMNS).is_null()))
 
 
 def _decode_pixels(column: pl.Series, side: int) -> tuple[list, list[str | None]]:
