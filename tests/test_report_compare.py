@@ -254,6 +254,11 @@ def test_another_tools_relative_paths_pair_with_our_absolute_ones(tmp_path, monk
         "paired": True, "reason": None, "labelled_pairs": 8,
     }  # fmt: skip
     assert result.compare["overall"]["age_mae"]["diff"] == pytest.approx(3.625)
+    # B predicts no gender (nor do the labels hold one): said so, not "no labelled image in both runs"
+    assert (
+        result.compare["overall"]["gender_accuracy"]["paired"]["reason"]
+        == "no labelled image that both runs predict it on"
+    )
 
 
 def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():

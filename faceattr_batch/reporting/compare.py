@@ -232,7 +232,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         n = known[metric.attribute]
         entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
         if n == 0:
-            entry["reason"] = "no labelled image in both runs"
+            entry["reason"] = "no labelled image that both runs predict it on"
         elif not (np.isfinite(a) and np.isfinite(b)):
             entry["reason"] = f"undefined in {'A' if not np.isfinite(a) else 'B'} over the {n} pairs"
         elif n < 2:
