@@ -186,6 +186,46 @@ def test_fairface_labels_csv(tmp_path):
     assert detect_format(coded) == "csv" and read_label_file(coded).extras == ()
 
 
+def test_fairface_with_columns_of_its_own_is_still_fairface(tmp_path):
+    """A reviewer's finding: a skin-tone column (or pandas' index) added to FairFace's CSV made it a plain CSV, so
+    its seven races were unreadable problems."""
+    path = tmp_path / "fairface_plus.csv"
+    path.write_text(
+        ",file,age,gender,race,service_test,skin_tone\n"
+        "0,train/1.jpg,3-9,Male,East Asian,True,3\n"
+        "1,train/2.jpg,more than 70,Female,Latino_Hispanic,False,5\n"
+    )
+    assert detect_format(path) == "fairface"
+    table = read_label_file(path)
+    assert table.frame["true_race"].to_list() == [2, 4] and table.problems.height == 0
+    assert table.frame["skin_tone"].to_list() == [3, 5] and "fairface_race" in table.frame.columns
+    years = tmp_path / "years.csv"  # FairFace's columns and one more, ages in years: a plain CSV
+    years.write_text("file,age,gender,race,skin_tone\nx.jpg,30,male,White,3\n")
+    assert detect_format(years) == "csv"
+
+
+def test_a_label_column_named_line_is_kept_under_another_name(tmp_path):
+    """A reviewer's finding: a column `line` crashed a Parquet (a duplicate column) and vanished from a CSV: the
+    row numbers were written over it."""
+    frame = pl.DataFrame({"path": ["a.jpg", "b.jpg"], "age": [20, 30], "line": ["front", "back"]})
+    frame.write_parquet(tmp_path / "labels.parquet")
+    frame.write_csv(tmp_path / "labels.csv")
+    (tmp_path / "labels.jsonl").write_text("".join(f"{row}\n" for row in frame.write_ndjson().splitlines()))
+    for name in ("labels.parquet", "labels.csv", "labels.jsonl"):
+        table = read_label_file(tmp_path / name)
+        assert table.extras == ("label_line",), name
+        matched = match_labels(table, ["/d/b.jpg", "/d/a.jpg"])
+        assert matched.frame.select("true_age", "label_line").rows() == [(30, "back"), (20, "front")], name
+
+
+def test_label_ages_round_halves_up_as_predicted_ages_do(tmp_path):
+    path = tmp_path / "half.csv"
+    path.write_text("path,age\na.jpg,20.5\nb.jpg,21.5\nc.jpg,2.5\nd.jpg,2.49\ne.jpg,120.5\n")
+    table = read_label_file(path)
+    assert table.frame["true_age"].to_list() == [21, 22, 3, 2, None]  # polars' round gave 20, 22, 2 (half to even)
+    assert _problems(table) == [(6, "age", "120.5", "age above 120")]
+
+
 def test_matching_counts_paths_and_ambiguous_names(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
@@ -213,7 +253,10 @@ def test_user_errors_are_one_line(tmp_path):
         "empty.csv": b"\n\n",
         "commas.csv": b",,,\n",
         "twice.csv": b"Path,path,age\na.jpg,b.jpg,1\n",
+        "latin1.csv": b"path,age\ncaf\xe9/1.jpg,20\n",
+        "folder": None,
     }
+    (tmp_path / "folder").mkdir()
     for name, content in cases.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)
@@ -225,6 +268,8 @@ def test_user_errors_are_one_line(tmp_path):
         "empty.csv": "an empty file",
         "commas.csv": "no header row",
         "twice.csv": "columns Path, path are all 'path' here: keep one",
+        "latin1.csv": r"latin1.csv: not UTF-8 text \(byte 12\); save it as UTF-8$",
+        "folder": r"folder: a folder; give the labels file$",
     }
     for name, message in expected.items():
         with pytest.raises(FaceattrError, match=message) as caught:

@@ -40,7 +40,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.labels import GENDERS, MAX_AGE, OTHER_RACES, RACES, gender_code, other_race_code, race_words
-from faceattr_batch.data.tables import PROBLEM_SCHEMA, as_text, codes, read_csv
+from faceattr_batch.data.tables import LINE, PROBLEM_SCHEMA, as_text, codes, read_csv
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
 
@@ -60,7 +60,6 @@ GENDER_ONE_IS = ("female", "male")
 OWN_COLUMNS = ("path", "error", "model_name", "model_version")
 PROBLEM_LINES_SHOWN = 5
 WHOLE_ROW = "(row)"  # the summary's key for problems of a whole row (wrong field count)
-LINE = "__line__"  # each row's line (CSV) or row number (Parquet), beside the file's own columns
 NO_PREDICTION = "no prediction: every predicted value empty or unreadable"
 RACE_PROB_PREFIXES = ("race.", "race_", "p_")
 # a probability group whose largest value is above this is in percent: a float32 1.0000001 is not (every value of
@@ -191,7 +190,7 @@ def _read_table(path: Path) -> tuple[str, pl.DataFrame, list[pl.DataFrame]]:
         except Exception as err:  # polars raises several types for a corrupt file
             raise FaceattrError(f"{path}: not a readable Parquet file ({first_line(err, 160)})") from None
         return "parquet", frame.with_row_index(LINE, offset=1).cast({LINE: pl.Int64}), []
-    frame, problems = read_csv(path, str(path), LINE)
+    frame, problems = read_csv(path, str(path))
     return "csv", frame, [problems]
 
 

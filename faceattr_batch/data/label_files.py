@@ -3,12 +3,13 @@
 Formats, told from the content: an index Parquet written by ``index`` (its paths under its recorded root, its
 codes); CelebA's ``list_attr_celeba.txt`` (a count line, the attribute names, then an image id and a 1/-1 per
 attribute: ``Male`` is the gender, 1 male = code 0, -1 female = code 1, the others boolean columns); FairFace's
-label CSVs (file, age, gender, race[, service_test]: the age bin, "20-29" or "more than 70", kept as
-``true_age_low``/``true_age_high`` with ``true_age`` null; the seven races kept as ``fairface_race`` and mapped to
-our five by ``FAIRFACE_RACE_MAP``); any other CSV (comma, tab or semicolon), Parquet or JSON Lines table keyed by
-a ``path`` or ``file`` column, with any of ``age`` (years, rounded; or a bin), ``gender`` (0/1, male/female/m/f),
-``race`` (0-4 or ``data.labels.RACES``), in any case. Other columns are kept (extras). A value that cannot be read
-is a problem (the line an editor shows, header counted; a Parquet's row number) and that label stays null.
+label CSVs (file, age, gender, race[, service_test]; other columns too where the first age is a bin: the age bin,
+"20-29" or "more than 70", kept as ``true_age_low``/``true_age_high`` with ``true_age`` null; the seven races kept
+as ``fairface_race`` and mapped to our five by ``FAIRFACE_RACE_MAP``); any other CSV (comma, tab or semicolon),
+Parquet or JSON Lines table keyed by a ``path`` or ``file`` column, with any of ``age`` (years, rounded halves up;
+or a bin), ``gender`` (0/1, male/female/m/f), ``race`` (0-4 or ``data.labels.RACES``), in any case. Other columns
+are kept (extras). A value that cannot be read is a problem (the line an editor shows, header counted; a Parquet's
+row number) and that label stays null.
 
 Matching: an absolute path names that file (a symlinked folder matches its target); a relative path or a file
 name matches the input whose path ends with it at a folder boundary (``train/1.jpg`` matches
@@ -23,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +42,16 @@ from faceattr_batch.data.labels import (
     race_code,
     race_words,
 )
-from faceattr_batch.data.tables import as_text, codes, delimiter, problem_frame, read_csv, read_text
+from faceattr_batch.data.tables import LINE, as_text, codes, delimiter, problem_frame, read_csv, read_text
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, derived_columns
 
 # FairFace's seven races -> ours (data.labels.RACES); the summaries and metrics.json state it
 FAIRFACE_RACE_MAP: dict[str, str] = {name: OTHER_RACES[race_words(name)] for name in FAIRFACE_RACES}
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
+# an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
+AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
+AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
 AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
 KEY_COLUMNS = ("path", "file")
 PROBLEMS_KEPT = 20  # in the summary (and so metrics.json); the total beside them
@@ -116,6 +121,8 @@ def _read_labels_csv(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def read_label_file(path: str | os.PathLike) -> LabelTable:
     """The rows and problems of a label file of any format above (told from its content)."""
     path = Path(path)
+    if path.is_dir():
+        raise FaceattrError(f"--labels {path}: a folder; give the labels file")
     if not path.is_file():
         raise FaceattrError(f"--labels {path}: no such file")
     fmt = detect_format(path)
@@ -143,7 +150,7 @@ def detect_format(path: Path) -> str:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         if err.start < len(head) - 3:  # not a character cut at the end of the block
-            raise unknown from None
+            raise FaceattrError(f"--labels {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
         text = head[: err.start].decode("utf-8-sig")
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if not lines:
@@ -156,11 +163,21 @@ def detect_format(path: Path) -> str:
         raise FaceattrError(f"--labels {path}: a JSON array; write JSON Lines (one object a line) instead")
     rows = list(csv.reader(lines[:2], delimiter=delimiter(lines[0])))
     header = [name.strip().lower() for name in rows[0]]
-    if not set(FAIRFACE_COLUMNS) <= set(header) <= {*FAIRFACE_COLUMNS, "service_test"}:
+    if not set(FAIRFACE_COLUMNS) <= set(header):
         return "csv"
-    # FairFace names its races ("East Asian"); a table of these columns holding race codes is a plain CSV
+    # FairFace names its races ("East Asian"); a table of these columns holding race codes is a plain CSV, and one
+    # with columns of its own (a skin tone, pandas' index) is FairFace's only where its ages are FairFace's bins
     first = rows[1] if len(rows) > 1 and len(rows[1]) == len(header) else None
-    return "csv" if first is not None and first[header.index("race")].strip().isdigit() else "fairface"
+    if first is not None and first[header.index("race")].strip().isdigit():
+        return "csv"
+    if set(header) <= {*FAIRFACE_COLUMNS, "service_test"}:
+        return "fairface"
+    return "fairface" if first is not None and _is_age_bin(first[header.index("age")]) else "csv"
+
+
+def _is_age_bin(text: str) -> bool:
+    """Whether ``text`` is an age bin ("20-29", "more than 70", "70+"), not a number of years."""
+    return any(re.match(pattern, text.strip()) for pattern in (AGE_BIN_CLOSED, *AGE_BINS_OPEN))
 
 
 def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -175,7 +192,7 @@ def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.Dat
         raise FaceattrError(f"--labels {path}: not a readable Parquet file ({first_line(err)})") from None
     if index:
         frame = frame.with_columns(path=pl.Series([display_path(p) for p in index_paths(path)], dtype=pl.String))
-    return frame.with_row_index("line", offset=1).cast({"line": pl.Int64}), problem_frame([])
+    return frame.with_row_index(LINE, offset=1).cast({LINE: pl.Int64}), problem_frame([])
 
 
 def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -196,7 +213,7 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     frame = pl.DataFrame(
         {name: pl.Series([_json_text(r.get(name)) for r in records], dtype=pl.String) for name in names}
     )
-    return frame.with_columns(line=pl.Series(lines, dtype=pl.Int64)), problem_frame(bad)
+    return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)), problem_frame(bad)
 
 
 def _key(text: str) -> str:
@@ -233,10 +250,10 @@ def _read_celeba(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     if count != str(listed):
         bad.append((1, None, count, f"the count line says {count}; the file lists {listed}"))
     raw = pl.DataFrame(rows, schema={"file": pl.String, **dict.fromkeys(names, pl.String)}, orient="row")
-    raw = raw.with_columns(line=pl.Series(numbers, dtype=pl.Int64))
+    raw = raw.with_columns(pl.Series(LINE, numbers, dtype=pl.Int64))
     for name in names:
         flags = pl.col(name).replace_strict({"1": True, "-1": False}, default=None, return_dtype=pl.Boolean)
-        wrong = raw.filter(flags.is_null()).select("line", pl.lit(name).alias("c"), name, pl.lit("not 1 or -1"))
+        wrong = raw.filter(flags.is_null()).select(LINE, pl.lit(name).alias("c"), name, pl.lit("not 1 or -1"))
         bad += wrong.rows()
         raw = raw.with_columns(flags.alias(name))
     if "Male" in names:
@@ -258,27 +275,27 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
     raw = raw.rename({c: c.lower() for c in known})
     key = next((c for c in KEY_COLUMNS if c in raw.columns), None)
     if key is None:
-        shown = ", ".join(c for c in raw.columns if c != "line")
+        shown = ", ".join(c for c in raw.columns if c != LINE)
         raise FaceattrError(f"--labels {path}: no 'path' or 'file' column (columns: {shown or 'none'})")
     rows = raw.height + problems.filter(pl.col("reason").str.ends_with("row not read")).height
     keys = as_text(raw[key])
     no_key = pl.lit(f"no {key}: row not read")
     found = [
-        raw.filter(keys.is_null()).select("line", column=pl.lit(key), value=pl.lit(None, pl.String), reason=no_key)
+        raw.filter(keys.is_null()).select(line=LINE, column=pl.lit(key), value=pl.lit(None, pl.String), reason=no_key)
     ]
     raw = raw.filter(keys.is_not_null())
-    columns = {"key": pl.Series([_key(k) for k in keys.drop_nulls()], dtype=pl.String), "line": raw["line"]}
+    columns = {"key": pl.Series([_key(k) for k in keys.drop_nulls()], dtype=pl.String), "line": raw[LINE]}
     if "age" in raw.columns:
-        ages, age_problems = _ages(as_text(raw["age"]), raw["line"])
+        ages, age_problems = _ages(as_text(raw["age"]), raw[LINE])
         columns |= ages
         found.append(age_problems)
     for name, code_of in (("gender", gender_code), ("race", other_race_code if fmt == "fairface" else race_code)):
         if name in raw.columns:
-            columns[f"true_{name}"], name_problems = codes(as_text(raw[name]), raw["line"], name, code_of)
+            columns[f"true_{name}"], name_problems = codes(as_text(raw[name]), raw[LINE], name, code_of)
             found.append(name_problems)
     if fmt == "fairface" and "race" in raw.columns:
         columns["fairface_race"] = as_text(raw["race"])
-    others = [c for c in raw.columns if c not in (*KEY_COLUMNS, "age", "gender", "race", "line")]
+    others = [c for c in raw.columns if c not in (*KEY_COLUMNS, "age", "gender", "race", LINE)]
     extras = {(f"label_{c}" if c in RESERVED else c): _typed(raw[c]) for c in others}
     frame = pl.DataFrame(columns | extras).with_columns(
         pl.col(c).cast(dtype) if c in columns else pl.lit(None, dtype).alias(c)
@@ -293,21 +310,22 @@ def _ages(text: pl.Series, lines: pl.Series) -> tuple[dict[str, pl.Series], pl.D
     """Years (rounded) -> ``true_age``; a bin ("20-29", "more than 70", "70+") -> ``true_age_low``/``_high``."""
     value = pl.col("value")
     number = value.cast(pl.Float64, strict=False)
-    closed = value.str.extract_groups(r"^(?<low>\d+)\s*-\s*(?<high>\d+)$")
-    opened = pl.coalesce(value.str.extract(r"(?i)^(?:more than|over)\s*(\d+)$"), value.str.extract(r"^(\d+)\s*\+$"))
+    years = (number + 0.5).floor()  # halves up, as a predicted age is rounded (polars' round: half to even)
+    closed = value.str.extract_groups(AGE_BIN_CLOSED)
+    opened = pl.coalesce(*(value.str.extract(pattern) for pattern in AGE_BINS_OPEN))
     low = pl.coalesce(closed.struct.field("low"), opened).cast(pl.Int64)
     high = pl.when(opened.is_not_null()).then(MAX_AGE).otherwise(closed.struct.field("high").cast(pl.Int64))
     reason = (
         pl.when(value.is_null()).then(None)
         .when(number.is_not_null() & ~number.is_finite()).then(pl.lit("not a number of years"))
         .when(number < 0).then(pl.lit("negative age"))
-        .when(number.round(0) > MAX_AGE).then(pl.lit(f"age above {MAX_AGE}"))
+        .when(years > MAX_AGE).then(pl.lit(f"age above {MAX_AGE}"))
         .when(number.is_not_null()).then(None)
         .when(low.is_null()).then(pl.lit("not a number of years (nor an age bin such as 20-29)"))
         .when((low > high) | (high > MAX_AGE)).then(pl.lit(f"an age bin outside 0..{MAX_AGE}"))
     )  # fmt: skip
     parsed = pl.DataFrame({"line": lines, "value": text}).with_columns(
-        reason=reason, age=number.round(0).cast(pl.Int64, strict=False), low=low, high=high
+        reason=reason, age=years.cast(pl.Int64, strict=False), low=low, high=high
     )
     ok = pl.col("reason").is_null()
     ages = parsed.select(

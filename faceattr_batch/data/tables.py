@@ -17,6 +17,8 @@ import polars as pl
 from faceattr_batch.errors import FaceattrError
 
 PROBLEM_SCHEMA = {"line": pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String}
+# each row's line (a CSV's) or row number (a Parquet's), beside a file's own columns: a name no file's column has
+LINE = "__line__"
 
 
 def problem_frame(rows: list[tuple]) -> pl.DataFrame:
@@ -37,8 +39,8 @@ def read_text(path: Path, name: str) -> str:
         raise FaceattrError(f"{name}: not UTF-8 text (byte {err.start})") from None
 
 
-def read_csv(path: Path, name: str, line_column: str = "line") -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Every field as text, each row with the line it starts on in ``line_column`` (a quoted field may span lines);
+def read_csv(path: Path, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every field as text, each row with the line it starts on in ``LINE`` (a quoted field may span lines);
     blank lines are no rows; a row with the wrong number of fields is a problem, not read."""
     text = read_text(path, name)
     first = next((line for line in text.split("\n") if line.strip()), None)
@@ -65,7 +67,7 @@ def read_csv(path: Path, name: str, line_column: str = "line") -> tuple[pl.DataF
         raise FaceattrError(f"{name}: a column name repeats in the header ({', '.join(header)})")
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
     frame = pl.DataFrame([pl.Series(n, values, pl.String) for n, values in zip(header, columns, strict=True)])
-    return frame.with_columns(pl.Series(line_column, lines, dtype=pl.Int64)), problem_frame(bad)
+    return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)), problem_frame(bad)
 
 
 def as_text(series: pl.Series) -> pl.Series:

@@ -22,6 +22,7 @@ import polars as pl
 from PIL import Image
 
 from faceattr_batch.data.labels import format_name
+from faceattr_batch.data.tables import LINE
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.manifest_folder import check_output_folder
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 SIDE = 48
 COLUMNS = ("age", "ethnicity", "gender", "img_name", "pixels")
-LINE = "__line__"  # each row's line in the file (the header is line 1), beside the columns
 SUFFIX = ".png"
 SYNTHETIC_EPOCH = dt.datetime(2000, 1, 1)
 _STAMP = re.compile(r"(\d{14})(\d{0,3})")
