@@ -226,6 +226,16 @@ def test_label_ages_round_halves_up_as_predicted_ages_do(tmp_path):
     assert _problems(table) == [(6, "age", "120.5", "age above 120")]
 
 
+def test_windows_separators_match_and_a_byte_escape_stays_one(tmp_path):
+    """A reviewer's finding: `train\\1.jpg` (a CSV written on Windows) matched nothing, and nothing said why."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,age\ntrain\\1.jpg,20\nval\\sub\\2.jpg,30\ncaf\\xe9.jpg,40\n")
+    inputs = ["/d/train/1.jpg", "/d/val/sub/2.jpg", "/d/caf\\xe9.jpg", "/d/caf/xe9.jpg"]
+    matched = load_labels(labels, inputs)
+    # caf\xe9.jpg is display_path's text of a name with the byte 0xE9, not a folder caf holding xe9.jpg
+    assert matched.frame["true_age"].to_list() == [20, 30, 40, None]
+
+
 def test_matching_counts_paths_and_ambiguous_names(tmp_path):
     real = tmp_path / "real"
     real.mkdir()

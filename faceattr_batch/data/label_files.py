@@ -50,6 +50,7 @@ from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, d
 FAIRFACE_RACE_MAP: dict[str, str] = {name: OTHER_RACES[race_words(name)] for name in FAIRFACE_RACES}
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 # an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
+WINDOWS_SEPARATOR = re.compile(r"\\(?!x[0-9a-f]{2})")  # a backslash that is not display_path's \xNN
 AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
 AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
 AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
@@ -217,8 +218,11 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _key(text: str) -> str:
-    """A key as matched: normalised; one that climbs out (``../faces/a.jpg``) can end no input's path, so it is
-    taken from the working folder, as a shell would."""
+    """A key as matched: normalised, Windows' separators read as ``/`` where it has no ``/`` (a ``\\xNN`` is
+    ``display_path``'s escape of a byte, not a separator); one that climbs out (``../faces/a.jpg``) can end no input's
+    path, so it is taken from the working folder, as a shell would."""
+    if "/" not in text:  # train\1.jpg, written on Windows, is train/1.jpg here
+        text = WINDOWS_SEPARATOR.sub("/", text)
     key = os.path.normpath(text)
     return os.path.abspath(key) if key == ".." or key.startswith("../") else key
 
