@@ -236,6 +236,19 @@ def test_windows_separators_match_and_a_byte_escape_stays_one(tmp_path):
     assert matched.frame["true_age"].to_list() == [20, 30, 40, None]
 
 
+def test_json_lines_whose_first_line_is_no_object_read_the_rest(tmp_path):
+    """A reviewer's finding: a first line `[1]` made the whole file "a JSON array", against the rule that a line that
+    is not an object is a problem and the rest is read."""
+    path = tmp_path / "labels.jsonl"
+    path.write_text('[1]\n{"path": "a.jpg", "age": 20}\n')
+    table = read_label_file(path)
+    assert table.format == "jsonl" and _codes(table.frame)["a.jpg"] == (20, None, None)
+    assert [(line, reason.split(" (")[0]) for line, _, _, reason in _problems(table)] == [(1, "not a JSON object")]
+    path.write_text('[\n{"path": "a.jpg", "age": 20}\n]\n')  # a pretty-printed array is still one
+    with pytest.raises(FaceattrError, match="a JSON array; write JSON Lines"):
+        read_label_file(path)
+
+
 def test_matching_counts_paths_and_ambiguous_names(tmp_path):
     real = tmp_path / "real"
     real.mkdir()

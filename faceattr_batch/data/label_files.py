@@ -161,6 +161,9 @@ def detect_format(path: Path) -> str:
     if lines[0].startswith("{"):
         return "jsonl"
     if lines[0].startswith("["):
+        # a first line that is an array of its own, objects after it: JSON Lines with a bad line, not one array
+        if len(lines) > 1 and lines[1].startswith("{") and _is_json(lines[0]):
+            return "jsonl"
         raise FaceattrError(f"--labels {path}: a JSON array; write JSON Lines (one object a line) instead")
     rows = list(csv.reader(lines[:2], delimiter=delimiter(lines[0])))
     header = [name.strip().lower() for name in rows[0]]
@@ -174,6 +177,14 @@ def detect_format(path: Path) -> str:
     if set(header) <= {*FAIRFACE_COLUMNS, "service_test"}:
         return "fairface"
     return "fairface" if first is not None and _is_age_bin(first[header.index("age")]) else "csv"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_age_bin(text: str) -> bool:
