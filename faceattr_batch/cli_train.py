@@ -84,7 +84,7 @@ def train_command(
 @command("ensemble")
 def ensemble_command(
     source: Annotated[Path, typer.Argument(help="The index Parquet (or folder) the members were trained on.")],
-    members: Annotated[list[str], typer.Argument(help="Two or more models: default | fast | model files | RUN_DIRs.")],
+    members: Annotated[list[str], typer.Argument(help="Two or more trained networks: fast | model files | RUN_DIRs.")],
     out: Annotated[Path, opt.out_option("The ensemble model file to write (.pt).")],
     root: opt.Root = None,
     val_fraction: Annotated[

@@ -159,6 +159,27 @@ def test_bad_members_and_ensembles_as_a_start_give_one_line_errors(members, face
     with pytest.raises(FaceattrError, match=r"^-o .*model.pt is inside the member's RUN_DIR .*small_run"):
         run(EnsembleOptions(members=(str(run_dir), str(members[1])), **{**common, "out": run_dir / "model.pt"}))
     assert members[0].read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["best.pt"]
+    # reviewer's findings: a member given as its RUN_DIR's file, -o the run's best.pt, replaced the checkpoint; -o the
+    # SOURCE index wrote a torch file over it; -o x.onnx wrote a torch file predict then read as a broken ONNX
+    with pytest.raises(FaceattrError, match=r"^-o .*last.pt is inside the member's RUN_DIR .*small_run"):
+        run(
+            EnsembleOptions(
+                members=(str(run_dir / "best.pt"), str(members[1])), **{**common, "out": run_dir / "last.pt"}
+            )
+        )
+    with pytest.raises(FaceattrError, match=r"^-o .*model.pt is inside the member's RUN_DIR .*small_run"):
+        run(
+            EnsembleOptions(
+                members=(str(run_dir / "best.pt"), str(members[1])), **{**common, "out": run_dir / "model.pt"}
+            )
+        )
+    index = tmp_path / "index.parquet"
+    index.write_bytes(b"PAR1 an index")
+    with pytest.raises(FaceattrError, match=r"^-o .*index.parquet: name the ensemble file .pt"):
+        run(EnsembleOptions(members=tuple(map(str, members)), **{**common, "source": index, "out": index}))
+    with pytest.raises(FaceattrError, match=r"^-o .*e.onnx: name the ensemble file .pt"):
+        run(EnsembleOptions(members=tuple(map(str, members)), **{**common, "out": tmp_path / "e.onnx"}))
+    assert index.read_bytes() == b"PAR1 an index" and sorted(p.name for p in run_dir.iterdir()) == ["best.pt"]
     run(EnsembleOptions(members=tuple(map(str, members)), val_fraction=0.3, **common))
     with pytest.raises(FaceattrError, match="can't be members"):
         run(EnsembleOptions(members=(str(members[0]), str(tmp_path / "e.pt")), **{**common, "out": tmp_path / "f.pt"}))

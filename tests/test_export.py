@@ -368,6 +368,23 @@ def test_an_onnx_file_whose_input_is_not_exports_is_refused_at_load(checkpoint: 
     onnx.save(proto, str(tmp_path / "other_size.onnx"))
     with pytest.raises(FaceattrError, match="other_size.onnx: its metadata says 64 px, its graph takes 40"):
         OnnxAttrModel(tmp_path / "other_size.onnx")
+    # reviewer's findings, each a traceback before: a config that is not JSON, a race output of other classes
+    config.value = "{not json"
+    onnx.save(proto, str(tmp_path / "bad_config.onnx"))
+    with pytest.raises(FaceattrError, match="bad_config.onnx: its config property is no model config"):
+        OnnxAttrModel(tmp_path / "bad_config.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))  # race_probs cut to its first 3 classes (a model of other races)
+    for node in proto.graph.node:
+        node.output[:] = ["race_five" if name == "race_probs" else name for name in node.output]
+    ends = onnx.helper.make_tensor("ends", onnx.TensorProto.INT64, [2], [2**31, 3])
+    starts = onnx.helper.make_tensor("starts", onnx.TensorProto.INT64, [2], [0, 0])
+    proto.graph.initializer.extend([starts, ends])
+    proto.graph.node.append(onnx.helper.make_node("Slice", ["race_five", "starts", "ends"], ["race_probs"]))
+    race = next(output for output in proto.graph.output if output.name == "race_probs")
+    race.type.tensor_type.shape.dim[1].dim_value = 3
+    onnx.save(proto, str(tmp_path / "three_races.onnx"))
+    with pytest.raises(FaceattrError, match=r"three_races.onnx: ONNX output race_probs is \['batch', 3\], not N x 5"):
+        OnnxAttrModel(tmp_path / "three_races.onnx")
 
 
 def test_int8_calibrates_an_ensemble_on_fewer_chips_by_default(checkpoint: Path, tmp_path: Path):

@@ -272,6 +272,25 @@ def test_resume_with_another_model_is_refused(tmp_path, tiny_attr_model):
     assert other.returncode == 2 and "different inputs or options (runtime)" in other.stderr
 
 
+def test_resume_with_another_file_of_the_same_name_and_version_is_refused(tmp_path, tiny_attr_model):
+    """A reviewer's finding: every trained model was "faceattr-attr 0.1.0", so a resume with another training's file
+    went on and wrote one output of two models."""
+    import torch
+
+    from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
+    from faceattr_batch.models.registry import save_attr_model
+
+    torch.manual_seed(1)
+    other = AttrNet(AttrNetConfig(input_size=32, widths=(8, 16), depths=(1, 1))).eval()
+    twin = save_attr_model(other, tmp_path / "twin.pt", {"name": "tiny", "version": "test-1"})  # the fixture's meta
+    make_faces(tmp_path / "in", 12)
+    args = ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out.parquet"), "--runtime", "torch"]
+    args += ["--workers", "0", "-b", "4", "--shard-size", "4", "--json"]
+    assert _cli([*args, "-m", str(tiny_attr_model)], kill="shard:0").returncode == -9
+    resumed = _cli([*args, "-m", str(twin), "--resume"])
+    assert resumed.returncode == 2 and "different inputs or options (model_digest)" in resumed.stderr
+
+
 # --- CLI ---------------------------------------------------------------------------------------------------
 
 

@@ -197,6 +197,12 @@ def test_mismatched_weights_name_the_file(faces: Path, tmp_path: Path):
     torch.save(data, bad)
     with pytest.raises(FaceattrError, match="mismatch.pt: weights do not match"):
         load_attr_model(bad)
+    good = state(tmp_path / "run" / "model.pt")
+    for key, value in (("config", "x"), ("meta", ["a list"])):  # a reviewer's finding: each a traceback before
+        torch.save({**good, key: value}, bad)
+        with pytest.raises(FaceattrError, match="mismatch.pt: weights do not match"):
+            load_attr_model(bad)
+    assert "version" not in load_attr_model(tmp_path / "run" / "model.pt")[1]  # the file's digest is its version
 
 
 def test_soft_age_targets_are_distributions_centred_on_the_age():

@@ -98,6 +98,9 @@ def save_atomically(path: Path, payload: dict) -> Path:
     return Path(path)
 
 
+RUN_DIR_MODELS = ("model.pt", "best.pt", "last.pt")  # what -m RUN_DIR reads, the first that exists
+
+
 def resolve_attr_source(source: str | Path | None) -> Path:
     """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a path of that name
     exists; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
@@ -109,7 +112,7 @@ def resolve_attr_source(source: str | Path | None) -> Path:
             raise FaceattrError(f"the {name} weights are missing from the installed package ({path})")
         return path
     if path.is_dir():
-        for file_name in ("model.pt", "best.pt", "last.pt"):
+        for file_name in RUN_DIR_MODELS:
             if (path / file_name).is_file():
                 return path / file_name
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
@@ -210,10 +213,10 @@ def load_attr_model(source: str | Path | None = None):
         else:
             model = AttrNet(AttrNetConfig.from_dict(data["config"]))
             model.load_state_dict(data["state_dict"] if data["format"] == ATTR_FORMAT else data["model"])
-    except (RuntimeError, KeyError, ValueError) as err:
+        meta = dict(data.get("meta", {}))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:  # a config or meta malformed
         raise FaceattrError(f"{path}: weights do not match the model config ({first_line(err, 160)})") from None
     model.eval()
-    meta = dict(data.get("meta", {}))
     meta.setdefault("name", path.stem)
     meta["source"] = str(path)
     return model, meta

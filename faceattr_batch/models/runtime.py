@@ -23,6 +23,7 @@ import platformdirs
 import torch
 
 from faceattr_batch import __version__
+from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
@@ -94,7 +95,8 @@ class ModelRunner:
                 chosen = "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
             if chosen == "onnxruntime":
                 model = _as_onnx(path, threads, version)
-        meta = {**meta, "version": str(meta.get("version") or version), "source": str(path)}
+        # the file's digest beside the version it names: two trainings of one version are two models (resume)
+        meta = {**meta, "version": str(meta.get("version") or version), "digest": version, "source": str(path)}
         # an int8 graph (an .onnx file, or the one beside the .pt) gives slightly other values: the summary and the
         # resume check say which ran
         if QUANTIZATION in getattr(model, "properties", {}):
@@ -206,17 +208,23 @@ class OnnxAttrModel:
         if sorted(names) != sorted(AttrOutputs._fields):
             raise FaceattrError(f"{shown}: ONNX outputs {names} are not {list(AttrOutputs._fields)}")
         inputs = self.session.get_inputs()
+        if not inputs:
+            raise FaceattrError(f"{shown}: an ONNX graph without an input")
         shape = inputs[0].shape if len(inputs) == 1 else []
         side = shape[-1] if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[-1] else None
         if inputs[0].type != "tensor(uint8)" or not isinstance(side, int):
             found = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
             raise FaceattrError(f"{shown}: ONNX input {found} is not one uint8 N x 3 x S x S (S fixed), as exported")
         self.input_name = inputs[0].name
+        races = {o.name: o.shape for o in self.session.get_outputs()}["race_probs"]
+        if len(races) != 2 or races[1] != len(RACES):
+            raise FaceattrError(f"{shown}: ONNX output race_probs is {races}, not N x {len(RACES)} (our five races)")
         self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "config" in self.properties:
-            self.config = AttrNetConfig.from_dict(json.loads(self.properties["config"]))
-        else:
-            self.config = AttrNetConfig(input_size=side)
+        try:
+            config = json.loads(self.properties["config"]) if "config" in self.properties else {"input_size": side}
+            self.config = AttrNetConfig.from_dict(config)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise FaceattrError(f"{shown}: its config property is no model config ({first_line(err, 120)})") from None
         if self.config.input_size != side:
             raise FaceattrError(f"{shown}: its metadata says {self.config.input_size} px, its graph takes {side}")
         quantization = self.properties.get(QUANTIZATION, "")

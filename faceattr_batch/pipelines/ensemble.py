@@ -20,6 +20,7 @@ from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable, refuse_overlap, write_json
 from faceattr_batch.models.registry import (
+    RUN_DIR_MODELS,
     load_attr_model,
     resolve_attr_source,
     restore_state,
@@ -64,11 +65,17 @@ def run(options: EnsembleOptions) -> EnsembleResult:
 
     if len(options.members) < 2:
         raise FaceattrError("an ensemble needs two or more members")
+    out = Path(options.out)
+    # predict -m tells a model by its suffix (.onnx: ONNX), and so the SOURCE index is never written over
+    if not out.is_dir() and out.suffix.lower() != ".pt":
+        raise FaceattrError(f"-o {out}: name the ensemble file .pt")
     for source in options.members:  # the ensemble must not replace a member's weights, nor sit in its RUN_DIR
-        refuse_overlap(options.out, "-o", {f"the member {source}": resolve_attr_source(source)})
-        if Path(source).is_dir() and Path(options.out).resolve().parent == Path(source).resolve():
-            raise FaceattrError(f"-o {options.out} is inside the member's RUN_DIR {source}; name a file elsewhere")
-    check_writable(options.out, "-o")  # before the validation faces are decoded and read
+        member = resolve_attr_source(source)
+        refuse_overlap(out, "-o", {f"the member {source}": member})
+        in_run_dir = Path(source).is_dir() or out.name in RUN_DIR_MODELS  # a name -m RUN_DIR would read
+        if in_run_dir and out.resolve().parent == member.resolve().parent:
+            raise FaceattrError(f"-o {out} is inside the member's RUN_DIR {member.parent}; name a file elsewhere")
+    check_writable(out, "-o")  # before the validation faces are decoded and read
     members = []
     for source in options.members:
         net, _ = load_attr_model(source)
@@ -107,14 +114,13 @@ def run(options: EnsembleOptions) -> EnsembleResult:
         **validation_report(predictions_frame(logits, temps, val_rows)),
         "calibration": calibration,
     }
-    out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_attr_ensemble(
         ensemble,
         out,
         {
             "name": "faceattr-attr-ensemble",
-            "version": __version__,
+            "tool_version": __version__,  # not the model's version: that is its file's digest (predict)
             "members": json.dumps(list(options.members)),
             "trained_on": str(options.source),
             "val_metrics": json.dumps(report["overall"]),

@@ -222,6 +222,7 @@ def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOption
     fingerprint = {
         "model": runner.meta["name"],
         "model_version": runner.meta["version"],
+        "model_digest": runner.meta["digest"],  # two trainings of one name and version are two models
         "runtime": runner.runtime,
         "precision": runner.meta["precision"],
         "device": runner.device.type,

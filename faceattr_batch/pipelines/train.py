@@ -409,7 +409,7 @@ def _write_model(session: _Session, split: _Split, race_weights, options: TrainO
     final_model.temperatures.copy_(torch.tensor(report["calibration"]["temperatures_list"]))
     meta = {
         "name": "faceattr-attr",
-        "version": __version__,
+        "tool_version": __version__,  # not the model's version: that is its file's digest (predict)
         "trained_on": str(options.source),
         "best_epoch": session.state["best_epoch"],
         "val_metrics": json.dumps(report["overall"]),
