@@ -341,7 +341,7 @@ def test_shared_utkface_with_the_default_weights(tmp_path, shared_utkface):
     assert accuracy > 0.9 and mae < 6  # its validation faces: a broken model reads far worse
 
 
-def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, monkeypatch):
+def test_shipped_models_resolve_by_name_unless_a_model_has_that_name(tmp_path, monkeypatch, caplog):
     from faceattr_batch.models.registry import SHIPPED_ATTR_MODELS, load_attr_model, resolve_attr_source
 
     assert resolve_attr_source(None) == default_weights_path()
@@ -350,8 +350,12 @@ def test_shipped_models_resolve_by_name_unless_a_path_has_that_name(tmp_path, mo
     assert resolve_attr_source("fast").is_file()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "face.jpg").write_bytes(b"")  # a reviewer's finding: a folder of images called fast was
+    assert resolve_attr_source("fast") == default_weights_path(SHIPPED_ATTR_MODELS["fast"])  # "not a RUN_DIR"
     (tmp_path / "fast" / "model.pt").write_bytes(b"")
-    assert resolve_attr_source("fast") == Path("fast") / "model.pt"  # the user's RUN_DIR called fast wins
+    with caplog.at_level("WARNING"):
+        assert resolve_attr_source("fast") == Path("fast") / "model.pt"  # the user's RUN_DIR called fast wins
+    assert caplog.messages == ["-m fast: the model at ./fast, not the shipped one (write ./fast to say so)"]
     monkeypatch.chdir(tmp_path.parent)
     fast, fast_meta = load_attr_model("fast")
     default, _ = load_attr_model(None)

@@ -6,6 +6,7 @@ plain values, never a pickle of arbitrary objects. A file that is not such a che
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from faceattr_batch.models.generator import Generator, GeneratorConfig
 ATTR_FORMAT = "faceattr-attr-v1"  # a shippable model: config + state_dict + meta
 TRAIN_FORMAT = "faceattr-attr-train-v1"  # a training checkpoint (also holds optimizer state)
 DEFAULT_ATTR_WEIGHTS = "attr_default.pt"
+log = logging.getLogger(__name__)
 # shipped attribute models by name: --model fast trades accuracy for speed (MODEL_CARD.md)
 SHIPPED_ATTR_MODELS = {"default": DEFAULT_ATTR_WEIGHTS, "fast": "attr_fast.pt"}
 # the images a model saw, and in which role (models.seen_images), in this file beside the model: the shipped
@@ -102,11 +104,15 @@ RUN_DIR_MODELS = ("model.pt", "best.pt", "last.pt")  # what -m RUN_DIR reads, th
 
 
 def resolve_attr_source(source: str | Path | None) -> Path:
-    """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a path of that name
-    exists; a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
+    """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a model file or RUN_DIR of
+    that name is in the working folder (then that, with a warning: ``./fast`` names it without one); a RUN_DIR -> its
+    model.pt (finished run) or best.pt/last.pt; else the file."""
     name = "default" if source is None else str(source)
     path = Path(name)
-    if source is None or (name in SHIPPED_ATTR_MODELS and not path.exists()):
+    local = path.is_file() or any((path / file_name).is_file() for file_name in RUN_DIR_MODELS)
+    if name in SHIPPED_ATTR_MODELS and local:
+        log.warning("-m %s: the model at ./%s, not the shipped one (write ./%s to say so)", name, name, name)
+    if source is None or (name in SHIPPED_ATTR_MODELS and not local):  # a folder of images named fast is no model
         path = default_weights_path(SHIPPED_ATTR_MODELS[name])
         if not path.is_file():
             raise FaceattrError(f"the {name} weights are missing from the installed package ({path})")
