@@ -101,14 +101,16 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
 
     if not (calibration["gender"].height or calibration["race"].height):  # no probabilities: nothing to plot
         return made
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, key, label in ((axes[0], "gender", "P(female)"), (axes[1], "race", "top race probability")):
+    # a panel per attribute with bins: another tool's table without race probabilities draws no empty one
+    drawn = [(key, label) for key, label in (("gender", "P(female)"), ("race", "top race probability"))]
+    drawn = [(key, label) for key, label in drawn if calibration[key].height]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5 * len(drawn), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], drawn, strict=True):
         data = calibration[key]
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-        if data.height:
-            ax.plot(data["confidence"], data["observed"], marker="o")
-            for x, y, n in data.select("confidence", "observed", "n").iter_rows():
-                ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax.plot(data["confidence"], data["observed"], marker="o")
+        for x, y, n in data.select("confidence", "observed", "n").iter_rows():
+            ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
         ece = summary["calibration"][f"{key}_ece"]
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"mean {label} in bin")
         ax.set_ylabel("share female" if key == "gender" else "accuracy")
@@ -140,7 +142,10 @@ def _bars(ax, table: pl.DataFrame, key: str, value: str, label: str) -> None:
     high = table[f"{value}_high"].fill_null(float("nan")).to_numpy().astype(float)
     errors = np.clip(np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0), 0.0, None)
     ax.bar(names, values, yerr=errors, capsize=3, color="#4878d0")
-    for x, (v, n) in enumerate(zip(values, table["n"].to_list(), strict=True)):
+    # the rows the value is over (gender_accuracy: n_gender), not the group's images: a label may be missing
+    counted = f"n_{value.split('_')[0]}"
+    counts = table[counted if counted in table.columns else "n"].to_list()
+    for x, (v, n) in enumerate(zip(values, counts, strict=True)):
         if not math.isnan(v):
             ax.annotate(f"n={n}", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
     ax.set_ylabel(label)
@@ -183,8 +188,9 @@ def draw_group_calibration(group_calibration: dict[str, dict], folder: Path) -> 
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
         fig.tight_layout()
         path = folder / f"calibration_by_{_file_safe(attribute)}.png"
-        if path in made.values():  # two names made alike by _file_safe
-            path = path.with_stem(f"{path.stem}_{len(made)}")
+        stem, number = path.stem, 1
+        while path in made.values():  # two names made alike by _file_safe (a numbered one may be a third's name)
+            path, number = path.with_stem(f"{stem}_{number}"), number + 1
         made[attribute] = _save(fig, path)
     return made
 
