@@ -276,3 +276,17 @@ def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():
     }  # fmt: skip
     assert mae["paired"]["low"] == pytest.approx(0.0) and mae["paired"]["high"] == pytest.approx(0.0)
     assert overall["gender_accuracy"]["paired"]["n"] == 8  # the genders of all eight are in both
+
+
+def test_a_bias_verdict_needs_both_biases_on_one_side_of_zero():
+    """A reviewer's finding: A 2 years low and B 2 years high read "B worse" in red (the interval of B - A, +3.9 to
+    +4.2, excludes 0, but says nothing about which bias is nearer 0)."""
+    from faceattr_batch.reporting.compare_page import _verdict
+
+    opposite = {"paired": {"a": -2.03, "b": 2.03, "low": 3.93, "high": 4.17}}
+    assert _verdict(opposite, "zero") == ""
+    nearer = {"paired": {"a": -6.68, "b": -5.88, "low": 0.19, "high": 2.25}}
+    assert _verdict(nearer, "zero") == "<span class='better'>B better</span>"
+    assert _verdict({"paired": {"a": 3.0, "b": 5.0, "low": 1.0, "high": 3.0}}, "zero") == (
+        "<span class='worse'>B worse</span>"
+    )

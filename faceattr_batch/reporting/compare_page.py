@@ -43,11 +43,15 @@ def _delta(unit: str) -> Callable:
 
 
 def _verdict(entry: dict, better: str) -> str:
-    """The words "B better" or "B worse" where the paired interval excludes 0 (for a bias: nearer 0), else none."""
+    """The words "B better" or "B worse" where the paired interval excludes 0 (for a bias: nearer 0, and only where
+    both biases are on one side of 0: of -2 and +2 the interval of B - A says nothing about which is nearer), else
+    none."""
     paired = entry["paired"]
     if not paired or paired["low"] is None or (paired["low"] <= 0 <= paired["high"]):
         return ""
     if better == "zero":
+        if paired["a"] * paired["b"] <= 0:
+            return ""
         up = abs(paired["b"]) < abs(paired["a"])
     else:
         up = (paired["low"] > 0) == (better == "higher")
