@@ -290,3 +290,15 @@ def test_a_bias_verdict_needs_both_biases_on_one_side_of_zero():
     assert _verdict({"paired": {"a": 3.0, "b": 5.0, "low": 1.0, "high": 3.0}}, "zero") == (
         "<span class='worse'>B worse</span>"
     )
+
+
+def test_a_compare_table_sorts_its_groups_in_their_own_order(compared):
+    """A reviewer's finding: a click on the group header sorted age bands as text (0-2, 10-19, 20-29, 3-9)."""
+    import re
+
+    from faceattr_batch.reporting.compare_page import _slice_tables
+
+    page = _slice_tables("age_band", compared["slices"]["age_band"], compared)
+    groups = [g["group"] for g in compared["slices"]["age_band"]["groups"]]
+    first_cells = re.findall(r"<tr><td class='l' data-v='([^']*)'>([^<]*)</td>", page)
+    assert first_cells[: len(groups)] == [(str(i), group) for i, group in enumerate(groups)]

@@ -118,9 +118,9 @@ def _overall(compare: dict) -> str:
 def _slice_tables(attribute: str, table: dict, compare: dict) -> str:
     title = html.escape(attribute.replace("_", " "))
     headline, every = [], []
-    for group in table["groups"]:
+    for order, group in enumerate(table["groups"]):  # sorted by the groups' own order (age bands, bins), not as text
         name = html.escape(str(group["group"]))
-        row = [(name, group["group"]), (str(group["n_a"]), group["n_a"]), (str(group["n_b"]), group["n_b"])]
+        row = [(name, order), (str(group["n_a"]), group["n_a"]), (str(group["n_b"]), group["n_b"])]
         row.append((str(group["pairs"]), group["pairs"]))
         for metric in HEADLINE:
             entry, meta = group["metrics"][metric], compare["metrics"][metric]
@@ -132,7 +132,7 @@ def _slice_tables(attribute: str, table: dict, compare: dict) -> str:
             meta = compare["metrics"][metric]
             show = _value(meta["unit"])
             every.append([
-                (name, group["group"]), (label(metric), label(metric)),
+                (name, order), (label(metric), label(metric)),
                 (f"{show(entry['a'])}<small>n = {entry['n_a']}</small>", entry["a"]),
                 (f"{show(entry['b'])}<small>n = {entry['n_b']}</small>", entry["b"]),
                 _diff_cell(entry, meta, compare["shared"]),
