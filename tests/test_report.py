@@ -103,6 +103,20 @@ def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
         report.build(other, tmp_path / "r3")
 
 
+def test_labels_on_no_predicted_face_say_so_instead_of_empty_sections(tmp_path, predictions):
+    """A reviewer's finding: labelled rows that were all errors gave a metrics table of headers, an empty "worst
+    errors" heading, all-zero confusion matrices and groups of 0 measured images."""
+    failed = tmp_path / "failed.parquet"
+    frame = pl.read_parquet(predictions)
+    predicted = [c for c in frame.columns if c.startswith(("pred_", "p_")) or c in ("age_low", "age_high")]
+    frame.with_columns(
+        pl.lit("decode: broken").alias("error"), *(pl.lit(None, frame.schema[c]).alias(c) for c in predicted)
+    ).write_parquet(failed)
+    page = report.build(failed, tmp_path / "rep").report.read_text()
+    assert "Nothing measured" in page and "No labelled face has a prediction to measure" in page
+    assert "Confusion matrices" not in page and "No true labels" not in page
+
+
 def test_nan_probabilities_are_no_values_and_rank_last_among_the_worst(predictions, tmp_path):
     """A reviewer's findings: NaN p_female (written by another program) gave a traceback in the calibration bins,
     and a wrong gender without a probability ranked first among the 'most confident' wrong genders."""

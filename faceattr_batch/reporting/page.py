@@ -81,10 +81,14 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         )
     if "compare" in summary:
         parts.append(compare_page.compare_html(summary["compare"], sections["compare"], _thumbnail))
-    if not overall:
+    measured = bool(overall) and any(overall.get(f"n_{key}") for key in ("gender", "race", "age", "age_bin"))
+    if not measured:  # no labels, or labels on no predicted face: one sentence instead of empty tables
         parts.append(
             "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
             "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
+            if not overall
+            else "<h2>Nothing measured</h2><p>No labelled face has a prediction to measure (see the errors and the "
+            "notes above): no metrics, plots or groups.</p>"
         )
         parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
         parts.append(_html_counts(summary))
