@@ -337,7 +337,7 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
         f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {foreign['rows']} rows): "
         f"{columns}{not_reported}"
     )
-    if "gender" in foreign["columns"]:
+    if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
         out.print(f"  a numeric gender of 1 read as {foreign['gender_one_is']}")
     if foreign.get("percent"):
         out.print(f"  read in percent (divided by 100): {', '.join(foreign['percent'])}")

@@ -134,7 +134,7 @@ def test_the_summary_names_the_columns_read_and_the_race_mapping(deepface_file):
     }  # fmt: skip
     assert summary["race_mapping"] == OTHER_RACES
     assert OTHER_RACES["middle eastern"] == OTHER_RACES["latino hispanic"] == "Others"
-    assert summary["gender_one_is"] == "female"
+    assert summary["gender_one_is"] == "female" and summary["gender_numeric"] is False  # Woman / Man
     assert summary["problem_count"] == 0 and summary["problems_by_column"] == {}
 
 
@@ -151,6 +151,7 @@ def test_insightface_gender_one_is_male_when_told(tmp_path):
     assert frame["model_name"].unique().to_list() == ["buffalo_l"]
     assert read.attributes == ("gender", "age")
     assert read.summary["gender_one_is"] == "male" and read.summary["race_mapping"] is None
+    assert read.summary["gender_numeric"] is True
     for column in ("pred_race", "pred_race_label", "p_female", *RACE_PROB_COLUMNS):
         assert frame[column].null_count() == 3, column
 

@@ -68,6 +68,7 @@ def test_report_prints_the_foreign_summary(deepface, labels, tmp_path):
     assert result.exit_code == 0, result.output
     assert "another tool's predictions" in result.output and "gender <- dominant_gender" in result.output
     assert "1 values not read" in result.output and "line 4" in result.output
+    assert "a numeric gender of 1" not in result.output  # its genders are words: nothing to say of a 1
 
 
 def test_report_says_which_columns_it_read_in_percent_and_what_a_numeric_1_is(labels, tmp_path):

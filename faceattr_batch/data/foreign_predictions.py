@@ -83,6 +83,7 @@ class ForeignPredictions:
     rows: int  # data rows in the file, unread ones included
     gender_one_is: str
     percent: tuple[str, ...] = ()  # the file's probability columns read in percent (divided by 100)
+    gender_numeric: bool = False  # the gender column holds numbers (then gender_one_is says what 1 is)
 
     @property
     def summary(self) -> dict:
@@ -102,6 +103,7 @@ class ForeignPredictions:
             "attributes": list(self.attributes),
             "gender_one_is": self.gender_one_is,
             "percent": list(self.percent),
+            "gender_numeric": self.gender_numeric,
             "race_mapping": dict(OTHER_RACES) if "race" in self.columns else None,
             "problem_count": self.problems.height,
             "problems_by_column": {c: {"count": n, "lines": lines} for c, n, lines in per_column.iter_rows()},
@@ -174,7 +176,10 @@ def read_foreign_predictions(
     problems_frame = pl.concat([pl.DataFrame(schema=PROBLEM_SCHEMA), *problems]).sort("line", "column")
     attributes = tuple(a for a in ATTRIBUTES if f"pred_{a}" in values)
     sources = _sources(found)
-    return ForeignPredictions(path, fmt, frame, problems_frame, sources, attributes, rows, gender_one_is, percent)
+    numeric = "gender" in found and bool(as_text(raw[found["gender"]]).str.contains(r"^\s*\d").any())
+    return ForeignPredictions(
+        path, fmt, frame, problems_frame, sources, attributes, rows, gender_one_is, percent, numeric
+    )
 
 
 # --- reading ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
         f"({esc(foreign['format'])}, {foreign['rows']} rows); predicts {esc(predicts)}",
         f"columns read: {columns}",
     ]
-    if "gender" in foreign["columns"]:
+    if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
         lines.append(f"a numeric gender of 1 read as {esc(foreign['gender_one_is'])}")
     if foreign.get("percent"):
         lines.append(f"read in percent (divided by 100): {esc(', '.join(foreign['percent']))}")
