@@ -49,8 +49,8 @@ from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, d
 # FairFace's seven races -> ours (data.labels.RACES); the summaries and metrics.json state it
 FAIRFACE_RACE_MAP: dict[str, str] = {name: OTHER_RACES[race_words(name)] for name in FAIRFACE_RACES}
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
-# an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
 WINDOWS_SEPARATOR = re.compile(r"\\(?!x[0-9a-f]{2})")  # a backslash that is not display_path's \xNN
+# an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
 AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
 AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
 AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
