@@ -102,8 +102,8 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
     if not (calibration["gender"].height or calibration["race"].height):  # no probabilities: nothing to plot
         return made
     # a panel per attribute with bins: another tool's table without race probabilities draws no empty one
-    drawn = [(key, label) for key, label in (("gender", "P(female)"), ("race", "top race probability"))]
-    drawn = [(key, label) for key, label in drawn if calibration[key].height]
+    curves = (("gender", "P(female)"), ("race", "top race probability"))
+    drawn = [(key, label) for key, label in curves if calibration[key].height]
     fig, axes = plt.subplots(1, len(drawn), figsize=(5 * len(drawn), 4.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], drawn, strict=True):
         data = calibration[key]
