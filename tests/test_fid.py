@@ -6,6 +6,7 @@ UTKFace lists once per session with the real weights (slow, minutes on 2 cores).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -529,3 +530,21 @@ def test_stats_are_matched_to_the_weights_by_their_bytes_not_their_file_name(tmp
     other.write_bytes(b"other bytes")
     with pytest.raises(FaceattrError, match=r"saved with --weights .*inception.pt, but this run uses .*elsewhere"):
         fid.compute(stats, fake, _options(weights=other), model=TinyFeatures())
+
+
+def test_weights_are_hashed_only_where_a_stats_file_is_read_or_saved(tmp_path, monkeypatch):
+    real, fake = _faces(tmp_path / "real", 6, seed=0), _faces(tmp_path / "fake", 6, seed=1)
+    weights = tmp_path / "inception.pt"
+    weights.write_bytes(b"the network's bytes")
+    hashed = []
+    real_digest = fid._weights_digest
+    monkeypatch.setattr(fid, "_weights_digest", lambda options: hashed.append(1) or real_digest(options))
+    assert fid.compute(real, fake, _options(weights=weights), model=TinyFeatures()).fid > 0
+    assert hashed == []  # folder against folder: nothing to compare the weights with
+    stats = tmp_path / "real.npz"
+    fid.compute(real, None, _options(save_stats=stats, weights=weights), model=TinyFeatures())
+    assert hashed == [1]
+    _, meta = fid_stats.load_stats(stats, 0)
+    assert meta["weights_sha256"] == hashlib.sha256(b"the network's bytes").hexdigest()
+    fid.compute(stats, fake, _options(weights=weights), model=TinyFeatures())
+    assert hashed == [1, 1]  # read once, though the check uses it twice

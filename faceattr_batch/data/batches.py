@@ -13,7 +13,6 @@ killed leave on their own.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -31,6 +30,7 @@ import numpy as np
 
 from faceattr_batch.data.decode import DecodeError
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.digest import file_sha256
 
 
 @dataclass
@@ -47,19 +47,18 @@ class Batch:
     digests: list[str | None] | None = None
 
 
-def file_sha256(path: str) -> str | None:
-    """The SHA-256 of the file's bytes as 64 hex digits; None when it cannot be read (its decode says why)."""
+def _readable_sha256(path: str) -> str | None:
+    """The file's SHA-256; None when it cannot be read (its decode says why)."""
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
+        return file_sha256(path)
+    except FaceattrError:
         return None
 
 
 def decode_batch(load: Callable[[str], np.ndarray], start: int, paths: list[str], digests: bool = False) -> Batch:
     """``paths`` decoded by ``load``; ``digests``: also each file's SHA-256 (predict's seen-images check)."""
     arrays, ok, errors = [], [], {}
-    hashes = [file_sha256(path) for path in paths] if digests else None
+    hashes = [_readable_sha256(path) for path in paths] if digests else None
     for i, path in enumerate(paths):
         try:
             arrays.append(load(path))

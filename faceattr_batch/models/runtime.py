@@ -9,7 +9,6 @@ imported only when an ONNX model is run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import torch
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
 from faceattr_batch.models.device import available_cores, lacks_vnni
@@ -170,11 +170,7 @@ def _matching_export(candidate: Path, threads: int, digest: str) -> OnnxAttrMode
 
 def file_digest(path: Path) -> str:
     """12 hex digits of the file's sha256: a model's version when its file names none, a seen-images file's."""
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()[:12]
-    except OSError as err:
-        raise FaceattrError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    return file_sha256(path)[:12]
 
 
 class OnnxAttrModel:

@@ -13,19 +13,19 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.batches import file_sha256
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exprs, parse_names
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable, refuse_overlap
+from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.metrics import features
 from faceattr_batch.metrics.fid_stats import ALL, FeatureStats, frechet_distance, kid, load_stats, save_stats
 from faceattr_batch.metrics.resize import load_for_inception
@@ -128,11 +128,13 @@ def compute(real: str | Path, fake: str | Path | None, options: FidOptions, mode
             loaded[0] = _load_inception(options)
         return loaded[0]
 
-    digest = _weights_digest(options)  # once: both sides compare or record it
+    # read once, and only where a stats file is read or saved: hashing the weights takes about 0.2 s
+    digest = cache(partial(_weights_digest, options))
     real_side = _side("REAL", Path(real), options, network, digest, seed_offset=0)
     saved = None
     if options.save_stats is not None:
-        saved = str(save_stats(options.save_stats, real_side.bundle, real_side.meta))
+        meta = {**real_side.meta, "weights_sha256": digest() or ""}
+        saved = str(save_stats(options.save_stats, real_side.bundle, meta))
     if fake is None:
         n = real_side.bundle[ALL].n
         notes = _small_notes("REAL", n) + _decode_notes([real_side])
@@ -204,8 +206,9 @@ def _is_stats_file(path: Path) -> bool:
     return path.suffix.lower() == ".npz" and path.is_file()
 
 
-def _side(name: str, source: Path, options: FidOptions, network, digest: str | None, seed_offset: int) -> _Side:
-    """One side's stats: a stats file's, checked against this run's options and weights ``digest``, or a folder's."""
+def _side(name: str, source: Path, options: FidOptions, network, digest, seed_offset: int) -> _Side:
+    """One side's stats: a stats file's, checked against this run's options and weights (``digest()``), or a
+    folder's."""
     if _is_stats_file(source):
         bundle, meta = load_stats(source, options.seed + seed_offset)
         stored = int(meta.get("size", "0") or 0) or None  # the file's key predates the flag's rename
@@ -216,8 +219,8 @@ def _side(name: str, source: Path, options: FidOptions, network, digest: str | N
             )
         stored_weights, weights = meta.get("weights"), _weights_name(options)
         stored_digest = meta.get("weights_sha256")
-        if stored_digest and digest:  # the same network whatever the file is called
-            other = stored_digest != digest
+        if stored_digest and digest():  # the same network whatever the file is called
+            other = stored_digest != digest()
         else:  # a file saved before digests were kept, or weights not installed here: by file name
             other = stored_weights is not None and Path(stored_weights).name != Path(weights).name
         if other:
@@ -238,7 +241,6 @@ def _side(name: str, source: Path, options: FidOptions, network, digest: str | N
         "size": str(options.resize_to or 0),
         "by": options.by or "",
         "weights": _weights_name(options),
-        "weights_sha256": digest or "",
     }
     return _Side(name, bundle, errors, meta)
 
@@ -252,7 +254,7 @@ def _weights_digest(options: FidOptions) -> str | None:
     from faceattr_batch.models import inception  # torch-backed
 
     path = Path(options.weights) if options.weights else inception.helper_weights_path()
-    return None if path is None else file_sha256(str(path))
+    return file_sha256(path) if path is not None and path.is_file() else None
 
 
 def _check_count(name: str, source: Path, n: int, decoded: bool = False) -> None:
