@@ -70,6 +70,14 @@ ROUNDING = 1e-6  # a probability this far over its scale is the scale (float rou
 
 
 @dataclass(frozen=True)
+class ReadingNotes:
+    """How the values were read, where a table could mean two things: a report names these beside its figures."""
+
+    percent: tuple[str, ...] = ()  # the file's probability columns read in percent (divided by 100)
+    gender_numeric: bool = False  # the gender column holds numbers (then gender_one_is says what 1 is)
+
+
+@dataclass(frozen=True)
 class ForeignPredictions:
     """A foreign table as read: ``frame`` in the predictions schema, the values it could not read (``problems``:
     line, column as the file names it, value, reason) and what each of our columns was read from."""
@@ -82,8 +90,7 @@ class ForeignPredictions:
     attributes: tuple[str, ...]  # of ATTRIBUTES, those the table predicts
     rows: int  # data rows in the file, unread ones included
     gender_one_is: str
-    percent: tuple[str, ...] = ()  # the file's probability columns read in percent (divided by 100)
-    gender_numeric: bool = False  # the gender column holds numbers (then gender_one_is says what 1 is)
+    notes: ReadingNotes = ReadingNotes()
 
     @property
     def summary(self) -> dict:
@@ -102,8 +109,8 @@ class ForeignPredictions:
             "columns": dict(self.columns),
             "attributes": list(self.attributes),
             "gender_one_is": self.gender_one_is,
-            "percent": list(self.percent),
-            "gender_numeric": self.gender_numeric,
+            "percent": list(self.notes.percent),
+            "gender_numeric": self.notes.gender_numeric,
             "race_mapping": dict(OTHER_RACES) if "race" in self.columns else None,
             "problem_count": self.problems.height,
             "problems_by_column": {c: {"count": n, "lines": lines} for c, n, lines in per_column.iter_rows()},
@@ -170,16 +177,12 @@ def read_foreign_predictions(
         )
     )
     raw, paths = raw.filter(paths.is_not_null()), paths.drop_nulls()
-    values, read_problems, percent = _predicted_values(raw, found, gender_one_is)
+    values, read_problems, notes = _predicted_values(raw, found, gender_one_is)
     problems += read_problems
     frame = _to_schema(pl.DataFrame({"path": paths, **values}), model_name or path.stem)
     problems_frame = pl.concat([pl.DataFrame(schema=PROBLEM_SCHEMA), *problems]).sort("line", "column")
     attributes = tuple(a for a in ATTRIBUTES if f"pred_{a}" in values)
-    sources = _sources(found)
-    numeric = "gender" in found and bool(as_text(raw[found["gender"]]).str.contains(r"^\s*\d").any())
-    return ForeignPredictions(
-        path, fmt, frame, problems_frame, sources, attributes, rows, gender_one_is, percent, numeric
-    )
+    return ForeignPredictions(path, fmt, frame, problems_frame, _sources(found), attributes, rows, gender_one_is, notes)
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -255,11 +258,10 @@ def _sources(found: dict[str, str | list[str]]) -> dict[str, str]:
 
 def _predicted_values(
     raw: pl.DataFrame, found: dict, gender_one_is: str
-) -> tuple[dict[str, pl.Series], list[pl.DataFrame], tuple[str, ...]]:
-    """The prediction columns of ours the table has, the problems met reading them and the probability columns
-    read in percent."""
+) -> tuple[dict[str, pl.Series], list[pl.DataFrame], ReadingNotes]:
+    """The prediction columns of ours the table has, the problems met reading them and how they were read."""
     lines, problems, values = raw[LINE], [], {}
-    probability, percent = {}, ()
+    probability, percent, gender_numeric = {}, (), False
     gender_probs = [found[k] for k in ("p_female", "p_male") if k in found]
     race_probs = [name for ours in RACE_PROB_COLUMNS for name in found.get(ours, [])]
     for group in (gender_probs, race_probs):
@@ -272,6 +274,7 @@ def _predicted_values(
         values["p_female"] = p if "p_female" in found else 1 - p
     if "gender" in found:
         gender = as_text(raw[found["gender"]])
+        gender_numeric = bool(gender.str.contains(r"^\s*\d").any())
         values["pred_gender"], bad = codes(gender, lines, found["gender"], _gender_reader(gender_one_is))
         problems.append(bad)
     elif gender_probs:
@@ -295,7 +298,8 @@ def _predicted_values(
         )  # fmt: skip
         values["pred_age"], bad = _checked(ages, text, lines, found["age"], reason)
         problems.append(bad)
-    return {name: series.alias(name) for name, series in values.items()}, problems, percent
+    values = {name: series.alias(name) for name, series in values.items()}
+    return values, problems, ReadingNotes(percent, gender_numeric)
 
 
 def _probabilities(raw: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Series], list[pl.DataFrame], bool]:
