@@ -54,3 +54,15 @@ def test_refuse_overlap_keeps_every_output_off_what_the_run_reads(tmp_path):
     atomic.refuse_overlap(tmp_path / "report", "-o", inputs, folder=True, writes=lambda name: name == "labels.csv")
     atomic.refuse_overlap(tmp_path, "-o", inputs, folder=True, writes=lambda name: name == "report.html")
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.jpg", "labels.csv", "photos"]  # nothing made
+
+
+def test_refuse_overlap_keeps_a_file_off_names_claimed_in_a_folder(tmp_path):
+    report = tmp_path / "report"
+    claimed = {"the report writes that file there": (report, lambda name: name == "suspects.parquet")}
+    for target in (report / "suspects.parquet", tmp_path / "report" / ".." / "report" / "suspects.parquet"):
+        with pytest.raises(atomic.FaceattrError, match="^" + re.escape(f"-o {target}: the report writes that file")):
+            atomic.refuse_overlap(target, "-o", {}, claimed=claimed)
+    atomic.refuse_overlap(report / "mine.parquet", "-o", {}, claimed=claimed)  # a name the folder leaves free
+    atomic.refuse_overlap(tmp_path / "suspects.parquet", "-o", {}, claimed=claimed)  # another folder
+    atomic.refuse_overlap(report, "-o", {}, folder=True, claimed=claimed)  # a folder is not a file of that name
+    assert list(tmp_path.iterdir()) == []

@@ -156,18 +156,18 @@ def test_bad_members_and_ensembles_as_a_start_give_one_line_errors(members, face
     run_dir = tmp_path / "small_run"
     run_dir.mkdir()
     (run_dir / "best.pt").write_bytes(before)
-    with pytest.raises(FaceattrError, match=r"^-o .*model.pt is inside the member's RUN_DIR .*small_run"):
+    with pytest.raises(FaceattrError, match=r"^-o .*model.pt: it would sit in the member's RUN_DIR .*small_run"):
         run(EnsembleOptions(members=(str(run_dir), str(members[1])), **{**common, "out": run_dir / "model.pt"}))
     assert members[0].read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["best.pt"]
     # reviewer's findings: a member given as its RUN_DIR's file, -o the run's best.pt, replaced the checkpoint; -o the
     # SOURCE index wrote a torch file over it; -o x.onnx wrote a torch file predict then read as a broken ONNX
-    with pytest.raises(FaceattrError, match=r"^-o .*last.pt is inside the member's RUN_DIR .*small_run"):
+    with pytest.raises(FaceattrError, match=r"^-o .*last.pt: it would sit in the member's RUN_DIR .*small_run"):
         run(
             EnsembleOptions(
                 members=(str(run_dir / "best.pt"), str(members[1])), **{**common, "out": run_dir / "last.pt"}
             )
         )
-    with pytest.raises(FaceattrError, match=r"^-o .*model.pt is inside the member's RUN_DIR .*small_run"):
+    with pytest.raises(FaceattrError, match=r"^-o .*model.pt: it would sit in the member's RUN_DIR .*small_run"):
         run(
             EnsembleOptions(
                 members=(str(run_dir / "best.pt"), str(members[1])), **{**common, "out": run_dir / "model.pt"}

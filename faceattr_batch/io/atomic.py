@@ -82,16 +82,26 @@ def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None
 
 
 def refuse_overlap(
-    target: Path | str, what: str, inputs: dict, *, folder: bool = False, writes: Callable[[str], bool] | None = None
+    target: Path | str,
+    what: str,
+    inputs: dict,
+    *,
+    folder: bool = False,
+    writes: Callable[[str], bool] | None = None,
+    claimed: dict[str, tuple[Path | str, Callable[[str], bool]]] | None = None,
 ) -> None:
     """Fail before any work when writing ``target`` (option ``what``; with ``folder``, a folder written into) would
     replace or remove what the run reads, or be read by the next run: ``inputs`` maps each input's name in the
     message to its path (a file or a folder) or None. Refused: a file ``target`` that is an input file, or that has
     an image's name inside an input folder (it would replace an image, or be read as one); a folder ``target`` that
     is an input folder or inside one (what it holds would be read as faces), or that holds an input file under a
-    name it writes (``writes``, a test of file names). Call it for every output before ``check_writable``, which
-    creates folders."""
+    name it writes (``writes``, a test of file names); a file ``target`` in a folder of ``claimed`` (why -> (folder,
+    a test of file names): another output writes those names there, or a later run reads them) under a name its
+    test accepts. Call it for every output before ``check_writable``, which creates folders."""
     target_real = Path(target).resolve()
+    for why, (place, names) in (claimed or {}).items():
+        if not folder and target_real.parent == Path(place).resolve() and names(target_real.name):
+            raise FaceattrError(f"{what} {target}: {why}")
     for name, path in inputs.items():
         if path is None:
             continue

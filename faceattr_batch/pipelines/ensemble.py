@@ -71,10 +71,10 @@ def run(options: EnsembleOptions) -> EnsembleResult:
         raise FaceattrError(f"-o {out}: name the ensemble file .pt")
     for source in options.members:  # the ensemble must not replace a member's weights, nor sit in its RUN_DIR
         member = resolve_attr_source(source)
-        refuse_overlap(out, "-o", {f"the member {source}": member})
-        in_run_dir = Path(source).is_dir() or out.name in RUN_DIR_MODELS  # a name -m RUN_DIR would read
-        if in_run_dir and out.resolve().parent == member.resolve().parent:
-            raise FaceattrError(f"-o {out} is inside the member's RUN_DIR {member.parent}; name a file elsewhere")
+        # a member's RUN_DIR holds no ensemble; beside a member's file, not under a name -m RUN_DIR would read
+        read_there = (lambda name: True) if Path(source).is_dir() else RUN_DIR_MODELS.__contains__
+        why = f"it would sit in the member's RUN_DIR {member.parent}; name a file elsewhere"
+        refuse_overlap(out, "-o", {f"the member {source}": member}, claimed={why: (member.parent, read_there)})
     check_writable(out, "-o")  # before the validation faces are decoded and read
     members = []
     for source in options.members:

@@ -72,10 +72,10 @@ def build(
     if report_dir is not None:
         refuse_overlap(report_dir, "--report", inputs, folder=True, writes=writes_file)
     if suspects is not None:
-        refuse_overlap(suspects, "--suspects", inputs)
-        if report_dir is not None and Path(suspects).resolve().parent == Path(report_dir).resolve():
-            if writes_file(Path(suspects).name):
-                raise FaceattrError(f"--suspects {suspects}: the report writes that file into {report_dir}")
+        claimed = (
+            {} if report_dir is None else {f"the report writes that file into {report_dir}": (report_dir, writes_file)}
+        )
+        refuse_overlap(suspects, "--suspects", inputs, claimed=claimed)
     for target, option, folder in ((report_dir, "--report", True), (suspects, "--suspects", False)):
         if target is not None:
             check_writable(target, option, folder=folder)
