@@ -43,7 +43,9 @@ def test_calibration_draws_no_panel_without_bins(tmp_path, drawn):
     by = {"race": pl.DataFrame(), "age_band": pl.DataFrame()}
     made = figures.draw(labelled, summary, by, {"gender": bins, "race": empty}, tmp_path)
     assert "calibration" in made
-    assert [ax.get_title() for ax in drawn[-1].axes] == ["gender calibration (ECE 0.040)"]
+    assert [ax.get_title() for ax in drawn[-1].axes] == [
+        "gender calibration\nECE 0.040: predicted gender's confidence, 15 bins"
+    ]
 
 
 def test_slicing_names_made_alike_get_a_figure_each(tmp_path):

@@ -255,7 +255,10 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
     return {"gender": gender, "race": race}
 
 
-def expected_calibration_error(confidence, correct, bins: int = 15, weights=None) -> float | np.ndarray | None:
+ECE_BINS = 15  # equal-width confidence bins of every ECE the package reports
+
+
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS, weights=None) -> float | np.ndarray | None:
     """ECE: the share-weighted mean |mean confidence - accuracy| over ``bins`` equal-width confidence bins
     (Guo et al. 2017). ``confidence``: the predicted class's probability (for gender max(p, 1 - p));
     ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it.

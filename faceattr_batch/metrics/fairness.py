@@ -58,6 +58,7 @@ import polars as pl
 from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.attributes import (
+    ECE_BINS,
     age_bin_known,
     age_in_bin,
     both_known,
@@ -385,7 +386,7 @@ def fairness_summary(
     resamples: int = MIN_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
-    bins: int = 15,
+    bins: int = ECE_BINS,
 ) -> dict:
     """The fairness summary of ``frame`` sliced by column ``by`` (the shape in the module docstring): per group,
     every metric of ``METRICS`` with its interval; between the groups with at least ``min_group`` in a metric's

@@ -54,7 +54,7 @@ import polars as pl
 from faceattr_batch.data.labels import RACES
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, slicing
-from faceattr_batch.metrics.attributes import CS_TOLERANCE, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
+from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded_model
 
@@ -253,7 +253,7 @@ def compare_runs(
     resamples: int = fairness.MIN_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
-    bins: int = 15,
+    bins: int = ECE_BINS,
 ) -> Comparison:
     """The comparison of run ``b`` with run ``a`` (module doc): metrics side by side with B − A and paired
     intervals, overall and per slice, the disagreements and their gallery."""

@@ -14,6 +14,7 @@ import polars as pl
 
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.io.atomic import replacing
+from faceattr_batch.metrics.attributes import ECE_BINS
 
 # the files ``draw`` may write (``draw_group_calibration`` adds calibration_by_<attribute>.png)
 PLOT_NAMES = ("confusion.png", "age_pred_vs_true.png", "error_by_age_band.png", "error_by_race.png", "calibration.png")
@@ -114,7 +115,9 @@ def draw(labelled: pl.DataFrame, summary: dict, by: dict, calibration: dict, fol
         ece = summary["calibration"][f"{key}_ece"]
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"mean {label} in bin")
         ax.set_ylabel("share female" if key == "gender" else "accuracy")
-        ax.set_title(f"{key} calibration (ECE {ece:.3f})" if ece is not None else f"{key} calibration")
+        # the ECE is the predicted class's (predict.md), not this curve's: the title says so
+        ece_text = f"\nECE {ece:.3f}: predicted {key}'s confidence, {ECE_BINS} bins" if ece is not None else ""
+        ax.set_title(f"{key} calibration{ece_text}", fontsize=10)
     fig.tight_layout()
     save(fig, "calibration")
     return made
