@@ -286,3 +286,13 @@ def test_race_precision_is_not_compared_across_slices_of_the_true_race():
         assert f"race_precision_{name}" not in by_race["weakest"]
     assert by_race["gaps"]["race_accuracy"]["gap"] is not None  # per-race accuracy is each race's recall: compared
     assert _summary()["gaps"]["race_precision_white"]["gap"] is not None
+
+
+@pytest.mark.parametrize("name", ["female", "age2", "hit_white", "race_confidence"])
+def test_a_slice_column_named_like_a_working_column_slices_as_any_other(name):
+    """A reviewer's finding: a labels column called ``female`` (or a calibration column's name) crashed the summary
+    with polars' DuplicateError, or was replaced by the computed column before slicing."""
+    renamed = fairness_summary(_frame().rename({"source": name}), name, min_group=MIN_GROUP)
+    expected = fairness_summary(_frame(), "source", min_group=MIN_GROUP)
+    assert renamed["by"] == name
+    assert json.dumps({**renamed, "by": "source"}, sort_keys=True) == json.dumps(expected, sort_keys=True)

@@ -115,6 +115,7 @@ def _metrics() -> tuple[Metric, ...]:
 METRICS: tuple[Metric, ...] = _metrics()
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 _BY_NAME = {m.name: m for m in METRICS}
+_SLICE = "__slice__"
 
 
 def with_inputs(frame: pl.DataFrame) -> pl.DataFrame:
@@ -394,16 +395,17 @@ def fairness_summary(
     the weakest slices. Gender's positive class is female: recall_female = TP / (TP + FN), fpr = FP / (FP + TN)
     with FP a male called female. ``level``: the intervals' coverage; ``bins``: ECE's bins."""
     _validate(frame, by, min_group, resamples, level)
-    frame = with_inputs(frame)
+    # the slice column under a private name: a labels column may be called like a working column (female, age2)
+    frame = with_inputs(frame.with_columns(pl.col(by).alias(_SLICE)))
     centre = frame.filter(both_known("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
     row_exprs = row_columns(centre)
     column = {expr.meta.output_name(): index for index, expr in enumerate(row_exprs)}
-    sliced = frame.filter(pl.col(by).is_not_null()).select(
-        by, *row_exprs, *(e.meta.output_name() for e in calibration_columns())
+    sliced = frame.filter(pl.col(_SLICE).is_not_null()).select(
+        _SLICE, *row_exprs, *(e.meta.output_name() for e in calibration_columns())
     )
     rng = np.random.default_rng(seed)
     groups, draws, true_races = [], [], []
-    for part in sliced.sort(by, maintain_order=True).partition_by(by, maintain_order=True):
+    for part in sliced.sort(_SLICE, maintain_order=True).partition_by(_SLICE, maintain_order=True):
         rows = part.select(list(column)).to_numpy().astype(np.float64)
         point_sums = rows.sum(axis=0)
         true_races.append(sum(point_sums[column[f"true_{name}"]] > 0 for name in _RACE_NAMES))
@@ -412,7 +414,7 @@ def fairness_summary(
         counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
         draws.append(_bootstrap(part, rows, column, rng, resamples, bins))
         metrics = _group_metrics(point, counts, draws[-1], level)
-        groups.append({"group": _json_key(part.get_column(by)[0]), "n": part.height, "metrics": metrics})
+        groups.append({"group": _json_key(part.get_column(_SLICE)[0]), "n": part.height, "metrics": metrics})
     summary = {
         "by": by, "min_group": min_group, "resamples": resamples, "seed": seed, "level": level,
         "positive_class": "female", "n": sliced.height, "n_unsliced": frame.height - sliced.height,
