@@ -77,7 +77,13 @@ SliceBy = Annotated[
     ),
 ]
 MinGroup = Annotated[
-    int, typer.Option("--min-group", min=2, help="Fewest images of a group compared and ranked in the report.")
+    int,
+    typer.Option(
+        "--min-group",
+        min=2,
+        help="Fewest rows a group's metric counts (images, true women, known ages) to be compared and ranked "
+        "in the report.",
+    ),
 ]
 IncludeTraining = Annotated[
     bool,
