@@ -84,10 +84,12 @@ TINY_RUN = dict(
 )
 
 
-def interrupt_at_second_grid(monkeypatch, train_gen_module):
+def interrupt_at_second_grid(monkeypatch):
     """Make train-gen's second sample grid raise KeyboardInterrupt (with grids and checkpoints every 3 iterations:
     after the iteration-3 checkpoint, before the next), as a user's Ctrl-C would; returns the function undoing it."""
-    real_save = train_gen_module.save_grid
+    from faceattr_batch.training import gen_grid
+
+    real_save = gen_grid.save_grid
     calls = {"n": 0}
 
     def crash_on_second_grid(*args):
@@ -96,8 +98,8 @@ def interrupt_at_second_grid(monkeypatch, train_gen_module):
             raise KeyboardInterrupt
         real_save(*args)
 
-    monkeypatch.setattr(train_gen_module, "save_grid", crash_on_second_grid)
-    return lambda: monkeypatch.setattr(train_gen_module, "save_grid", real_save)
+    monkeypatch.setattr(gen_grid, "save_grid", crash_on_second_grid)
+    return lambda: monkeypatch.setattr(gen_grid, "save_grid", real_save)
 
 
 def png_header_only(width: int, height: int) -> bytes:

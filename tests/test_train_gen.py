@@ -233,7 +233,7 @@ def test_train_gen_resumes_to_the_same_generator(tmp_path: Path, monkeypatch, ge
     train_gen(TrainGenOptions(out_dir=tmp_path / "whole", **options))
     assert (tmp_path / "whole" / "grid_000006.png").is_file()
 
-    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
+    restore = interrupt_at_second_grid(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_gen(TrainGenOptions(out_dir=tmp_path / "cut", **options))
     restore()

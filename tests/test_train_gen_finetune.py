@@ -15,7 +15,6 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.models.attr_ensemble import AttrEnsemble
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.registry import load_generator, read_generator_checkpoint, save_attr_ensemble
-from faceattr_batch.pipelines import train_gen as train_gen_module
 from faceattr_batch.pipelines.train_gen import TrainGenOptions
 from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training.losses import generated_faces_loss
@@ -28,7 +27,7 @@ def parameters(state: dict) -> dict:
 
 def cut_and_resumed(options: dict, out: Path, monkeypatch) -> None:
     """A run interrupted at its second sample grid, then resumed to its end."""
-    restore = interrupt_at_second_grid(monkeypatch, train_gen_module)
+    restore = interrupt_at_second_grid(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_gen(TrainGenOptions(out_dir=out, **options))
     restore()

@@ -12,7 +12,6 @@ Deterministic given the seed: iteration i draws its batch, noise and augmentatio
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,29 +19,28 @@ from pathlib import Path
 import numpy as np
 
 from faceattr_batch import __version__
-from faceattr_batch.data.labels import GENDERS, RACES
-from faceattr_batch.errors import FaceattrError
-from faceattr_batch.io.atomic import replacing
+from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.io.atomic import refuse_overlap
 from faceattr_batch.io.rundir import append_metrics, start_run
 from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     GEN_TRAIN_FORMAT,
     load_attr_model,
     load_generator,
-    read_generator_checkpoint,
+    read_checkpoint,
     save_atomically,
     save_generator,
 )
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.training.data import decode_cache, label_tensors, load_labelled
 from faceattr_batch.training.feature_moments import FeatureMoments, condition_cells
-from faceattr_batch.training.gen_eval import evaluate
+from faceattr_batch.training.gen_eval import check_ready, evaluate
+from faceattr_batch.training.gen_grid import grid_drawer
 
 log = logging.getLogger(__name__)
 
 GEN_CHECKPOINT = "last.pt"
 GEN_MODEL = "generator.pt"
-GRID_AGES = (3, 10, 20, 30, 45, 60, 75, 90)  # columns of the sample grid
 GEN_MAX_AGE = 100  # condition ages are clamped to this
 RESOLUTIONS = (32, 64, 128)
 
@@ -154,32 +152,6 @@ def condition_weights(labels: list, balance: float):
     return weights / weights.sum()
 
 
-def grid_conditions(n_cols: int = len(GRID_AGES)):
-    """Rows: every gender x race; columns: ages (each column one fixed noise vector)."""
-    import torch  # heavy: loaded when a training starts, not when the CLI does
-
-    rows = [(g, r) for r in range(len(RACES)) for g in range(len(GENDERS))]
-    gender = torch.tensor([g for g, _ in rows for _ in range(n_cols)])
-    race = torch.tensor([r for _, r in rows for _ in range(n_cols)])
-    age = torch.tensor(list(GRID_AGES[:n_cols]) * len(rows))
-    return gender, race, age, len(rows)
-
-
-def save_grid(images, n_rows: int, path: Path) -> None:
-    """N x 3 x R x R in [-1, 1] -> one PNG, row-major, 2-pixel gaps."""
-    from PIL import Image
-
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    n, size = pixels.shape[0], pixels.shape[1]
-    n_cols = n // n_rows
-    canvas = np.full((n_rows * (size + 2), n_cols * (size + 2), 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, n_cols)
-        canvas[r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = pixels[i]
-    with replacing(path) as tmp:
-        Image.fromarray(canvas).save(tmp)
-
-
 def with_standing_stats(ema, labels: list, seed: int, batches: int = 40, batch: int = 64, weights=None):
     """A copy of the EMA generator with BatchNorm statistics of its own weights (BigGAN's "standing statistics").
 
@@ -224,6 +196,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
+    if min(options.lr_g, options.lr_d) <= 0:  # a run that trains nothing would still report success
+        raise FaceattrError(f"--lr-g {options.lr_g} / --lr-d {options.lr_d}: learning rates must be above 0")
     if not resume:  # a resume takes the run's own options
         if options.teacher is None and (options.teacher_age_only or options.teacher_moments > 0):
             raise FaceattrError(f"--teacher-{'age-only' if options.teacher_age_only else 'moments'} needs --teacher")
@@ -231,8 +205,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             raise FaceattrError(f"--teacher {options.teacher} with --teacher-weight 0 and no --teacher-moments: unused")
         if options.teacher_age_only and options.teacher_weight == 0:
             log.warning("--teacher-age-only shapes --teacher-weight's loss, which is 0 here: it changes nothing")
+    # eval samples and grids inside the faces would be indexed as faces by a resume, or by the next index
+    refuse_overlap(options.out_dir, "-o", {"SOURCE": options.source, "--root": options.root}, folder=True)
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
+    if options.evaluate:
+        check_ready(options)
     out = Path(options.out_dir)
     torch.set_num_threads(options.threads or available_cores())
     device = resolve_device(options.device)
@@ -253,7 +231,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     if options.teacher_moments > 0 and gan.moments is None:
         gan.moments = FeatureMoments.of_real(gan.teacher, pixels, labels, device, options.progress)
-    draw_grid = _grid_drawer(gan.config.z_dim, device, out)
+    draw_grid = grid_drawer(gan.config.z_dim, device, out)
     bar = progress_bar(
         range(start, options.iterations),
         initial=start,
@@ -266,8 +244,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         losses.append(_train_step(gan, pixels, labels, weights, iteration, options, device))
         done = iteration + 1
         if done % 50 == 0:
-            recent = np.mean(losses[-50:], axis=0)
-            bar.set_postfix(d=f"{recent[0]:.3f}", g=f"{recent[1]:.3f}")
+            bar.set_postfix(d=f"{_mean_loss(losses[-50:], 0):.3f}", g=f"{_mean_loss(losses[-50:], 1):.3f}")
         last = done == options.iterations
         if done % options.sample_every == 0 or last:
             draw_grid(standing.at(done), done)
@@ -282,8 +259,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             # row averages fewer iterations, and says how many
             row = {
                 "iteration": done,
-                "loss_d": float(np.mean([d for d, _ in losses])),
-                "loss_g": float(np.mean([g for _, g in losses])),
+                "loss_d": _mean_loss(losses, 0),
+                "loss_g": _mean_loss(losses, 1),  # NaN where every iteration warmed the discriminator alone
                 "iterations_averaged": len(losses),
                 "iterations_per_s": len(losses) / (time.perf_counter() - started),
             }
@@ -294,6 +271,12 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             losses, started = [], time.perf_counter()
     bar.close()
     return result
+
+
+def _mean_loss(losses: list[tuple], index: int) -> float:
+    """The mean of the (loss_d, loss_g) pairs' ``index``-th, over the iterations that trained that network."""
+    values = [pair[index] for pair in losses if pair[index] is not None]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _model_meta(options: TrainGenOptions, iteration: int) -> dict:
@@ -309,10 +292,10 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
 
     from faceattr_batch.models.generator import Discriminator, Generator, GeneratorConfig  # torch-backed
 
-    checkpoint = read_generator_checkpoint(resume_from) if resume_from is not None else None
+    checkpoint = None if resume_from is None else read_checkpoint(resume_from, (GEN_TRAIN_FORMAT,), "train-gen")
     start_from = None
     if checkpoint is not None:  # the networks the run was started with, whatever today's defaults
-        config = GeneratorConfig.from_dict(checkpoint["config"])
+        config = _checked(resume_from, lambda: GeneratorConfig.from_dict(checkpoint["config"]))
     elif options.init_generator is not None:  # its generator; the discriminator is new, of the asked width
         start_from, _ = load_generator(options.init_generator)
         config = dataclasses.replace(start_from.config, d_width=options.d_width)
@@ -333,12 +316,20 @@ def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tu
     if checkpoint is None:
         return gan, 0
     for name in ("generator", "discriminator", "ema", "opt_g", "opt_d"):
-        getattr(gan, name).load_state_dict(checkpoint[name])
+        _checked(resume_from, lambda name=name: getattr(gan, name).load_state_dict(checkpoint[name]))
     if "teacher_moments" in checkpoint:
         gan.moments = FeatureMoments.from_state(checkpoint["teacher_moments"], device)
     start = checkpoint["iteration"]
     log.info("resuming after iteration %d", start)
     return gan, start
+
+
+def _checked(path: Path, load):
+    """``load()``, a checkpoint whose parts do not fit (edited, or of another version) as one line."""
+    try:
+        return load()
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise FaceattrError(f"{path}: a train-gen checkpoint this run cannot load ({first_line(err, 160)})") from None
 
 
 def _load_teacher(source: str | None, device):
@@ -403,7 +394,7 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
     loss_d.backward()
     gan.opt_d.step()
     if warming_up:
-        return loss_d.item(), 0.0
+        return loss_d.item(), None
 
     fake_score, fake_aux = discriminator(diff_augment(fake, rng), *fake_cond)
     aux_g = discriminator.aux_loss(fake_aux, *fake_cond, age_weight=options.age_weight)
@@ -427,22 +418,3 @@ def _train_step(gan: _Gan, pixels, labels: list, weights, iteration: int, option
         for b_ema, b in zip(gan.ema.buffers(), gan.generator.buffers(), strict=True):
             b_ema.copy_(b)
     return loss_d.item(), loss_g.item()
-
-
-def _grid_drawer(z_dim: int, device, out: Path):
-    """A function (generator, iteration) that writes ``grid_<iteration>.png`` and ``grid_latest.png``: every
-    gender x race by the grid's ages, one fixed noise vector per column."""
-    import torch
-
-    gender, race, age, n_rows = grid_conditions()
-    z = torch.randn(len(GRID_AGES), z_dim, generator=torch.Generator().manual_seed(12345)).repeat(n_rows, 1)
-    conditions = [t.to(device) for t in (z, gender, race, age)]
-
-    def draw(generator, iteration: int) -> None:
-        with torch.no_grad():
-            images = generator(*conditions)
-        path = out / f"grid_{iteration:06d}.png"
-        save_grid(images.cpu(), n_rows, path)
-        shutil.copyfile(path, out / "grid_latest.png")
-
-    return draw

@@ -21,10 +21,21 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.features import image_stats
 from faceattr_batch.metrics.fid_stats import ALL, frechet_distance, kid, load_stats, save_stats
 from faceattr_batch.models.device import resolve_device
+from faceattr_batch.models.registry import resolve_attr_source
 from faceattr_batch.models.runtime import ModelRunner, split_cores
 from faceattr_batch.models.sampling import write_samples
 
 log = logging.getLogger(__name__)
+
+
+def check_ready(options) -> None:
+    """What the evaluations need, checked before training (the first is thousands of iterations in): the FID
+    Inception weights installed, and ``--attr-model`` found."""
+    from faceattr_batch.models.inception import INSTALL_HINT, helper_weights_path  # torch-backed
+
+    if helper_weights_path() is None:
+        raise FaceattrError(f"the FID Inception weights are not installed: {INSTALL_HINT} (or train with --no-eval)")
+    resolve_attr_source(options.attr_model)
 
 
 def evaluate(ema, config, table: pl.DataFrame, options, out: Path, fid_network=None) -> dict:
