@@ -196,8 +196,9 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
     if options.age_bins == 1:
         raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
-    if min(options.lr_g, options.lr_d) <= 0:  # a run that trains nothing would still report success
-        raise FaceattrError(f"--lr-g {options.lr_g} / --lr-d {options.lr_d}: learning rates must be above 0")
+    # one rate 0 trains the other network alone (--lr-g 0: the discriminator); both 0 would train nothing
+    if min(options.lr_g, options.lr_d) < 0 or options.lr_g == options.lr_d == 0:
+        raise FaceattrError(f"--lr-g {options.lr_g} --lr-d {options.lr_d}: at least one must be above 0, none below")
     if not resume:  # a resume takes the run's own options
         if options.teacher is None and (options.teacher_age_only or options.teacher_moments > 0):
             raise FaceattrError(f"--teacher-{'age-only' if options.teacher_age_only else 'moments'} needs --teacher")
