@@ -112,3 +112,15 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny faces and a 3-iteration train-gen run trained on them, once per test module: (faces folder, RUN_DIR)."""
+    from faceattr_batch.pipelines.train_gen import TrainGenOptions
+    from faceattr_batch.pipelines.train_gen import run as train_gen
+
+    root = tmp_path_factory.mktemp("generator")
+    make_faces(root / "faces", 40)
+    train_gen(TrainGenOptions(source=root / "faces", out_dir=root / "base", iterations=3, **TINY_RUN))
+    return root / "faces", root / "base"

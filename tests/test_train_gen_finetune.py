@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, interrupt_at_second_grid, make_faces
+from conftest import TINY_RUN, interrupt_at_second_grid
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
@@ -32,15 +32,6 @@ def cut_and_resumed(options: dict, out: Path, monkeypatch) -> None:
         train_gen(TrainGenOptions(out_dir=out, **options))
     restore()
     train_gen(TrainGenOptions(out_dir=out, **options), resume=True)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny faces and a 3-iteration generator run trained on them: (faces folder, RUN_DIR)."""
-    root = tmp_path_factory.mktemp("finetune")
-    make_faces(root / "faces", 40)
-    train_gen(TrainGenOptions(source=root / "faces", out_dir=root / "base", iterations=3, **TINY_RUN))
-    return root / "faces", root / "base"
 
 
 def test_init_generator_starts_from_the_file_and_d_warmup_keeps_it_there(trained, tmp_path: Path):

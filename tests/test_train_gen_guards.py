@@ -21,15 +21,6 @@ from faceattr_batch.pipelines.train_gen import run as train_gen
 from faceattr_batch.training import gen_grid
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny faces and a 3-iteration run on them: (faces folder, RUN_DIR)."""
-    root = tmp_path_factory.mktemp("guards")
-    make_faces(root / "faces", 16)
-    train_gen(TrainGenOptions(source=root / "faces", out_dir=root / "run", iterations=3, **TINY_RUN))
-    return root / "faces", root / "run"
-
-
 def test_resume_refuses_an_attribute_run_and_keeps_its_options(trained, tmp_path: Path):
     faces, _ = trained
     attr_run = tmp_path / "attr_run"
