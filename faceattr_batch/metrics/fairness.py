@@ -115,7 +115,7 @@ def _metrics() -> tuple[Metric, ...]:
 METRICS: tuple[Metric, ...] = _metrics()
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 _BY_NAME = {m.name: m for m in METRICS}
-_SLICE = "__slice__"
+_SLICE = "__slice__"  # the slice column's private copy: a labels column may be named like a working one (female)
 
 
 def with_inputs(frame: pl.DataFrame) -> pl.DataFrame:
@@ -395,7 +395,6 @@ def fairness_summary(
     the weakest slices. Gender's positive class is female: recall_female = TP / (TP + FN), fpr = FP / (FP + TN)
     with FP a male called female. ``level``: the intervals' coverage; ``bins``: ECE's bins."""
     _validate(frame, by, min_group, resamples, level)
-    # the slice column under a private name: a labels column may be called like a working column (female, age2)
     frame = with_inputs(frame.with_columns(pl.col(by).alias(_SLICE)))
     centre = frame.filter(both_known("true_age")).get_column("true_age").cast(pl.Float64).mean() or 0.0
     row_exprs = row_columns(centre)
@@ -443,11 +442,6 @@ def group_table(summary: dict) -> pl.DataFrame:
     for group in summary["groups"]:
         row = {"group": str(group["group"]), "n": group["n"]}
         for name, entry in group["metrics"].items():
-            row |= {
-                name: entry["value"],
-                f"{name}_n": entry["n"],
-                f"{name}_low": entry["low"],
-                f"{name}_high": entry["high"],
-            }
+            row |= {name: entry["value"], **{f"{name}_{key}": entry[key] for key in ("n", "low", "high")}}
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)

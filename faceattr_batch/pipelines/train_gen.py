@@ -186,26 +186,7 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     to extend a run or to end it at its checkpoint (then only ``generator.pt`` is written)."""
     import torch  # heavy: loaded when a training starts, not when the CLI does
 
-    if options.resolution not in RESOLUTIONS:
-        raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
-    from faceattr_batch.models.generator import AGE_SCALES, UPSAMPLERS  # torch-backed
-
-    if options.upsample not in UPSAMPLERS:
-        raise FaceattrError(f"--upsample {options.upsample}: use {' or '.join(UPSAMPLERS)}")
-    if options.age_scale not in AGE_SCALES:
-        raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
-    if options.age_bins == 1:
-        raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
-    # one rate 0 trains the other network alone (--lr-g 0: the discriminator); both 0 would train nothing
-    if min(options.lr_g, options.lr_d) < 0 or options.lr_g == options.lr_d == 0:
-        raise FaceattrError(f"--lr-g {options.lr_g} --lr-d {options.lr_d}: at least one must be above 0, none below")
-    if not resume:  # a resume takes the run's own options
-        if options.teacher is None and (options.teacher_age_only or options.teacher_moments > 0):
-            raise FaceattrError(f"--teacher-{'age-only' if options.teacher_age_only else 'moments'} needs --teacher")
-        if options.teacher is not None and options.teacher_weight == 0 and options.teacher_moments == 0:
-            raise FaceattrError(f"--teacher {options.teacher} with --teacher-weight 0 and no --teacher-moments: unused")
-        if options.teacher_age_only and options.teacher_weight == 0:
-            log.warning("--teacher-age-only shapes --teacher-weight's loss, which is 0 here: it changes nothing")
+    _check_options(options, resume)
     # eval samples and grids inside the faces would be indexed as faces by a resume, or by the next index
     refuse_overlap(options.out_dir, "-o", {"SOURCE": options.source, "--root": options.root}, folder=True)
     overrides = {"iterations": iterations} if resume and iterations is not None else None
@@ -272,6 +253,30 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
             losses, started = [], time.perf_counter()
     bar.close()
     return result
+
+
+def _check_options(options: TrainGenOptions, resume: bool) -> None:
+    """One line for an option out of range, before anything is read or written."""
+    if options.resolution not in RESOLUTIONS:
+        raise FaceattrError(f"--resolution {options.resolution}: use 32, 64 or 128")
+    from faceattr_batch.models.generator import AGE_SCALES, UPSAMPLERS  # torch-backed
+
+    if options.upsample not in UPSAMPLERS:
+        raise FaceattrError(f"--upsample {options.upsample}: use {' or '.join(UPSAMPLERS)}")
+    if options.age_scale not in AGE_SCALES:
+        raise FaceattrError(f"--age-scale {options.age_scale}: use {' or '.join(AGE_SCALES)}")
+    if options.age_bins == 1:
+        raise FaceattrError("--age-bins 1 carries no age: use 0 (a regression) or 2 or more bins")
+    # one rate 0 trains the other network alone (--lr-g 0: the discriminator); both 0 would train nothing
+    if min(options.lr_g, options.lr_d) < 0 or options.lr_g == options.lr_d == 0:
+        raise FaceattrError(f"--lr-g {options.lr_g} --lr-d {options.lr_d}: at least one must be above 0, none below")
+    if not resume:  # a resume takes the run's own options
+        if options.teacher is None and (options.teacher_age_only or options.teacher_moments > 0):
+            raise FaceattrError(f"--teacher-{'age-only' if options.teacher_age_only else 'moments'} needs --teacher")
+        if options.teacher is not None and options.teacher_weight == 0 and options.teacher_moments == 0:
+            raise FaceattrError(f"--teacher {options.teacher} with --teacher-weight 0 and no --teacher-moments: unused")
+        if options.teacher_age_only and options.teacher_weight == 0:
+            log.warning("--teacher-age-only shapes --teacher-weight's loss, which is 0 here: it changes nothing")
 
 
 def _mean_loss(losses: list[tuple], index: int) -> float:
