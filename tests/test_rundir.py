@@ -66,7 +66,7 @@ def test_resume_says_a_source_it_ignores_and_the_options_its_file_predates(tmp_p
         resumed = start_run(Options(Path("faces"), out), "last.pt", "training", resume=True)
     assert resumed.source == tmp_path / "faces" and resumed.lr == 0.002
     assert [r.getMessage() for r in caplog.records] == [
-        "the run's options.json predates some options; they take today's defaults: lr 0.002",
+        "the run's options.json predates some options; they take this command's values: lr 0.002",
         # the first resume wrote lr into the file; the second names the other source it does not read
         "--resume goes on with the run's own options; ignored: source PosixPath('faces') "
         f"(the run's: {tmp_path / 'faces'!r})",

@@ -30,7 +30,7 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     """The options a run goes on with: ``options`` for a new run, the saved ones for ``--resume``, with
     ``overrides`` applied (e.g. a new iteration count to extend or end a run) and the given ``MACHINE_FIELDS``
     (where it runs, not what it computes). Another value given for a saved option is ignored, with a warning; an
-    option the run's file predates takes today's default, with a warning.
+    option the run's file predates takes this command's value (today's default unless given), with a warning.
 
     Refuses to start over an existing run, and to resume another kind's run (``kind``, kept in the file); writes
     ``options.json`` into ``options.out_dir`` either way, paths made absolute (a resume from another folder).
@@ -69,7 +69,7 @@ def _check_kind(out: Path, stored: dict, options, kind: str) -> None:
 
 def _warn_ignored(options, saved: dict, kept: dict) -> None:
     """Say which options given (other than their defaults; the source always) differ from the run's own and so are
-    not used, and which ones the run's file predates (they take today's default)."""
+    not used, and which ones the run's file predates (they take this command's values)."""
     ignored, missing = [], []
     for field in dataclasses.fields(options):
         given = getattr(options, field.name)
@@ -84,7 +84,8 @@ def _warn_ignored(options, saved: dict, kept: dict) -> None:
     if ignored:
         log.warning("--resume goes on with the run's own options; ignored: %s", "; ".join(ignored))
     if missing:
-        log.warning("the run's options.json predates some options; they take today's defaults: %s", "; ".join(missing))
+        predates = "the run's options.json predates some options; they take this command's values: %s"
+        log.warning(predates, "; ".join(missing))
 
 
 def _same(given, saved) -> bool:
