@@ -226,6 +226,8 @@ def crop_command(
     batch_size: opt.BatchSize = 32,
     workers: Annotated[int | None, opt.workers_option("one per core")] = None,
     overwrite: opt.Overwrite = False,
+    resume: opt.Resume = False,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Photos per resumable shard.")] = 1024,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Find the faces in photos; write each, aligned, as a 200 x 200 chip framed like UTKFace, plus manifest.parquet."""

@@ -399,9 +399,10 @@ def _shown(value: float | None, percent: bool, signed: bool = False) -> str:
 
 def crop(summary: dict) -> None:
     errors = ", ".join(f"{n} {reason}" for reason, n in summary["errors"].items()) or "none"
+    resumed = f"; {summary['shards_skipped']} shards resumed" if summary["shards_skipped"] else ""
     console().print(
         f"{summary['faces']} faces from {summary['photos']} photos -> {summary['out_dir']} "
-        f"(errors: {errors}; {summary['seconds']:.1f} s)"
+        f"(errors: {errors}; {summary['seconds']:.1f} s{resumed})"
     )
 
 

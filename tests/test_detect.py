@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -449,6 +451,43 @@ def test_crop_writes_aligned_chips_and_a_manifest(composites, tmp_path):
     (out / "mine.txt").write_text("not a chip")
     replaced = runner.invoke(app, ["crop", str(folder / "empty.png"), "-o", str(out), "--overwrite", "--workers", "0"])
     assert replaced.exit_code == 0, replaced.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "mine.txt"]
+
+
+@needs_detect
+def test_crop_killed_goes_on_with_resume_and_overwrite_removes_its_finished_shards_chips(composites, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in composites[:9]:
+        os.symlink(photo.path, folder / photo.path.name)
+    (folder / "zero.jpg").write_bytes(b"")
+    out, reference = tmp_path / "chips", tmp_path / "reference"
+    args = ["crop", str(folder), "-o", str(out), "--workers", "0", "-b", "2", "--shard-size", "4", "--json"]
+    killed = _cli(args, kill="part:1")  # shard 0's 4 photos finished, shard 1 half done
+    assert killed.returncode == -9, killed.stderr
+    assert not (out / "manifest.parquet").exists() and any(out.glob("*.jpg"))
+    again = _cli(args)
+    assert again.returncode == 2 and "holds an unfinished crop run: add --resume" in again.stderr
+    other = _cli([*args, "--min-score", "0.8", "--resume"])
+    assert other.returncode == 2 and "different inputs or options (min_score)" in other.stderr
+    done = _cli([*args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shards_skipped"] == 1
+    assert _cli([*args[:3], str(reference), *args[4:]]).returncode == 0
+    resumed, expected = pl.read_parquet(out / "manifest.parquet"), pl.read_parquet(reference / "manifest.parquet")
+    assert resumed.equals(expected) and resumed["source"].n_unique() == 10 and resumed["chip"].is_not_null().sum() >= 9
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert all((out / name).read_bytes() == (reference / name).read_bytes() for name in resumed["chip"].drop_nulls())
+    finished = _cli([*args, "--resume"])  # nothing left to do: the manifest is read back, nothing written
+    assert finished.returncode == 0 and json.loads(finished.stdout)["shards_skipped"] == 3
+
+    shutil.rmtree(out)
+    assert _cli(args, kill="shard:0").returncode == -9
+    listed = pl.read_parquet(next((out / "manifest.parquet.parts").glob("part-*.parquet")))["chip"].drop_nulls()
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(listed) and len(listed) >= 3
+    (out / "mine.txt").write_text("not a chip")
+    replaced = _cli(["crop", str(folder / "zero.jpg"), "-o", str(out), "--overwrite", "--json"])
+    assert replaced.returncode == 0, replaced.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "mine.txt"]
 
 

@@ -27,15 +27,18 @@ def check_output_folder(out: Path, overwrite: bool, what: str) -> None:
         raise FaceattrError(f"{out} is not empty: add --overwrite to replace {what}")
 
 
-def remove_earlier(out: Path, manifest: str, column: str, manifest_columns: Collection[str]) -> None:
-    """Remove the files an earlier run listed in ``out / manifest`` (its ``column``) or left in its pending list,
-    then those lists. Every list is read first: a manifest without all of the command's ``manifest_columns`` (a
-    Parquet of the user's own of that name), or a list naming a file outside ``out``, is refused, nothing removed."""
-    lists = [path for path in (out / manifest, out / PENDING) if path.is_file()]
+def remove_earlier(
+    out: Path, manifest: str, column: str, manifest_columns: Collection[str], also: Collection[Path] = ()
+) -> None:
+    """Remove the files an earlier run listed in ``out / manifest`` (its ``column``), in ``also`` (more Parquet files
+    of the manifest's columns: an unfinished run's finished shards) or in its pending list, then those lists. Every
+    list is read first: a manifest without all of the command's ``manifest_columns`` (a Parquet of the user's own of
+    that name), or a list naming a file outside ``out``, is refused, nothing removed."""
+    lists = [path for path in (out / manifest, *also, out / PENDING) if path.is_file()]
     files = []
     for path in lists:
         try:
-            expected = manifest_columns if path.name == manifest else [column]
+            expected = [column] if path == out / PENDING else manifest_columns
             missing = [name for name in expected if name not in pl.read_parquet_schema(path)]
             if missing:
                 raise ValueError(f"no column {missing[0]!r}")

@@ -3,15 +3,19 @@
 For building datasets from raw photos: ``faces.load_faces`` (decode, detect, align) runs in worker processes; the
 chips are written as JPEGs named ``{photo stem}_{16 hex of the photo's path}_{face index}.jpg``; the manifest is
 written last, atomically, one row per face (source, face_index, box, det_score, landmarks, chip) plus a row with
-``error`` for each photo without a face or that could not be read. An output folder that is not empty is refused
-unless ``overwrite``, which removes the chips an earlier crop run listed in its manifest and nothing else. Images
-inside the output folder are never inputs (an earlier run's chips, when ``-o`` lies in an input folder).
+``error`` for each photo without a face or that could not be read. The manifest's rows go through ``io.writer``'s
+shards (``manifest.parquet.parts`` in the output folder), so a killed run goes on with ``resume`` where it stopped:
+chips are named by their photo's path and face, so the one unfinished shard's are written again over themselves.
+An output folder that is not empty is refused unless ``overwrite``, which removes the chips an earlier crop run
+listed in its manifest or its finished shards and nothing else. Images inside the output folder are never inputs
+(an earlier run's chips, when ``-o`` lies in an input folder).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -25,13 +29,15 @@ from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.inputs import display_path, list_images
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces.align import CHIP_SIZE
-from faceattr_batch.faces.detect import require_detection
+from faceattr_batch.faces.detect import MtcnnDetector, require_detection
 from faceattr_batch.faces.load import FaceOptions, face_rows, load_faces
-from faceattr_batch.io.atomic import write_parquet_atomically
+from faceattr_batch.io import writer
 from faceattr_batch.io.manifest_folder import check_output_folder, remove_earlier
 from faceattr_batch.models.device import available_cores
 from faceattr_batch.progress import progress_bar
 from faceattr_batch.schema import FACE_FIELDS, error_counts
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
 # the predictions' face fields (schema.py) less ``framing`` (every chip here is aligned), between source and chip
@@ -54,25 +60,62 @@ class CropOptions:
     batch_size: int = 32  # photos per worker task
     workers: int | None = None  # detection processes; None = one per core, 0 = in this process
     overwrite: bool = False
+    resume: bool = False  # go on with a killed run of the same photos and options in ``out_dir``
+    shard_size: int = 1024  # photos per resumable shard, rounded up to a multiple of batch_size
     progress: bool = True
 
 
 def run(options: CropOptions) -> dict:
-    """Write the chips and the manifest; returns a summary (photos, faces, errors by reason, paths, seconds)."""
+    """Write the chips and the manifest; returns a summary (photos, faces, errors by reason, shards resumed, paths,
+    seconds)."""
     started = time.perf_counter()
     faces = FaceOptions("detect", options.min_face, options.min_score, options.max_faces)
     faces.validate()
-    if options.batch_size < 1:
-        raise FaceattrError(f"--batch-size {options.batch_size}: must be >= 1")
+    for name in ("batch_size", "shard_size"):
+        if getattr(options, name) < 1:
+            raise FaceattrError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
     require_detection()
     out = Path(options.out_dir)
     paths = _outside(list_images(options.inputs), out)
-    check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
-    if options.overwrite:
-        remove_earlier(out, MANIFEST, "chip", MANIFEST_SCHEMA)
+    manifest = out / MANIFEST
+    keys = [display_path(path) for path in paths]
+    shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
+    fingerprint = {
+        "detector": MtcnnDetector.name,
+        **{name: getattr(options, name) for name in ("min_face", "min_score", "max_faces", "quality")},
+    }
+    unfinished = writer.parts_dir(manifest).is_dir()
+    resuming = options.resume and unfinished
+    if options.resume and not resuming:
+        if writer.is_complete(manifest, fingerprint, keys, shard_size):
+            return _summary(options, manifest, len(paths), -(-len(paths) // shard_size), started)
+        if manifest.is_file():
+            raise FaceattrError(
+                f"--resume: {manifest} is finished, from other photos or options; --overwrite replaces it"
+            )
+        log.warning("--resume: nothing to resume in %s; starting afresh", out)
+    if not resuming:
+        if unfinished and not options.overwrite:
+            raise FaceattrError(
+                f"{out} holds an unfinished crop run: add --resume to finish it or --overwrite to replace it"
+            )
+        check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
+        if options.overwrite:
+            remove_earlier(out, MANIFEST, "chip", MANIFEST_SCHEMA, also=_parts(out))
+    space = writer.open_workspace(manifest, fingerprint, keys, shard_size, resuming)
+    pending = writer.pending_shards(space)
+    todo = [paths[i] for shard in pending for i in range(shard.start, shard.stop)]
+    schema = pl.DataFrame(schema=MANIFEST_SCHEMA).to_arrow().schema
+    if todo:
+        writer.write_shards(space, pending, schema, _manifest_tables(todo, faces, out, options), key="source")
+    writer.finalize(space, schema)
+    return _summary(options, manifest, len(paths), len(space.shards) - len(pending), started)
+
+
+def _manifest_tables(paths: list[str], faces: FaceOptions, out: Path, options: CropOptions):
+    """Detect and align the faces of ``paths``, write their chips; yields each batch's manifest rows (Arrow)."""
     workers = available_cores() if options.workers is None else options.workers
     load = functools.partial(load_faces, options=faces, size=CHIP_SIZE)
-    frames = []
     with progress_bar(total=len(paths), unit="img", enabled=options.progress, desc="crop") as bar:
         for batch in iter_batches(paths, load, options.batch_size, workers):
             rows = face_rows(batch, CHIP_SIZE)
@@ -83,18 +126,25 @@ def run(options: CropOptions) -> dict:
                 _write_jpeg(pixels, out / chips[row], options.quality)
             errors = [rows.errors.get(i) for i in range(len(rows.image))]
             columns = {k: v for k, v in rows.columns.items() if k in MANIFEST_SCHEMA}
-            frames.append(
-                pl.DataFrame({"source": sources, "error": errors, **columns, "chip": chips}, schema=MANIFEST_SCHEMA)
-            )
+            frame = pl.DataFrame({"source": sources, "error": errors, **columns, "chip": chips}, schema=MANIFEST_SCHEMA)
+            yield frame.to_arrow()
             bar.update(len(batch.paths))
-    manifest = pl.concat(frames)
-    write_parquet_atomically(manifest, out / MANIFEST)
+
+
+def _parts(out: Path) -> list[Path]:
+    """The finished shards of an unfinished run in ``out`` (their rows list chips written)."""
+    return sorted(writer.parts_dir(out / MANIFEST).glob("part-*.parquet"))
+
+
+def _summary(options: CropOptions, manifest: Path, photos: int, shards_skipped: int, started: float) -> dict:
+    rows = pl.read_parquet(manifest)
     return {
-        "photos": len(paths),
-        "faces": manifest["chip"].is_not_null().sum(),
-        "errors": error_counts(manifest),
-        "out_dir": str(out),
-        "manifest": str(out / MANIFEST),
+        "photos": photos,
+        "faces": rows["chip"].is_not_null().sum(),
+        "errors": error_counts(rows),
+        "shards_skipped": shards_skipped,
+        "out_dir": str(options.out_dir),
+        "manifest": str(manifest),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
