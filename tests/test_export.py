@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.io.digest import file_digest
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.export import OUTPUT_NAMES, export_onnx
 from faceattr_batch.models.registry import load_attr_model, save_attr_model
@@ -114,7 +115,7 @@ def test_export_is_cached_and_a_bad_cache_file_is_made_again(checkpoint: Path, t
     first = _load_with_onnxruntime(checkpoint)
     assert first.meta["precision"] == "fp32"
     expected = first.infer(pixels)
-    cached = tmp_path / "cache" / "onnx" / f"model-{runtime.file_digest(checkpoint)}-{__version__}.onnx"
+    cached = tmp_path / "cache" / "onnx" / f"model-{file_digest(checkpoint)}-{__version__}.onnx"
     assert sorted((tmp_path / "cache" / "onnx").iterdir()) == [cached]  # no temporary file left beside it
 
     real_export, exports = runtime.export_onnx, []
@@ -150,7 +151,7 @@ def test_an_export_from_before_the_median_age_is_refused_or_made_again(checkpoin
     with pytest.raises(FaceattrError, match="older faceattr-batch.*export it again"):
         runtime.load_onnx_model(tmp_path / "old.onnx")
     monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / "onnx" / f"model-{runtime.file_digest(checkpoint)}-{__version__}.onnx"
+    cached = tmp_path / "cache" / "onnx" / f"model-{file_digest(checkpoint)}-{__version__}.onnx"
     cached.parent.mkdir(parents=True)
     cached.write_bytes((tmp_path / "old.onnx").read_bytes())  # a cache file left by the older version
     pixels = face_like_batch(4, 40)

@@ -3,6 +3,7 @@ same samples) and the command end to end on generated fixtures. A tiny network s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from fakes import TinyFeatures
 from PIL import Image
 from typer.testing import CliRunner
 
+from faceattr_batch import __version__
 from faceattr_batch.cli import app
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.fid_stats import ALL, load_stats
@@ -357,6 +359,9 @@ def test_cli_train_gen_writes_metrics_checkpoint_grid_and_model(tiny_attr_model:
     assert checkpoint["iteration"] == 2 and {"generator", "discriminator", "ema", "opt_g", "opt_d"} <= set(checkpoint)
     generator, meta = load_generator(run_dir)
     assert meta["iterations"] == 2 and generator.config.resolution == 32 and generator.config.age_scale == "sqrt"
+    # its version is its file's digest (synth's model_version), not the tool's version, which it keeps apart
+    digest = hashlib.sha256((run_dir / "generator.pt").read_bytes()).hexdigest()[:12]
+    assert (meta["version"], meta["tool_version"]) == (digest, __version__)
     assert generator.embed.age_scale == "sqrt"
     with torch.no_grad():
         faces_out = generator(

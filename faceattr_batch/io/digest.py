@@ -15,3 +15,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as err:
         raise FaceattrError(f"{path}: cannot read the file ({err.strerror or err})") from None
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """12 hex digits of the file's SHA-256: a model's version when its file names none, a seen-images file's."""
+    return file_sha256(path)[:12]

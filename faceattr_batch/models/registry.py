@@ -14,6 +14,7 @@ import torch
 
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
+from faceattr_batch.io.digest import file_digest
 from faceattr_batch.models.attr_ensemble import AttrEnsemble
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.generator import Generator, GeneratorConfig
@@ -89,6 +90,8 @@ def load_generator(source: str | Path | None = None):
         raise FaceattrError(f"{path}: weights do not match the generator config ({first_line(err, 160)})") from None
     meta = dict(data.get("meta", {}))
     meta.setdefault("name", path.stem)
+    # two trainings of one name are two generators: a file that names no version is known by its digest
+    meta["version"] = str(meta.get("version") or file_digest(path))
     meta["source"] = str(path)
     return generator.eval(), meta
 

@@ -24,7 +24,7 @@ import torch
 from faceattr_batch import __version__
 from faceattr_batch.data.labels import RACES
 from faceattr_batch.errors import FaceattrError, first_line
-from faceattr_batch.io.digest import file_sha256
+from faceattr_batch.io.digest import file_digest
 from faceattr_batch.models import registry
 from faceattr_batch.models.attr_net import AttrNetConfig, AttrOutputs
 from faceattr_batch.models.device import available_cores, lacks_vnni
@@ -166,11 +166,6 @@ def _matching_export(candidate: Path, threads: int, digest: str) -> OnnxAttrMode
     except FaceattrError:  # truncated or not ONNX at all: made again
         return None
     return model if model.properties.get(SOURCE_DIGEST, "")[:12] == digest else None
-
-
-def file_digest(path: Path) -> str:
-    """12 hex digits of the file's sha256: a model's version when its file names none, a seen-images file's."""
-    return file_sha256(path)[:12]
 
 
 class OnnxAttrModel:

@@ -25,7 +25,7 @@ import polars as pl
 
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
-from faceattr_batch.models.runtime import file_digest
+from faceattr_batch.io.digest import file_digest
 from faceattr_batch.schema import TRAINING_ROLE, TRAINING_ROLES
 
 SPLIT_ROLES = {"train": "train", "val": "validation"}  # a split.parquet's ``split`` value -> the role

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch import __version__
 from faceattr_batch.data.labels import AGE_BANDS, GENDERS, RACES, gender_code, label_exprs, race_code
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import write_parquet_atomically
@@ -193,7 +192,7 @@ def run(options: SynthOptions) -> dict:
         *label_exprs(),
         pl.lit(options.seed).alias("seed"),
         pl.lit(str(meta.get("name", "faceattr-gen"))).alias("model_name"),
-        pl.lit(str(meta.get("version", __version__))).alias("model_version"),
+        pl.lit(meta["version"]).alias("model_version"),
         pl.lit(options.truncation).alias("truncation"),
         pl.lit(options.resolution or generator.config.resolution).alias("resolution"),
     ).select(*MANIFEST_COLUMNS)  # the one label convention (as index writes it): integer codes plus Enum labels

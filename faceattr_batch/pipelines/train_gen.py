@@ -286,7 +286,13 @@ def _mean_loss(losses: list[tuple], index: int) -> float:
 
 
 def _model_meta(options: TrainGenOptions, iteration: int) -> dict:
-    return {"name": "faceattr-gen", "version": __version__, "iterations": iteration, "trained_on": str(options.source)}
+    # the tool's version, not the generator's: that is its file's digest (registry.load_generator), as for train
+    return {
+        "name": "faceattr-gen",
+        "tool_version": __version__,
+        "iterations": iteration,
+        "trained_on": str(options.source),
+    }
 
 
 def _build_gan(options: TrainGenOptions, device, resume_from: Path | None) -> tuple[_Gan, int]:
