@@ -257,8 +257,30 @@ def test_another_tools_relative_paths_pair_with_our_absolute_ones(tmp_path, monk
     # B predicts no gender (nor do the labels hold one): said so, not "no labelled image in both runs"
     assert (
         result.compare["overall"]["gender_accuracy"]["paired"]["reason"]
-        == "no labelled image that both runs predict it on"
+        == "no labelled image that either run predicts it on"
     )
+
+
+@pytest.mark.parametrize(
+    ("a_rows", "b_rows", "reason"),
+    [
+        (slice(0, 8), slice(0, 0), "B predicts it on no labelled image"),
+        (slice(0, 0), slice(0, 8), "A predicts it on no labelled image"),
+        (slice(0, 4), slice(4, 8), "no labelled image that both runs predict it on"),
+    ],
+)
+def test_an_attribute_without_pairs_names_the_run_that_predicts_it_on_none(a_rows, b_rows, reason):
+    """The reason was "no labelled image that both runs predict it on" even where one run predicts no race at all."""
+    runs = []
+    for rows, side in ((a_rows, "a"), (b_rows, "b")):
+        frame = _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, side)
+        kept = pl.int_range(pl.len()).is_between(rows.start, rows.stop - 1)
+        frame = frame.with_columns(pl.when(kept).then(pl.col("pred_race")).alias("pred_race"))
+        runs.append(Run(Path(f"{side}.parquet"), frame.with_columns(derived_columns())))
+    a, b = runs
+    overall = compare_runs(a, b).contents["overall"]
+    assert overall["race_accuracy"]["paired"]["n"] == 0 and overall["race_accuracy"]["paired"]["reason"] == reason
+    assert overall["gender_accuracy"]["paired"]["reason"] is None
 
 
 def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():

@@ -198,9 +198,8 @@ def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[st
     attribute."""
     ra, rb, counts = ra.copy(), rb.copy(), {}
     cal_a, cal_b = cal_a.clone(), cal_b.clone()
-    for attribute, known in _COUNT.items():
-        indicators = [column[known], *([column["age_binned"]] if attribute == "age" else [])]  # ages as bins too
-        both = (ra[:, indicators] > 0).any(axis=1) & (rb[:, indicators] > 0).any(axis=1)
+    for attribute in _COUNT:
+        both = _knows(ra, column, attribute) & _knows(rb, column, attribute)
         columns = owned[attribute]
         ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
         counts[attribute] = int(both.sum())
@@ -212,10 +211,27 @@ def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[st
     return ra, rb, cal_a, cal_b, counts
 
 
+def _knows(rows: np.ndarray, column: dict[str, int], attribute: str) -> np.ndarray:
+    """Which rows count for ``attribute``: labelled and predicted (its ``_known`` indicator; ages as bins too)."""
+    indicators = [column[_COUNT[attribute]], *([column["age_binned"]] if attribute == "age" else [])]
+    return (rows[:, indicators] > 0).any(axis=1)
+
+
+def _why_unpaired(ra: np.ndarray, rb: np.ndarray, column: dict[str, int], attribute: str) -> str:
+    """Why no pair counts for ``attribute``: a run that predicts it on no labelled image is named."""
+    lacking = [side for side, rows in (("A", ra), ("B", rb)) if not _knows(rows, column, attribute).any()]
+    if len(lacking) == 2:
+        return "no labelled image that either run predicts it on"
+    if lacking:
+        return f"{lacking[0]} predicts it on no labelled image"
+    return "no labelled image that both runs predict it on"
+
+
 def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, resamples, level, bins) -> dict:
     """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) where both runs know its
     attribute (``_known_in_both``), and the percentile interval of B − A over resamples of the pairs drawn
     jointly."""
+    unpaired = {attribute: _why_unpaired(ra, rb, column, attribute) for attribute in _COUNT}
     ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
     point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
@@ -232,7 +248,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         n = known[metric.attribute]
         entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
         if n == 0:
-            entry["reason"] = "no labelled image that both runs predict it on"
+            entry["reason"] = unpaired[metric.attribute]
         elif not (np.isfinite(a) and np.isfinite(b)):
             entry["reason"] = f"undefined in {'A' if not np.isfinite(a) else 'B'} over the {n} pairs"
         elif n < 2:
