@@ -356,6 +356,12 @@ def test_shipped_models_resolve_by_name_unless_a_model_has_that_name(tmp_path, m
     with caplog.at_level("WARNING"):
         assert resolve_attr_source("fast") == Path("fast") / "model.pt"  # the user's RUN_DIR called fast wins
     assert caplog.messages == ["-m fast: the model at ./fast, not the shipped one (write ./fast to say so)"]
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "model.pt").write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # no -m: the shipped model, and no warning that said the local one was used
+        assert resolve_attr_source(None) == default_weights_path()
+    assert caplog.messages == []
     monkeypatch.chdir(tmp_path.parent)
     fast, fast_meta = load_attr_model("fast")
     default, _ = load_attr_model(None)

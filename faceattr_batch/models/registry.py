@@ -107,12 +107,12 @@ RUN_DIR_MODELS = ("model.pt", "best.pt", "last.pt")  # what -m RUN_DIR reads, th
 
 
 def resolve_attr_source(source: str | Path | None) -> Path:
-    """None -> the shipped default; a shipped model's name (``fast``) -> its file, unless a model file or RUN_DIR of
-    that name is in the working folder (then that, with a warning: ``./fast`` names it without one); a RUN_DIR -> its
-    model.pt (finished run) or best.pt/last.pt; else the file."""
+    """None (no -m) -> the shipped default, whatever the working folder holds; a shipped model's name (``fast``) ->
+    its file, unless a model file or RUN_DIR of that name is in the working folder (then that, with a warning:
+    ``./fast`` names it without one); a RUN_DIR -> its model.pt (finished run) or best.pt/last.pt; else the file."""
     name = "default" if source is None else str(source)
     path = Path(name)
-    local = path.is_file() or any((path / file_name).is_file() for file_name in RUN_DIR_MODELS)
+    local = source is not None and (path.is_file() or any((path / file_name).is_file() for file_name in RUN_DIR_MODELS))
     if name in SHIPPED_ATTR_MODELS and local:
         log.warning("-m %s: the model at ./%s, not the shipped one (write ./%s to say so)", name, name, name)
     if source is None or (name in SHIPPED_ATTR_MODELS and not local):  # a folder of images named fast is no model
