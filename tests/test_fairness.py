@@ -162,6 +162,14 @@ def test_weighted_ece_equals_the_ece_of_the_repeated_rows():
     for row, value in zip(counts, weighted, strict=True):
         repeated = np.repeat(np.arange(50), row)
         assert value == pytest.approx(attributes.expected_calibration_error(confidence[repeated], correct[repeated]))
+    # a NaN confidence is a row that counts for nothing: the bootstrap passes a group's unknown rows, uncopied
+    unknown = rng.random(50) < 0.3
+    blanked = np.where(unknown, np.nan, confidence)
+    with_unknown = attributes.expected_calibration_error(blanked, correct, weights=counts)
+    assert with_unknown == pytest.approx(
+        attributes.expected_calibration_error(confidence[~unknown], correct[~unknown], weights=counts[:, ~unknown])
+    )
+    assert attributes.expected_calibration_error(np.full(5, np.nan), np.ones(5)) is None
 
 
 def test_a_group_under_min_group_is_listed_as_too_few_and_never_ranked():

@@ -264,19 +264,23 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS, weight
     ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it.
 
     ``weights``: how often each row counts (a bootstrap draw's counts), shape (n,), or (B, n) for B resamples at
-    once, which gives an array of B values (NaN where a resample's weights sum to 0). None when there are no rows.
+    once, which gives an array of B values (NaN where a resample's weights sum to 0). A NaN confidence is a row that
+    counts for nothing (a bootstrap passes a group's every row, unknown ones too, rather than copy its draws). None
+    when there are no rows.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
+    known = ~np.isnan(confidence)
+    if not known.any():
         return None
     weights = np.ones(confidence.size) if weights is None else np.asarray(weights, dtype=np.float64)
     # bins (low, high]; a confidence of exactly 0 joins the first
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    gap = confidence - correct
-    per_bin = [weights[..., which == b] @ gap[which == b] for b in range(bins)]
+    which = np.clip(np.ceil(np.where(known, confidence, 0) * bins).astype(np.int64) - 1, 0, bins - 1)
+    # each row's gap in its bin's column: one matrix product sums every bin of every resample
+    gaps = np.zeros((confidence.size, bins))
+    gaps[np.arange(confidence.size), which] = np.where(known, confidence - correct, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ece = np.abs(np.stack(per_bin, axis=-1)).sum(axis=-1) / weights.sum(axis=-1)
+        ece = np.abs(weights @ gaps).sum(axis=-1) / (weights @ known)
     return float(ece) if ece.ndim == 0 else ece
 
 

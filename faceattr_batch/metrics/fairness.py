@@ -199,11 +199,9 @@ def group_eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None
     resample. NaN where no row is known."""
     eces = {}
     for attribute in ("gender", "race"):
-        confidence = group.get_column(f"{attribute}_confidence").to_numpy()
-        known = ~np.isnan(confidence.astype(np.float64))
-        correct = group.get_column(f"{attribute}_confident_correct").to_numpy()[known].astype(np.float64)
-        draws = None if weights is None else weights[:, known]
-        ece = expected_calibration_error(confidence[known], correct, bins, weights=draws)
+        confidence = group.get_column(f"{attribute}_confidence").cast(pl.Float64).fill_null(np.nan).to_numpy()
+        correct = group.get_column(f"{attribute}_confident_correct").fill_null(False).to_numpy().astype(np.float64)
+        ece = expected_calibration_error(confidence, correct, bins, weights=weights)
         empty = np.nan if weights is None else np.full(weights.shape[0], np.nan)
         eces[f"{attribute}_ece"] = empty if ece is None else ece
     return eces
