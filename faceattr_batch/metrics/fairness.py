@@ -48,7 +48,6 @@ Resampling inflates ECE (noise looks like miscalibration): a calibrated group's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -68,11 +67,10 @@ from faceattr_batch.metrics.attributes import (
     wilson_interval,
     with_age_bins,
 )
+from faceattr_batch.metrics.bootstrap import percentile_interval, resample_counts
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
 MIN_RESAMPLES = 1000
-MAX_UNDEFINED_SHARE = 0.05  # a bootstrap interval is withheld when the statistic is undefined in more resamples
-_CHUNK_CELLS = 1 << 22  # resamples x rows drawn at once (bounds the memory of a large group's draws)
 _INPUTS = ("true_gender", "pred_gender", "p_female", "true_race", "pred_race", *RACE_PROB_COLUMNS,
            "true_age", "pred_age")  # fmt: skip
 _RACE_NAMES = tuple(race.lower() for race in RACES)
@@ -215,28 +213,6 @@ def _bootstrap(group: pl.DataFrame, rows: np.ndarray, column, rng, resamples: in
         for counts in resample_counts(rng, rows.shape[0], resamples)
     ]
     return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
-
-
-def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> Iterator[np.ndarray]:
-    """``resamples`` bootstrap draws of ``n`` rows (with replacement), as how often each row is drawn: float
-    matrices (size, n), a chunk of resamples at a time (bounded memory), so that ``counts @ rows`` sums every
-    row column of each resample at once. One stream of ``rng``: the same seed gives the same draws."""
-    step = max(1, _CHUNK_CELLS // max(n, 1))
-    for start in range(0, resamples, step):
-        size = min(step, resamples - start)
-        index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        yield np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
-
-
-def percentile_interval(draws: np.ndarray, level: float) -> tuple[float | None, float | None, str | None]:
-    """The ``level`` percentile interval of bootstrap ``draws`` (NaN: undefined in that resample), or None, None
-    and why, when more than ``MAX_UNDEFINED_SHARE`` of them are undefined."""
-    defined = draws[np.isfinite(draws)]
-    undefined = draws.size - defined.size
-    if undefined > MAX_UNDEFINED_SHARE * draws.size:
-        return None, None, f"undefined in {undefined} of {draws.size} resamples"
-    low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high), None
 
 
 def _number(value) -> float | None:

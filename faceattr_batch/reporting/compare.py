@@ -55,6 +55,7 @@ from faceattr_batch.data.labels import RACES
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
+from faceattr_batch.metrics.bootstrap import percentile_interval, resample_counts
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded_model
 
@@ -237,7 +238,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
     diffs = {m.name: [] for m in COMPARED}
     if ra.shape[0] >= 2:
-        for counts in fairness.resample_counts(rng, ra.shape[0], resamples):
+        for counts in resample_counts(rng, ra.shape[0], resamples):
             draw_a = _values(counts @ ra, column) | fairness.group_eces(cal_a, bins, counts)
             draw_b = _values(counts @ rb, column) | fairness.group_eces(cal_b, bins, counts)
             for name, values in diffs.items():
@@ -254,7 +255,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         elif n < 2:
             entry["reason"] = f"no interval from {n} pair"
         else:
-            low, high, why = fairness.percentile_interval(np.concatenate(diffs[metric.name]), level)
+            low, high, why = percentile_interval(np.concatenate(diffs[metric.name]), level)
             entry |= {"low": low, "high": high, "reason": why}
         result[metric.name] = entry
     return result
