@@ -26,6 +26,10 @@ def test_crop_checks_its_output_folder_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(FaceattrError, match="is not empty: add --overwrite"):
         crop.run(crop.CropOptions(inputs=(str(tmp_path / "in"),), out_dir=tmp_path / "out", progress=False))
     assert decoded == [] and (tmp_path / "out" / "keep.txt").is_file()
+    both = crop.CropOptions(inputs=(str(tmp_path / "in"),), out_dir=tmp_path / "out", overwrite=True, resume=True)
+    with pytest.raises(FaceattrError, match="^--resume goes on with a run, --overwrite replaces it: give one of them"):
+        crop.run(both)
+    assert decoded == [] and (tmp_path / "out" / "keep.txt").is_file()
 
 
 @pytest.mark.parametrize("stem", ["é" * 120, "a" * 251, os.fsdecode(b"\xff" * 60 + b"x")])

@@ -74,6 +74,8 @@ def run(options: CropOptions) -> dict:
     for name in ("batch_size", "shard_size"):
         if getattr(options, name) < 1:
             raise FaceattrError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
+    if options.resume and options.overwrite:
+        raise FaceattrError("--resume goes on with a run, --overwrite replaces it: give one of them")
     require_detection()
     out = Path(options.out_dir)
     paths = _outside(list_images(options.inputs), out)
