@@ -5,6 +5,7 @@ disagreements and their gallery, the page with both runs; disjoint runs get no p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,21 @@ def test_an_attribute_without_pairs_names_the_run_that_predicts_it_on_none(a_row
     overall = compare_runs(a, b).contents["overall"]
     assert overall["race_accuracy"]["paired"]["n"] == 0 and overall["race_accuracy"]["paired"]["reason"] == reason
     assert overall["gender_accuracy"]["paired"]["reason"] is None
+
+
+def test_another_tools_paths_through_a_linked_folder_pair_with_ours(tmp_path, monkeypatch):
+    """predict keeps a linked folder's name in its paths (os.path.abspath); another tool's relative paths were
+    resolved through the link to its target and so found no image in both runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces_on_disk").mkdir()
+    (tmp_path / "faces").symlink_to(tmp_path / "faces_on_disk", target_is_directory=True)
+    relative = [f"faces/p{i}.jpg" for i in range(8)]
+    ours = _write_own(tmp_path, "ours", [os.path.join(os.getcwd(), name) for name in relative])
+    theirs = pl.DataFrame({"img_path": relative, "age": [t + e for t, e in zip(TRUE_AGE, B_AGE_ERROR, strict=True)]})
+    theirs.write_csv(tmp_path / "deepface.csv")
+    pl.DataFrame({"path": relative, "age": TRUE_AGE}).write_csv(tmp_path / "labels.csv")
+    result = report.compare(ours, tmp_path / "deepface.csv", tmp_path / "rep", tmp_path / "labels.csv")
+    assert (result.compare["shared"]["pairs"], result.compare["shared"]["only_b"]) == (8, 0)
 
 
 def test_the_pairs_of_an_attribute_are_the_images_both_runs_predict_it_on():
