@@ -90,27 +90,3 @@ def test_a_damaged_options_file_is_one_line(tmp_path):
         (tmp_path / "options.json").write_text(damaged)
         with pytest.raises(FaceattrError, match=r"options.json: cannot read the run's options \("):
             start_run(Options(Path("faces"), tmp_path), "last.pt", "training", resume=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherOptions:
-    source: Path
-    out_dir: Path
-    teacher: str | None = None
-    init_generator: str | None = None
-
-
-def test_a_model_option_naming_a_file_is_kept_absolute_and_a_shipped_name_as_given(tmp_path, monkeypatch):
-    """--teacher teacher.pt given from the run's folder: a resume from elsewhere looked for ./teacher.pt there."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "teacher.pt").write_bytes(b"")
-    (tmp_path / "gen_run").mkdir()
-    out = tmp_path / "run"
-    started = start_run(TeacherOptions(Path("faces"), out, "teacher.pt", "gen_run"), "last.pt", "generator", False)
-    assert (started.teacher, started.init_generator) == (str(tmp_path / "teacher.pt"), str(tmp_path / "gen_run"))
-    (out / "last.pt").write_bytes(b"")
-    monkeypatch.chdir(out)
-    resumed = start_run(TeacherOptions(Path("x"), out), "last.pt", "generator", resume=True)
-    assert resumed.teacher == str(tmp_path / "teacher.pt")
-    shipped = start_run(TeacherOptions(Path("faces"), tmp_path / "other", "fast"), "last.pt", "generator", False)
-    assert shipped.teacher == "fast" and shipped.init_generator is None

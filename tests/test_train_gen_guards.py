@@ -72,6 +72,28 @@ def test_what_the_evaluations_need_is_checked_before_training(trained, tmp_path:
         assert not (tmp_path / run / "last.pt").exists() and not list((tmp_path / run).glob("pixels_*"))
 
 
+def test_model_options_naming_a_local_model_are_stored_absolute(trained, tmp_path, monkeypatch):
+    """--teacher teacher.pt given from one folder: a resume from another loaded ./teacher.pt there. A folder of images
+    named fast is no model: --teacher fast stays the shipped model's name (a reviewer's finding on the first fix)."""
+    faces, _ = trained
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    (tmp_path / "gen_run").mkdir()
+    (tmp_path / "gen_run" / "generator.pt").write_bytes(b"")
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "photo.jpg").write_bytes(b"")
+    options = dict(TINY_RUN, evaluate=True, source=faces, iterations=3, attr_model="no_such_model")
+    runs = {
+        "local": ("teacher.pt", "gen_run", str(tmp_path / "teacher.pt"), str(tmp_path / "gen_run")),
+        "shipped": ("fast", None, "fast", None),
+    }
+    for out, (teacher, init, stored_teacher, stored_init) in runs.items():
+        with pytest.raises(FaceattrError, match="no_such_model"):  # after the run's options are written
+            train_gen(TrainGenOptions(out_dir=tmp_path / out, teacher=teacher, init_generator=init, **options))
+        stored = json.loads((tmp_path / out / "options.json").read_text())
+        assert (stored["teacher"], stored["init_generator"]) == (stored_teacher, stored_init)
+
+
 def test_warm_up_iterations_log_no_generator_loss(trained, tmp_path: Path):
     """Warm-up iterations (the discriminator alone) were averaged into loss_g as zeros."""
     faces, run = trained

@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 # where a run runs, not what it computes: a resume takes these as given (a run moved to another machine)
 MACHINE_FIELDS = ("device", "threads", "workers", "progress")
 RUN_KIND = "run_kind"  # options.json's key for the command's kind of run (training, generator, cross-fitting)
-# options that name a model: a shipped model's name, or a file or RUN_DIR, kept absolute (a resume loads the teacher)
-MODEL_FIELDS = ("teacher", "init_from", "init_generator")
 
 
 def append_metrics(path: Path, row: dict, key: str = "epoch") -> None:
@@ -35,8 +33,7 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     option the run's file predates takes this command's value (today's default unless given), with a warning.
 
     Refuses to start over an existing run, and to resume another kind's run (``kind``, kept in the file); writes
-    ``options.json`` into ``options.out_dir`` either way, paths made absolute (a resume from another folder), and
-    so are the ``MODEL_FIELDS`` that name an existing file or folder (not a shipped model's name).
+    ``options.json`` into ``options.out_dir`` either way, paths made absolute (a resume from another folder).
     """
     out = Path(options.out_dir)
     if resume:
@@ -55,9 +52,6 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
         options = dataclasses.replace(options, **{**saved, "out_dir": out, **kept})
     elif (out / checkpoint).is_file():
         raise FaceattrError(f"{out} already holds a {kind} run: add --resume to continue it, or pick another -o")
-    else:
-        named = {name: getattr(options, name) for name in MODEL_FIELDS if hasattr(options, name)}
-        options = dataclasses.replace(options, **{name: _absolute_if_path(value) for name, value in named.items()})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "options.json", {RUN_KIND: kind, **{key: _to_json(value) for key, value in vars(options).items()}})
     return options
@@ -115,10 +109,6 @@ def _from_json(options, saved: dict) -> dict:
             value = Path(value)
         restored[field.name] = value
     return restored
-
-
-def _absolute_if_path(source: str | None) -> str | None:
-    return str(Path(source).resolve()) if source is not None and Path(source).exists() else source
 
 
 def _to_json(value):

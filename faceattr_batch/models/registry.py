@@ -131,6 +131,20 @@ def resolve_attr_source(source: str | Path | None) -> Path:
     return path
 
 
+def absolute_source(source: str | None) -> str | None:
+    """A model option (``-m``, ``--teacher``, ``--init-from``, ``--init-generator``) as a run stores it: the
+    absolute path of a model file or RUN_DIR in reach (what ``resolve_attr_source`` and ``load_generator`` read
+    there, so a resume from another folder reads the same), else as given: a shipped model's name, or a folder of
+    images named ``fast`` (no model, so the shipped one)."""
+    if source is None:
+        return None
+    path = Path(source)
+    names = (*RUN_DIR_MODELS, "generator.pt")
+    if path.is_file() or (path.is_dir() and any((path / name).is_file() for name in names)):
+        return str(path.resolve())
+    return source
+
+
 def seen_images_path(model_path: Path) -> Path | None:
     """The ``seen_images.parquet`` beside the model at ``model_path`` (as ``resolve_attr_source`` gives it: a
     shipped model's .pt or .onnx, a RUN_DIR's model, a file), or None when it has none; a shipped model's must be

@@ -30,6 +30,7 @@ from faceattr_batch.metrics.attributes import overall
 from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     TRAIN_FORMAT,
+    absolute_source,
     load_attr_model,
     read_checkpoint,
     save_atomically,
@@ -68,8 +69,7 @@ CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
 MODEL_FILE = "model.pt"
 TEACHER_TARGETS = "teacher_targets.npz"  # --teacher: its probabilities on the training faces, computed once
-# A pretrained trunk learns at this fraction of --lr (the new head at the full rate): fine-tuning, not relearning.
-PRETRAINED_LR_SCALE = 0.25
+PRETRAINED_LR_SCALE = 0.25  # a pretrained trunk's fraction of --lr (the new head's is 1): fine-tuning, not relearning
 MIN_INCEPTION_INPUT = 64
 EPOCH_METRICS = ("gender_accuracy", "race_accuracy", "race_macro_f1", "age_mae")
 
@@ -87,8 +87,7 @@ class TrainOptions:
     inception_block: str = "Mixed_6e"  # inception: the last Inception-v3 block kept (earlier = faster)
     dropout: float = 0.1
     init_from: str | None = None  # start from this model (shipped name, file or RUN_DIR): its architecture
-    # distillation: also learn this model's (an ensemble too) calibrated predictions: (1 - w) x labels + w x its
-    teacher: str | None = None
+    teacher: str | None = None  # also learn this model's (an ensemble's) calibrated outputs: (1 - w) x labels + w x its
     distill_weight: float = 0.5
     extra_teacher_only: bool = False  # the --extra rows learn from the teacher alone, their own labels unused
     epochs: int = 60
@@ -177,6 +176,8 @@ def _start(options: TrainOptions, resume: bool):
     from faceattr_batch.models.attr_net import BACKBONES, AttrNet  # torch-backed
     from faceattr_batch.models.inception import INCEPTION_BLOCKS
 
+    # model options kept as a resume from another folder reads them
+    options = replace(options, teacher=absolute_source(options.teacher), init_from=absolute_source(options.init_from))
     init_model = None
     if options.init_from and not resume:
         init_model = load_attr_model(options.init_from)[0]
@@ -403,8 +404,7 @@ def _write_model(session: _Session, split: _Split, race_weights, options: TrainO
     model.load_state_dict(storage_state(model))  # the weights as model.pt will hold them
     model.eval()
     report = finalize(model, split.val_pixels, split.val_rows, race_weights, device, session.state)
-    final_config = AttrNetConfig.from_dict({**session.config.to_dict(), "tta_flip": report["tta_flip"]})
-    final_model = AttrNet(final_config)
+    final_model = AttrNet(AttrNetConfig.from_dict({**session.config.to_dict(), "tta_flip": report["tta_flip"]}))
     final_model.load_state_dict(model.state_dict())
     final_model.temperatures.copy_(torch.tensor(report["calibration"]["temperatures_list"]))
     meta = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from faceattr_batch.io.rundir import append_metrics, start_run
 from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     GEN_TRAIN_FORMAT,
+    absolute_source,
     load_attr_model,
     load_generator,
     read_checkpoint,
@@ -190,6 +191,9 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     # eval samples and grids inside the faces would be indexed as faces by a resume, or by the next index
     refuse_overlap(options.out_dir, "-o", {"SOURCE": options.source, "--root": options.root}, folder=True)
     overrides = {"iterations": iterations} if resume and iterations is not None else None
+    # model options kept as a resume from another folder reads them (the teacher is loaded again on resume)
+    sources = {name: absolute_source(getattr(options, name)) for name in ("teacher", "init_generator")}
+    options = replace(options, **sources)
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     if options.evaluate:
         check_ready(options)
