@@ -32,6 +32,7 @@ from faceattr_batch.data.labels import format_name, parse_name
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.faces import detect
 from faceattr_batch.models.registry import default_weights_path
+from faceattr_batch.pipelines import crop
 from faceattr_batch.pipelines.predict import PredictOptions, run
 from faceattr_batch.schema import FACE_COLUMNS, OUTPUT_COLUMNS
 
@@ -455,7 +456,7 @@ def test_crop_writes_aligned_chips_and_a_manifest(composites, tmp_path):
 
 
 @needs_detect
-def test_crop_killed_goes_on_with_resume_and_overwrite_removes_its_finished_shards_chips(composites, tmp_path):
+def test_crop_killed_resumes_and_overwrite_removes_its_finished_shards_chips(composites, tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
     for photo in composites[:9]:
@@ -469,7 +470,7 @@ def test_crop_killed_goes_on_with_resume_and_overwrite_removes_its_finished_shar
     again = _cli(args)
     assert again.returncode == 2 and "holds an unfinished crop run: add --resume" in again.stderr
     other = _cli([*args, "--min-score", "0.8", "--resume"])
-    assert other.returncode == 2 and "different inputs or options (min_score)" in other.stderr
+    assert other.returncode == 2 and "options (min_score); add --overwrite instead of --resume" in other.stderr
     done = _cli([*args, "--resume"])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["shards_skipped"] == 1
@@ -478,17 +479,53 @@ def test_crop_killed_goes_on_with_resume_and_overwrite_removes_its_finished_shar
     assert resumed.equals(expected) and resumed["source"].n_unique() == 10 and resumed["chip"].is_not_null().sum() >= 9
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     assert all((out / name).read_bytes() == (reference / name).read_bytes() for name in resumed["chip"].drop_nulls())
-    finished = _cli([*args, "--resume"])  # nothing left to do: the manifest is read back, nothing written
+    finished = _cli([*args, "-b", "3", "--resume"])  # nothing left to do, whatever -b: nothing written
     assert finished.returncode == 0 and json.loads(finished.stdout)["shards_skipped"] == 3
 
     shutil.rmtree(out)
     assert _cli(args, kill="shard:0").returncode == -9
     listed = pl.read_parquet(next((out / "manifest.parquet.parts").glob("part-*.parquet")))["chip"].drop_nulls()
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(listed) and len(listed) >= 3
+    # an --overwrite stopped after its first removal: a --resume then starts afresh, not from shards whose chips went
+    removals, unlink = [], Path.unlink
+
+    def stopped(path, *rest, **kwargs):
+        removals.append(path.name)
+        if len(removals) == 2:
+            raise KeyboardInterrupt
+        unlink(path, *rest, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        crop.run(crop.CropOptions((str(folder),), out, workers=0, batch_size=2, shard_size=4, overwrite=True))
+    monkeypatch.undo()
+    assert removals[0] == "manifest.json" and (out / removals[1]).is_file()
+    (out / removals[1]).unlink()
+    again = _cli([*args, "--resume"])
+    assert again.returncode == 0 and json.loads(again.stdout)["shards_skipped"] == 0, again.stderr
+    chips = pl.read_parquet(out / "manifest.parquet")["chip"].drop_nulls()
+    assert all((out / name).is_file() for name in chips) and len(chips) == expected["chip"].is_not_null().sum()
+    shutil.rmtree(out)
+    assert _cli(args, kill="shard:0").returncode == -9
     (out / "mine.txt").write_text("not a chip")
     replaced = _cli(["crop", str(folder / "zero.jpg"), "-o", str(out), "--overwrite", "--json"])
     assert replaced.returncode == 0, replaced.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "mine.txt"]
+
+
+@needs_detect
+def test_crop_keeps_two_photos_apart_whose_shown_paths_are_one_text(tmp_path):
+    """A raw 0xff byte in a name is shown as \\xff, the text another photo's name can hold: the shards counted the two
+    as one photo and crop failed at the end, every time (a reviewer's finding)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in (b"a\xff.png", b"a\\xff.png", b"b.png"):
+        Image.new("RGB", (60, 40), "grey").save(os.path.join(os.fsencode(folder), name), format="PNG")
+    out = tmp_path / "chips"
+    summary = crop.run(crop.CropOptions((str(folder),), out, workers=0, batch_size=2, shard_size=2, progress=False))
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    assert summary["photos"] == 3 and manifest["source"].to_list().count(str(folder / "a\\xff.png")) == 2
+    assert manifest["error"].to_list() == ["no face found"] * 3 and "__photo__" not in manifest.columns
 
 
 # --- without the extra; detector units ---------------------------------------------------------------------

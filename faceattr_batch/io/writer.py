@@ -86,11 +86,18 @@ def parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
-def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size: int, resume: bool) -> Workspace:
+def open_workspace(
+    output: Path,
+    options: dict,
+    keys: Sequence[str],
+    shard_size: int,
+    resume: bool,
+    restart: str = "rerun without --resume to start over",
+) -> Workspace:
     """Prepare ``<output>.parts``: fresh (a previous partial run is discarded) or, with ``resume``, checked.
 
     ``options`` holds everything that changes the values written (model, labels, device...); a resume with
-    different inputs or options is refused with the differing keys named.
+    different inputs or options is refused with the differing keys named, and ``restart``: how to start over.
     """
     if shard_size < 1:
         raise FaceattrError(f"shard size {shard_size} must be >= 1")
@@ -110,8 +117,7 @@ def open_workspace(output: Path, options: dict, keys: Sequence[str], shard_size:
                 f"{k} (--shard-size, rounded up to --batch-size's multiple)" if k == "shard_size" else k for k in differ
             ]
             raise FaceattrError(
-                f"--resume: {parts} was started with different inputs or options ({', '.join(named)}); "
-                "rerun without --resume to start over"
+                f"--resume: {parts} was started with different inputs or options ({', '.join(named)}); {restart}"
             )
     else:
         if resume:
@@ -196,13 +202,16 @@ def open_shard(space: Workspace, shard: Shard, schema) -> ShardSink:
 def write_shards(space: Workspace, pending: Sequence[Shard], schema, tables: Iterable, key: str = "path") -> None:
     """Stream ``tables`` (the rows of the ``pending`` shards, in input order, cut anywhere between inputs) into
     their parts, committing each shard as it fills. Consecutive rows with the same ``key`` are one input (a photo's
-    faces) and stay in one shard. A shard left unfinished by an error is removed; a resume redoes it."""
+    faces) and stay in one shard; a ``key`` column the schema lacks (an input's position) is not written. A shard
+    left unfinished by an error is removed; a resume redoes it."""
     shards = iter(pending)
     shard = next(shards)
     sink, left = open_shard(space, shard, schema), shard.rows
     try:
         for table in tables:
             starts = _input_starts(table.column(key).to_pylist())
+            if key not in schema.names:
+                table = table.drop_columns([key])
             done = 0
             while done < len(starts) - 1:
                 take = min(left, len(starts) - 1 - done)

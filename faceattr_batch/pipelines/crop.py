@@ -40,6 +40,7 @@ from faceattr_batch.schema import FACE_FIELDS, error_counts
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
+PHOTO = "__photo__"  # the shards' input key (a photo's position), not written
 # the predictions' face fields (schema.py) less ``framing`` (every chip here is aligned), between source and chip
 MANIFEST_SCHEMA = {
     "source": pl.String,
@@ -61,7 +62,7 @@ class CropOptions:
     workers: int | None = None  # detection processes; None = one per core, 0 = in this process
     overwrite: bool = False
     resume: bool = False  # go on with a killed run of the same photos and options in ``out_dir``
-    shard_size: int = 1024  # photos per resumable shard, rounded up to a multiple of batch_size
+    shard_size: int = 1024  # photos per resumable shard
     progress: bool = True
 
 
@@ -81,7 +82,7 @@ def run(options: CropOptions) -> dict:
     paths = _outside(list_images(options.inputs), out)
     manifest = out / MANIFEST
     keys = [display_path(path) for path in paths]
-    shard_size = -(-options.shard_size // options.batch_size) * options.batch_size
+    shard_size = options.shard_size  # not rounded to batches: a finished folder stays finished whatever -b
     fingerprint = {
         "detector": MtcnnDetector.name,
         **{name: getattr(options, name) for name in ("min_face", "min_score", "max_faces", "quality")},
@@ -93,7 +94,8 @@ def run(options: CropOptions) -> dict:
             return _summary(options, manifest, len(paths), -(-len(paths) // shard_size), started)
         if manifest.is_file():
             raise FaceattrError(
-                f"--resume: {manifest} is finished, from other photos or options; --overwrite replaces it"
+                f"--resume: {manifest} is a finished run of other photos or options (or of an earlier version of "
+                "crop); --overwrite replaces it"
             )
         log.warning("--resume: nothing to resume in %s; starting afresh", out)
     if not resuming:
@@ -103,13 +105,18 @@ def run(options: CropOptions) -> dict:
             )
         check_output_folder(out, options.overwrite, "the chips of an earlier crop run")
         if options.overwrite:
+            # no longer resumable before its chips go: a --resume after a stopped --overwrite would skip shards whose
+            # chips are gone; the parts still list them for the next --overwrite
+            (writer.parts_dir(manifest) / writer.MANIFEST_NAME).unlink(missing_ok=True)
             remove_earlier(out, MANIFEST, "chip", MANIFEST_SCHEMA, also=_parts(out))
-    space = writer.open_workspace(manifest, fingerprint, keys, shard_size, resuming)
+    restart = "add --overwrite instead of --resume to start over"
+    space = writer.open_workspace(manifest, fingerprint, keys, shard_size, resuming, restart)
     pending = writer.pending_shards(space)
     todo = [paths[i] for shard in pending for i in range(shard.start, shard.stop)]
     schema = pl.DataFrame(schema=MANIFEST_SCHEMA).to_arrow().schema
     if todo:
-        writer.write_shards(space, pending, schema, _manifest_tables(todo, faces, out, options), key="source")
+        tables = _manifest_tables(todo, faces, out, options)
+        writer.write_shards(space, pending, schema, tables, key=PHOTO)
     writer.finalize(space, schema)
     return _summary(options, manifest, len(paths), len(space.shards) - len(pending), started)
 
@@ -129,7 +136,8 @@ def _manifest_tables(paths: list[str], faces: FaceOptions, out: Path, options: C
             errors = [rows.errors.get(i) for i in range(len(rows.image))]
             columns = {k: v for k, v in rows.columns.items() if k in MANIFEST_SCHEMA}
             frame = pl.DataFrame({"source": sources, "error": errors, **columns, "chip": chips}, schema=MANIFEST_SCHEMA)
-            yield frame.to_arrow()
+            # each row's photo by position: two photos' display paths can be one text (a \xff byte; a literal \xff)
+            yield frame.with_columns(pl.Series(PHOTO, batch.start + rows.image, pl.Int64)).to_arrow()
             bar.update(len(batch.paths))
 
 
