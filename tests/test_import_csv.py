@@ -118,12 +118,15 @@ def test_a_folder_that_is_not_empty_is_refused_unless_overwrite(csv_file: Path, 
 def test_a_clash_at_the_last_datetime_falls_back_to_the_rows_synthetic_stamp(tmp_path: Path):
     last = "99991231235959999.jpg"
     csv = tmp_path / "max.csv"
-    csv.write_text("\n".join([HEADER, row(30, 0, 1, last, pixels(1)), row(30, 0, 1, last, pixels(2))]) + "\n")
+    rows = [row(30, 0, 1, last, pixels(1)), row(30, 0, 1, last, pixels(2)), row(31, 0, 1, last, pixels(3))]
+    csv.write_text("\n".join([HEADER, *rows, row(30, 0, 1, last, pixels(4))]) + "\n")
     result = import_csv(ImportCsvOptions(csv=csv, out_dir=tmp_path / "o"))
-    assert result.written == 2
+    assert result.written == 4
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "30_1_0_20000101000000002.png",  # row 2: 2000-01-01 + 2 ms
+        "30_1_0_20000101000000004.png",  # row 4: its own synthetic stamp, not on from row 2's (a reviewer's finding)
         "30_1_0_99991231235959999.png",
+        "31_1_0_99991231235959999.png",
     ]
 
 

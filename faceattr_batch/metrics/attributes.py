@@ -276,11 +276,15 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS, weight
     weights = np.ones(confidence.size) if weights is None else np.asarray(weights, dtype=np.float64)
     # bins (low, high]; a confidence of exactly 0 joins the first
     which = np.clip(np.ceil(np.where(known, confidence, 0) * bins).astype(np.int64) - 1, 0, bins - 1)
-    # each row's gap in its bin's column: one matrix product sums every bin of every resample
-    gaps = np.zeros((confidence.size, bins))
-    gaps[np.arange(confidence.size), which] = np.where(known, confidence - correct, 0.0)
+    gap = np.where(known, confidence - correct, 0.0)
+    if weights.ndim == 1:
+        per_bin = np.bincount(which, weights=weights * gap, minlength=bins)
+    else:  # each row's gap in its bin's column: one matrix product sums every bin of every resample
+        gaps = np.zeros((confidence.size, bins))
+        gaps[np.arange(confidence.size), which] = gap
+        per_bin = weights @ gaps
     with np.errstate(invalid="ignore", divide="ignore"):
-        ece = np.abs(weights @ gaps).sum(axis=-1) / (weights @ known)
+        ece = np.abs(per_bin).sum(axis=-1) / (weights @ known)
     return float(ece) if ece.ndim == 0 else ece
 
 

@@ -176,18 +176,18 @@ def _unique_name(row: tuple, number: int, used: set[str], clashes: dict[str, dt.
     clash's walk ended, so the k-th row of one name does not walk over the k - 1 before it again."""
     age, race, gender, img_name = row
     first = format_name(int(age), int(gender), int(race), _stamp(img_name, number), suffix=SUFFIX)
-    stamp = clashes.get(first, _stamp(img_name, number))
+    stamp, own = clashes.get(first, _stamp(img_name, number)), True
     while True:
         name = format_name(int(age), int(gender), int(race), stamp, suffix=SUFFIX)
         if name not in used:
             used.add(name)
-            if name != first:
+            if name != first and own:  # a walk from the synthetic stamp is this row's, not the name's
                 clashes[first] = stamp
             return name
         try:
             stamp += dt.timedelta(milliseconds=1)
         except OverflowError:
-            stamp = _stamp(None, number)
+            stamp, own = _stamp(None, number), False
 
 
 def _write_png(path: Path, pixels, side: int) -> None:
