@@ -179,12 +179,13 @@ def slice_specs(text: str | None) -> tuple[str, ...]:
 
 def report_options(params: dict) -> dict:
     """report.build's keyword options from the report command's parameters (``locals()``), --slice-by and
-    --columns parsed."""
+    --columns parsed; no progress bar with --json."""
     from faceattr_batch.data.foreign_predictions import parse_columns  # defer import: polars, for one command
 
     names = ("min_group", "include_training", "gender_one_is", "compare", "suspects")
     columns = None if params["columns"] is None else parse_columns(params["columns"])
-    return {name: params[name] for name in names} | {"slice_by": slice_specs(params["slice_by"]), "columns": columns}
+    parsed = {"slice_by": slice_specs(params["slice_by"]), "columns": columns, "progress": not params["json_out"]}
+    return {name: params[name] for name in names} | parsed
 
 
 MinFace = Annotated[int, typer.Option("--min-face", min=1, help="Smallest face kept: box side in the photo's pixels.")]

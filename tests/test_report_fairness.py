@@ -4,8 +4,10 @@ breakdown.parquet, no macro-F1 inside a race slice, a t interval for a 2-row MAE
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 
 import numpy as np
 import polars as pl
@@ -168,6 +170,21 @@ def test_page_shows_the_fairness_summary_sortable_tables_and_no_bare_dashes(repo
     weakest = saved["weakest"]
     assert weakest["min_group"] == MIN_GROUP and weakest["ranked"] == 0  # every cell under 30: none ranked
     assert f"No slice has {MIN_GROUP} images or more" in page
+
+
+def test_a_bar_counts_the_fairness_slicings_unless_progress_is_off(tmp_path, monkeypatch):
+    """Over a million rows each slicing's bootstrap takes minutes: the report said nothing meanwhile."""
+    frame = _frame()
+    for progress in (True, False):
+        log = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", log)
+        write_report(frame, summarize(frame), tmp_path / "p.parquet", tmp_path / str(progress), progress=progress)
+        lines = log.getvalue().splitlines()
+        if progress:  # race, gender, age band, then the race x gender x age band cells
+            assert [line.split("|")[0] for line in lines] == ["report: fairness:   0%", "report: fairness: 100%"]
+            assert lines[-1].split("|")[2].startswith(" 4/4")
+        else:
+            assert lines == []
 
 
 def test_weakest_slices_rank_by_the_pessimistic_bound(tmp_path):

@@ -57,6 +57,7 @@ def build(
     compare: Path | str | None = None,
     seed: int = 0,
     suspects: Path | str | None = None,
+    progress: bool = True,
 ) -> ReportResult:
     """Write the report of ``predictions`` (with the true labels of the file ``labels``, when given) into
     ``report_dir``, sliced by race, gender, age band and the labels' columns ``slice_by`` (``write_report``);
@@ -64,7 +65,8 @@ def build(
     read with ``columns`` (ours -> its column; None leaves an attribute out) and ``gender_one_is`` ("male": its
     gender 1 is male). ``compare``: a second run compared with this one (paired intervals seeded by ``seed``).
     ``suspects``: also write the ranked suspect labels to this .parquet or .csv; with ``report_dir`` None, only
-    that (the report's suspects.parquet, without the rest of the report)."""
+    that (the report's suspects.parquet, without the rest of the report). ``progress``: a bar over the fairness
+    summaries."""
     if report_dir is None and suspects is None:
         raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
     if suspects is not None:
@@ -99,7 +101,7 @@ def build(
         comparison = compare_runs(*runs, slice_by=slice_by, include_training=include_training, seed=seed)
     html = write_report(
         run.frame, summary, Path(predictions), Path(report_dir), slice_by=slice_by, min_group=min_group,
-        compare=comparison, suspects=found,
+        compare=comparison, suspects=found, progress=progress,
     )  # fmt: skip
     listed = _write_suspects(found, suspects)  # after the report: a refused --slice-by writes nothing
     contents = None if comparison is None else comparison.contents

@@ -22,6 +22,7 @@ from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import replacing, write_json, write_parquet_atomically
 from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.metrics import fairness, slicing
+from faceattr_batch.progress import progress_bar
 from faceattr_batch.reporting import figures, page
 from faceattr_batch.reporting.compare import Comparison
 from faceattr_batch.reporting.summary import labelled_rows
@@ -47,12 +48,14 @@ def write_report(
     min_group: int = 30,
     compare: Comparison | None = None,
     suspects: Suspects | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write the report files into ``report_dir``; returns the path of ``report.html``. ``slice_by``: columns of
     ``frame`` to slice by besides race, gender and age band (``name`` or ``name:k`` for k quantile bins);
     ``min_group``: the fewest images of a group compared in the fairness summary and ranked among the weakest;
     ``compare``: another run compared with this one (metrics.json's ``compare``, and its section of the page);
-    ``suspects``: the suspect labels when the caller has found them already (else found here)."""
+    ``suspects``: the suspect labels when the caller has found them already (else found here); ``progress``: a bar
+    over the fairness summaries (their bootstraps take minutes over a million rows)."""
     if min_group < 2:
         raise FaceattrError(f"--min-group must be at least 2, not {min_group}")
     own_columns = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
@@ -92,7 +95,7 @@ def write_report(
             },
             **{f"by_{key}": table.to_dicts() for key, table in by.items()},
             "slices": {key: table.to_dicts() for key, table in crossed.items()},
-            **fairness_contents(labelled, attributes, min_group),
+            **fairness_contents(labelled, attributes, min_group, progress),
             "worst": {key: worst_rows(table) for key, table in worst.items()},
         }
         plots = figures.draw(labelled, contents, by, metrics.calibration(labelled), report_dir)
@@ -153,14 +156,19 @@ def breakdown_rows(crossed: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return table.select("slices", *keys, pl.exclude("slices", *keys))
 
 
-def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: int) -> dict:
+def fairness_contents(labelled: pl.DataFrame, attributes: list[str], min_group: int, progress: bool = False) -> dict:
     """metrics.json's ``fairness`` (attribute -> ``fairness.fairness_summary``), ``weakest`` (the race × gender ×
     age band slices ranked by the pessimistic bound, ``WEAKEST_METRICS``), ``group_confusion`` and
     ``group_calibration`` (``group_calibration``)."""
     columns = {key: metrics.SLICE_COLUMNS.get(key, key) for key in attributes}
-    summaries = {key: fairness.fairness_summary(labelled, col, min_group=min_group) for key, col in columns.items()}
     name = pl.concat_str([pl.col(c).cast(pl.String) for c in metrics.SLICE_COLUMNS.values()], separator=CROSS)
-    cells = fairness.fairness_summary(labelled.with_columns(name.alias("_slice")), "_slice", min_group=min_group)
+    # each slicing with its frame, the race x gender x age band cells last; a bar: over a million rows each
+    # slicing's bootstrap takes minutes
+    cells_frame = labelled.with_columns(name.alias("_slice"))
+    slicings = [(labelled, column) for column in columns.values()] + [(cells_frame, "_slice")]
+    bar = progress_bar(slicings, desc="report: fairness", unit="slicing", enabled=progress)
+    *done, cells = [fairness.fairness_summary(frame, column, min_group=min_group) for frame, column in bar]
+    summaries = dict(zip(columns, done, strict=True))
     ranked = fairness.weakest_slices(cells, list(WEAKEST_METRICS), k=WEAKEST_K)
     by_group = {group["group"]: group["metrics"] for group in cells["groups"]}
     weakest = {
