@@ -132,7 +132,7 @@ def resolve_attr_source(source: str | Path | None) -> Path:
 
 
 def absolute_source(source: str | None) -> str | None:
-    """A model option (``-m``, ``--teacher``, ``--init-from``, ``--init-generator``) as a run stores it: the
+    """A model option of a run (``--teacher``, ``--init-from``, ``--init-generator``) as the run stores it: the
     absolute path of a model file or RUN_DIR in reach (what ``resolve_attr_source`` and ``load_generator`` read
     there, so a resume from another folder reads the same), else as given: a shipped model's name, or a folder of
     images named ``fast`` (no model, so the shipped one)."""

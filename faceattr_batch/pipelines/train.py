@@ -177,7 +177,7 @@ def _start(options: TrainOptions, resume: bool):
     from faceattr_batch.models.inception import INCEPTION_BLOCKS
 
     # model options kept as a resume from another folder reads them
-    options = replace(options, teacher=absolute_source(options.teacher), init_from=absolute_source(options.init_from))
+    options = replace(options, **{name: absolute_source(getattr(options, name)) for name in ("teacher", "init_from")})
     init_model = None
     if options.init_from and not resume:
         init_model = load_attr_model(options.init_from)[0]

@@ -192,8 +192,8 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
     refuse_overlap(options.out_dir, "-o", {"SOURCE": options.source, "--root": options.root}, folder=True)
     overrides = {"iterations": iterations} if resume and iterations is not None else None
     # model options kept as a resume from another folder reads them (the teacher is loaded again on resume)
-    sources = {name: absolute_source(getattr(options, name)) for name in ("teacher", "init_generator")}
-    options = replace(options, **sources)
+    models = {name: absolute_source(getattr(options, name)) for name in ("teacher", "init_generator")}
+    options = replace(options, **models)
     options = start_run(options, GEN_CHECKPOINT, "generator", resume, overrides)
     if options.evaluate:
         check_ready(options)
