@@ -391,13 +391,18 @@ def test_bad_inputs_in_detect_mode(shared_utkface, tmp_path, tiny_attr_model):
     assert np.allclose([rows["gray.png"][k] for k in ("box_x", "box_y", "box_w", "box_h")], box, atol=6)
 
 
-@needs_detect
-def test_kill9_then_resume_keeps_each_photos_faces_together(composites, tmp_path, tiny_attr_model):
-    folder = tmp_path / "in"
+def _nine_photos_and_an_empty_file(composites, folder: Path) -> Path:
+    """A folder of links to the first nine composites and an empty ``zero.jpg``: the kill-and-resume tests' input."""
     folder.mkdir()
     for photo in composites[:9]:
         os.symlink(photo.path, folder / photo.path.name)
     (folder / "zero.jpg").write_bytes(b"")
+    return folder
+
+
+@needs_detect
+def test_kill9_then_resume_keeps_each_photos_faces_together(composites, tmp_path, tiny_attr_model):
+    folder = _nine_photos_and_an_empty_file(composites, tmp_path / "in")
     out = tmp_path / "out.parquet"
     args = ["predict", str(folder), "-o", str(out), "-m", str(tiny_attr_model), "--runtime", "torch"]
     args += ["--faces", "detect", "--workers", "0", "--threads", "1", "-b", "2", "--shard-size", "4", "--json"]
@@ -457,11 +462,7 @@ def test_crop_writes_aligned_chips_and_a_manifest(composites, tmp_path):
 
 @needs_detect
 def test_crop_killed_resumes_and_overwrite_removes_its_finished_shards_chips(composites, tmp_path, monkeypatch):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for photo in composites[:9]:
-        os.symlink(photo.path, folder / photo.path.name)
-    (folder / "zero.jpg").write_bytes(b"")
+    folder = _nine_photos_and_an_empty_file(composites, tmp_path / "in")
     out, reference = tmp_path / "chips", tmp_path / "reference"
     args = ["crop", str(folder), "-o", str(out), "--workers", "0", "-b", "2", "--shard-size", "4", "--json"]
     killed = _cli(args, kill="part:1")  # shard 0's 4 photos finished, shard 1 half done
