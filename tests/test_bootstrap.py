@@ -1,6 +1,9 @@
-"""metrics.bootstrap: draws as counts per row, the same for a seed whichever way a chunk is drawn."""
+"""metrics.bootstrap: resampled sums block by block (the multinomial law of n draws over all rows, whatever the
+blocks), and the percentile interval."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -8,18 +11,44 @@ import pytest
 from faceattr_batch.metrics import bootstrap
 
 
-@pytest.mark.parametrize("n", [1, 7, 5000])
-def test_a_large_groups_counts_drawn_a_resample_at_a_time_are_the_same_draws(n, monkeypatch):
-    def draws(row_by_row: int) -> np.ndarray:
-        monkeypatch.setattr(bootstrap, "_ROW_BY_ROW", row_by_row)
-        monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 4 * n)  # several chunks
-        return np.concatenate(list(bootstrap.resample_counts(np.random.default_rng(11), n, 10)))
+def _counts(n: int, resamples: int, seed: int = 11) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """How often each row is drawn in each resample (the sums of an identity matrix's columns), and the blocks
+    asked for."""
+    asked = []
 
-    whole, by_row = draws(n + 1), draws(1)
-    assert whole.shape == (10, n) and whole.dtype == np.float64
-    assert np.array_equal(whole, by_row) and (whole.sum(axis=1) == n).all()
-    expected = np.random.default_rng(11).integers(0, n, size=(4, n))  # the first chunk: one index row per resample
-    assert np.array_equal(whole[:4], [np.bincount(row, minlength=n) for row in expected])
+    def identity(start: int, stop: int) -> np.ndarray:
+        asked.append((start, stop))
+        return np.eye(n)[start:stop]
+
+    return bootstrap.resampled_sums(np.random.default_rng(seed), n, resamples, identity), asked
+
+
+def test_the_blocks_cover_every_row_once_and_each_resample_draws_n_rows(monkeypatch):
+    monkeypatch.setattr(bootstrap, "_BLOCK_CELLS", 3 * 50)  # blocks of 3 rows at 50 resamples
+    counts, asked = _counts(7, 50)
+    assert asked == [(0, 3), (3, 6), (6, 7)]
+    assert counts.shape == (50, 7) and (counts.sum(axis=1) == 7).all()
+    assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+    assert np.array_equal(counts, _counts(7, 50)[0])  # one seeded stream
+    assert not np.array_equal(counts, _counts(7, 50, seed=12)[0])
+
+
+@pytest.mark.parametrize("block_cells", [1 << 22, 2 * 20_000])  # one block; blocks of 2 rows
+def test_the_counts_follow_the_multinomial_of_n_draws_over_all_rows(block_cells, monkeypatch):
+    """n draws with replacement over n rows: each row's count is Binomial(n, 1/n) (mean 1, variance 1 - 1/n) and
+    two rows' counts covary by -1/n. Split by blocks wrongly (a block drawn as often as any other whatever its
+    size, or its draws spread over the wrong rows), the last, shorter block's moments are off."""
+    monkeypatch.setattr(bootstrap, "_BLOCK_CELLS", block_cells)
+    n, resamples = 5, 20_000
+    counts, _ = _counts(n, resamples, seed=3)
+    se = 4 / np.sqrt(resamples)  # ~4 standard errors: a correct law fails about once in 10,000 runs
+    assert counts.mean(axis=0) == pytest.approx(np.ones(n), abs=2 * se)
+    assert counts.var(axis=0) == pytest.approx(np.full(n, 1 - 1 / n), abs=3 * se)
+    covariance = np.cov(counts.T)[np.triu_indices(n, 1)]
+    assert covariance == pytest.approx(np.full(covariance.size, -1 / n), abs=3 * se)
+    observed = np.bincount(counts[:, -1].astype(int), minlength=n + 1) / resamples
+    expected = [math.comb(n, k) * (1 / n) ** k * (1 - 1 / n) ** (n - k) for k in range(n + 1)]
+    assert observed == pytest.approx(expected, abs=2 * se)
 
 
 def test_an_interval_is_withheld_when_the_statistic_is_undefined_in_too_many_resamples():

@@ -155,22 +155,24 @@ def test_ece_per_group_is_the_packages_ece_and_its_gap_is_max_minus_min():
         assert summary["gaps"][name]["ratio"] == pytest.approx(min(values) / max(values))
 
 
-def test_weighted_ece_equals_the_ece_of_the_repeated_rows():
+def test_a_resamples_ece_from_its_column_sums_equals_the_ece_of_the_repeated_rows():
     rng = np.random.default_rng(3)
     confidence, correct = rng.uniform(0, 1, 50), rng.random(50) < 0.6
     counts = rng.integers(0, 4, (3, 50))
-    weighted = attributes.expected_calibration_error(confidence, correct, weights=counts)
-    for row, value in zip(counts, weighted, strict=True):
+    from_sums = attributes.ece_of_sums(counts @ attributes.ece_columns(confidence, correct))
+    for row, value in zip(counts, from_sums, strict=True):
         repeated = np.repeat(np.arange(50), row)
         assert value == pytest.approx(attributes.expected_calibration_error(confidence[repeated], correct[repeated]))
     # a NaN confidence is a row that counts for nothing: the bootstrap passes a group's unknown rows, uncopied
     unknown = rng.random(50) < 0.3
-    blanked = np.where(unknown, np.nan, confidence)
-    with_unknown = attributes.expected_calibration_error(blanked, correct, weights=counts)
-    assert with_unknown == pytest.approx(
-        attributes.expected_calibration_error(confidence[~unknown], correct[~unknown], weights=counts[:, ~unknown])
+    blanked = attributes.ece_of_sums(counts @ attributes.ece_columns(np.where(unknown, np.nan, confidence), correct))
+    kept = attributes.ece_of_sums(counts[:, ~unknown] @ attributes.ece_columns(confidence[~unknown], correct[~unknown]))
+    assert blanked == pytest.approx(kept)
+    assert attributes.expected_calibration_error(np.where(unknown, np.nan, confidence), correct) == pytest.approx(
+        attributes.expected_calibration_error(confidence[~unknown], correct[~unknown])
     )
     assert attributes.expected_calibration_error(np.full(5, np.nan), np.ones(5)) is None
+    assert np.isnan(attributes.ece_of_sums(np.zeros((1, 50)) @ attributes.ece_columns(confidence, correct))).all()
 
 
 def test_one_ece_over_many_rows_needs_no_rows_x_bins_matrix():
@@ -182,8 +184,8 @@ def test_one_ece_over_many_rows_needs_no_rows_x_bins_matrix():
     value = attributes.expected_calibration_error(confidence, correct)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    as_resamples = attributes.expected_calibration_error(confidence, correct, weights=np.ones((1, 200_000)))
-    assert peak < 60 * 200_000 and value == pytest.approx(as_resamples[0], rel=1e-9)
+    from_sums = attributes.ece_of_sums(attributes.ece_columns(confidence, correct).sum(axis=0))
+    assert peak < 60 * 200_000 and value == pytest.approx(from_sums, rel=1e-9)
 
 
 def test_a_group_under_min_group_is_listed_as_too_few_and_never_ranked():

@@ -258,34 +258,49 @@ def calibration(frame: pl.DataFrame, bins: int = 10) -> dict[str, pl.DataFrame]:
 ECE_BINS = 15  # equal-width confidence bins of every ECE the package reports
 
 
-def expected_calibration_error(confidence, correct, bins: int = ECE_BINS, weights=None) -> float | np.ndarray | None:
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float | None:
     """ECE: the share-weighted mean |mean confidence - accuracy| over ``bins`` equal-width confidence bins
     (Guo et al. 2017). ``confidence``: the predicted class's probability (for gender max(p, 1 - p));
-    ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it.
-
-    ``weights``: how often each row counts (a bootstrap draw's counts), shape (n,), or (B, n) for B resamples at
-    once, which gives an array of B values (NaN where a resample's weights sum to 0). A NaN confidence is a row that
-    counts for nothing (a bootstrap passes a group's every row, unknown ones too, rather than copy its draws). None
+    ``correct``: whether that class was right. The one ECE of the package: train's report and predict's use it, and
+    a bootstrap sums ``ece_columns`` for ``ece_of_sums``. A NaN confidence is a row that counts for nothing. None
     when there are no rows.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
     known = ~np.isnan(confidence)
     if not known.any():
         return None
-    weights = np.ones(confidence.size) if weights is None else np.asarray(weights, dtype=np.float64)
-    # bins (low, high]; a confidence of exactly 0 joins the first
-    which = np.clip(np.ceil(np.where(known, confidence, 0) * bins).astype(np.int64) - 1, 0, bins - 1)
-    gap = np.where(known, confidence - correct, 0.0)
-    if weights.ndim == 1:
-        per_bin = np.bincount(which, weights=weights * gap, minlength=bins)
-    else:  # each row's gap in its bin's column: one matrix product sums every bin of every resample
-        gaps = np.zeros((confidence.size, bins))
-        gaps[np.arange(confidence.size), which] = gap
-        per_bin = weights @ gaps
+    gap = _calibration_gap(confidence, correct, known)
+    per_bin = np.bincount(_confidence_bin(confidence, known, bins), weights=gap, minlength=bins)
+    return float(ece_of_sums(np.append(per_bin, known.sum())))
+
+
+def ece_columns(confidence, correct, bins: int = ECE_BINS) -> np.ndarray:
+    """(n, bins + 1): each row's confidence - correct in its bin's column and 1 in the last (a NaN confidence: a row
+    of 0s, counting for nothing). A resample's column sums of it give that resample's ECE (``ece_of_sums``), so a
+    bootstrap sums them with its other row columns in one matrix product."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    known = ~np.isnan(confidence)
+    columns = np.zeros((confidence.size, bins + 1))
+    columns[np.arange(confidence.size), _confidence_bin(confidence, known, bins)] = _calibration_gap(
+        confidence, correct, known
+    )
+    columns[:, bins] = known
+    return columns
+
+
+def ece_of_sums(sums: np.ndarray) -> np.ndarray:
+    """ECE from ``ece_columns``' sums (last axis, bins + 1 long): NaN where no row counts."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        ece = np.abs(per_bin).sum(axis=-1) / (weights @ known)
-    return float(ece) if ece.ndim == 0 else ece
+        return np.abs(sums[..., :-1]).sum(axis=-1) / sums[..., -1]
+
+
+def _confidence_bin(confidence: np.ndarray, known: np.ndarray, bins: int) -> np.ndarray:
+    # bins (low, high]; a confidence of exactly 0 joins the first
+    return np.clip(np.ceil(np.where(known, confidence, 0) * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def _calibration_gap(confidence: np.ndarray, correct, known: np.ndarray) -> np.ndarray:
+    return np.where(known, confidence - np.asarray(correct, dtype=np.float64), 0.0)
 
 
 def calibration_columns() -> list[pl.Expr]:

@@ -1,32 +1,40 @@
-"""Bootstrap draws as counts per row, and the percentile interval of a statistic over them (fairness gaps, two
-runs compared): a resample's every sum is then one matrix product, ``counts @ rows``."""
+"""Bootstrap resamples summed block by block, and the percentile interval of a statistic over them (fairness gaps,
+two runs compared). A resample's every sum is a row column times how often each row is drawn, so the sums of every
+resample of a block of rows are one matrix product, ``counts @ columns``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 
 MAX_UNDEFINED_SHARE = 0.05  # a bootstrap interval is withheld when the statistic is undefined in more resamples
-_CHUNK_CELLS = 1 << 22  # resamples x rows drawn at once (bounds the memory of a large group's draws)
-_ROW_BY_ROW = 4096  # from this many rows a chunk's counts are drawn a resample at a time
+_BLOCK_CELLS = 1 << 22  # resamples x rows of one block's counts (bounds their memory: 32 MB)
 
 
-def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> Iterator[np.ndarray]:
-    """``resamples`` bootstrap draws of ``n`` rows (with replacement), as how often each row is drawn: float
-    matrices (size, n), a chunk of resamples at a time (bounded memory), so that ``counts @ rows`` sums every
-    row column of each resample at once. One stream of ``rng``: the same seed gives the same draws."""
-    step = max(1, _CHUNK_CELLS // max(n, 1))
-    for start in range(0, resamples, step):
-        size = min(step, resamples - start)
-        if n < _ROW_BY_ROW:
-            index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-            yield np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
-            continue
-        counts = np.empty((size, n))
-        for row in counts:  # the same draws, one resample at a time: a count array that fits the cache, 1.6x faster
-            row[:] = np.bincount(rng.integers(0, n, n), minlength=n)
-        yield counts
+def resampled_sums(
+    rng: np.random.Generator, n: int, resamples: int, columns: Callable[[int, int], np.ndarray]
+) -> np.ndarray:
+    """Each column's sum in each of ``resamples`` bootstrap resamples of ``n`` rows drawn with replacement:
+    (resamples, K). ``columns(start, stop)``: rows start..stop-1's columns, (stop - start, K), asked for one block of
+    rows at a time, so that a group of a million rows needs no million-row matrix beside its counts.
+
+    The draws are a multinomial: first how many of each resample's ``n`` draws fall in each block, then where in the
+    block each falls. That is the same law as ``n`` uniform draws over all rows, and the block's counts are a small
+    matrix that meets its rows once: one matrix product per block for every resample, rather than a pass over every
+    row per handful of resamples. One stream of ``rng``: the same seed gives the same sums."""
+    block = max(1, _BLOCK_CELLS // max(resamples, 1))
+    starts = np.arange(0, n, block)
+    sizes = np.minimum(block, n - starts)
+    in_block = rng.multinomial(n, sizes / n, size=resamples)  # (resamples, blocks)
+    sums = None
+    for j, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=True)):
+        drawn = in_block[:, j]
+        index = rng.integers(0, size, int(drawn.sum())) + np.repeat(np.arange(resamples) * size, drawn)
+        counts = np.bincount(index, minlength=resamples * size).reshape(resamples, size).astype(np.float64)
+        part = counts @ columns(start, start + size)
+        sums = part if sums is None else sums + part
+    return sums
 
 
 def percentile_interval(draws: np.ndarray, level: float) -> tuple[float | None, float | None, str | None]:

@@ -62,12 +62,14 @@ from faceattr_batch.metrics.attributes import (
     age_in_bin,
     both_known,
     calibration_columns,
+    ece_columns,
+    ece_of_sums,
     expected_calibration_error,
     t_quantile,
     wilson_interval,
     with_age_bins,
 )
-from faceattr_batch.metrics.bootstrap import percentile_interval, resample_counts
+from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
 MIN_RESAMPLES = 1000
@@ -192,27 +194,53 @@ def metric_values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndar
     return values
 
 
-def group_eces(group: pl.DataFrame, bins: int, weights: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
-    """gender_ece and race_ece of one group, by ``expected_calibration_error``; with ``weights`` (B, n), of each
-    resample. NaN where no row is known."""
-    eces = {}
+def calibration_arrays(group: pl.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per calibrated attribute (gender, race), what ECE reads of ``group``: the confidence (NaN where unknown) and
+    whether that class was right."""
+    arrays = {}
     for attribute in ("gender", "race"):
         confidence = group.get_column(f"{attribute}_confidence").cast(pl.Float64).fill_null(np.nan).to_numpy()
         correct = group.get_column(f"{attribute}_confident_correct").fill_null(False).to_numpy().astype(np.float64)
-        ece = expected_calibration_error(confidence, correct, bins, weights=weights)
-        empty = np.nan if weights is None else np.full(weights.shape[0], np.nan)
-        eces[f"{attribute}_ece"] = empty if ece is None else ece
+        arrays[attribute] = confidence, correct
+    return arrays
+
+
+def group_eces(group: pl.DataFrame, bins: int) -> dict[str, float]:
+    """gender_ece and race_ece of one group, by ``expected_calibration_error``: NaN where no row is known."""
+    eces = {}
+    for attribute, (confidence, correct) in calibration_arrays(group).items():
+        ece = expected_calibration_error(confidence, correct, bins)
+        eces[f"{attribute}_ece"] = np.nan if ece is None else ece
     return eces
 
 
+def resample_columns(rows: np.ndarray, calibration: dict, bins: int):
+    """What a bootstrap sums (``bootstrap.resampled_sums``'s ``columns``): ``rows``' columns, then each calibrated
+    attribute's ``ece_columns``, built a block of rows at a time (a million rows x 32 would be 256 MB)."""
+
+    def columns(start: int, stop: int) -> np.ndarray:
+        eces = [ece_columns(c[start:stop], k[start:stop], bins) for c, k in calibration.values()]
+        return np.hstack([rows[start:stop], *eces])
+
+    return columns
+
+
+def resampled_values(sums: np.ndarray, column: dict[str, int], bins: int, values=None) -> dict[str, np.ndarray]:
+    """Every metric of each resample from the sums of ``resample_columns``: ``values`` (``metric_values`` unless
+    given) of the row columns, and each ECE from its bins' sums."""
+    width = len(column)
+    metrics = (values or metric_values)(sums[:, :width], column)
+    for i, attribute in enumerate(("gender", "race")):
+        start = width + i * (bins + 1)
+        metrics[f"{attribute}_ece"] = ece_of_sums(sums[:, start : start + bins + 1])
+    return metrics
+
+
 def _bootstrap(group: pl.DataFrame, rows: np.ndarray, column, rng, resamples: int, bins: int) -> dict:
-    """Each metric in ``resamples`` resamples of the group's rows (drawn with replacement, as index matrices
-    turned into counts per row, a chunk of resamples at a time): {metric: (resamples,) array, NaN undefined}."""
-    parts = [
-        metric_values(counts @ rows, column) | group_eces(group, bins, counts)
-        for counts in resample_counts(rng, rows.shape[0], resamples)
-    ]
-    return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
+    """Each metric in ``resamples`` resamples of the group's rows (drawn with replacement): {metric: (resamples,)
+    array, NaN undefined}."""
+    columns = resample_columns(rows, calibration_arrays(group), bins)
+    return resampled_values(resampled_sums(rng, rows.shape[0], resamples, columns), column, bins)
 
 
 def _number(value) -> float | None:

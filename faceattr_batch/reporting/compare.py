@@ -55,7 +55,7 @@ from faceattr_batch.data.labels import RACES
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
-from faceattr_batch.metrics.bootstrap import percentile_interval, resample_counts
+from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded_model
 
@@ -236,13 +236,13 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
     ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
     point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
-    diffs = {m.name: [] for m in COMPARED}
-    if ra.shape[0] >= 2:
-        for counts in resample_counts(rng, ra.shape[0], resamples):
-            draw_a = _values(counts @ ra, column) | fairness.group_eces(cal_a, bins, counts)
-            draw_b = _values(counts @ rb, column) | fairness.group_eces(cal_b, bins, counts)
-            for name, values in diffs.items():
-                values.append(draw_b[name] - draw_a[name])
+    diffs = {}
+    if ra.shape[0] >= 2:  # each resample draws the same pairs for A and B: their columns side by side
+        a = fairness.resample_columns(ra, fairness.calibration_arrays(cal_a), bins)
+        b = fairness.resample_columns(rb, fairness.calibration_arrays(cal_b), bins)
+        sums = resampled_sums(rng, ra.shape[0], resamples, lambda i, j: np.hstack([a(i, j), b(i, j)]))
+        draw_a, draw_b = (fairness.resampled_values(half, column, bins, _values) for half in np.hsplit(sums, 2))
+        diffs = {m.name: draw_b[m.name] - draw_a[m.name] for m in COMPARED}
     result = {}
     for metric in COMPARED:
         a, b = (float(p[metric.name]) for p in (point_a, point_b))
@@ -255,7 +255,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         elif n < 2:
             entry["reason"] = f"no interval from {n} pair"
         else:
-            low, high, why = percentile_interval(np.concatenate(diffs[metric.name]), level)
+            low, high, why = percentile_interval(diffs[metric.name], level)
             entry |= {"low": low, "high": high, "reason": why}
         result[metric.name] = entry
     return result
