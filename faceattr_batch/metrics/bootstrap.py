@@ -19,18 +19,19 @@ def resampled_sums(
     (resamples, K). ``columns(start, stop)``: rows start..stop-1's columns, (stop - start, K), asked for one block of
     rows at a time, so that a group of a million rows needs no million-row matrix beside its counts.
 
-    The draws are a multinomial: first how many of each resample's ``n`` draws fall in each block, then where in the
-    block each falls. That is the same law as ``n`` uniform draws over all rows, and the block's counts are a small
-    matrix that meets its rows once: one matrix product per block for every resample, rather than a pass over every
-    row per handful of resamples. One stream of ``rng``: the same seed gives the same sums."""
+    The draws are a multinomial: how many of each resample's ``n`` draws fall in each block (a binomial of those
+    left, block after block), then where in the block each falls. That is the same law as ``n`` uniform draws over
+    all rows, and the block's counts are a small matrix that meets its rows once: one matrix product per block for
+    every resample, rather than a pass over every row per handful of resamples. Memory: the block's counts and
+    a few numbers per resample. One stream of ``rng``: the same seed gives the same sums."""
     block = max(1, _BLOCK_CELLS // max(resamples, 1))
-    starts = np.arange(0, n, block)
-    sizes = np.minimum(block, n - starts)
-    in_block = rng.multinomial(n, sizes / n, size=resamples)  # (resamples, blocks)
+    left = np.full(resamples, n)  # each resample's draws not yet placed in a block
     sums = None
-    for j, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=True)):
-        drawn = in_block[:, j]
-        index = rng.integers(0, size, int(drawn.sum())) + np.repeat(np.arange(resamples) * size, drawn)
+    for start in range(0, max(n, 1), block):
+        size = min(block, n - start)
+        drawn = rng.binomial(left, size / (n - start)) if start + size < n else left
+        left = left - drawn
+        index = rng.integers(0, max(size, 1), int(drawn.sum())) + np.repeat(np.arange(resamples) * size, drawn)
         counts = np.bincount(index, minlength=resamples * size).reshape(resamples, size).astype(np.float64)
         part = counts @ columns(start, start + size)
         sums = part if sums is None else sums + part

@@ -129,7 +129,8 @@ def with_inputs(frame: pl.DataFrame) -> pl.DataFrame:
 
 def row_columns(age_centre: float) -> list[pl.Expr]:
     """Per row, the quantities whose sums give every metric (0 where unknown): sums of a resample are the draw
-    counts times these, so one matrix product gives all metrics of all resamples."""
+    counts times these, so a block of rows gives all metrics of all resamples in one matrix product
+    (``bootstrap.resampled_sums``)."""
     true_g, pred_g, true_r, pred_r = (pl.col(c) for c in ("true_gender", "pred_gender", "true_race", "pred_race"))
     gender, race, age = both_known("true_gender"), both_known("true_race"), both_known("true_age")
     error = pl.col("pred_age").cast(pl.Float64) - pl.col("true_age").cast(pl.Float64)

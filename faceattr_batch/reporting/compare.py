@@ -9,8 +9,9 @@ both runs at once (``name:k``: the same quantile bins for A and B).
 Images are matched by path. The pairs are the images with one predicted face in each run; where there are any, each
 difference also gets a paired bootstrap interval: the labelled pairs (of the group, for a slice: both runs place the
 image in it) resampled jointly, ``resamples`` times, one seeded generator, each resample's metric of B minus that of
-A (``metrics.fairness``' sums: one matrix product gives every metric of every resample). Without a pair, the
-differences stand alone and ``shared.reason`` says why there is no interval.
+A (``metrics.fairness``' sums, ``bootstrap.resampled_sums``: A's and B's row columns side by side, so each
+resample draws the same pairs for both). Without a pair, the differences stand alone and ``shared.reason`` says
+why there is no interval.
 
 Disagreements: over every pair, labelled or not: a different gender, a different race, ages more than
 ``AGE_DISAGREEMENT`` years apart; the largest of each (``GALLERY_K``) are the page's gallery: age by the distance
