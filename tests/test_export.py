@@ -205,8 +205,8 @@ def test_int8_graph_is_quantized_keeps_the_metadata_and_predict_uses_it(checkpoi
     monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
     beside = checkpoint.with_suffix(".onnx")
     make_faces(tmp_path / "faces", 40)
-    summary = quantize_onnx(checkpoint, beside, list_images(tmp_path / "faces"), count=32)
-    assert summary["quantization"] == "int8 static QDQ, per-channel 7-bit weights, 32 calibration chips (percentile)"
+    summary = quantize_onnx(checkpoint, beside, list_images(tmp_path / "faces"), count=33)  # 3 batches of 11
+    assert summary["quantization"] == "int8 static QDQ, per-channel 7-bit weights, 33 calibration chips (percentile)"
     proto = onnx.load(str(beside))
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
@@ -301,6 +301,15 @@ def test_calibration_chips_sample_the_images(tmp_path: Path):
     assert calibration_chips(with_broken, 40, 100).shape[0] == 12  # the one that does not decode is left out
     with pytest.raises(FaceattrError, match=r"none of the 1 sampled images decodes \(.*broken.jpg: not an image"):
         calibration_chips([str(tmp_path / "faces" / "broken.jpg")], 40, 5)
+
+
+@pytest.mark.parametrize(("chips", "size"), [(512, 16), (300, 15), (257, 1), (7, 7)])
+def test_calibration_batches_are_all_one_size(chips: int, size: int):
+    from faceattr_batch.models.quantize import calibration_batches
+
+    batches = calibration_batches(np.arange(chips * 2).reshape(chips, 2))
+    assert {len(batch) for batch in batches} == {size}
+    assert np.array_equal(np.concatenate(batches), np.arange(chips * 2).reshape(chips, 2))
 
 
 def test_cli_int8_export_and_a_folder_without_images(checkpoint: Path, tmp_path: Path):

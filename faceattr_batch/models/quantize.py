@@ -66,6 +66,14 @@ def calibration_chips(paths: Sequence[str], size: int, count: int, seed: int = 0
     return np.stack(chips).transpose(0, 3, 1, 2).copy()
 
 
+def calibration_batches(chips: np.ndarray) -> list[np.ndarray]:
+    """``chips`` in batches of one size, the largest up to ``CALIBRATION_BATCH`` that divides them: onnxruntime's
+    calibrator stacks the batches' outputs, so a batch of another size fails ("inhomogeneous shape": 300 chips as
+    17s and 16s did). The histograms it gathers do not depend on the batching."""
+    size = max(b for b in range(1, CALIBRATION_BATCH + 1) if len(chips) % b == 0)
+    return np.split(chips, len(chips) // size)
+
+
 def split_at_heads(prepared: Path, network: Path, tail: Path) -> None:
     """Cut the exported graph at its heads' logits (the ``Gemm`` outputs): ``network`` computes them from
     the pixels, ``tail`` the outputs from them (and the pixels' batch size). Only the network is quantized: the
@@ -129,7 +137,7 @@ def quantize_onnx(
 
     class Chips(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // CALIBRATION_BATCH)))
+            self.batches = iter(calibration_batches(calibration))
 
         def get_next(self):
             batch = next(self.batches, None)
