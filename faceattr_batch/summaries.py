@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from faceattr_batch import progress
+from faceattr_batch.io.atomic import finite
 
 # In a log file or a pipe a summary line must stay one line: nothing is wrapped, and tables get this width to
 # take their natural size in (rich would otherwise assume 80 columns)
@@ -27,9 +28,10 @@ def console() -> Console:
 
 
 def show(printer, *args, json_data=None) -> None:
-    """A command's output on stdout: ``json_data`` as JSON when given (--json), else the summary (none if --quiet)."""
+    """A command's output on stdout: ``json_data`` as JSON when given (--json; NaN and infinities as null, as JSON
+    has neither), else the summary (none if --quiet)."""
     if json_data is not None:
-        sys.stdout.write(json.dumps(json_data, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(finite(json_data), indent=2, default=str) + "\n")
     elif not progress.is_quiet():
         printer(*args)
 

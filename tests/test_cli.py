@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import inspect
 import io
+import json
 import os
 import re
 import subprocess
@@ -378,3 +379,15 @@ def test_index_summary_with_an_unlabelled_duplicate(capsys):
     out = capsys.readouterr().out
     assert "2 images under faces: 1 ok, 0 recovered, 1 rejected (0.10 s) -> index.parquet" in out
     assert re.search(r"0\W+25_0_0 vs none\W+25_0_0_1.jpg", out)
+
+
+def test_json_output_has_null_where_a_metric_is_undefined(capsys):
+    """--json printed train's and ensemble's undefined metrics as NaN, which is not JSON (JSON.parse fails on it;
+    a reviewer's finding); the files the commands write already said null."""
+    summaries.show(print, json_data={"gender_precision": float("nan"), "gaps": [float("inf"), 0.5], "n": 3})
+    text = capsys.readouterr().out
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in --json output")
+
+    assert json.loads(text, parse_constant=refuse) == {"gender_precision": None, "gaps": [None, 0.5], "n": 3}
