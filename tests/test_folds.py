@@ -123,6 +123,12 @@ def test_cli_folds_prints_each_fold_and_refuses_too_many(faces: Path, tmp_path: 
     too_many = runner.invoke(app, args[:-1] + ["100", "-o", str(tmp_path / "many")])
     assert too_many.exit_code == 2
     assert "cannot fill 100 folds" in too_many.output
+    # nothing trained, so no run is left behind: the corrected command starts afresh (it was told to --resume the
+    # failed one, whose --resume read its 100 folds again; a reviewer's finding)
+    assert list((tmp_path / "many").iterdir()) == []
+    corrected = runner.invoke(app, args[:-1] + ["2", "-o", str(tmp_path / "many")])
+    assert corrected.exit_code == 0, corrected.output
+    assert (tmp_path / "many" / "oof.parquet").is_file()
 
 
 def test_extra_sources_train_every_fold_and_the_predictions_cover_the_source_alone(faces: Path, tmp_path: Path):

@@ -66,11 +66,18 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
         raise FaceattrError(f"{options.out_dir}: not a cross-fitting run (its options say --folds {options.folds})")
     out = Path(options.out_dir)
     indexed = _indexed(options, out)
+    table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
+    try:
+        split_by_fold(table, options.folds, 0, options.seed)  # enough duplicate groups for the folds?
+    except FaceattrError:
+        if not resume:  # nothing trained: leave no run behind, or the corrected command is told to --resume this one
+            for name in (OPTIONS_FILE, INDEX_FILE):
+                (out / name).unlink(missing_ok=True)
+        raise
     for fold in range(options.folds):
         run_dir = fold_dir(out, fold)
         if not (run_dir / model_file).is_file():
             train_one(replace(indexed, out_dir=run_dir, fold=fold), (run_dir / checkpoint).is_file())
-    table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
     pixels = np.load(pixel_cache(options), mmap_mode="r")
     # the folds' chips: the source's rows, then the --extra rows (as each fold's table has them)
     cached = with_training_only_rows(split_by_fold(table, options.folds, 0, options.seed), options.extra, 0).height
