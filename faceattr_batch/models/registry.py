@@ -123,6 +123,14 @@ def resolve_attr_source(source: str | Path | None) -> Path:
     if path.is_dir():
         for file_name in RUN_DIR_MODELS:
             if (path / file_name).is_file():
+                if file_name != RUN_DIR_MODELS[0]:  # read unsaid, a tiny run's race accuracy fell from 43% to 20%
+                    log.warning(
+                        "%s: an unfinished run (no %s): reading its %s, a training checkpoint (not calibrated, "
+                        "no test-time mirror chosen): finish the run with train --resume",
+                        path,
+                        RUN_DIR_MODELS[0],
+                        file_name,
+                    )
                 return path / file_name
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
     if not path.is_file():
