@@ -30,8 +30,9 @@ def test_resume_keeps_the_runs_options_takes_machine_fields_and_says_what_it_ign
     first = Options(Path("faces"), out, epochs=5, lr=0.01, widths=(4, 4), threads=1)
     assert start_run(first, "last.pt", "training", resume=False) == first
     assert json.loads((out / "options.json").read_text())["widths"] == [4, 4]
-    with pytest.raises(FaceattrError, match="nothing to resume"):
+    with pytest.raises(FaceattrError, match=r"nothing to resume \(no last.pt\); run the command without --resume"):
         start_run(first, "last.pt", "training", resume=True)
+    assert start_run(first, "last.pt", "training", resume=False) == first  # as the message says: stopped before
     (out / "last.pt").write_bytes(b"")
     with pytest.raises(FaceattrError, match="already holds a training run: add --resume"):
         start_run(first, "last.pt", "training", resume=False)

@@ -38,7 +38,7 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     out = Path(options.out_dir)
     if resume:
         if not (out / checkpoint).is_file():
-            raise FaceattrError(f"{out}: nothing to resume (no {checkpoint})")
+            raise FaceattrError(f"{out}: nothing to resume (no {checkpoint}); run the command without --resume")
         try:
             stored = json.loads((out / "options.json").read_text())
             if not isinstance(stored, dict):
