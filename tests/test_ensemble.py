@@ -188,6 +188,34 @@ def test_bad_members_and_ensembles_as_a_start_give_one_line_errors(members, face
         train(TrainOptions(source=faces, out_dir=tmp_path / "run", init_from=str(tmp_path / "e.pt"), **tiny))
 
 
+def test_another_file_is_never_replaced_and_a_model_is_a_member_once(members, faces, tmp_path: Path, caplog):
+    """Reviewer's findings: -o another run's model.pt (not a member) replaced it; a member given twice (or a copy of
+    it) was averaged with itself; a loose model file's validation faces went unchecked without a word."""
+    common = dict(source=faces, workers=0, progress=False, val_fraction=0.3)
+    victim = tmp_path / "victim" / "model.pt"
+    victim.parent.mkdir()
+    victim.write_bytes(members[0].read_bytes())
+    with pytest.raises(FaceattrError, match=r"^-o .*model.pt: exists and is a trained model, not an ensemble"):
+        run(EnsembleOptions(members=tuple(map(str, members)), out=victim, **common))
+    (tmp_path / "notes.pt").write_text("the user's own file")
+    with pytest.raises(FaceattrError, match=r"notes.pt: exists and is not a faceattr model, not an ensemble"):
+        run(EnsembleOptions(members=tuple(map(str, members)), out=tmp_path / "notes.pt", **common))
+    assert victim.read_bytes() == members[0].read_bytes()
+    assert (tmp_path / "notes.pt").read_text() == "the user's own file"
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(members[0].read_bytes())
+    for twice in ((members[0], members[0]), (members[0], tmp_path / "." / "small.pt"), (members[0], copy)):
+        with pytest.raises(FaceattrError, match=r"the member .* is the same model as .*small.pt: give each model once"):
+            run(EnsembleOptions(members=tuple(map(str, twice)), out=tmp_path / "twice.pt", **common))
+    caplog.set_level("WARNING")
+    run(EnsembleOptions(members=tuple(map(str, members)), out=tmp_path / "e.pt", **common))
+    unchecked = [r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()]
+    assert len(unchecked) == 2 and "small.pt: a model without its RUN_DIR's split.parquet" in unchecked[0]
+    run(EnsembleOptions(members=(str(members[1]), str(members[0])), out=tmp_path / "e.pt", **common))  # replaced
+    assert load_attr_model(tmp_path / "e.pt")[1]["members"] == json.dumps([str(members[1]), str(members[0])])
+    assert not (tmp_path / "twice.pt").exists()
+
+
 def test_cli_ensemble(members, faces: Path, tmp_path: Path):
     runner = CliRunner()
     args = ["ensemble", str(faces), *map(str, members), "-o", str(tmp_path / "e.pt"), "--val-fraction", "0.3"]

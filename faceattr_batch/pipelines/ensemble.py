@@ -19,9 +19,14 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import check_writable, refuse_overlap, write_json
+from faceattr_batch.io.digest import file_digest
 from faceattr_batch.models.registry import (
+    ATTR_FORMAT,
+    ENSEMBLE_FORMAT,
     RUN_DIR_MODELS,
+    TRAIN_FORMAT,
     load_attr_model,
+    read_checkpoint,
     resolve_attr_source,
     restore_state,
     save_attr_ensemble,
@@ -69,12 +74,17 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     # predict -m tells a model by its suffix (.onnx: ONNX), and so the SOURCE index is never written over
     if not out.is_dir() and out.suffix.lower() != ".pt":
         raise FaceattrError(f"-o {out}: name the ensemble file .pt")
+    given = {}  # the model files by content: one given twice would count double
     for source in options.members:  # the ensemble must not replace a member's weights, nor sit in its RUN_DIR
         member = resolve_attr_source(source)
+        if (twin := given.get(digest := file_digest(member))) is not None:
+            raise FaceattrError(f"the member {source} is the same model as {twin}: give each model once")
+        given[digest] = source
         # a member's RUN_DIR holds no ensemble; beside a member's file, not under a name -m RUN_DIR would read
         read_there = (lambda name: True) if Path(source).is_dir() else RUN_DIR_MODELS.__contains__
         why = f"it would sit in the member's RUN_DIR {member.parent}; name a file elsewhere"
         refuse_overlap(out, "-o", {f"the member {source}": member}, claimed={why: (member.parent, read_there)})
+    _refuse_replacing(out)
     check_writable(out, "-o")  # before the validation faces are decoded and read
     members = []
     for source in options.members:
@@ -129,6 +139,20 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     )
     write_json(out.with_suffix(".report.json"), report)
     return EnsembleResult(out.parent, out, report)
+
+
+def _refuse_replacing(out: Path) -> None:
+    """An existing ``-o`` is replaced only when it is an ensemble (this command run again): another file (a train
+    run's model.pt, anything else of the user's) is refused before any work."""
+    if not out.is_file():
+        return
+    try:
+        kind = read_checkpoint(out, (ATTR_FORMAT, TRAIN_FORMAT, ENSEMBLE_FORMAT))["format"]
+    except FaceattrError:
+        kind = None
+    if kind != ENSEMBLE_FORMAT:
+        what = "a trained model" if kind else "not a faceattr model"
+        raise FaceattrError(f"-o {out}: exists and is {what}, not an ensemble; name another file")
 
 
 def _member_pixels(ensemble, i: int, pixels: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ Shared by `train`, `train-gen` and `ensemble` (the ensemble re-creates its membe
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from functools import partial
@@ -23,6 +24,8 @@ from faceattr_batch.io.atomic import replacing
 from faceattr_batch.models.registry import resolve_attr_source, seen_images_path
 from faceattr_batch.models.seen_images import SeenImages
 from faceattr_batch.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 LABELLED_COLUMNS = ("path", "age", "gender", "race", "status", "dup_group")
 
@@ -122,6 +125,12 @@ def refuse_trained_on(table: pl.DataFrame, models: dict) -> None:
             roles = SeenImages.load(seen_file).marks(validation["sha256"].to_list())["training_role"]
             seen = roles.count("train")
         else:
+            log.warning(
+                "%s %s: a model without its RUN_DIR's split.parquet or a seen-images file: whether it trained on "
+                "this run's validation faces is not checked (if it did, the validation figures flatter it)",
+                option,
+                source,
+            )
             continue
         if seen:
             raise FaceattrError(
