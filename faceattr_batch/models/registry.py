@@ -34,6 +34,13 @@ DEFAULT_GEN_WEIGHTS = "gen_default.pt"
 ENSEMBLE_FORMAT = "faceattr-attr-ensemble-v1"  # members (config + state_dict each) + temperatures + meta
 HALF_STORAGE_MIN_ELEMENTS = 1024  # float tensors at least this large are stored in half precision
 INT8_SCALE_SUFFIX = ":int8_scale"  # beside an int8-stored weight: its per-output-channel scale
+_FORMAT_KINDS = {  # what a checkpoint of another kind is, for the message that refuses it
+    ATTR_FORMAT: "trained attribute model",
+    TRAIN_FORMAT: "attribute-model training checkpoint",
+    ENSEMBLE_FORMAT: "attribute-model ensemble",
+    GEN_FORMAT: "generator",
+    GEN_TRAIN_FORMAT: "train-gen checkpoint",
+}
 
 
 def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
@@ -43,12 +50,19 @@ def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
 def read_checkpoint(path: Path, formats: tuple[str, ...] = (ATTR_FORMAT, TRAIN_FORMAT), kind="attribute-model") -> dict:
     if not path.is_file():
         raise FaceattrError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if head not in (b"PK", b"\x80\x02"):  # what torch.save writes: a zip archive (a pickle before torch 1.6)
+        what = "an ONNX file only predicts" if path.suffix.lower() == ".onnx" else "not a file torch.save writes"
+        raise FaceattrError(f"{path}: not a faceattr checkpoint ({what})")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise FaceattrError(f"{path}: not a readable faceattr checkpoint ({first_line(err, 160)})") from None
+        raise FaceattrError(f"{path}: a damaged or foreign checkpoint ({first_line(err, 160)})") from None
     if not isinstance(data, dict) or data.get("format") not in formats:
-        raise FaceattrError(f"{path}: not a faceattr {kind} checkpoint (no known 'format' key)")
+        other = _FORMAT_KINDS.get(data.get("format")) if isinstance(data, dict) else None
+        what = f"a {other}" if other else "no known 'format' key"
+        raise FaceattrError(f"{path}: not a faceattr {kind} checkpoint ({what})")
     return data
 
 
