@@ -56,7 +56,7 @@ def train_command(
     ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine schedule.")] = 60,
     batch_size: opt.BatchSize = 128,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    lr: Annotated[float, typer.Option(min=1e-8, help="Peak AdamW learning rate.")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of duplicate groups held out.")] = 0.1,
     folds: opt.Folds = 1,

@@ -154,16 +154,21 @@ def _validation_table(title: str, first: str) -> Table:
 
 
 def _validation_cells(name: str, row: dict, sliced_by: str | None = None) -> list[str]:
-    # F1 within a slice that holds one true class of that attribute says nothing: left blank
+    # F1 within a slice that holds one true class of that attribute says nothing: left blank, as is an undefined
+    # value (None or NaN: no face of the slice), rather than "nan"
+    def cell(key: str, spec: str) -> str:
+        value = row.get(key)
+        return "–" if value is None or value != value else format(value, spec)
+
     return [
         name,
         str(row.get("n", row.get("n_gender"))),
-        f"{row['gender_accuracy']:.2%}",
-        "–" if sliced_by == "gender" else f"{row['gender_f1']:.3f}",
-        f"{row['race_accuracy']:.2%}",
-        "–" if sliced_by == "race" else f"{row['race_macro_f1']:.3f}",
-        f"{row['age_mae']:.2f}",
-        f"{row['age_cs5']:.2%}",
+        cell("gender_accuracy", ".2%"),
+        "–" if sliced_by == "gender" else cell("gender_f1", ".3f"),
+        cell("race_accuracy", ".2%"),
+        "–" if sliced_by == "race" else cell("race_macro_f1", ".3f"),
+        cell("age_mae", ".2f"),
+        cell("age_cs5", ".2%"),
     ]
 
 

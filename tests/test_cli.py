@@ -391,3 +391,10 @@ def test_json_output_has_null_where_a_metric_is_undefined(capsys):
         raise AssertionError(f"{constant} in --json output")
 
     assert json.loads(text, parse_constant=refuse) == {"gender_precision": None, "gaps": [None, 0.5], "n": 3}
+
+
+def test_the_validation_table_leaves_an_undefined_value_blank():
+    """train's table showed "nan" in some cells and "–" in others (a reviewer's finding): undefined is blank."""
+    row = {"n": 3, "gender_accuracy": 1.0, "gender_f1": float("nan"), "race_accuracy": None, "race_macro_f1": 0.5}
+    cells = summaries._validation_cells("Others", row | {"age_mae": float("nan"), "age_cs5": 0.25})
+    assert cells == ["Others", "3", "100.00%", "–", "–", "0.500", "–", "25.00%"]

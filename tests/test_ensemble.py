@@ -259,7 +259,7 @@ def test_a_member_trained_on_the_ensembles_validation_faces_is_refused(members, 
     n_val = split_by_group(table, 0.3, 0).filter(pl.col("split") == "val").height
     other.select("path", "dup_group", "split").write_parquet(tmp_path / "split.parquet")
     with pytest.raises(
-        FaceattrError, match=rf"^the member .*small.pt: trained on \d+ of this run's {n_val} validation faces"
+        FaceattrError, match=rf"^member 1 .*small.pt: trained on \d+ of this run's {n_val} validation faces"
     ):
         run(EnsembleOptions(out=tmp_path / "other.pt", **common))
     assert not (tmp_path / "other.pt").exists()

@@ -33,6 +33,11 @@ def test_resume_keeps_the_runs_options_takes_machine_fields_and_says_what_it_ign
     with pytest.raises(FaceattrError, match=r"nothing to resume \(no last.pt\); run the command without --resume"):
         start_run(first, "last.pt", "training", resume=True)
     assert start_run(first, "last.pt", "training", resume=False) == first  # as the message says: stopped before
+    (tmp_path / "model.pt").write_bytes(b"a model")  # a reviewer's finding: -o a file said "File exists"
+    for resume in (False, True):
+        with pytest.raises(FaceattrError, match=r"^-o .*model.pt: a file; name a folder for the run$"):
+            start_run(Options(Path("faces"), tmp_path / "model.pt"), "last.pt", "training", resume=resume)
+    assert (tmp_path / "model.pt").read_bytes() == b"a model"
     (out / "last.pt").write_bytes(b"")
     with pytest.raises(FaceattrError, match="already holds a training run: add --resume"):
         start_run(first, "last.pt", "training", resume=False)
@@ -69,8 +74,7 @@ def test_resume_says_a_source_it_ignores_and_the_options_its_file_predates(tmp_p
     assert [r.getMessage() for r in caplog.records] == [
         "the run's options.json predates some options; they take this command's values: lr 0.002",
         # the first resume wrote lr into the file; the second names the other source it does not read
-        "--resume goes on with the run's own options; ignored: source PosixPath('faces') "
-        f"(the run's: {tmp_path / 'faces'!r})",
+        f"--resume goes on with the run's own options; ignored: source faces (the run's: {tmp_path / 'faces'})",
     ]
 
 

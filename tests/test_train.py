@@ -253,6 +253,8 @@ def test_cli_train_smoke_and_bad_values(faces: Path, tmp_path: Path):
     bad = runner.invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--widths", "8,a"])
     assert bad.exit_code == 2
     assert "--widths '8,a'" in bad.output
+    negative = runner.invoke(app, ["train", str(faces), "-o", str(tmp_path / "x"), "--lr", "-1"])  # it trained
+    assert negative.exit_code == 2 and "Invalid value for '--lr'" in " ".join(negative.output.split())
     missing = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")])
     assert missing.exit_code == 2
 

@@ -36,6 +36,8 @@ def start_run(options, checkpoint: str, kind: str, resume: bool, overrides: dict
     ``options.json`` into ``options.out_dir`` either way, paths made absolute (a resume from another folder).
     """
     out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise FaceattrError(f"-o {out}: a file; name a folder for the run")
     if resume:
         if not (out / checkpoint).is_file():
             raise FaceattrError(f"{out}: nothing to resume (no {checkpoint}); run the command without --resume")
@@ -76,16 +78,21 @@ def _warn_ignored(options, saved: dict, kept: dict) -> None:
         if field.name in kept or field.name == "out_dir":
             continue
         if field.name not in saved:
-            missing.append(f"{field.name} {given!r}")
+            missing.append(f"{field.name} {_shown(given)}")
         elif _same(given, saved[field.name]):
             continue
         elif field.default is dataclasses.MISSING or given != field.default:
-            ignored.append(f"{field.name} {given!r} (the run's: {saved[field.name]!r})")
+            ignored.append(f"{field.name} {_shown(given)} (the run's: {_shown(saved[field.name])})")
     if ignored:
         log.warning("--resume goes on with the run's own options; ignored: %s", "; ".join(ignored))
     if missing:
         predates = "the run's options.json predates some options; they take this command's values: %s"
         log.warning(predates, "; ".join(missing))
+
+
+def _shown(value) -> str:
+    """An option's value as the user typed it: a path as text (not PosixPath('faces')), else its repr."""
+    return str(value) if isinstance(value, Path) else repr(value)
 
 
 def _same(given, saved) -> bool:

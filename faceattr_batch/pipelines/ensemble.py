@@ -105,7 +105,7 @@ def run(options: EnsembleOptions) -> EnsembleResult:
     table = load_labelled(options.source, options.root, options.workers)
     table = split_by_group(table, options.val_fraction, options.seed)
     val_rows = table.filter(pl.col("split") == "val")
-    refuse_trained_on(table, {f"the member {source}": source for source in options.members})
+    refuse_trained_on(table, {f"member {i + 1}": source for i, source in enumerate(options.members)})
     pixels = decode_cache(val_rows, ensemble.config.input_size, None, options.workers, options.progress)
     desc = "validation" if options.progress else None
     logits = collect_logits(ensemble, pixels, torch.device("cpu"), 128, desc)
