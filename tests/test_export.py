@@ -95,6 +95,9 @@ def test_an_unwritable_output_is_refused_before_the_export_and_the_calibration(c
     for write in (export.export_onnx, lambda source, out: quantize.quantize_onnx(source, out, ["a.jpg"], count=1)):
         with pytest.raises(FaceattrError, match=r"^-o .*afile/x.onnx: cannot write there"):
             write(checkpoint, tmp_path / "afile" / "x.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"onnx")  # a reviewer's finding: "it can't teach, train or be a member"
+    with pytest.raises(FaceattrError, match=r"^-m .*model.onnx: already an ONNX model; export-onnx reads a .pt model"):
+        export.export_onnx(tmp_path / "model.onnx", tmp_path / "again.onnx")
 
 
 # --- the per-user cache of exports: predict with onnxruntime exports a .pt model once, not at every start ---------

@@ -81,6 +81,14 @@ def test_out_of_fold_predictions_come_from_the_model_that_held_each_face_out(cro
     assert report["out_of_fold"]["race_accuracy"] == pytest.approx(frame["race_correct"].mean())
 
 
+def test_a_cross_fit_folder_given_as_a_model_names_its_folds(crossfit):
+    """A reviewer's finding: -m on a cross-fit's folder said "not a train RUN_DIR"."""
+    with pytest.raises(
+        FaceattrError, match=r"a cross-fitting run; give one of its folds' models \(fold_0, fold_1, fold_2\)"
+    ):
+        load_attr_model(crossfit.out_dir)
+
+
 def test_suspects_rank_the_out_of_fold_rows(crossfit, tmp_path: Path):
     listed = tmp_path / "suspects.csv"
     result = CliRunner().invoke(app, ["report", str(crossfit.predictions_path), "--suspects", str(listed)])

@@ -50,6 +50,8 @@ def export_onnx(source: str | Path | None, out: Path, opset: int = 17) -> dict:
     import onnx  # heavy, and only export needs it
 
     check_onnx_output(out)
+    if source is not None and Path(source).suffix.lower() == ".onnx":
+        raise FaceattrError(f"-m {source}: already an ONNX model; export-onnx reads a .pt model or a RUN_DIR")
     model, meta = load_attr_model(source)
     size = model.config.input_size
 

@@ -146,6 +146,9 @@ def resolve_attr_source(source: str | Path | None) -> Path:
                         file_name,
                     )
                 return path / file_name
+        folds = sorted(model.parent.name for model in path.glob("fold_*/model.pt"))
+        if folds:
+            raise FaceattrError(f"{path}: a cross-fitting run; give one of its folds' models ({', '.join(folds)})")
         raise FaceattrError(f"{path}: a folder without model.pt, best.pt or last.pt (not a train RUN_DIR)")
     if not path.is_file():
         shipped = ", ".join(SHIPPED_ATTR_MODELS)
