@@ -139,6 +139,19 @@ def test_cli_folds_prints_each_fold_and_refuses_too_many(faces: Path, tmp_path: 
     assert (tmp_path / "many" / "oof.parquet").is_file()
 
 
+def test_too_many_folds_keep_the_users_own_index_in_the_run_folder(faces: Path, tmp_path: Path):
+    """A failed new cross-fit removes what it wrote, never the user's index that sits where the run's would."""
+    from faceattr_batch.index.build import IndexOptions, build_index, write_index
+
+    index = tmp_path / "run" / "index.parquet"
+    index.parent.mkdir()
+    write_index(build_index(IndexOptions(root=faces, hash=True, workers=0)), index)
+    before = index.read_bytes()
+    with pytest.raises(FaceattrError, match="cannot fill 100 folds"):
+        run(TrainOptions(source=index, out_dir=index.parent, folds=100, **TINY))
+    assert index.read_bytes() == before and sorted(p.name for p in index.parent.iterdir()) == ["index.parquet"]
+
+
 def test_extra_sources_train_every_fold_and_the_predictions_cover_the_source_alone(faces: Path, tmp_path: Path):
     extra = tmp_path / "extra"
     make_faces(extra, 6, seed=3)

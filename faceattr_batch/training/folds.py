@@ -65,14 +65,15 @@ def cross_fit(options, train_one: Callable, resume: bool, *, checkpoint: str, mo
     if options.folds < 2:  # the saved options of a run that was not a cross-fit
         raise FaceattrError(f"{options.out_dir}: not a cross-fitting run (its options say --folds {options.folds})")
     out = Path(options.out_dir)
+    written = [out / OPTIONS_FILE] + ([] if (out / INDEX_FILE).exists() else [out / INDEX_FILE])
     indexed = _indexed(options, out)
     table = load_labelled(indexed.source, indexed.root, options.workers, options.limit)
     try:
         split_by_fold(table, options.folds, 0, options.seed)  # enough duplicate groups for the folds?
     except FaceattrError:
         if not resume:  # nothing trained: leave no run behind, or the corrected command is told to --resume this one
-            for name in (OPTIONS_FILE, INDEX_FILE):
-                (out / name).unlink(missing_ok=True)
+            for path in written:
+                path.unlink(missing_ok=True)
         raise
     for fold in range(options.folds):
         run_dir = fold_dir(out, fold)
