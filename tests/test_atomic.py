@@ -66,3 +66,15 @@ def test_refuse_overlap_keeps_a_file_off_names_claimed_in_a_folder(tmp_path):
     atomic.refuse_overlap(tmp_path / "suspects.parquet", "-o", {}, claimed=claimed)  # another folder
     atomic.refuse_overlap(report, "-o", {}, folder=True, claimed=claimed)  # a folder is not a file of that name
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_parquet_is_written_under_a_name_that_is_not_utf8(tmp_path):
+    """A reviewer's finding: synth -o a folder named with a raw 0xff byte ended in polars' traceback (a path that is
+    not UTF-8 cannot be handed to it)."""
+    import polars as pl
+
+    folder = tmp_path / os.fsdecode(b"set_\xff")
+    folder.mkdir()
+    atomic.write_parquet_atomically(pl.DataFrame({"age": [30, 40]}), folder / "manifest.parquet")
+    with open(folder / "manifest.parquet", "rb") as file:
+        assert pl.read_parquet(file)["age"].to_list() == [30, 40]

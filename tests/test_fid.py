@@ -212,8 +212,12 @@ def test_save_and_load_stats_round_trip(tmp_path):
     with pytest.raises(FaceattrError, match=r"no_mu.npz: damaged stats file \(all images: 'mu'\)"):
         fid_stats.load_stats(tmp_path / "no_mu.npz")
     np.savez(tmp_path / "sigma.npz", **{**arrays, "slice.female.sigma": np.eye(4)})
-    with pytest.raises(FaceattrError, match=r"sigma.npz: damaged stats file \(female: operands could not be"):
+    with pytest.raises(FaceattrError, match=r"sigma.npz: damaged stats file \(female: its arrays' sizes do not agree"):
         fid_stats.load_stats(tmp_path / "sigma.npz")
+    # a reviewer's finding: KID's features cut to 4 columns beside a 6-wide mu ended in numpy's traceback
+    np.savez(tmp_path / "features.npz", **{**arrays, "features": arrays["features"][:, :4]})
+    with pytest.raises(FaceattrError, match=r"features.npz: damaged stats file \(all images: .*features \(\d+, 4\)"):
+        fid_stats.load_stats(tmp_path / "features.npz")
 
 
 def test_the_ray_feature_actor_returns_the_chunks_features_not_moment_matrices():
@@ -548,3 +552,12 @@ def test_weights_are_hashed_only_where_a_stats_file_is_read_or_saved(tmp_path, m
     assert meta["weights_sha256"] == hashlib.sha256(b"the network's bytes").hexdigest()
     fid.compute(stats, fake, _options(weights=weights), model=TinyFeatures())
     assert hashed == [1, 1]  # read once, though the check uses it twice
+
+
+def test_slice_labels_read_a_name_that_is_not_utf8():
+    """A reviewer's finding: fid --by over a file named with a raw 0xff byte ended in polars' UnicodeEncodeError, after
+    the Inception network had loaded; the name is read as its display form (a label it does not give: none)."""
+    from faceattr_batch.pipelines.fid import slice_labels
+
+    raw = os.fsdecode(b"/x/30_1_0_20170116174525\xff.jpg")
+    assert slice_labels([raw, "/x/40_0_2_20170116174525123.jpg.chip.jpg"], "gender") == [None, "male"]

@@ -61,8 +61,8 @@ def write_json(path: Path, data) -> None:
 
 
 def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
-    with replacing(path) as tmp:
-        frame.write_parquet(tmp)
+    with replacing(path) as tmp, open(tmp, "wb") as file:  # a handle: polars takes no path that is not UTF-8
+        frame.write_parquet(file)
 
 
 def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None:

@@ -110,9 +110,15 @@ class FeatureStats:
     def from_mean_cov(
         cls, n: int, mean: np.ndarray, cov: np.ndarray, reservoir: np.ndarray | None = None, seed: int = 0
     ) -> FeatureStats:
+        mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+        width = mean.shape[0] if mean.ndim == 1 else -1
+        kept = reservoir is not None and len(reservoir)
+        if cov.shape != (width, width) or (kept and np.shape(reservoir)[1:] != (width,)):  # a file edited by hand
+            shapes = f"mu {mean.shape}, sigma {cov.shape}" + (f", features {np.shape(reservoir)}" if kept else "")
+            raise ValueError(f"its arrays' sizes do not agree ({shapes})")
         stats = cls(len(mean), max(len(reservoir) if reservoir is not None else 0, 1), seed, int(n))
-        stats.total = n * np.asarray(mean, np.float64)
-        stats.outer = (n - 1) * np.asarray(cov, np.float64) + n * np.outer(mean, mean)
+        stats.total = n * mean
+        stats.outer = (n - 1) * cov + n * np.outer(mean, mean)
         if reservoir is not None and len(reservoir):
             stats._chunks = [np.asarray(reservoir, np.float32)]
         return stats

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.inputs import list_images
+from faceattr_batch.data.inputs import display_path, list_images
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exprs, parse_names
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
@@ -93,7 +93,7 @@ def slice_labels(paths: Sequence[str], by: str) -> list[str | None]:
     """The ``by`` label (e.g. 'female', 'Asian', '20-29') of each path's UTKFace-style name, None if absent."""
     if by not in SLICE_KINDS:
         raise FaceattrError(f"--by {by!r}: use one of {', '.join(SLICE_KINDS)}")
-    labels = parse_names([os.path.basename(p) for p in paths]).select(label_exprs())
+    labels = parse_names([os.path.basename(display_path(p)) for p in paths]).select(label_exprs())
     column = "age_band" if by == "age_band" else f"{by}_label"
     return labels.get_column(column).cast(pl.String).to_list()
 
