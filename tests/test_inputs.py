@@ -94,6 +94,12 @@ def test_a_fifo_named_like_an_image_is_skipped_not_listed(tmp_path):
     os.mkfifo(root / "pipe.jpg")
     assert "pipe.jpg" not in {os.path.basename(p) for p in list_images([root])}
     assert walk_tree(root).skipped["not a regular file"] == 1
+    # a reviewer's finding: a symlink to it was taken for a broken link, which fid keeps, and fid hung for ever
+    os.symlink("pipe.jpg", root / "link.jpg")
+    for keep in (False, True):
+        walked = walk_tree(root, keep_broken_links=keep)
+        assert "link.jpg" not in walked.names
+        assert walked.skipped["symlink to something that is not a regular file"] == 1
 
 
 def test_walk_tree_lists_broken_links_only_when_asked(tmp_path):

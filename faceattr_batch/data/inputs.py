@@ -251,7 +251,8 @@ def _odd_entry(entry: os.DirEntry, keep_broken_links: bool) -> str | None:
                 return "symlink to a folder (not followed)"
             if entry.is_file():
                 return None
-            return broken
+            entry.stat()  # raises for a broken link; a link to a FIFO or device would block the reader forever
+            return "symlink to something that is not a regular file"
     except OSError:  # ELOOP and the like while following the link
         return broken
     return "not a regular file"
