@@ -241,6 +241,17 @@ def test_a_nan_age_in_a_match_file_is_no_age(tmp_path: Path):
     assert wanted.select("gender", "race", "age").unique().rows() == [(0, 1, 30)]
 
 
+def test_match_ages_over_100_are_drawn_at_100_with_a_warning(tmp_path: Path, caplog):
+    """A reviewer's finding: an index of ages 101-105 gave faces named 100 without a word."""
+    pl.DataFrame({"gender": [0, 1], "race": [1, 2], "age": [103, 40]}).write_parquet(tmp_path / "m.parquet")
+    with caplog.at_level("WARNING"):
+        wanted = conditions(SynthOptions(n=50, out_dir=tmp_path / "o", match=tmp_path / "m.parquet"))
+    older = int((wanted["age"] == 100).sum())
+    assert set(wanted["age"].to_list()) == {100, 40} and older > 0
+    said = f"--match: {older} of the 50 faces drawn ask for ages over 100, drawn (and named) at 100"
+    assert caplog.messages == [said]
+
+
 def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):
     runner = CliRunner()
     result = runner.invoke(app, ["synth", "--n", "2", "-o", str(tmp_path / "x"), "--race", "martian"])
