@@ -154,6 +154,13 @@ def test_missing_file_or_columns_is_an_error(tmp_path: Path):
     bad.write_text("age,gender,pixels\n1,0,1 2 3\n")
     with pytest.raises(FaceattrError, match="missing column.*ethnicity, img_name"):
         import_csv(ImportCsvOptions(csv=bad, out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()  # a reviewer's finding: the failed run left the folder it made, empty
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(FaceattrError, match="missing column"):
+        import_csv(ImportCsvOptions(csv=bad, out_dir=tmp_path / "kept"))
+    assert (tmp_path / "kept").is_dir()  # the user's own folder stays
+    with pytest.raises(FaceattrError, match=r"kept: a folder; give the CSV file"):
+        import_csv(ImportCsvOptions(csv=tmp_path / "kept", out_dir=tmp_path / "o"))
 
 
 def test_unwritable_output_fails_before_reading(csv_file: Path, tmp_path: Path, monkeypatch):

@@ -10,6 +10,7 @@ number and skipped; only an unreadable file or missing columns raise ``FaceattrE
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -67,11 +68,19 @@ class ImportCsvResult:
 def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     """Write one PNG per good CSV row into ``options.out_dir``; bad rows are listed, not fatal."""
     if not Path(options.csv).is_file():
-        raise FaceattrError(f"{options.csv}: no such file")
+        what = "a folder; give the CSV file" if Path(options.csv).is_dir() else "no such file"
+        raise FaceattrError(f"{options.csv}: {what}")
     out_dir = Path(options.out_dir)
+    made = not out_dir.exists()
     # before reading the CSV: an unwritable output fails at once, and another run's images are not replaced unasked
     check_output_folder(out_dir, options.overwrite, "files of the same name")
-    frame = _read(Path(options.csv))
+    try:
+        frame = _read(Path(options.csv))
+    except FaceattrError:
+        if made:  # a CSV that cannot be read leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     result = ImportCsvResult(out_dir=out_dir, rows=frame.height, written=0)
     used: set[str] = set()
     clashes: dict[str, dt.datetime] = {}
