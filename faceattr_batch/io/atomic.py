@@ -80,7 +80,9 @@ def check_writable(path: Path | str, what: str, *, folder: bool = False) -> None
         os.close(handle)
         os.unlink(probe)
     except OSError as err:
-        raise FaceattrError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+        blocking = next((parent for parent in (folder, *folder.parents) if parent.is_file()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else err.strerror or err  # not "File exists"
+        raise FaceattrError(f"{what} {path}: cannot write there ({why})") from None
 
 
 def refuse_overlap(
