@@ -203,9 +203,12 @@ def test_save_and_load_stats_round_trip(tmp_path):
         np.testing.assert_array_equal(bundle[key].reservoir, original.reservoir)
     with np.load(path) as data:  # pytorch-fid's own names, so its tools read the file too
         assert {"mu", "sigma"} <= set(data.files)
-    (tmp_path / "bad.npz").write_bytes(b"nope")
-    with pytest.raises(FaceattrError, match="not a readable stats file"):
+    (tmp_path / "bad.npz").write_bytes(b"nope")  # numpy's own message for it suggested allow_pickle (a reviewer)
+    with pytest.raises(FaceattrError, match=r"bad.npz: not a readable stats file \(not an .npz archive\)$"):
         fid_stats.load_stats(tmp_path / "bad.npz")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(FaceattrError, match=r"cut.npz: not a readable stats file \("):
+        fid_stats.load_stats(tmp_path / "cut.npz")
     with np.load(path) as data:  # a file edited by hand: the whole side's mu gone, a slice's sigma of another size
         arrays = {key: data[key] for key in data.files}
     np.savez(tmp_path / "no_mu.npz", **{k: v for k, v in arrays.items() if k != "mu"})

@@ -145,6 +145,9 @@ def save_stats(path: str | Path, bundle: dict[str, FeatureStats], meta: dict[str
 def load_stats(path: str | Path, seed: int = 0) -> tuple[dict[str, FeatureStats], dict[str, str]]:
     """The bundle (``ALL`` and any slices) and meta strings of a file written by ``save_stats``."""
     path = Path(path)
+    with open(path, "rb") as file:
+        if file.read(2) != b"PK":  # an .npz is a zip archive; numpy's own message for text suggests allow_pickle
+            raise FaceattrError(f"{path}: not a readable stats file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
