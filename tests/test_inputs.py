@@ -127,3 +127,15 @@ def test_an_index_finds_a_file_whose_name_is_not_utf8(tmp_path):
     found = list_images([tmp_path / "index.parquet"])
     assert sorted(found) == sorted(os.fsdecode(os.path.join(os.fsencode(root), n)) for n in names)
     assert all(os.path.lexists(p) for p in found)
+
+
+def test_an_index_summary_shows_a_root_that_is_not_utf8_as_text(tmp_path):
+    """A reviewer's finding: index --json wrote such a root with a lone surrogate ("\\udcff"), not the \\xNN text of
+    every path."""
+    from faceattr_batch.index.build import IndexOptions, build_index
+
+    root = tmp_path / os.fsdecode(b"faces_\xff")
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "30_1_2_20170116174525123.jpg.chip.jpg", format="JPEG")
+    summary = build_index(IndexOptions(root=root, workers=0)).summary
+    assert summary["root"] == f"{tmp_path}/faces_\\xff" and summary["root"].encode("utf-8")

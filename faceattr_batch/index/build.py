@@ -137,7 +137,7 @@ def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexO
         return table.filter(pl.col("status") == status).select("path", "reason").to_dicts()
 
     summary: dict = {
-        "root": str(root),
+        "root": display_path(str(root)),  # --json and the summary line: text, bytes shown as \xNN
         "version": __version__,
         "options": {"hash": options.hash, "probe": options.probe, "near_bits": options.near_bits},
         "images": table.height,
