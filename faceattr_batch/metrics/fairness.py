@@ -73,6 +73,7 @@ from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
 MIN_RESAMPLES = 1000
+CALIBRATED = ("gender", "race")  # the attributes with an ECE, in the order of their bootstrap columns
 _INPUTS = ("true_gender", "pred_gender", "p_female", "true_race", "pred_race", *RACE_PROB_COLUMNS,
            "true_age", "pred_age")  # fmt: skip
 _RACE_NAMES = tuple(race.lower() for race in RACES)
@@ -196,28 +197,27 @@ def metric_values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndar
 
 
 def calibration_arrays(group: pl.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per calibrated attribute (gender, race), what ECE reads of ``group``: the confidence (NaN where unknown) and
-    whether that class was right."""
+    """Per calibrated attribute (``CALIBRATED``), what ECE reads of ``group``: the confidence (NaN where unknown) and
+    whether that class was right; read once per group for its point ECEs and its bootstrap."""
     arrays = {}
-    for attribute in ("gender", "race"):
+    for attribute in CALIBRATED:
         confidence = group.get_column(f"{attribute}_confidence").cast(pl.Float64).fill_null(np.nan).to_numpy()
         correct = group.get_column(f"{attribute}_confident_correct").fill_null(False).to_numpy().astype(np.float64)
         arrays[attribute] = confidence, correct
     return arrays
 
 
-def group_eces(group: pl.DataFrame, bins: int) -> dict[str, float]:
-    """gender_ece and race_ece of one group, by ``expected_calibration_error``: NaN where no row is known."""
+def group_eces(calibration: dict, bins: int) -> dict[str, float]:
+    """gender_ece and race_ece of ``calibration_arrays``, by ``expected_calibration_error`` (NaN: no row known)."""
     eces = {}
-    for attribute, (confidence, correct) in calibration_arrays(group).items():
+    for attribute, (confidence, correct) in calibration.items():
         ece = expected_calibration_error(confidence, correct, bins)
         eces[f"{attribute}_ece"] = np.nan if ece is None else ece
     return eces
 
 
 def resample_columns(rows: np.ndarray, calibration: dict, bins: int):
-    """What a bootstrap sums (``bootstrap.resampled_sums``'s ``columns``): ``rows``' columns, then each calibrated
-    attribute's ``ece_columns``, built a block of rows at a time (a million rows x 32 would be 256 MB)."""
+    """``bootstrap.resampled_sums``' ``columns``: ``rows``' columns, then each ``ece_columns``, a block at a time."""
 
     def columns(start: int, stop: int) -> np.ndarray:
         eces = [ece_columns(c[start:stop], k[start:stop], bins) for c, k in calibration.values()]
@@ -231,16 +231,15 @@ def resampled_values(sums: np.ndarray, column: dict[str, int], bins: int, values
     given) of the row columns, and each ECE from its bins' sums."""
     width = len(column)
     metrics = (values or metric_values)(sums[:, :width], column)
-    for i, attribute in enumerate(("gender", "race")):
+    for i, attribute in enumerate(CALIBRATED):  # resample_columns' order
         start = width + i * (bins + 1)
         metrics[f"{attribute}_ece"] = ece_of_sums(sums[:, start : start + bins + 1])
     return metrics
 
 
-def _bootstrap(group: pl.DataFrame, rows: np.ndarray, column, rng, resamples: int, bins: int) -> dict:
-    """Each metric in ``resamples`` resamples of the group's rows (drawn with replacement): {metric: (resamples,)
-    array, NaN undefined}."""
-    columns = resample_columns(rows, calibration_arrays(group), bins)
+def _bootstrap(calibration: dict, rows: np.ndarray, column, rng, resamples: int, bins: int) -> dict:
+    """Each metric in ``resamples`` resamples of the group's rows: {metric: (resamples,) array, NaN undefined}."""
+    columns = resample_columns(rows, calibration, bins)
     return resampled_values(resampled_sums(rng, rows.shape[0], resamples, columns), column, bins)
 
 
@@ -411,10 +410,11 @@ def fairness_summary(
         rows = part.select(list(column)).to_numpy().astype(np.float64)
         point_sums = rows.sum(axis=0)
         true_races.append(sum(point_sums[column[f"true_{name}"]] > 0 for name in _RACE_NAMES))
-        point = metric_values(point_sums, column) | group_eces(part, bins)
+        calibration = calibration_arrays(part)
+        point = metric_values(point_sums, column) | group_eces(calibration, bins)
         point["age_mse"] = float(_ratio(point_sums[column["error2"]], point_sums[column["age_known"]]))
         counts = {m.name: int(point_sums[column[m.count]]) for m in METRICS}
-        draws.append(_bootstrap(part, rows, column, rng, resamples, bins))
+        draws.append(_bootstrap(calibration, rows, column, rng, resamples, bins))
         metrics = _group_metrics(point, counts, draws[-1], level)
         groups.append({"group": _json_key(part.get_column(_SLICE)[0]), "n": part.height, "metrics": metrics})
     summary = {

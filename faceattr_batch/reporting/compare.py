@@ -160,7 +160,8 @@ class _Rows:
 
     def point(self, mask: np.ndarray, column: dict[str, int], bins: int) -> tuple[dict, dict]:
         sums = self.matrix[mask].sum(axis=0)
-        values = _values(sums, column) | fairness.group_eces(self.calibration.filter(pl.Series(mask)), bins)
+        calibration = fairness.calibration_arrays(self.calibration.filter(pl.Series(mask)))
+        values = _values(sums, column) | fairness.group_eces(calibration, bins)
         return values, {attribute: int(sums[column[name]]) for attribute, name in _COUNT.items()}
 
 
@@ -235,12 +236,13 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
     jointly."""
     unpaired = {attribute: _why_unpaired(ra, rb, column, attribute) for attribute in _COUNT}
     ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
+    cal_a, cal_b = fairness.calibration_arrays(cal_a), fairness.calibration_arrays(cal_b)
     point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
     point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
     diffs = {}
     if ra.shape[0] >= 2:  # each resample draws the same pairs for A and B: their columns side by side
-        a = fairness.resample_columns(ra, fairness.calibration_arrays(cal_a), bins)
-        b = fairness.resample_columns(rb, fairness.calibration_arrays(cal_b), bins)
+        a = fairness.resample_columns(ra, cal_a, bins)
+        b = fairness.resample_columns(rb, cal_b, bins)
         sums = resampled_sums(rng, ra.shape[0], resamples, lambda i, j: np.hstack([a(i, j), b(i, j)]))
         draw_a, draw_b = (fairness.resampled_values(half, column, bins, _values) for half in np.hsplit(sums, 2))
         diffs = {m.name: draw_b[m.name] - draw_a[m.name] for m in COMPARED}
