@@ -338,12 +338,18 @@ def test_save_stats_must_be_npz_and_not_fake_itself(tmp_path):
 def test_stats_saved_with_other_weights_are_refused(tmp_path):
     real, fake = _faces(tmp_path / "real", 6, seed=0), _faces(tmp_path / "fake", 6, seed=1)
     stats = tmp_path / "real.npz"
-    fid.compute(real, None, _options(save_stats=stats, weights=tmp_path / "other_inception.pth"), model=TinyFeatures())
+    other, moved = tmp_path / "other_inception.pth", tmp_path / "moved" / "other_inception.pth"
+    for copy in (other, moved):  # a copy elsewhere: the same network
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(b"the same weights")
+    fid.compute(real, None, _options(save_stats=stats, weights=other), model=TinyFeatures())
     with pytest.raises(
         FaceattrError, match=r"saved with --weights .*other_inception.pth, but this run uses fid-helper"
     ):
         fid.compute(stats, fake, _options(), model=TinyFeatures())
-    moved = tmp_path / "moved" / "other_inception.pth"  # the same file name elsewhere: the same network
+    # a missing file is named as missing, not as other weights than the stats file's (a reviewer's finding)
+    with pytest.raises(FaceattrError, match=r"--weights .*missing.pth: no such file$"):
+        fid.compute(stats, stats, _options(weights=tmp_path / "missing.pth"), model=TinyFeatures())
     assert fid.compute(stats, fake, _options(weights=moved), model=TinyFeatures()).fid > 0
 
 
@@ -426,6 +432,16 @@ def test_missing_weights_say_how_to_get_them(monkeypatch, tmp_path):
         inception.load_inception()
     with pytest.raises(FaceattrError, match="no such file"):
         inception.load_inception(tmp_path / "none.pth")
+    with pytest.raises(FaceattrError, match=r"--weights .*: a folder; give the weights file$"):
+        inception.load_inception(tmp_path)
+    # torch's own text named neither ("failed finding central directory... If you are seeing this", "(101)")
+    torch.save({"x": torch.zeros(1000)}, tmp_path / "cut.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:2000])
+    with pytest.raises(FaceattrError, match=r"cut.pth: a damaged pytorch-fid Inception state dict or a foreign file"):
+        inception.load_inception(tmp_path / "cut.pth")
+    (tmp_path / "text.pth").write_text("hello world")
+    with pytest.raises(FaceattrError, match=r"text.pth: not a pytorch-fid Inception state dict \(not a file torch"):
+        inception.load_inception(tmp_path / "text.pth")
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FaceattrError, match="do not match pytorch-fid's FID Inception"):
         inception.load_inception(tmp_path / "other.pth")

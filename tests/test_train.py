@@ -189,7 +189,7 @@ def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path):
     # "no known 'format' key" for a file of the other kind, which has one
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(default_weights_path("attr_fast.pt").read_bytes()[:5000])
-    with pytest.raises(FaceattrError, match=r"truncated.pt: a damaged or foreign checkpoint \("):
+    with pytest.raises(FaceattrError, match=r"truncated.pt: a damaged faceattr checkpoint or a foreign file \("):
         load_attr_model(truncated)
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
     with pytest.raises(FaceattrError, match=r"model.onnx: not a faceattr checkpoint \(an ONNX file only predicts\)"):

@@ -42,7 +42,7 @@ from faceattr_batch.data.labels import (
     race_words,
 )
 from faceattr_batch.data.tables import LINE, as_text, codes, delimiter, problem_frame, read_csv, read_text
-from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, derived_columns
 
@@ -122,10 +122,7 @@ def _read_labels_csv(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def read_label_file(path: str | os.PathLike) -> LabelTable:
     """The rows and problems of a label file of any format above (told from its content)."""
     path = Path(path)
-    if path.is_dir():
-        raise FaceattrError(f"--labels {path}: a folder; give the labels file")
-    if not path.is_file():
-        raise FaceattrError(f"--labels {path}: no such file")
+    require_file(path, "--labels", "labels file")
     fmt = detect_format(path)
     readers = {"index": functools.partial(_read_parquet, index=True), "parquet": _read_parquet}
     raw, problems = (readers | {"celeba": _read_celeba, "jsonl": _read_jsonl}).get(fmt, _read_labels_csv)(path)

