@@ -101,9 +101,12 @@ def test_odd_tree_never_crashes_and_counts_what_it_skipped(odd_tree: Path):
 
 
 def test_odd_tree_hash_and_probe_give_reasons_not_crashes(odd_tree: Path):
+    touch(odd_tree / "empty" / "41_0_0_20170116174525125.jpg.chip.jpg", b"")
     result = build_index(IndexOptions(root=odd_tree, hash=True, probe=True, workers=0))
     errors = dict(result.table.select("path", "error").iter_rows())
-    assert errors[GOOD].startswith("cannot decode")  # one byte is not an image
+    # the words of predict's and fid's error rows (a 0-byte file was "not an image format Pillow knows" here)
+    assert errors[GOOD] == "cannot decode: not an image (unidentified format)"  # one byte is not an image
+    assert errors["empty/41_0_0_20170116174525125.jpg.chip.jpg"] == "cannot decode: empty file (0 bytes)"
     assert result.table["sha256"].null_count() == 0  # the bytes were still read and hashed
     assert result.table["dup_group"].null_count() == 0
     link = "link_30_1_2_20170116174525126.jpg.chip.jpg"

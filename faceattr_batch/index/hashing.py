@@ -41,7 +41,7 @@ def inspect_file(path: str, want_hash: bool, want_probe: bool) -> tuple:
             if want_hash:
                 dhash, thumb = perceptual_hash(im)
     except Exception as err:  # one bad file is a row with a reason, never a crash
-        return sha, dhash, thumb, width, height, mode, _reason(err)
+        return sha, dhash, thumb, width, height, mode, _reason(err, path)
     return sha, dhash, thumb, width, height, mode, None
 
 
@@ -68,11 +68,12 @@ def perceptual_hash(im) -> tuple[int, bytes]:
     return bits, thumb
 
 
-def _reason(err: Exception) -> str:
+def _reason(err: Exception, path: str) -> str:
     from PIL import UnidentifiedImageError
 
-    if isinstance(err, UnidentifiedImageError):
-        return "cannot decode: not an image format Pillow knows"
+    if isinstance(err, UnidentifiedImageError):  # the words of predict's and fid's error rows (data.decode)
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        return "cannot decode: " + ("empty file (0 bytes)" if empty else "not an image (unidentified format)")
     if isinstance(err, OSError) and err.strerror:
         return f"unreadable: {err.strerror}"
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
