@@ -249,7 +249,7 @@ def synth_command(
     race: Annotated[
         str | None, typer.Option(help="Fixed race(s): White, Black, Asian, Indian, Others (comma-separated).")
     ] = None,
-    age: Annotated[str | None, typer.Option(help="Fixed age or range, e.g. 35 or 30..40.")] = None,
+    age: Annotated[str | None, typer.Option(help="Fixed age or range within 1..100, e.g. 35 or 30..40.")] = None,
     match: Annotated[Path | None, typer.Option(help="Index Parquet whose joint label distribution to follow.")] = None,
     resolution: Annotated[
         int | None,

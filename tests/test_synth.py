@@ -137,6 +137,8 @@ def test_option_text_parses_or_fails_in_one_line():
         parse_choices(",", "gender")
     with pytest.raises(FaceattrError, match=r"--age '30\.\.': use an age \(35\) or a range \(30\.\.40\)"):
         parse_age_range("30..")
+    with pytest.raises(FaceattrError, match=r"--age '0\.\.2': ages must satisfy 1 <= low <= high <= 100"):
+        parse_age_range("0..2")  # UTKFace has no age 0: such faces were named 0 (a reviewer's finding)
 
 
 def test_match_follows_a_real_distribution(tmp_path: Path):
@@ -250,6 +252,13 @@ def test_match_ages_over_100_are_drawn_at_100_with_a_warning(tmp_path: Path, cap
     assert set(wanted["age"].to_list()) == {100, 40} and older > 0
     said = f"--match: {older} of the 50 faces drawn ask for ages over 100, drawn (and named) at 100"
     assert caplog.messages == [said]
+    # an index of another tool may count a newborn as 0 (UTKFace never does): drawn at 1, said
+    pl.DataFrame({"gender": [0], "race": [1], "age": [0]}).write_parquet(tmp_path / "zero.parquet")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        wanted = conditions(SynthOptions(n=5, out_dir=tmp_path / "o", match=tmp_path / "zero.parquet"))
+    assert wanted["age"].to_list() == [1] * 5
+    assert caplog.messages == ["--match: 5 of the 5 faces drawn ask for ages under 1, drawn (and named) at 1"]
 
 
 def test_bad_values_name_the_allowed_ones(generator_file: Path, tmp_path: Path):

@@ -36,6 +36,7 @@ MANIFEST_COLUMNS = (
     "seed", "model_name", "model_version", "truncation", "resolution",
 )  # fmt: skip
 log = logging.getLogger(__name__)
+MIN_SYNTH_AGE = 1  # UTKFace, which the generator learned from, has no age 0
 MAX_SYNTH_AGE = 100  # the generator saw few faces older; ages above are clamped in the grid
 
 
@@ -83,8 +84,11 @@ def parse_age_range(text: str | None) -> tuple[int, int] | None:
         bounds = (int(low), int(high if dots else low))
     except ValueError:
         raise FaceattrError(f"--age {text!r}: use an age (35) or a range (30..40)") from None
-    if not 0 <= bounds[0] <= bounds[1] <= MAX_SYNTH_AGE:
-        raise FaceattrError(f"--age {text!r}: ages must satisfy 0 <= low <= high <= {MAX_SYNTH_AGE}")
+    if not MIN_SYNTH_AGE <= bounds[0] <= bounds[1] <= MAX_SYNTH_AGE:
+        raise FaceattrError(
+            f"--age {text!r}: ages must satisfy {MIN_SYNTH_AGE} <= low <= high <= {MAX_SYNTH_AGE} "
+            "(the ages the generator learned)"
+        )
     return bounds
 
 
@@ -98,7 +102,7 @@ def conditions(options: SynthOptions) -> pl.DataFrame:
     if options.ages:
         bands = [options.ages]
     else:
-        bands = [(max(low, 1), min(high, MAX_SYNTH_AGE)) for _, low, high in AGE_BANDS]
+        bands = [(max(low, MIN_SYNTH_AGE), min(high, MAX_SYNTH_AGE)) for _, low, high in AGE_BANDS]
     cells = grid_order([(g, r, band) for g in genders for r in races for band in bands], rng)
     # round-robin over the ordered cells: every cell's count is n // len(cells) or one more, whatever n is
     picked = [cells[i % len(cells)] for i in range(options.n)]
@@ -153,13 +157,18 @@ def _matched(index: Path, n: int, rng: np.random.Generator) -> pl.DataFrame:
         if real.height == 0:
             raise FaceattrError(f"--match {index}: no labelled rows (no finite age)")
     picked = real[rng.integers(0, real.height, n)]
-    if (older := int((picked["age"] > MAX_SYNTH_AGE).sum())) > 0:  # a reviewer's finding: they were clamped unsaid
-        log.warning("--match: %d of the %d faces drawn ask for ages over %d, drawn (and named) at %d", older, n,
-                    MAX_SYNTH_AGE, MAX_SYNTH_AGE)  # fmt: skip
+    ages = picked["age"]
+    for side, bound, count in (
+        ("over", MAX_SYNTH_AGE, (ages > MAX_SYNTH_AGE).sum()),
+        ("under", MIN_SYNTH_AGE, (ages < MIN_SYNTH_AGE).sum()),
+    ):
+        if count > 0:  # a reviewer's finding: they were clamped unsaid
+            log.warning("--match: %d of the %d faces drawn ask for ages %s %d, drawn (and named) at %d", count, n,
+                        side, bound, bound)  # fmt: skip
     return picked.select(
         pl.col("gender").cast(pl.Int64),
         pl.col("race").cast(pl.Int64),
-        pl.col("age").clip(0, MAX_SYNTH_AGE).cast(pl.Int64),
+        pl.col("age").clip(MIN_SYNTH_AGE, MAX_SYNTH_AGE).cast(pl.Int64),
     )
 
 
