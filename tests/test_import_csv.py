@@ -81,6 +81,16 @@ def test_bad_rows_are_reported_with_row_numbers(csv_file: Path, tmp_path: Path):
     assert {bad["line"] - bad["row"] for bad in result.bad_rows} == {1}  # line counts the header
 
 
+def test_a_huge_pixel_value_is_out_of_range_and_a_superscript_age_no_integer(tmp_path: Path):
+    """A reviewer's findings: 99999999999 (beyond Int32) was called "non-numeric"; an age "²" passed isdigit() and
+    got int()'s own message."""
+    lines = [HEADER, row(40, 1, 0, "x", " ".join(["7"] * 2303 + ["99999999999"])), row("²", 1, 0, "x", pixels(1))]
+    (tmp_path / "odd.csv").write_text("\n".join(lines) + "\n")
+    result = import_csv(ImportCsvOptions(csv=tmp_path / "odd.csv", out_dir=tmp_path / "faces"))
+    reasons = [bad["reason"] for bad in result.bad_rows]
+    assert reasons == ["pixels: value outside 0..255", "age: '²' is not a non-negative integer"]
+
+
 def test_blank_lines_are_no_rows_and_move_the_lines_on(tmp_path: Path):
     """A reviewer's finding: blank lines (a trailing one, one in the middle) were counted as rows, each a bad row
     "pixels: empty" at its line."""

@@ -149,13 +149,14 @@ def _pixel_error(check: dict, side: int) -> str:
         return f"pixels: {check['count']} values, expected {side * side} ({side}x{side})"
     if not check["numeric"]:
         bad = next(t for t, v in zip(check["text"], check["nums"], strict=True) if v is None)
-        return f"pixels: non-numeric value {bad[:20]!r}"
+        if not (bad.lstrip("+-").isascii() and bad.lstrip("+-").isdigit()):  # else a number too large for Int32
+            return f"pixels: non-numeric value {bad[:20]!r}"
     return "pixels: value outside 0..255"
 
 
 def _label_error(age: str | None, race: str | None, gender: str | None) -> str | None:
     for column, value in (("age", age), ("ethnicity", race), ("gender", gender)):
-        if value is None or not value.strip().isdigit():
+        if value is None or not value.strip().isdecimal():  # what int() reads: isdigit() takes "²"
             return f"{column}: {value!r} is not a non-negative integer"
     try:
         format_name(int(age), int(gender), int(race), SYNTHETIC_EPOCH)
