@@ -91,6 +91,27 @@ def test_a_huge_pixel_value_is_out_of_range_and_a_superscript_age_no_integer(tmp
     assert reasons == ["pixels: value outside 0..255", "age: '²' is not a non-negative integer"]
 
 
+@pytest.mark.parametrize("closed_later", [False, True])
+def test_a_quote_left_open_costs_its_own_row_only(tmp_path: Path, caplog, closed_later: bool):
+    """A reviewer's finding: polars refused the whole file ("cannot read as CSV"), or, where a later line closed the
+    quote, read the lines between as one field: rows lost without a word."""
+    lines = [
+        HEADER,
+        row(25, 2, 1, "x", pixels(1)),
+        row(26, 2, 1, '"x', pixels(2)),  # 2: the quote left open; its row is good all the same
+        row(27, 2, 1, "x", pixels(3)),
+        row(28, 2, 1, 'x"' if closed_later else "x", pixels(4)),
+        row(29, 7, 1, "x", pixels(5)),  # 5: a bad row, still at its own line
+    ]
+    (tmp_path / "quote.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        result = import_csv(ImportCsvOptions(csv=tmp_path / "quote.csv", out_dir=tmp_path / "faces"))
+    assert (result.rows, result.written) == (5, 4)
+    assert [(bad["row"], bad["line"]) for bad in result.bad_rows] == [(5, 6)]
+    assert sorted(int(p.name.split("_")[0]) for p in (tmp_path / "faces").iterdir()) == [25, 26, 27, 28]
+    assert any("a quote on line 3 runs past the line's end" in message for message in caplog.messages)
+
+
 def test_blank_lines_are_no_rows_and_move_the_lines_on(tmp_path: Path):
     """A reviewer's finding: blank lines (a trailing one, one in the middle) were counted as rows, each a bad row
     "pixels: empty" at its line."""

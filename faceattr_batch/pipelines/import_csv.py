@@ -99,11 +99,22 @@ def import_csv(options: ImportCsvOptions) -> ImportCsvResult:
 
 
 def _read(path: Path) -> pl.DataFrame:
+    # every column as text: a non-numeric value is a bad row to report, not a parse failure
+    error = None
     try:
-        # every column as text: a non-numeric value is a bad row to report, not a parse failure
         frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+        spans_lines = frame.select(pl.any_horizontal(pl.all().str.contains("\n", literal=True).any())).item()
     except (OSError, pl.exceptions.PolarsError) as err:
-        raise FaceattrError(f"{path}: cannot read as CSV ({first_line(err)})") from None
+        error, spans_lines = err, True
+    # no field of this format holds a line break: a quote left open swallowed the lines after it (into one field,
+    # or the read failed), so quotes are read as plain characters: that row is judged as any other, the rest kept
+    line = _unclosed_quote_line(path) if spans_lines else None
+    if line is not None:
+        frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True, quote_char=None)
+        log.warning("%s: a quote on line %d runs past the line's end; the file's quotes are read as plain characters",
+                    path, line)  # fmt: skip
+    elif error is not None:
+        raise FaceattrError(f"{path}: cannot read as CSV ({first_line(error)})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise FaceattrError(
@@ -113,6 +124,15 @@ def _read(path: Path) -> pl.DataFrame:
     # a blank line reads as a row of nulls: not a row (as the other CSV readers have it), but it moves the lines on
     frame = frame.select(COLUMNS).with_row_index(LINE, offset=2).cast({LINE: pl.Int64})
     return frame.filter(~pl.all_horizontal(pl.col(COLUMNS).is_null()))
+
+
+def _unclosed_quote_line(path: Path) -> int | None:
+    """The first line with an odd number of double quotes, or None (also for a file that cannot be read)."""
+    try:
+        with open(path, "rb") as file:
+            return next((number for number, line in enumerate(file, 1) if line.count(b'"') % 2), None)
+    except OSError:
+        return None
 
 
 def _decode_pixels(column: pl.Series, side: int) -> tuple[list, list[str | None]]:
