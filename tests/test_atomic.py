@@ -44,6 +44,8 @@ def test_refuse_overlap_keeps_every_output_off_what_the_run_reads(tmp_path):
         "is inside the input photos: what it writes would be read as faces": (photos, {"folder": True}),
         "is inside the input photos: what": (photos / "report", {"folder": True}),
         "would replace --labels (labels.csv); name another folder": (tmp_path, {"folder": True, "writes": True}),
+        # a reviewer's finding: predict -o v.parquet --report v.parquet made the folder, then failed after the run
+        "is --labels: name another folder": (labels, {"folder": True}),
     }
     for message, (target, how) in refused.items():
         if "writes" in how:

@@ -477,8 +477,12 @@ def test_a_report_folder_that_would_replace_or_read_the_inputs_is_refused(tmp_pa
         _run([photos], tmp_path / "rep" / "breakdown.parquet", tiny_attr_model, report_dir=tmp_path / "rep")
     with pytest.raises(FaceattrError, match=r"^--report .*photos would replace the input .*confusion.png"):
         _run([photos / "confusion.png"], out, tiny_attr_model, report_dir=photos)
+    # -o v.parquet --report v.parquet: the folder was made where the output goes, and the run failed at its end
+    with pytest.raises(FaceattrError, match=r"^--report .*v.parquet is -o: name another folder"):
+        _run([photos], tmp_path / "v.parquet", tiny_attr_model, report_dir=tmp_path / "v.parquet")
     assert loaded == [] and (photos / "confusion.png").read_bytes() == b"the user's photo"
     assert not (tmp_path / "rep").exists() and not (photos / "report").exists()
+    assert not (tmp_path / "v.parquet").exists()
 
 
 def test_resume_with_nothing_to_resume_says_it_starts_afresh(tmp_path, tiny_attr_model, caplog):

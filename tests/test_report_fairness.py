@@ -255,8 +255,10 @@ def test_report_and_predict_take_slice_by_and_min_group(tmp_path, tiny_attr_mode
     run = ["predict", str(tmp_path / "in"), "-o", str(out), "-m", str(tiny_attr_model), "--workers", "0"]
     refused = runner.invoke(app, [*run, "--labels", str(labels), "--report", str(tmp_path / "r2"), "--slice-by", "x"])
     assert refused.exit_code == 2 and "--slice-by x: no such column" in refused.output and not out.exists()
-    refused = runner.invoke(app, [*run, "--slice-by", "source"])
+    fresh = tmp_path / "fresh" / "out.parquet"  # a reviewer's finding: the refusal left -o's new folder behind
+    refused = runner.invoke(app, [*run[:3], str(fresh), *run[4:], "--slice-by", "source"])
     assert refused.exit_code == 2 and "--slice-by shapes the report: add --report DIR" in refused.output
+    assert not fresh.parent.exists()
 
 
 def test_a_nan_in_a_slicing_column_is_in_no_group_and_moves_no_bin():

@@ -118,6 +118,8 @@ def refuse_overlap(
                     f"{what} {target} has an image's name under {name}: it would replace or be read as one"
                 )
         elif folder:
+            if target_real == real:  # a file there, or the run's own output file, written later
+                raise FaceattrError(f"{what} {target} is {name}: name another folder")
             if writes is not None and real.parent == target_real and writes(real.name):
                 raise FaceattrError(f"{what} {target} would replace {name} ({real.name}); name another folder")
         elif target_real == real:

@@ -182,6 +182,10 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--shard-size {options.shard_size}: must be >= 1")
     if not str(options.output).lower().endswith(".parquet"):
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
+    if options.slice_by and options.report_dir is None:
+        raise FaceattrError("--slice-by shapes the report: add --report DIR")
+    if options.min_group < 2:
+        raise FaceattrError(f"--min-group must be at least 2, not {options.min_group}")
     if options.labels is not None:
         require_file(options.labels, "--labels", "labels file")
     named = {f"the input {source}": source for source in options.inputs}
@@ -192,10 +196,6 @@ def _validate(options: PredictOptions) -> None:
     check_writable(options.output, "-o")
     if options.report_dir is not None:
         check_writable(options.report_dir, "--report", folder=True)
-    if options.slice_by and options.report_dir is None:
-        raise FaceattrError("--slice-by shapes the report: add --report DIR")
-    if options.min_group < 2:
-        raise FaceattrError(f"--min-group must be at least 2, not {options.min_group}")
 
 
 def _face_options(options: PredictOptions) -> FaceOptions:
