@@ -89,6 +89,25 @@ def test_a_run_killed_while_its_parts_were_removed_resumes_to_the_same_file(tmp_
     assert pq.read_table(out).equals(whole) and not space.parts.exists()
 
 
+def test_a_part_damaged_since_it_was_written_is_done_again(tmp_path, caplog):
+    """A reviewer's finding: a part cut short after its marker was trusted, and --resume ended in pyarrow's traceback
+    in finalize, after every other shard was done."""
+    out = tmp_path / "out.parquet"
+    space = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)
+    for shard in writer.pending_shards(space):
+        _write(space, shard)
+    part = space.part_path(space.shards[1])
+    part.write_bytes(part.read_bytes()[:100])
+    again = writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=True)
+    with caplog.at_level("WARNING"):
+        pending = writer.pending_shards(again)
+    assert [s.index for s in pending] == [1]
+    assert caplog.messages == [f"{part}: damaged since it was written; its shard is done again"]
+    _write(again, pending[0])
+    writer.finalize(again, SCHEMA)
+    assert pq.read_table(out).column("value").to_pylist() == list(range(10))
+
+
 def test_an_unreadable_manifest_is_one_line_on_resume(tmp_path):
     out = tmp_path / "out.parquet"
     writer.open_workspace(out, {"model": "m"}, KEYS, shard_size=4, resume=False)

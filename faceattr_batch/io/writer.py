@@ -138,7 +138,7 @@ def open_workspace(
 
 def pending_shards(space: Workspace) -> list[Shard]:
     """Shards without a marker, or whose part is gone (a run killed while ``finalize`` removed the parts, after the
-    output was written); stale ``.tmp`` files of a killed run are removed."""
+    output was written) or damaged since; stale ``.tmp`` files of a killed run are removed."""
     for stale in space.parts.glob("*.tmp"):
         stale.unlink()
     pending = []
@@ -146,7 +146,20 @@ def pending_shards(space: Workspace) -> list[Shard]:
         if not (space.marker_path(shard).is_file() and space.part_path(shard).is_file()):
             space.marker_path(shard).unlink(missing_ok=True)
             pending.append(shard)
+        elif not _part_is_whole(space, shard):  # else finalize failed on it, after every other shard was done
+            log.warning("%s: damaged since it was written; its shard is done again", space.part_path(shard))
+            space.marker_path(shard).unlink()
+            pending.append(shard)
     return pending
+
+
+def _part_is_whole(space: Workspace, shard: Shard) -> bool:
+    """The part's footer reads and holds the rows its marker counted."""
+    try:
+        rows = json.loads(space.marker_path(shard).read_text())["rows"]
+        return pq.read_metadata(space.part_path(shard)).num_rows == rows
+    except Exception:  # an unreadable marker or part, whatever pyarrow or json raise
+        return False
 
 
 def is_complete(output: Path, options: dict, keys: Sequence[str], shard_size: int) -> bool:
