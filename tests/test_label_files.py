@@ -184,6 +184,10 @@ def test_fairface_labels_csv(tmp_path):
     coded = tmp_path / "coded.csv"  # FairFace's columns holding race codes: a plain CSV, no FairFace mapping
     coded.write_text("file,age,gender,race\nx.jpg,30,1,2\n")
     assert detect_format(coded) == "csv" and read_label_file(coded).extras == ()
+    # a reviewer's finding: the plain CSV of predict.md, ages in years and our race names, was called FairFace's
+    years = tmp_path / "years.csv"
+    years.write_text("file,age,gender,race\n100_1_0_x.jpg,100,female,White\n")
+    assert detect_format(years) == "csv" and read_label_file(years).frame["true_age"].to_list() == [100]
 
 
 def test_fairface_with_columns_of_its_own_is_still_fairface(tmp_path):

@@ -166,10 +166,11 @@ def detect_format(path: Path) -> str:
     header = [name.strip().lower() for name in rows[0]]
     if not set(FAIRFACE_COLUMNS) <= set(header):
         return "csv"
-    # FairFace names its races ("East Asian"); a table of these columns holding race codes is a plain CSV, and one
-    # with columns of its own (a skin tone, pandas' index) is FairFace's only where its ages are FairFace's bins
+    # FairFace names its races ("East Asian") and bins its ages ("20-29"): a table of these columns holding race codes
+    # or ages in years is a plain CSV, and one with columns of its own (a skin tone, pandas' index) is FairFace's only
+    # where its ages are FairFace's bins
     first = rows[1] if len(rows) > 1 and len(rows[1]) == len(header) else None
-    if first is not None and first[header.index("race")].strip().isdigit():
+    if first is not None and any(first[header.index(name)].strip().isdigit() for name in ("race", "age")):
         return "csv"
     if set(header) <= {*FAIRFACE_COLUMNS, "service_test"}:
         return "fairface"
