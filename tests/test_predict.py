@@ -558,3 +558,31 @@ def test_faces_auto_runs_on_ray_and_gives_the_local_rows(tmp_path, tiny_attr_mod
     exact = [c for c in a.columns if c not in (*floats, "age_error")]
     assert a.select(exact).equals(b.select(exact))
     assert (a.select(floats) - b.select(floats)).select(pl.all().abs().max()).max_horizontal().item() <= 1e-5
+
+
+def test_a_report_rebuilt_without_the_labels_says_their_age_bins_are_not_in_the_parquet(
+    tmp_path, tiny_attr_model, caplog
+):
+    """A reviewer's finding: predict with FairFace's labels measured the age bins; `report` of its Parquet alone
+    reported no age at all, without a word."""
+    from faceattr_batch.pipelines import report
+
+    faces = make_faces(tmp_path / "in", 3)
+    labels = tmp_path / "fairface.csv"
+    bins = ["20-29", "more than 70", "3-9"]
+    rows = [f"{path.name},{age_bin},Male,East Asian" for path, age_bin in zip(faces, bins, strict=True)]
+    labels.write_text("file,age,gender,race\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.parquet"
+    _run([tmp_path / "in"], out, tiny_attr_model, labels=labels, include_training=True)
+    assert json.loads(pq.read_schema(out).metadata[OPTIONS_KEY.encode()])["age_bin_rows"] == 3
+    with caplog.at_level("WARNING"):
+        report.build(out, tmp_path / "rep", include_training=True, progress=False)
+    said = [m for m in caplog.messages if "labelled as bins" in m]
+    assert said == [
+        f"{out}: 3 ages were labelled as bins (labels fairface:{labels} sha256:{said[0].split('sha256:')[1][:16]}), "
+        "which the Parquet does not hold: give that file as --labels to measure them"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        built = report.build(out, tmp_path / "rep2", labels=labels, include_training=True, progress=False)
+    assert not [m for m in caplog.messages if "labelled as bins" in m] and built.metrics["n_age_bin"] == 3

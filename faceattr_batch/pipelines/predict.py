@@ -147,6 +147,8 @@ def run(options: PredictOptions) -> PredictResult:
     settings = {"workers": workers, "threads": threads, "device": device.type, "labels": label_source}
     settings |= {"shard_size": shard_size, "engine": options.engine, "faces": faces.mode}
     settings["seen_images"] = None if seen is None else str(seen.path)
+    # ages labelled as bins are not columns of the Parquet: `report` says so when it is rebuilt without the file
+    settings["age_bin_rows"] = 0 if labels is None else int(labels.frame["true_age_low"].is_not_null().sum())
     processed, skipped = _write_output(options, paths, truth, (runner, seen), faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
