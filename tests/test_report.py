@@ -117,6 +117,21 @@ def test_labels_on_no_predicted_face_say_so_instead_of_empty_sections(tmp_path, 
     assert "Confusion matrices" not in page and "No true labels" not in page
 
 
+def test_labels_only_on_training_images_say_so_not_no_true_labels(tmp_path, predictions):
+    """A reviewer's finding: a folder of the model's training images, labelled, was reported as "No true labels"."""
+    trained = tmp_path / "trained.parquet"
+    frame = pl.read_parquet(predictions)
+    frame.with_columns(
+        in_training=pl.lit(True), training_role=pl.lit("train").cast(frame.schema["training_role"])
+    ).write_parquet(trained)
+    page = report.build(trained, tmp_path / "rep").report.read_text()
+    labelled = frame.filter(pl.any_horizontal(pl.col("true_gender", "true_race", "true_age").is_not_null())).height
+    assert f"Every labelled face ({labelled}) is an image the model was trained on" in page
+    assert "No true labels" not in page and "Confusion matrices" not in page
+    included = report.build(trained, tmp_path / "rep2", include_training=True).report.read_text()
+    assert "Confusion matrices" in included and "Nothing measured" not in included
+
+
 def test_nan_probabilities_are_no_values_and_rank_last_among_the_worst(predictions, tmp_path):
     """A reviewer's findings: NaN p_female (written by another program) gave a traceback in the calibration bins,
     and a wrong gender without a probability ranked first among the 'most confident' wrong genders."""
