@@ -26,7 +26,8 @@ RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES
 TRAINING_ROLES = ("train", "validation")
 TRAINING_ROLE = pl.Enum(TRAINING_ROLES)
 
-# A detected face's fields (``faces.load.face_rows``); a chip is face 0 with framing ``chip`` and no box.
+# A detected face's fields (``faces.load.face_rows``); a chip is face 0, with the box that confirmed it under
+# ``--faces auto``, none under ``--faces chips`` or when ``chip-unconfirmed``.
 FACE_FIELDS: dict[str, pl.DataType] = {
     "face_index": pl.Int16,
     "framing": pl.String,
