@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 from conftest import make_faces
+from PIL import Image
 
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.pipelines import report
@@ -182,3 +185,16 @@ def test_report_refuses_a_folder_where_it_would_replace_its_inputs(tmp_path, pre
     with pytest.raises(FaceattrError, match=r"^--report .*rep would replace the predictions \(breakdown.parquet\)"):
         report.build(folder / "breakdown.parquet", folder)
     assert (folder / "breakdown.parquet").read_bytes() == before
+
+
+def test_a_thumbnail_of_a_file_whose_name_is_not_utf8(tmp_path):
+    """A reviewer's finding: every thumbnail of a folder named with a byte that is not UTF-8 was "missing": the path
+    column holds the name as text (\\xNN), which names no file."""
+    from faceattr_batch.data.inputs import display_path
+    from faceattr_batch.reporting.page import _thumbnail
+
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(os.fsdecode(raw), format="JPEG")
+    shown = display_path(os.fsdecode(raw))
+    assert shown.endswith("caf\\xe9.jpg") and not os.path.exists(shown)
+    assert _thumbnail({"path": shown}).startswith("<img alt='' src='data:image/jpeg;base64,")

@@ -77,17 +77,19 @@ def index_paths(path: str | os.PathLike) -> list[str]:
         raise FaceattrError(f"{path}: cannot read the index's 'path' column ({first_line(err)})") from None
     paths = [os.path.abspath(os.path.join(root, rel)) for rel in relative.to_list() if rel is not None]
     # the column holds display_path's text: a name that was not UTF-8 is found again by its bytes
-    return [_escaped_bytes_back(p) if "\\x" in p and not os.path.lexists(p) else p for p in paths]
+    return [path_on_disk(p) for p in paths]
 
 
 _ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
 
 
-def _escaped_bytes_back(path: str) -> str:
-    """``display_path``'s ``\\xNN`` escapes back to their bytes, where the file system has that name; else ``path``."""
-    raw = _ESCAPED_BYTE.sub(lambda match: bytes([int(match[1], 16)]), os.fsencode(path))
-    real = os.fsdecode(raw)
-    return real if os.path.lexists(real) else path
+def path_on_disk(shown: str) -> str:
+    """The file a ``display_path`` text names: its ``\\xNN`` escapes back to their bytes where no file has the text
+    itself as its name and the file system has that one; else ``shown``."""
+    if "\\x" not in shown or os.path.lexists(shown):
+        return shown
+    real = os.fsdecode(_ESCAPED_BYTE.sub(lambda match: bytes([int(match[1], 16)]), os.fsencode(shown)))
+    return real if os.path.lexists(real) else shown
 
 
 def _index_root(path: str | os.PathLike) -> str:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from faceattr_batch import __version__
 from faceattr_batch.data.decode import DecodeError, read_rgb
+from faceattr_batch.data.inputs import path_on_disk
 from faceattr_batch.faces.load import FRAMING_ALIGNED
 from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table, labels_page, suspects_page
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
@@ -216,7 +217,8 @@ def _thumbnail(row: dict) -> str:
     file), or a placeholder."""
     detected = row.get("framing") == FRAMING_ALIGNED
     try:
-        pixels = read_rgb(row["path"], draft_to=None if detected else THUMB_SIDE)
+        # the path column holds text: a name that is not UTF-8 is found again by its bytes
+        pixels = read_rgb(path_on_disk(row["path"]), draft_to=None if detected else THUMB_SIDE)
     except DecodeError:
         return "<div class='missing'>missing</div>"
     image = Image.fromarray(pixels)
