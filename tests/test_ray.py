@@ -381,3 +381,26 @@ def test_help_names_the_extra_instead_of_eating_it_as_markup():
     done = CliRunner().invoke(app, ["fid", "--help"])
     flat = " ".join(done.output.replace("│", " ").split())  # the help box wraps lines
     assert done.exit_code == 0 and "needs the [ray] extra" in flat
+
+
+def test_quiet_turns_ray_datas_progress_and_plan_logs_off(monkeypatch):
+    """A reviewer's finding: `--quiet predict --engine ray` printed Ray Data's plan and, off a terminal, its progress
+    every few seconds (14 INFO lines for 8 images)."""
+    import logging
+    from types import SimpleNamespace
+
+    from faceattr_batch import progress
+
+    class Dataset:
+        context = SimpleNamespace(execution_options=SimpleNamespace())
+
+        def iter_batches(self, **_):
+            yield pa.table({"x": [1]})
+
+    monkeypatch.setattr(progress, "_quiet", True)
+    for name in ("ray.data", "ray.data._internal.progress"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    assert [t.num_rows for t in ray_engine.results_in_order(Dataset(), progress=True)] == [1]
+    assert Dataset.context.enable_progress_bars is False
+    assert logging.getLogger("ray.data").level == logging.WARNING
+    assert logging.getLogger("ray.data._internal.progress").level == logging.ERROR

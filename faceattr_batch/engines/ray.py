@@ -24,6 +24,7 @@ from faceattr_batch.data.batches import Batch, decode_batch
 from faceattr_batch.engines import INSTALL_HINT
 from faceattr_batch.errors import FaceattrError, first_line
 from faceattr_batch.models.device import available_cores
+from faceattr_batch.progress import is_quiet
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,11 @@ def results_in_order(dataset, progress: bool):
     worker (say, a model file it cannot read) comes back as itself: one line, not a remote traceback."""
     context = dataset.context
     context.execution_options.preserve_order = True
+    progress = progress and not is_quiet()
     context.enable_progress_bars = progress
+    if not progress:  # --quiet, --json: Ray Data logs its plan at INFO, and warns that its bars are off
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context.raise_original_map_exception = True  # not wrapped in UserCodeException, so the cause survives
     try:
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
