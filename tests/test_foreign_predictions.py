@@ -319,7 +319,7 @@ def test_bad_tables_and_options_are_one_line_errors(tmp_path, text, columns, mes
 
 
 def test_missing_corrupt_and_binary_files_are_one_line_errors(tmp_path):
-    with pytest.raises(FaceattrError, match=r"missing\.csv: no such predictions file$"):
+    with pytest.raises(FaceattrError, match=r"missing\.csv: no such file$"):
         read_foreign_predictions(tmp_path / "missing.csv")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 not really")

@@ -98,8 +98,16 @@ def test_report_without_labels_and_bad_inputs(tmp_path, predictions):
     page = report.build(unlabelled, tmp_path / "rep").report.read_text()
     assert "No true labels" in page and "Predicted classes" in page
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["images"] == 41
-    with pytest.raises(FaceattrError, match="no such predictions file"):
+    with pytest.raises(FaceattrError, match="no such file"):
         report.build(tmp_path / "missing.parquet", tmp_path / "r2")
+    # a reviewer's findings: a folder was "inside the predictions", an image "not UTF-8 text (byte 0)"
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FaceattrError, match=r"runs: a folder; give the predictions file$"):
+        report.build(tmp_path / "runs", tmp_path / "runs" / "rep")
+    face = make_faces(tmp_path / "faces", 1)[0]
+    with pytest.raises(FaceattrError, match=r"\.jpg\.chip\.jpg: an image; give a predictions table"):
+        report.build(face, tmp_path / "r3")
+    assert not (tmp_path / "runs" / "rep").exists()
     other = tmp_path / "other.parquet"
     pl.DataFrame({"path": ["a"]}).write_parquet(other)
     with pytest.raises(FaceattrError, match="not a `predict` output"):

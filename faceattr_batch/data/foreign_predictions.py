@@ -39,9 +39,18 @@ from pathlib import Path
 
 import polars as pl
 
-from faceattr_batch.data.labels import GENDERS, MAX_AGE, OTHER_RACES, RACES, gender_code, other_race_code, race_words
+from faceattr_batch.data.labels import (
+    GENDERS,
+    IMAGE_EXTENSIONS,
+    MAX_AGE,
+    OTHER_RACES,
+    RACES,
+    gender_code,
+    other_race_code,
+    race_words,
+)
 from faceattr_batch.data.tables import LINE, PROBLEM_SCHEMA, as_text, codes, read_csv
-from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
 
 # ours <- what other tools write; lower case, tried in this order
@@ -164,8 +173,9 @@ def read_foreign_predictions(
     path = Path(path)
     if gender_one_is not in GENDER_ONE_IS:
         raise FaceattrError(f"--gender-one-is {gender_one_is!r}: use {' or '.join(GENDER_ONE_IS)}")
-    if not path.is_file():
-        raise FaceattrError(f"{path}: no such predictions file")
+    require_file(path, "", "predictions file")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:  # else "not UTF-8 text (byte 0)"
+        raise FaceattrError(f"{path}: an image; give a predictions table (predict's Parquet, another tool's table)")
     fmt, raw, problems = _read_table(path)
     found = _find_columns(path, raw, dict(columns or {}))
     rows = raw.height + sum(p.height for p in problems)

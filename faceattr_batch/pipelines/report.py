@@ -25,7 +25,7 @@ import polars as pl
 
 from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
 from faceattr_batch.data.label_files import LabelTable, attach_labels, match_labels, read_label_file
-from faceattr_batch.errors import FaceattrError
+from faceattr_batch.errors import FaceattrError, require_file
 from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report, writes_file
@@ -75,6 +75,9 @@ def build(
         raise FaceattrError("nothing to write: give --report DIR, --suspects FILE or both")
     if suspects is not None:
         list_format(suspects)
+    for option, path in (("", predictions), ("--compare", compare)):  # before a folder is taken for their place
+        if path is not None:
+            require_file(path, option, "predictions file")
     inputs = {"the predictions": predictions, "--labels": labels, "--compare": compare}
     if report_dir is not None:
         refuse_overlap(report_dir, "--report", inputs, folder=True, writes=writes_file)

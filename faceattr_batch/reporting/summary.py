@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.label_files import AGE_BIN_FIELDS
-from faceattr_batch.errors import FaceattrError, first_line
+from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.schema import LABEL_COLUMNS, OUTPUT_COLUMNS, TRAINING_ROLE, TRAINING_ROLES, error_counts
@@ -29,8 +29,7 @@ READ_COLUMNS = tuple(
 def read_predictions(predictions: Path | str) -> pl.DataFrame:
     """The ``READ_COLUMNS`` of a predictions Parquet, or one line saying why it is not one."""
     predictions = Path(predictions)
-    if not predictions.is_file():
-        raise FaceattrError(f"{predictions}: no such predictions file")
+    require_file(predictions, "", "predictions file")
     try:
         columns = pl.read_parquet_schema(predictions)
     except Exception as err:  # polars raises several types for non-Parquet bytes
