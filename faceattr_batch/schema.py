@@ -91,15 +91,9 @@ OPTIONS_KEY = "faceattr_batch.options"
 MODEL_KEY = "faceattr_batch.model"
 
 
-def recorded_model(predictions) -> dict:
-    """The model metadata a predictions Parquet records under ``MODEL_KEY`` (name, version, source file...);
-    {} for a file without it (another tool's, or unreadable: its reader says why)."""
-    return recorded(predictions, MODEL_KEY)
-
-
 def recorded(predictions, key: str) -> dict:
-    """The JSON a predictions Parquet records under ``key`` (``MODEL_KEY``, ``OPTIONS_KEY``); {} for a file without
-    it (another tool's, or unreadable: its reader says why)."""
+    """The JSON a predictions Parquet records under ``key`` (``MODEL_KEY``: name, version, source file...;
+    ``OPTIONS_KEY``); {} for a file without it (another tool's, or unreadable: its reader says why)."""
     import json
 
     import pyarrow.parquet as pq

@@ -19,7 +19,7 @@ from faceattr_batch.metrics import attributes
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.compare import AGE_DISAGREEMENT, Run, compare_runs
 from faceattr_batch.reporting.summary import READ_COLUMNS
-from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded_model
+from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded
 
 TRUE_GENDER = [0, 1, 0, 1, 0, 1, 0, 1]
 TRUE_RACE = [0, 1, 2, 3, 4, 0, 1, 2]
@@ -182,7 +182,7 @@ def test_two_runs_of_one_model_name_are_told_apart_by_their_model_files(tmp_path
     for name, errors in (("a", A_AGE_ERROR), ("b", B_AGE_ERROR)):
         model = {"name": "faceattr-attr", "version": "0.1.0", "source": f"/runs/{name}/model.pt"}
         files[name] = _write_own(tmp_path, name, _paths(), error=errors, model=model)
-    assert recorded_model(files["a"])["source"] == "/runs/a/model.pt"
+    assert recorded(files["a"], MODEL_KEY)["source"] == "/runs/a/model.pt"
     result = report.compare(files["a"], files["b"], tmp_path / "rep")
     compare = json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]
     assert compare["a"]["name"] == "faceattr-attr test-1 (/runs/a/model.pt)"

@@ -58,7 +58,7 @@ from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
 from faceattr_batch.reporting.summary import labelled_rows
-from faceattr_batch.schema import OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded_model
+from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded
 
 AGE_DISAGREEMENT = 10  # years between the two predicted ages that count as a disagreement
 GALLERY_K = 12
@@ -385,7 +385,7 @@ def _run_summary(run: Run, rows: _Rows) -> dict:
         "predictions": str(Path(run.predictions).resolve()),
         "name": names or Path(run.predictions).stem,
         "models": models.to_dicts(),
-        "model_source": None if run.foreign else recorded_model(run.predictions).get("source"),
+        "model_source": None if run.foreign else recorded(run.predictions, MODEL_KEY).get("source"),
         "foreign": run.foreign,
         "labels": run.labels,
         "images": frame["path"].n_unique(),
