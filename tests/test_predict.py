@@ -586,3 +586,21 @@ def test_a_report_rebuilt_without_the_labels_says_their_age_bins_are_not_in_the_
     with caplog.at_level("WARNING"):
         built = report.build(out, tmp_path / "rep2", labels=labels, include_training=True, progress=False)
     assert not [m for m in caplog.messages if "labelled as bins" in m] and built.metrics["n_age_bin"] == 3
+
+
+def test_two_inputs_written_as_one_path_are_refused_before_the_model_loads(tmp_path, tiny_attr_model, monkeypatch):
+    """A reviewer's finding: a file named with the byte 0xff beside one named with the four characters \\xff (both
+    written `a\\xff.jpg`) merged into one input, and the run ended, after predicting everything, in "shards [0] are
+    not finished" with no output."""
+    folder = tmp_path / "in"
+    source = make_faces(folder, 1)[0]
+    os.link(source, os.fsencode(str(folder)) + b"/a\xff.jpg")
+    os.link(source, folder / "a\\xff.jpg")
+    loaded = []
+    monkeypatch.setattr(ModelRunner, "load", classmethod(lambda cls, *args: loaded.append(args)))
+    with pytest.raises(FaceattrError, match=r"^the inputs b'.*' would both be written as .*: rename one$") as refused:
+        _run([folder], tmp_path / "out.parquet", tiny_attr_model)
+    said = str(refused.value)
+    for name in (os.fsencode(str(folder)) + b"/a\xff.jpg", os.fsencode(str(folder / "a\\xff.jpg"))):
+        assert repr(name) in said
+    assert loaded == [] and not (tmp_path / "out.parquet.parts").exists()

@@ -132,6 +132,7 @@ def run(options: PredictOptions) -> PredictResult:
     _validate(options)
     faces = _face_options(options)
     paths = list_images(options.inputs)
+    keys = _output_paths(paths)
     label_source, truth, labels = _true_labels(options, paths)
     if options.slice_by:  # a misspelt or unfit column fails now, not after predicting
         columns = pl.DataFrame() if labels is None else labels.frame
@@ -149,7 +150,7 @@ def run(options: PredictOptions) -> PredictResult:
     settings["seen_images"] = None if seen is None else str(seen.path)
     # ages labelled as bins are not columns of the Parquet: `report` says so when it is rebuilt without the file
     settings["age_bin_rows"] = 0 if labels is None else int(labels.frame["true_age_low"].is_not_null().sum())
-    processed, skipped = _write_output(options, paths, truth, (runner, seen), faces, fingerprint, settings)
+    processed, skipped = _write_output(options, (paths, keys), truth, (runner, seen), faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
     if labels is not None:  # the age bins and extra columns, which the Parquet does not hold, for the report
@@ -243,11 +244,26 @@ def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOption
     return fingerprint
 
 
-def _write_output(options, paths, truth, model, faces, fingerprint, settings) -> tuple[int, int]:
-    """Predict the shards not yet done into the output file: (images processed, shards skipped). ``model``: the
-    runner and its ``SeenImages`` (or None)."""
-    runner = model[0]
+def _output_paths(paths: list[str]) -> list[str]:
+    """The ``path`` column's text of each input (``display_path``), each one a different text: the resume shards are
+    keyed by it, so two files shown alike (a name with the byte 0xff and one with the four characters ``\xff``)
+    would merge into one input and cost the whole run."""
     keys = [display_path(p) for p in paths]
+    if len(set(keys)) < len(keys):
+        seen: dict[str, str] = {}
+        first, second = next((seen[k], p) for k, p in zip(keys, paths, strict=True) if seen.setdefault(k, p) != p)
+        raise FaceattrError(
+            f"the inputs {os.fsencode(first)!r} and {os.fsencode(second)!r} would both be written as "
+            f"{display_path(first)} (bytes that are not UTF-8 are written as \\xNN): rename one"
+        )
+    return keys
+
+
+def _write_output(options, inputs, truth, model, faces, fingerprint, settings) -> tuple[int, int]:
+    """Predict the shards not yet done into the output file: (images processed, shards skipped). ``inputs``: the
+    paths and their ``_output_paths``; ``model``: the runner and its ``SeenImages`` (or None)."""
+    runner = model[0]
+    paths, keys = inputs
     shard_size = settings["shard_size"]
     if options.resume and writer.is_complete(options.output, fingerprint, keys, shard_size):
         return 0, -(-len(keys) // shard_size)
