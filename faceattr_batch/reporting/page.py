@@ -85,19 +85,21 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
     measured = bool(overall) and any(overall.get(f"n_{key}") for key in ("gender", "race", "age", "age_bin"))
     if not measured:  # no labels, or labels on no predicted face: one sentence instead of empty tables
         left_out = (summary.get("training") or {}).get("left_out", 0)
-        if overall or left_out:
+        if overall:
+            why = "No labelled face has a prediction to measure (see the errors and the notes above)"
+        elif left_out:
             why = (
                 f"Every labelled face ({left_out}) is an image the model was trained on, left out of the metrics "
                 "(<code>--include-training</code> keeps them)"
-                if not overall
-                else "No labelled face has a prediction to measure (see the errors and the notes above)"
             )
-            parts.append(f"<h2>Nothing measured</h2><p>{why}: no metrics, plots or groups.</p>")
         else:
-            parts.append(
-                "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
-                "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
-            )
+            why = None
+        parts.append(
+            f"<h2>Nothing measured</h2><p>{why}: no metrics, plots or groups.</p>"
+            if why
+            else "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
+            "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
+        )
         parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
         parts.append(_html_counts(summary))
         return "".join(parts) + "</body></html>"
