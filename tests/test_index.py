@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch import FaceattrError, __version__
 from faceattr_batch.cli import app
-from faceattr_batch.data import inputs
+from faceattr_batch.data import batches, inputs
 from faceattr_batch.data.batches import iter_batches, process_pool
 from faceattr_batch.data.inputs import list_images
 from faceattr_batch.data.labels import GENDERS, RACES
@@ -289,6 +291,38 @@ def test_pool_workers_leave_ctrl_c_to_the_parent():
     with process_pool(1, os.environ.setdefault, ("FACEATTR_TEST_INIT", "ran")) as pool:
         assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
         assert pool.submit(os.getenv, "FACEATTR_TEST_INIT").result() == "ran"  # the caller's initializer too
+
+
+# A Ctrl-C that reaches a worker the instant after its fork, before it ignores SIGINT (a signal sent by the child to
+# itself from an at-fork hook, in a process of its own so that the hook leaves the test process alone).
+CTRL_C_AT_FORK = """
+import os, signal
+from faceattr_batch.data.batches import process_pool
+os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGINT))
+with process_pool(2) as pool:
+    print(sorted(pool.map(abs, [-1, -2, -3])))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the pool forks its workers on Linux only")
+def test_a_ctrl_c_between_fork_and_ignore_prints_no_worker_traceback():
+    run = subprocess.run([sys.executable, "-c", CTRL_C_AT_FORK], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "[1, 2, 3]\n", "")
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no POSIX signal masks")
+def test_a_ctrl_c_held_back_while_the_workers_fork_reaches_the_parent_after():
+    arrivals = []
+    previous = signal.signal(signal.SIGINT, lambda *_: arrivals.append("handled"))
+    try:
+        with batches._sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # where a signal delivered at once would have run its handler
+            arrivals.append("block ended")
+        sum(range(10_000))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert arrivals == ["block ended", "handled"]
 
 
 PARENT = os.getpid()

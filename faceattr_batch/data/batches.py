@@ -110,7 +110,12 @@ def process_pool(processes: int, initializer: Callable | None = None, initargs: 
     KeyboardInterrupt included, cancels what has not started; a dead worker becomes ``worker_died``'s one line."""
     context = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     pool = ProcessPoolExecutor(processes, context, _start_worker, (initializer, initargs))
+    # A Ctrl-C between a fork and the worker's SIG_IGN printed a KeyboardInterrupt traceback from the worker: the
+    # workers are forked now (a forking pool starts them all on its first submit) with SIGINT held back, which they
+    # inherit; the parent gets a Ctrl-C pressed meanwhile as soon as the block ends.
     try:
+        with _sigint_held():
+            pool.submit(int)
         yield pool
     except BrokenProcessPool:
         raise worker_died() from None
@@ -128,10 +133,25 @@ def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
     """Ctrl-C reaches the whole process group; only the parent acts on it. A parent killed outright (kill -9, the
     out-of-memory killer) cannot stop its workers, and they would wait for work forever, holding the parent's
     stdout open: each one leaves on its own within a second of becoming an orphan."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C held back since the fork
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
+
+
+@contextmanager
+def _sigint_held():
+    """SIGINT blocked in this thread (and in what it forks) for the block; a no-op where POSIX masks are missing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _exit_when_orphaned(parent: int) -> None:
