@@ -5,8 +5,9 @@ Label convention, the same in every file the package writes (``index``, ``predic
 manifest carries no labels): an attribute is an integer code column, ``gender`` 0 male / 1 female, ``race`` 0 White /
 1 Black / 2 Asian / 3 Indian / 4 Others (``data.labels``), beside its readable label ``<column>_label``, a polars
 ``Enum`` (an ordered Arrow dictionary in the file, so it sorts in vocabulary order and costs a byte a row). Ages are
-integers (true) or floats (predicted) beside their ``age_band`` Enum (``data.labels.AGE_BANDS``). In the predictions:
-``true_gender`` / ``true_gender_label``, ``pred_gender`` / ``pred_gender_label``, likewise ``race``, and
+integers (true) or floats (predicted) beside their ``age_band`` Enum (``data.labels.AGE_BANDS``); a true age
+labelled as a bin (FairFace's "20-29") is ``true_age_low`` / ``true_age_high`` with ``true_age`` null. In the
+predictions: ``true_gender`` / ``true_gender_label``, ``pred_gender`` / ``pred_gender_label``, likewise ``race``, and
 ``true_age_band`` / ``pred_age_band``. Codes are what metrics read; labels are what people read.
 """
 
@@ -35,6 +36,10 @@ FACE_FIELDS: dict[str, pl.DataType] = {
     "landmarks": pl.Array(pl.Float32, 10),  # five (x, y) points in the photo's pixels
 }
 
+# an age labelled as a bin, both ends included (FairFace's "20-29"; its "more than 70" is 70 to data.labels.MAX_AGE);
+# null where the age is labelled in years, or not at all
+AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
+
 PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "path": pl.String,
     "error": pl.String,  # why the image has no predictions (null when it has)
@@ -54,6 +59,7 @@ PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "in_training": pl.Boolean,
     "training_role": TRAINING_ROLE,  # in which role; null when not seen (or not recorded)
     "true_age": pl.Int16,
+    **AGE_BIN_FIELDS,
     "true_gender": pl.Int8,
     "true_gender_label": GENDER_LABEL,
     "true_race": pl.Int8,
@@ -67,13 +73,17 @@ PREDICTION_FIELDS: dict[str, pl.DataType] = {
 
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(PREDICTION_FIELDS)
 FACE_COLUMNS: tuple[str, ...] = tuple(FACE_FIELDS)
-LABEL_COLUMNS: tuple[str, ...] = ("true_age", "true_gender", "true_race")  # the true labels, as codes
+# the true labels: the age in years or as a bin, the gender and race codes
+LABEL_COLUMNS: tuple[str, ...] = ("true_age", *AGE_BIN_FIELDS, "true_gender", "true_race")
 LABEL_FIELDS: dict[str, pl.DataType] = {name: PREDICTION_FIELDS[name] for name in LABEL_COLUMNS}
 
 
 def true_label_codes() -> list[pl.Expr]:
-    """An index's or a parsed name's ``age``, ``gender``, ``race`` as the ``LABEL_COLUMNS`` codes."""
-    return [pl.col(name.removeprefix("true_")).cast(dtype).alias(name) for name, dtype in LABEL_FIELDS.items()]
+    """An index's or a parsed name's ``age``, ``gender``, ``race`` as the ``LABEL_COLUMNS`` (ages in years: no bin)."""
+    return [
+        (pl.lit(None) if name in AGE_BIN_FIELDS else pl.col(name.removeprefix("true_"))).cast(dtype).alias(name)
+        for name, dtype in LABEL_FIELDS.items()
+    ]
 
 
 FLOAT_OUTPUTS: tuple[str, ...] = ("p_female", *RACE_PROB_COLUMNS, "pred_age", "age_low", "age_high")
@@ -112,15 +122,20 @@ def output_schema():
 
 
 def derived_columns() -> list[pl.Expr]:
-    """``DERIVED_COLUMNS`` from the code columns (pred_/true_ gender, race, age): the one place codes become
-    labels."""
+    """``DERIVED_COLUMNS`` from the code columns (pred_/true_ gender, race, age; the age bin): the one place codes
+    become labels. An age bin inside one report band gives ``true_age_band`` (FairFace's "20-29" is our 20-29; its
+    "more than 70" spans two bands and gives none)."""
     exprs = []
     for side in ("pred", "true"):
         exprs += [
             code_label(pl.col(f"{side}_gender"), GENDERS).alias(f"{side}_gender_label"),
             code_label(pl.col(f"{side}_race"), RACES).alias(f"{side}_race_label"),
-            age_band_expr(pl.col(f"{side}_age")).alias(f"{side}_age_band"),
         ]
+    low, high = (age_band_expr(pl.col(name)) for name in AGE_BIN_FIELDS)
+    exprs += [
+        age_band_expr(pl.col("pred_age")).alias("pred_age_band"),
+        pl.coalesce(age_band_expr(pl.col("true_age")), pl.when(low == high).then(low)).alias("true_age_band"),
+    ]
     return exprs + [
         (pl.col("pred_gender") == pl.col("true_gender")).alias("gender_correct"),
         (pl.col("pred_race") == pl.col("true_race")).alias("race_correct"),

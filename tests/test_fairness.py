@@ -70,7 +70,7 @@ def _frame() -> pl.DataFrame:
         pl.when(index % 11 == 7).then(None).otherwise(pl.col("pred_age")).alias("pred_age"),
         pl.when(index % 97 == 1).then(None).otherwise(pl.col("source")).alias("source"),
     )
-    return frame.with_columns(derived_columns())
+    return attributes.with_age_bins(frame).with_columns(derived_columns())
 
 
 @functools.cache

@@ -11,25 +11,29 @@ from faceattr_batch.metrics import attributes as metrics
 from faceattr_batch.schema import derived_columns
 
 # 6 faces; codes: gender 0 male / 1 female, race 0 White .. 4 Others
-FRAME = pl.DataFrame(
-    {
-        "path": [f"/f/{i}.jpg" for i in range(6)],
-        "true_gender": [1, 1, 0, 0, 1, None],
-        "pred_gender": [1, 0, 0, 1, 1, 1],
-        "p_female": [0.9, 0.2, 0.1, 0.95, 0.6, 0.7],
-        "true_race": [0, 0, 1, 2, 2, 4],
-        "pred_race": [0, 1, 1, 2, 0, 4],
-        "p_white": [0.7, 0.1, 0.2, 0.1, 0.5, 0.0],
-        "p_black": [0.1, 0.8, 0.7, 0.1, 0.1, 0.0],
-        "p_asian": [0.1, 0.05, 0.05, 0.6, 0.3, 0.1],
-        "p_indian": [0.05, 0.05, 0.05, 0.1, 0.05, 0.1],
-        "p_others": [0.05, 0.0, 0.0, 0.1, 0.05, 0.8],
-        "true_age": [20, 30, 40, 5, 70, None],
-        "pred_age": [22.0, 30.0, 52.0, 6.0, 50.0, 33.0],
-        "age_low": [18.0, 25.0, 45.0, 1.0, 40.0, 20.0],
-        "age_high": [26.0, 35.0, 60.0, 9.0, 60.0, 40.0],
-    }
-).with_columns(derived_columns())  # the label columns predict writes beside the codes (slices read them)
+FRAME = (
+    pl.DataFrame(
+        {
+            "path": [f"/f/{i}.jpg" for i in range(6)],
+            "true_gender": [1, 1, 0, 0, 1, None],
+            "pred_gender": [1, 0, 0, 1, 1, 1],
+            "p_female": [0.9, 0.2, 0.1, 0.95, 0.6, 0.7],
+            "true_race": [0, 0, 1, 2, 2, 4],
+            "pred_race": [0, 1, 1, 2, 0, 4],
+            "p_white": [0.7, 0.1, 0.2, 0.1, 0.5, 0.0],
+            "p_black": [0.1, 0.8, 0.7, 0.1, 0.1, 0.0],
+            "p_asian": [0.1, 0.05, 0.05, 0.6, 0.3, 0.1],
+            "p_indian": [0.05, 0.05, 0.05, 0.1, 0.05, 0.1],
+            "p_others": [0.05, 0.0, 0.0, 0.1, 0.05, 0.8],
+            "true_age": [20, 30, 40, 5, 70, None],
+            "pred_age": [22.0, 30.0, 52.0, 6.0, 50.0, 33.0],
+            "age_low": [18.0, 25.0, 45.0, 1.0, 40.0, 20.0],
+            "age_high": [26.0, 35.0, 60.0, 9.0, 60.0, 40.0],
+        }
+    )
+    .pipe(metrics.with_age_bins)
+    .with_columns(derived_columns())
+)  # the label columns predict writes (slices read them)
 
 
 def test_overall_by_hand():

@@ -560,11 +560,11 @@ def test_faces_auto_runs_on_ray_and_gives_the_local_rows(tmp_path, tiny_attr_mod
     assert (a.select(floats) - b.select(floats)).select(pl.all().abs().max()).max_horizontal().item() <= 1e-5
 
 
-def test_a_report_rebuilt_without_the_labels_says_their_age_bins_are_not_in_the_parquet(
-    tmp_path, tiny_attr_model, caplog
+def test_ages_labelled_as_bins_are_columns_of_the_parquet_and_a_report_rebuilt_alone_measures_them(
+    tmp_path, tiny_attr_model
 ):
     """A reviewer's finding: predict with FairFace's labels measured the age bins; `report` of its Parquet alone
-    reported no age at all, without a word."""
+    reported no age at all, without a word (the bins lived in the labels file only)."""
     from faceattr_batch.pipelines import report
 
     faces = make_faces(tmp_path / "in", 3)
@@ -573,19 +573,56 @@ def test_a_report_rebuilt_without_the_labels_says_their_age_bins_are_not_in_the_
     rows = [f"{path.name},{age_bin},Male,East Asian" for path, age_bin in zip(faces, bins, strict=True)]
     labels.write_text("file,age,gender,race\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out.parquet"
-    _run([tmp_path / "in"], out, tiny_attr_model, labels=labels, include_training=True)
-    assert json.loads(pq.read_schema(out).metadata[OPTIONS_KEY.encode()])["age_bin_rows"] == 3
-    with caplog.at_level("WARNING"):
-        report.build(out, tmp_path / "rep", include_training=True, progress=False)
-    said = [m for m in caplog.messages if "labelled as bins" in m]
-    assert said == [
-        f"{out}: 3 ages were labelled as bins (labels fairface:{labels} sha256:{said[0].split('sha256:')[1][:16]}), "
-        "which the Parquet does not hold: give that file as --labels to measure them"
-    ]
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        built = report.build(out, tmp_path / "rep2", labels=labels, include_training=True, progress=False)
-    assert not [m for m in caplog.messages if "labelled as bins" in m] and built.metrics["n_age_bin"] == 3
+    predicted = _run([tmp_path / "in"], out, tiny_attr_model, labels=labels, include_training=True)
+    written = pl.read_parquet(out)
+    assert written.columns == list(OUTPUT_COLUMNS)
+    labelled = written.select(
+        pl.col("path").str.split("/").list.last(), "true_age", "true_age_low", "true_age_high", "true_age_band",
+        "true_gender", "true_race",
+    )  # fmt: skip
+    assert sorted(labelled.rows()) == sorted([
+        (faces[0].name, None, 20, 29, "20-29", 0, 2),
+        (faces[1].name, None, 70, 120, None, 0, 2),  # "more than 70" spans two bands
+        (faces[2].name, None, 3, 9, "3-9", 0, 2),
+    ])  # fmt: skip
+    alone = report.build(out, tmp_path / "rep", include_training=True, progress=False)
+    again = report.build(out, tmp_path / "rep2", labels=labels, include_training=True, progress=False)
+    inside = written.select(((pl.col("pred_age") + 0.5).floor().is_between("true_age_low", "true_age_high")).mean())
+    for measured in (predicted.metrics, alone.metrics, again.metrics):
+        assert measured["n_age_bin"] == 3 and measured["age_bin_accuracy"] == pytest.approx(inside.item())
+
+
+def test_a_predictions_file_written_before_the_age_bin_columns_reads_as_no_bin(tmp_path, tiny_attr_model):
+    from faceattr_batch.pipelines import report
+
+    make_faces(tmp_path / "in", 4)
+    out = tmp_path / "out.parquet"
+    _run([tmp_path / "in"], out, tiny_attr_model, include_training=True)
+    older = tmp_path / "older.parquet"
+    pl.read_parquet(out).drop("true_age_low", "true_age_high").write_parquet(older)
+    built = report.build(older, tmp_path / "rep", include_training=True, progress=False)
+    assert built.metrics["n_age"] == 4 and built.metrics["n_age_bin"] == 0
+
+
+def test_a_resume_of_parts_written_with_other_columns_is_refused(tmp_path, tiny_attr_model, monkeypatch):
+    """Parts of a version with other columns cannot join this one's: the run's manifest holds its columns."""
+    make_faces(tmp_path / "in", 4)
+    out = tmp_path / "out.parquet"
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(predict_module.writer, "finalize", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            _run([tmp_path / "in"], out, tiny_attr_model, shard_size=2)
+    manifest = tmp_path / "out.parquet.parts" / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    assert saved["columns"] == list(OUTPUT_COLUMNS)
+    older = [c for c in saved["columns"] if c not in ("true_age_low", "true_age_high")]  # as before the bins
+    manifest.write_text(json.dumps({**saved, "columns": older}))
+    with pytest.raises(FaceattrError, match=r"started with different inputs or options \(columns\)"):
+        _run([tmp_path / "in"], out, tiny_attr_model, shard_size=2, resume=True)
 
 
 def test_two_inputs_written_as_one_path_are_refused_before_the_model_loads(tmp_path, tiny_attr_model, monkeypatch):

@@ -66,7 +66,8 @@ def _frame() -> pl.DataFrame:
     bad = pl.DataFrame({"path": ["/nowhere/empty.jpg"], "error": ["empty file (0 bytes)"]})
     frame = pl.concat([frame, bad], how="diagonal_relaxed")
     codes = {c: PREDICTION_FIELDS[c] for c in ("true_gender", "pred_gender", "true_race", "pred_race", "true_age")}
-    return frame.with_columns(pl.col(c).cast(t) for c, t in codes.items()).with_columns(derived_columns())
+    frame = attributes.with_age_bins(frame.with_columns(pl.col(c).cast(t) for c, t in codes.items()))
+    return frame.with_columns(derived_columns())
 
 
 @pytest.fixture(scope="module")

@@ -78,10 +78,11 @@ def fairface(tmp_path_factory):
         "pred_race": probs.argmax(axis=1).tolist(),
         **{name: probs[:, i].tolist() for i, name in enumerate(RACE_PROB_COLUMNS)},
         "pred_age": [r["pred_age"] for r in rows], "age_low": [r["pred_age"] - 5 for r in rows],
-        "age_high": [r["pred_age"] + 5 for r in rows], "true_age": [None] * N, "true_gender": [None] * N,
+        "age_high": [r["pred_age"] + 5 for r in rows], "true_age": [None] * N, "true_age_low": [None] * N,
+        "true_age_high": [None] * N, "true_gender": [None] * N,
         "true_race": [None] * N, "error": [None] * N, "model_name": ["test"] * N, "model_version": ["1"] * N,
     }, schema_overrides={"error": pl.String})  # fmt: skip
-    codes = ("true_age", "true_gender", "true_race", "pred_gender", "pred_race")
+    codes = ("true_age", "true_age_low", "true_age_high", "true_gender", "true_race", "pred_gender", "pred_race")
     predictions = predictions.with_columns(pl.col(c).cast(PREDICTION_FIELDS[c]) for c in codes)
     predictions = predictions.with_columns(derived_columns())
     matched = load_labels(csv, predictions["path"].to_list())

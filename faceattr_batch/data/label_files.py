@@ -35,7 +35,6 @@ from faceattr_batch.data.labels import (
     FAIRFACE_RACES,
     MAX_AGE,
     OTHER_RACES,
-    age_band_expr,
     gender_code,
     other_race_code,
     race_code,
@@ -53,11 +52,10 @@ WINDOWS_SEPARATOR = re.compile(r"\\(?!x[0-9a-f]{2})")  # a backslash that is not
 # an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
 AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
 AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
-AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
 KEY_COLUMNS = ("path", "file")
 PROBLEMS_KEPT = 20  # in the summary (and so metrics.json); the total beside them
 # an extra column of one of these names would shadow a predictions column: it is kept as label_<name>
-RESERVED = {*OUTPUT_COLUMNS, *AGE_BIN_FIELDS, "key", "line", "pos"}  # key, line, pos: this module's own
+RESERVED = {*OUTPUT_COLUMNS, "key", "line", "pos"}  # key, line, pos: this module's own
 
 
 @dataclass(frozen=True)
@@ -90,23 +88,16 @@ def load_labels(path: str | os.PathLike, inputs: Sequence[str]) -> MatchedLabels
 
 
 def attach_labels(predictions: pl.DataFrame, labels: MatchedLabels) -> pl.DataFrame:
-    """``predictions`` with the labels file's codes (replacing theirs), age bin and extra columns, joined by
-    ``path``; the readable true labels recomputed (an age bin inside one report band gives ``true_age_band``:
-    FairFace's "20-29" is our 20-29, its "more than 70" spans two bands and gives none). The faces of a photo with
-    several get no labels (a label describes one person), only the photo's extra columns."""
+    """``predictions`` with the labels file's ``LABEL_COLUMNS`` (replacing theirs) and extra columns, joined by
+    ``path``; the readable true labels recomputed. The faces of a photo with several get no labels (a label
+    describes one person), only the photo's extra columns."""
     added = [c for c in labels.frame.columns if c != "path"]
     joined = predictions.drop([c for c in added if c in predictions.columns]).join(
         labels.frame, on="path", how="left", maintain_order="left"
     )
     one_face = pl.len().over("path") == 1
-    joined = joined.with_columns(pl.when(one_face).then(pl.col(c)).alias(c) for c in (*LABEL_COLUMNS, *AGE_BIN_FIELDS))
-    low, high = (age_band_expr(pl.col(c)) for c in AGE_BIN_FIELDS)
-    band = pl.coalesce(age_band_expr(pl.col("true_age")), pl.when(low == high).then(low)).alias("true_age_band")
-    derived = [
-        band if expr.meta.output_name() == "true_age_band" else expr
-        for expr in derived_columns()
-        if expr.meta.output_name() in predictions.columns
-    ]
+    joined = joined.with_columns(pl.when(one_face).then(pl.col(c)).alias(c) for c in LABEL_COLUMNS)
+    derived = [expr for expr in derived_columns() if expr.meta.output_name() in predictions.columns]
     return joined.with_columns(derived).select(
         *predictions.columns, *(c for c in added if c not in predictions.columns)
     )
@@ -311,11 +302,10 @@ def _labels(path: Path, fmt: str, raw: pl.DataFrame, problems: pl.DataFrame) -> 
     others = [c for c in raw.columns if c not in (*KEY_COLUMNS, "age", "gender", "race", LINE)]
     extras = {(f"label_{c}" if c in RESERVED else c): _typed(raw[c]) for c in others}
     frame = pl.DataFrame(columns | extras).with_columns(
-        pl.col(c).cast(dtype) if c in columns else pl.lit(None, dtype).alias(c)
-        for c, dtype in (LABEL_FIELDS | AGE_BIN_FIELDS).items()
+        pl.col(c).cast(dtype) if c in columns else pl.lit(None, dtype).alias(c) for c, dtype in LABEL_FIELDS.items()
     )
     problems = pl.concat([problems, *found]).sort("line", "column", nulls_last=True)
-    kept = tuple(c for c in frame.columns if c not in ("key", "line", *LABEL_FIELDS, *AGE_BIN_FIELDS))
+    kept = tuple(c for c in frame.columns if c not in ("key", "line", *LABEL_FIELDS))
     return LabelTable(path, fmt, key, frame, kept, problems, rows)
 
 

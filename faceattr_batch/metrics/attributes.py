@@ -17,10 +17,9 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.schema import RACE_PROB_COLUMNS
+from faceattr_batch.schema import AGE_BIN_FIELDS, RACE_PROB_COLUMNS
 
 GROSS_AGE_ERROR = 10  # years; an age error above this is counted as gross
 CS_TOLERANCE = 5  # cumulative score CS@5: share of ages within 5 years

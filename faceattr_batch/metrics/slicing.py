@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics.attributes import SLICE_BY
+from faceattr_batch.schema import AGE_BIN_FIELDS
 
 MAX_GROUPS = 50  # an unbinned column with more values is refused: bin it (name:k) or slice by a coarser one
 

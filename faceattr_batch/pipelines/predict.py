@@ -148,12 +148,10 @@ def run(options: PredictOptions) -> PredictResult:
     settings = {"workers": workers, "threads": threads, "device": device.type, "labels": label_source}
     settings |= {"shard_size": shard_size, "engine": options.engine, "faces": faces.mode}
     settings["seen_images"] = None if seen is None else str(seen.path)
-    # ages labelled as bins are not columns of the Parquet: `report` says so when it is rebuilt without the file
-    settings["age_bin_rows"] = 0 if labels is None else int(labels.frame["true_age_low"].is_not_null().sum())
     processed, skipped = _write_output(options, (paths, keys), truth, (runner, seen), faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
-    if labels is not None:  # the age bins and extra columns, which the Parquet does not hold, for the report
+    if labels is not None:  # the labels file's other columns, which the Parquet does not hold, for the report
         frame = attach_labels(frame, labels)
     summary = summarize(frame, None if labels is None else labels.summary, options.include_training)
     report = None
@@ -231,6 +229,7 @@ def resume_fingerprint(runner: ModelRunner, label_source: str, faces: FaceOption
         "device": runner.device.type,
         "labels": label_source,
         "faces": faces.mode,
+        "columns": list(OUTPUT_COLUMNS),  # parts written with other columns cannot join this run's
     }
     if faces.mode != "chips":
         fingerprint |= {

@@ -15,7 +15,6 @@ comparison section.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,9 +30,6 @@ from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report, writes_file
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
 from faceattr_batch.reporting.suspects_list import find_suspects, list_format, write_suspects
-from faceattr_batch.schema import OPTIONS_KEY, recorded
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,10 +159,6 @@ def read_run(
     if labels is not None:
         matched = match_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
-    elif foreign is None and (options := recorded(predictions, OPTIONS_KEY)).get("age_bin_rows"):
-        bins, source = options["age_bin_rows"], options.get("labels")
-        log.warning("%s: %d ages were labelled as bins (labels %s), which the Parquet does not hold: give that file "
-                    "as --labels to measure them", predictions, bins, source)  # fmt: skip
     return Run(Path(predictions), frame, foreign, None if matched is None else matched.summary)
 
 

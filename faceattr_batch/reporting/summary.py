@@ -11,11 +11,17 @@ from pathlib import Path
 
 import polars as pl
 
-from faceattr_batch.data.label_files import AGE_BIN_FIELDS
 from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import attributes as metrics
-from faceattr_batch.schema import LABEL_COLUMNS, OUTPUT_COLUMNS, TRAINING_ROLE, TRAINING_ROLES, error_counts
+from faceattr_batch.schema import (
+    AGE_BIN_FIELDS,
+    LABEL_COLUMNS,
+    OUTPUT_COLUMNS,
+    TRAINING_ROLE,
+    TRAINING_ROLES,
+    error_counts,
+)
 
 # what the summary and the report read (the flags and errors derived from these, and the face fields the
 # thumbnails do not need, stay on disk)
@@ -34,13 +40,16 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
         columns = pl.read_parquet_schema(predictions)
     except Exception as err:  # polars raises several types for non-Parquet bytes
         raise FaceattrError(f"{predictions}: not a readable Parquet file ({first_line(err, 160)})") from None
-    missing = [c for c in READ_COLUMNS if c not in columns]
+    # files written before the age bin columns were added have none: read as no bin
+    missing = [c for c in READ_COLUMNS if c not in columns and c not in AGE_BIN_FIELDS]
     if missing:
         raise FaceattrError(
             f"{predictions}: not a `predict` output of this version (missing columns: {', '.join(missing)}); "
             "predict again"
         )
-    frame = pl.read_parquet(predictions, columns=list(READ_COLUMNS))
+    frame = pl.read_parquet(predictions, columns=[c for c in READ_COLUMNS if c in columns])
+    frame = frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in columns)
+    frame = frame.select(READ_COLUMNS)
     # a NaN written by another program into a float output is no value (a traceback in the calibration bins, else)
     return frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
 
@@ -48,8 +57,7 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
 def labelled_rows(frame: pl.DataFrame, include_training: bool = False) -> pl.DataFrame:
     """The rows the metrics read: at least one true label, and not of an image the model was trained on (unless
     ``include_training``)."""
-    labels = [*LABEL_COLUMNS, *(c for c in AGE_BIN_FIELDS if c in frame.columns)]  # a bin is a label too
-    keep = pl.any_horizontal([pl.col(c).is_not_null() for c in labels])
+    keep = pl.any_horizontal([pl.col(c).is_not_null() for c in LABEL_COLUMNS if c in frame.columns])
     if not include_training and "training_role" in frame.columns:
         keep &= pl.col("training_role").ne_missing(pl.lit("train", TRAINING_ROLE))
     return frame.filter(keep)
