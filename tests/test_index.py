@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +317,8 @@ def test_a_ctrl_c_held_back_while_the_workers_fork_reaches_the_parent_after():
     previous = signal.signal(signal.SIGINT, lambda *_: arrivals.append("handled"))
     try:
         with batches._sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            # to this thread, the one that forks the workers (a signal to the process may go to another thread)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             sum(range(10_000))  # where a signal delivered at once would have run its handler
             arrivals.append("block ended")
         sum(range(10_000))

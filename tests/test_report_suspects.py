@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.metrics.attributes import with_age_bins
 from faceattr_batch.metrics.suspects import suspect_labels
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.folder import write_report
@@ -61,8 +62,8 @@ def _frame(seed: int = 3, one_gender: bool = False) -> tuple[pl.DataFrame, dict[
         error=pl.lit(None, pl.String), model_name=pl.lit("test"), model_version=pl.lit("1")
     )
     codes = ("true_gender", "pred_gender", "true_race", "pred_race", "true_age")
-    frame = frame.with_columns(pl.col(c).cast(PREDICTION_FIELDS[c]) for c in codes).with_columns(derived_columns())
-    return frame, wrong, {"gender": gender, "race": race}
+    frame = with_age_bins(frame.with_columns(pl.col(c).cast(PREDICTION_FIELDS[c]) for c in codes))
+    return frame.with_columns(derived_columns()), wrong, {"gender": gender, "race": race}
 
 
 def _report(frame: pl.DataFrame, folder) -> tuple[pl.DataFrame, dict, str]:
