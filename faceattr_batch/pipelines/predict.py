@@ -133,7 +133,7 @@ def run(options: PredictOptions) -> PredictResult:
     faces = _face_options(options)
     paths = list_images(options.inputs)
     keys = _output_paths(paths)
-    label_source, truth, labels = _true_labels(options, paths)
+    label_source, truth, labels = _true_labels(options, paths, keys)
     if options.slice_by:  # a misspelt or unfit column fails now, not after predicting
         columns = pl.DataFrame() if labels is None else labels.frame
         slice_frame(columns, options.slice_by, known=[c for c in columns.columns if c not in OUTPUT_COLUMNS])
@@ -289,21 +289,25 @@ def _write_output(options, inputs, truth, model, faces, fingerprint, settings) -
 # --- labels -----------------------------------------------------------------------------------------------
 
 
-def _true_labels(options: PredictOptions, paths: list[str]) -> tuple[str, pl.DataFrame, MatchedLabels | None]:
+def _true_labels(
+    options: PredictOptions, paths: list[str], keys: list[str]
+) -> tuple[str, pl.DataFrame, MatchedLabels | None]:
     """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with ``paths``, the labels
-    file matched to them: None when the labels come from the names)."""
+    file matched to them: None when the labels come from the names, ``keys``: the paths' ``_output_paths``)."""
     source = options.labels
     if source is None and len(options.inputs) == 1 and is_index_parquet(options.inputs[0]):
         source = Path(options.inputs[0])
     if source is None:
-        return "names", labels_from_names(paths), None
+        return "names", labels_from_names(keys), None
     labels = load_labels(source, paths)
     return labels.source, labels.frame.select(LABEL_COLUMNS), labels
 
 
-def labels_from_names(paths: list[str]) -> pl.DataFrame:
-    """True labels parsed from UTKFace-style file names (nulls where a name does not say)."""
-    names = pl.DataFrame({"name": [os.path.basename(display_path(p)) for p in paths]}, schema={"name": pl.String})
+def labels_from_names(keys: list[str]) -> pl.DataFrame:
+    """True labels parsed from the UTKFace-style file names of ``keys`` (paths as text, ``display_path``; nulls
+    where a name does not say)."""
+    path = pl.col("name").str.replace_all(os.altsep, os.sep, literal=True) if os.altsep else pl.col("name")
+    names = pl.DataFrame({"name": keys}, schema={"name": pl.String}).select(path.str.split(os.sep).list.last())
     return parse_frame(names, "name").select(true_label_codes())
 
 
