@@ -133,7 +133,7 @@ def run(options: PredictOptions) -> PredictResult:
     faces = _face_options(options)
     paths = list_images(options.inputs)
     keys = _output_paths(paths)
-    label_source, truth, labels = _true_labels(options, paths, keys)
+    label_source, truth, labels = _true_labels(options, (paths, keys))
     if options.slice_by:  # a misspelt or unfit column fails now, not after predicting
         columns = pl.DataFrame() if labels is None else labels.frame
         slice_frame(columns, options.slice_by, known=[c for c in columns.columns if c not in OUTPUT_COLUMNS])
@@ -289,11 +289,10 @@ def _write_output(options, inputs, truth, model, faces, fingerprint, settings) -
 # --- labels -----------------------------------------------------------------------------------------------
 
 
-def _true_labels(
-    options: PredictOptions, paths: list[str], keys: list[str]
-) -> tuple[str, pl.DataFrame, MatchedLabels | None]:
-    """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with ``paths``, the labels
-    file matched to them: None when the labels come from the names, ``keys``: the paths' ``_output_paths``)."""
+def _true_labels(options: PredictOptions, inputs: tuple) -> tuple[str, pl.DataFrame, MatchedLabels | None]:
+    """(where the labels come from, a frame of the ``LABEL_COLUMNS`` codes aligned with the paths, the labels file
+    matched to them: None when the labels come from the names); ``inputs``: the paths and their ``_output_paths``."""
+    paths, keys = inputs
     source = options.labels
     if source is None and len(options.inputs) == 1 and is_index_parquet(options.inputs[0]):
         source = Path(options.inputs[0])
@@ -304,8 +303,7 @@ def _true_labels(
 
 
 def labels_from_names(keys: list[str]) -> pl.DataFrame:
-    """True labels parsed from the UTKFace-style file names of ``keys`` (paths as text, ``display_path``; nulls
-    where a name does not say)."""
+    """True labels parsed from the UTKFace-style names ending ``keys`` (display_paths; null where one does not say)."""
     path = pl.col("name").str.replace_all(os.altsep, os.sep, literal=True) if os.altsep else pl.col("name")
     names = pl.DataFrame({"name": keys}, schema={"name": pl.String}).select(path.str.split(os.sep).list.last())
     return parse_frame(names, "name").select(true_label_codes())
