@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.metrics import attributes
 from faceattr_batch.pipelines import report
-from faceattr_batch.reporting.compare import AGE_DISAGREEMENT, Run, compare_runs
+from faceattr_batch.reporting.compare import Run, compare_runs
+from faceattr_batch.reporting.disagreements import AGE_DISAGREEMENT
 from faceattr_batch.reporting.summary import READ_COLUMNS
 from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded
 

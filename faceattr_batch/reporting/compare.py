@@ -13,10 +13,7 @@ A (``metrics.fairness``' sums, ``bootstrap.resampled_sums``: A's and B's row col
 resample draws the same pairs for both). Without a pair, the differences stand alone and ``shared.reason`` says
 why there is no interval.
 
-Disagreements: over every pair, labelled or not: a different gender, a different race, ages more than
-``AGE_DISAGREEMENT`` years apart; the largest of each (``GALLERY_K``) are the page's gallery: age by the distance
-between the two ages, gender by that between the two P(female), race by the lower of the two confidences (both
-sure, and different); a pair without probabilities comes last, then by path.
+Disagreements and their gallery: ``reporting.disagreements``.
 
 ``compare_runs`` returns metrics.json's ``compare``::
 
@@ -57,11 +54,10 @@ from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
+from faceattr_batch.reporting.disagreements import disagreements_between, gallery_rows, predicted_once
 from faceattr_batch.reporting.summary import labelled_rows
-from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, RACE_PROB_COLUMNS, recorded
+from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, recorded
 
-AGE_DISAGREEMENT = 10  # years between the two predicted ages that count as a disagreement
-GALLERY_K = 12
 _RACE_NAMES = tuple(race.lower() for race in RACES)
 _COUNT = {"gender": "gender_known", "race": "race_known", "age": "age_known"}
 _SIDE = "_run"  # which run a row of the two runs' rows put together came from
@@ -324,7 +320,7 @@ def compare_runs(
                            "pairs": int(pair_mask.sum()), "metrics": entries})  # fmt: skip
         bins_of = next((spec.bins for spec in extra if spec.name == key), None)
         slices[key] = {"column": col, "bins": bins_of, "groups": groups}
-    disagreements, gallery = _disagreements(a.frame, b.frame, pairs)
+    disagreements, gallery = disagreements_between(a.frame, b.frame, pairs)
     run_a, run_b = _run_summary(a, rows_a), _run_summary(b, rows_b)
     if run_a["name"] == run_b["name"]:  # e.g. two trainings of one version: the model files tell them apart
         for run in (run_a, run_b):
@@ -344,17 +340,11 @@ def _groups(values: pl.Series) -> list[str]:
     return values.drop_nulls().unique().sort().cast(pl.String).to_list()
 
 
-def _predicted_once(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows of images with exactly one predicted face (the ones a pair can be made of)."""
-    predicted = frame.filter(pl.col("error").is_null())
-    return predicted.filter(pl.len().over("path") == 1)
-
-
 def _shared(a: pl.DataFrame, b: pl.DataFrame) -> tuple[dict, pl.Series]:
     """The images of both runs (by path), and the paths of the pairs: one predicted face in each run."""
     paths_a, paths_b = set(a["path"].unique().to_list()), set(b["path"].unique().to_list())
     common = paths_a & paths_b
-    pairs = _predicted_once(a).join(_predicted_once(b), on="path", how="semi")["path"].sort()
+    pairs = predicted_once(a).join(predicted_once(b), on="path", how="semi")["path"].sort()
     several = {p for frame in (a, b) for p in frame.filter(pl.len().over("path") > 1)["path"].to_list()} & common
     shared = {
         "matched_by": "path", "images": len(common), "only_a": len(paths_a - common), "only_b": len(paths_b - common),
@@ -393,55 +383,3 @@ def _run_summary(run: Run, rows: _Rows) -> dict:
         "metric_rows": len(rows.paths),
         "attributes": [a for a in ("gender", "race", "age") if predicted[f"pred_{a}"].is_not_null().any()],
     }
-
-
-def _disagreements(a: pl.DataFrame, b: pl.DataFrame, pairs: pl.Series) -> tuple[dict, dict[str, pl.DataFrame]]:
-    """Counts of pairs whose predictions differ, per attribute, and the largest disagreements of each."""
-    top = pl.max_horizontal(RACE_PROB_COLUMNS)
-    side = ["pred_gender_label", "pred_race_label", "pred_gender", "pred_race", "pred_age", "p_female"]
-    theirs = _predicted_once(b).select("path", *side, top.alias("race_confidence"))
-    joined = (
-        _predicted_once(a)
-        .filter(pl.col("path").is_in(pairs.implode()))
-        .with_columns(top.alias("race_confidence"))
-        .join(theirs, on="path", suffix="_b")
-        .sort("path")
-    )
-    age_gap = (pl.col("pred_age_b") - pl.col("pred_age")).abs()
-    differ = {
-        "gender": pl.col("pred_gender") != pl.col("pred_gender_b"),
-        "race": pl.col("pred_race") != pl.col("pred_race_b"),
-        "age": age_gap > AGE_DISAGREEMENT,
-    }
-    rank = {
-        "gender": (pl.col("p_female_b") - pl.col("p_female")).abs(),
-        "race": pl.min_horizontal("race_confidence", "race_confidence_b"),
-        "age": age_gap,
-    }
-    counts: dict = {"pairs": joined.height, "age_threshold": AGE_DISAGREEMENT}
-    gallery = {}
-    for key, expr in differ.items():
-        compared = joined.filter(pl.col(f"pred_{key}").is_not_null() & pl.col(f"pred_{key}_b").is_not_null())
-        wrong = compared.filter(expr).with_columns(rank[key].alias("difference"))
-        share = wrong.height / compared.height if compared.height else None
-        counts[key] = {"compared": compared.height, "disagree": wrong.height, "share": share}
-        gallery[key] = wrong.sort("difference", "path", descending=[True, False], nulls_last=True).head(GALLERY_K)
-    return counts, gallery
-
-
-def gallery_rows(table: pl.DataFrame) -> list[dict]:
-    """A gallery table as metrics.json lists it: the path, the truth, each run's predictions (labels by name) and
-    the ``difference`` it was ranked by."""
-    runs = [
-        expr
-        for run, suffix in (("a", ""), ("b", "_b"))
-        for expr in (
-            pl.col(f"pred_gender_label{suffix}").cast(pl.String).alias(f"{run}_gender"),
-            pl.col(f"pred_race_label{suffix}").cast(pl.String).alias(f"{run}_race"),
-            pl.col(f"pred_age{suffix}").cast(pl.Float64).alias(f"{run}_age"),
-            pl.col(f"p_female{suffix}").cast(pl.Float64).alias(f"{run}_p_female"),
-            pl.col(f"race_confidence{suffix}").cast(pl.Float64).alias(f"{run}_race_confidence"),
-        )
-    ]
-    truth = [pl.col(f"true_{a}_label").cast(pl.String).alias(f"true_{a}") for a in ("gender", "race")]
-    return table.select("path", "true_age", *truth, *runs, "difference").to_dicts()

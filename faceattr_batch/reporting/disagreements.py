@@ -1,0 +1,72 @@
+"""Where two runs' predictions differ (``report --compare``), over every pair (an image with one predicted face in
+each run), labelled or not: a different gender, a different race, ages more than
+``AGE_DISAGREEMENT`` years apart; the largest of each (``GALLERY_K``) are the page's gallery: age by the distance
+between the two ages, gender by that between the two P(female), race by the lower of the two confidences (both sure,
+and different); a pair without probabilities comes last, then by path."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from faceattr_batch.schema import RACE_PROB_COLUMNS
+
+AGE_DISAGREEMENT = 10  # years between the two predicted ages that count as a disagreement
+GALLERY_K = 12
+
+
+def predicted_once(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of images with exactly one predicted face (the ones a pair can be made of)."""
+    predicted = frame.filter(pl.col("error").is_null())
+    return predicted.filter(pl.len().over("path") == 1)
+
+
+def disagreements_between(a: pl.DataFrame, b: pl.DataFrame, pairs: pl.Series) -> tuple[dict, dict[str, pl.DataFrame]]:
+    """Counts of pairs whose predictions differ, per attribute, and the largest disagreements of each."""
+    top = pl.max_horizontal(RACE_PROB_COLUMNS)
+    side = ["pred_gender_label", "pred_race_label", "pred_gender", "pred_race", "pred_age", "p_female"]
+    theirs = predicted_once(b).select("path", *side, top.alias("race_confidence"))
+    joined = (
+        predicted_once(a)
+        .filter(pl.col("path").is_in(pairs.implode()))
+        .with_columns(top.alias("race_confidence"))
+        .join(theirs, on="path", suffix="_b")
+        .sort("path")
+    )
+    age_gap = (pl.col("pred_age_b") - pl.col("pred_age")).abs()
+    differ = {
+        "gender": pl.col("pred_gender") != pl.col("pred_gender_b"),
+        "race": pl.col("pred_race") != pl.col("pred_race_b"),
+        "age": age_gap > AGE_DISAGREEMENT,
+    }
+    rank = {
+        "gender": (pl.col("p_female_b") - pl.col("p_female")).abs(),
+        "race": pl.min_horizontal("race_confidence", "race_confidence_b"),
+        "age": age_gap,
+    }
+    counts: dict = {"pairs": joined.height, "age_threshold": AGE_DISAGREEMENT}
+    gallery = {}
+    for key, expr in differ.items():
+        compared = joined.filter(pl.col(f"pred_{key}").is_not_null() & pl.col(f"pred_{key}_b").is_not_null())
+        wrong = compared.filter(expr).with_columns(rank[key].alias("difference"))
+        share = wrong.height / compared.height if compared.height else None
+        counts[key] = {"compared": compared.height, "disagree": wrong.height, "share": share}
+        gallery[key] = wrong.sort("difference", "path", descending=[True, False], nulls_last=True).head(GALLERY_K)
+    return counts, gallery
+
+
+def gallery_rows(table: pl.DataFrame) -> list[dict]:
+    """A gallery table as metrics.json lists it: the path, the truth, each run's predictions (labels by name) and
+    the ``difference`` it was ranked by."""
+    runs = [
+        expr
+        for run, suffix in (("a", ""), ("b", "_b"))
+        for expr in (
+            pl.col(f"pred_gender_label{suffix}").cast(pl.String).alias(f"{run}_gender"),
+            pl.col(f"pred_race_label{suffix}").cast(pl.String).alias(f"{run}_race"),
+            pl.col(f"pred_age{suffix}").cast(pl.Float64).alias(f"{run}_age"),
+            pl.col(f"p_female{suffix}").cast(pl.Float64).alias(f"{run}_p_female"),
+            pl.col(f"race_confidence{suffix}").cast(pl.Float64).alias(f"{run}_race_confidence"),
+        )
+    ]
+    truth = [pl.col(f"true_{a}_label").cast(pl.String).alias(f"true_{a}") for a in ("gender", "race")]
+    return table.select("path", "true_age", *truth, *runs, "difference").to_dicts()
