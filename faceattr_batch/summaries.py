@@ -362,6 +362,8 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
 def compared_runs(out: Console, compare: dict) -> None:
     """Run B against A: the images they share, the headline metrics with B - A and its paired interval, the
     disagreements."""
+    from faceattr_batch.reporting.compare import shown_metrics  # here: the command line starts without numpy
+
     a, b, shared = compare["a"], compare["b"], compare["shared"]
     foreign_table(out, b["foreign"], "B: ")
     out.print(f"compared: A {a['name']} ({a['images']} images), B {b['name']} ({b['images']} images)")
@@ -375,8 +377,10 @@ def compared_runs(out: Console, compare: dict) -> None:
     table = Table(title="B - A", show_edge=False)
     for column in ("metric", "A", "B", "B - A", "95% paired interval"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    headline = {"gender_accuracy": "gender accuracy", "race_accuracy": "race accuracy", "age_mae": "age MAE"}
-    for name, label in headline.items():
+    headline = {"gender_accuracy": "gender accuracy", "race_accuracy": "race accuracy", "age_mae": "age MAE",
+                "age_bin_accuracy": "age in bin"}  # fmt: skip
+    shown = shown_metrics(compare)
+    for name, label in ((name, label) for name, label in headline.items() if name in shown):
         entry, percent = compare["overall"][name], compare["metrics"][name]["unit"] == "share"
         paired = entry["paired"] or {}
         low, high = paired.get("low"), paired.get("high")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.metrics import attributes
 from faceattr_batch.pipelines import report
-from faceattr_batch.reporting.compare import Run, compare_runs
+from faceattr_batch.reporting.compare import Run, compare_runs, shown_metrics
 from faceattr_batch.reporting.disagreements import AGE_DISAGREEMENT
 from faceattr_batch.reporting.summary import READ_COLUMNS
 from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded
@@ -341,3 +341,87 @@ def test_a_compare_table_sorts_its_groups_in_their_own_order(compared):
     groups = [g["group"] for g in compared["slices"]["age_band"]["groups"]]
     first_cells = re.findall(r"<tr><td class='l' data-v='([^']*)'>([^<]*)</td>", page)
     assert first_cells[: len(groups)] == [(str(i), group) for i, group in enumerate(groups)]
+
+
+def _binned(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its true ages as bins only (FairFace's labels): true - 5 to true + 4, no exact age."""
+    return frame.with_columns(
+        (pl.col("true_age") - 5).cast(PREDICTION_FIELDS["true_age_low"]).alias("true_age_low"),
+        (pl.col("true_age") + 4).cast(PREDICTION_FIELDS["true_age_high"]).alias("true_age_high"),
+        pl.lit(None, PREDICTION_FIELDS["true_age"]).alias("true_age"),
+    ).with_columns(derived_columns())
+
+
+def _binned_runs() -> tuple[Run, Run]:
+    a = Run(Path("a.parquet"), _binned(_frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours")))
+    b = Run(Path("b.parquet"), _binned(_frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs")))
+    return a, b
+
+
+def test_ages_labelled_as_bins_are_compared_by_the_share_inside_the_bin():
+    """The last session's finding: two runs with FairFace's age bins compared gender and race, and for age printed
+    "age MAE - undefined in A over the 500 pairs": no age-bin row, though every pair had a bin."""
+    a, b = _binned_runs()
+    contents = compare_runs(a, b).contents
+    in_bin = contents["overall"]["age_bin_accuracy"]
+    # A's errors (at most 3 years) all lie inside true - 5 .. true + 4; B's +5, +5, +5 and +20 do not
+    assert in_bin | {"paired": None} == {"a": 1.0, "b": 0.5, "diff": -0.5, "n_a": 8, "n_b": 8, "paired": None}
+    assert in_bin["a"] == attributes.overall(a.frame)["age_bin_accuracy"]
+    assert in_bin["b"] == attributes.overall(b.frame)["age_bin_accuracy"]
+    paired = in_bin["paired"]
+    assert (paired["n"], paired["diff"], paired["reason"]) == (8, -0.5, None)
+    assert -1.0 <= paired["low"] < -0.5 < paired["high"] <= 0.0
+    assert contents["metrics"]["age_bin_accuracy"] == {"attribute": "age", "better": "higher", "unit": "share",
+                                                       "count": "age_binned"}  # fmt: skip
+    mae = contents["overall"]["age_mae"]
+    assert (mae["a"], mae["n_a"], mae["n_b"], mae["paired"]["n"]) == (None, 0, 0, 0)
+    assert mae["paired"]["reason"] == "no pair labelled with an exact age in both runs"
+    shown = shown_metrics(contents)
+    assert "age_bin_accuracy" in shown and "gender_accuracy" in shown
+    assert not {"age_mae", "age_rmse", "age_bias", "age_cs5", "age_gross_rate", "age_r2"} & set(shown)
+
+
+def test_exact_ages_hide_the_age_bin_row_and_no_age_labels_keep_the_exact_ones(compared):
+    assert "age_mae" in shown_metrics(compared) and "age_bin_accuracy" not in shown_metrics(compared)
+    assert compared["overall"]["age_bin_accuracy"]["paired"]["reason"] == (
+        "no pair labelled with an age bin in both runs"
+    )
+    unlabelled = _runs(slice_by=[]).contents | {}
+    for entry in unlabelled["overall"].values():
+        entry |= {"n_a": 0, "n_b": 0}
+    assert "age_mae" in shown_metrics(unlabelled) and "age_bin_accuracy" not in shown_metrics(unlabelled)
+
+
+def test_a_pair_labelled_with_a_bin_in_one_run_and_an_exact_age_in_the_other_counts_for_neither():
+    """Each run's own labels: the same image may carry an exact age in A and a bin in B; no age metric can be
+    measured on such a pair for both runs, so it is left out of every age metric's pairs."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))
+    b = Run(Path("b.parquet"), _binned(_frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs")))
+    overall = compare_runs(a, b).contents["overall"]
+    assert (overall["age_mae"]["n_a"], overall["age_mae"]["n_b"]) == (8, 0)
+    assert (overall["age_bin_accuracy"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (0, 8)
+    for name in ("age_mae", "age_bin_accuracy"):
+        assert overall[name]["paired"]["n"] == 0
+        assert overall[name]["paired"]["reason"] == "no labelled image that both runs predict it on"
+    assert overall["gender_accuracy"]["paired"]["n"] == 8
+
+
+def test_a_compare_of_binned_runs_prints_and_shows_the_age_bin_row(tmp_path):
+    paths = {}
+    for run in _binned_runs():
+        paths[run.predictions.stem] = tmp_path / run.predictions.name
+        frame = run.frame.with_columns(
+            pl.lit(None, dtype).alias(c) for c, dtype in PREDICTION_FIELDS.items() if c not in run.frame
+        )  # as predict writes it: every schema column, the bins among the true labels
+        pq.write_table(frame.select(list(PREDICTION_FIELDS)).to_arrow(), paths[run.predictions.stem])
+    args = ["report", str(paths["a"]), "--compare", str(paths["b"]), "--report", str(tmp_path / "rep")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.strip().startswith("age in bin"))
+    assert [cell.strip() for cell in row.split("│")][1:4] == ["100.0%", "50.0%", "-50.0 pts"], row
+    assert "age MAE" not in result.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    overall = page[page.index("<h3>Overall</h3>") : page.index("<h3>by ")]
+    assert "age in bin" in overall and "age MAE" not in overall and "n = 8" in overall
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]["overall"]["age_bin_accuracy"]
+    assert (saved["a"], saved["b"], saved["paired"]["n"]) == (1.0, 0.5, 8)

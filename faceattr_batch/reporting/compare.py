@@ -24,7 +24,8 @@ Disagreements and their gallery: ``reporting.disagreements``.
      "shared": {"matched_by": "path", "images": int, "only_a": int, "only_b": int, "pairs": int,
                 "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
      "resamples": int, "seed": int, "level": float,
-     "metrics": {name: {"attribute": str, "better": "higher"|"lower"|"zero", "unit": "share"|"years"|"score"}},
+     "metrics": {name: {"attribute": str, "better": "higher"|"lower"|"zero", "unit": "share"|"years"|"score",
+                        "count": str}},  # count: the row column that counts its rows (n_a, n_b, paired n)
      "overall": {name: entry},
      "slices": {attribute: {"column": str, "bins": int|None,
                             "groups": [{"group": str, "n_a": int, "n_b": int, "pairs": int,
@@ -69,6 +70,11 @@ class Metric:
     attribute: str  # gender, race or age
     better: str  # higher, lower, zero (signed: the nearer 0 the better)
     unit: str  # share (shown in %), years, score
+    count: str = ""  # the row column counting its rows; "": its attribute's (``_COUNT``)
+
+    @property
+    def counted_by(self) -> str:
+        return self.count or _COUNT[self.attribute]
 
 
 def _compared() -> tuple[Metric, ...]:
@@ -82,10 +88,13 @@ def _compared() -> tuple[Metric, ...]:
         *(Metric(f"race_{name}", "race", "higher", "share") for name in race),
         Metric("race_ece", "race", "lower", "score"),
         *(Metric(f"age_{name}", "age", better, unit) for name, (better, unit) in age.items()),
+        Metric("age_bin_accuracy", "age", "higher", "share", count="age_binned"),  # FairFace's ages: bins
     )
 
 
 COMPARED: tuple[Metric, ...] = _compared()
+_COUNTED = tuple(dict.fromkeys(m.counted_by for m in COMPARED))  # the row columns that count the metrics' rows
+_LABELLED_WITH = {"age_known": "an exact age", "age_binned": "an age bin"}  # why an age metric has no pair
 # metrics across the classes of an attribute, meaningless inside a group holding one true class of it
 _WITHIN_GROUP = {
     "gender": {"gender_precision", "gender_f1"},
@@ -155,10 +164,11 @@ class _Rows:
     groups: dict[str, np.ndarray]
 
     def point(self, mask: np.ndarray, column: dict[str, int], bins: int) -> tuple[dict, dict]:
+        """Every compared metric over the rows of ``mask``, and the rows counted (by ``_COUNTED`` column)."""
         sums = self.matrix[mask].sum(axis=0)
         calibration = fairness.calibration_arrays(self.calibration.filter(pl.Series(mask)))
         values = _values(sums, column) | fairness.group_eces(calibration, bins)
-        return values, {attribute: int(sums[column[name]]) for attribute, name in _COUNT.items()}
+        return values, {name: int(sums[column[name]]) for name in _COUNTED}
 
 
 def _rows(frame: pl.DataFrame, exprs: list[pl.Expr], attributes: dict[str, str]) -> _Rows:
@@ -173,7 +183,7 @@ def _entry(point_a, point_b, counts_a, counts_b, metric: Metric, paired) -> dict
     a, b = (None if np.isnan(p[metric.name]) else float(p[metric.name]) for p in (point_a, point_b))
     return {
         "a": a, "b": b, "diff": None if a is None or b is None else b - a,
-        "n_a": counts_a[metric.attribute], "n_b": counts_b[metric.attribute],
+        "n_a": counts_a[metric.counted_by], "n_b": counts_b[metric.counted_by],
         "paired": None if paired is None else paired[metric.name],
     }  # fmt: skip
 
@@ -192,22 +202,22 @@ def _attribute_columns(column: dict[str, int]) -> dict[str, list[int]]:
 
 
 def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[str, int], owned: dict[str, list[int]]):
-    """The pairs' rows with each attribute left out (its row columns ``owned``: 0, its confidence null) where either
-    run does not know it, so A and B are measured on the same images per attribute; and the pairs counted per
-    attribute."""
-    ra, rb, counts = ra.copy(), rb.copy(), {}
+    """The pairs' rows with each attribute left out (its row columns ``owned``: 0, its confidence null) where the
+    two runs do not both know it, labelled alike (an age exact in both, or a bin in both), so A and B are measured on
+    the same images per attribute; and the pairs counted by each ``_COUNTED`` column."""
+    ra, rb = ra.copy(), rb.copy()
     cal_a, cal_b = cal_a.clone(), cal_b.clone()
-    for attribute in _COUNT:
-        both = _knows(ra, column, attribute) & _knows(rb, column, attribute)
+    for attribute, counted in _COUNT.items():
+        kinds = [counted, *(["age_binned"] if attribute == "age" else [])]
+        both = np.any([(ra[:, column[kind]] > 0) & (rb[:, column[kind]] > 0) for kind in kinds], axis=0)
         columns = owned[attribute]
         ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
-        counts[attribute] = int(both.sum())
         if attribute != "age":
             confidence = f"{attribute}_confidence"
             calibrated = pl.Series(cal_a[confidence].is_not_null() & cal_b[confidence].is_not_null())
             blank = pl.when(calibrated).then(pl.col(confidence))
             cal_a, cal_b = cal_a.with_columns(blank), cal_b.with_columns(blank)
-    return ra, rb, cal_a, cal_b, counts
+    return ra, rb, cal_a, cal_b, {name: int((ra[:, column[name]] > 0).sum()) for name in _COUNTED}
 
 
 def _knows(rows: np.ndarray, column: dict[str, int], attribute: str) -> np.ndarray:
@@ -229,7 +239,8 @@ def _why_unpaired(ra: np.ndarray, rb: np.ndarray, column: dict[str, int], attrib
 def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, resamples, level, bins) -> dict:
     """Every compared metric on the pairs (row i of ``ra`` and of ``rb``: the same image) where both runs know its
     attribute (``_known_in_both``), and the percentile interval of B − A over resamples of the pairs drawn
-    jointly."""
+    jointly. A metric without a pair says why: its attribute's reason (``_why_unpaired``), or, where the attribute
+    has pairs labelled otherwise, the label it lacks (age bins and no exact age)."""
     unpaired = {attribute: _why_unpaired(ra, rb, column, attribute) for attribute in _COUNT}
     ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
     cal_a, cal_b = fairness.calibration_arrays(cal_a), fairness.calibration_arrays(cal_b)
@@ -242,12 +253,14 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         sums = resampled_sums(rng, ra.shape[0], resamples, lambda i, j: np.hstack([a(i, j), b(i, j)]))
         draw_a, draw_b = (fairness.resampled_values(half, column, bins, _values) for half in np.hsplit(sums, 2))
         diffs = {m.name: draw_b[m.name] - draw_a[m.name] for m in COMPARED}
-    result = {}
+    result, with_pairs = {}, {m.attribute for m in COMPARED if known[m.counted_by]}
     for metric in COMPARED:
         a, b = (float(p[metric.name]) for p in (point_a, point_b))
-        n = known[metric.attribute]
+        n = known[metric.counted_by]
         entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
-        if n == 0:
+        if n == 0 and metric.attribute in with_pairs:
+            entry["reason"] = f"no pair labelled with {_LABELLED_WITH[metric.counted_by]} in both runs"
+        elif n == 0:
             entry["reason"] = unpaired[metric.attribute]
         elif not (np.isfinite(a) and np.isfinite(b)):
             entry["reason"] = f"undefined in {'A' if not np.isfinite(a) else 'B'} over the {n} pairs"
@@ -292,7 +305,7 @@ def compare_runs(
     shared["labelled_pairs"] = len(index_a)
     rng = np.random.default_rng(seed)
 
-    def compared(mask_a, mask_b, pair_mask) -> tuple[dict, dict, dict]:
+    def compared(mask_a, mask_b, pair_mask) -> dict:
         point_a, counts_a = rows_a.point(mask_a, column, bins)
         point_b, counts_b = rows_b.point(mask_b, column, bins)
         paired = None
@@ -302,18 +315,17 @@ def compare_runs(
             paired = _paired(
                 rows_a.matrix[ia], rows_b.matrix[ib], cal_a, cal_b, column, owned, rng, resamples, level, bins
             )
-        entries = {m.name: _entry(point_a, point_b, counts_a, counts_b, m, paired) for m in COMPARED}
-        return entries, counts_a, counts_b
+        return {m.name: _entry(point_a, point_b, counts_a, counts_b, m, paired) for m in COMPARED}
 
     every_a, every_b = np.ones(len(rows_a.paths), bool), np.ones(len(rows_b.paths), bool)
-    overall = compared(every_a, every_b, np.ones(len(index_a), bool))[0]
+    overall = compared(every_a, every_b, np.ones(len(index_a), bool))
     slices = {}
     for key, col in attributes.items():
         groups = []
         for group in _groups(both.get_column(col)):
             in_a, in_b = rows_a.groups[key] == group, rows_b.groups[key] == group
             pair_mask = in_a[index_a] & in_b[index_b]
-            entries, _, _ = compared(in_a, in_b, pair_mask)
+            entries = compared(in_a, in_b, pair_mask)
             for name in _WITHIN_GROUP.get(key, ()):
                 entries.pop(name)
             groups.append({"group": group, "n_a": int(in_a.sum()), "n_b": int(in_b.sum()),
@@ -328,11 +340,23 @@ def compare_runs(
     contents = {
         "a": run_a, "b": run_b, "shared": shared,
         "resamples": resamples, "seed": seed, "level": level,
-        "metrics": {m.name: {"attribute": m.attribute, "better": m.better, "unit": m.unit} for m in COMPARED},
+        "metrics": {m.name: {"attribute": m.attribute, "better": m.better, "unit": m.unit, "count": m.counted_by}
+                    for m in COMPARED},
         "overall": overall, "slices": slices, "disagreements": disagreements,
         "gallery": {key: gallery_rows(table) for key, table in gallery.items()},
     }  # fmt: skip
     return Comparison(finite(contents), gallery)
+
+
+def shown_metrics(compare: dict) -> list[str]:
+    """The compared metrics worth a row on the page and in the terminal (``compare``: ``compare_runs``' contents):
+    every one but the age-bin accuracy where neither run has an age labelled as a bin, and the exact-age metrics
+    where neither has an exact age but bins are there (a FairFace comparison)."""
+    counted = {name: entry["n_a"] + entry["n_b"] > 0 for name, entry in compare["overall"].items()}
+    binned = any(counted[name] for name, meta in compare["metrics"].items() if meta["count"] == "age_binned")
+    exact = any(counted[name] for name, meta in compare["metrics"].items() if meta["count"] == "age_known")
+    hidden = {"age_binned"} if not binned else {"age_known"} if not exact else set()
+    return [name for name, meta in compare["metrics"].items() if meta["count"] not in hidden]
 
 
 def _groups(values: pl.Series) -> list[str]:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 import polars as pl
 
 from faceattr_batch.reporting import fairness_page
+from faceattr_batch.reporting.compare import shown_metrics
 from faceattr_batch.reporting.foreign_page import foreign_html
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
-HEADLINE = ("gender_accuracy", "race_accuracy", "age_mae")
+HEADLINE = ("gender_accuracy", "race_accuracy", "age_mae", "age_bin_accuracy")  # those of them shown_metrics keeps
 _NAMES = {"gender_f1": "gender F1", "race_macro_f1": "race macro-F1", "age_rmse": "age RMSE", "age_cs5": "age CS@5",
-          "age_gross_rate": "age gross (> 10 y)", "gender_precision": "gender precision (female)"}  # fmt: skip
+          "age_gross_rate": "age gross (> 10 y)", "gender_precision": "gender precision (female)",
+          "age_bin_accuracy": "age in bin"}  # fmt: skip
 CSS = """
 .runs td{text-align:left;vertical-align:top} .diff{white-space:nowrap}
 .better{color:#1b7f3b;font-weight:600} .worse{color:#b3261e;font-weight:600}
@@ -103,8 +105,8 @@ def _runs(compare: dict) -> str:
 def _overall(compare: dict) -> str:
     a, b = (html.escape(compare[key]["name"]) for key in ("a", "b"))
     rows = []
-    for name, entry in compare["overall"].items():
-        meta = compare["metrics"][name]
+    for name in shown_metrics(compare):
+        entry, meta = compare["overall"][name], compare["metrics"][name]
         show = _value(meta["unit"])
         rows.append([
             (label(name), label(name)),
@@ -118,18 +120,20 @@ def _overall(compare: dict) -> str:
 def _slice_tables(attribute: str, table: dict, compare: dict) -> str:
     title = html.escape(attribute.replace("_", " "))
     headline, every = [], []
+    shown = shown_metrics(compare)
+    headline_metrics = [name for name in HEADLINE if name in shown]
     for order, group in enumerate(table["groups"]):  # sorted by the groups' own order (age bands, bins), not as text
         name = html.escape(str(group["group"]))
         row = [(name, order), (str(group["n_a"]), group["n_a"]), (str(group["n_b"]), group["n_b"])]
         row.append((str(group["pairs"]), group["pairs"]))
-        for metric in HEADLINE:
+        for metric in headline_metrics:
             entry, meta = group["metrics"][metric], compare["metrics"][metric]
             show = _value(meta["unit"])
             row += [(show(entry["a"]), entry["a"]), (show(entry["b"]), entry["b"])]
             row.append(_diff_cell(entry, meta, compare["shared"]))
         headline.append(row)
-        for metric, entry in group["metrics"].items():
-            meta = compare["metrics"][metric]
+        for metric in (name for name in shown if name in group["metrics"]):
+            entry, meta = group["metrics"][metric], compare["metrics"][metric]
             show = _value(meta["unit"])
             every.append([
                 (name, order), (label(metric), label(metric)),
@@ -138,7 +142,7 @@ def _slice_tables(attribute: str, table: dict, compare: dict) -> str:
                 _diff_cell(entry, meta, compare["shared"]),
             ])  # fmt: skip
     headers = [title, "n A", "n B", "pairs"]
-    for metric in HEADLINE:
+    for metric in headline_metrics:
         headers += [f"{label(metric)} A", "B", "B − A"]
     binned = f" <span class='muted'>({table['bins']} quantile bins over both runs)</span>" * bool(table["bins"])
     return (
