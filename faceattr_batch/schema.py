@@ -121,6 +121,14 @@ def output_schema():
     return pl.DataFrame(schema=PREDICTION_FIELDS).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
 
 
+def with_age_bins(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the age bin columns (``derived_columns`` reads them), all null where it has none: no labels
+    file gave bins, or a file written before they were added."""
+    return frame.with_columns(
+        pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in frame.columns
+    )
+
+
 def derived_columns() -> list[pl.Expr]:
     """``DERIVED_COLUMNS`` from the code columns (pred_/true_ gender, race, age; the age bin): the one place codes
     become labels. An age bin inside one report band gives ``true_age_band`` (FairFace's "20-29" is our 20-29; its

@@ -15,7 +15,7 @@ import pytest
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.metrics import attributes
 from faceattr_batch.metrics.fairness import METRIC_NAMES, fairness_summary, group_table, weakest_slices
-from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns
+from faceattr_batch.schema import RACE_PROB_COLUMNS, derived_columns, with_age_bins
 
 MIN_GROUP = 30
 # group -> (rows, gender accuracy, race accuracy, age error sd); "d" is under MIN_GROUP
@@ -70,7 +70,7 @@ def _frame() -> pl.DataFrame:
         pl.when(index % 11 == 7).then(None).otherwise(pl.col("pred_age")).alias("pred_age"),
         pl.when(index % 97 == 1).then(None).otherwise(pl.col("source")).alias("source"),
     )
-    return attributes.with_age_bins(frame).with_columns(derived_columns())
+    return with_age_bins(frame).with_columns(derived_columns())
 
 
 @functools.cache

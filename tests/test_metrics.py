@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from faceattr_batch.metrics import attributes as metrics
-from faceattr_batch.schema import derived_columns
+from faceattr_batch.schema import derived_columns, with_age_bins
 
 # 6 faces; codes: gender 0 male / 1 female, race 0 White .. 4 Others
 FRAME = (
@@ -31,7 +31,7 @@ FRAME = (
             "age_high": [26.0, 35.0, 60.0, 9.0, 60.0, 40.0],
         }
     )
-    .pipe(metrics.with_age_bins)
+    .pipe(with_age_bins)
     .with_columns(derived_columns())
 )  # the label columns predict writes (slices read them)
 

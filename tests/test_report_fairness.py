@@ -22,7 +22,7 @@ from faceattr_batch.metrics import attributes, slicing
 from faceattr_batch.metrics.fairness import fairness_summary
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.summary import labelled_rows, summarize
-from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, with_age_bins
 
 MIN_GROUP = 30
 SOURCES = {"lab": 110, "web": 100, "phone": 12}  # phone: under MIN_GROUP
@@ -66,7 +66,7 @@ def _frame() -> pl.DataFrame:
     bad = pl.DataFrame({"path": ["/nowhere/empty.jpg"], "error": ["empty file (0 bytes)"]})
     frame = pl.concat([frame, bad], how="diagonal_relaxed")
     codes = {c: PREDICTION_FIELDS[c] for c in ("true_gender", "pred_gender", "true_race", "pred_race", "true_age")}
-    frame = attributes.with_age_bins(frame.with_columns(pl.col(c).cast(t) for c, t in codes.items()))
+    frame = with_age_bins(frame.with_columns(pl.col(c).cast(t) for c, t in codes.items()))
     return frame.with_columns(derived_columns())
 
 

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from faceattr_batch.cli import app
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.metrics.attributes import with_age_bins
 from faceattr_batch.metrics.suspects import suspect_labels
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.folder import write_report
@@ -27,6 +26,7 @@ from faceattr_batch.schema import (
     TRAINING_ROLE,
     derived_columns,
     predictions_table,
+    with_age_bins,
 )
 
 N_ROWS = 400

@@ -19,7 +19,7 @@ import polars as pl
 
 from faceattr_batch.data.labels import GENDERS, RACES
 from faceattr_batch.errors import FaceattrError
-from faceattr_batch.schema import AGE_BIN_FIELDS, RACE_PROB_COLUMNS
+from faceattr_batch.schema import RACE_PROB_COLUMNS, with_age_bins
 
 GROSS_AGE_ERROR = 10  # years; an age error above this is counted as gross
 CS_TOLERANCE = 5  # cumulative score CS@5: share of ages within 5 years
@@ -105,13 +105,6 @@ def age_bin_exprs() -> list[pl.Expr]:
 def metric_exprs() -> list[pl.Expr]:
     """Every metric; the frame needs the age bin columns (``with_age_bins``)."""
     return gender_exprs() + race_exprs() + age_exprs() + age_bin_exprs()
-
-
-def with_age_bins(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with the age bin columns, all null where it has none (no labels file gave bins)."""
-    return frame.with_columns(
-        pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in frame.columns
-    )
 
 
 def overall(frame: pl.DataFrame, intervals: bool = False) -> dict:

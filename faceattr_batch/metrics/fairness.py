@@ -67,10 +67,9 @@ from faceattr_batch.metrics.attributes import (
     expected_calibration_error,
     t_quantile,
     wilson_interval,
-    with_age_bins,
 )
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
-from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, with_age_bins
 
 MIN_RESAMPLES = 1000
 CALIBRATED = ("gender", "race")  # the attributes with an ECE, in the order of their bootstrap columns

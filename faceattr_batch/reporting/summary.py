@@ -21,6 +21,7 @@ from faceattr_batch.schema import (
     TRAINING_ROLE,
     TRAINING_ROLES,
     error_counts,
+    with_age_bins,
 )
 
 # what the summary and the report read (the flags and errors derived from these, and the face fields the
@@ -47,8 +48,7 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
             f"{predictions}: not a `predict` output of this version (missing columns: {', '.join(missing)}); "
             "predict again"
         )
-    frame = pl.read_parquet(predictions, columns=[c for c in READ_COLUMNS if c in columns])
-    frame = frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in columns)
+    frame = with_age_bins(pl.read_parquet(predictions, columns=[c for c in READ_COLUMNS if c in columns]))
     frame = frame.select(READ_COLUMNS)
     # a NaN written by another program into a float output is no value (a traceback in the calibration bins, else)
     return frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
