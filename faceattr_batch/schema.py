@@ -17,12 +17,12 @@ import functools
 
 import polars as pl
 
-from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, age_band_expr, code_label
+from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACE_KEYS, RACES, age_band_expr, code_label
 
 GENDER_LABEL = pl.Enum(GENDERS)
 RACE_LABEL = pl.Enum(RACES)
 AGE_BAND = pl.Enum(AGE_BAND_NAMES)
-RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race.lower()}" for race in RACES)
+RACE_PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{race}" for race in RACE_KEYS)
 # the roles in which a model saw an image (``models.seen_images``): learned from it | chose checkpoints, temperatures
 TRAINING_ROLES = ("train", "validation")
 TRAINING_ROLE = pl.Enum(TRAINING_ROLES)

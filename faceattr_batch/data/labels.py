@@ -17,6 +17,7 @@ import polars as pl
 
 GENDERS: tuple[str, ...] = ("male", "female")
 RACES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
+RACE_KEYS: tuple[str, ...] = tuple(race.lower() for race in RACES)  # in names: p_white, race_recall_white
 FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
 # other datasets' and tools' race classes -> ours, as ``race_words`` spells them: FairFace's seven, deepface's six
 # (white, black, asian, indian, middle eastern, latino hispanic); the reports state the mapping they applied

@@ -50,16 +50,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from faceattr_batch.data.labels import RACES
+from faceattr_batch.data.labels import RACE_KEYS
 from faceattr_batch.io.atomic import finite
-from faceattr_batch.metrics import fairness, slicing
+from faceattr_batch.metrics import fairness, row_sums, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
 from faceattr_batch.reporting.disagreements import disagreements_between, gallery_rows, predicted_once
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, recorded
 
-_RACE_NAMES = tuple(race.lower() for race in RACES)
 _COUNT = {"gender": "gender_known", "race": "race_known", "age": "age_known"}
 _SIDE = "_run"  # which run a row of the two runs' rows put together came from
 
@@ -79,7 +78,7 @@ class Metric:
 
 def _compared() -> tuple[Metric, ...]:
     gender = ("accuracy", "precision", "recall_female", "recall_male", "f1")
-    race = ("accuracy", "macro_f1", *(f"{kind}_{r}" for kind in ("recall", "precision") for r in _RACE_NAMES))
+    race = ("accuracy", "macro_f1", *(f"{kind}_{r}" for kind in ("recall", "precision") for r in RACE_KEYS))
     age = {"mae": ("lower", "years"), "rmse": ("lower", "years"), "bias": ("zero", "years"),
            "cs5": ("higher", "share"), "gross_rate": ("lower", "share"), "r2": ("higher", "score")}  # fmt: skip
     return (
@@ -98,7 +97,7 @@ _LABELLED_WITH = {"age_known": "an exact age", "age_binned": "an age bin"}  # wh
 # metrics across the classes of an attribute, meaningless inside a group holding one true class of it
 _WITHIN_GROUP = {
     "gender": {"gender_precision", "gender_f1"},
-    "race": {"race_macro_f1", *(f"race_precision_{r}" for r in _RACE_NAMES)},
+    "race": {"race_macro_f1", *(f"race_precision_{r}" for r in RACE_KEYS)},
 }
 
 
@@ -121,7 +120,7 @@ class Comparison:
 
 
 def _extra_rows() -> list[pl.Expr]:
-    """Row columns the compared metrics need besides ``fairness.row_columns``: CS@5 and gross errors."""
+    """Row columns the compared metrics need besides ``row_sums.row_columns``: CS@5 and gross errors."""
     known = pl.col("true_age").is_not_null() & pl.col("pred_age").is_not_null()
     error = (pl.col("pred_age").cast(pl.Float64) - pl.col("true_age").cast(pl.Float64)).abs()
     return [
@@ -137,10 +136,10 @@ def _values(sums: np.ndarray, column: dict[str, int]) -> dict[str, np.ndarray]:
     def s(name: str) -> np.ndarray:
         return sums[..., column[name]]
 
-    values = fairness.metric_values(sums, column)
+    values = row_sums.metric_values(sums, column)
     tp, fp, fn = s("female_hit"), s("male") - s("male_hit"), s("female") - s("female_hit")
     with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0: undefined, NaN
-        f1s = np.stack([2 * s(f"hit_{r}") / (s(f"true_{r}") + s(f"pred_{r}")) for r in _RACE_NAMES], axis=-1)
+        f1s = np.stack([2 * s(f"hit_{r}") / (s(f"true_{r}") + s(f"pred_{r}")) for r in RACE_KEYS], axis=-1)
         present = np.isfinite(f1s)
         values |= {
             "gender_precision": tp / (tp + fp),
@@ -166,13 +165,13 @@ class _Rows:
     def point(self, mask: np.ndarray, column: dict[str, int], bins: int) -> tuple[dict, dict]:
         """Every compared metric over the rows of ``mask``, and the rows counted (by ``_COUNTED`` column)."""
         sums = self.matrix[mask].sum(axis=0)
-        calibration = fairness.calibration_arrays(self.calibration.filter(pl.Series(mask)))
-        values = _values(sums, column) | fairness.group_eces(calibration, bins)
+        calibration = row_sums.calibration_arrays(self.calibration.filter(pl.Series(mask)))
+        values = _values(sums, column) | row_sums.group_eces(calibration, bins)
         return values, {name: int(sums[column[name]]) for name in _COUNTED}
 
 
 def _rows(frame: pl.DataFrame, exprs: list[pl.Expr], attributes: dict[str, str]) -> _Rows:
-    frame = fairness.with_inputs(frame)
+    frame = row_sums.with_inputs(frame)
     calibration = ("gender_confidence", "gender_confident_correct", "race_confidence", "race_confident_correct")
     groups = {key: frame.get_column(col).cast(pl.String).to_numpy() for key, col in attributes.items()}
     return _Rows(frame.select(exprs).to_numpy().astype(np.float64), frame.select(calibration),
@@ -189,7 +188,7 @@ def _entry(point_a, point_b, counts_a, counts_b, metric: Metric, paired) -> dict
 
 
 def _attribute_of(name: str) -> str:
-    """The attribute a row column belongs to (``fairness.row_columns``, ``_extra_rows``): its ``<attribute>_known``
+    """The attribute a row column belongs to (``row_sums.row_columns``, ``_extra_rows``): its ``<attribute>_known``
     indicator says whether the row counts for it."""
     if name.startswith("gender_") or name in ("female", "female_hit", "male", "male_hit"):
         return "gender"
@@ -243,15 +242,15 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
     has pairs labelled otherwise, the label it lacks (age bins and no exact age)."""
     unpaired = {attribute: _why_unpaired(ra, rb, column, attribute) for attribute in _COUNT}
     ra, rb, cal_a, cal_b, known = _known_in_both(ra, rb, cal_a, cal_b, column, owned)
-    cal_a, cal_b = fairness.calibration_arrays(cal_a), fairness.calibration_arrays(cal_b)
-    point_a = _values(ra.sum(axis=0), column) | fairness.group_eces(cal_a, bins)
-    point_b = _values(rb.sum(axis=0), column) | fairness.group_eces(cal_b, bins)
+    cal_a, cal_b = row_sums.calibration_arrays(cal_a), row_sums.calibration_arrays(cal_b)
+    point_a = _values(ra.sum(axis=0), column) | row_sums.group_eces(cal_a, bins)
+    point_b = _values(rb.sum(axis=0), column) | row_sums.group_eces(cal_b, bins)
     diffs = {}
     if ra.shape[0] >= 2:  # each resample draws the same pairs for A and B: their columns side by side
-        a = fairness.resample_columns(ra, cal_a, bins)
-        b = fairness.resample_columns(rb, cal_b, bins)
+        a = row_sums.resample_columns(ra, cal_a, bins)
+        b = row_sums.resample_columns(rb, cal_b, bins)
         sums = resampled_sums(rng, ra.shape[0], resamples, lambda i, j: np.hstack([a(i, j), b(i, j)]))
-        draw_a, draw_b = (fairness.resampled_values(half, column, bins, _values) for half in np.hsplit(sums, 2))
+        draw_a, draw_b = (row_sums.resampled_values(half, column, bins, _values) for half in np.hsplit(sums, 2))
         diffs = {m.name: draw_b[m.name] - draw_a[m.name] for m in COMPARED}
     result, with_pairs = {}, {m.attribute for m in COMPARED if known[m.counted_by]}
     for metric in COMPARED:
@@ -296,7 +295,7 @@ def compare_runs(
     both, extra = slicing.slice_frame(both, slice_by, known=own)
     attributes = {key: SLICE_COLUMNS[key] for key in SLICE_BY} | {spec.name: spec.name for spec in extra}
     centre = both.get_column("true_age").cast(pl.Float64).mean() or 0.0
-    exprs = [*fairness.row_columns(centre), *_extra_rows()]
+    exprs = [*row_sums.row_columns(centre), *_extra_rows()]
     column = {expr.meta.output_name(): index for index, expr in enumerate(exprs)}
     owned = _attribute_columns(column)
     rows_a, rows_b = (_rows(both.filter(pl.col(_SIDE) == side), exprs, attributes) for side in ("a", "b"))
