@@ -356,7 +356,16 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
         out.print(Text.assemble((f"  {foreign['problem_count']} values not read", "yellow"), " (left empty):"))
         for column, entry in foreign["problems_by_column"].items():
             lines = ", ".join(map(str, entry["lines"])) + (", ..." if entry["count"] > len(entry["lines"]) else "")
-            out.print(f"    {column}: {entry['count']} ({where} {lines})")
+            out.print(f"    {column}: {entry['count']} ({where} {lines}){_reasons(entry)}")
+
+
+def _reasons(entry: dict) -> str:
+    """A problem column's most frequent reasons, with their counts where there are several ("" in an older
+    metrics.json, which has none)."""
+    reasons = entry.get("reasons") or {}
+    if len(reasons) == 1:
+        return f": {next(iter(reasons))}"
+    return "".join(f"; {n}: {reason}" for reason, n in reasons.items())
 
 
 def compared_runs(out: Console, compare: dict) -> None:

@@ -3,9 +3,13 @@ probabilities, labels, nulls, problems with their lines, and the one-line errors
 
 from __future__ import annotations
 
+import io
+
 import polars as pl
 import pytest
+from rich.console import Console
 
+from faceattr_batch import summaries
 from faceattr_batch.data.foreign_predictions import (
     NO_PREDICTION,
     is_own_predictions,
@@ -13,6 +17,7 @@ from faceattr_batch.data.foreign_predictions import (
 )
 from faceattr_batch.data.labels import OTHER_RACES
 from faceattr_batch.errors import FaceattrError
+from faceattr_batch.reporting.foreign_page import foreign_html
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS
 
 DEEPFACE_RACES = ("asian", "indian", "black", "white", "middle eastern", "latino hispanic")
@@ -252,14 +257,20 @@ def test_unreadable_values_are_null_and_counted_with_their_lines(tmp_path):
         (9, None, None, "2 fields where the header has 5: row not read"),
         (11, "age", "inf", "not a number of years"),
     ]  # fmt: skip
-    assert read.summary["problems_by_column"] == {
-        "age": {"count": 4, "lines": [3, 5, 8, 11]},
-        "dominant_gender": {"count": 1, "lines": [3]},
-        "dominant_race": {"count": 1, "lines": [3]},
-        "gender.Woman": {"count": 2, "lines": [3, 8]},
-        "img_path": {"count": 1, "lines": [7]},
-        "(row)": {"count": 1, "lines": [9]},
+    by_column = read.summary["problems_by_column"]
+    assert {column: (entry["count"], entry["lines"]) for column, entry in by_column.items()} == {
+        "age": (4, [3, 5, 8, 11]),
+        "dominant_gender": (1, [3]),
+        "dominant_race": (1, [3]),
+        "gender.Woman": (2, [3, 8]),
+        "img_path": (1, [7]),
+        "(row)": (1, [9]),
     }
+    assert list(by_column) == ["age", "dominant_gender", "dominant_race", "gender.Woman", "img_path", "(row)"]
+    # the reasons, most frequent first (then alphabetical): what a user needs to mend the file
+    assert by_column["age"]["reasons"] == {"not a number of years": 2, "age above 120": 1, "negative age": 1}
+    assert by_column["gender.Woman"]["reasons"] == {"not a number": 1, "not a probability (0..100)": 1}
+    assert by_column["(row)"]["reasons"] == {"2 fields where the header has 5: row not read": 1}
 
 
 def test_problem_lines_in_a_parquet_are_row_numbers(tmp_path):
@@ -339,3 +350,23 @@ def test_is_own_predictions_tells_predict_output_from_other_tables(tmp_path, dee
     assert not is_own_predictions(deepface_file)
     assert not is_own_predictions(csv_copy)  # our columns, but not a Parquet
     assert not is_own_predictions(tmp_path / "missing.parquet")
+
+
+def test_an_age_bin_where_years_belong_says_so_in_the_terminal_and_on_the_page(tmp_path):
+    """FairFace's own classifier writes its ages as bins ("20-29", "more than 70"): each was "not a number of years",
+    and neither the terminal nor the page said why 500 ages were left empty."""
+    text = "file,gender,race,age\na.jpg,Male,White,20-29\nb.jpg,Female,Black,more than 70\nc.jpg,Male,Indian,x\n"
+    read = read_foreign_predictions(_write(tmp_path, "fairface_out.csv", text))
+    assert read.frame["pred_age"].to_list() == [None, None, None]
+    reasons = read.summary["problems_by_column"]["age"]["reasons"]
+    bin_reason = "an age bin, not a number of years (another tool's ages are read as years)"
+    assert reasons == {bin_reason: 2, "not a number of years": 1}
+    out = io.StringIO()
+    summaries.foreign_table(Console(file=out, width=300), read.summary)
+    assert f"age: 3 (line 2, 3, 4); 2: {bin_reason}; 1: not a number of years" in out.getvalue()
+    page = foreign_html(read.summary)
+    assert "age: 3 (lines 2, 3, 4) <span class='muted'>2 an age bin, not a number of years (another tool&#x27;s" in page
+    single = read_foreign_predictions(_write(tmp_path, "one.csv", "file,age\na.jpg,20-29\n")).summary
+    out = io.StringIO()
+    summaries.foreign_table(Console(file=out, width=300), single)
+    assert f"age: 1 (line 2): {bin_reason}" in out.getvalue()

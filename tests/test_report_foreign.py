@@ -46,7 +46,13 @@ def test_a_foreign_table_reports_with_labels_and_without_ages(deepface, labels, 
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert saved["foreign"] == result.foreign == read_foreign_predictions(deepface).summary
     assert saved["foreign"]["columns"] == {"path": "img_path", "gender": "dominant_gender", "race": "dominant_race"}
-    assert saved["foreign"]["problems_by_column"] == {"dominant_gender": {"count": 1, "lines": [4]}}
+    assert saved["foreign"]["problems_by_column"] == {
+        "dominant_gender": {
+            "count": 1,
+            "lines": [4],
+            "reasons": {"'x' is not one of male, female, m, f, man, woman, 0, 1": 1},
+        }
+    }
     overall = saved["overall"]
     assert (overall["n_gender"], overall["gender_accuracy"]) == (5, pytest.approx(4 / 5))
     assert (overall["n_race"], overall["race_accuracy"]) == (6, pytest.approx(4 / 6))

@@ -40,6 +40,8 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.labels import (
+    AGE_BIN_CLOSED,
+    AGE_BINS_OPEN,
     GENDERS,
     IMAGE_EXTENSIONS,
     MAX_AGE,
@@ -68,6 +70,7 @@ GENDER_ONE_IS = ("female", "male")
 # columns only predict writes together: a Parquet with them all is ours (reporting.summary.read_predictions)
 OWN_COLUMNS = ("path", "error", "model_name", "model_version")
 PROBLEM_LINES_SHOWN = 5
+PROBLEM_REASONS_SHOWN = 3  # per column, the most frequent first (a reason may quote its value: many distinct)
 WHOLE_ROW = "(row)"  # the summary's key for problems of a whole row (wrong field count)
 NO_PREDICTION = "no prediction: every predicted value empty or unreadable"
 RACE_PROB_PREFIXES = ("race.", "race_", "p_")
@@ -104,12 +107,19 @@ class ForeignPredictions:
     @property
     def summary(self) -> dict:
         """What a report shows: the columns read, the conventions applied, problems counted per column with the
-        first few lines."""
+        first few lines and the most frequent reasons."""
+        problems = self.problems.with_columns(pl.col("column").fill_null(WHOLE_ROW))
+        reasons = (
+            problems.group_by("column", "reason").len()
+            .sort("len", "reason", descending=[True, False])
+            .group_by("column", maintain_order=True)
+            .agg(pl.struct("reason", "len").head(PROBLEM_REASONS_SHOWN).alias("reasons"))
+        )  # fmt: skip
         per_column = (
-            self.problems.group_by("column", maintain_order=True)
+            problems.group_by("column", maintain_order=True)
             .agg(count=pl.len(), lines=pl.col("line").head(PROBLEM_LINES_SHOWN))
-            .sort("column", nulls_last=True)
-            .with_columns(pl.col("column").fill_null(WHOLE_ROW))
+            .join(reasons, on="column", how="left")
+            .sort(pl.col("column") == WHOLE_ROW, "column")
         )
         return {
             "file": str(self.path),
@@ -122,7 +132,10 @@ class ForeignPredictions:
             "gender_numeric": self.notes.gender_numeric,
             "race_mapping": dict(OTHER_RACES) if "race" in self.columns else None,
             "problem_count": self.problems.height,
-            "problems_by_column": {c: {"count": n, "lines": lines} for c, n, lines in per_column.iter_rows()},
+            "problems_by_column": {
+                column: {"count": n, "lines": lines, "reasons": {r["reason"]: r["len"] for r in top}}
+                for column, n, lines, top in per_column.iter_rows()
+            },
         }
 
 
@@ -300,8 +313,11 @@ def _predicted_values(
         values["pred_race"] = pl.select(pl.concat_list(list(sums.values())).list.arg_max()).to_series()
     if "age" in found:
         ages, text = _numbers(raw[found["age"]])
+        bins = (AGE_BIN_CLOSED, *AGE_BINS_OPEN)  # FairFace's classifier predicts these: said, not "not a number"
         reason = (
             pl.when(pl.col("text").is_null()).then(None)
+            .when(pl.col("number").is_null() & pl.any_horizontal(pl.col("text").str.contains(p) for p in bins))
+            .then(pl.lit("an age bin, not a number of years (another tool's ages are read as years)"))
             .when(pl.col("number").is_null()).then(pl.lit("not a number of years"))
             .when(pl.col("number") < 0).then(pl.lit("negative age"))
             .when(pl.col("number") > MAX_AGE).then(pl.lit(f"age above {MAX_AGE}"))

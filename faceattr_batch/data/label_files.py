@@ -32,6 +32,8 @@ import polars as pl
 
 from faceattr_batch.data.inputs import INDEX_ROOT_KEY, display_path, index_paths
 from faceattr_batch.data.labels import (
+    AGE_BIN_CLOSED,
+    AGE_BINS_OPEN,
     FAIRFACE_RACES,
     MAX_AGE,
     OTHER_RACES,
@@ -49,9 +51,6 @@ from faceattr_batch.schema import LABEL_COLUMNS, LABEL_FIELDS, OUTPUT_COLUMNS, d
 FAIRFACE_RACE_MAP: dict[str, str] = {name: OTHER_RACES[race_words(name)] for name in FAIRFACE_RACES}
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 WINDOWS_SEPARATOR = re.compile(r"\\(?!x[0-9a-f]{2})")  # a backslash that is not display_path's \xNN
-# an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
-AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
-AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
 KEY_COLUMNS = ("path", "file")
 PROBLEMS_KEPT = 20  # in the summary (and so metrics.json); the total beside them
 # an extra column of one of these names would shadow a predictions column: it is kept as label_<name>

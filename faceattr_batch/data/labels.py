@@ -40,6 +40,9 @@ AGE_BANDS: tuple[tuple[str, int, int], ...] = (
 )
 AGE_BAND_NAMES: tuple[str, ...] = tuple(band for band, _, _ in AGE_BANDS)
 MAX_AGE = 120  # UTKFace's oldest is 116; anything above is a broken name, not a person
+# an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
+AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
+AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHIP_SUFFIX = ".jpg.chip.jpg"
 

@@ -34,10 +34,18 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
         problems = "; ".join(
             f"{esc(column)}: {entry['count']} ({where}{'s' * (entry['count'] > 1)} "
             f"{', '.join(map(str, entry['lines']))}{', …' if entry['count'] > len(entry['lines']) else ''})"
+            f"{_reasons(entry)}"
             for column, entry in foreign["problems_by_column"].items()
         )
         lines.append(f"<span class='tag'>{foreign['problem_count']} values not read (left empty)</span> {problems}")
     return "<div class='foreign'>" + "<br>".join(lines) + "</div>"
+
+
+def _reasons(entry: dict) -> str:
+    """A problem column's most frequent reasons, counted where there are several (none in an older metrics.json)."""
+    reasons = entry.get("reasons") or {}
+    shown = [html.escape(reason if len(reasons) == 1 else f"{n} {reason}") for reason, n in reasons.items()]
+    return f" <span class='muted'>{' / '.join(shown)}</span>" if shown else ""
 
 
 CSS = ".foreign{background:#f3f6fb;border-left:4px solid #6b8fd6;padding:6px 10px;margin:8px 0;font-size:13px}"
