@@ -301,7 +301,8 @@ def label_file(out: Console, labels: dict | None, most: int = 5) -> None:
         out.print(f"races mapped to ours: {mapped}")
     total = labels["problem_count"]
     if total:
-        out.print(Text.assemble((f"{total} values not read", "yellow"), " (their labels left empty):"))
+        not_read = f"{total} value{'s' * (total > 1)} not read"
+        out.print(Text.assemble((not_read, "yellow"), " (their labels left empty):"))
         where = "row" if labels["format"] in ("parquet", "index") else "line"  # a Parquet's rows have no lines
         for problem in labels["problems"][:most]:
             column = f", {problem['column']}" if problem["column"] else ""
@@ -353,7 +354,8 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
         out.print(f"  races mapped to ours: {mapped}")
     if foreign["problem_count"]:
         where = "row" if foreign["format"] == "parquet" else "line"
-        out.print(Text.assemble((f"  {foreign['problem_count']} values not read", "yellow"), " (left empty):"))
+        count = foreign["problem_count"]
+        out.print(Text.assemble((f"  {count} value{'s' * (count > 1)} not read", "yellow"), " (left empty):"))
         for column, entry in foreign["problems_by_column"].items():
             lines = ", ".join(map(str, entry["lines"])) + (", ..." if entry["count"] > len(entry["lines"]) else "")
             out.print(f"    {column}: {entry['count']} ({where} {lines}){_reasons(entry)}")

@@ -393,7 +393,7 @@ def test_predict_and_report_with_a_labels_csv(tmp_path, tiny_attr_model):
     )
     report = runner.invoke(app, ["report", str(out), "--report", str(tmp_path / "rep"), "--labels", str(fairface)])
     assert report.exit_code == 0, report.output
-    assert "1 values not read" in report.stdout and "Southeast Asian -> Asian" in report.stdout
+    assert "1 value not read" in report.stdout and "Southeast Asian -> Asian" in report.stdout
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert saved["labels"]["format"] == "fairface" and saved["labels"]["race_mapping"] == FAIRFACE_RACE_MAP
     assert saved["labels"]["problems"][0]["line"] == 6 and saved["labelled"] == 5

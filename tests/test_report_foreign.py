@@ -60,7 +60,7 @@ def test_a_foreign_table_reports_with_labels_and_without_ages(deepface, labels, 
     assert saved["models"] == [{"model_name": "deepface", "model_version": "unknown"}]
     page = result.report.read_text()
     assert "another tool's predictions" in page and "predicts gender, race (not age: not reported)" in page
-    assert "middle eastern → Others" in page and "1 values not read" in page
+    assert "middle eastern → Others" in page and "1 value not read" in page
     assert "age MAE" not in page.split("<h2>")[0]  # no age card
     assert "most confident wrong race" in page  # the worst-errors gallery, without probabilities or ages
     # no plot of what is not there: ages, probabilities
@@ -73,7 +73,7 @@ def test_report_prints_the_foreign_summary(deepface, labels, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "another tool's predictions" in result.output and "gender <- dominant_gender" in result.output
-    assert "1 values not read" in result.output and "line 4" in result.output
+    assert "1 value not read" in result.output and "line 4" in result.output
     assert "a numeric gender of 1" not in result.output  # its genders are words: nothing to say of a 1
 
 

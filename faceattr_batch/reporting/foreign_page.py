@@ -37,7 +37,8 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
             f"{_reasons(entry)}"
             for column, entry in foreign["problems_by_column"].items()
         )
-        lines.append(f"<span class='tag'>{foreign['problem_count']} values not read (left empty)</span> {problems}")
+        count = foreign["problem_count"]
+        lines.append(f"<span class='tag'>{count} value{'s' * (count > 1)} not read (left empty)</span> {problems}")
     return "<div class='foreign'>" + "<br>".join(lines) + "</div>"
 
 
