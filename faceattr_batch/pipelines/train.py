@@ -26,7 +26,6 @@ from faceattr_batch.data.labels import MAX_AGE
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.io.atomic import write_json, write_parquet_atomically
 from faceattr_batch.io.rundir import append_metrics, start_run
-from faceattr_batch.metrics.attributes import overall
 from faceattr_batch.models.device import available_cores, resolve_device
 from faceattr_batch.models.registry import (
     TRAIN_FORMAT,
@@ -38,15 +37,7 @@ from faceattr_batch.models.registry import (
     storage_state,
 )
 from faceattr_batch.progress import progress_bar
-from faceattr_batch.training.calibration import (
-    UNCALIBRATED,
-    collect_logits,
-    fit_temperatures,
-    overall_metrics,
-    predictions_frame,
-    validation_report,
-    validation_score,
-)
+from faceattr_batch.training.calibration import calibrated_report, overall_metrics, validation_score
 from faceattr_batch.training.data import (
     augment,
     decode_cache,
@@ -312,7 +303,7 @@ def _training_targets(options: TrainOptions, split: _Split, config, device, out:
     if options.extra_teacher_only:  # their labels were asked of a generator, not read off the faces
         own = ~split.train_rows.get_column("extra")
         labelled, own_labels = torch.from_numpy(own.to_numpy()), split.train_rows.filter(own)
-    race_weights = torch.from_numpy(race_loss_weights(own_labels)).float().to(device)  # finalize reuses them
+    race_weights = torch.from_numpy(race_loss_weights(own_labels)).float().to(device)  # calibrated_report reuses them
     targets = TrainingTargets(
         labelled=labelled,
         pixels=torch.from_numpy(split.train_pixels).permute(0, 3, 1, 2),
@@ -326,7 +317,7 @@ def _training_targets(options: TrainOptions, split: _Split, config, device, out:
         if found["age"].shape[1] != config.age_bins:
             raise FaceattrError(f"--teacher {options.teacher}: {found['age'].shape[1]} age bins, not {config.age_bins}")
         targets.soft = {key: torch.from_numpy(value) for key, value in found.items()}
-        targets.race_adjustment = -torch.log(race_weights)  # what finalize will add to the race logits
+        targets.race_adjustment = -torch.log(race_weights)  # what calibrated_report will add to the race logits
     return targets
 
 
@@ -403,7 +394,7 @@ def _write_model(session: _Session, split: _Split, race_weights, options: TrainO
     model.load_state_dict(read_checkpoint(out / CHECKPOINT_BEST)["model"])
     model.load_state_dict(storage_state(model))  # the weights as model.pt will hold them
     model.eval()
-    report = finalize(model, split.val_pixels, split.val_rows, race_weights, device, session.state)
+    report = calibrated_report(model, split.val_pixels, split.val_rows, race_weights, device, session.state)
     final_model = AttrNet(AttrNetConfig.from_dict({**session.config.to_dict(), "tta_flip": report["tta_flip"]}))
     final_model.load_state_dict(model.state_dict())
     final_model.temperatures.copy_(torch.tensor(report["calibration"]["temperatures_list"]))
@@ -417,34 +408,3 @@ def _write_model(session: _Session, split: _Split, race_weights, options: TrainO
     model_path = save_attr_model(final_model, out / MODEL_FILE, meta)
     write_json(out / "report.json", report)
     return TrainResult(out, model_path, report)
-
-
-def finalize(model, val_pixels, val_rows, race_weights, device, state) -> dict:
-    """Undo the race class weights (logit adjustment), choose test-time mirroring by validation, fit
-    temperatures, and build the final validation report."""
-    import torch
-
-    weighted_metrics = overall_metrics(model, val_pixels, val_rows, device)
-    # A loss weighted by w_c learns posteriors tilted by w_c; subtracting log w_c restores the class
-    # frequencies, which maximises accuracy (Menon et al. 2021, logit adjustment). Not tuned on validation.
-    model.race_bias.copy_(-torch.log(race_weights))  # race_weights: the loss weights, a CPU tensor
-    plain = collect_logits(model, val_pixels, device)
-    plain_metrics = overall(predictions_frame(plain, UNCALIBRATED, val_rows))
-    model.config = replace(model.config, tta_flip=True)
-    mirrored = collect_logits(model, val_pixels, device)
-    mirrored_metrics = overall(predictions_frame(mirrored, UNCALIBRATED, val_rows))
-    use_flip = validation_score(mirrored_metrics) > validation_score(plain_metrics)
-    model.config = replace(model.config, tta_flip=use_flip)
-    logits = mirrored if use_flip else plain
-    temps, calibration = fit_temperatures(logits, val_rows)
-    calibration["temperatures_list"] = temps
-    return {
-        "tool_version": __version__,
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
-        "tta_flip": use_flip,
-        "tta_comparison": {"plain": plain_metrics, "mirrored": mirrored_metrics},
-        "race_adjustment": {"bias": model.race_bias.tolist(), "before": weighted_metrics, "after": plain_metrics},
-        **validation_report(predictions_frame(logits, temps, val_rows)),
-        "calibration": calibration,
-    }

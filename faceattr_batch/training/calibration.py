@@ -4,6 +4,7 @@ predictions frame the attribute metrics read, the early-stopping score, temperat
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -112,4 +113,37 @@ def validation_report(frame: pl.DataFrame) -> dict:
         "by_race": m.breakdown(frame, ["race"]).to_dicts(),
         "by_gender": m.breakdown(frame, ["gender"]).to_dicts(),
         "by_age_band": m.breakdown(frame, ["age_band"]).to_dicts(),
+    }
+
+
+def calibrated_report(model, val_pixels, val_rows, race_weights, device, state) -> dict:
+    """Undo the race class weights (logit adjustment), choose test-time mirroring by validation, fit
+    temperatures, and build the final validation report."""
+    import torch
+
+    from faceattr_batch import __version__
+
+    weighted_metrics = overall_metrics(model, val_pixels, val_rows, device)
+    # A loss weighted by w_c learns posteriors tilted by w_c; subtracting log w_c restores the class
+    # frequencies, which maximises accuracy (Menon et al. 2021, logit adjustment). Not tuned on validation.
+    model.race_bias.copy_(-torch.log(race_weights))  # race_weights: the loss weights, a CPU tensor
+    plain = collect_logits(model, val_pixels, device)
+    plain_metrics = m.overall(predictions_frame(plain, UNCALIBRATED, val_rows))
+    model.config = replace(model.config, tta_flip=True)
+    mirrored = collect_logits(model, val_pixels, device)
+    mirrored_metrics = m.overall(predictions_frame(mirrored, UNCALIBRATED, val_rows))
+    use_flip = validation_score(mirrored_metrics) > validation_score(plain_metrics)
+    model.config = replace(model.config, tta_flip=use_flip)
+    logits = mirrored if use_flip else plain
+    temps, calibration = fit_temperatures(logits, val_rows)
+    calibration["temperatures_list"] = temps
+    return {
+        "tool_version": __version__,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "tta_flip": use_flip,
+        "tta_comparison": {"plain": plain_metrics, "mirrored": mirrored_metrics},
+        "race_adjustment": {"bias": model.race_bias.tolist(), "before": weighted_metrics, "after": plain_metrics},
+        **validation_report(predictions_frame(logits, temps, val_rows)),
+        "calibration": calibration,
     }
