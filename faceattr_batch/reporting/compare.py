@@ -9,7 +9,7 @@ both runs at once (``name:k``: the same quantile bins for A and B).
 Images are matched by path. The pairs are the images with one predicted face in each run; where there are any, each
 difference also gets a paired bootstrap interval: the labelled pairs (of the group, for a slice: both runs place the
 image in it) resampled jointly, ``resamples`` times, one seeded generator, each resample's metric of B minus that of
-A (``metrics.fairness``' sums, ``bootstrap.resampled_sums``: A's and B's row columns side by side, so each
+A (``metrics.row_sums``' sums, ``bootstrap.resampled_sums``: A's and B's row columns side by side, so each
 resample draws the same pairs for both). Without a pair, the differences stand alone and ``shared.reason`` says
 why there is no interval.
 
@@ -38,7 +38,9 @@ Disagreements and their gallery: ``reporting.disagreements``.
             "paired": {"n": int, "a", "b", "diff", "low", "high", "reason": str|None} | None}
 
 A metric a run cannot compute (no labels, or an attribute its tool does not predict) is None, as is its
-difference.
+difference. Ages labelled as bins (FairFace's) are measured by ``age_bin_accuracy``, counted by ``age_binned``; a
+pair counts for age where both runs label the image alike (an exact age in both, or a bin in both).
+``shown_metrics`` picks the rows the page and the terminal show.
 """
 
 from __future__ import annotations
