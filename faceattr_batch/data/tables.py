@@ -57,6 +57,7 @@ def read_csv(path: Path, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _header(fields: list[str] | None, name: str) -> list[str]:
+    """The first row that is not blank, its names stripped: none at all, or a name twice, is an error."""
     if fields is None:
         raise FaceattrError(f"{name}: no header row (every line holds only empty fields)")
     header = [field.strip() for field in fields]
