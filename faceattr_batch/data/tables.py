@@ -19,6 +19,8 @@ from faceattr_batch.errors import FaceattrError
 PROBLEM_SCHEMA = {"line": pl.Int64, "column": pl.String, "value": pl.String, "reason": pl.String}
 # each row's line (a CSV's) or row number (a Parquet's), beside a file's own columns: a name no file's column has
 LINE = "__line__"
+# what Python's str.strip() strips (polars' strip_chars() keeps \x1c-\x1f): blank lines are alike in both readings
+_WHITESPACE = "".join(chr(code) for code in range(0x3001) if chr(code).isspace())
 
 
 def problem_frame(rows: list[tuple]) -> pl.DataFrame:
@@ -57,10 +59,11 @@ def read_csv(path: Path, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _header(fields: list[str] | None, name: str) -> list[str]:
-    """The first row that is not blank, its names stripped: none at all, or a name twice, is an error."""
+    """The first row that is not blank, its names stripped, an empty one (pandas' index) named ``column_<i>`` by
+    its position, as polars names it: none at all, or a name twice, is an error."""
     if fields is None:
         raise FaceattrError(f"{name}: no header row (every line holds only empty fields)")
-    header = [field.strip() for field in fields]
+    header = [field.strip() or f"column_{i}" for i, field in enumerate(fields)]
     if len(set(header)) < len(header):
         raise FaceattrError(f"{name}: a column name repeats in the header ({', '.join(header)})")
     return header
@@ -70,7 +73,7 @@ def _split_lines(lines: list[str], sep: str, name: str) -> tuple[pl.DataFrame, p
     """Quote-free text's rows (the header's columns, then ``LINE``) and ragged rows (``line``, ``count``): each
     line a row split at ``sep``, as the csv module splits a line without quotes."""
     frame = pl.DataFrame({"text": lines}).with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
-    blank = pl.col("text").str.replace_all(sep, "", literal=True).str.strip_chars() == ""
+    blank = pl.col("text").str.replace_all(sep, "", literal=True).str.strip_chars(_WHITESPACE) == ""
     frame = frame.filter(~blank).select(LINE, pl.col("text").str.split(sep).alias("fields"))
     header = _header(frame["fields"][0].to_list() if frame.height else None, name)
     rows = frame.slice(1).with_columns(pl.col("fields").list.len().alias("count"))
