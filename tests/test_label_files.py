@@ -206,6 +206,7 @@ def test_fairface_with_columns_of_its_own_is_still_fairface(tmp_path):
     table = read_label_file(path)
     assert table.frame["true_race"].to_list() == [2, 4] and table.problems.height == 0
     assert table.frame["skin_tone"].to_list() == [3, 5] and "fairface_race" in table.frame.columns
+    assert table.frame["column_0"].to_list() == [0, 1]  # pandas' index: its empty name given by position
     years = tmp_path / "years.csv"  # FairFace's columns and one more, ages in years: a plain CSV
     years.write_text("file,age,gender,race,skin_tone\nx.jpg,30,male,White,3\n")
     assert detect_format(years) == "csv"
