@@ -166,6 +166,10 @@ def test_the_page_and_the_terminal_show_the_age_bin_share(report, fairface):
     assert card and card.group(1) == share and "age MAE</span>" not in page  # no MAE card without ages in years
     assert "rounded to whole years" in page and ">age in bin<" in page  # the rule, the slice tables' column
     assert "<th>age MAE</th>" not in page  # no ages in years: no MAE column
+    # the "more than 70" rows have no age band: the band table's heading says how to group them by their bin
+    unbanded = saved["fairness"]["age_band"]["n_unsliced"]
+    assert unbanded == sum(r["low"] in (None, 70) for r in fairface[0]) > 0  # with the one row without an age
+    assert f"{unbanded} without a value (no age, or a bin across two bands: --slice-by true_age_low" in page
     out = Console(record=True, width=200)
     out.print(headline_metrics(saved["overall"]))
     text = out.export_text()

@@ -103,6 +103,8 @@ def _too_few(summary: dict) -> str:
 
 def _attribute_gaps(attribute: str, summary: dict) -> str:
     unsliced = f", {summary['n_unsliced']} without a value" if summary["n_unsliced"] else ""
+    if unsliced and attribute == "age_band":  # FairFace's 100 "more than 70" of the quick start's 500, say
+        unsliced += " (no age, or a bin across two bands: --slice-by true_age_low groups by the labelled bin)"
     parts = [
         f"<h3>by {html.escape(attribute)} <span class='muted'>({len(summary['groups'])} groups, "
         f"{summary['n']} images{unsliced})</span></h3>",
