@@ -425,3 +425,29 @@ def test_a_compare_of_binned_runs_prints_and_shows_the_age_bin_row(tmp_path):
     assert "age in bin" in overall and "age MAE" not in overall and "n = 8" in overall
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())["compare"]["overall"]["age_bin_accuracy"]
     assert (saved["a"], saved["b"], saved["paired"]["n"]) == (1.0, 0.5, 8)
+
+
+@pytest.mark.parametrize("binned", [False, True], ids=["ages in years", "ages as bins"])
+def test_swapping_the_runs_negates_every_difference(binned):
+    """B - A of (A, B) is minus that of (B, A), metric by metric, with the counts swapped and the same pairs: the
+    comparison treats its two runs alike (the paired intervals too, up to resampling: same seed, same draws)."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))
+    b = Run(Path("b.parquet"), _frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs"))
+    if binned:
+        a, b = _binned_runs()
+    forward, backward = compare_runs(a, b).contents, compare_runs(b, a).contents
+    compared = 0
+    for name, entry in forward["overall"].items():
+        other = backward["overall"][name]
+        assert (entry["n_a"], entry["n_b"]) == (other["n_b"], other["n_a"]), name
+        assert entry["paired"]["n"] == other["paired"]["n"], name
+        if entry["diff"] is None:
+            assert other["diff"] is None, name
+            continue
+        compared += 1
+        assert entry["diff"] == pytest.approx(-other["diff"]), name
+        if entry["paired"]["low"] is not None:
+            assert entry["paired"]["low"] == pytest.approx(-other["paired"]["high"]), name
+            assert entry["paired"]["high"] == pytest.approx(-other["paired"]["low"]), name
+    assert compared >= (20 if not binned else 15)
+    assert shown_metrics(forward) == shown_metrics(backward)
