@@ -39,6 +39,9 @@ FACE_FIELDS: dict[str, pl.DataType] = {
 # an age labelled as a bin, both ends included (FairFace's "20-29"; its "more than 70" is 70 to data.labels.MAX_AGE);
 # null where the age is labelled in years, or not at all
 AGE_BIN_FIELDS: dict[str, pl.DataType] = {"true_age_low": pl.Int16, "true_age_high": pl.Int16}
+# an age predicted as a bin, both ends included: another tool's (FairFace's classifier writes "20-29"); predict's own
+# models predict years, so null in its output
+PRED_AGE_BIN_FIELDS: dict[str, pl.DataType] = {"pred_age_low": pl.Int16, "pred_age_high": pl.Int16}
 
 PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "path": pl.String,
@@ -52,6 +55,7 @@ PREDICTION_FIELDS: dict[str, pl.DataType] = {
     "pred_age": pl.Float32,  # median of the predicted age distribution, years
     "age_low": pl.Float32,  # 10th percentile of the age distribution
     "age_high": pl.Float32,  # 90th percentile
+    **PRED_AGE_BIN_FIELDS,
     "pred_age_band": AGE_BAND,
     "model_name": pl.String,
     "model_version": pl.String,
@@ -122,17 +126,17 @@ def output_schema():
 
 
 def with_age_bins(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with the age bin columns (``derived_columns`` reads them), all null where it has none: no labels
-    file gave bins, or a file written before they were added."""
-    return frame.with_columns(
-        pl.lit(None, dtype).alias(c) for c, dtype in AGE_BIN_FIELDS.items() if c not in frame.columns
-    )
+    """``frame`` with the age bin columns, true and predicted (``derived_columns`` reads them), all null where it
+    has none: no labels file or tool gave bins, or a file written before they were added."""
+    bins = AGE_BIN_FIELDS | PRED_AGE_BIN_FIELDS
+    return frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in bins.items() if c not in frame.columns)
 
 
 def derived_columns() -> list[pl.Expr]:
     """``DERIVED_COLUMNS`` from the code columns (pred_/true_ gender, race, age; the age bin): the one place codes
-    become labels. An age bin inside one report band gives ``true_age_band`` (FairFace's "20-29" is our 20-29; its
-    "more than 70" spans two bands and gives none)."""
+    become labels. An age labelled as a bin inside one report band gives ``true_age_band`` (FairFace's "20-29" is
+    our 20-29; its "more than 70" spans two bands and gives none); an age predicted as a bin gives no
+    ``pred_age_band`` (it needs no bin columns: frames without them, the training's own, get their labels too)."""
     exprs = []
     for side in ("pred", "true"):
         exprs += [

@@ -276,13 +276,14 @@ def headline_metrics(metrics: dict) -> Table:
             f"MAE {show('age_mae', False)} y",
             f"RMSE {show('age_rmse', False)}  CS@5 {show('age_cs5', True)}  >10 y {show('age_gross_rate', True)}",
         )
-    if metrics.get("n_age_bin"):  # ages labelled as bins (FairFace): the share predicted inside the bin
+    if metrics.get("n_age_bin"):  # ages labelled or predicted as bins (FairFace): the share in the right bin
         low, high = show("age_bin_accuracy_low", True), show("age_bin_accuracy_high", True)
         table.add_row(
             "age bin",
             str(metrics["n_age_bin"]),
             f"in bin {show('age_bin_accuracy', True)}",
-            f"95% CI {low}-{high}  (predicted age rounded to whole years, inside the labelled bin)",
+            f"95% CI {low}-{high}  (predicted age rounded to whole years, inside the labelled bin; a predicted bin: "
+            "the labelled one, or holding the labelled age)",
         )
     return table
 

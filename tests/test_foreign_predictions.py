@@ -245,7 +245,7 @@ def test_unreadable_values_are_null_and_counted_with_their_lines(tmp_path):
     assert frame["error"].to_list() == [None, NO_PREDICTION, None, None, NO_PREDICTION, None]
     assert read.rows == 8  # the one with too few fields and the one without a path included
     assert read.problems.rows() == [
-        (3, "age", "abc", "not a number of years"),
+        (3, "age", "abc", "not a number of years (nor an age bin such as 20-29)"),
         (3, "dominant_gender", "x", "'x' is not one of male, female, m, f, man, woman, 0, 1"),
         (3, "dominant_race", "martian", "'martian' is not one of White, Black, Asian, Indian, Others (or 0..4), "
          "nor of white, black, asian, indian, east asian, southeast asian, latino hispanic, middle eastern"),
@@ -255,7 +255,7 @@ def test_unreadable_values_are_null_and_counted_with_their_lines(tmp_path):
         (8, "age", "200", "age above 120"),
         (8, "gender.Woman", "150", "not a probability (0..100)"),
         (9, None, None, "2 fields where the header has 5: row not read"),
-        (11, "age", "inf", "not a number of years"),
+        (11, "age", "inf", "not a number of years (nor an age bin such as 20-29)"),
     ]  # fmt: skip
     by_column = read.summary["problems_by_column"]
     assert {column: (entry["count"], entry["lines"]) for column, entry in by_column.items()} == {
@@ -268,7 +268,11 @@ def test_unreadable_values_are_null_and_counted_with_their_lines(tmp_path):
     }
     assert list(by_column) == ["age", "dominant_gender", "dominant_race", "gender.Woman", "img_path", "(row)"]
     # the reasons, most frequent first (then alphabetical): what a user needs to mend the file
-    assert by_column["age"]["reasons"] == {"not a number of years": 2, "age above 120": 1, "negative age": 1}
+    assert by_column["age"]["reasons"] == {
+        "not a number of years (nor an age bin such as 20-29)": 2,
+        "age above 120": 1,
+        "negative age": 1,
+    }
     assert by_column["gender.Woman"]["reasons"] == {"not a number": 1, "not a probability (0..100)": 1}
     assert by_column["(row)"]["reasons"] == {"2 fields where the header has 5: row not read": 1}
 
@@ -293,7 +297,7 @@ def test_a_table_without_a_path_column_is_an_error_naming_columns_and_spellings(
     path = _write(tmp_path, "nopath.csv", "name,age\na.jpg,3\n")
     message = (
         r"nopath\.csv: no column names the images \(columns: name, age; accepted: path, file, filename, file_name, "
-        r"image, img, image_path, img_path, identity\)$"
+        r"image, img, image_path, img_path, identity, face_name_align\)$"
     )
     with pytest.raises(FaceattrError, match=message):
         read_foreign_predictions(path)
@@ -352,21 +356,32 @@ def test_is_own_predictions_tells_predict_output_from_other_tables(tmp_path, dee
     assert not is_own_predictions(tmp_path / "missing.parquet")
 
 
-def test_an_age_bin_where_years_belong_says_so_in_the_terminal_and_on_the_page(tmp_path):
-    """FairFace's own classifier writes its ages as bins ("20-29", "more than 70"): each was "not a number of years",
-    and neither the terminal nor the page said why 500 ages were left empty."""
-    text = "file,gender,race,age\na.jpg,Male,White,20-29\nb.jpg,Female,Black,more than 70\nc.jpg,Male,Indian,x\n"
+def test_fairface_classifier_output_reads_its_age_bins(tmp_path):
+    """FairFace's own classifier (its predict.py: face_name_align, race, race4, gender, age, ...) writes its ages as
+    bins ("20-29", "more than 70"): each was "not a number of years", 500 ages left empty. A bin is now the
+    prediction (pred_age_low / pred_age_high, pred_age null); a bad one is a problem that says which."""
+    text = (
+        "face_name_align,race,race4,gender,age\n"
+        "a.jpg,East Asian,Asian,Male,20-29\n"  # 2
+        "b.jpg,Black,Black,Female,more than 70\n"  # 3
+        "c.jpg,Indian,Indian,Male,50-40\n"  # 4: reversed
+        "d.jpg,White,White,Female,x\n"  # 5
+        "e.jpg,White,White,Female,33.5\n"  # 6: years still read as years
+    )
     read = read_foreign_predictions(_write(tmp_path, "fairface_out.csv", text))
-    assert read.frame["pred_age"].to_list() == [None, None, None]
-    reasons = read.summary["problems_by_column"]["age"]["reasons"]
-    bin_reason = "an age bin, not a number of years (another tool's ages are read as years)"
-    assert reasons == {bin_reason: 2, "not a number of years": 1}
+    frame = read.frame
+    assert read.columns["path"] == "face_name_align" and read.attributes == ("gender", "race", "age")
+    assert frame["pred_age_low"].to_list() == [20, 70, None, None, None]
+    assert frame["pred_age_high"].to_list() == [29, 120, None, None, None]
+    assert frame["pred_age"].to_list() == [None, None, None, None, 33.5]
+    assert frame["pred_race"].to_list() == [2, 1, 3, 0, 0] and frame["error"].null_count() == 5
+    assert read.problems.rows() == [
+        (4, "age", "50-40", "an age bin outside 0..120"),
+        (5, "age", "x", "not a number of years (nor an age bin such as 20-29)"),
+    ]
     out = io.StringIO()
     summaries.foreign_table(Console(file=out, width=300), read.summary)
-    assert f"age: 3 (line 2, 3, 4); 2: {bin_reason}; 1: not a number of years" in out.getvalue()
-    page = foreign_html(read.summary)
-    assert "age: 3 (lines 2, 3, 4) <span class='muted'>2 an age bin, not a number of years (another tool&#x27;s" in page
-    single = read_foreign_predictions(_write(tmp_path, "one.csv", "file,age\na.jpg,20-29\n")).summary
-    out = io.StringIO()
-    summaries.foreign_table(Console(file=out, width=300), single)
-    assert f"age: 1 (line 2): {bin_reason}" in out.getvalue()
+    assert "age: 2 (line 4, 5); 1: an age bin outside 0..120; 1: not a number of years" in out.getvalue()
+    assert "age: 2 (lines 4, 5) <span class='muted'>1 an age bin outside 0..120 / 1 not a number" in foreign_html(
+        read.summary
+    )

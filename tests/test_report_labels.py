@@ -13,14 +13,16 @@ import numpy as np
 import polars as pl
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from faceattr_batch.cli import app
 from faceattr_batch.data.label_files import PROBLEMS_KEPT, attach_labels, load_labels
 from faceattr_batch.metrics import attributes
 from faceattr_batch.metrics.fairness import fairness_summary
 from faceattr_batch.reporting.folder import write_report
 from faceattr_batch.reporting.labels_page import labels_html
 from faceattr_batch.reporting.summary import summarize
-from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
+from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, with_age_bins
 from faceattr_batch.summaries import headline_metrics
 
 Z95 = 1.959963984540054
@@ -117,7 +119,9 @@ def test_the_rounding_rule_at_the_edges():
          "true_age_high": [29, 29, 120, 9, None], "pred_age": [29.5, 19.5, 69.5, 2.49, 30.0]},
         schema_overrides={"true_age": pl.Int16, "true_age_low": pl.Int16, "true_age_high": pl.Int16},
     )  # fmt: skip
-    assert frame.select(attributes.age_in_bin()).to_series().to_list() == [False, True, True, False, None]
+    assert with_age_bins(frame).select(attributes.age_in_bin()).to_series().to_list() == [
+        False, True, True, False, None
+    ]  # fmt: skip
 
 
 def test_the_age_bin_share_overall_by_hand(report, fairface):
@@ -162,7 +166,7 @@ def test_the_age_bin_share_per_slice_and_in_the_fairness_summary(report, fairfac
 def test_the_page_and_the_terminal_show_the_age_bin_share(report, fairface):
     saved, page, _ = report
     share = f"{100 * saved['overall']['age_bin_accuracy']:.1f}%"
-    card = re.search(r"age inside its labelled bin</span><b>([^<]+)</b>", page)
+    card = re.search(r"age in the right bin</span><b>([^<]+)</b>", page)
     assert card and card.group(1) == share and "age MAE</span>" not in page  # no MAE card without ages in years
     assert "rounded to whole years" in page and ">age in bin<" in page  # the rule, the slice tables' column
     assert "<th>age MAE</th>" not in page  # no ages in years: no MAE column
@@ -251,3 +255,45 @@ def test_a_label_column_named_like_markup_is_escaped_on_the_page(fairface, tmp_p
     page = write_report(frame, summarize(frame, labels), tmp_path / "p.parquet", tmp_path / "rep",
                         slice_by=["cam<b>&x"], min_group=MIN_GROUP).read_text()  # fmt: skip
     assert "<th class='l'>cam&lt;b&gt;&amp;x</th>" in page and "cam<b>" not in page
+
+
+def test_an_age_predicted_as_a_bin_is_right_when_it_is_the_labelled_bin_or_holds_the_labelled_age():
+    """Another tool's bins (FairFace's classifier): against a labelled bin, the same bin; against an age in years,
+    a bin that holds it. Nothing to compare where neither side is a bin, or the prediction is missing."""
+    frame = with_age_bins(
+        pl.DataFrame(
+            {
+                "true_age": [None, None, 25, 25, 75, None, 40, None],
+                "true_age_low": [20, 20, None, None, None, 70, None, 20],
+                "true_age_high": [29, 29, None, None, None, 120, None, 29],
+                "pred_age": [None, None, None, None, None, None, 41.0, None],
+                "pred_age_low": [20, 30, 20, 30, 70, 70, None, None],
+                "pred_age_high": [29, 39, 29, 39, 120, 120, None, None],
+            },
+            schema_overrides={"pred_age": pl.Float32}
+            | {
+                c: pl.Int16 for c in ("true_age", "true_age_low", "true_age_high", "pred_age_low", "pred_age_high")
+            },  # fmt: skip
+        )
+    )
+    judged = frame.select(attributes.age_bin_known(), attributes.age_in_bin()).rows()
+    assert [known for known, _ in judged] == [True, True, True, True, True, True, False, False]
+    assert [hit for _, hit in judged] == [True, False, True, False, True, True, None, None]
+    assert frame.select(attributes.age_bin_exprs()).row(0) == (6, pytest.approx(4 / 6))
+
+
+def test_a_report_of_fairface_classifier_bins_against_fairface_labels(tmp_path):
+    """The audit the two FairFace files make: the classifier's predicted bins against the labelled bins."""
+    rows = [("train/1.jpg", "20-29", "20-29"), ("train/2.jpg", "30-39", "40-49"), ("train/3.jpg", "more than 70",
+            "more than 70"), ("train/4.jpg", "3-9", "3-9"), ("train/5.jpg", "60-69", "more than 70")]  # fmt: skip
+    labels, predictions = tmp_path / "fairface_label_val.csv", tmp_path / "fairface_out.csv"
+    labels.write_text("file,age,gender,race,service_test\n" + "".join(f"{f},{t},Male,White,True\n" for f, t, _ in rows))
+    predictions.write_text("face_name_align,race,gender,age\n" + "".join(f"{f},White,Male,{p}\n" for f, _, p in rows))
+    result = CliRunner().invoke(
+        app, ["report", str(predictions), "--labels", str(labels), "--report", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    overall = json.loads((tmp_path / "r" / "metrics.json").read_text())["overall"]
+    assert (overall["n_age_bin"], overall["age_bin_accuracy"], overall["n_age"]) == (5, pytest.approx(3 / 5), 0)
+    assert re.search(r"age bin\s+│\s+5\s+│\s+in bin 60\.0%", result.output)
+    assert "in the right bin" in (tmp_path / "r" / "report.html").read_text()

@@ -19,6 +19,8 @@ def test_derived_columns_make_the_named_schema_columns_with_their_types():
 def test_with_age_bins_fills_only_the_bin_columns_a_frame_lacks():
     frame = pl.DataFrame({"true_age_low": pl.Series([20], dtype=pl.Int16), "x": [1]})
     filled = with_age_bins(frame)
-    assert filled.columns == ["true_age_low", "x", "true_age_high"]
-    assert filled.row(0) == (20, 1, None) and filled.schema["true_age_high"] == AGE_BIN_FIELDS["true_age_high"]
+    assert filled.columns == ["true_age_low", "x", "true_age_high", "pred_age_low", "pred_age_high"]
+    assert (
+        filled.row(0) == (20, 1, None, None, None) and filled.schema["true_age_high"] == AGE_BIN_FIELDS["true_age_high"]
+    )
     assert with_age_bins(filled).equals(filled)

@@ -21,7 +21,8 @@ Values, read as follows (anything else is a problem, that value null):
   ``p_<class>`` (deepface's ``race.asian`` ... ``race.latino hispanic``, in percent when any is above 1), become
   ``p_white`` ... ``p_others``, a class of ours summing the classes mapped to it (a class of ours no column maps
   to is null); without a race column, ``pred_race`` is the most probable of the five.
-- age: years (a float); a negative one or one above ``MAX_AGE`` is a problem.
+- age: years (a float); a negative one or one above ``MAX_AGE`` is a problem. Or a bin (FairFace's classifier:
+  "20-29", "more than 70"): ``pred_age_low`` / ``pred_age_high``, ``pred_age`` null.
 
 A row without a path is not read (a problem); a row all of whose predictions are empty or unreadable gets the
 error "no prediction". A path on several rows (several faces in a photo) gets face_index 0, 1, ... in file order.
@@ -40,13 +41,12 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch.data.labels import (
-    AGE_BIN_CLOSED,
-    AGE_BINS_OPEN,
     GENDERS,
     IMAGE_EXTENSIONS,
     MAX_AGE,
     OTHER_RACES,
     RACES,
+    age_bin_ends,
     gender_code,
     other_race_code,
     race_words,
@@ -57,7 +57,18 @@ from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_
 
 # ours <- what other tools write; lower case, tried in this order
 COLUMN_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "path": ("path", "file", "filename", "file_name", "image", "img", "image_path", "img_path", "identity"),
+    "path": (
+        "path",
+        "file",
+        "filename",
+        "file_name",
+        "image",
+        "img",
+        "image_path",
+        "img_path",
+        "identity",
+        "face_name_align",
+    ),  # the last: FairFace's classifier (its predict.py)
     "gender": ("dominant_gender", "pred_gender", "predicted_gender", "gender", "sex"),
     "p_female": ("p_female", "gender.woman", "woman"),
     "p_male": ("p_male", "gender.man", "man"),
@@ -312,17 +323,8 @@ def _predicted_values(
     elif len(sums) == len(RACE_PROB_COLUMNS):
         values["pred_race"] = pl.select(pl.concat_list(list(sums.values())).list.arg_max()).to_series()
     if "age" in found:
-        ages, text = _numbers(raw[found["age"]])
-        bins = (AGE_BIN_CLOSED, *AGE_BINS_OPEN)  # FairFace's classifier predicts these: said, not "not a number"
-        reason = (
-            pl.when(pl.col("text").is_null()).then(None)
-            .when(pl.col("number").is_null() & pl.any_horizontal(pl.col("text").str.contains(p) for p in bins))
-            .then(pl.lit("an age bin, not a number of years (another tool's ages are read as years)"))
-            .when(pl.col("number").is_null()).then(pl.lit("not a number of years"))
-            .when(pl.col("number") < 0).then(pl.lit("negative age"))
-            .when(pl.col("number") > MAX_AGE).then(pl.lit(f"age above {MAX_AGE}"))
-        )  # fmt: skip
-        values["pred_age"], bad = _checked(ages, text, lines, found["age"], reason)
+        ages, bad = _ages(raw[found["age"]], lines, found["age"])
+        values |= ages
         problems.append(bad)
     values = {name: series.alias(name) for name, series in values.items()}
     return values, problems, ReadingNotes(percent, gender_numeric)
@@ -354,6 +356,31 @@ def _numbers(series: pl.Series) -> tuple[pl.Series, pl.Series]:
     numbers = series.cast(pl.Float64) if series.dtype.is_numeric() else text.cast(pl.Float64, strict=False)
     numbers = pl.select(pl.when(numbers.is_finite()).then(numbers)).to_series()
     return numbers, text
+
+
+def _ages(column: pl.Series, lines: pl.Series, name: str) -> tuple[dict[str, pl.Series], pl.DataFrame]:
+    """An age column -> ``pred_age`` (years) and, for an age bin (FairFace's classifier writes "20-29", "more than
+    70"), ``pred_age_low`` / ``pred_age_high`` with ``pred_age`` null; and the values not read, as problems."""
+    number, text = _numbers(column)
+    low, high = age_bin_ends(pl.col("text"))
+    is_bin = pl.col("number").is_null() & low.is_not_null()
+    reason = (
+        pl.when(pl.col("text").is_null()).then(None)
+        .when(is_bin & ((low > high) | (high > MAX_AGE))).then(pl.lit(f"an age bin outside 0..{MAX_AGE}"))
+        .when(is_bin).then(None)
+        .when(pl.col("number").is_null()).then(pl.lit("not a number of years (nor an age bin such as 20-29)"))
+        .when(pl.col("number") < 0).then(pl.lit("negative age"))
+        .when(pl.col("number") > MAX_AGE).then(pl.lit(f"age above {MAX_AGE}"))
+    )  # fmt: skip
+    table = pl.DataFrame({"line": lines, "number": number, "text": text}).with_columns(reason=reason)
+    ok = pl.col("reason").is_null()
+    ages = table.select(
+        pred_age=pl.when(ok).then("number"),
+        pred_age_low=pl.when(ok & is_bin).then(low),
+        pred_age_high=pl.when(ok & is_bin).then(high),
+    )
+    problems = table.filter(~ok).select("line", column=pl.lit(name), value="text", reason="reason")
+    return ages.to_dict(), problems
 
 
 def _checked(

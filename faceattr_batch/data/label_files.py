@@ -37,6 +37,7 @@ from faceattr_batch.data.labels import (
     FAIRFACE_RACES,
     MAX_AGE,
     OTHER_RACES,
+    age_bin_ends,
     gender_code,
     other_race_code,
     race_code,
@@ -313,10 +314,7 @@ def _ages(text: pl.Series, lines: pl.Series) -> tuple[dict[str, pl.Series], pl.D
     value = pl.col("value")
     number = value.cast(pl.Float64, strict=False)
     years = (number + 0.5).floor()  # halves up, as a predicted age is rounded (polars' round: half to even)
-    closed = value.str.extract_groups(AGE_BIN_CLOSED)
-    opened = pl.coalesce(*(value.str.extract(pattern) for pattern in AGE_BINS_OPEN))
-    low = pl.coalesce(closed.struct.field("low"), opened).cast(pl.Int64)
-    high = pl.when(opened.is_not_null()).then(MAX_AGE).otherwise(closed.struct.field("high").cast(pl.Int64))
+    low, high = age_bin_ends(value)
     reason = (
         pl.when(value.is_null()).then(None)
         .when(number.is_not_null() & ~number.is_finite()).then(pl.lit("not a number of years"))

@@ -43,6 +43,18 @@ MAX_AGE = 120  # UTKFace's oldest is 116; anything above is a broken name, not a
 # an age bin, in Python's and polars' regex syntax alike: "20-29" (low, high), then "more than 70", "over 70", "70+"
 AGE_BIN_CLOSED = r"^(?P<low>\d+)\s*-\s*(?P<high>\d+)$"
 AGE_BINS_OPEN = (r"(?i)^(?:more than|over)\s*(\d+)$", r"^(\d+)\s*\+$")
+
+
+def age_bin_ends(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """An age bin's two ends, both included, from its (stripped) text: "20-29" -> 20, 29; "more than 70", "over 70"
+    and "70+" -> 70, ``MAX_AGE``; null for anything else."""
+    closed = text.str.extract_groups(AGE_BIN_CLOSED)
+    opened = pl.coalesce(*(text.str.extract(pattern) for pattern in AGE_BINS_OPEN))
+    low = pl.coalesce(closed.struct.field("low"), opened).cast(pl.Int64)
+    high = pl.when(opened.is_not_null()).then(MAX_AGE).otherwise(closed.struct.field("high").cast(pl.Int64))
+    return low, high
+
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHIP_SUFFIX = ".jpg.chip.jpg"
 

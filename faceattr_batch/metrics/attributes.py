@@ -6,8 +6,9 @@ also reads the true labels' Enum columns to slice by. ``metric_exprs`` are aggre
 the whole frame or in ``group_by(...).agg`` for slices (``breakdown``).
 
 An age labelled as a bin (FairFace's "20-29": ``true_age_low``/``true_age_high`` known, ``true_age`` null; see
-``data.label_files``) has no error in years: such rows are measured by FairFace's own protocol instead of MAE,
-``age_bin_accuracy``, the share of predicted ages inside the labelled bin (``age_in_bin``), over ``n_age_bin`` rows.
+``data.label_files``), or predicted as one (another tool's, FairFace's classifier: ``pred_age_low``/``pred_age_high``,
+``pred_age`` null), has no error in years: such rows are measured by FairFace's own protocol instead of MAE,
+``age_bin_accuracy``, the share of ages in the right bin (``age_in_bin``), over ``n_age_bin`` rows.
 """
 
 from __future__ import annotations
@@ -83,19 +84,32 @@ def age_exprs() -> list[pl.Expr]:
     ]
 
 
+def _as_bin(side: str) -> pl.Expr:
+    """A ``side`` age given as a bin only: no age in years, both ends known."""
+    ends = pl.col(f"{side}_age_low").is_not_null() & pl.col(f"{side}_age_high").is_not_null()
+    return pl.col(f"{side}_age").is_null() & ends
+
+
 def age_bin_known() -> pl.Expr:
-    """A row whose age label is a bin only (``true_age`` null, both ends known) and whose age was predicted."""
-    ends = pl.col("true_age_low").is_not_null() & pl.col("true_age_high").is_not_null()
-    return pl.col("true_age").is_null() & ends & pl.col("pred_age").is_not_null()
+    """A row with a bin on either side and an age on the other: a labelled bin and a predicted age (in years or a
+    bin), or a labelled age in years and a predicted bin (another tool's: FairFace's classifier predicts bins)."""
+    true_bin, pred_bin = _as_bin("true"), _as_bin("pred")
+    return (true_bin & (pl.col("pred_age").is_not_null() | pred_bin)) | (pl.col("true_age").is_not_null() & pred_bin)
 
 
 def age_in_bin() -> pl.Expr:
-    """Whether the predicted age lies in the labelled bin (null where ``age_bin_known`` is not): the predicted
-    age (the median) rounded to the nearest whole year, halves up (29.5 -> 30: the labels are whole years), then
-    ``true_age_low <= years <= true_age_high``, both ends included ("20-29" holds 19.5 to 29.49; "more than 70",
-    70..120, holds 69.5 and above)."""
+    """Whether the age falls in the right bin (null where ``age_bin_known`` is not): a predicted age in years
+    inside the labelled bin, the prediction (the median) rounded to the nearest whole year, halves up (29.5 -> 30:
+    the labels are whole years), both ends included ("20-29" holds 19.5 to 29.49; "more than 70", 70..120, holds
+    69.5 and above); a predicted bin equal to the labelled one; a labelled age in years inside the predicted bin."""
     years = (pl.col("pred_age").cast(pl.Float64) + 0.5).floor()
-    return pl.when(age_bin_known()).then(years.is_between(pl.col("true_age_low"), pl.col("true_age_high")))
+    return (
+        pl.when(~age_bin_known()).then(None)
+        .when(pl.col("pred_age").is_not_null()).then(years.is_between(pl.col("true_age_low"), pl.col("true_age_high")))
+        .when(pl.col("true_age").is_null())
+        .then((pl.col("pred_age_low") == pl.col("true_age_low")) & (pl.col("pred_age_high") == pl.col("true_age_high")))
+        .otherwise(pl.col("true_age").is_between(pl.col("pred_age_low"), pl.col("pred_age_high")))
+    )  # fmt: skip
 
 
 def age_bin_exprs() -> list[pl.Expr]:

@@ -11,7 +11,8 @@ Metrics (``METRICS``; female is the positive class of gender, as ``gender_precis
 called female / true males), ``gender_fnr`` (females called male / true females), ``gender_ece``;
 ``race_accuracy``, ``race_recall_<race>`` and ``race_precision_<race>`` for white, black, asian, indian, others,
 ``race_ece``; ``age_mae``, ``age_bias`` (mean of pred - true), ``age_r2`` (1 - SS_res / SS_tot within the group);
-``age_bin_accuracy`` over the rows whose age label is a bin (FairFace's protocol: ``attributes.age_in_bin``).
+``age_bin_accuracy`` over the rows with an age bin, labelled or predicted (FairFace's protocol:
+``attributes.age_in_bin``).
 ECE is ``attributes.expected_calibration_error`` on the predicted class's probability.
 
 Intervals per group: Wilson for proportions; Student's t for MAE and bias (means of |error| and error: mean +- t(n-1)

@@ -17,6 +17,7 @@ from faceattr_batch.schema import (
     LABEL_COLUMNS,
     LABEL_FIELDS,
     OUTPUT_COLUMNS,
+    PRED_AGE_BIN_FIELDS,
     TRAINING_ROLE,
     derived_columns,
     float_outputs,
@@ -94,6 +95,7 @@ def batch_table(
         rows = rows.with_columns(**{column: pl.lit(None, pl.Float32) for column in FLOAT_OUTPUTS})
     rows = rows.with_columns(
         **prediction_codes(),
+        **{column: pl.lit(None, dtype) for column, dtype in PRED_AGE_BIN_FIELDS.items()},  # our models predict years
         model_name=pl.lit(meta["name"], pl.String),
         model_version=pl.lit(meta["version"], pl.String),
     ).with_columns(derived_columns())

@@ -406,5 +406,10 @@ def _run_summary(run: Run, rows: _Rows) -> dict:
         "images": frame["path"].n_unique(),
         "predicted": predicted.height,
         "metric_rows": len(rows.paths),
-        "attributes": [a for a in ("gender", "race", "age") if predicted[f"pred_{a}"].is_not_null().any()],
+        "attributes": [
+            a
+            for a in ("gender", "race", "age")
+            if predicted[f"pred_{a}"].is_not_null().any()
+            or (a == "age" and predicted["pred_age_low"].is_not_null().any())
+        ],  # an age predicted as a bin is an age predicted
     }

@@ -21,10 +21,11 @@ from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, 
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
 
 THUMB_SIDE = 96
-# how an age labelled as a bin is measured (``metrics.attributes.age_in_bin``)
+# how an age labelled or predicted as a bin is measured (``metrics.attributes.age_in_bin``)
 AGE_BIN_RULE = (
     "ages labelled as bins (FairFace's 20-29): the share of predicted ages inside the bin, the prediction rounded to "
-    "whole years (halves up), both ends included; Wilson interval; no MAE without an age in years"
+    "whole years (halves up), both ends included; an age predicted as a bin (another tool's): the labelled bin "
+    "itself, or a labelled age inside it; Wilson interval; no MAE without an age in years on both sides"
 )
 
 CSS = """
@@ -68,7 +69,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             "race": _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
             "age": _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
             "age_bin": _card(
-                "age inside its labelled bin", pct(overall["age_bin_accuracy"]), _ci(overall, "age_bin_accuracy", True)
+                "age in the right bin", pct(overall["age_bin_accuracy"]), _ci(overall, "age_bin_accuracy", True)
             ),
         }
         parts += [card for key, card in cards.items() if overall[f"n_{key}"]]

@@ -18,6 +18,7 @@ from faceattr_batch.schema import (
     AGE_BIN_FIELDS,
     LABEL_COLUMNS,
     OUTPUT_COLUMNS,
+    PRED_AGE_BIN_FIELDS,
     TRAINING_ROLE,
     TRAINING_ROLES,
     error_counts,
@@ -42,7 +43,7 @@ def read_predictions(predictions: Path | str) -> pl.DataFrame:
     except Exception as err:  # polars raises several types for non-Parquet bytes
         raise FaceattrError(f"{predictions}: not a readable Parquet file ({first_line(err, 160)})") from None
     # files written before the age bin columns were added have none: read as no bin
-    missing = [c for c in READ_COLUMNS if c not in columns and c not in AGE_BIN_FIELDS]
+    missing = [c for c in READ_COLUMNS if c not in columns and c not in AGE_BIN_FIELDS | PRED_AGE_BIN_FIELDS]
     if missing:
         raise FaceattrError(
             f"{predictions}: not a `predict` output of this version (missing columns: {', '.join(missing)}); "
