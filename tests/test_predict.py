@@ -599,7 +599,9 @@ def test_a_predictions_file_written_before_the_age_bin_columns_reads_as_no_bin(t
     out = tmp_path / "out.parquet"
     _run([tmp_path / "in"], out, tiny_attr_model, include_training=True)
     older = tmp_path / "older.parquet"
-    pl.read_parquet(out).drop("true_age_low", "true_age_high").write_parquet(older)
+    written = pl.read_parquet(out)
+    assert written.select("pred_age_low", "pred_age_high").null_count().row(0) == (4, 4)  # our models predict years
+    written.drop("true_age_low", "true_age_high", "pred_age_low", "pred_age_high").write_parquet(older)
     built = report.build(older, tmp_path / "rep", include_training=True, progress=False)
     assert built.metrics["n_age"] == 4 and built.metrics["n_age_bin"] == 0
 
