@@ -404,7 +404,8 @@ def compared_runs(out: Console, compare: dict) -> None:
         table.add_row(label, *values, interval)
     out.print(table)
     counts = compare["disagreements"]
-    words = {"gender": "gender", "race": "race", "age": f"age (> {counts['age_threshold']} y)"}
+    as_bins = "; a bin from its nearer end" if counts["age"]["as_bins"] else ""
+    words = {"gender": "gender", "race": "race", "age": f"age (> {counts['age_threshold']} y{as_bins})"}
     out.print(
         "disagreements: "
         + ", ".join(f"{words[k]} {counts[k]['disagree']} of {counts[k]['compared']}" for k in ("gender", "race", "age"))

@@ -12,15 +12,19 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from faceattr_batch.cli import app
+from faceattr_batch.data.labels import MAX_AGE
 from faceattr_batch.metrics import attributes
 from faceattr_batch.pipelines import report
 from faceattr_batch.reporting.compare import Run, compare_runs, shown_metrics
+from faceattr_batch.reporting.compare_page import compare_html
 from faceattr_batch.reporting.disagreements import AGE_DISAGREEMENT
 from faceattr_batch.reporting.summary import READ_COLUMNS
 from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded
+from faceattr_batch.summaries import compared_runs
 
 TRUE_GENDER = [0, 1, 0, 1, 0, 1, 0, 1]
 TRUE_RACE = [0, 1, 2, 3, 4, 0, 1, 2]
@@ -129,13 +133,14 @@ def test_disagreements_and_the_gallery_of_the_largest(compared):
         "pairs": 8, "age_threshold": AGE_DISAGREEMENT,
         "gender": {"compared": 8, "disagree": 2, "share": 0.25},  # images 3 and 5
         "race": {"compared": 8, "disagree": 2, "share": 0.25},  # images 0 and 2
-        "age": {"compared": 8, "disagree": 1, "share": 0.125},  # image 4: 60 against 80
+        "age": {"compared": 8, "disagree": 1, "share": 0.125, "as_bins": 0},  # image 4: 60 against 80
     }  # fmt: skip
     (age,) = compared["gallery"]["age"]
     assert age | {"a_p_female": None, "b_p_female": None, "a_race_confidence": None, "b_race_confidence": None} == {
-        "path": "/nowhere/p4.jpg", "true_age": 60, "true_gender": "male", "true_race": "Others",
-        "a_gender": "male", "a_race": "Others", "a_age": 60.0, "b_gender": "male", "b_race": "Others", "b_age": 80.0,
-        "difference": 20.0, "a_p_female": None, "b_p_female": None, "a_race_confidence": None,
+        "path": "/nowhere/p4.jpg", "true_age": 60, "true_age_low": None, "true_age_high": None, "true_gender": "male",
+        "true_race": "Others", "a_gender": "male", "a_race": "Others", "a_age": 60.0, "a_age_low": None,
+        "a_age_high": None, "b_gender": "male", "b_race": "Others", "b_age": 80.0, "b_age_low": None,
+        "b_age_high": None, "difference": 20.0, "a_p_female": None, "b_p_female": None, "a_race_confidence": None,
         "b_race_confidence": None,
     }  # fmt: skip
     assert [row["path"] for row in compared["gallery"]["gender"]] == ["/nowhere/p3.jpg", "/nowhere/p5.jpg"]
@@ -375,7 +380,7 @@ def test_ages_labelled_as_bins_are_compared_by_the_share_inside_the_bin():
                                                        "count": "age_binned"}  # fmt: skip
     mae = contents["overall"]["age_mae"]
     assert (mae["a"], mae["n_a"], mae["n_b"], mae["paired"]["n"]) == (None, 0, 0, 0)
-    assert mae["paired"]["reason"] == "no pair labelled with an exact age in both runs"
+    assert mae["paired"]["reason"] == "no pair with its age measured in years in both runs"
     shown = shown_metrics(contents)
     assert "age_bin_accuracy" in shown and "gender_accuracy" in shown
     assert not {"age_mae", "age_rmse", "age_bias", "age_cs5", "age_gross_rate", "age_r2"} & set(shown)
@@ -384,7 +389,7 @@ def test_ages_labelled_as_bins_are_compared_by_the_share_inside_the_bin():
 def test_exact_ages_hide_the_age_bin_row_and_no_age_labels_keep_the_exact_ones(compared):
     assert "age_mae" in shown_metrics(compared) and "age_bin_accuracy" not in shown_metrics(compared)
     assert compared["overall"]["age_bin_accuracy"]["paired"]["reason"] == (
-        "no pair labelled with an age bin in both runs"
+        "no pair with its age measured by bin in both runs"
     )
     unlabelled = _runs(slice_by=[]).contents | {}
     for entry in unlabelled["overall"].values():
@@ -402,7 +407,7 @@ def test_a_pair_labelled_with_a_bin_in_one_run_and_an_exact_age_in_the_other_cou
     assert (overall["age_bin_accuracy"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (0, 8)
     for name in ("age_mae", "age_bin_accuracy"):
         assert overall[name]["paired"]["n"] == 0
-        assert overall[name]["paired"]["reason"] == "no labelled image that both runs predict it on"
+        assert overall[name]["paired"]["reason"] == "A measures ages in years and B by bin: no image measured alike"
     assert overall["gender_accuracy"]["paired"]["n"] == 8
 
 
@@ -451,3 +456,53 @@ def test_swapping_the_runs_negates_every_difference(binned):
             assert entry["paired"]["high"] == pytest.approx(-other["paired"]["low"]), name
     assert compared >= (20 if not binned else 15)
     assert shown_metrics(forward) == shown_metrics(backward)
+
+
+def _predicted_bins(frame: pl.DataFrame, ends: list[tuple[int, int]]) -> pl.DataFrame:
+    """``frame`` with its predicted ages as bins only (FairFace's classifier): ``ends`` per row, no age in years."""
+    low, high = zip(*ends, strict=True)
+    return frame.with_columns(
+        pl.Series("pred_age_low", low, PREDICTION_FIELDS["pred_age_low"]),
+        pl.Series("pred_age_high", high, PREDICTION_FIELDS["pred_age_high"]),
+        pl.lit(None, PREDICTION_FIELDS["pred_age"]).alias("pred_age"),
+    ).with_columns(derived_columns())
+
+
+def test_ages_in_years_against_predicted_bins_disagree_by_the_nearer_end():
+    """Ours (years) against FairFace's classifier (bins) on labels in years: the disagreements read "age (> 10 y)
+    0 of 0", and the unpaired reason said "no labelled image that both runs predict it on" though both did."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))  # 21 29 42 48 60 25 38 42
+    bins = [(20, 29), (30, 39), (30, 39), (50, 59), (80, MAX_AGE), (20, 29), (30, 39), (40, 49)]
+    b = Run(Path("b.parquet"), _predicted_bins(_frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs"), bins))
+    comparison = compare_runs(a, b)
+    contents = comparison.contents
+    # nearer ends 0, 1, 3, 2, 20, 0, 0, 0 years from A's ages: image 4 (60 against 80+) alone is over 10
+    assert contents["disagreements"]["age"] == {"compared": 8, "disagree": 1, "share": 0.125, "as_bins": 8}
+    (row,) = contents["gallery"]["age"]
+    assert (row["a_age"], row["b_age"], row["b_age_low"], row["b_age_high"], row["difference"]) == (
+        60.0, None, 80, MAX_AGE, 20.0,
+    )  # fmt: skip
+    overall = contents["overall"]
+    assert (overall["age_mae"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (8, 8)
+    assert overall["age_bin_accuracy"]["b"] == 0.75  # true 40 is not in 30-39, nor 60 in 80+
+    for name in ("age_mae", "age_bin_accuracy"):
+        assert overall[name]["paired"]["reason"] == "A measures ages in years and B by bin: no image measured alike"
+    page = compare_html(contents, comparison.gallery, lambda row: "")
+    assert "<b>true 60 · A 60.0 · B 80+</b>" in page
+    assert "ages more than 10 years apart (a bin from its nearer end)</td><td>8</td><td>1</td>" in page
+    out = Console(record=True, width=200)
+    compared_runs(out, contents)
+    assert "age (> 10 y; a bin from its nearer end) 1 of 8" in out.export_text()
+
+
+def test_a_labelled_bin_and_a_predicted_bin_show_as_bins_in_the_gallery():
+    a, b = _binned_runs()
+    far = [(20, 29), (30, 39), (40, 49), (50, 59), (30, 39), (20, 29), (30, 39), (40, 49)]
+    b = Run(b.predictions, _predicted_bins(b.frame, far))
+    comparison = compare_runs(a, b)
+    # image 4: A 60, B 30-39, 21 years from its nearer end; labelled 55-64
+    assert comparison.contents["disagreements"]["age"] | {"share": None} == {
+        "compared": 8, "disagree": 1, "share": None, "as_bins": 8,
+    }  # fmt: skip
+    page = compare_html(comparison.contents, comparison.gallery, lambda row: "")
+    assert "<b>true 55-64 · A 60.0 · B 30-39</b>" in page

@@ -95,7 +95,8 @@ def _compared() -> tuple[Metric, ...]:
 
 COMPARED: tuple[Metric, ...] = _compared()
 _COUNTED = tuple(dict.fromkeys(m.counted_by for m in COMPARED))  # the row columns that count the metrics' rows
-_LABELLED_WITH = {"age_known": "an exact age", "age_binned": "an age bin"}  # why an age metric has no pair
+# why an age metric has no pair: an age measured in years (labelled and predicted), or by a bin (either side)
+_MEASURED = {"age_known": "in years", "age_binned": "by bin"}
 # metrics across the classes of an attribute, meaningless inside a group holding one true class of it
 _WITHIN_GROUP = {
     "gender": {"gender_precision", "gender_f1"},
@@ -228,12 +229,18 @@ def _knows(rows: np.ndarray, column: dict[str, int], attribute: str) -> np.ndarr
 
 
 def _why_unpaired(ra: np.ndarray, rb: np.ndarray, column: dict[str, int], attribute: str) -> str:
-    """Why no pair counts for ``attribute``: a run that predicts it on no labelled image is named."""
+    """Why no pair counts for ``attribute``: a run that predicts it on no labelled image is named; for age, two runs
+    that measure it only differently (one in years, the other by bin) are."""
     lacking = [side for side, rows in (("A", ra), ("B", rb)) if not _knows(rows, column, attribute).any()]
     if len(lacking) == 2:
         return "no labelled image that either run predicts it on"
     if lacking:
         return f"{lacking[0]} predicts it on no labelled image"
+    if attribute == "age":
+        kinds = [{kind for kind in _MEASURED if (rows[:, column[kind]] > 0).any()} for rows in (ra, rb)]
+        if kinds[0].isdisjoint(kinds[1]):
+            a, b = (_MEASURED[kind] for side in kinds for kind in side)  # disjoint: one kind each
+            return f"A measures ages {a} and B {b}: no image measured alike"
     return "no labelled image that both runs predict it on"
 
 
@@ -260,7 +267,7 @@ def _paired(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column, owned, rng, re
         n = known[metric.counted_by]
         entry = {"n": n, "a": a, "b": b, "diff": b - a, "low": None, "high": None, "reason": None}
         if n == 0 and metric.attribute in with_pairs:
-            entry["reason"] = f"no pair labelled with {_LABELLED_WITH[metric.counted_by]} in both runs"
+            entry["reason"] = f"no pair with its age measured {_MEASURED[metric.counted_by]} in both runs"
         elif n == 0:
             entry["reason"] = unpaired[metric.attribute]
         elif not (np.isfinite(a) and np.isfinite(b)):

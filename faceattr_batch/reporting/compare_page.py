@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import polars as pl
 
+from faceattr_batch.data.labels import MAX_AGE
 from faceattr_batch.reporting import fairness_page
 from faceattr_batch.reporting.compare import shown_metrics
 from faceattr_batch.reporting.foreign_page import foreign_html
@@ -157,7 +158,8 @@ def _disagreements(compare: dict) -> str:
     what = {
         "gender": "a different gender",
         "race": "a different race",
-        "age": f"ages more than {counts['age_threshold']} years apart",
+        "age": f"ages more than {counts['age_threshold']} years apart"
+        + (" (a bin from its nearer end)" if counts["age"]["as_bins"] else ""),
     }
     rows = "".join(
         f"<tr><td class='l'>{key}</td><td class='l'>{text}</td><td>{counts[key]['compared']}</td>"
@@ -180,9 +182,19 @@ def _confidence(row: dict, run: str, key: str) -> str:
     return "" if p is None else f" ({p:.0%})"
 
 
+def _age(row: dict, who: str) -> str | None:
+    """An age as the gallery shows it: years, or a bin ("20-29", "70+" up to the oldest age) where that is all."""
+    age, low, high = row[f"{who}_age"], row.get(f"{who}_age_low"), row.get(f"{who}_age_high")
+    if age is not None:
+        return str(age) if who == "true" else num(age, digits=1)
+    if low is None or high is None:
+        return None
+    return f"{low}+" if high == MAX_AGE else f"{low}-{high}"
+
+
 def _caption(key: str, row: dict) -> str:
     if key == "age":
-        shown = [("true", row["true_age"])] + [(r.upper(), num(row[f"{r}_age"], digits=1)) for r in ("a", "b")]
+        shown = [("true", _age(row, "true"))] + [(r.upper(), _age(row, r)) for r in ("a", "b")]
     else:
         shown = [("true", row[f"true_{key}"])]
         shown += [(r.upper(), f"{row[f'{r}_{key}']}{_confidence(row, r, key)}") for r in ("a", "b")]
