@@ -385,3 +385,66 @@ def test_fairface_classifier_output_reads_its_age_bins(tmp_path):
     assert "age: 2 (lines 4, 5) <span class='muted'>1 an age bin outside 0..120 / 1 not a number" in foreign_html(
         read.summary
     )
+
+
+def test_fairface_classifier_probability_vectors_become_our_probabilities(tmp_path):
+    """FairFace's predict.py writes race_scores_fair (its seven classes) and gender_scores_fair (male, female) as
+    NumPy prints an array, wrapped over two lines inside quotes: they were not read, so its runs had no P(female), no
+    race probabilities and no calibration. Each now reads as a column per class, summed into ours."""
+    header = "face_name_align,race,race4,gender,age,race_scores_fair,race_scores_fair_4,gender_scores_fair\n"
+    text = header + (
+        # White, Black, Latino, East Asian, Southeast Asian, Indian, Middle Eastern
+        'a.jpg,East Asian,Asian,Female,30-39,"[1.0e-02 2.0e-02 3.0e-02 6.0e-01\n 2.0e-01 4.0e-02 1.0e-01]",'
+        "[0.1 0.1 0.7 0.1],[2.5e-01 7.5e-01]\n"  # line 2 (its vector wraps onto 3)
+        'b.jpg,Latino_Hispanic,White,Male,20-29,"[0.05 0.05 0.5 0.05 0.05 0.05 0.25]",[0.7 0.1 0.1 0.1],[0.9 0.1]\n'
+        'c.jpg,White,White,Male,20-29,"[0.5 0.5]",[1 0 0 0],[0.8 0.2 0.0]\n'  # 5: 2 races, 3 genders
+        'd.jpg,White,White,Male,20-29,"[0.9 abc 0 0 0 0 0.1]",[1 0 0 0],0.6\n'  # 6: abc; no brackets
+    )
+    read = read_foreign_predictions(_write(tmp_path, "fairface_out.csv", text))
+    frame = read.frame
+    assert frame["p_female"].to_list() == pytest.approx([0.75, 0.1, None, None])
+    assert frame["pred_gender"].to_list() == [1, 0, 0, 0]  # from the gender column, as before
+    probabilities = frame.select(RACE_PROB_COLUMNS).rows()
+    assert probabilities[0] == pytest.approx((0.01, 0.02, 0.8, 0.04, 0.13))  # asian = east + southeast; others
+    assert probabilities[1] == pytest.approx((0.05, 0.05, 0.1, 0.05, 0.75))  # = latino + middle eastern
+    assert probabilities[2] == (None,) * 5
+    assert probabilities[3][0] == pytest.approx(0.9) and probabilities[3][1] is None
+    assert read.columns["p_female"] == "gender_scores_fair[female]"
+    assert read.columns["p_asian"] == "race_scores_fair[east asian] + race_scores_fair[southeast asian]"
+    assert read.columns["p_others"] == "race_scores_fair[latino hispanic] + race_scores_fair[middle eastern]"
+    races = "white, black, latino hispanic, east asian, southeast asian, indian, middle eastern"
+    assert read.problems.rows() == [
+        (5, "gender_scores_fair", "[0.8 0.2 0.0]", "not a bracketed list of 2 numbers (male, female)"),
+        (5, "race_scores_fair", "[0.5 0.5]", f"not a bracketed list of 7 numbers ({races})"),
+        (6, "gender_scores_fair", "0.6", "not a bracketed list of 2 numbers (male, female)"),
+        (6, "race_scores_fair[black]", "abc", "not a number"),
+    ]
+
+
+def test_a_parquet_with_probability_lists_reads_like_the_csv(tmp_path):
+    path = tmp_path / "fairface_out.parquet"
+    pl.DataFrame({
+        "face_name_align": ["a.jpg", "b.jpg"],
+        "race_scores_fair": [[0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1], [0.3, 0.1]],
+        "gender_scores_fair": [[0.2, 0.8], [0.6, 0.4]],
+    }).write_parquet(path)  # fmt: skip
+    read = read_foreign_predictions(path)
+    assert read.frame["p_female"].to_list() == pytest.approx([0.8, 0.4])
+    assert read.frame["pred_gender"].to_list() == [1, 0]  # no gender column: P(female) >= 0.5
+    assert read.frame["pred_race"].to_list() == [2, None]  # no race column: the most probable of ours (Asian 0.5)
+    assert [(line, column) for line, column, *_ in read.problems.rows()] == [(2, "race_scores_fair")]
+
+
+def test_a_row_without_race_probabilities_has_no_race_not_white(tmp_path):
+    """deepface's race columns empty on a row (a face it skipped) summed to 0 each, and the most probable of five
+    zeros was White: 0 predicted White for each such face, and a row empty throughout was no "no prediction"."""
+    text = (
+        "img,race.white,race.black,race.asian,race.indian,race.middle eastern,race.latino hispanic,age\n"
+        "a.jpg,10,20,30,40,0,0,30\n"
+        "b.jpg,,,,,,,40\n"
+        "c.jpg,,,,,,,\n"
+    )
+    frame = read_foreign_predictions(_write(tmp_path, "deepface.csv", text)).frame
+    assert frame["pred_race"].to_list() == [3, None, None]
+    assert frame.select(RACE_PROB_COLUMNS).rows()[1:] == [(None,) * 5] * 2
+    assert frame["error"].to_list() == [None, None, NO_PREDICTION]

@@ -20,7 +20,9 @@ Values, read as follows (anything else is a problem, that value null):
   FairFace's seven; ``_``/``-`` read as spaces), mapped to ours. Per-class probabilities, ``race.<class>`` or
   ``p_<class>`` (deepface's ``race.asian`` ... ``race.latino hispanic``, in percent when any is above 1), become
   ``p_white`` ... ``p_others``, a class of ours summing the classes mapped to it (a class of ours no column maps
-  to is null); without a race column, ``pred_race`` is the most probable of the five.
+  to is null); without a race column, ``pred_race`` is the most probable of the five. FairFace's classifier
+  writes its probabilities as vectors (``race_scores_fair``, ``gender_scores_fair``): ``data.score_vectors``
+  splits them into a column per class first.
 - age: years (a float); a negative one or one above ``MAX_AGE`` is a problem. Or a bin (FairFace's classifier:
   "20-29", "more than 70"): ``pred_age_low`` / ``pred_age_high``, ``pred_age`` null.
 
@@ -51,6 +53,7 @@ from faceattr_batch.data.labels import (
     other_race_code,
     race_words,
 )
+from faceattr_batch.data.score_vectors import element_class, expand_score_vectors
 from faceattr_batch.data.tables import LINE, PROBLEM_SCHEMA, as_text, codes, read_csv
 from faceattr_batch.errors import FaceattrError, first_line, require_file
 from faceattr_batch.schema import PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns
@@ -70,7 +73,7 @@ COLUMN_SPELLINGS: dict[str, tuple[str, ...]] = {
         "face_name_align",
     ),  # the last: FairFace's classifier (its predict.py)
     "gender": ("dominant_gender", "pred_gender", "predicted_gender", "gender", "sex"),
-    "p_female": ("p_female", "gender.woman", "woman"),
+    "p_female": ("p_female", "gender.woman", "woman", "gender_scores_fair[female]"),
     "p_male": ("p_male", "gender.man", "man"),
     "race": ("dominant_race", "pred_race", "predicted_race", "race", "ethnicity"),
     "age": ("pred_age", "predicted_age", "apparent_age", "age"),
@@ -201,6 +204,8 @@ def read_foreign_predictions(
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # else "not UTF-8 text (byte 0)"
         raise FaceattrError(f"{path}: an image; give a predictions table (predict's Parquet, another tool's table)")
     fmt, raw, problems = _read_table(path)
+    raw, vector_problems = expand_score_vectors(raw)
+    problems += vector_problems
     found = _find_columns(path, raw, dict(columns or {}))
     rows = raw.height + sum(p.height for p in problems)
     paths = as_text(raw[found["path"]])
@@ -246,7 +251,7 @@ def _find_columns(path: Path, raw: pl.DataFrame, given: dict[str, str | None]) -
     lowered = {}
     for name in names:
         lowered.setdefault(name.lower(), name)
-    shown = ", ".join(c for c in raw.columns if c != LINE) or "none"
+    shown = ", ".join(c for c in raw.columns if c != LINE and element_class(c) is None) or "none"
     found: dict[str, str | list[str]] = {}
     for ours, spellings in COLUMN_SPELLINGS.items():
         if ours in given and given[ours] is None:
@@ -277,7 +282,8 @@ def _race_prob_columns(names: list[str]) -> dict[str, list[str]]:
     for name in names:
         lowered = name.lower()
         prefix = next((p for p in RACE_PROB_PREFIXES if lowered.startswith(p)), None)
-        race = ours.get(race_words(lowered[len(prefix) :])) if prefix else None
+        race_class = element_class(name) or (lowered[len(prefix) :] if prefix else None)
+        race = ours.get(race_words(race_class)) if race_class else None
         if race is not None:
             found[f"p_{race.lower()}"].append(name)
     return found
@@ -314,20 +320,28 @@ def _predicted_values(
     elif gender_probs:
         values["pred_gender"] = (values["p_female"] >= 0.5).cast(pl.Int8)
     race_sums = [ours for ours in RACE_PROB_COLUMNS if ours in found]
-    sums = {ours: pl.sum_horizontal([probability[name] for name in found[ours]]) for ours in race_sums}
+    sums = {ours: _summed([probability[name] for name in found[ours]]) for ours in race_sums}
     if sums:
         values |= pl.select(**sums).to_dict()
     if "race" in found:
         values["pred_race"], bad = codes(as_text(raw[found["race"]]), lines, found["race"], other_race_code)
         problems.append(bad)
-    elif len(sums) == len(RACE_PROB_COLUMNS):
-        values["pred_race"] = pl.select(pl.concat_list(list(sums.values())).list.arg_max()).to_series()
+    elif len(sums) == len(RACE_PROB_COLUMNS):  # from all five or none: a class not read may have been the largest
+        every = pl.all_horizontal(values[ours].is_not_null() for ours in race_sums)
+        values["pred_race"] = pl.select(pl.when(every).then(pl.concat_list(list(sums.values())).list.arg_max()))
+        values["pred_race"] = values["pred_race"].to_series()
     if "age" in found:
         ages, bad = _ages(raw[found["age"]], lines, found["age"])
         values |= ages
         problems.append(bad)
     values = {name: series.alias(name) for name, series in values.items()}
     return values, problems, ReadingNotes(percent, gender_numeric)
+
+
+def _summed(columns: list[pl.Series]) -> pl.Expr:
+    """The sum of a class's probability columns, null where none was read (``sum_horizontal`` alone gives 0: a
+    row without race probabilities was predicted White)."""
+    return pl.when(pl.any_horizontal(c.is_not_null() for c in columns)).then(pl.sum_horizontal(columns))
 
 
 def _probabilities(raw: pl.DataFrame, names: list[str]) -> tuple[dict[str, pl.Series], list[pl.DataFrame], bool]:
