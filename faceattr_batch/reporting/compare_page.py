@@ -184,7 +184,7 @@ def _confidence(row: dict, run: str, key: str) -> str:
 
 def _age(row: dict, who: str) -> str | None:
     """An age as the gallery shows it: years, or a bin ("20-29", "70+" up to the oldest age) where that is all."""
-    age, low, high = row[f"{who}_age"], row.get(f"{who}_age_low"), row.get(f"{who}_age_high")
+    age, low, high = row[f"{who}_age"], row[f"{who}_age_low"], row[f"{who}_age_high"]
     if age is not None:
         return str(age) if who == "true" else num(age, digits=1)
     if low is None or high is None:
