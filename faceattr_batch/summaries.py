@@ -348,6 +348,11 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
     )
     if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
         out.print(f"  a numeric gender of 1 read as {foreign['gender_one_is']}")
+    if foreign.get("labelled_from_names"):
+        out.print(
+            f"  true labels from the UTKFace-style file names: {foreign['labelled_from_names']} "
+            f"row{'s' * (foreign['labelled_from_names'] != 1)}"
+        )
     if foreign.get("percent"):
         out.print(f"  read in percent (divided by 100): {', '.join(foreign['percent'])}")
     if foreign.get("race_mapping"):

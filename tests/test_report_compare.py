@@ -506,3 +506,14 @@ def test_a_labelled_bin_and_a_predicted_bin_show_as_bins_in_the_gallery():
     }  # fmt: skip
     page = compare_html(comparison.contents, comparison.gallery, lambda row: "")
     assert "<b>true 55-64 · A 60.0 · B 30-39</b>" in page
+
+
+def test_a_run_without_labels_leaves_no_labelled_pair_and_says_so():
+    """A labelled (by a labels file at predict time), B not: the reason read "no labelled image that either run
+    predicts it on", though A predicts every attribute on 8 labelled images."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))
+    b = Run(Path("b.parquet"), _frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs", true=False))
+    contents = compare_runs(a, b).contents
+    assert (contents["shared"]["pairs"], contents["shared"]["labelled_pairs"]) == (8, 0)
+    for name in ("gender_accuracy", "race_accuracy", "age_mae"):
+        assert contents["overall"][name]["paired"]["reason"] == "no pair labelled in both runs"

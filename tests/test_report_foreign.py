@@ -44,7 +44,7 @@ def deepface(tmp_path):
 def test_a_foreign_table_reports_with_labels_and_without_ages(deepface, labels, tmp_path):
     result = report.build(deepface, tmp_path / "rep", labels)
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert saved["foreign"] == result.foreign == read_foreign_predictions(deepface).summary
+    assert saved["foreign"] == result.foreign == read_foreign_predictions(deepface).summary | {"labelled_from_names": 0}
     assert saved["foreign"]["columns"] == {"path": "img_path", "gender": "dominant_gender", "race": "dominant_race"}
     assert saved["foreign"]["problems_by_column"] == {
         "dominant_gender": {
@@ -133,3 +133,26 @@ def test_parse_columns():
     for spec, message in (("path=a,path=b", "given twice"), ("path=", "cannot be left out"), ("", "not ours=theirs")):
         with pytest.raises(FaceattrError, match=message):
             parse_columns(spec)
+
+
+def test_a_foreign_table_of_utkface_names_is_labelled_by_them_without_a_labels_file(tmp_path):
+    """FairFace's classifier run over UTKFace chips, reported without --labels: every row was unlabelled (0 labelled
+    pairs against our own run of the same chips, which predict labels by the names). The names label it now, as
+    predict's own rows; a photo with two faces, and a name that is not UTKFace's, get none."""
+    names = ["25_1_2_20170116174525125.jpg.chip.jpg", "61_0_3_20170109150557335.jpg.chip.jpg", "holiday.jpg"]
+    path = tmp_path / "fairface_out.csv"
+    pl.DataFrame({
+        "face_name_align": [f"/chips/{n}" for n in (*names, names[1])],  # the second photo: two faces
+        "gender": ["Female", "Male", "Female", "Female"],
+        "race": ["East Asian", "White", "Black", "Indian"],
+        "age": ["20-29", "60-69", "30-39", "50-59"],
+    }).write_csv(path)  # fmt: skip
+    result = CliRunner().invoke(app, ["report", str(path), "--report", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "true labels from the UTKFace-style file names: 1 row" in result.output
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["foreign"]["labelled_from_names"] == 1
+    overall = saved["overall"]
+    assert (overall["n_gender"], overall["gender_accuracy"], overall["race_accuracy"]) == (1, 1.0, 1.0)
+    assert (overall["n_age_bin"], overall["age_bin_accuracy"]) == (1, 1.0)  # 25 inside 20-29
+    assert "true labels from the UTKFace-style file names: 1 row" in (tmp_path / "rep" / "report.html").read_text()

@@ -35,7 +35,7 @@ from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
 from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images
 from faceattr_batch.data.label_files import MatchedLabels, attach_labels, load_labels
-from faceattr_batch.data.labels import parse_frame
+from faceattr_batch.data.name_labels import labels_from_names
 from faceattr_batch.engines import check_options
 from faceattr_batch.engines import ray as ray_engine
 from faceattr_batch.errors import FaceattrError, require_file
@@ -59,7 +59,6 @@ from faceattr_batch.schema import (
     OUTPUT_COLUMNS,
     VERSION_KEY,
     output_schema,
-    true_label_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -293,13 +292,6 @@ def _true_labels(options: PredictOptions, inputs: tuple) -> tuple[str, pl.DataFr
         return "names", labels_from_names(keys), None
     labels = load_labels(source, paths)
     return labels.source, labels.frame.select(LABEL_COLUMNS), labels
-
-
-def labels_from_names(keys: list[str]) -> pl.DataFrame:
-    """True labels parsed from the UTKFace-style names ending ``keys`` (display_paths; null where one does not say)."""
-    path = pl.col("name").str.replace_all(os.altsep, os.sep, literal=True) if os.altsep else pl.col("name")
-    names = pl.DataFrame({"name": keys}, schema={"name": pl.String}).select(path.str.split(os.sep).list.last())
-    return parse_frame(names, "name").select(true_label_codes())
 
 
 # --- the engines ------------------------------------------------------------------------------------------

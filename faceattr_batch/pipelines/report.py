@@ -24,6 +24,7 @@ import polars as pl
 
 from faceattr_batch.data.foreign_predictions import OWN_COLUMNS, is_own_predictions, read_foreign_predictions
 from faceattr_batch.data.label_files import LabelTable, attach_labels, match_labels, read_label_file
+from faceattr_batch.data.name_labels import attach_name_labels
 from faceattr_batch.errors import FaceattrError, require_file
 from faceattr_batch.io.atomic import check_writable, refuse_overlap
 from faceattr_batch.reporting.compare import Run, compare_runs
@@ -134,9 +135,10 @@ def read_run(
     absolute_paths: bool = False,
 ) -> Run:
     """One run: ``predict``'s Parquet or another tool's table, in the predictions schema (``READ_COLUMNS``), with the
-    labels of ``labels`` (a labels file as ``read_label_file`` reads it) attached when given. ``absolute_paths``:
-    another tool's paths resolved against the current folder, as ``predict`` writes its own (and as the report
-    reads the thumbnails)."""
+    labels of ``labels`` (a labels file as ``read_label_file`` reads it) attached when given; without one, another
+    tool's rows get the labels of their UTKFace-style names (``foreign["labelled_from_names"]`` counts them).
+    ``absolute_paths``: another tool's paths resolved against the current folder, as ``predict`` writes its own
+    (and as the report reads the thumbnails)."""
     foreign = None
     if is_own_predictions(predictions):
         frame = read_predictions(predictions)
@@ -159,6 +161,9 @@ def read_run(
     if labels is not None:
         matched = match_labels(labels, frame["path"].unique(maintain_order=True).to_list())
         frame = attach_labels(frame, matched)
+    if foreign is not None:  # without a labels file, as predict labels its own rows
+        frame, named = (frame, 0) if matched is not None else attach_name_labels(frame)
+        foreign = foreign | {"labelled_from_names": named}
     return Run(Path(predictions), frame, foreign, None if matched is None else matched.summary)
 
 

@@ -231,6 +231,8 @@ def _knows(rows: np.ndarray, column: dict[str, int], attribute: str) -> np.ndarr
 def _why_unpaired(ra: np.ndarray, rb: np.ndarray, column: dict[str, int], attribute: str) -> str:
     """Why no pair counts for ``attribute``: a run that predicts it on no labelled image is named; for age, two runs
     that measure it only differently (one in years, the other by bin) are."""
+    if ra.shape[0] == 0:  # rows are pairs labelled in both runs (each run's own labels)
+        return "no pair labelled in both runs"
     lacking = [side for side, rows in (("A", ra), ("B", rb)) if not _knows(rows, column, attribute).any()]
     if len(lacking) == 2:
         return "no labelled image that either run predicts it on"

@@ -24,6 +24,11 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
     ]
     if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
         lines.append(f"a numeric gender of 1 read as {esc(foreign['gender_one_is'])}")
+    if foreign.get("labelled_from_names"):
+        lines.append(
+            f"true labels from the UTKFace-style file names: {foreign['labelled_from_names']} "
+            f"row{'s' * (foreign['labelled_from_names'] != 1)}"
+        )
     if foreign.get("percent"):
         lines.append(f"read in percent (divided by 100): {esc(', '.join(foreign['percent']))}")
     if foreign.get("race_mapping"):
