@@ -407,7 +407,7 @@ def test_a_pair_labelled_with_a_bin_in_one_run_and_an_exact_age_in_the_other_cou
     assert (overall["age_bin_accuracy"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (0, 8)
     for name in ("age_mae", "age_bin_accuracy"):
         assert overall[name]["paired"]["n"] == 0
-        assert overall[name]["paired"]["reason"] == "A measures ages in years and B by bin: no image measured alike"
+        assert overall[name]["paired"]["reason"] == "A's ages in years, B's by bin"
     assert overall["gender_accuracy"]["paired"]["n"] == 8
 
 
@@ -486,7 +486,7 @@ def test_ages_in_years_against_predicted_bins_disagree_by_the_nearer_end():
     assert (overall["age_mae"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (8, 8)
     assert overall["age_bin_accuracy"]["b"] == 0.75  # true 40 is not in 30-39, nor 60 in 80+
     for name in ("age_mae", "age_bin_accuracy"):
-        assert overall[name]["paired"]["reason"] == "A measures ages in years and B by bin: no image measured alike"
+        assert overall[name]["paired"]["reason"] == "A's ages in years, B's by bin"
     page = compare_html(contents, comparison.gallery, lambda row: "")
     assert "<b>true 60 · A 60.0 · B 80+</b>" in page
     assert "ages more than 10 years apart (a bin from its nearer end)</td><td>8</td><td>1</td>" in page

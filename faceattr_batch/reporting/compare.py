@@ -242,7 +242,7 @@ def _why_unpaired(ra: np.ndarray, rb: np.ndarray, column: dict[str, int], attrib
         kinds = [{kind for kind in _MEASURED if (rows[:, column[kind]] > 0).any()} for rows in (ra, rb)]
         if kinds[0].isdisjoint(kinds[1]):
             a, b = (_MEASURED[kind] for side in kinds for kind in side)  # disjoint: one kind each
-            return f"A measures ages {a} and B {b}: no image measured alike"
+            return f"A's ages {a}, B's {b}"
     return "no labelled image that both runs predict it on"
 
 
