@@ -189,7 +189,7 @@ def _age(row: dict, who: str) -> str | None:
         return str(age) if who == "true" else num(age, digits=1)
     if low is None or high is None:
         return None
-    return f"{low}+" if high == MAX_AGE else f"{low}-{high}"
+    return f"{low}+" if high == MAX_AGE else f"{low}\u2011{high}"  # a hyphen the caption does not break at
 
 
 def _caption(key: str, row: dict) -> str:
