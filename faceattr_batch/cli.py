@@ -200,7 +200,9 @@ def report_command(
     predictions: Annotated[Path, typer.Argument(help="predict's Parquet, or another tool's CSV or Parquet.")],
     report_dir: opt.ReportDir = None,
     suspects: opt.SuspectsList = None,
-    labels: Annotated[Path | None, opt.labels_option("the predictions' own")] = None,
+    labels: Annotated[
+        Path | None, opt.labels_option("the predictions' own; another tool's: its UTKFace-style file names")
+    ] = None,
     compare: opt.Compare = None,
     columns: opt.Columns = None,
     gender_one_is: opt.GenderOneIs = "female",
