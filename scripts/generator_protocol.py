@@ -18,6 +18,7 @@ Then, under ``-o``: FID / KID of 5,000 ``synth --match`` samples of the validati
 those faces; ``generator_eval.py``'s diversity over its 64 cells (not with ``--lead``), the seven rare conditions
 (32 samples each), the grey share of the oldest Black faces (64 samples each) and the age gap with the default
 model; the age gap again with the pair. Every figure goes to ``protocol.json``; the tables print as they come.
+Without ``--lead``, ``protocol.json``'s ``verdict`` holds each measured line of the ship rule (``ship_verdict``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,35 @@ RARE = (
 )
 OLDEST_BLACK = ("female Black 80+", "male Black 80+")
 MATCH_SAMPLES = 5000
+# the ship rule (GENERATOR_CARD, gen18's): issue 21's floors by both judges, and no rare condition or grey share
+# worse than the shipped v2's (its ratios less 0.05; its grey shares)
+AGE_GAP_WITHIN = 5.0
+FID_FLOOR = 30.0
+DIVERSITY_FLOOR = 0.8
+AGREEMENT_FLOORS = {"gender": 0.95, "race": 0.90}
+RARE_FLOORS = dict(zip(RARE, (0.73, 0.80, 0.84, 0.97, 0.86, 0.95, 0.81), strict=True))
+GREY_CEILINGS = dict(zip(OLDEST_BLACK, (0.28, 0.42), strict=True))
+
+
+def ship_verdict(figures: dict) -> dict[str, dict]:
+    """Each measured line of the ship rule: its value, its bound and whether it holds (the contact sheets, looked
+    at, are not here)."""
+    lines = {"fid": (figures["fid"], FID_FLOOR, figures["fid"] <= FID_FLOOR)}
+    worst = figures["diversity"]["worst"]
+    lines["diversity worst cell"] = (worst, DIVERSITY_FLOOR, worst >= DIVERSITY_FLOOR)
+    for judge in ("default", "pair"):
+        for band, gap in figures[f"age_gap_{judge}"].items():
+            lines[f"age gap {band} ({judge})"] = (gap, AGE_GAP_WITHIN, abs(gap) <= AGE_GAP_WITHIN)
+        for attribute, floor in AGREEMENT_FLOORS.items():
+            share = figures[f"agreement_{judge}"][attribute]
+            lines[f"{attribute} agreement ({judge})"] = (share, floor, share >= floor)
+    for condition, floor in RARE_FLOORS.items():
+        ratio = figures["rare"][condition]
+        lines[f"rare {condition}"] = (ratio, floor, ratio >= floor)
+    for condition, ceiling in GREY_CEILINGS.items():
+        share = figures["grey_share"][condition]
+        lines[f"grey share {condition}"] = (share, ceiling, share <= ceiling)
+    return {name: {"value": value, "bound": bound, "pass": bool(ok)} for name, (value, bound, ok) in lines.items()}
 
 
 def split_from_seen(index: pl.DataFrame, seen: pl.DataFrame) -> pl.Series:
@@ -157,6 +187,12 @@ def main() -> None:
         gaps.write_csv(out / f"age_gap_{name}.csv")
         figures[f"age_gap_{name}"] = dict(zip(gaps["band"], gaps["gap"], strict=True))
         figures[f"agreement_{name}"] = agreement
+    if not args.lead:
+        figures["verdict"] = ship_verdict(figures)
+        failed = [name for name, line in figures["verdict"].items() if not line["pass"]]
+        print(
+            "ship rule: " + (f"fails {', '.join(failed)}" if failed else "passes (the contact sheets still to look at)")
+        )
     write_json(out / "protocol.json", figures)
     print(json.dumps(figures, indent=1))
 

@@ -52,3 +52,44 @@ def test_the_pair_judge_is_the_ensemble_without_its_fast_member(protocol, tmp_pa
             assert torch.allclose(kept.state_dict()[name].float(), value.float(), atol=1e-2), name
     with pytest.raises(SystemExit, match="expected one fast member"):
         protocol.pair_judge(tmp_path / "pair.pt", tmp_path / "again.pt")
+
+
+def _figures(protocol) -> dict:
+    """v2's shipped figures where it passes, gen18's lead check where they exist."""
+    gaps = {"40-49": -2.8, "50-59": -1.6, "60-69": -2.9, "70-79": -2.5, "80+": -0.8}
+    return {
+        "fid": 29.9,
+        "diversity": {"worst": 0.81},
+        "age_gap_default": gaps,
+        "age_gap_pair": dict(gaps),
+        "agreement_default": {"gender": 1.0, "race": 0.957},
+        "agreement_pair": {"gender": 0.998, "race": 0.952},
+        "rare": dict.fromkeys(protocol.RARE, 0.97),
+        "grey_share": dict.fromkeys(protocol.OLDEST_BLACK, 0.03),
+    }
+
+
+def test_the_ship_verdict_holds_each_line_of_the_rule(protocol):
+    verdict = protocol.ship_verdict(_figures(protocol))
+    assert all(line["pass"] for line in verdict.values())
+    assert len(verdict) == 2 + 2 * (5 + 2) + 7 + 2
+    assert verdict["age gap 80+ (pair)"] == {"value": -0.8, "bound": 5.0, "pass": True}
+
+
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        ({"fid": 30.1}, "fid"),
+        ({"diversity": {"worst": 0.79}}, "diversity worst cell"),
+        ({"age_gap_pair": {"70-79": -8.5}}, "age gap 70-79 (pair)"),  # v2's own gap
+        ({"agreement_default": {"gender": 1.0, "race": 0.89}}, "race agreement (default)"),
+        ({"rare": {"female Asian 70+": 0.79}}, "rare female Asian 70+"),
+        ({"grey_share": {"male Black 80+": 0.43}}, "grey share male Black 80+"),
+    ],
+)
+def test_the_ship_verdict_names_the_line_that_fails(protocol, change, failed):
+    figures = _figures(protocol)
+    for key, value in change.items():
+        figures[key] = figures[key] | value if isinstance(value, dict) else value
+    verdict = protocol.ship_verdict(figures)
+    assert [name for name, line in verdict.items() if not line["pass"]] == [failed]
