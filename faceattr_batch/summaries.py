@@ -384,9 +384,11 @@ def compared_runs(out: Console, compare: dict) -> None:
     a, b, shared = compare["a"], compare["b"], compare["shared"]
     foreign_table(out, b["foreign"], "B: ")
     out.print(f"compared: A {a['name']} ({a['images']} images), B {b['name']} ({b['images']} images)")
+    by_name = " (matched by file name: no path is in both)" if shared["matched_by"] == "file name" else ""
     if shared["paired"]:
         out.print(
-            f"{shared['images']} images in both runs, {shared['pairs']} pairs ({shared['labelled_pairs']} labelled); "
+            f"{shared['images']} images in both runs{by_name}, {shared['pairs']} pairs ({shared['labelled_pairs']} "
+            "labelled); "
             f"paired bootstrap, {compare['resamples']} resamples, seed {compare['seed']}"
         )
     else:

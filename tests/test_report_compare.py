@@ -517,3 +517,27 @@ def test_a_run_without_labels_leaves_no_labelled_pair_and_says_so():
     assert (contents["shared"]["pairs"], contents["shared"]["labelled_pairs"]) == (8, 0)
     for name in ("gender_accuracy", "race_accuracy", "age_mae"):
         assert contents["overall"][name]["paired"]["reason"] == "no pair labelled in both runs"
+
+
+def test_runs_of_the_same_files_in_other_folders_pair_by_file_name(tmp_path):
+    """The other tool ran on a copy of the folder (another machine, a mounted path): no path in both, so every
+    difference stood unpaired with "no image is in both runs". A file name one path holds in each run pairs them;
+    a name two of B's paths hold pairs with neither."""
+    b_paths = [f"D:\\copy\\p{i}.jpg" for i in range(7)] + ["/elsewhere/p6.jpg"]  # p6 twice in B; p7 absent
+    comparison = _runs(b_paths)
+    shared = comparison.contents["shared"]
+    assert (shared["matched_by"], shared["images"], shared["pairs"], shared["only_b"]) == ("file name", 6, 6, 2)
+    assert comparison.contents["overall"]["gender_accuracy"]["paired"]["n"] == 6
+    assert set(comparison.gallery["age"]["path"]) <= set(_paths())  # A's paths stand for both
+    out = Console(record=True, width=200)
+    compared_runs(out, comparison.contents)
+    assert "6 images in both runs (matched by file name: no path is in both), 6 pairs (6 labelled)" in (
+        out.export_text()
+    )
+    assert "6 images in both runs (matched by file name)" in compare_html(comparison.contents, comparison.gallery, str)
+
+
+def test_a_shared_path_keeps_the_matching_by_path():
+    b_paths = [_paths()[0]] + [f"/copy/p{i}.jpg" for i in range(1, 8)]  # one path in both: the rest are not pairs
+    shared = _runs(b_paths).contents["shared"]
+    assert (shared["matched_by"], shared["images"], shared["pairs"]) == ("path", 1, 1)

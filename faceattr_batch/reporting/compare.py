@@ -6,12 +6,12 @@ is computed on each run's metric rows (``summary.labelled_rows``: labelled, the 
 out unless ``include_training``), side by side with the difference B − A. Extra slicing columns are binned over
 both runs at once (``name:k``: the same quantile bins for A and B).
 
-Images are matched by path. The pairs are the images with one predicted face in each run; where there are any, each
-difference also gets a paired bootstrap interval: the labelled pairs (of the group, for a slice: both runs place the
-image in it) resampled jointly, ``resamples`` times, one seeded generator, each resample's metric of B minus that of
-A (``metrics.row_sums``' sums, ``bootstrap.resampled_sums``: A's and B's row columns side by side, so each
-resample draws the same pairs for both). Without a pair, the differences stand alone and ``shared.reason`` says
-why there is no interval.
+Images are matched by path, or by file name where no path is in both (``reporting.pairing``). The pairs are the
+images with one predicted face in each run; where there are any, each difference also gets a paired bootstrap
+interval: the labelled pairs (of the group, for a slice: both runs place the image in it) resampled jointly,
+``resamples`` times, one seeded generator, each resample's metric of B minus that of A (``metrics.row_sums``' sums,
+``bootstrap.resampled_sums``: A's and B's row columns side by side, so each resample draws the same pairs for
+both). Without a pair, the differences stand alone and ``shared.reason`` says why there is no interval.
 
 Disagreements and their gallery: ``reporting.disagreements``.
 
@@ -21,7 +21,7 @@ Disagreements and their gallery: ``reporting.disagreements``.
                           #      model_source (the model file predict recorded), foreign (another tool's summary
                           #      or None), labels (the labels file's counts), images, predicted, metric_rows,
                           #      attributes (those it predicts)
-     "shared": {"matched_by": "path", "images": int, "only_a": int, "only_b": int, "pairs": int,
+     "shared": {"matched_by": "path" | "file name", "images": int, "only_a": int, "only_b": int, "pairs": int,
                 "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
      "resamples": int, "seed": int, "level": float,
      "metrics": {name: {"attribute": str, "better": "higher"|"lower"|"zero", "unit": "share"|"years"|"score",
@@ -46,7 +46,7 @@ pair counts for age where both runs label the image alike (an exact age in both,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,8 @@ from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, row_sums, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
-from faceattr_batch.reporting.disagreements import disagreements_between, gallery_rows, predicted_once
+from faceattr_batch.reporting.disagreements import disagreements_between, gallery_rows
+from faceattr_batch.reporting.pairing import matched_paths, pair_index, shared_images
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, recorded
 
@@ -298,6 +299,8 @@ def compare_runs(
     intervals, overall and per slice, the disagreements and their gallery."""
     if resamples < fairness.MIN_RESAMPLES:
         raise ValueError(f"resamples must be at least {fairness.MIN_RESAMPLES}, not {resamples}")
+    b_frame, matched_by = matched_paths(a.frame, b.frame)
+    b = replace(b, frame=b_frame)
     both = pl.concat(
         [labelled_rows(run.frame, include_training).with_columns(pl.lit(side).alias(_SIDE))
          for side, run in (("a", a), ("b", b))], how="diagonal_relaxed",
@@ -310,8 +313,8 @@ def compare_runs(
     column = {expr.meta.output_name(): index for index, expr in enumerate(exprs)}
     owned = _attribute_columns(column)
     rows_a, rows_b = (_rows(both.filter(pl.col(_SIDE) == side), exprs, attributes) for side in ("a", "b"))
-    shared, pairs = _shared(a.frame, b.frame)
-    index_a, index_b = _pair_index(rows_a.paths, rows_b.paths, pairs)
+    shared, pairs = shared_images(a.frame, b.frame, matched_by)
+    index_a, index_b = pair_index(rows_a.paths, rows_b.paths, pairs)
     shared["labelled_pairs"] = len(index_a)
     rng = np.random.default_rng(seed)
 
@@ -372,32 +375,6 @@ def shown_metrics(compare: dict) -> list[str]:
 def _groups(values: pl.Series) -> list[str]:
     """The groups of a slicing column over both runs, as text: an Enum's in its order, any other's sorted."""
     return values.drop_nulls().unique().sort().cast(pl.String).to_list()
-
-
-def _shared(a: pl.DataFrame, b: pl.DataFrame) -> tuple[dict, pl.Series]:
-    """The images of both runs (by path), and the paths of the pairs: one predicted face in each run."""
-    paths_a, paths_b = set(a["path"].unique().to_list()), set(b["path"].unique().to_list())
-    common = paths_a & paths_b
-    pairs = predicted_once(a).join(predicted_once(b), on="path", how="semi")["path"].sort()
-    several = {p for frame in (a, b) for p in frame.filter(pl.len().over("path") > 1)["path"].to_list()} & common
-    shared = {
-        "matched_by": "path", "images": len(common), "only_a": len(paths_a - common), "only_b": len(paths_b - common),
-        "pairs": pairs.len(), "several_faces": len(several), "paired": pairs.len() > 0, "reason": None,
-    }  # fmt: skip
-    if not common:
-        shared["reason"] = "no image is in both runs (matched by path): differences without paired intervals"
-    elif not pairs.len():
-        shared["reason"] = "no image has one predicted face in each run: differences without paired intervals"
-    return shared, pairs
-
-
-def _pair_index(paths_a: np.ndarray, paths_b: np.ndarray, pairs: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in A's and in B's metric rows of each pair present in both (labelled in both), pair by pair."""
-    position_a = {p: i for i, p in enumerate(paths_a)}
-    position_b = {p: i for i, p in enumerate(paths_b)}
-    both = [(position_a[p], position_b[p]) for p in pairs.to_list() if p in position_a and p in position_b]
-    index = np.array(both, dtype=np.int64).reshape(-1, 2)
-    return index[:, 0], index[:, 1]
 
 
 def _run_summary(run: Run, rows: _Rows) -> dict:

@@ -88,10 +88,10 @@ def _runs(compare: dict) -> str:
     shared = compare["shared"]
     if shared["paired"]:
         pairing = (
-            f"{shared['images']} images in both runs (matched by path), {shared['pairs']} of them with one predicted "
-            f"face in each: the pairs; {shared['labelled_pairs']} pairs labelled. Intervals of B − A: paired "
-            f"bootstrap, the pairs resampled jointly ({compare['resamples']} resamples, seed {compare['seed']}, "
-            f"{round(100 * compare['level'])}%)."
+            f"{shared['images']} images in both runs (matched by {shared['matched_by']}), {shared['pairs']} of them "
+            f"with one predicted face in each: the pairs; {shared['labelled_pairs']} pairs labelled. Intervals of "
+            f"B − A: paired bootstrap, the pairs resampled jointly ({compare['resamples']} resamples, seed "
+            f"{compare['seed']}, {round(100 * compare['level'])}%)."
         )
     else:
         pairing = f"{shared['images']} images in both runs: {html.escape(shared['reason'])}."
