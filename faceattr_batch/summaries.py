@@ -342,9 +342,9 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
     columns = ", ".join(f"{ours} <- {theirs}" for ours, theirs in foreign["columns"].items())
     missing = [a for a in ("gender", "race", "age") if a not in foreign["attributes"]]
     not_reported = f"; {', '.join(missing)} not predicted: not reported" if missing else ""
+    rows = f"{foreign['rows']} row{'s' * (foreign['rows'] != 1)}"
     out.print(
-        f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {foreign['rows']} rows): "
-        f"{columns}{not_reported}"
+        f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {rows}): {columns}{not_reported}"
     )
     if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
         out.print(f"  a numeric gender of 1 read as {foreign['gender_one_is']}")

@@ -402,6 +402,7 @@ def test_fairface_classifier_probability_vectors_become_our_probabilities(tmp_pa
     )
     read = read_foreign_predictions(_write(tmp_path, "fairface_out.csv", text))
     frame = read.frame
+    assert read.rows == 4  # a vector's problem is no row of its own
     assert frame["p_female"].to_list() == pytest.approx([0.75, 0.1, None, None])
     assert frame["pred_gender"].to_list() == [1, 0, 0, 0]  # from the gender column, as before
     probabilities = frame.select(RACE_PROB_COLUMNS).rows()
@@ -429,6 +430,12 @@ def test_a_parquet_with_probability_lists_reads_like_the_csv(tmp_path):
         "gender_scores_fair": [[0.2, 0.8], [0.6, 0.4]],
     }).write_parquet(path)  # fmt: skip
     read = read_foreign_predictions(path)
+    assert read.rows == 2
+    out = io.StringIO()
+    summaries.foreign_table(Console(file=out, width=300), read.summary)
+    assert "(parquet, 2 rows)" in out.getvalue()
+    pl.read_parquet(path).head(1).write_parquet(tmp_path / "one.parquet")
+    assert "(parquet, 1 row)" in foreign_html(read_foreign_predictions(tmp_path / "one.parquet").summary)
     assert read.frame["p_female"].to_list() == pytest.approx([0.8, 0.4])
     assert read.frame["pred_gender"].to_list() == [1, 0]  # no gender column: P(female) >= 0.5
     assert read.frame["pred_race"].to_list() == [2, None]  # no race column: the most probable of ours (Asian 0.5)

@@ -204,10 +204,10 @@ def read_foreign_predictions(
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # else "not UTF-8 text (byte 0)"
         raise FaceattrError(f"{path}: an image; give a predictions table (predict's Parquet, another tool's table)")
     fmt, raw, problems = _read_table(path)
+    rows = raw.height + sum(p.height for p in problems)  # the rows not read are the problems so far
     raw, vector_problems = expand_score_vectors(raw)
     problems += vector_problems
     found = _find_columns(path, raw, dict(columns or {}))
-    rows = raw.height + sum(p.height for p in problems)
     paths = as_text(raw[found["path"]])
     no_path = pl.lit("no path: row not read")
     problems.append(

@@ -19,7 +19,7 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
     predicts = ", ".join(foreign["attributes"]) + (f" (not {', '.join(missing)}: not reported)" if missing else "")
     lines = [
         f"<b>{esc(run + ': ' if run else '')}another tool's predictions</b>: <code>{esc(foreign['file'])}</code> "
-        f"({esc(foreign['format'])}, {foreign['rows']} rows); predicts {esc(predicts)}",
+        f"({esc(foreign['format'])}, {foreign['rows']} row{'s' * (foreign['rows'] != 1)}); predicts {esc(predicts)}",
         f"columns read: {columns}",
     ]
     if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
