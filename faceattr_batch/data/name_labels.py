@@ -24,7 +24,7 @@ def attach_name_labels(predictions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     (``label_files.attach_labels``), the faces of a photo with several get none: a label describes one person."""
     truth = labels_from_names(predictions["path"].to_list())
     one_face = pl.len().over("path") == 1
-    labelled = predictions.with_columns(truth).with_columns(
+    labelled = predictions.with_columns(truth.get_columns()).with_columns(
         pl.when(one_face).then(pl.col(c)).alias(c) for c in LABEL_COLUMNS
     )
     derived = [expr for expr in derived_columns() if expr.meta.output_name() in predictions.columns]
