@@ -410,6 +410,10 @@ def compared_runs(out: Console, compare: dict) -> None:
         values = (_shown(entry["a"], percent), _shown(entry["b"], percent), _shown(entry["diff"], percent, True))
         table.add_row(label, *values, interval)
     out.print(table)
+    if compare["age_bins"] is not None:
+        binned = compare["age_bins"]["binned"]
+        bins = ", ".join(compare["age_bins"]["bins"])
+        out.print(f"age in bin: {binned}'s ages in years put in {'B' if binned == 'A' else 'A'}'s bins ({bins})")
     counts = compare["disagreements"]
     as_bins = "; a bin from its nearer end" if counts["age"]["as_bins"] else ""
     words = {"gender": "gender", "race": "race", "age": f"age (> {counts['age_threshold']} y{as_bins})"}

@@ -485,14 +485,42 @@ def test_ages_in_years_against_predicted_bins_disagree_by_the_nearer_end():
     overall = contents["overall"]
     assert (overall["age_mae"]["n_a"], overall["age_bin_accuracy"]["n_b"]) == (8, 8)
     assert overall["age_bin_accuracy"]["b"] == 0.75  # true 40 is not in 30-39, nor 60 in 80+
-    for name in ("age_mae", "age_bin_accuracy"):
-        assert overall[name]["paired"]["reason"] == "A's ages in years, B's by bin"
+    assert overall["age_mae"]["paired"]["reason"] == "no pair with its age measured in years in both runs"
     page = compare_html(contents, comparison.gallery, lambda row: "")
     assert "<b>true 60 · A 60.0 · B 80+</b>" in page
     assert "ages more than 10 years apart (a bin from its nearer end)</td><td>8</td><td>1</td>" in page
     out = Console(record=True, width=200)
     compared_runs(out, contents)
     assert "age (> 10 y; a bin from its nearer end) 1 of 8" in out.export_text()
+
+
+def test_ages_in_years_are_put_in_the_other_runs_bins_and_paired():
+    """Ours (years) against FairFace's classifier (bins) shared no age metric: "A's ages in years, B's by bin". A's
+    ages now go into B's bins too (rounded), so both are measured by the share in the right bin, on the same images,
+    with a paired interval; A's MAE stays its own."""
+    a = Run(Path("a.parquet"), _frame(_paths(), A_GENDER, A_RACE, A_AGE_ERROR, "ours"))  # 21 29 42 48 60 25 38 42
+    bins = [(20, 29), (30, 39), (30, 39), (50, 59), (80, MAX_AGE), (20, 29), (30, 39), (40, 49)]
+    b = Run(Path("b.parquet"), _predicted_bins(_frame(_paths(), B_GENDER, B_RACE, B_AGE_ERROR, "theirs"), bins))
+    comparison = compare_runs(a, b)
+    contents = comparison.contents
+    assert contents["age_bins"] == {"binned": "A", "bins": ["20-29", "30-39", "40-49", "50-59", "80+"]}
+    in_bin = contents["overall"]["age_bin_accuracy"]
+    # A, against true 20 30 40 50 60 25 35 45: hits on 0, 2, 5, 6, 7; 29 and 48 miss; 60 is in none of B's bins
+    assert (in_bin["n_a"], in_bin["a"]) == (7, pytest.approx(5 / 7))
+    assert (in_bin["n_b"], in_bin["b"]) == (8, 0.75)
+    paired = in_bin["paired"]  # the 7 images both measure: B hits 6 of them (not image 2)
+    assert (paired["n"], paired["diff"]) == (7, pytest.approx(6 / 7 - 5 / 7))
+    assert paired["low"] is not None and paired["low"] <= paired["diff"] <= paired["high"]
+    assert contents["overall"]["age_mae"]["a"] == pytest.approx(1.5) and contents["overall"]["age_mae"]["n_b"] == 0
+    assert a.frame["pred_age_low"].null_count() == 8  # the caller's run is left as it was
+    out = Console(record=True, width=200)
+    compared_runs(out, contents)
+    assert "age in bin: A's ages in years put in B's bins (20-29, 30-39, 40-49, 50-59, 80+)" in out.export_text()
+    page = compare_html(contents, comparison.gallery, lambda row: "")
+    assert "age in bin: A's ages in years put in B's bins (20-29, 30-39, 40-49, 50-59, 80+)" in page
+    swapped = compare_runs(b, a).contents
+    assert swapped["age_bins"]["binned"] == "B"
+    assert swapped["overall"]["age_bin_accuracy"]["paired"]["diff"] == pytest.approx(-paired["diff"])
 
 
 def test_a_labelled_bin_and_a_predicted_bin_show_as_bins_in_the_gallery():

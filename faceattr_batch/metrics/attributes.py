@@ -84,16 +84,16 @@ def age_exprs() -> list[pl.Expr]:
     ]
 
 
-def _as_bin(side: str) -> pl.Expr:
-    """A ``side`` age given as a bin only: no age in years, both ends known."""
-    ends = pl.col(f"{side}_age_low").is_not_null() & pl.col(f"{side}_age_high").is_not_null()
-    return pl.col(f"{side}_age").is_null() & ends
+def _bin_ends(side: str) -> pl.Expr:
+    return pl.col(f"{side}_age_low").is_not_null() & pl.col(f"{side}_age_high").is_not_null()
 
 
 def age_bin_known() -> pl.Expr:
-    """A row with a bin on either side and an age on the other: a labelled bin and a predicted age (in years or a
-    bin), or a labelled age in years and a predicted bin (another tool's: FairFace's classifier predicts bins)."""
-    true_bin, pred_bin = _as_bin("true"), _as_bin("pred")
+    """A row with a bin on either side and an age on the other: a labelled bin (no age in years) and a predicted
+    age (in years or a bin), or a labelled age in years and a predicted bin (another tool's: FairFace's classifier
+    predicts bins; or ours put in its bins by ``report --compare``, which keeps the years beside them)."""
+    true_bin = pl.col("true_age").is_null() & _bin_ends("true")
+    pred_bin = _bin_ends("pred")
     return (true_bin & (pl.col("pred_age").is_not_null() | pred_bin)) | (pl.col("true_age").is_not_null() & pred_bin)
 
 
@@ -103,10 +103,12 @@ def age_in_bin() -> pl.Expr:
     the labels are whole years), both ends included ("20-29" holds 19.5 to 29.49; "more than 70", 70..120, holds
     69.5 and above); a predicted bin equal to the labelled one; a labelled age in years inside the predicted bin."""
     years = (pl.col("pred_age").cast(pl.Float64) + 0.5).floor()
+    labelled_bin = pl.col("true_age").is_null()  # where age_bin_known: a labelled bin, else a predicted one
     return (
         pl.when(~age_bin_known()).then(None)
-        .when(pl.col("pred_age").is_not_null()).then(years.is_between(pl.col("true_age_low"), pl.col("true_age_high")))
-        .when(pl.col("true_age").is_null())
+        .when(labelled_bin & pl.col("pred_age").is_not_null())
+        .then(years.is_between(pl.col("true_age_low"), pl.col("true_age_high")))
+        .when(labelled_bin)
         .then((pl.col("pred_age_low") == pl.col("true_age_low")) & (pl.col("pred_age_high") == pl.col("true_age_high")))
         .otherwise(pl.col("true_age").is_between(pl.col("pred_age_low"), pl.col("pred_age_high")))
     )  # fmt: skip

@@ -24,6 +24,7 @@ Disagreements and their gallery: ``reporting.disagreements``.
      "shared": {"matched_by": "path" | "file name", "images": int, "only_a": int, "only_b": int, "pairs": int,
                 "labelled_pairs": int, "several_faces": int, "paired": bool, "reason": str|None},
      "resamples": int, "seed": int, "level": float,
+     "age_bins": {"binned": "A"|"B", "bins": [str]} | None,  # a run's years put in the other's bins (binned_ages)
      "metrics": {name: {"attribute": str, "better": "higher"|"lower"|"zero", "unit": "share"|"years"|"score",
                         "count": str}},  # count: the row column that counts its rows (n_a, n_b, paired n)
      "overall": {name: entry},
@@ -57,12 +58,14 @@ from faceattr_batch.io.atomic import finite
 from faceattr_batch.metrics import fairness, row_sums, slicing
 from faceattr_batch.metrics.attributes import CS_TOLERANCE, ECE_BINS, GROSS_AGE_ERROR, SLICE_BY, SLICE_COLUMNS
 from faceattr_batch.metrics.bootstrap import percentile_interval, resampled_sums
+from faceattr_batch.reporting.binned_ages import bin_names, binned_like
 from faceattr_batch.reporting.disagreements import disagreements_between, gallery_rows
 from faceattr_batch.reporting.pairing import matched_paths, pair_index, shared_images
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.schema import MODEL_KEY, OUTPUT_COLUMNS, recorded
 
 _COUNT = {"gender": "gender_known", "race": "race_known", "age": "age_known"}
+_BIN_COLUMNS = ("age_binned", "age_bin_hit")  # the age-bin metric's row columns (metrics.row_sums), counted apart
 _SIDE = "_run"  # which run a row of the two runs' rows put together came from
 
 
@@ -206,15 +209,19 @@ def _attribute_columns(column: dict[str, int]) -> dict[str, list[int]]:
 
 def _known_in_both(ra: np.ndarray, rb: np.ndarray, cal_a, cal_b, column: dict[str, int], owned: dict[str, list[int]]):
     """The pairs' rows with each attribute left out (its row columns ``owned``: 0, its confidence null) where the
-    two runs do not both know it, labelled alike (an age exact in both, or a bin in both), so A and B are measured on
-    the same images per attribute; and the pairs counted by each ``_COUNTED`` column."""
+    two runs do not both know it, measured alike (an age in years in both, or by bin in both: each kind of age its
+    own columns), so A and B are measured on the same images per attribute; and the pairs counted by each
+    ``_COUNTED`` column."""
     ra, rb = ra.copy(), rb.copy()
     cal_a, cal_b = cal_a.clone(), cal_b.clone()
+    binned = [column[name] for name in _BIN_COLUMNS]
     for attribute, counted in _COUNT.items():
-        kinds = [counted, *(["age_binned"] if attribute == "age" else [])]
-        both = np.any([(ra[:, column[kind]] > 0) & (rb[:, column[kind]] > 0) for kind in kinds], axis=0)
-        columns = owned[attribute]
-        ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
+        kinds = {counted: [i for i in owned[attribute] if i not in binned]}
+        if attribute == "age":
+            kinds["age_binned"] = binned
+        for kind, columns in kinds.items():
+            both = (ra[:, column[kind]] > 0) & (rb[:, column[kind]] > 0)
+            ra[np.ix_(~both, columns)], rb[np.ix_(~both, columns)] = 0.0, 0.0
         if attribute != "age":
             confidence = f"{attribute}_confidence"
             calibrated = pl.Series(cal_a[confidence].is_not_null() & cal_b[confidence].is_not_null())
@@ -301,6 +308,7 @@ def compare_runs(
         raise ValueError(f"resamples must be at least {fairness.MIN_RESAMPLES}, not {resamples}")
     b_frame, matched_by = matched_paths(a.frame, b.frame)
     b = replace(b, frame=b_frame)
+    a, b, age_bins = _ages_in_bins(a, b)
     both = pl.concat(
         [labelled_rows(run.frame, include_training).with_columns(pl.lit(side).alias(_SIDE))
          for side, run in (("a", a), ("b", b))], how="diagonal_relaxed",
@@ -352,7 +360,7 @@ def compare_runs(
             run["name"] += f" ({run['model_source']})" if run["model_source"] else ""
     contents = {
         "a": run_a, "b": run_b, "shared": shared,
-        "resamples": resamples, "seed": seed, "level": level,
+        "resamples": resamples, "seed": seed, "level": level, "age_bins": age_bins,
         "metrics": {m.name: {"attribute": m.attribute, "better": m.better, "unit": m.unit, "count": m.counted_by}
                     for m in COMPARED},
         "overall": overall, "slices": slices, "disagreements": disagreements,
@@ -375,6 +383,18 @@ def shown_metrics(compare: dict) -> list[str]:
 def _groups(values: pl.Series) -> list[str]:
     """The groups of a slicing column over both runs, as text: an Enum's in its order, any other's sorted."""
     return values.drop_nulls().unique().sort().cast(pl.String).to_list()
+
+
+def _ages_in_bins(a: Run, b: Run) -> tuple[Run, Run, dict | None]:
+    """The runs, one's ages in years put in the other's bins where one predicts only years and the other only bins
+    (``reporting.binned_ages``), and which was (``{"binned": "A", "bins": ["0-2", ...]}``; None: neither)."""
+    for side, years, bins in (("A", a, b), ("B", b, a)):
+        found = binned_like(years.frame, bins.frame)
+        if found is not None:
+            binned = replace(years, frame=found[0])
+            a, b = (binned, b) if side == "A" else (a, binned)
+            return a, b, {"binned": side, "bins": bin_names(found[1])}
+    return a, b, None
 
 
 def _run_summary(run: Run, rows: _Rows) -> dict:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import polars as pl
 
-from faceattr_batch.data.labels import MAX_AGE
 from faceattr_batch.reporting import fairness_page
+from faceattr_batch.reporting.binned_ages import bin_names
 from faceattr_batch.reporting.compare import shown_metrics
 from faceattr_batch.reporting.foreign_page import foreign_html
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
@@ -115,7 +115,21 @@ def _overall(compare: dict) -> str:
             (f"{show(entry['b'])}<small>n = {entry['n_b']}</small>", entry["b"]),
             _diff_cell(entry, meta, compare["shared"]),
         ])  # fmt: skip
-    return "<h3>Overall</h3>" + sortable_table(["metric", f"A: {a}", f"B: {b}", "B − A (paired 95% CI)"], rows)
+    table = sortable_table(["metric", f"A: {a}", f"B: {b}", "B − A (paired 95% CI)"], rows)
+    return f"<h3>Overall</h3>{table}{_binned_note(compare)}"
+
+
+def _binned_note(compare: dict) -> str:
+    """Whose ages in years were put in the other's bins to measure both by the share in the right bin."""
+    binned = compare["age_bins"]
+    if binned is None:
+        return ""
+    other = "B" if binned["binned"] == "A" else "A"
+    return (
+        f"<p class='muted'>age in bin: {binned['binned']}'s ages in years put in {other}'s bins "
+        f"({html.escape(', '.join(binned['bins']))}), rounded to whole years, so both are measured alike; "
+        f"its MAE stays its own.</p>"
+    )
 
 
 def _slice_tables(attribute: str, table: dict, compare: dict) -> str:
@@ -189,7 +203,7 @@ def _age(row: dict, who: str) -> str | None:
         return str(age) if who == "true" else num(age, digits=1)
     if low is None or high is None:
         return None
-    return f"{low}+" if high == MAX_AGE else f"{low}\u2011{high}"  # a hyphen the caption does not break at
+    return bin_names([(low, high)])[0].replace("-", "\u2011")  # a hyphen the caption does not break at
 
 
 def _caption(key: str, row: dict) -> str:
