@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from faceattr_batch import summaries
+from faceattr_batch import summaries_runs
 from faceattr_batch.data.foreign_predictions import (
     NO_PREDICTION,
     is_own_predictions,
@@ -380,7 +380,7 @@ def test_fairface_classifier_output_reads_its_age_bins(tmp_path):
         (5, "age", "x", "not a number of years (nor an age bin such as 20-29)"),
     ]
     out = io.StringIO()
-    summaries.foreign_table(Console(file=out, width=300), read.summary)
+    summaries_runs.foreign_table(Console(file=out, width=300), read.summary)
     assert "age: 2 (line 4, 5); 1: an age bin outside 0..120; 1: not a number of years" in out.getvalue()
     assert "age: 2 (lines 4, 5) <span class='muted'>1 an age bin outside 0..120 / 1 not a number" in foreign_html(
         read.summary
@@ -432,7 +432,7 @@ def test_a_parquet_with_probability_lists_reads_like_the_csv(tmp_path):
     read = read_foreign_predictions(path)
     assert read.rows == 2
     out = io.StringIO()
-    summaries.foreign_table(Console(file=out, width=300), read.summary)
+    summaries_runs.foreign_table(Console(file=out, width=300), read.summary)
     assert "(parquet, 2 rows)" in out.getvalue()
     pl.read_parquet(path).head(1).write_parquet(tmp_path / "one.parquet")
     assert "(parquet, 1 row)" in foreign_html(read_foreign_predictions(tmp_path / "one.parquet").summary)

@@ -24,7 +24,7 @@ from faceattr_batch.reporting.compare_page import compare_html
 from faceattr_batch.reporting.disagreements import AGE_DISAGREEMENT
 from faceattr_batch.reporting.summary import READ_COLUMNS
 from faceattr_batch.schema import MODEL_KEY, PREDICTION_FIELDS, RACE_PROB_COLUMNS, derived_columns, recorded
-from faceattr_batch.summaries import compared_runs
+from faceattr_batch.summaries_runs import compared_runs
 
 TRUE_GENDER = [0, 1, 0, 1, 0, 1, 0, 1]
 TRUE_RACE = [0, 1, 2, 3, 4, 0, 1, 2]
