@@ -39,8 +39,9 @@ Disagreements and their gallery: ``reporting.disagreements``.
             "paired": {"n": int, "a", "b", "diff", "low", "high", "reason": str|None} | None}
 
 A metric a run cannot compute (no labels, or an attribute its tool does not predict) is None, as is its
-difference. Ages labelled as bins (FairFace's) are measured by ``age_bin_accuracy``, counted by ``age_binned``; a
-pair counts for age where both runs label the image alike (an exact age in both, or a bin in both).
+difference. Ages labelled or predicted as bins (FairFace's) are measured by ``age_bin_accuracy``, counted by
+``age_binned``; a pair counts for each age metric where both runs measure the image alike (in years in both, or by
+bin in both; ``reporting.binned_ages`` puts a run's years in the other's bins where that is all that differs).
 ``shown_metrics`` picks the rows the page and the terminal show.
 """
 
