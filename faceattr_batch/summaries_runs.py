@@ -57,7 +57,7 @@ def compared_runs(out: Console, compare: dict) -> None:
     a, b, shared = compare["a"], compare["b"], compare["shared"]
     foreign_table(out, b["foreign"], "B: ")
     out.print(f"compared: A {a['name']} ({a['images']} images), B {b['name']} ({b['images']} images)")
-    by_name = " (matched by file name: no path is in both)" if shared["matched_by"] == "file name" else ""
+    by_name = f" (matched by {shared['matched_by']}: no path is in both)" if shared["matched_by"] != "path" else ""
     if shared["paired"]:
         out.print(
             f"{shared['images']} images in both runs{by_name}, {shared['pairs']} pairs ({shared['labelled_pairs']} "

@@ -569,3 +569,16 @@ def test_a_shared_path_keeps_the_matching_by_path():
     b_paths = [_paths()[0]] + [f"/copy/p{i}.jpg" for i in range(1, 8)]  # one path in both: the rest are not pairs
     shared = _runs(b_paths).contents["shared"]
     assert (shared["matched_by"], shared["images"], shared["pairs"]) == ("path", 1, 1)
+
+
+def test_fairface_detected_faces_pair_with_their_photos_by_stem():
+    """FairFace's predict.py reports the faces it detects, written as detected_faces/<stem>_face<k>.<ext>: no path
+    or file name of ours matches, so nothing paired. The stem does, where one path holds it in each run: a photo
+    with two detected faces (p6_face0, p6_face1) pairs with neither."""
+    b_paths = [f"/run/detected_faces/p{i}_face0.jpg" for i in range(7)] + ["/run/detected_faces/p6_face1.jpg"]
+    comparison = _runs(b_paths)
+    shared = comparison.contents["shared"]
+    assert (shared["matched_by"], shared["images"], shared["pairs"], shared["only_b"]) == ("file name stem", 6, 6, 2)
+    out = Console(record=True, width=200)
+    compared_runs(out, comparison.contents)
+    assert "6 images in both runs (matched by file name stem: no path is in both), 6 pairs" in out.export_text()

@@ -156,3 +156,20 @@ def test_a_foreign_table_of_utkface_names_is_labelled_by_them_without_a_labels_f
     assert (overall["n_gender"], overall["gender_accuracy"], overall["race_accuracy"]) == (1, 1.0, 1.0)
     assert (overall["n_age_bin"], overall["age_bin_accuracy"]) == (1, 1.0)  # 25 inside 20-29
     assert "true labels from the UTKFace-style file names: 1 row" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_fairface_detected_face_names_are_labelled_by_their_photos_name(tmp_path):
+    """FairFace's predict.py renames each face it detects in X.jpg.chip.jpg to X_face<k>.jpg: the names no longer
+    parsed, so its table of UTKFace chips got no label. X still holds them; two faces of one photo get none."""
+    path = tmp_path / "fairface_out.csv"
+    pl.DataFrame({
+        "face_name_align": ["detected_faces/25_1_2_20170116174525125_face0.jpg",
+                            "detected_faces/61_0_3_20170109150557335_face0.jpg",
+                            "detected_faces/61_0_3_20170109150557335_face1.jpg"],
+        "gender": ["Female", "Male", "Female"],
+        "race": ["East Asian", "Indian", "White"],
+        "age": ["20-29", "60-69", "30-39"],
+    }).write_csv(path)  # fmt: skip
+    run = report.read_run(path)
+    assert run.foreign["labelled_from_names"] == 1
+    assert run.frame.select("true_age", "true_gender", "true_race").rows() == [(25, 1, 2), (None,) * 3, (None,) * 3]

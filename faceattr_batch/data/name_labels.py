@@ -10,6 +10,9 @@ import polars as pl
 from faceattr_batch.data.labels import parse_frame
 from faceattr_batch.schema import LABEL_COLUMNS, derived_columns, true_label_codes
 
+# FairFace's predict.py writes each face it detects in X.jpg.chip.jpg as X_face<k>.jpg: X still holds the labels
+DETECTED_FACE = r"_face\d+(\.[^./\\]+)$"
+
 
 def labels_from_names(keys: list[str]) -> pl.DataFrame:
     """True labels parsed from the UTKFace-style names ending ``keys`` (display_paths; null where one does not say)."""
@@ -19,11 +22,13 @@ def labels_from_names(keys: list[str]) -> pl.DataFrame:
 
 
 def attach_name_labels(predictions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """``predictions`` (in the schema) with the labels their paths' names give in place of their ``LABEL_COLUMNS``,
-    the readable labels recomputed, and how many rows got one. As with a labels file
-    (``label_files.attach_labels``), the faces of a photo with several get none: a label describes one person."""
-    truth = labels_from_names(predictions["path"].to_list())
-    one_face = pl.len().over("path") == 1
+    """``predictions`` (in the schema) with the labels their paths' names give in place of their ``LABEL_COLUMNS``
+    (a detected face's ``_face<k>`` set aside), the readable labels recomputed, and how many rows got one. As
+    with a labels file (``label_files.attach_labels``), the faces of a photo with several get none: a label
+    describes one person."""
+    photos = predictions["path"].str.replace(DETECTED_FACE, "$1")
+    truth = labels_from_names(photos.to_list())
+    one_face = pl.len().over(photos) == 1  # X_face0 and X_face1: two faces of one photo
     labelled = predictions.with_columns(truth.get_columns()).with_columns(
         pl.when(one_face).then(pl.col(c)).alias(c) for c in LABEL_COLUMNS
     )

@@ -1,7 +1,9 @@
 """Which images two runs share (``report --compare``): by path; where no path is in both (the other tool ran on
-a copy of the folder elsewhere, or wrote paths from another machine), by file name, a name counting only where one
-path holds it in each run (``photos/a/1.jpg`` and ``photos/b/1.jpg`` match nothing). The pairs are the shared
-images with one predicted face in each run."""
+a copy of the folder elsewhere, or wrote paths from another machine), by file name; where no name is either, by the
+name's stem: up to its first dot, less a ``_face<k>`` ending (FairFace's ``predict.py`` writes the faces it detects
+in ``X.jpg.chip.jpg`` as ``detected_faces/X_face0.jpg`` and reports those). A name or stem counts only where one
+path holds it in each run (``photos/a/1.jpg`` and ``photos/b/1.jpg`` match nothing; nor do a photo's
+``_face0`` and ``_face1``). The pairs are the shared images with one predicted face in each run."""
 
 from __future__ import annotations
 
@@ -10,25 +12,28 @@ import polars as pl
 
 from faceattr_batch.reporting.disagreements import predicted_once
 
-BY_PATH, BY_NAME = "path", "file name"
+BY_PATH, BY_NAME, BY_STEM = "path", "file name", "file name stem"
 _NAME = r"([^/\\]+)$"  # after the last separator, / or \ (a table written on Windows)
+_STEM = r"([^/\\.]+?)(?:_face\d+)?(?:\.[^/\\]*)?$"  # up to the first dot, less a detected face's _face<k>
 
 
 def matched_paths(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, str]:
-    """``b`` with its paths made A's where they match by file name, and how the images were matched: by path
-    where any path is in both runs (``b`` unchanged), else by file name where any name matches."""
+    """``b`` with its paths made A's where they match by file name or stem, and how the images were matched: by
+    path where any path is in both runs (``b`` unchanged), else by file name where any name matches, else by
+    stem."""
     paths_a, paths_b = a["path"].unique(), b["path"].unique()
     if paths_b.is_in(paths_a.implode()).any():
         return b, BY_PATH
-    mapping = _named(paths_b).join(_named(paths_a), on="name", suffix="_a")
-    if mapping.is_empty():
-        return b, BY_PATH
-    return b.with_columns(pl.col("path").replace(mapping["path"], mapping["path_a"])), BY_NAME
+    for how, pattern in ((BY_NAME, _NAME), (BY_STEM, _STEM)):
+        mapping = _named(paths_b, pattern).join(_named(paths_a, pattern), on="name", suffix="_a")
+        if not mapping.is_empty():
+            return b.with_columns(pl.col("path").replace(mapping["path"], mapping["path_a"])), how
+    return b, BY_PATH
 
 
-def _named(paths: pl.Series) -> pl.DataFrame:
-    """``path`` and its file name, for the names only one of ``paths`` holds."""
-    named = pl.DataFrame({"path": paths}).with_columns(name=pl.col("path").str.extract(_NAME))
+def _named(paths: pl.Series, pattern: str) -> pl.DataFrame:
+    """``path`` and its name by ``pattern`` (its first group), for the names only one of ``paths`` holds."""
+    named = pl.DataFrame({"path": paths}).with_columns(name=pl.col("path").str.extract(pattern))
     return named.filter(pl.len().over("name") == 1)
 
 
@@ -45,7 +50,7 @@ def shared_images(a: pl.DataFrame, b: pl.DataFrame, matched_by: str) -> tuple[di
     }  # fmt: skip
     if not common:
         shared["reason"] = (
-            "no image is in both runs (matched by path, then by file name): differences without paired intervals"
+            "no image is in both runs (matched by path, file name and stem): differences without paired intervals"
         )
     elif not pairs.len():
         shared["reason"] = "no image has one predicted face in each run: differences without paired intervals"
