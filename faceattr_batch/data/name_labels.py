@@ -11,7 +11,8 @@ from faceattr_batch.data.labels import parse_frame
 from faceattr_batch.schema import LABEL_COLUMNS, derived_columns, true_label_codes
 
 # FairFace's predict.py writes each face it detects in X.jpg.chip.jpg as X_face<k>.jpg: X still holds the labels
-DETECTED_FACE = r"_face\d+(\.[^./\\]+)$"
+DETECTED_FACE_SUFFIX = r"_face\d+"
+_DETECTED_FACE = DETECTED_FACE_SUFFIX + r"(\.[^./\\]+)$"
 
 
 def labels_from_names(keys: list[str]) -> pl.DataFrame:
@@ -26,7 +27,7 @@ def attach_name_labels(predictions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     (a detected face's ``_face<k>`` set aside), the readable labels recomputed, and how many rows got one. As
     with a labels file (``label_files.attach_labels``), the faces of a photo with several get none: a label
     describes one person."""
-    photos = predictions["path"].str.replace(DETECTED_FACE, "$1")
+    photos = predictions["path"].str.replace(_DETECTED_FACE, "$1")
     truth = labels_from_names(photos.to_list())
     one_face = pl.len().over(photos) == 1  # X_face0 and X_face1: two faces of one photo
     labelled = predictions.with_columns(truth.get_columns()).with_columns(

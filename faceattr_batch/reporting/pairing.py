@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from faceattr_batch.data.name_labels import DETECTED_FACE_SUFFIX
 from faceattr_batch.reporting.disagreements import predicted_once
 
 BY_PATH, BY_NAME, BY_STEM = "path", "file name", "file name stem"
 _NAME = r"([^/\\]+)$"  # after the last separator, / or \ (a table written on Windows)
-_STEM = r"([^/\\.]+?)(?:_face\d+)?(?:\.[^/\\]*)?$"  # up to the first dot, less a detected face's _face<k>
+# up to the first dot, less a detected face's _face<k>
+_STEM = rf"([^/\\.]+?)(?:{DETECTED_FACE_SUFFIX})?(?:\.[^/\\]*)?$"
 
 
 def matched_paths(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, str]:
