@@ -7,12 +7,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from faceattr_batch.data.score_vectors import shown_columns
+
 
 def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
     """Another tool's table as read: the columns behind ours, what it predicts, the races mapped, problems."""
     if not foreign:
         return
-    columns = ", ".join(f"{ours} <- {theirs}" for ours, theirs in foreign["columns"].items())
+    columns = ", ".join(f"{ours} <- {theirs}" for ours, theirs in shown_columns(foreign["columns"]).items())
     missing = [a for a in ("gender", "race", "age") if a not in foreign["attributes"]]
     not_reported = f"; {', '.join(missing)} not predicted: not reported" if missing else ""
     rows = f"{foreign['rows']} row{'s' * (foreign['rows'] != 1)}"

@@ -413,6 +413,13 @@ def test_fairface_classifier_probability_vectors_become_our_probabilities(tmp_pa
     assert read.columns["p_female"] == "gender_scores_fair[female]"
     assert read.columns["p_asian"] == "race_scores_fair[east asian] + race_scores_fair[southeast asian]"
     assert read.columns["p_others"] == "race_scores_fair[latino hispanic] + race_scores_fair[middle eastern]"
+    shown = "p_white … p_others <- race_scores_fair (7 classes summed into our 5)"  # not five entries of its classes
+    out = io.StringIO()
+    summaries_runs.foreign_table(Console(file=out, width=400), read.summary)
+    assert shown in out.getvalue() and "race_scores_fair[white]" not in out.getvalue()
+    assert "p_white … p_others ← <code>race_scores_fair (7 classes summed into our 5)</code>" in foreign_html(
+        read.summary
+    )
     races = "white, black, latino hispanic, east asian, southeast asian, indian, middle eastern"
     assert read.problems.rows() == [
         (5, "gender_scores_fair", "[0.8 0.2 0.0]", "not a bracketed list of 2 numbers (male, female)"),

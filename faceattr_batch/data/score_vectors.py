@@ -12,6 +12,7 @@ import re
 import polars as pl
 
 from faceattr_batch.data.tables import LINE, as_text
+from faceattr_batch.schema import RACE_PROB_COLUMNS
 
 # the file's column (lower case) -> its classes, in the order of the vector
 SCORE_VECTORS: dict[str, tuple[str, ...]] = {
@@ -54,3 +55,18 @@ def expand_score_vectors(raw: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataF
         kept = pl.select(pl.when(fits).then(elements)).to_series()
         added += [kept.list.get(i, null_on_oob=True).alias(f"{name}[{c}]") for i, c in enumerate(classes)]
     return raw.with_columns(added), problems
+
+
+def shown_columns(columns: dict[str, str]) -> dict[str, str]:
+    """``columns`` (ours -> the file's, as ``ForeignPredictions.columns``) as a report lists them: our five race
+    probabilities read from the classes of one vector become one entry (``p_white … p_others``), not five that
+    name its seven classes."""
+    race = [ours for ours in RACE_PROB_COLUMNS if ours in columns]
+    parts = [part for ours in race for part in columns[ours].split(" + ")]
+    vectors = {part.split("[", 1)[0] for part in parts if element_class(part) is not None}
+    if len(race) < len(RACE_PROB_COLUMNS) or len(vectors) != 1 or any(element_class(p) is None for p in parts):
+        return dict(columns)
+    (vector,) = vectors
+    classes = len(SCORE_VECTORS[vector.lower()])
+    shown = {ours: theirs for ours, theirs in columns.items() if ours not in race}
+    return shown | {f"{race[0]} … {race[-1]}": f"{vector} ({classes} classes summed into our {len(race)})"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 
+from faceattr_batch.data.score_vectors import shown_columns
+
 ATTRIBUTES = ("gender", "race", "age")
 
 
@@ -14,7 +16,8 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
     if not foreign:
         return ""
     esc = html.escape
-    columns = ", ".join(f"{esc(ours)} ← <code>{esc(theirs)}</code>" for ours, theirs in foreign["columns"].items())
+    shown = shown_columns(foreign["columns"]).items()
+    columns = ", ".join(f"{esc(ours)} ← <code>{esc(theirs)}</code>" for ours, theirs in shown)
     missing = [a for a in ATTRIBUTES if a not in foreign["attributes"]]
     predicts = ", ".join(foreign["attributes"]) + (f" (not {', '.join(missing)}: not reported)" if missing else "")
     lines = [
