@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from faceattr_batch.data.score_vectors import shown_columns
+from faceattr_batch.reporting.foreign_page import reading_notes
 
 
 def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
@@ -21,18 +22,8 @@ def foreign_table(out: Console, foreign: dict | None, run: str = "") -> None:
     out.print(
         f"{run}another tool's predictions {foreign['file']} ({foreign['format']}, {rows}): {columns}{not_reported}"
     )
-    if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
-        out.print(f"  a numeric gender of 1 read as {foreign['gender_one_is']}")
-    if foreign.get("labelled_from_names"):
-        out.print(
-            f"  true labels from the UTKFace-style file names: {foreign['labelled_from_names']} "
-            f"row{'s' * (foreign['labelled_from_names'] != 1)}"
-        )
-    if foreign.get("percent"):
-        out.print(f"  read in percent (divided by 100): {', '.join(foreign['percent'])}")
-    if foreign.get("race_mapping"):
-        mapped = ", ".join(f"{k} -> {v}" for k, v in foreign["race_mapping"].items() if k != v.lower())
-        out.print(f"  races mapped to ours: {mapped}")
+    for note in reading_notes(foreign, "->"):
+        out.print(f"  {note}")
     if foreign["problem_count"]:
         where = "row" if foreign["format"] == "parquet" else "line"
         count = foreign["problem_count"]

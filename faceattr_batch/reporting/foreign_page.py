@@ -25,18 +25,7 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
         f"({esc(foreign['format'])}, {foreign['rows']} row{'s' * (foreign['rows'] != 1)}); predicts {esc(predicts)}",
         f"columns read: {columns}",
     ]
-    if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
-        lines.append(f"a numeric gender of 1 read as {esc(foreign['gender_one_is'])}")
-    if foreign.get("labelled_from_names"):
-        lines.append(
-            f"true labels from the UTKFace-style file names: {foreign['labelled_from_names']} "
-            f"row{'s' * (foreign['labelled_from_names'] != 1)}"
-        )
-    if foreign.get("percent"):
-        lines.append(f"read in percent (divided by 100): {esc(', '.join(foreign['percent']))}")
-    if foreign.get("race_mapping"):
-        mapped = ", ".join(f"{esc(k)} → {esc(v)}" for k, v in foreign["race_mapping"].items() if k != v.lower())
-        lines.append(f"races mapped to ours: {mapped}")
+    lines += [esc(note) for note in reading_notes(foreign, "→")]
     if foreign["problem_count"]:
         where = "row" if foreign["format"] == "parquet" else "line"
         problems = "; ".join(
@@ -48,6 +37,22 @@ def foreign_html(foreign: dict | None, run: str = "") -> str:
         count = foreign["problem_count"]
         lines.append(f"<span class='tag'>{count} value{'s' * (count > 1)} not read (left empty)</span> {problems}")
     return "<div class='foreign'>" + "<br>".join(lines) + "</div>"
+
+
+def reading_notes(foreign: dict, arrow: str) -> list[str]:
+    """How the table was read where it could mean two things, as plain text (the page's lines and the terminal's
+    alike): what a numeric gender of 1 is, labels from the file names, columns read in percent, races mapped."""
+    notes = []
+    if foreign.get("gender_numeric", "gender" in foreign["columns"]):  # an older metrics.json has no such key
+        notes.append(f"a numeric gender of 1 read as {foreign['gender_one_is']}")
+    if named := foreign.get("labelled_from_names"):
+        notes.append(f"true labels from the UTKFace-style file names: {named} row{'s' * (named != 1)}")
+    if foreign.get("percent"):
+        notes.append(f"read in percent (divided by 100): {', '.join(foreign['percent'])}")
+    if foreign.get("race_mapping"):
+        mapped = ", ".join(f"{k} {arrow} {v}" for k, v in foreign["race_mapping"].items() if k != v.lower())
+        notes.append(f"races mapped to ours: {mapped}")
+    return notes
 
 
 def _reasons(entry: dict) -> str:
