@@ -312,6 +312,23 @@ def test_race_precision_is_not_compared_across_slices_of_the_true_race():
     assert _summary()["gaps"]["race_precision_white"]["gap"] is not None
 
 
+@pytest.mark.parametrize("by", ["true_age_band", "over_50"])
+def test_age_r2_is_not_compared_across_slices_of_the_true_age(by):
+    """Within an age band the true ages barely spread, so R² there sinks with the band's width whatever the model
+    does (the quick start's report ranked "age R² gap 27.5: 3-9 -0.11 vs 70-79 -27.6" a significant gap): no gap,
+    no ranking, for age bands and for any slicing that splits the true ages into ranges; the per-group values stay."""
+    frame = _frame().with_columns(over_50=pl.col("true_age") > 50)
+    by_age = fairness_summary(frame, by, min_group=MIN_GROUP)
+    gap = by_age["gaps"]["age_r2"]
+    assert gap["gap"] is None and gap["significant"] is None and gap["ratio"] is None
+    assert gap["reason"] == "each group holds its own range of true ages: R² within a range is low by design"
+    assert "age_r2" not in by_age["weakest"]
+    assert all(g["metrics"]["age_r2"]["value"] is not None for g in by_age["groups"] if g["n"] >= MIN_GROUP)
+    assert by_age["gaps"]["age_mae"]["gap"] is not None  # error by age band is compared
+    for other in ("source", "true_race_label"):  # groups whose true ages overlap
+        assert fairness_summary(frame, other, min_group=MIN_GROUP)["gaps"]["age_r2"]["gap"] is not None
+
+
 @pytest.mark.parametrize("name", ["female", "age2", "hit_white", "race_confidence"])
 def test_a_slice_column_named_like_a_working_column_slices_as_any_other(name):
     """A reviewer's finding: a labels column called ``female`` (or a calibration column's name) crashed the summary

@@ -171,6 +171,11 @@ def test_page_shows_the_fairness_summary_sortable_tables_and_no_bare_dashes(repo
     weakest = saved["weakest"]
     assert weakest["min_group"] == MIN_GROUP and weakest["ranked"] == 0  # every cell under 30: none ranked
     assert f"No slice has {MIN_GROUP} images or more" in page
+    # the metrics the slicing decides: named once per reason (the race precisions were five reasons in a row)
+    precisions = ", ".join(f"race precision {race}" for race in ("white", "black", "asian", "indian", "others"))
+    assert page.count("its precision is 0 or 1 by design") == 1
+    assert f"not compared: {precisions} (each group holds one true race: its precision is 0 or 1 by design)" in page
+    assert "not compared: age R² (each group holds its own range of true ages: R² within a range is low" in page
 
 
 def test_a_bar_counts_the_fairness_slicings_unless_progress_is_off(tmp_path, monkeypatch):

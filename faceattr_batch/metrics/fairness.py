@@ -44,6 +44,9 @@ Resampling inflates ECE (noise looks like miscalibration): a calibrated group's 
                      "reason": str|None}},
      "weakest": {name: [{"group": value, "bound": float, "value": float, "n": int}]}}  # see weakest_slices
 
+Compared nowhere (gap and ratio None, with the reason) where the slicing decides them: a race's precision when
+each group holds one true race (0 or 1 there), age R² when each group holds a range of true ages no other reaches.
+
 ``group_table`` flattens the groups into a polars frame (one row a group). The counting, each row's sums and the
 metrics of sums (a group's and each resample's), is ``metrics.row_sums``'.
 """
@@ -311,14 +314,30 @@ def fairness_summary(
         "too_few": [{"group": g["group"], "n": g["n"]} for g in groups if g["n"] < min_group],
         "gaps": {m.name: _gap(m, groups, draws, min_group, level) for m in METRICS},
     }  # fmt: skip
-    # slices of the true race itself: a class's precision is 0 or 1 there by design, so it is compared nowhere
-    by_design = {f"race_precision_{n}" for n in RACE_KEYS} if max(true_races, default=0) <= 1 else set()
-    for name in by_design:
+    by_design = {}  # metrics the slicing itself decides, compared nowhere
+    if max(true_races, default=0) <= 1:  # slices of the true race: a class's precision is 0 or 1 there
+        reason = "each group holds one true race: its precision is 0 or 1 by design"
+        by_design |= dict.fromkeys((f"race_precision_{n}" for n in RACE_KEYS), reason)
+    if _slices_true_age(frame):  # age bands: R² within one measures the band's width more than the model
+        by_design["age_r2"] = "each group holds its own range of true ages: R² within a range is low by design"
+    for name, reason in by_design.items():
         gap = summary["gaps"][name]
         gap |= {key: None for key in gap if key not in ("groups", "left_out")}
-        gap["reason"] = gap["ratio_reason"] = "each group holds one true race: its precision is 0 or 1 by design"
+        gap["reason"] = gap["ratio_reason"] = reason
     summary["weakest"] = weakest_slices(summary, [name for name in METRIC_NAMES if name not in by_design])
     return summary
+
+
+def _slices_true_age(frame: pl.DataFrame) -> bool:
+    """Whether two or more groups hold ages and each holds a range of true ages no other reaches (age bands, or
+    any slicing of the true age)."""
+    ranges = (
+        frame.filter(both_known("true_age") & pl.col(_SLICE).is_not_null())
+        .group_by(_SLICE)
+        .agg(low=pl.col("true_age").min(), high=pl.col("true_age").max())
+        .sort("low", "high")
+    )
+    return ranges.height >= 2 and bool((ranges["high"].head(-1) < ranges["low"].tail(-1)).all())
 
 
 def group_table(summary: dict) -> pl.DataFrame:

@@ -110,7 +110,7 @@ def _attribute_gaps(attribute: str, summary: dict) -> str:
         f"{summary['n']} images{unsliced})</span></h3>",
         _too_few(summary),
     ]
-    rows, too_few, not_compared = [], [], []
+    rows, too_few, not_compared = [], [], {}  # not_compared: reason -> the metrics it keeps out
     for name, gap in summary["gaps"].items():
         if not measured(summary, name):
             continue
@@ -118,7 +118,7 @@ def _attribute_gaps(attribute: str, summary: dict) -> str:
             if gap["reason"].startswith("fewer than 2 groups"):
                 too_few.append(label(name))
             else:
-                not_compared.append(f"{label(name)} ({html.escape(gap['reason'])})")
+                not_compared.setdefault(gap["reason"], []).append(label(name))
             continue
         show, delta = _value_format(name, summary["metrics"][name]), _gap_format(name, summary["metrics"][name])
         significant = {True: "<span class='sig'>yes</span>", False: "no", None: "not computed"}[gap["significant"]]
@@ -141,7 +141,8 @@ def _attribute_gaps(attribute: str, summary: dict) -> str:
             f"metric's count (true females, predicted Asians, ...): {', '.join(too_few)}</p>"
         )
     if not_compared:
-        parts.append(f"<p class='muted'>not compared: {'; '.join(not_compared)}</p>")
+        why = [f"{', '.join(names)} ({html.escape(reason)})" for reason, names in not_compared.items()]
+        parts.append(f"<p class='muted'>not compared: {'; '.join(why)}</p>")
     return "".join(parts)
 
 
