@@ -37,6 +37,7 @@ from faceattr_batch.training.data import decode_cache, label_tensors, load_label
 from faceattr_batch.training.feature_moments import FeatureMoments, condition_cells
 from faceattr_batch.training.gen_eval import check_ready, evaluate
 from faceattr_batch.training.gen_grid import grid_drawer
+from faceattr_batch.training.stop_request import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -226,36 +227,42 @@ def run(options: TrainGenOptions, resume: bool = False, iterations: int | None =
         enabled=options.progress,
     )
     started, losses = time.perf_counter(), []
-    for iteration in bar:
-        losses.append(_train_step(gan, pixels, labels, weights, iteration, options, device))
-        done = iteration + 1
-        if done % 50 == 0:
-            bar.set_postfix(d=f"{_mean_loss(losses[-50:], 0):.3f}", g=f"{_mean_loss(losses[-50:], 1):.3f}")
-        last = done == options.iterations
-        if done % options.sample_every == 0 or last:
-            draw_grid(standing.at(done), done)
-        checkpoint = done % options.checkpoint_every == 0 or last
-        evaluation = options.evaluate and (done % options.eval_every == 0 or last)
-        if checkpoint:
-            save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
-        if checkpoint or evaluation:
-            # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA carries the training generator's statistics
-            save_generator(standing.at(done), model_path, _model_meta(options, done))
-            # a row per checkpoint, so that a run without evaluations logs its losses too; after a resume the first
-            # row averages fewer iterations, and says how many
-            row = {
-                "iteration": done,
-                "loss_d": _mean_loss(losses, 0),
-                "loss_g": _mean_loss(losses, 1),  # NaN where every iteration warmed the discriminator alone
-                "iterations_averaged": len(losses),
-                "iterations_per_s": len(losses) / (time.perf_counter() - started),
-            }
-            if evaluation:
-                row |= evaluate(standing.at(done), gan.config, table, options, out)
-                log.info("iteration %d: %s", done, row)
-            append_metrics(out / "metrics.parquet", row, key="iteration")
-            losses, started = [], time.perf_counter()
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: this iteration ends, its checkpoint is written, then the stop
+        for iteration in bar:
+            losses.append(_train_step(gan, pixels, labels, weights, iteration, options, device))
+            done = iteration + 1
+            if done % 50 == 0:
+                bar.set_postfix(d=f"{_mean_loss(losses[-50:], 0):.3f}", g=f"{_mean_loss(losses[-50:], 1):.3f}")
+            last = done == options.iterations
+            if done % options.sample_every == 0 or last:
+                draw_grid(standing.at(done), done)
+            checkpoint = done % options.checkpoint_every == 0 or last or stop.asked
+            evaluation = options.evaluate and (done % options.eval_every == 0 or last)
+            if checkpoint:
+                save_atomically(out / GEN_CHECKPOINT, gan.checkpoint(done))
+            if checkpoint or evaluation:
+                # what `synth -m RUN_DIR` reads mid-run: the checkpoint's EMA with the training generator's statistics
+                save_generator(standing.at(done), model_path, _model_meta(options, done))
+                # a row per checkpoint, so that a run without evaluations logs its losses too; after a resume the first
+                # row averages fewer iterations, and says how many
+                row = {
+                    "iteration": done,
+                    "loss_d": _mean_loss(losses, 0),
+                    "loss_g": _mean_loss(losses, 1),  # NaN where every iteration warmed the discriminator alone
+                    "iterations_averaged": len(losses),
+                    "iterations_per_s": len(losses) / (time.perf_counter() - started),
+                }
+                if evaluation:
+                    row |= evaluate(standing.at(done), gan.config, table, options, out)
+                    log.info("iteration %d: %s", done, row)
+                append_metrics(out / "metrics.parquet", row, key="iteration")
+                losses, started = [], time.perf_counter()
+            if stop.asked and not last:
+                log.warning("stopped at iteration %d, checkpoint written: --resume goes on from it", done)
+                break
     bar.close()
+    if stop.asked and not last:
+        stop.honour()
     return result
 
 
