@@ -88,6 +88,27 @@ def index(summary: dict) -> None:
             for c in dups["conflicts"]
         ]
         rows_table(out, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))
+        if dups["across_folders"] is not None:
+            _across_folders(out, dups["across_folders"])
+
+
+def _across_folders(out: Console, across: dict) -> None:
+    """The duplicate groups that straddle top-level folders: per pair of folders, then the groups."""
+
+    def shown(folder: str) -> str:
+        return "./" if folder == "." else f"{folder}/"
+
+    pairs = "; ".join(f"{' ~ '.join(map(shown, p['folders']))} {p['groups']}" for p in across["pairs"])
+    out.print(
+        f"duplicates across top-level folders ({', '.join(map(shown, across['folders']))}): {across['groups']} "
+        f"groups holding {across['images']} images" + (f" ({pairs})" if pairs else "")
+    )
+    rows = [
+        {"group": g["dup_group"], "folders": " ~ ".join(map(shown, g["folders"])), "paths": "\n".join(g["paths"])}
+        for g in across["list"]
+    ]
+    title = "groups across top-level folders (splits that share a picture leak it)"
+    rows_table(out, title, rows, ("group", "folders", "paths"))
 
 
 def _label_counts(summary: dict) -> Table:

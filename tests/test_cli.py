@@ -369,7 +369,13 @@ def test_version():
 def test_index_summary_with_an_unlabelled_duplicate(capsys):
     """A conflict group may hold a file whose name gave no labels (None): shown as 'none', not a TypeError."""
     counts = {"gender": {"male": 1}, "race": {"White": 1}, "age_band": {"20-29": 1}}
-    dups = {"groups": 1, "images_in_groups": 2, "byte_identical_groups": 1, "conflict_groups": 1}
+    dups = {
+        "groups": 1,
+        "images_in_groups": 2,
+        "byte_identical_groups": 1,
+        "conflict_groups": 1,
+        "across_folders": None,
+    }
     conflicts = [{"dup_group": 0, "labels": ["25_0_0", None], "paths": ["25_0_0_1.jpg", "bad.jpg"]}]
     summaries.index(
         {"images": 2, "root": "faces", "output": "index.parquet", "seconds": 0.1, **counts,

@@ -6,6 +6,7 @@ numpy is imported on first use: a plain ``index`` never needs it (~0.1 s of star
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import polars as pl
 
@@ -162,4 +163,30 @@ def duplicate_summary(table: pl.DataFrame) -> dict:
         "conflicts": [
             {"dup_group": group, "paths": paths, "labels": labels} for group, paths, labels in conflicts.iter_rows()
         ],
+        "across_folders": _across_folders(table, groups),
+    }
+
+
+def top_folder(path: pl.Expr) -> pl.Expr:
+    """The first folder of a path relative to the indexed folder; "." for a file directly in it."""
+    return pl.when(path.str.contains("/")).then(path.str.split("/").list.first()).otherwise(pl.lit("."))
+
+
+def _across_folders(table: pl.DataFrame, groups: pl.DataFrame) -> dict | None:
+    """The duplicate groups whose pictures lie in more than one top-level folder (a train/ and a test/ split
+    sharing a picture leak it): counts per pair of folders and every such group. None where fewer than two
+    top-level folders hold images."""
+    folders = table.select(top_folder(pl.col("path")).unique().sort()).to_series().to_list()
+    if len(folders) < 2:
+        return None
+    spread = groups.select(
+        "dup_group", "path", pl.col("path").list.eval(top_folder(pl.element())).list.unique().list.sort().alias("in")
+    ).filter(pl.col("in").list.len() > 1)
+    pairs = Counter(pair for spans in spread["in"].to_list() for pair in itertools.combinations(spans, 2))
+    return {
+        "folders": folders,
+        "groups": spread.height,
+        "images": int(spread["path"].list.len().sum() or 0) if spread.height else 0,
+        "pairs": [{"folders": list(pair), "groups": n} for pair, n in sorted(pairs.items())],
+        "list": [{"dup_group": group, "paths": paths, "folders": spans} for group, paths, spans in spread.iter_rows()],
     }

@@ -1,0 +1,89 @@
+"""index --hash over a folder of splits (train/, test/, val/): the duplicate groups whose pictures lie in more than one
+top-level folder, counted per pair of folders, in the summary, the terminal and --json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_index import face_like
+from typer.testing import CliRunner
+
+from faceattr_batch.cli import app
+from faceattr_batch.index.build import IndexOptions, build_index
+
+A, B, C, D, E, F, G, H = (f"{n}_20170101000000{i:03d}.jpg.chip.jpg" for i, n in enumerate(
+    ("30_0_0", "30_0_0", "40_0_0", "30_0_0", "30_0_0", "31_1_1", "31_1_1", "31_1_1"), start=1
+))  # fmt: skip
+
+
+@pytest.fixture()
+def splits(tmp_path: Path) -> Path:
+    root = tmp_path / "faces"
+    for folder in ("train", "test", "val"):
+        (root / folder).mkdir(parents=True)
+    face_like(1).save(root / "train" / A, quality=95)
+    shutil.copyfile(root / "train" / A, root / "test" / B)  # byte copy in test/
+    face_like(1).save(root / "val" / C, quality=60)  # re-encoded in val/, another age: a conflict too
+    face_like(2).save(root / "train" / D, quality=95)
+    face_like(2).save(root / "train" / E.replace(".jpg.chip.jpg", ".png"))  # a copy inside train/ only
+    face_like(3).save(root / "test" / F, quality=95)  # alone
+    face_like(4).save(root / G, quality=95)  # directly in the folder ...
+    shutil.copyfile(root / G, root / "val" / H)  # ... and in val/
+    return root
+
+
+def test_groups_across_top_level_folders_are_counted_per_pair_and_listed(splits: Path):
+    dups = build_index(IndexOptions(root=splits, hash=True, workers=0)).summary["duplicates"]
+    assert (dups["groups"], dups["images_in_groups"]) == (3, 7)  # the train/-only pair is a group, not across
+    groups = {row["paths"][0]: row["dup_group"] for row in dups["across_folders"]["list"]}
+    assert dups["across_folders"] == {
+        "folders": [".", "test", "train", "val"],
+        "groups": 2,
+        "images": 5,
+        "pairs": [
+            {"folders": [".", "val"], "groups": 1},
+            {"folders": ["test", "train"], "groups": 1},
+            {"folders": ["test", "val"], "groups": 1},
+            {"folders": ["train", "val"], "groups": 1},
+        ],
+        "list": [
+            {"dup_group": groups[G], "paths": [G, f"val/{H}"], "folders": [".", "val"]},
+            {"dup_group": groups[f"test/{B}"], "paths": [f"test/{B}", f"train/{A}", f"val/{C}"],
+             "folders": ["test", "train", "val"]},
+        ],
+    }  # fmt: skip
+
+
+def test_one_top_level_folder_has_no_across_entry(tmp_path: Path):
+    for layout in ("flat", "nested"):
+        root = tmp_path / layout
+        folder = root if layout == "flat" else root / "train"
+        folder.mkdir(parents=True)
+        face_like(1).save(folder / A, quality=95)
+        shutil.copyfile(folder / A, folder / B)
+        dups = build_index(IndexOptions(root=root, hash=True, workers=0)).summary["duplicates"]
+        assert dups["groups"] == 1 and dups["across_folders"] is None, layout
+
+
+def test_cli_prints_the_pairs_and_groups_and_json_holds_them(splits: Path, tmp_path: Path):
+    runner = CliRunner()
+    out = tmp_path / "index.parquet"
+    args = ["index", str(splits), "-o", str(out), "--hash", "--workers", "0"]
+    shown = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "duplicates across top-level folders (./, test/, train/, val/): 2 groups holding 5 images "
+        "(./ ~ val/ 1; test/ ~ train/ 1; test/ ~ val/ 1; train/ ~ val/ 1)"
+    ) in shown.stdout
+    assert "groups across top-level folders (splits that share a picture leak it): 2" in shown.stdout
+    assert "test/ ~ train/ ~ val/" in shown.stdout and f"val/{H}" in shown.stdout
+    table = pl.read_parquet(out)
+    assert table.height == 8 and table.filter(pl.col("dup_size") > 1).height == 7
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    across = json.loads(as_json.stdout)["duplicates"]["across_folders"]
+    assert (across["groups"], across["images"], len(across["list"])) == (2, 5, 2)
