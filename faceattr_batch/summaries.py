@@ -65,6 +65,7 @@ def index(summary: dict) -> None:
         )
     )
     out.print(_label_counts(summary))
+    out.print(_thin_cells(summary["cells"]))
     for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
         rows_table(out, title, summary[key], ("path", "reason"))
     if summary["skipped"]:
@@ -109,6 +110,23 @@ def _across_folders(out: Console, across: dict) -> None:
     ]
     title = "groups across top-level folders (splits that share a picture leak it)"
     rows_table(out, title, rows, ("group", "folders", "paths"))
+
+
+def _thin_cells(cells: list[dict], under: int = 30, most: int = 8) -> str:
+    """The gender x race x age band cells a dataset holds too few of (``under``: report's --min-group, below which
+    a group is not compared): how many are empty or thin, the empty ones by name where few, the thinnest others."""
+
+    def name(cell: dict) -> str:
+        return f"{cell['gender']} {cell['race']} {cell['age_band']}"
+
+    empty = [name(c) for c in cells if c["n"] == 0]
+    thin = [f"{name(c)} {c['n']}" for c in cells if 0 < c["n"] < under]
+    line = f"gender x race x age band: {len(cells)} cells, {len(empty)} empty, {len(thin)} with 1-{under - 1} images"
+    if empty and len(empty) <= most:
+        line += f"; empty: {', '.join(empty)}"
+    if thin:
+        line += f"; thinnest: {', '.join(thin[:most])}" + (" ..." if len(thin) > most else "")
+    return line
 
 
 def _label_counts(summary: dict) -> Table:

@@ -11,6 +11,7 @@ returns; the CLI prints.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -123,6 +124,21 @@ def _counts(summary: dict) -> dict:
     return counts
 
 
+def label_cells(table: pl.DataFrame) -> list[dict]:
+    """Images per gender x race x age band over the rows with all three labels: every one of the 100 cells, the
+    empty ones included, fewest first (ties in label order), where a dataset is too thin to train or judge on."""
+    labels = ("gender_label", "race_label", "age_band")
+    grid = pl.DataFrame(
+        list(itertools.product(GENDERS, RACES, AGE_BAND_NAMES)),
+        schema={name: table.schema[name] for name in labels},
+        orient="row",
+    )
+    counts = table.drop_nulls(labels).group_by(labels).len("n")
+    cells = grid.join(counts, on=list(labels), how="left").with_columns(pl.col("n").fill_null(0))
+    cells = cells.with_row_index("order").sort("n", "order").drop("order")
+    return cells.rename({"gender_label": "gender", "race_label": "race"}).to_dicts()
+
+
 def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexOptions, seconds: float) -> dict:
     """The run's summary: counts by status and label, rejected and recovered names, what was skipped, duplicates."""
 
@@ -145,6 +161,7 @@ def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexO
         "gender": counts("gender_label", GENDERS),
         "race": counts("race_label", RACES),
         "age_band": counts("age_band", AGE_BAND_NAMES),
+        "cells": label_cells(table),
         "rejected": listed(STATUS_REJECTED),
         "recovered": listed(STATUS_RECOVERED),
         "skipped": dict(sorted(listing.skipped.items())),

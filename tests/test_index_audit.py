@@ -1,5 +1,6 @@
-"""index --hash over a folder of splits (train/, test/, val/): the duplicate groups whose pictures lie in more than one
-top-level folder, counted per pair of folders, in the summary, the terminal and --json."""
+"""index as a dataset audit: with --hash over a folder of splits (train/, test/, val/), the duplicate groups whose
+pictures lie in more than one top-level folder, counted per pair of folders; the images per gender x race x age band
+cell, the empty and thin ones named; in the summary, the terminal and --json."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from test_index import face_like
 from typer.testing import CliRunner
 
+from faceattr_batch import summaries
 from faceattr_batch.cli import app
 from faceattr_batch.index.build import IndexOptions, build_index
 
@@ -87,3 +89,39 @@ def test_cli_prints_the_pairs_and_groups_and_json_holds_them(splits: Path, tmp_p
     assert as_json.exit_code == 0, as_json.output
     across = json.loads(as_json.stdout)["duplicates"]["across_folders"]
     assert (across["groups"], across["images"], len(across["list"])) == (2, 5, 2)
+
+
+def test_cells_count_every_gender_race_age_band_cell_fewest_first(splits: Path):
+    (splits / "holiday.jpg").write_bytes((splits / G).read_bytes())  # no labels: in no cell
+    cells = build_index(IndexOptions(root=splits)).summary["cells"]
+    assert len(cells) == 100 and sum(c["n"] for c in cells) == 8
+    assert cells[0] == {"gender": "male", "race": "White", "age_band": "0-2", "n": 0}  # empty ones in label order
+    assert cells[-3:] == [
+        {"gender": "male", "race": "White", "age_band": "40-49", "n": 1},
+        {"gender": "female", "race": "Black", "age_band": "30-39", "n": 3},
+        {"gender": "male", "race": "White", "age_band": "30-39", "n": 4},
+    ]
+    shown = CliRunner().invoke(
+        app, ["index", str(splits), "-o", str(splits.parent / "i.parquet")], env={"COLUMNS": "250"}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "gender x race x age band: 100 cells, 97 empty, 3 with 1-29 images; "
+        "thinnest: male White 40-49 1, female Black 30-39 3, male White 30-39 4\n"
+    ) in shown.stdout
+
+
+def test_thin_cells_name_few_empty_cells_and_cut_a_long_list():
+    cells = [
+        {"gender": "female", "race": "Others", "age_band": "80+", "n": 0},
+        *({"gender": "male", "race": "Asian", "age_band": band, "n": n} for n, band in enumerate(
+            ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80+"), start=20
+        )),
+    ]  # fmt: skip
+    assert summaries._thin_cells(cells) == (
+        "gender x race x age band: 11 cells, 1 empty, 10 with 1-29 images; empty: female Others 80+; thinnest: "
+        "male Asian 0-2 20, male Asian 3-9 21, male Asian 10-19 22, male Asian 20-29 23, male Asian 30-39 24, "
+        "male Asian 40-49 25, male Asian 50-59 26, male Asian 60-69 27 ..."
+    )
+    many_empty = [{**cells[0], "n": 0}] * 9 + [{**cells[1], "n": 30}]
+    assert summaries._thin_cells(many_empty) == "gender x race x age band: 10 cells, 9 empty, 0 with 1-29 images"
