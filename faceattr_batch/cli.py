@@ -54,6 +54,12 @@ def index_command(
         bool, typer.Option("--hash", help="Content hash + perceptual hash: duplicate groups, label conflicts.")
     ] = False,
     probe: Annotated[bool, typer.Option("--probe", help="Width, height and mode from each image header.")] = False,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            "--quality", help="Brightness, contrast, sharpness and colourfulness of each image (decodes it, small)."
+        ),
+    ] = False,
     file_sizes: Annotated[
         bool,
         typer.Option("--file-sizes/--no-file-sizes", help="stat every file for size_bytes (slow on huge trees)."),
@@ -64,7 +70,7 @@ def index_command(
     workers: Annotated[int | None, opt.workers_option("all cores")] = None,
     json_out: opt.JsonOut = False,
 ) -> None:
-    """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes and headers)."""
+    """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes, headers, quality)."""
     from faceattr_batch.pipelines import index
 
     options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=not json_out)

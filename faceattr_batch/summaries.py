@@ -74,6 +74,8 @@ def index(summary: dict) -> None:
         out.print(Text.assemble(("unreadable folder", "yellow"), f" {entry['path']}: {entry['reason']}"))
     if summary["errors"]:
         out.print("file errors: " + ", ".join(f"{n} x {why}" for why, n in summary["errors"].items()))
+    if "quality" in summary:
+        out.print(_quality_line(summary["quality"]))
     dups = summary.get("duplicates")
     if dups is not None:
         out.print(
@@ -110,6 +112,19 @@ def _across_folders(out: Console, across: dict) -> None:
     ]
     title = "groups across top-level folders (splits that share a picture leak it)"
     rows_table(out, title, rows, ("group", "folders", "paths"))
+
+
+def _quality_line(quality: dict) -> str:
+    """The quality measures' 5th / 50th / 95th percentiles and the grey images, on one line."""
+    spread = ", ".join(
+        f"{name} " + " / ".join(f"{quality[name][key]:.3g}" for key in ("p5", "median", "p95"))
+        for name in ("brightness", "contrast", "sharpness", "colourfulness")
+        if quality[name]["median"] is not None
+    )
+    return (
+        f"quality of {quality['measured']} images (5th / 50th / 95th percentile): {spread or 'none measured'}; "
+        f"{quality['grey']} grey (colourfulness under {quality['grey_below']:g})"
+    )
 
 
 def _thin_cells(cells: list[dict], under: int = 30, most: int = 8) -> str:

@@ -515,7 +515,7 @@ def test_a_16_bit_image_hashes_as_its_8_bit_self(tmp_path: Path):
         wide = rng.integers(0, 65536, (48, 48)).astype(np.uint16)
         Image.fromarray(wide).save(tmp_path / f"{name}16.png")  # mode I;16
         Image.fromarray(np.rint(wide / 257).astype(np.uint8)).save(tmp_path / f"{name}8.png")
-        sha16, dhash16, thumb16, *_, mode16, error16 = inspect_file(str(tmp_path / f"{name}16.png"), True, True)
+        sha16, dhash16, thumb16, _, _, mode16, _, error16 = inspect_file(str(tmp_path / f"{name}16.png"), True, True)
         _, dhash8, thumb8, *_ = inspect_file(str(tmp_path / f"{name}8.png"), True, True)
         assert mode16.startswith("I;16") and error16 is None and sha16
         assert dhash16 == dhash8 and thumb16 == thumb8  # not clipped white (dhash 0), as convert("L") made it

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
+from faceattr_batch.data.image_quality import QUALITY_COLUMNS
 from faceattr_batch.data.inputs import INDEX_ROOT_KEY, display_path, index_paths
 from faceattr_batch.data.labels import (
     AGE_BIN_CLOSED,
@@ -182,12 +183,13 @@ def _is_age_bin(text: str) -> bool:
 
 
 def _read_parquet(path: Path, index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A Parquet table, its rows numbered from 1; an index's codes (and duplicate groups, with ``--hash``) beside
-    its absolute paths."""
+    """A Parquet table, its rows numbered from 1; an index's codes (and duplicate groups, with ``--hash``; quality
+    measures, with ``--quality``: columns to slice by) beside its absolute paths."""
     try:
         columns = None
         if index:  # the rest of an index is about the files, not labels
-            columns = ["age", "gender", "race", *(["dup_group"] if "dup_group" in pl.read_parquet_schema(path) else [])]
+            kept = ("dup_group", *QUALITY_COLUMNS)
+            columns = ["age", "gender", "race", *(name for name in pl.read_parquet_schema(path) if name in kept)]
         frame = pl.read_parquet(path, columns=columns)
     except Exception as err:  # polars raises several types for a corrupt file
         raise FaceattrError(f"--labels {path}: not a readable Parquet file ({first_line(err)})") from None

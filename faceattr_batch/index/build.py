@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch import __version__
+from faceattr_batch.data.image_quality import GREY_COLOURFULNESS, QUALITY_COLUMNS
 from faceattr_batch.data.inputs import INDEX_ROOT_KEY, Listing, check_folder, display_path, no_image_files, walk_tree
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, STATUS_OK, STATUS_RECOVERED, STATUS_REJECTED
 from faceattr_batch.errors import FaceattrError
@@ -40,6 +41,7 @@ class IndexOptions:
     root: Path
     hash: bool = False  # content hash + dHash -> dup_group, label_conflict
     probe: bool = False  # width, height, mode from the image header
+    quality: bool = False  # brightness, contrast, sharpness, colourfulness (data.image_quality): decodes every image
     workers: int | None = None  # processes for hash/probe; None = all cores, 0 = in this process
     near_bits: int = DEFAULT_NEAR_BITS  # max dHash Hamming distance of a near-duplicate candidate
     max_thumb_diff: float = DEFAULT_MAX_THUMB_DIFF  # max thumbnail mean abs difference that confirms it
@@ -72,13 +74,14 @@ def build_index(options: IndexOptions) -> IndexResult:
             raise no_image_files(options.root)
         if options.file_sizes:
             table = table.with_columns(size_bytes=sizes.result().filter(parser.keep))
-    if options.hash or options.probe:
+    if options.hash or options.probe or options.quality:
         table = inspect_rows(
             table,
             root,
             listing,
             want_hash=options.hash,
             want_probe=options.probe,
+            want_quality=options.quality,
             workers=options.workers,
             progress=options.progress,
         )
@@ -139,6 +142,20 @@ def label_cells(table: pl.DataFrame) -> list[dict]:
     return cells.rename({"gender_label": "gender", "race_label": "race"}).to_dicts()
 
 
+def quality_summary(table: pl.DataFrame) -> dict:
+    """Per quality measure its 5th, 50th and 95th percentile over the measured images, and how many are grey."""
+    percentiles = {"p5": 0.05, "median": 0.5, "p95": 0.95}
+    measured = table.drop_nulls(QUALITY_COLUMNS[0])
+    summary = {
+        name: {key: measured[name].quantile(q, "linear") for key, q in percentiles.items()} for name in QUALITY_COLUMNS
+    }
+    return summary | {
+        "measured": measured.height,
+        "grey": int((measured["colourfulness"] < GREY_COLOURFULNESS).sum()),
+        "grey_below": GREY_COLOURFULNESS,
+    }
+
+
 def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexOptions, seconds: float) -> dict:
     """The run's summary: counts by status and label, rejected and recovered names, what was skipped, duplicates."""
 
@@ -155,7 +172,12 @@ def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexO
     summary: dict = {
         "root": display_path(str(root)),  # --json and the summary line: text, bytes shown as \xNN
         "version": __version__,
-        "options": {"hash": options.hash, "probe": options.probe, "near_bits": options.near_bits},
+        "options": {
+            "hash": options.hash,
+            "probe": options.probe,
+            "quality": options.quality,
+            "near_bits": options.near_bits,
+        },
         "images": table.height,
         "status": counts("status", (STATUS_OK, STATUS_RECOVERED, STATUS_REJECTED)),
         "gender": counts("gender_label", GENDERS),
@@ -172,5 +194,7 @@ def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexO
         summary["total_bytes"] = int(table["size_bytes"].sum() or 0)
     if "dup_group" in table.columns:
         summary["duplicates"] = duplicate_summary(table)
+    if options.quality:
+        summary["quality"] = quality_summary(table)
     summary["seconds"] = round(seconds, 3)
     return summary

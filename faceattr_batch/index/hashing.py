@@ -1,4 +1,4 @@
-"""Per-file content hash, perceptual hash and header probe of the index's rows, in a process pool.
+"""Per-file content hash, perceptual hash, header probe and quality measures of the index's rows, in a process pool.
 
 Nothing about one file raises: a file that does not open is a row with an ``error`` and nulls. Pillow is
 imported on first use: a plain ``index`` never needs it.
@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import polars as pl
 
 from faceattr_batch.data.batches import process_pool
+from faceattr_batch.data.decode import DecodeError, load_chip
+from faceattr_batch.data.image_quality import QUALITY_COLUMNS, QUALITY_SIDE, measure
 from faceattr_batch.data.inputs import Listing
 from faceattr_batch.progress import progress_bar
 
@@ -22,11 +24,12 @@ THUMB_SIDE = 16  # side of the grayscale thumbnail that confirms a near-duplicat
 CHUNK = 256  # files per pool task: big enough to amortise IPC, small enough for a smooth progress bar
 
 
-def inspect_file(path: str, want_hash: bool, want_probe: bool) -> tuple:
-    """(sha256 hex, dhash, 16x16 gray thumbnail, width, height, mode, error) of one file; never raises."""
+def inspect_file(path: str, want_hash: bool, want_probe: bool, want_quality: bool = False) -> tuple:
+    """(sha256 hex, dhash, 16x16 gray thumbnail, width, height, mode, quality measures, error) of one file; never
+    raises."""
     from PIL import Image
 
-    sha = dhash = thumb = width = height = mode = None
+    sha = dhash = thumb = width = height = mode = quality = None
     try:
         if want_hash:
             with open(path, "rb") as fh:
@@ -35,14 +38,19 @@ def inspect_file(path: str, want_hash: bool, want_probe: bool) -> tuple:
             source = io.BytesIO(data)
         else:
             source = path
-        with Image.open(source) as im:
-            width, height = im.size
-            mode = im.mode
-            if want_hash:
-                dhash, thumb = perceptual_hash(im)
+        if want_hash or want_probe:
+            with Image.open(source) as im:
+                width, height = im.size
+                mode = im.mode
+                if want_hash:
+                    dhash, thumb = perceptual_hash(im)
+        if want_quality:
+            quality = measure(load_chip(path, QUALITY_SIDE))
+    except DecodeError as err:
+        return sha, dhash, thumb, width, height, mode, quality, f"cannot decode: {err}"
     except Exception as err:  # one bad file is a row with a reason, never a crash
-        return sha, dhash, thumb, width, height, mode, _reason(err, path)
-    return sha, dhash, thumb, width, height, mode, None
+        return sha, dhash, thumb, width, height, mode, quality, _reason(err, path)
+    return sha, dhash, thumb, width, height, mode, quality, None
 
 
 def perceptual_hash(im) -> tuple[int, bytes]:
@@ -87,24 +95,25 @@ def inspect_rows(
     *,
     want_hash: bool,
     want_probe: bool,
+    want_quality: bool = False,
     workers: int | None,
     progress: bool,
 ) -> pl.DataFrame:
-    """``table`` plus sha256, dhash and ``_thumb`` (``want_hash``) and width, height, mode (``want_probe``);
-    a file's error joins the row's ``error``. ``workers``: processes (None: all cores, 0: this process)."""
+    """``table`` plus sha256, dhash and ``_thumb`` (``want_hash``), width, height, mode (``want_probe``) and the
+    ``QUALITY_COLUMNS`` (``want_quality``); a file's error joins the row's ``error``. ``workers``: processes (None:
+    all cores, 0: this process)."""
     paths = [listing.real_path(root, row) for row in table["_row"].to_list()]
-    tasks = [(paths[i : i + CHUNK], want_hash, want_probe) for i in range(0, len(paths), CHUNK)]
+    tasks = [(paths[i : i + CHUNK], want_hash, want_probe, want_quality) for i in range(0, len(paths), CHUNK)]
     processes = (os.cpu_count() or 1) if workers is None else workers
     processes = min(processes, len(tasks)) if len(tasks) > 2 else 0  # a pool is not worth it for two chunks
     results: list[tuple] = []
-    with progress_bar(
-        total=len(paths), unit="img", desc="hash" if want_hash else "probe", enabled=progress, leave=False
-    ) as bar:
+    desc = "hash" if want_hash else "quality" if want_quality else "probe"
+    with progress_bar(total=len(paths), unit="img", desc=desc, enabled=progress, leave=False) as bar:
         for part in _map(tasks, processes):
             results.extend(part)
             bar.update(len(part))
-    columns = zip(*results, strict=True) if results else [[] for _ in range(7)]
-    sha, dhash, thumb, width, height, mode, error = (list(col) for col in columns)
+    columns = zip(*results, strict=True) if results else [[] for _ in range(8)]
+    sha, dhash, thumb, width, height, mode, quality, error = (list(col) for col in columns)
     new = {}
     if want_hash:
         new["sha256"] = pl.Series(sha, dtype=pl.String)
@@ -114,13 +123,16 @@ def inspect_rows(
         new["width"] = pl.Series(width, dtype=pl.Int32)
         new["height"] = pl.Series(height, dtype=pl.Int32)
         new["mode"] = pl.Series(mode, dtype=pl.String)
+    if want_quality:
+        for i, name in enumerate(QUALITY_COLUMNS):
+            new[name] = pl.Series([None if q is None else q[i] for q in quality], dtype=pl.Float32)
     file_error = pl.Series(error, dtype=pl.String)
     return table.with_columns(**new).with_columns(error=pl.coalesce(pl.col("error"), pl.lit(file_error)))
 
 
-def _inspect_chunk(task: tuple[list[str], bool, bool]) -> list[tuple]:
-    paths, want_hash, want_probe = task
-    return [inspect_file(p, want_hash, want_probe) for p in paths]
+def _inspect_chunk(task: tuple[list[str], bool, bool, bool]) -> list[tuple]:
+    paths, *wants = task
+    return [inspect_file(p, *wants) for p in paths]
 
 
 def _map(tasks: list, processes: int) -> Iterator[list[tuple]]:
