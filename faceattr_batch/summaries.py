@@ -66,6 +66,7 @@ def index(summary: dict) -> None:
     )
     out.print(_label_counts(summary))
     out.print(_thin_cells(summary["cells"]))
+    out.print(_age_heaping(summary["age_heaping"]))
     for key, title in (("rejected", "rejected names (no labels invented)"), ("recovered", "recovered names")):
         rows_table(out, title, summary[key], ("path", "reason"))
     if summary["skipped"]:
@@ -112,6 +113,19 @@ def _across_folders(out: Console, across: dict) -> None:
     ]
     title = "groups across top-level folders (splits that share a picture leak it)"
     rows_table(out, title, rows, ("group", "folders", "paths"))
+
+
+def _age_heaping(heaping: dict) -> str:
+    """Whipple's index and the heaped ages, on one line."""
+    if heaping["whipple"] is None:
+        line = f"age heaping: too few ages 23-62 ({heaping['ages_23_62']}) for Whipple's index"
+    else:
+        line = (
+            f"age heaping: Whipple's index {heaping['whipple']:g} over {heaping['ages_23_62']} ages 23-62 (100: no "
+            "preference for 0s and 5s; 500: every age a multiple of 5; 125-175: rough)"
+        )
+    heaps = [f"{h['age']} ({h['ratio']:g}x)" if h["ratio"] else f"{h['age']} (no neighbour)" for h in heaping["heaps"]]
+    return line + (f"; most heaped, against the ages either side: {', '.join(heaps)}" if heaps else "")
 
 
 def _quality_line(quality: dict) -> str:

@@ -369,6 +369,7 @@ def test_version():
 def test_index_summary_with_an_unlabelled_duplicate(capsys):
     """A conflict group may hold a file whose name gave no labels (None): shown as 'none', not a TypeError."""
     counts = {"gender": {"male": 1}, "race": {"White": 1}, "age_band": {"20-29": 1}, "cells": []}
+    counts["age_heaping"] = {"whipple": None, "ages_23_62": 0, "heaps": []}
     dups = {
         "groups": 1,
         "images_in_groups": 2,

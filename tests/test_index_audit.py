@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from faceattr_batch import summaries
 from faceattr_batch.cli import app
 from faceattr_batch.index.build import IndexOptions, build_index
+from faceattr_batch.index.label_audit import MIN_HEAP, age_heaping
 
 A, B, C, D, E, F, G, H = (f"{n}_20170101000000{i:03d}.jpg.chip.jpg" for i, n in enumerate(
     ("30_0_0", "30_0_0", "40_0_0", "30_0_0", "30_0_0", "31_1_1", "31_1_1", "31_1_1"), start=1
@@ -125,3 +126,34 @@ def test_thin_cells_name_few_empty_cells_and_cut_a_long_list():
     )
     many_empty = [{**cells[0], "n": 0}] * 9 + [{**cells[1], "n": 30}]
     assert summaries._thin_cells(many_empty) == "gender x race x age band: 10 cells, 9 empty, 0 with 1-29 images"
+
+
+def _ages(counts: dict[int, int]) -> pl.DataFrame:
+    return pl.DataFrame({"age": [age for age, n in counts.items() for _ in range(n)]}, schema={"age": pl.Int64})
+
+
+def test_whipple_index_by_hand_and_the_heaped_ages():
+    even = {age: 3 for age in range(23, 63)}  # every final digit alike: 100
+    assert age_heaping(_ages(even))["whipple"] == 100
+    assert age_heaping(_ages({age: 15 for age in range(25, 61, 5)}))["whipple"] == 500  # rounded to 0s and 5s
+    assert age_heaping(_ages({age: 2 for age in range(23, 63)}))["whipple"] is None  # 80 ages: too few
+    # 30 and 40 carry 4 times their share: (12 + 12 + 6 x 3) / 138 x 500 = 152.2; 12 images are under MIN_HEAP
+    result = age_heaping(_ages(even | {30: 12, 40: 12}))
+    assert (result["whipple"], result["ages_23_62"], result["heaps"]) == (152.2, 138, [])
+    assert MIN_HEAP == 20
+    big = age_heaping(_ages({age: 10 for age in range(20, 70)} | {26: 50, 35: 30, 68: 90}))
+    # 68 is within 2 of the oldest age: its missing neighbour is no evidence, so it is not judged
+    assert big["heaps"] == [{"age": 26, "n": 50, "ratio": 5.0}, {"age": 35, "n": 30, "ratio": 3.0}]
+
+
+def test_the_terminal_says_the_index_and_the_heaps():
+    line = summaries._age_heaping(
+        {"whipple": 133.0, "ages_23_62": 12816, "heaps": [{"age": 85, "n": 125, "ratio": 7.14}]}
+    )
+    assert line == (
+        "age heaping: Whipple's index 133 over 12816 ages 23-62 (100: no preference for 0s and 5s; 500: every age a "
+        "multiple of 5; 125-175: rough); most heaped, against the ages either side: 85 (7.14x)"
+    )
+    assert summaries._age_heaping({"whipple": None, "ages_23_62": 8, "heaps": []}) == (
+        "age heaping: too few ages 23-62 (8) for Whipple's index"
+    )

@@ -15,6 +15,7 @@ small in the DCT), so a 200 px chip and a 4,000 px photo are measured at one sca
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 QUALITY_COLUMNS = ("brightness", "contrast", "sharpness", "colourfulness")
 QUALITY_SIDE = 64
@@ -34,3 +35,17 @@ def measure(pixels: np.ndarray) -> tuple[float, float, float, float]:
     rg, yb = red - green, (red + green) / 2 - blue
     colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
     return float(luma.mean()), float(luma.std()), float(laplacian.var()), float(colourfulness)
+
+
+def quality_summary(table: pl.DataFrame) -> dict:
+    """Per quality measure its 5th, 50th and 95th percentile over the measured images, and how many are grey."""
+    percentiles = {"p5": 0.05, "median": 0.5, "p95": 0.95}
+    measured = table.drop_nulls(QUALITY_COLUMNS[0])
+    summary = {
+        name: {key: measured[name].quantile(q, "linear") for key, q in percentiles.items()} for name in QUALITY_COLUMNS
+    }
+    return summary | {
+        "measured": measured.height,
+        "grey": int((measured["colourfulness"] < GREY_COLOURFULNESS).sum()),
+        "grey_below": GREY_COLOURFULNESS,
+    }

@@ -11,7 +11,6 @@ returns; the CLI prints.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -22,12 +21,13 @@ from pathlib import Path
 import polars as pl
 
 from faceattr_batch import __version__
-from faceattr_batch.data.image_quality import GREY_COLOURFULNESS, QUALITY_COLUMNS
+from faceattr_batch.data.image_quality import quality_summary
 from faceattr_batch.data.inputs import INDEX_ROOT_KEY, Listing, check_folder, display_path, no_image_files, walk_tree
 from faceattr_batch.data.labels import AGE_BAND_NAMES, GENDERS, RACES, STATUS_OK, STATUS_RECOVERED, STATUS_REJECTED
 from faceattr_batch.errors import FaceattrError
 from faceattr_batch.index.duplicates import DEFAULT_MAX_THUMB_DIFF, DEFAULT_NEAR_BITS, add_dup_groups, duplicate_summary
 from faceattr_batch.index.hashing import inspect_rows
+from faceattr_batch.index.label_audit import age_heaping, label_cells
 from faceattr_batch.index.parse import ChunkParser
 from faceattr_batch.index.sizes import FileSizes
 from faceattr_batch.io.atomic import replacing
@@ -127,35 +127,6 @@ def _counts(summary: dict) -> dict:
     return counts
 
 
-def label_cells(table: pl.DataFrame) -> list[dict]:
-    """Images per gender x race x age band over the rows with all three labels: every one of the 100 cells, the
-    empty ones included, fewest first (ties in label order), where a dataset is too thin to train or judge on."""
-    labels = ("gender_label", "race_label", "age_band")
-    grid = pl.DataFrame(
-        list(itertools.product(GENDERS, RACES, AGE_BAND_NAMES)),
-        schema={name: table.schema[name] for name in labels},
-        orient="row",
-    )
-    counts = table.drop_nulls(labels).group_by(labels).len("n")
-    cells = grid.join(counts, on=list(labels), how="left").with_columns(pl.col("n").fill_null(0))
-    cells = cells.with_row_index("order").sort("n", "order").drop("order")
-    return cells.rename({"gender_label": "gender", "race_label": "race"}).to_dicts()
-
-
-def quality_summary(table: pl.DataFrame) -> dict:
-    """Per quality measure its 5th, 50th and 95th percentile over the measured images, and how many are grey."""
-    percentiles = {"p5": 0.05, "median": 0.5, "p95": 0.95}
-    measured = table.drop_nulls(QUALITY_COLUMNS[0])
-    summary = {
-        name: {key: measured[name].quantile(q, "linear") for key, q in percentiles.items()} for name in QUALITY_COLUMNS
-    }
-    return summary | {
-        "measured": measured.height,
-        "grey": int((measured["colourfulness"] < GREY_COLOURFULNESS).sum()),
-        "grey_below": GREY_COLOURFULNESS,
-    }
-
-
 def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexOptions, seconds: float) -> dict:
     """The run's summary: counts by status and label, rejected and recovered names, what was skipped, duplicates."""
 
@@ -184,6 +155,7 @@ def summarize(table: pl.DataFrame, listing: Listing, root: Path, options: IndexO
         "race": counts("race_label", RACES),
         "age_band": counts("age_band", AGE_BAND_NAMES),
         "cells": label_cells(table),
+        "age_heaping": age_heaping(table),
         "rejected": listed(STATUS_REJECTED),
         "recovered": listed(STATUS_RECOVERED),
         "skipped": dict(sorted(listing.skipped.items())),
