@@ -162,6 +162,16 @@ def predict_command(
     slice_by: opt.SliceBy = None,
     min_group: opt.MinGroup = 30,
     include_training: opt.IncludeTraining = False,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=1,
+            show_default="every image",
+            help="Predict a seeded random sample of N of the listed images (a quick audit of a huge folder).",
+        ),
+    ] = None,
+    sample_seed: Annotated[int, typer.Option("--sample-seed", help="The sample's seed.")] = 0,
     resume: opt.Resume = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when any row has an error (an image not read, or no face found).")

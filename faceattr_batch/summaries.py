@@ -301,6 +301,10 @@ def predict(result) -> None:
         f"model {model['name']} {model['version']} ({runtime}, {settings['device']}, "
         f"{decoding}, labels: {settings['labels']})"
     )
+    if settings.get("sample"):
+        from faceattr_batch.reporting.summary import sample_note  # polars-backed, as the result itself
+
+        out.print(sample_note(settings["sample"]), style="yellow")
     label_file(out, result.labels)
     training_notes(out, result.training)
     if result.errors:

@@ -258,3 +258,16 @@ def _odd_entry(entry: os.DirEntry, keep_broken_links: bool) -> str | None:
     except OSError:  # ELOOP and the like while following the link
         return broken
     return "not a regular file"
+
+
+def sample_positions(keys: list[str], n: int, seed: int) -> list[int]:
+    """The positions, in listing order, of a seeded random sample of ``n`` of ``keys`` (every one where there are
+    no more): the ``n`` whose BLAKE2b digest of (seed, key) is smallest. A key's draw depends on it and the seed
+    alone, so the sample does not change with the listing's order, and a larger ``n`` keeps a smaller one's."""
+    import hashlib
+
+    if n >= len(keys):
+        return list(range(len(keys)))
+    salt = f"{seed}\0".encode()
+    draws = [hashlib.blake2b(salt + key.encode("utf-8", "surrogateescape"), digest_size=8).digest() for key in keys]
+    return sorted(sorted(range(len(keys)), key=draws.__getitem__)[:n])

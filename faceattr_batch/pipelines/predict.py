@@ -33,7 +33,7 @@ import polars as pl
 from faceattr_batch import __version__
 from faceattr_batch.data.batches import iter_batches
 from faceattr_batch.data.decode import load_chip
-from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images
+from faceattr_batch.data.inputs import display_path, is_index_parquet, list_images, sample_positions
 from faceattr_batch.data.label_files import MatchedLabels, attach_labels, load_labels
 from faceattr_batch.data.name_labels import labels_from_names
 from faceattr_batch.engines import check_options
@@ -91,6 +91,10 @@ class PredictOptions:
     min_score: float = 0.9  # detect/auto: the detector's confidence
     max_faces: int = 50  # detect/auto: faces kept per image, the best scores
     include_training: bool = False  # keep the rows of images the model was trained on in the metrics
+    sample: int | None = (
+        None  # predict a seeded random sample of this many of the listed images (inputs.sample_positions)
+    )
+    sample_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ def run(options: PredictOptions) -> PredictResult:
     paths = list_images(options.inputs)
     keys = _output_paths(paths)
     label_source, truth, labels = _true_labels(options, (paths, keys))
+    sample = None
+    if options.sample is not None:  # labels matched to every listed image above: their summary is the folder's
+        chosen = sample_positions(keys, options.sample, options.sample_seed)
+        sample = {"images": len(chosen), "of": len(keys), "seed": options.sample_seed}
+        paths, keys, truth = [paths[i] for i in chosen], [keys[i] for i in chosen], truth[chosen]
     if options.slice_by:  # a misspelt or unfit column fails now, not after predicting
         columns = pl.DataFrame() if labels is None else labels.frame
         slice_frame(columns, options.slice_by, known=[c for c in columns.columns if c not in OUTPUT_COLUMNS])
@@ -140,6 +149,7 @@ def run(options: PredictOptions) -> PredictResult:
     settings = {"workers": workers, "threads": threads, "device": device.type, "labels": label_source}
     settings |= {"shard_size": shard_size, "engine": options.engine, "faces": faces.mode}
     settings["seen_images"] = None if seen is None else str(seen.path)
+    settings["sample"] = sample
     processed, skipped = _write_output(options, (paths, keys), truth, (runner, seen), faces, fingerprint, settings)
     seconds = time.perf_counter() - started
     frame = read_predictions(options.output)  # once, for the summary and the report
@@ -173,6 +183,8 @@ def _validate(options: PredictOptions) -> None:
         raise FaceattrError(f"--batch-size {options.batch_size}: must be >= 1")
     if options.shard_size < 1:
         raise FaceattrError(f"--shard-size {options.shard_size}: must be >= 1")
+    if options.sample is not None and options.sample < 1:
+        raise FaceattrError(f"--sample {options.sample}: must be >= 1")
     if not str(options.output).lower().endswith(".parquet"):
         raise FaceattrError(f"-o {options.output}: the output must be a .parquet file")
     if options.slice_by and options.report_dir is None:

@@ -19,6 +19,7 @@ from faceattr_batch.data.inputs import path_on_disk
 from faceattr_batch.faces.load import FRAMING_ALIGNED
 from faceattr_batch.reporting import compare_page, fairness_page, foreign_page, html_table, labels_page, suspects_page
 from faceattr_batch.reporting.html_table import interval, num, pct, sortable_table
+from faceattr_batch.reporting.summary import sample_note
 
 THUMB_SIDE = 96
 # how an age labelled or predicted as a bin is measured (``metrics.attributes.age_in_bin``)
@@ -74,6 +75,8 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         }
         parts += [card for key, card in cards.items() if overall[f"n_{key}"]]
     parts.append("</div>")
+    if summary.get("sample"):
+        parts.append(f"<p class='note'>{esc(sample_note(summary['sample']))}</p>")
     parts += [f"<p class='note'>{esc(note)}</p>" for note in (summary.get("training") or {}).get("notes", [])]
     parts.append(labels_page.labels_html(summary.get("labels")))
     if summary["errors"]:

@@ -124,6 +124,14 @@ def _training_notes(training: dict) -> list[str]:
     return notes
 
 
+def sample_note(sample: dict) -> str:
+    """What a ``predict --sample`` run measured: for the terminal and the report page."""
+    return (
+        f"a seeded random sample: {sample['images']} of the {sample['of']} listed images (--sample-seed "
+        f"{sample['seed']}); its figures and intervals estimate the whole folder's"
+    )
+
+
 def _shown(metrics: dict, key: str, percent: bool = True) -> str:
     value = metrics.get(key)
     return "-" if value is None else f"{100 * value:.1f}%" if percent else f"{value:.2f} y"
