@@ -131,9 +131,9 @@ def _age_heaping(heaping: dict) -> str:
 def _quality_line(quality: dict) -> str:
     """The quality measures' 5th / 50th / 95th percentiles and the grey images, on one line."""
     spread = ", ".join(
-        f"{name} " + " / ".join(f"{quality[name][key]:.3g}" for key in ("p5", "median", "p95"))
-        for name in ("brightness", "contrast", "sharpness", "colourfulness")
-        if quality[name]["median"] is not None
+        f"{name} " + " / ".join(f"{value[key]:.3g}" for key in ("p5", "median", "p95"))
+        for name, value in quality.items()
+        if isinstance(value, dict) and value["median"] is not None  # the measures, in data.image_quality's order
     )
     return (
         f"quality of {quality['measured']} images (5th / 50th / 95th percentile): {spread or 'none measured'}; "
