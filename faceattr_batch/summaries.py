@@ -301,10 +301,7 @@ def predict(result) -> None:
         f"model {model['name']} {model['version']} ({runtime}, {settings['device']}, "
         f"{decoding}, labels: {settings['labels']})"
     )
-    if settings.get("sample"):
-        from faceattr_batch.reporting.summary import sample_note  # polars-backed, as the result itself
-
-        out.print(sample_note(settings["sample"]), style="yellow")
+    _sample_note(out, settings.get("sample"))
     label_file(out, result.labels)
     training_notes(out, result.training)
     if result.errors:
@@ -386,6 +383,14 @@ def label_file(out: Console, labels: dict | None, most: int = 5) -> None:
             out.print(f"  ... and {total - most} more (the first {kept} with --json and in metrics.json)")
 
 
+def _sample_note(out: Console, sample: dict | None) -> None:
+    """That a ``predict --sample`` run measured a sample (nothing for a run of every image)."""
+    if sample:
+        from faceattr_batch.reporting.summary import sample_note  # polars-backed, as the result itself
+
+        out.print(sample_note(sample), style="yellow")
+
+
 def training_notes(out: Console, training: dict | None) -> None:
     """Why the metrics leave out the images the model was trained on, and its figures on the validation ones."""
     for note in (training or {}).get("notes", []):
@@ -395,6 +400,7 @@ def training_notes(out: Console, training: dict | None) -> None:
 def report(result) -> None:
     out = console()
     foreign_table(out, result.foreign)
+    _sample_note(out, result.sample)
     label_file(out, result.labels)
     training_notes(out, result.training)
     if result.metrics:

@@ -72,5 +72,11 @@ def test_cli_prints_the_sample_and_refuses_a_sample_of_none(tmp_path, tiny_attr_
     assert shown.exit_code == 0, shown.output
     assert "a seeded random sample: 4 of the 10 listed images (--sample-seed 0)" in shown.stdout
     assert pl.read_parquet(tmp_path / "o.parquet").height == 4
+    # report reads the sample from the Parquet's recorded options: the terminal, metrics.json and the page say it
+    shown = runner.invoke(app, ["report", str(tmp_path / "o.parquet"), "--report", str(tmp_path / "r")])
+    assert shown.exit_code == 0, shown.output
+    assert "a seeded random sample: 4 of the 10 listed images (--sample-seed 0)" in shown.stdout.replace("\n", " ")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["sample"] == {"images": 4, "of": 10, "seed": 0}
+    assert "a seeded random sample: 4 of the 10" in (tmp_path / "r" / "report.html").read_text()
     refused = runner.invoke(app, [*args, "--sample", "0"])
     assert refused.exit_code == 2 and "--sample" in refused.output

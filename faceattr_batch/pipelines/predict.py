@@ -159,8 +159,8 @@ def run(options: PredictOptions) -> PredictResult:
     report = None
     if options.report_dir is not None:
         report = write_report(
-            frame, summary, Path(options.output), Path(options.report_dir), slice_by=options.slice_by,
-            min_group=options.min_group, progress=options.progress,
+            frame, summary | {"sample": sample}, Path(options.output), Path(options.report_dir),
+            slice_by=options.slice_by, min_group=options.min_group, progress=options.progress,
         )  # fmt: skip
     return PredictResult(
         output=Path(options.output),

@@ -31,6 +31,7 @@ from faceattr_batch.reporting.compare import Run, compare_runs
 from faceattr_batch.reporting.folder import write_report, writes_file
 from faceattr_batch.reporting.summary import READ_COLUMNS, read_predictions, summarize
 from faceattr_batch.reporting.suspects_list import find_suspects, list_format, write_suspects
+from faceattr_batch.schema import OPTIONS_KEY, recorded
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ReportResult:
     metrics: dict | None = None  # the overall metrics with their intervals (metrics.json's "overall"); None unlabelled
     suspects: Path | None = None  # with ``suspects``: the ranked list written
     suspect_counts: dict | None = None  # with ``suspects``: flagged rows per attribute
+    sample: dict | None = None  # a ``predict --sample`` run's {images, of, seed}, as its Parquet records it
 
 
 def build(
@@ -99,7 +101,8 @@ def build(
     found = None if suspects is None else find_suspects(run.frame)  # once: the report's suspects.parquet is the same
     if report_dir is None:
         return ReportResult(None, run.labels, foreign=run.foreign, **_write_suspects(found, suspects))
-    summary = summarize(run.frame, run.labels, include_training) | {"foreign": run.foreign}
+    sample = None if run.foreign else recorded(predictions, OPTIONS_KEY).get("sample")
+    summary = summarize(run.frame, run.labels, include_training) | {"foreign": run.foreign, "sample": sample}
     comparison = None
     if compare is not None:
         comparison = compare_runs(*runs, slice_by=slice_by, include_training=include_training, seed=seed)
@@ -110,7 +113,7 @@ def build(
     listed = _write_suspects(found, suspects)  # after the report: a refused --slice-by writes nothing
     contents = None if comparison is None else comparison.contents
     return ReportResult(
-        html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"], **listed
+        html, summary["labels"], summary["training"], run.foreign, contents, summary["metrics"], **listed, sample=sample
     )
 
 

@@ -27,7 +27,7 @@ from faceattr_batch.reporting import figures, page
 from faceattr_batch.reporting.compare import Comparison
 from faceattr_batch.reporting.summary import labelled_rows
 from faceattr_batch.reporting.suspects_list import Suspects, find_suspects, write_suspects
-from faceattr_batch.schema import OPTIONS_KEY, OUTPUT_COLUMNS, recorded
+from faceattr_batch.schema import OUTPUT_COLUMNS
 
 WORST_K = 12
 # a worst error's fields in metrics.json, then its labels by name
@@ -229,7 +229,7 @@ def _headline(frame: pl.DataFrame, summary: dict, predictions: Path) -> dict:
         "models": models,
         **{key: summary[key] for key in ("images", "predicted", "labelled", "errors", "labels", "training")},
         "foreign": summary.get("foreign"),  # another tool's table (``ForeignPredictions.summary``)
-        "sample": recorded(predictions, OPTIONS_KEY).get("sample"),  # predict --sample: {images, of, seed}
+        "sample": summary.get("sample"),  # predict --sample: {images, of, seed}, as the caller read it
         "pred_gender_counts": _counts(frame["pred_gender_label"]),
         "pred_race_counts": _counts(frame["pred_race_label"]),
     }
