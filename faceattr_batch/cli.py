@@ -68,13 +68,17 @@ def index_command(
         int, typer.Option("--near-bits", min=0, max=8, help="dHash bits two near duplicates may differ in (--hash).")
     ] = 4,
     workers: Annotated[int | None, opt.workers_option("all cores")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write dataset.html about the dataset (cells, ages, quality, duplicates)."),
+    ] = None,
     json_out: opt.JsonOut = False,
 ) -> None:
     """Parse UTKFace names under FOLDER into a Parquet table (labels, status; optional hashes, headers, quality)."""
     from faceattr_batch.pipelines import index
 
     options = options_of(index.IndexOptions, locals(), root=folder, hash=hash_, progress=not json_out)
-    result = index.run(options, out)
+    result = index.run(options, out, report_dir)
     show(summaries.index, result.summary, json_data=result.summary if json_out else None)
 
 

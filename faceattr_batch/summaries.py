@@ -94,6 +94,8 @@ def index(summary: dict) -> None:
         rows_table(out, "label conflicts (same picture, different labels)", rows, ("group", "labels", "paths"))
         if dups["across_folders"] is not None:
             _across_folders(out, dups["across_folders"])
+    if "report" in summary:
+        out.print(f"report: {summary['report']}")
 
 
 def _across_folders(out: Console, across: dict) -> None:
@@ -116,16 +118,9 @@ def _across_folders(out: Console, across: dict) -> None:
 
 
 def _age_heaping(heaping: dict) -> str:
-    """Whipple's index and the heaped ages, on one line."""
-    if heaping["whipple"] is None:
-        line = f"age heaping: too few ages 23-62 ({heaping['ages_23_62']}) for Whipple's index"
-    else:
-        line = (
-            f"age heaping: Whipple's index {heaping['whipple']:g} over {heaping['ages_23_62']} ages 23-62 (100: no "
-            "preference for 0s and 5s; 500: every age a multiple of 5; 125-175: rough)"
-        )
-    heaps = [f"{h['age']} ({h['ratio']:g}x)" if h["ratio"] else f"{h['age']} (no neighbour)" for h in heaping["heaps"]]
-    return line + (f"; most heaped, against the ages either side: {', '.join(heaps)}" if heaps else "")
+    from faceattr_batch.index.label_audit import heaping_text  # polars-backed, as the index itself
+
+    return f"age heaping: {heaping_text(heaping)}"
 
 
 def _quality_line(quality: dict) -> str:

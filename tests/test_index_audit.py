@@ -4,7 +4,9 @@ cell, the empty and thin ones named; in the summary, the terminal and --json."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 
 from faceattr_batch import summaries
 from faceattr_batch.cli import app
+from faceattr_batch.data.image_quality import QUALITY_COLUMNS
 from faceattr_batch.index.build import IndexOptions, build_index
 from faceattr_batch.index.label_audit import MIN_HEAP, age_heaping
 
@@ -157,3 +160,36 @@ def test_the_terminal_says_the_index_and_the_heaps():
     assert summaries._age_heaping({"whipple": None, "ages_23_62": 8, "heaps": []}) == (
         "age heaping: too few ages 23-62 (8) for Whipple's index"
     )
+
+
+def test_index_report_writes_a_page_about_the_dataset(splits: Path, tmp_path: Path):
+    runner = CliRunner()
+    report = tmp_path / "dataset"
+    args = ["index", str(splits), "-o", str(tmp_path / "i.parquet"), "--hash", "--quality", "--workers", "0"]
+    shown = runner.invoke(app, [*args, "--report", str(report)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert f"report: {report / 'dataset.html'}" in shown.stdout
+    page = (report / "dataset.html").read_text()
+    png = (report / "age_histogram.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in page  # embedded as written
+    white_men = re.search(r"<td class='l'>male White</td>((?:<td[^>]*>\d+</td>){10})<td><b>(\d+)</b>", page)
+    assert re.findall(r">(\d+)<", white_men.group(1))[4:6] == ["4", "1"] and white_men.group(2) == "5"  # 30s, 40s
+    assert "100 cells: 97 empty (red), 3 with fewer than 30 images" in page
+    assert "Age heaping: too few ages 23-62 (8) for Whipple" in page and "Every name follows the grammar." in page
+    assert "3 groups hold 7 images (1 byte-identical); 1 carry different labels." in page
+    assert "Label conflicts: one picture, different labels: 1</h3>" in page and "30_0_0 vs 40_0_0" in page
+    assert "(a split that shares one leaks it): 2</h3>" in page and ". vs val" in page
+    assert page.count("data:image/jpeg;base64,") == 3 + 2 + 3  # each shown group's pictures, made from the files
+    assert "<h2>Picture quality</h2>" in page and all(f">{name}<" in page for name in QUALITY_COLUMNS)
+    summary = json.loads(runner.invoke(app, [*args, "--report", str(report), "--json"]).stdout)
+    assert summary["report"] == str(report / "dataset.html")
+    assert f"{summary['quality']['grey']} grey (colourfulness under 5)" in page
+
+
+def test_a_report_folder_inside_the_indexed_folder_is_refused(splits: Path, tmp_path: Path):
+    shown = CliRunner().invoke(
+        app, ["index", str(splits), "-o", str(tmp_path / "i.parquet"), "--report", str(splits / "r")]
+    )
+    assert shown.exit_code == 2
+    assert "--report" in shown.output and "would be read as faces" in shown.output and not (splits / "r").exists()
+    assert not (tmp_path / "i.parquet").exists()  # refused before any work

@@ -199,10 +199,10 @@ def test_a_thumbnail_of_a_file_whose_name_is_not_utf8(tmp_path):
     """A reviewer's finding: every thumbnail of a folder named with a byte that is not UTF-8 was "missing": the path
     column holds the name as text (\\xNN), which names no file."""
     from faceattr_batch.data.inputs import display_path
-    from faceattr_batch.reporting.page import _thumbnail
+    from faceattr_batch.reporting.page import thumbnail
 
     raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(os.fsdecode(raw), format="JPEG")
     shown = display_path(os.fsdecode(raw))
     assert shown.endswith("caf\\xe9.jpg") and not os.path.exists(shown)
-    assert _thumbnail({"path": shown}).startswith("<img alt='' src='data:image/jpeg;base64,")
+    assert thumbnail({"path": shown}).startswith("<img alt='' src='data:image/jpeg;base64,")

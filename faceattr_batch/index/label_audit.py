@@ -56,3 +56,16 @@ def age_heaping(table: pl.DataFrame) -> dict:
             heaps.append({"age": age, "n": n, "ratio": round(n / mean, 2) if mean else None})
     heaps.sort(key=lambda heap: (heap["ratio"] is None, heap["ratio"] or 0), reverse=True)  # None: no neighbour
     return {"whipple": whipple, "ages_23_62": in_range, "heaps": heaps[:HEAPS_SHOWN]}
+
+
+def heaping_text(heaping: dict) -> str:
+    """``age_heaping``'s result in words, for the terminal and the dataset page."""
+    if heaping["whipple"] is None:
+        text = f"too few ages 23-62 ({heaping['ages_23_62']}) for Whipple's index"
+    else:
+        text = (
+            f"Whipple's index {heaping['whipple']:g} over {heaping['ages_23_62']} ages 23-62 (100: no preference for "
+            "0s and 5s; 500: every age a multiple of 5; 125-175: rough)"
+        )
+    heaps = [f"{h['age']} ({h['ratio']:g}x)" if h["ratio"] else f"{h['age']} (no neighbour)" for h in heaping["heaps"]]
+    return text + (f"; most heaped, against the ages either side: {', '.join(heaps)}" if heaps else "")

@@ -209,3 +209,25 @@ def _save(fig, path: Path) -> Path:
 
 def _file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "_"
+
+
+@_plain_text
+def age_histogram(table: pl.DataFrame, heaping: dict, path: Path) -> Path:
+    """Images per labelled age, one bar a year; multiples of 5 darker and the most heaped ages named, so rounding
+    by the labellers shows (``index.label_audit.age_heaping``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    counts = table.drop_nulls("age").group_by("age").len().sort("age")
+    ages, n = counts["age"].to_numpy(), counts["len"].to_numpy()
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    ax.bar(ages, n, width=1.0, color=np.where(ages % 5 == 0, "#2a4d9c", "#8fa8dc"))
+    for heap in heaping["heaps"]:
+        ax.annotate(str(heap["age"]), (heap["age"], heap["n"]), ha="center", va="bottom", fontsize=8)
+    whipple = (
+        "too few ages for Whipple's index" if heaping["whipple"] is None else f"Whipple's index {heaping['whipple']:g}"
+    )
+    ax.set(xlabel="labelled age (multiples of 5 darker)", ylabel="images", title=f"images per age ({whipple})")
+    return _save(fig, path)

@@ -59,17 +59,17 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         f"faceattr-batch {esc(__version__)}</p>",
         foreign_page.foreign_html(summary.get("foreign")),
         "<div class='cards'>",
-        _card("images", summary["images"]),
-        _card("predicted", summary["predicted"]),
-        _card("errors", sum(summary["errors"].values())),
+        card("images", summary["images"]),
+        card("predicted", summary["predicted"]),
+        card("errors", sum(summary["errors"].values())),
     ]
     overall = summary.get("overall")
     if overall:  # an attribute without labels or predictions (another tool's table) is not reported
         cards = {
-            "gender": _card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
-            "race": _card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
-            "age": _card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
-            "age_bin": _card(
+            "gender": card("gender accuracy", pct(overall["gender_accuracy"]), _ci(overall, "gender_accuracy", True)),
+            "race": card("race accuracy", pct(overall["race_accuracy"]), _ci(overall, "race_accuracy", True)),
+            "age": card("age MAE", num(overall["age_mae"], " y"), _ci(overall, "age_mae", False)),
+            "age_bin": card(
                 "age in the right bin", pct(overall["age_bin_accuracy"]), _ci(overall, "age_bin_accuracy", True)
             ),
         }
@@ -85,7 +85,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             f"<h2>Errors (no predictions)</h2><table><tr><th class='l'>reason</th><th>images</th></tr>{rows}</table>"
         )
     if "compare" in summary:
-        parts.append(compare_page.compare_html(summary["compare"], sections["compare"], _thumbnail))
+        parts.append(compare_page.compare_html(summary["compare"], sections["compare"], thumbnail))
     measured = bool(overall) and any(overall.get(f"n_{key}") for key in ("gender", "race", "age", "age_bin"))
     if not measured:  # no labels, or labels on no predicted face: one sentence instead of empty tables
         left_out = (summary.get("training") or {}).get("left_out", 0)
@@ -104,7 +104,7 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
             else "<h2>No true labels</h2><p>Metrics need labels: UTKFace-style file names "
             "(<code>age_gender_race_datetime.jpg</code>) or a labels file: <code>--labels FILE</code>.</p>"
         )
-        parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
+        parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), thumbnail))
         parts.append(_html_counts(summary))
         return "".join(parts) + "</body></html>"
     parts.append(fairness_page.summary_html(summary))
@@ -117,25 +117,25 @@ def render(summary: dict, plots: dict[str, Path], sections: dict) -> str:
         ("calibration", "Calibration"),
     ):
         if name in plots:
-            parts.append(f"<h2>{title}</h2>{_png(plots[name], name)}")
+            parts.append(f"<h2>{title}</h2>{png(plots[name], name)}")
     parts.append(fairness_page.weakest_html(summary["weakest"]))
     parts.append(fairness_page.groups_html(summary))
     figures = {key: entry["figure"] for key, entry in summary["group_calibration"].items() if entry["figure"]}
-    images = {key: _png(plots[Path(name).stem], Path(name).stem) for key, name in figures.items()}
+    images = {key: png(plots[Path(name).stem], Path(name).stem) for key, name in figures.items()}
     parts.append(fairness_page.group_calibration_html(summary["group_calibration"], images))
     parts.append(_html_worst(sections["worst"], overall))
-    parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), _thumbnail))
+    parts.append(suspects_page.suspects_html(summary.get("suspects"), sections.get("suspects"), thumbnail))
     parts.append(_html_slices(sections["crossed"]))
     return "".join(parts) + html_table.SORT_SCRIPT + "</body></html>"
 
 
-def _png(path: Path, alt: str) -> str:
+def png(path: Path, alt: str) -> str:
     """A plot embedded as a data URI."""
     data = base64.b64encode(path.read_bytes()).decode()
     return f"<img class='plot' alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
 
 
-def _card(title: str, value, note: str = "") -> str:
+def card(title: str, value, note: str = "") -> str:
     return f"<div class='card'><span class='muted'>{html.escape(title)}</span><b>{value}</b>{note}</div>"
 
 
@@ -199,7 +199,7 @@ def _html_worst(worst: dict[str, pl.DataFrame], overall: dict) -> str:
             continue
         cells = []
         for row in table.to_dicts():
-            cells.append(f"<div class='thumb'>{_thumbnail(row)}{_caption(key, row)}</div>")
+            cells.append(f"<div class='thumb'>{thumbnail(row)}{_caption(key, row)}</div>")
         parts.append(f"<div class='thumbs'>{''.join(cells)}</div>")
     return "".join(parts)
 
@@ -218,7 +218,7 @@ def _caption(key: str, row: dict) -> str:
     return f"<b>{html.escape(text)}</b><br><span class='muted' title='{path}'>{name}</span>"
 
 
-def _thumbnail(row: dict) -> str:
+def thumbnail(row: dict) -> str:
     """A small JPEG of the row's image, or of its face when detected, as a data URI (made now, from the user's
     file), or a placeholder."""
     detected = row.get("framing") == FRAMING_ALIGNED
