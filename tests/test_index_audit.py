@@ -186,6 +186,14 @@ def test_index_report_writes_a_page_about_the_dataset(splits: Path, tmp_path: Pa
     assert f"{summary['quality']['grey']} grey (colourfulness under 5)" in page
 
 
+def test_a_plain_index_page_says_how_to_get_what_it_lacks(splits: Path, tmp_path: Path):
+    args = ["index", str(splits), "-o", str(tmp_path / "i.parquet"), "--report", str(tmp_path / "r")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    page = (tmp_path / "r" / "dataset.html").read_text()
+    assert "Not looked for: index --hash finds them." in page and "Not measured: index --quality measures it." in page
+    assert "data:image/jpeg" not in page and "label conflicts" not in page  # no duplicate card without --hash
+
+
 def test_a_report_folder_inside_the_indexed_folder_is_refused(splits: Path, tmp_path: Path):
     shown = CliRunner().invoke(
         app, ["index", str(splits), "-o", str(tmp_path / "i.parquet"), "--report", str(splits / "r")]

@@ -48,7 +48,9 @@ def write_dataset_report(table: pl.DataFrame, summary: dict, root: Path, report_
         _names(summary),
     ]
     duplicates = summary.get("duplicates")
-    if duplicates is not None:
+    if duplicates is None:
+        parts.append("<h2>Duplicates</h2><p class='muted'>Not looked for: index --hash finds them.</p>")
+    else:
         parts.append(_duplicate_groups(duplicates, root))
     out = report_dir / DATASET_PAGE
     with replacing(out) as tmp:
@@ -94,7 +96,7 @@ def _cells(cells: list[dict]) -> str:
 
 def _quality(quality: dict | None) -> str:
     if quality is None:
-        return ""
+        return "<h2>Picture quality</h2><p class='muted'>Not measured: index --quality measures it.</p>"
     rows = [
         [
             (html.escape(name), name),
