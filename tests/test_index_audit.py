@@ -201,3 +201,12 @@ def test_a_report_folder_inside_the_indexed_folder_is_refused(splits: Path, tmp_
     assert shown.exit_code == 2
     assert "--report" in shown.output and "would be read as faces" in shown.output and not (splits / "r").exists()
     assert not (tmp_path / "i.parquet").exists()  # refused before any work
+
+
+def test_the_page_lists_the_first_50_names_escaped_and_counts_the_rest():
+    from faceattr_batch.reporting.dataset_page import NAMES_SHOWN, _names
+
+    rejected = [{"path": f"<b>{i}.jpg", "reason": "no race field"} for i in range(60)]
+    listed = _names({"rejected": rejected, "recovered": [{"path": "x.jpg", "reason": "missing dot"}]})
+    assert NAMES_SHOWN == 50 and listed.count("<tr>") == 1 + 50 and "&lt;b&gt;0.jpg" in listed and "<b>0" not in listed
+    assert "and 11 more (all of them with --json)" in listed and "x.jpg" not in listed

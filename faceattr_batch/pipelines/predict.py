@@ -91,9 +91,7 @@ class PredictOptions:
     min_score: float = 0.9  # detect/auto: the detector's confidence
     max_faces: int = 50  # detect/auto: faces kept per image, the best scores
     include_training: bool = False  # keep the rows of images the model was trained on in the metrics
-    sample: int | None = (
-        None  # predict a seeded random sample of this many of the listed images (inputs.sample_positions)
-    )
+    sample: int | None = None  # predict a seeded random sample of this many images (inputs.sample_positions)
     sample_seed: int = 0
 
 

@@ -20,6 +20,7 @@ from faceattr_batch.reporting.html_table import sortable_table
 DATASET_PAGE = "dataset.html"
 AGE_HISTOGRAM = "age_histogram.png"
 GROUPS_SHOWN = 20  # conflict and shared groups with thumbnails; --json lists them all
+NAMES_SHOWN = 50  # rejected and recovered names listed
 THIN = 30  # a cell with fewer images is thin: report's --min-group, below which a group is not compared
 CSS = """
 .cells td{min-width:44px} .cells td.empty{background:#f6c9c9}
@@ -115,18 +116,18 @@ def _quality(quality: dict | None) -> str:
 
 
 def _names(summary: dict) -> str:
-    rows = [
-        [
-            (html.escape(entry["path"]), entry["path"]),
-            (html.escape(status), status),
-            (html.escape(entry["reason"]), entry["reason"]),
-        ]
-        for status in ("rejected", "recovered")
-        for entry in summary[status]
+    listed = [
+        (entry["path"], status, entry["reason"]) for status in ("rejected", "recovered") for entry in summary[status]
     ]
-    if not rows:
+    if not listed:
         return "<h2>Names</h2><p class='muted'>Every name follows the grammar.</p>"
-    return "<h2>Names not read as written</h2>" + sortable_table(["path", "status", "reason"], rows, left=3)
+    rows = [[(html.escape(text), text) for text in row] for row in listed[:NAMES_SHOWN]]
+    more = len(listed) - NAMES_SHOWN
+    return (
+        "<h2>Names not read as written</h2>"
+        + sortable_table(["path", "status", "reason"], rows, left=3)
+        + (f"<p class='muted'>and {more} more (all of them with --json)</p>" if more > 0 else "")
+    )
 
 
 def _duplicate_groups(duplicates: dict, root: Path) -> str:
