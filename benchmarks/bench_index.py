@@ -7,8 +7,8 @@ Makes (once, then reuses) a tree of empty files with UTKFace names under $TMPDIR
   2. the pandas baseline: list the folder, split each name on "_" in a Python loop, build a DataFrame, write
      Parquet; run by --pandas-python (default: this Python), skipped with a message when pandas is missing
      (pandas is not a dependency of the project: `pip install pandas` in a throwaway environment);
-  3. `faceattr-batch index --hash` over the shared UTKFace chips (../shared/data/utkface), in images/s; over the
-     first N of them (a folder of symlinks) with --hash-files N.
+  3. `faceattr-batch index --hash`, `--quality` and both with the dataset page (`--report`) over the shared UTKFace
+     chips (../shared/data/utkface), in images/s; over the first N of them (a folder of symlinks) with --hash-files N.
 Each is a separate process, timed from spawn to exit; the best of --repeat runs is reported with the median.
 """
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pandas-python", default=sys.executable, help="a Python with pandas + pyarrow")
-    parser.add_argument("--skip-hash", action="store_true", help="do not time --hash on the shared chips")
+    parser.add_argument("--skip-hash", action="store_true", help="do not time --hash / --quality on the shared chips")
     parser.add_argument("--hash-files", type=int, default=None, help="time --hash on the first N chips only")
     args = parser.parse_args()
 
@@ -128,9 +128,12 @@ def main() -> None:
         if not args.skip_hash and SHARED.is_dir():
             chips = chip_folder(out, args.hash_files)
             count = sum(1 for _ in os.scandir(chips))
-            hashed = timed([*CLI, "index", str(chips), "-o", str(out / "h.parquet"), "--hash"], 1)
-            rate = count / hashed[0]
-            print(f"faceattr-batch index --hash           {hashed[0]:6.2f} s  {rate:,.0f} images/s over {count:,}")
+            for flags in (["--hash"], ["--quality"], ["--hash", "--quality", "--report", str(out / "dataset")]):
+                seconds = timed([*CLI, "index", str(chips), "-o", str(out / "h.parquet"), *flags], 1)[0]
+                shown = " ".join(flag for flag in flags if flag.startswith("--"))
+                print(
+                    f"faceattr-batch index {shown:<33} {seconds:6.2f} s  {count / seconds:,.0f} images/s over {count:,}"
+                )
         elif not args.skip_hash:
             print(f"--hash timing skipped: {SHARED} not found")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
