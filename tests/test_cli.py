@@ -320,7 +320,7 @@ def test_missing_or_corrupt_model_is_one_line(tmp_path, model):
 
 def test_renamed_options(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(index, "run", lambda options, out: seen.setdefault("index", options) and 1 / 0)
+    monkeypatch.setattr(index, "run", lambda options, out, report: seen.setdefault("index", options) and 1 / 0)
     runner.invoke(app, ["index", str(tmp_path), "--no-file-sizes", "--hash"])
     assert seen["index"].file_sizes is False and seen["index"].hash and seen["index"].root == tmp_path
     assert seen["index"].progress  # bars on stderr, off with --json (as predict, fid and crop)

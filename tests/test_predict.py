@@ -512,8 +512,12 @@ def test_ctrl_c_stops_quietly_with_exit_130(tmp_path, tiny_attr_model):
     out = tmp_path / "out.parquet"
     args = [sys.executable, "-m", "faceattr_batch", "predict", str(tmp_path / "in"), "-o", str(out)]
     args += ["-m", str(tiny_attr_model), "--runtime", "torch", "--faces", "chips", "--workers", "2", "-b", "2"]
-    # its own process group, as a shell gives a foreground job: Ctrl-C reaches the parent and its workers
-    process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # its own process group, and Ctrl-C's default action, as a shell gives a foreground job (a test runner started in
+    # a shell's background hands its children SIGINT ignored): Ctrl-C reaches the parent and its workers
+    process = subprocess.Popen(
+        args, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 15
     while not any(parts.glob("*.tmp")) and time.monotonic() < deadline and process.poll() is None:

@@ -42,6 +42,15 @@ def _same_generator(a: Path, b: Path) -> None:
         assert torch.equal(x, y), name
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Python's own Ctrl-C handler, as a foreground job has it: a runner started in a shell's background (nohup ...
+    &) hands its tests SIGINT ignored, which StopRequest rightly leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def few_standing_batches():
     """Standing statistics over 2 batches, not 40: they were two thirds of each run's time, and are not tested here."""
