@@ -10,7 +10,6 @@ from pathlib import Path
 
 from faceattr_batch.index.build import IndexOptions, IndexResult, build_index, write_index
 from faceattr_batch.io.atomic import check_writable, refuse_overlap
-from faceattr_batch.reporting.dataset_page import write_dataset_report
 
 
 def run(options: IndexOptions, out: Path | str, report_dir: Path | str | None = None) -> IndexResult:
@@ -26,6 +25,8 @@ def run(options: IndexOptions, out: Path | str, report_dir: Path | str | None = 
     result = build_index(options)
     result.summary["output"] = str(write_index(result, out))
     if report_dir is not None:
+        from faceattr_batch.reporting.dataset_page import write_dataset_report  # Pillow, matplotlib: a page's only
+
         page = write_dataset_report(result.table, result.summary, Path(options.root), Path(report_dir))
         result.summary["report"] = str(page)
     return result
